@@ -1,0 +1,3 @@
+//! `tracer`: the command-line front end.
+
+fn main() {}
