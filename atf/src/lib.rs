@@ -1,1 +1,225 @@
-//! Placeholder.
+//! Reader and writer for ATF v2, the on-disk trace format (`shared/ATF.md`): per-thread `index.atf`
+//! (64-byte header, 32-byte events, 64-byte footer), `detail.atf` (64-byte header, length-prefixed
+//! records, 64-byte footer) and the session's `manifest.json`.
+//!
+//! Contract: every byte layout is exactly the one ATF.md gives (little-endian, encoded field by field
+//! at fixed offsets), so readers built for the original format open our files. A session is readable at
+//! every instant: writers put a valid header first and only ever append whole events, the manifest is
+//! replaced atomically, and the readers recover every complete event of a file that was never finished
+//! (tracer killed). Readers stream in large chunks, never load a file whole, and report corrupt input
+//! as an [`Error`], never a panic. Timestamps are nanoseconds of `CLOCK_BOOTTIME`
+//! ([`ClockType::Boottime`]); raw TSC ticks are mapped onto that clock with a [`TscCalibration`]
+//! recorded in the manifest.
+//!
+//! ```
+//! use atf::{ClockType, EventKind, IndexEvent, IndexReader, IndexWriter, NO_DETAIL};
+//! # fn main() -> atf::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("index.atf");
+//! let mut writer = IndexWriter::create(&path, 42, ClockType::Boottime)?;
+//! let call = IndexEvent {
+//!     timestamp_ns: 1_000,
+//!     function_id: atf::function_id(atf::module_id("/usr/bin/app"), 7),
+//!     thread_id: 42,
+//!     kind: EventKind::Call,
+//!     call_depth: 0,
+//!     detail_seq: NO_DETAIL,
+//! };
+//! writer.append_event(&call)?;
+//! writer.append(&IndexEvent { timestamp_ns: 2_000, kind: EventKind::Return, ..call }.encode())?;
+//! writer.finish()?;
+//!
+//! let reader = IndexReader::open(&path)?;
+//! assert!(reader.finished());
+//! let events: Vec<IndexEvent> = reader.events().collect::<atf::Result<_>>()?;
+//! assert_eq!(events.len(), 2);
+//! assert_eq!(events[0], call);
+//! # Ok(())
+//! # }
+//! ```
+
+mod chunk;
+mod detail;
+mod error;
+mod index;
+mod le;
+mod manifest;
+mod session;
+
+pub use detail::{
+    DetailFooter, DetailHeader, DetailReader, DetailRecord, DetailRecordHeader, DetailSummary,
+    DetailWriter, Records,
+};
+pub use error::{Error, Result};
+pub use index::{Events, IndexEvent, IndexFooter, IndexHeader, IndexReader, IndexSummary, IndexWriter};
+pub use manifest::{
+    Accounting, ClockInfo, Counts, DetailWindow, Drops, Manifest, Module, Symbol, TargetFate,
+    ThreadEntry, TscCalibration,
+};
+pub use session::{fsync_dir, Session, SessionLayout, SessionThread, Warning};
+
+/// Size of the header of both files.
+pub const HEADER_SIZE: usize = 64;
+/// Size of the footer of both files.
+pub const FOOTER_SIZE: usize = 64;
+/// Size of one index event.
+pub const EVENT_SIZE: usize = 32;
+/// Size of the header that starts every detail record.
+pub const RECORD_HEADER_SIZE: usize = 24;
+/// `detail_seq` of an index event that has no detail record.
+pub const NO_DETAIL: u32 = u32::MAX;
+
+/// Magic of an index header.
+pub const INDEX_MAGIC: [u8; 4] = *b"ATI2";
+/// Magic of an index footer.
+pub const INDEX_FOOTER_MAGIC: [u8; 4] = *b"2ITA";
+/// Magic of a detail header.
+pub const DETAIL_MAGIC: [u8; 4] = *b"ATD2";
+/// Magic of a detail footer.
+pub const DETAIL_FOOTER_MAGIC: [u8; 4] = *b"2DTA";
+
+/// Header `endian` value: little-endian, the only one defined.
+pub const ENDIAN_LITTLE: u8 = 1;
+/// Header `version` value of both files.
+pub const FILE_VERSION: u8 = 1;
+/// Header `arch` value for x86_64.
+pub const ARCH_X86_64: u8 = 1;
+/// Header `arch` value for arm64.
+pub const ARCH_ARM64: u8 = 2;
+/// Header `os` value for Linux.
+pub const OS_LINUX: u8 = 4;
+/// Index header `flags` bit: the thread has a `detail.atf`.
+pub const FLAG_HAS_DETAIL: u32 = 1;
+
+/// The `arch` header value of the machine running this code (0 if neither x86_64 nor arm64).
+pub const fn current_arch() -> u8 {
+    if cfg!(target_arch = "x86_64") {
+        ARCH_X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        ARCH_ARM64
+    } else {
+        0
+    }
+}
+
+/// The clock an index file's timestamps are read from (index header byte 16, manifest `clock_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClockType {
+    /// macOS `mach_continuous_time` (original tracer only).
+    MachContinuous = 1,
+    /// Windows `QueryPerformanceCounter` (original tracer only).
+    Qpc = 2,
+    /// Linux `CLOCK_BOOTTIME` nanoseconds; ours, also when raw TSC ticks were mapped onto it.
+    Boottime = 3,
+}
+
+impl ClockType {
+    /// The byte stored in files and in the manifest.
+    pub const fn to_raw(self) -> u8 {
+        self as u8
+    }
+
+    /// The clock a stored byte names, if it names one.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(ClockType::MachContinuous),
+            2 => Some(ClockType::Qpc),
+            3 => Some(ClockType::Boottime),
+            _ => None,
+        }
+    }
+}
+
+/// What an index event records (`event_kind`, a u32 on disk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Function entry (1).
+    Call,
+    /// Function exit (2).
+    Return,
+    /// Unwound by an exception (3).
+    Exception,
+    /// Any other value found in a file, kept as is.
+    Other(u32),
+}
+
+impl EventKind {
+    /// The u32 stored on disk.
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            EventKind::Call => 1,
+            EventKind::Return => 2,
+            EventKind::Exception => 3,
+            EventKind::Other(raw) => raw,
+        }
+    }
+
+    /// The kind a stored u32 names.
+    pub const fn from_raw(raw: u32) -> Self {
+        match raw {
+            1 => EventKind::Call,
+            2 => EventKind::Return,
+            3 => EventKind::Exception,
+            other => EventKind::Other(other),
+        }
+    }
+}
+
+/// Detail record `event_type` of a call.
+pub const DETAIL_CALL: u16 = 3;
+/// Detail record `event_type` of a return.
+pub const DETAIL_RETURN: u16 = 4;
+
+/// The original's module id: FNV-1a-32 of the lowercased module path.
+///
+/// ```
+/// assert_eq!(atf::module_id(""), 0x811c_9dc5);
+/// assert_eq!(atf::module_id("/LIB/libc.so.6"), atf::module_id("/lib/libc.so.6"));
+/// ```
+pub fn module_id(path: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in path.to_lowercase().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The original's function id: `(module_id << 32) | symbol_index`.
+///
+/// ```
+/// assert_eq!(atf::function_id(0xdead_beef, 5), 0xdead_beef_0000_0005);
+/// ```
+pub const fn function_id(module_id: u32, symbol_index: u32) -> u64 {
+    ((module_id as u64) << 32) | symbol_index as u64
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_id__known_vectors__then_fnv1a_32() {
+        // Reference values of FNV-1a-32.
+        assert_eq!(module_id("a"), 0xe40c_292c);
+        assert_eq!(module_id("foobar"), 0xbf9c_f968);
+        assert_eq!(module_id("FOOBAR"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn event_kind__raw_round_trip__then_identity() {
+        for raw in [0, 1, 2, 3, 4, u32::MAX] {
+            assert_eq!(EventKind::from_raw(raw).to_raw(), raw);
+        }
+    }
+
+    #[test]
+    fn clock_type__raw_round_trip__then_identity() {
+        for clock in [ClockType::MachContinuous, ClockType::Qpc, ClockType::Boottime] {
+            assert_eq!(ClockType::from_raw(clock.to_raw()), Some(clock));
+        }
+        assert_eq!(ClockType::from_raw(0), None);
+        assert_eq!(ClockType::Boottime.to_raw(), 3);
+    }
+}

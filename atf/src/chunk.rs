@@ -1,0 +1,65 @@
+//! Sequential reads of a byte range of a file through one large buffer (positioned reads, so several
+//! readers can share one `File`).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes read per refill.
+pub(crate) const CHUNK: usize = 1 << 20;
+
+pub(crate) struct ChunkReader<'a> {
+    file: &'a File,
+    /// File offset of the next byte not yet in `buf`.
+    pos: u64,
+    /// End of the range (exclusive).
+    end: u64,
+    buf: Vec<u8>,
+    /// Consumed prefix of `buf`.
+    start: usize,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub(crate) fn new(file: &'a File, pos: u64, end: u64) -> Self {
+        ChunkReader { file, pos, end, buf: Vec::new(), start: 0 }
+    }
+
+    /// Bytes of the range not yet returned.
+    pub(crate) fn remaining(&self) -> u64 {
+        (self.buf.len() - self.start) as u64 + (self.end - self.pos)
+    }
+
+    /// File offset of the next byte `take` returns.
+    pub(crate) fn offset(&self) -> u64 {
+        self.pos - (self.buf.len() - self.start) as u64
+    }
+
+    /// The next `n` bytes, or `None` when fewer than `n` remain in the range. A file that shrank under
+    /// us is an `UnexpectedEof` error.
+    pub(crate) fn take(&mut self, n: usize) -> io::Result<Option<&[u8]>> {
+        if (n as u64) > self.remaining() {
+            return Ok(None);
+        }
+        if self.buf.len() - self.start < n {
+            self.refill(n)?;
+        }
+        let out = &self.buf[self.start..self.start + n];
+        self.start += n;
+        Ok(Some(out))
+    }
+
+    /// Makes at least `n` bytes available in `buf[start..]` (the caller checked they exist).
+    fn refill(&mut self, n: usize) -> io::Result<()> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let have = self.buf.len();
+        let want = (n - have).max(CHUNK).min((self.end - self.pos) as usize);
+        self.buf.resize(have + want, 0);
+        if let Err(err) = self.file.read_exact_at(&mut self.buf[have..], self.pos) {
+            self.buf.truncate(have);
+            return Err(err);
+        }
+        self.pos += want as u64;
+        Ok(())
+    }
+}

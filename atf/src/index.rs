@@ -1,0 +1,1185 @@
+//! `index.atf`: one thread's call/return events, 32 bytes each.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::chunk::{ChunkReader, CHUNK};
+use crate::error::{Error, Result};
+use crate::le::{put_u32, put_u64, u32_at, u64_at};
+use crate::manifest::TscCalibration;
+use crate::{
+    current_arch, ClockType, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL,
+    FOOTER_SIZE, HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC, OS_LINUX,
+};
+
+/// Writer buffer: events accumulate here and reach the file in writes of this size.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// One index event (32 bytes on disk).
+///
+/// | off | field |
+/// |---|---|
+/// | 0 | u64 timestamp_ns |
+/// | 8 | u64 function_id |
+/// | 16 | u32 thread_id |
+/// | 20 | u32 event_kind |
+/// | 24 | u32 call_depth |
+/// | 28 | u32 detail_seq |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IndexEvent {
+    /// Nanoseconds on the file's clock.
+    pub timestamp_ns: u64,
+    /// `(module_id << 32) | symbol_index`, or a raw address the manifest maps to a name.
+    pub function_id: u64,
+    /// OS thread id.
+    pub thread_id: u32,
+    /// Call, return or exception.
+    pub kind: EventKind,
+    /// Nesting depth at this event.
+    pub call_depth: u32,
+    /// Sequence number of the linked detail record, or [`crate::NO_DETAIL`].
+    pub detail_seq: u32,
+}
+
+impl IndexEvent {
+    /// The 32 bytes of this event.
+    pub fn encode(&self) -> [u8; EVENT_SIZE] {
+        let mut b = [0u8; EVENT_SIZE];
+        put_u64(&mut b, 0, self.timestamp_ns);
+        put_u64(&mut b, 8, self.function_id);
+        put_u32(&mut b, 16, self.thread_id);
+        put_u32(&mut b, 20, self.kind.to_raw());
+        put_u32(&mut b, 24, self.call_depth);
+        put_u32(&mut b, 28, self.detail_seq);
+        b
+    }
+
+    /// The event stored in 32 bytes (every bit pattern is an event).
+    pub fn decode(b: &[u8; EVENT_SIZE]) -> Self {
+        IndexEvent {
+            timestamp_ns: u64_at(b, 0),
+            function_id: u64_at(b, 8),
+            thread_id: u32_at(b, 16),
+            kind: EventKind::from_raw(u32_at(b, 20)),
+            call_depth: u32_at(b, 24),
+            detail_seq: u32_at(b, 28),
+        }
+    }
+}
+
+/// The 64-byte header of `index.atf` (magic `ATI2` at 0 is implied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexHeader {
+    /// Byte 4: 1 = little-endian.
+    pub endian: u8,
+    /// Byte 5: 1.
+    pub version: u8,
+    /// Byte 6: 1 x86_64, 2 arm64.
+    pub arch: u8,
+    /// Byte 7: 4 Linux.
+    pub os: u8,
+    /// Bytes 8..12: bit 0 = a detail file exists.
+    pub flags: u32,
+    /// Bytes 12..16: OS thread id, equal to the directory's id.
+    pub thread_id: u32,
+    /// Byte 16: [`ClockType`] as a byte.
+    pub clock_type: u8,
+    /// Bytes 24..28: 32.
+    pub event_size: u32,
+    /// Bytes 28..32: final count, 0 while recording (saturates at `u32::MAX`; the footer has the u64).
+    pub event_count: u32,
+    /// Bytes 32..40: 64.
+    pub events_offset: u64,
+    /// Bytes 40..48: offset of the footer, 64 while recording.
+    pub footer_offset: u64,
+    /// Bytes 48..56: timestamp of the first event.
+    pub time_start_ns: u64,
+    /// Bytes 56..64: timestamp of the last event.
+    pub time_end_ns: u64,
+}
+
+impl IndexHeader {
+    /// The header of a file being recorded on this machine: no events, footer offset 64.
+    pub fn recording(thread_id: u32, clock: ClockType) -> Self {
+        IndexHeader {
+            endian: ENDIAN_LITTLE,
+            version: FILE_VERSION,
+            arch: current_arch(),
+            os: OS_LINUX,
+            flags: 0,
+            thread_id,
+            clock_type: clock.to_raw(),
+            event_size: EVENT_SIZE as u32,
+            event_count: 0,
+            events_offset: HEADER_SIZE as u64,
+            footer_offset: HEADER_SIZE as u64,
+            time_start_ns: 0,
+            time_end_ns: 0,
+        }
+    }
+
+    /// The 64 bytes of this header, magic included, reserved bytes zero.
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..4].copy_from_slice(&INDEX_MAGIC);
+        b[4] = self.endian;
+        b[5] = self.version;
+        b[6] = self.arch;
+        b[7] = self.os;
+        put_u32(&mut b, 8, self.flags);
+        put_u32(&mut b, 12, self.thread_id);
+        b[16] = self.clock_type;
+        put_u32(&mut b, 24, self.event_size);
+        put_u32(&mut b, 28, self.event_count);
+        put_u64(&mut b, 32, self.events_offset);
+        put_u64(&mut b, 40, self.footer_offset);
+        put_u64(&mut b, 48, self.time_start_ns);
+        put_u64(&mut b, 56, self.time_end_ns);
+        b
+    }
+
+    /// The fields of 64 header bytes; the magic is the caller's to check.
+    pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
+        IndexHeader {
+            endian: b[4],
+            version: b[5],
+            arch: b[6],
+            os: b[7],
+            flags: u32_at(b, 8),
+            thread_id: u32_at(b, 12),
+            clock_type: b[16],
+            event_size: u32_at(b, 24),
+            event_count: u32_at(b, 28),
+            events_offset: u64_at(b, 32),
+            footer_offset: u64_at(b, 40),
+            time_start_ns: u64_at(b, 48),
+            time_end_ns: u64_at(b, 56),
+        }
+    }
+
+    /// Whether bit 0 of `flags` says a detail file exists.
+    pub fn has_detail(&self) -> bool {
+        self.flags & FLAG_HAS_DETAIL != 0
+    }
+}
+
+/// The 64-byte footer of `index.atf` (magic `2ITA` at 0 is implied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexFooter {
+    /// Bytes 4..8: CRC-32C of the event bytes; 0 = not computed.
+    pub checksum: u32,
+    /// Bytes 8..16: number of events (authoritative).
+    pub event_count: u64,
+    /// Bytes 16..24: timestamp of the first event.
+    pub time_start_ns: u64,
+    /// Bytes 24..32: timestamp of the last event.
+    pub time_end_ns: u64,
+    /// Bytes 32..40: bytes of event data (`event_count * 32`).
+    pub bytes_written: u64,
+}
+
+impl IndexFooter {
+    /// The 64 bytes of this footer, magic included, reserved bytes zero.
+    pub fn encode(&self) -> [u8; FOOTER_SIZE] {
+        let mut b = [0u8; FOOTER_SIZE];
+        b[0..4].copy_from_slice(&INDEX_FOOTER_MAGIC);
+        put_u32(&mut b, 4, self.checksum);
+        put_u64(&mut b, 8, self.event_count);
+        put_u64(&mut b, 16, self.time_start_ns);
+        put_u64(&mut b, 24, self.time_end_ns);
+        put_u64(&mut b, 32, self.bytes_written);
+        b
+    }
+
+    /// The footer in 64 bytes, or `None` if they do not start with `2ITA`.
+    pub fn decode(b: &[u8; FOOTER_SIZE]) -> Option<Self> {
+        if b[0..4] != INDEX_FOOTER_MAGIC {
+            return None;
+        }
+        Some(IndexFooter {
+            checksum: u32_at(b, 4),
+            event_count: u64_at(b, 8),
+            time_start_ns: u64_at(b, 16),
+            time_end_ns: u64_at(b, 24),
+            bytes_written: u64_at(b, 32),
+        })
+    }
+}
+
+/// What a finished index file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexSummary {
+    /// Events written.
+    pub event_count: u64,
+    /// First event's timestamp (0 if none).
+    pub time_start_ns: u64,
+    /// Last event's timestamp (0 if none).
+    pub time_end_ns: u64,
+    /// CRC-32C of the event bytes.
+    pub checksum: u32,
+    /// File size, header and footer included.
+    pub file_bytes: u64,
+}
+
+/// Appends events to one thread's `index.atf`.
+///
+/// The header is on disk from [`create`](Self::create) on, in its "recording" state (count 0, footer
+/// offset 64); events are buffered and written in large writes, never one write per event; at every
+/// instant the file is a header followed by whole events, which readers recover. [`finish`](Self::finish)
+/// patches the header and appends the footer. Dropping an unfinished writer flushes its buffer and leaves
+/// the file unfinished, as a crash would.
+pub struct IndexWriter {
+    file: File,
+    path: PathBuf,
+    header: IndexHeader,
+    buf: Vec<u8>,
+    count: u64,
+    crc: u32,
+    time_start_ns: u64,
+    time_end_ns: u64,
+    failed: bool,
+    done: bool,
+}
+
+impl IndexWriter {
+    /// Creates `path` (which must not exist) and writes the recording header.
+    pub fn create(path: impl AsRef<Path>, thread_id: u32, clock: ClockType) -> Result<Self> {
+        let path = path.as_ref();
+        let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
+            Error::io(path, "create the index file (is the directory writable, the name unused?)", e)
+        })?;
+        let header = IndexHeader::recording(thread_id, clock);
+        file.write_all(&header.encode())
+            .map_err(|e| Error::io(path, "write the index header", e))?;
+        Ok(IndexWriter {
+            file,
+            path: path.to_path_buf(),
+            header,
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            count: 0,
+            crc: 0,
+            time_start_ns: 0,
+            time_end_ns: 0,
+            failed: false,
+            done: false,
+        })
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Events appended so far (buffered or written).
+    pub fn event_count(&self) -> u64 {
+        self.count
+    }
+
+    /// Appends whole encoded events, e.g. a slice taken straight from a ring. The length must be a
+    /// multiple of 32; nothing is appended otherwise.
+    pub fn append(&mut self, events: &[u8]) -> Result<()> {
+        self.check_usable()?;
+        if events.len() % EVENT_SIZE != 0 {
+            return Err(Error::invalid(
+                &self.path,
+                format!(
+                    "a batch of {} bytes is not a whole number of {EVENT_SIZE}-byte events; \
+                     pass only complete events",
+                    events.len()
+                ),
+            ));
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.account(events);
+        if events.len() >= WRITE_BUFFER / 2 {
+            // Large batch: what is buffered goes first, then one write straight from the caller's
+            // slice, no copy.
+            self.flush()?;
+            let result = self.file.write_all(events);
+            return self.check_write(result);
+        }
+        if self.buf.len() + events.len() > WRITE_BUFFER {
+            self.flush()?;
+        }
+        self.buf.extend_from_slice(events);
+        Ok(())
+    }
+
+    /// Appends one event.
+    pub fn append_event(&mut self, event: &IndexEvent) -> Result<()> {
+        self.append(&event.encode())
+    }
+
+    /// Appends whole encoded events whose timestamps are raw TSC ticks, converting each timestamp to
+    /// nanoseconds with `calibration` on the way into the buffer (no extra copy).
+    pub fn append_tsc(&mut self, events: &[u8], calibration: &TscCalibration) -> Result<()> {
+        self.check_usable()?;
+        if events.len() % EVENT_SIZE != 0 {
+            return Err(Error::invalid(
+                &self.path,
+                format!(
+                    "a batch of {} bytes is not a whole number of {EVENT_SIZE}-byte events; \
+                     pass only complete events",
+                    events.len()
+                ),
+            ));
+        }
+        for piece in events.chunks(WRITE_BUFFER - WRITE_BUFFER % EVENT_SIZE) {
+            if self.buf.len() + piece.len() > WRITE_BUFFER {
+                self.flush()?;
+            }
+            let start = self.buf.len();
+            self.buf.extend_from_slice(piece);
+            for event in self.buf[start..].chunks_exact_mut(EVENT_SIZE) {
+                let ns = calibration.to_ns(u64_at(event, 0));
+                put_u64(event, 0, ns);
+            }
+            let converted = std::mem::take(&mut self.buf);
+            self.account(&converted[start..]);
+            self.buf = converted;
+        }
+        Ok(())
+    }
+
+    /// Sets bit 0 of the header flags (a detail file exists) and rewrites the header in place.
+    pub fn set_has_detail(&mut self, has_detail: bool) -> Result<()> {
+        self.check_usable()?;
+        let flags = if has_detail {
+            self.header.flags | FLAG_HAS_DETAIL
+        } else {
+            self.header.flags & !FLAG_HAS_DETAIL
+        };
+        if flags != self.header.flags {
+            self.header.flags = flags;
+            let result = self.file.write_all_at(&self.header.encode(), 0);
+            self.check_write(result)?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered events to the file (to the page cache; see [`sync`](Self::sync)).
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write_all(&self.buf);
+        self.buf.clear();
+        self.check_write(result)
+    }
+
+    /// Flushes and makes the written bytes durable (`fdatasync`).
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        let result = self.file.sync_data();
+        self.check_write(result)
+    }
+
+    /// Flushes, patches the header (count, footer offset, time range), appends the footer with the
+    /// CRC-32C of the events, and fsyncs. The header is patched first: a crash in between leaves a
+    /// header whose footer offset is the end of the file, which every reader recovers.
+    pub fn finish(mut self) -> Result<IndexSummary> {
+        self.flush()?;
+        let events_bytes = self.count * EVENT_SIZE as u64;
+        let footer_offset = HEADER_SIZE as u64 + events_bytes;
+        self.header.event_count = u32::try_from(self.count).unwrap_or(u32::MAX);
+        self.header.footer_offset = footer_offset;
+        self.header.time_start_ns = self.time_start_ns;
+        self.header.time_end_ns = self.time_end_ns;
+        let result = self.file.write_all_at(&self.header.encode(), 0);
+        self.check_write(result)?;
+        let footer = IndexFooter {
+            checksum: self.crc,
+            event_count: self.count,
+            time_start_ns: self.time_start_ns,
+            time_end_ns: self.time_end_ns,
+            bytes_written: events_bytes,
+        };
+        let result = self.file.write_all_at(&footer.encode(), footer_offset);
+        self.check_write(result)?;
+        let result = self.file.sync_all();
+        self.check_write(result)?;
+        self.done = true;
+        Ok(IndexSummary {
+            event_count: self.count,
+            time_start_ns: self.time_start_ns,
+            time_end_ns: self.time_end_ns,
+            checksum: self.crc,
+            file_bytes: footer_offset + FOOTER_SIZE as u64,
+        })
+    }
+
+    /// Updates count, CRC and time range for whole events about to be written.
+    fn account(&mut self, events: &[u8]) {
+        if self.count == 0 {
+            self.time_start_ns = u64_at(events, 0);
+        }
+        self.time_end_ns = u64_at(events, events.len() - EVENT_SIZE);
+        self.count += (events.len() / EVENT_SIZE) as u64;
+        self.crc = crc32c::crc32c_append(self.crc, events);
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::WriterFailed { path: self.path.clone() });
+        }
+        Ok(())
+    }
+
+    fn check_write(&mut self, result: std::io::Result<()>) -> Result<()> {
+        result.map_err(|e| {
+            self.failed = true;
+            Error::io(&self.path, "write the index file (is the disk full?)", e)
+        })
+    }
+}
+
+impl Drop for IndexWriter {
+    fn drop(&mut self) {
+        if !self.done && !self.failed && !self.buf.is_empty() {
+            // Best effort: the file stays a header plus whole events whatever happens here.
+            let _ = self.file.write_all(&self.buf);
+        }
+    }
+}
+
+/// Reads one `index.atf`, streaming; recovers files that were never finished.
+pub struct IndexReader {
+    file: File,
+    path: PathBuf,
+    header: IndexHeader,
+    footer: Option<IndexFooter>,
+    event_count: u64,
+    time_start_ns: u64,
+    time_end_ns: u64,
+    note: Option<String>,
+}
+
+impl IndexReader {
+    /// Opens and validates `path`. A file with a consistent footer is finished; otherwise its whole
+    /// events are recovered (a partial trailing event is ignored) and [`finished`](Self::finished) is
+    /// false, with [`recovery_note`](Self::recovery_note) saying why.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, "open the index file", e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, "stat the index file", e))?.len();
+        if len < HEADER_SIZE as u64 {
+            return Err(Error::corrupt(
+                path,
+                format!("the file is {len} bytes, shorter than the {HEADER_SIZE}-byte index header"),
+            ));
+        }
+        let mut raw = [0u8; HEADER_SIZE];
+        file.read_exact_at(&mut raw, 0).map_err(|e| Error::io(path, "read the index header", e))?;
+        if raw[0..4] != INDEX_MAGIC {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "not an ATF index file: it starts with {:?}, expected \"ATI2\"",
+                    String::from_utf8_lossy(&raw[0..4])
+                ),
+            ));
+        }
+        let header = IndexHeader::decode(&raw);
+        check_common_header(path, header.endian, header.version)?;
+        if header.event_size != EVENT_SIZE as u32 {
+            return Err(Error::corrupt(
+                path,
+                format!("the header says events are {} bytes; ATF v2 events are 32", header.event_size),
+            ));
+        }
+        if header.events_offset != HEADER_SIZE as u64 {
+            return Err(Error::corrupt(
+                path,
+                format!("the header puts events at offset {}; ATF v2 puts them at 64", header.events_offset),
+            ));
+        }
+
+        let fo = header.footer_offset;
+        let mut note = None;
+        let mut footer = None;
+        if fo >= HEADER_SIZE as u64 && fo.checked_add(FOOTER_SIZE as u64).is_some_and(|end| end <= len) {
+            let mut raw = [0u8; FOOTER_SIZE];
+            file.read_exact_at(&mut raw, fo).map_err(|e| Error::io(path, "read the index footer", e))?;
+            // In the recording state (offset 64) only a file of exactly header + footer is finished:
+            // bytes at 64 that merely look like a footer are the first event.
+            let plausible = fo != HEADER_SIZE as u64 || len == (HEADER_SIZE + FOOTER_SIZE) as u64;
+            if let Some(found) = IndexFooter::decode(&raw).filter(|_| plausible) {
+                let events_bytes = fo - HEADER_SIZE as u64;
+                if events_bytes % EVENT_SIZE as u64 != 0
+                    || found.event_count != events_bytes / EVENT_SIZE as u64
+                {
+                    return Err(Error::corrupt(
+                        path,
+                        format!(
+                            "the footer at offset {fo} counts {} events, but {events_bytes} bytes \
+                             of events precede it; the file contradicts itself",
+                            found.event_count
+                        ),
+                    ));
+                }
+                footer = Some(found);
+            } else if fo != HEADER_SIZE as u64 {
+                note = Some(format!("no footer at offset {fo} (damaged or never written)"));
+            }
+        } else if fo > len {
+            note = Some(format!(
+                "the header puts the footer at offset {fo}, past the end of the {len}-byte file \
+                 (truncated)"
+            ));
+        } else if fo < HEADER_SIZE as u64 {
+            note = Some(format!("the header's footer offset {fo} lies inside the header"));
+        }
+
+        let (event_count, time_start_ns, time_end_ns) = match footer {
+            Some(f) => (f.event_count, f.time_start_ns, f.time_end_ns),
+            None => {
+                // Recovery: whole events up to the end of the file, or up to the footer offset the
+                // header already names when the footer itself was not written.
+                let mut end = len;
+                if fo > HEADER_SIZE as u64 && fo <= len {
+                    end = fo;
+                }
+                let count = (end - HEADER_SIZE as u64) / EVENT_SIZE as u64;
+                let note_text = note.take().unwrap_or_else(|| "the file was not finished".to_owned());
+                note = Some(format!(
+                    "{note_text}; recovered {count} complete events{}",
+                    if (end - HEADER_SIZE as u64) % EVENT_SIZE as u64 != 0 {
+                        ", ignored a partial trailing event"
+                    } else {
+                        ""
+                    }
+                ));
+                let (start, end_ts) = if count == 0 {
+                    (0, 0)
+                } else {
+                    (
+                        read_timestamp(&file, path, 0)?,
+                        read_timestamp(&file, path, count - 1)?,
+                    )
+                };
+                (count, start, end_ts)
+            }
+        };
+        Ok(IndexReader {
+            file,
+            path: path.to_path_buf(),
+            header,
+            footer,
+            event_count,
+            time_start_ns,
+            time_end_ns,
+            note,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header as stored.
+    pub fn header(&self) -> &IndexHeader {
+        &self.header
+    }
+
+    /// The footer, if the file was finished.
+    pub fn footer(&self) -> Option<&IndexFooter> {
+        self.footer.as_ref()
+    }
+
+    /// Whether the writer finished the file (a consistent footer is present).
+    pub fn finished(&self) -> bool {
+        self.footer.is_some()
+    }
+
+    /// For a recovered file: why it counts as unfinished and what was recovered.
+    pub fn recovery_note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    /// Number of readable events.
+    pub fn event_count(&self) -> u64 {
+        self.event_count
+    }
+
+    /// Timestamps of the first and last event (0, 0 if none).
+    pub fn time_range(&self) -> (u64, u64) {
+        (self.time_start_ns, self.time_end_ns)
+    }
+
+    /// The clock the timestamps use, if the header names a known one.
+    pub fn clock(&self) -> Option<ClockType> {
+        ClockType::from_raw(self.header.clock_type)
+    }
+
+    /// All events in order, read in large chunks.
+    pub fn events(&self) -> Events<'_> {
+        self.events_from(0)
+    }
+
+    /// Events from sequence number `seq` on.
+    pub fn events_from(&self, seq: u64) -> Events<'_> {
+        let seq = seq.min(self.event_count);
+        let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
+        Events {
+            reader: self,
+            chunks: ChunkReader::new(&self.file, HEADER_SIZE as u64 + seq * EVENT_SIZE as u64, end),
+            failed: false,
+        }
+    }
+
+    /// The event with sequence number `seq` (its position in the file).
+    pub fn event(&self, seq: u64) -> Result<IndexEvent> {
+        if seq >= self.event_count {
+            return Err(Error::invalid(
+                &self.path,
+                format!("no event {seq}: the file holds {} events", self.event_count),
+            ));
+        }
+        let mut raw = [0u8; EVENT_SIZE];
+        self.file
+            .read_exact_at(&mut raw, HEADER_SIZE as u64 + seq * EVENT_SIZE as u64)
+            .map_err(|e| Error::io(&self.path, "read an index event", e))?;
+        Ok(IndexEvent::decode(&raw))
+    }
+
+    /// Recomputes the CRC-32C of the events and compares it with the footer's. `Ok(true)`: it
+    /// matches; `Ok(false)`: no checksum recorded (unfinished file or checksum 0).
+    pub fn verify_checksum(&self) -> Result<bool> {
+        let expected = match self.footer {
+            Some(f) if f.checksum != 0 => f.checksum,
+            _ => return Ok(false),
+        };
+        let mut chunks =
+            ChunkReader::new(&self.file, HEADER_SIZE as u64, HEADER_SIZE as u64 + self.event_count * 32);
+        let mut actual = 0u32;
+        loop {
+            let n = (chunks.remaining() as usize).min(CHUNK);
+            if n == 0 {
+                break;
+            }
+            let bytes = chunks
+                .take(n)
+                .map_err(|e| Error::io(&self.path, "read the index events", e))?
+                .unwrap_or_default();
+            actual = crc32c::crc32c_append(actual, bytes);
+        }
+        if actual != expected {
+            return Err(Error::Checksum { path: self.path.clone(), expected, actual });
+        }
+        Ok(true)
+    }
+}
+
+/// Iterator over an index file's events; yields an error (then stops) if the file shrinks under it.
+pub struct Events<'a> {
+    reader: &'a IndexReader,
+    chunks: ChunkReader<'a>,
+    failed: bool,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<IndexEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.chunks.take(EVENT_SIZE) {
+            Ok(Some(bytes)) => {
+                let mut raw = [0u8; EVENT_SIZE];
+                raw.copy_from_slice(bytes);
+                Some(Ok(IndexEvent::decode(&raw)))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(Error::io(&self.reader.path, "read the index events (did the file shrink?)", e)))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = (self.chunks.remaining() / EVENT_SIZE as u64) as usize;
+        (n, Some(n))
+    }
+}
+
+fn read_timestamp(file: &File, path: &Path, seq: u64) -> Result<u64> {
+    let mut raw = [0u8; 8];
+    file.read_exact_at(&mut raw, HEADER_SIZE as u64 + seq * EVENT_SIZE as u64)
+        .map_err(|e| Error::io(path, "read an index event", e))?;
+    Ok(u64::from_le_bytes(raw))
+}
+
+/// Checks the byte-order and version bytes both file kinds share.
+pub(crate) fn check_common_header(path: &Path, endian: u8, version: u8) -> Result<()> {
+    if endian != ENDIAN_LITTLE {
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported byte order {endian} in the header (only 1, little-endian, is defined)"),
+        ));
+    }
+    if version != FILE_VERSION {
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported file version {version} (this reader knows version {FILE_VERSION})"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use crate::NO_DETAIL;
+    use proptest::prelude::*;
+
+    pub(crate) fn event(i: u64) -> IndexEvent {
+        IndexEvent {
+            timestamp_ns: 1_000 + i * 10,
+            function_id: crate::function_id(0xabcd_0123, i as u32 % 7),
+            thread_id: 77,
+            kind: if i % 2 == 0 { EventKind::Call } else { EventKind::Return },
+            call_depth: (i % 5) as u32,
+            detail_seq: if i % 3 == 0 { i as u32 } else { NO_DETAIL },
+        }
+    }
+
+    fn batch(range: std::ops::Range<u64>) -> Vec<u8> {
+        range.flat_map(|i| event(i).encode()).collect()
+    }
+
+    fn write_finished(path: &Path, n: u64) -> IndexSummary {
+        let mut w = IndexWriter::create(path, 77, ClockType::Boottime).unwrap();
+        w.append(&batch(0..n)).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn read_all(reader: &IndexReader) -> Vec<IndexEvent> {
+        reader.events().collect::<Result<Vec<_>>>().unwrap()
+    }
+
+    #[test]
+    fn index_event__encode__then_fields_at_atf_md_offsets() {
+        let e = IndexEvent {
+            timestamp_ns: 0x0102_0304_0506_0708,
+            function_id: 0x1112_1314_1516_1718,
+            thread_id: 0x2122_2324,
+            kind: EventKind::Exception,
+            call_depth: 0x3132_3334,
+            detail_seq: 0x4142_4344,
+        };
+        let b = e.encode();
+        assert_eq!(b.len(), 32);
+        assert_eq!(b[0..8], 0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(b[8..16], 0x1112_1314_1516_1718u64.to_le_bytes());
+        assert_eq!(b[16..20], 0x2122_2324u32.to_le_bytes());
+        assert_eq!(b[20..24], 3u32.to_le_bytes());
+        assert_eq!(b[24..28], 0x3132_3334u32.to_le_bytes());
+        assert_eq!(b[28..32], 0x4142_4344u32.to_le_bytes());
+        assert_eq!(IndexEvent::decode(&b), e);
+    }
+
+    #[test]
+    fn index_header__encode__then_fields_at_atf_md_offsets() {
+        let h = IndexHeader {
+            flags: 1,
+            thread_id: 0xa1a2_a3a4,
+            event_count: 0xb1b2_b3b4,
+            footer_offset: 0xc1c2_c3c4_c5c6_c7c8,
+            time_start_ns: 0xd1d2_d3d4_d5d6_d7d8,
+            time_end_ns: 0xe1e2_e3e4_e5e6_e7e8,
+            ..IndexHeader::recording(0, ClockType::Boottime)
+        };
+        let b = h.encode();
+        assert_eq!(b.len(), 64);
+        assert_eq!(&b[0..4], b"ATI2");
+        assert_eq!(b[4], 1, "endian");
+        assert_eq!(b[5], 1, "version");
+        assert_eq!(b[6], current_arch());
+        assert_eq!(b[7], 4, "os");
+        assert_eq!(b[8..12], 1u32.to_le_bytes());
+        assert_eq!(b[12..16], 0xa1a2_a3a4u32.to_le_bytes());
+        assert_eq!(b[16], 3, "clock_type boottime");
+        assert_eq!(b[17..24], [0; 7], "reserved");
+        assert_eq!(b[24..28], 32u32.to_le_bytes());
+        assert_eq!(b[28..32], 0xb1b2_b3b4u32.to_le_bytes());
+        assert_eq!(b[32..40], 64u64.to_le_bytes());
+        assert_eq!(b[40..48], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
+        assert_eq!(b[48..56], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
+        assert_eq!(b[56..64], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
+        assert_eq!(IndexHeader::decode(&b), h);
+    }
+
+    #[test]
+    fn index_footer__encode__then_fields_at_atf_md_offsets() {
+        let f = IndexFooter {
+            checksum: 0xa1a2_a3a4,
+            event_count: 0xb1b2_b3b4_b5b6_b7b8,
+            time_start_ns: 0xc1c2_c3c4_c5c6_c7c8,
+            time_end_ns: 0xd1d2_d3d4_d5d6_d7d8,
+            bytes_written: 0xe1e2_e3e4_e5e6_e7e8,
+        };
+        let b = f.encode();
+        assert_eq!(b.len(), 64);
+        assert_eq!(&b[0..4], b"2ITA");
+        assert_eq!(b[4..8], 0xa1a2_a3a4u32.to_le_bytes());
+        assert_eq!(b[8..16], 0xb1b2_b3b4_b5b6_b7b8u64.to_le_bytes());
+        assert_eq!(b[16..24], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
+        assert_eq!(b[24..32], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
+        assert_eq!(b[32..40], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
+        assert_eq!(b[40..64], [0; 24], "reserved");
+        assert_eq!(IndexFooter::decode(&b), Some(f));
+        assert_eq!(IndexFooter::decode(&[0; 64]), None);
+    }
+
+    #[test]
+    fn index_writer__batches_of_every_size__then_reader_returns_every_event_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        // Small batches that fill the buffer, single events, and batches larger than the buffer.
+        let mut next = 0u64;
+        for n in [1u64, 3, 2048, 1, 40_000, 17, 70_000, 5] {
+            w.append(&batch(next..next + n)).unwrap();
+            next += n;
+            w.append_event(&event(next)).unwrap();
+            next += 1;
+        }
+        assert_eq!(w.event_count(), next);
+        let summary = w.finish().unwrap();
+        assert_eq!(summary.event_count, next);
+        assert_eq!(summary.file_bytes, 64 + next * 32 + 64);
+
+        let r = IndexReader::open(&path).unwrap();
+        assert!(r.finished());
+        assert_eq!(r.recovery_note(), None);
+        assert_eq!(r.event_count(), next);
+        assert_eq!(r.time_range(), (event(0).timestamp_ns, event(next - 1).timestamp_ns));
+        assert_eq!(r.clock(), Some(ClockType::Boottime));
+        let events = read_all(&r);
+        assert_eq!(events.len() as u64, next);
+        assert!(events.iter().enumerate().all(|(i, e)| *e == event(i as u64)));
+        assert_eq!(r.verify_checksum().unwrap(), true);
+        assert_eq!(r.event(12_345).unwrap(), event(12_345));
+        assert_eq!(r.events_from(next - 2).count(), 2);
+    }
+
+    #[test]
+    fn index_writer__finish__then_header_patched_and_footer_holds_crc32c() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let summary = write_finished(&path, 10);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 64 + 320 + 64);
+        let header = IndexHeader::decode(bytes[..64].try_into().unwrap());
+        assert_eq!(header.event_count, 10);
+        assert_eq!(header.footer_offset, 384);
+        assert_eq!(header.time_start_ns, event(0).timestamp_ns);
+        assert_eq!(header.time_end_ns, event(9).timestamp_ns);
+        let footer = IndexFooter::decode(bytes[384..].try_into().unwrap()).unwrap();
+        assert_eq!(footer.checksum, crc32c::crc32c(&bytes[64..384]));
+        assert_eq!(footer.checksum, summary.checksum);
+        assert_eq!(footer.event_count, 10);
+        assert_eq!(footer.bytes_written, 320);
+    }
+
+    #[test]
+    fn index_writer__created__then_recording_header_on_disk_before_any_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let _w = IndexWriter::create(&path, 9, ClockType::Boottime).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 64);
+        let header = IndexHeader::decode(bytes[..64].try_into().unwrap());
+        assert_eq!((header.event_count, header.footer_offset), (0, 64));
+        let r = IndexReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert_eq!(r.event_count(), 0);
+    }
+
+    #[test]
+    fn index_writer__partial_event__then_invalid_input_and_nothing_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        let err = w.append(&[0u8; 33]).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains("index.atf"), "{err}");
+        assert_eq!(w.event_count(), 0);
+        w.append(&batch(0..2)).unwrap();
+        assert_eq!(w.finish().unwrap().event_count, 2);
+    }
+
+    #[test]
+    fn index_writer__existing_file__then_create_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        std::fs::write(&path, b"keep me").unwrap();
+        let err = IndexWriter::create(&path, 1, ClockType::Boottime).err().unwrap();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn index_writer__set_has_detail__then_flag_on_disk_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        w.set_has_detail(true).unwrap();
+        assert!(IndexReader::open(&path).unwrap().header().has_detail());
+        w.finish().unwrap();
+        assert!(IndexReader::open(&path).unwrap().header().has_detail());
+    }
+
+    #[test]
+    fn index_writer__append_tsc__then_timestamps_in_nanoseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        // 3 GHz: 3 ticks per nanosecond.
+        let cal = TscCalibration::new(3_000_000_000, 1_000_000, 5_000);
+        let mut raw = event(0);
+        raw.timestamp_ns = 1_000_000 + 3_000;
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        w.append_tsc(&raw.encode(), &cal).unwrap();
+        let summary = w.finish().unwrap();
+        let r = IndexReader::open(&path).unwrap();
+        let e = r.event(0).unwrap();
+        assert!((5_999..=6_000).contains(&e.timestamp_ns), "{}", e.timestamp_ns);
+        assert_eq!(summary.time_start_ns, e.timestamp_ns);
+        assert!(r.verify_checksum().unwrap());
+    }
+
+    #[test]
+    fn index_writer__forgotten_after_flush__then_reader_recovers_every_flushed_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        w.append(&batch(0..1000)).unwrap();
+        w.flush().unwrap();
+        w.append(&batch(1000..1500)).unwrap();
+        w.sync().unwrap();
+        w.append(&batch(1500..1600)).unwrap(); // buffered only: lost, as in a SIGKILL
+        std::mem::forget(w);
+        let r = IndexReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert!(r.recovery_note().unwrap().contains("recovered 1500 complete events"));
+        assert_eq!(r.event_count(), 1500);
+        assert_eq!(r.time_range(), (event(0).timestamp_ns, event(1499).timestamp_ns));
+        assert_eq!(read_all(&r), (0..1500).map(event).collect::<Vec<_>>());
+        assert_eq!(r.verify_checksum().unwrap(), false);
+    }
+
+    #[test]
+    fn index_writer__dropped_unfinished__then_buffered_events_flushed_without_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        w.append(&batch(0..10)).unwrap();
+        drop(w);
+        let r = IndexReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert_eq!(read_all(&r).len(), 10);
+    }
+
+    fn check_cut(path: &Path, full: &[u8], cut: usize, finished_at: Option<usize>, events: u64) {
+        std::fs::write(path, &full[..cut]).unwrap();
+        match IndexReader::open(path) {
+            Err(e) => {
+                assert!(cut < 64, "cut at {cut}: {e}");
+                assert!(e.to_string().contains("shorter than the 64-byte"), "{e}");
+            }
+            Ok(r) => {
+                assert!(cut >= 64);
+                assert_eq!(r.finished(), Some(cut) == finished_at, "cut at {cut}");
+                let complete = ((cut - 64) / 32) as u64;
+                let expected = complete.min(events);
+                assert_eq!(r.event_count(), expected, "cut at {cut}");
+                let got = read_all(&r);
+                assert_eq!(got, (0..expected).map(event).collect::<Vec<_>>(), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn index_reader__finished_file_cut_at_every_length__then_every_complete_event_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.atf");
+        write_finished(&src, 10);
+        let full = std::fs::read(&src).unwrap();
+        let path = dir.path().join("cut.atf");
+        for cut in 0..=full.len() {
+            check_cut(&path, &full, cut, Some(full.len()), 10);
+        }
+    }
+
+    #[test]
+    fn index_reader__unfinished_file_cut_at_every_length__then_every_complete_event_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.atf");
+        let mut w = IndexWriter::create(&src, 77, ClockType::Boottime).unwrap();
+        w.append(&batch(0..10)).unwrap();
+        w.flush().unwrap();
+        std::mem::forget(w);
+        let full = std::fs::read(&src).unwrap();
+        let path = dir.path().join("cut.atf");
+        for cut in 0..=full.len() {
+            check_cut(&path, &full, cut, None, 10);
+        }
+    }
+
+    #[test]
+    fn index_reader__header_patched_but_footer_missing__then_events_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        write_finished(&path, 4);
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..64 + 4 * 32]).unwrap();
+        let r = IndexReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert_eq!(r.event_count(), 4);
+    }
+
+    #[test]
+    fn index_reader__first_event_looks_like_footer__then_still_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
+        let mut lookalike = [0u8; 64];
+        lookalike[0..4].copy_from_slice(b"2ITA");
+        w.append(&lookalike).unwrap();
+        w.append(&batch(0..1)).unwrap();
+        w.flush().unwrap();
+        std::mem::forget(w);
+        let r = IndexReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert_eq!(r.event_count(), 3);
+    }
+
+    #[test]
+    fn index_reader__garbage_header__then_corrupt_error_naming_file_and_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        let good = IndexHeader::recording(1, ClockType::Boottime).encode();
+        let cases: Vec<(Box<dyn Fn(&mut [u8; 64])>, &str)> = vec![
+            (Box::new(|b| b[0..4].copy_from_slice(b"NOPE")), "not an ATF index file"),
+            (Box::new(|b| b[4] = 2), "byte order"),
+            (Box::new(|b| b[5] = 9), "file version 9"),
+            (Box::new(|b| put_u32(b, 24, 48)), "events are 48 bytes"),
+            (Box::new(|b| put_u64(b, 32, 128)), "offset 128"),
+        ];
+        for (mutate, expected) in cases {
+            let mut b = good;
+            mutate(&mut b);
+            std::fs::write(&path, b).unwrap();
+            let err = IndexReader::open(&path).err().unwrap();
+            let msg = err.to_string();
+            assert!(msg.contains(expected) && msg.contains("index.atf"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn index_reader__footer_contradicts_offset__then_corrupt_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        write_finished(&path, 4);
+        let mut bytes = std::fs::read(&path).unwrap();
+        put_u64(&mut bytes, 64 + 128 + 8, 5); // footer.event_count
+        std::fs::write(&path, &bytes).unwrap();
+        let msg = IndexReader::open(&path).err().unwrap().to_string();
+        assert!(msg.contains("counts 5 events"), "{msg}");
+    }
+
+    #[test]
+    fn index_reader__footer_offset_past_end__then_recovered_with_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        write_finished(&path, 4);
+        let mut bytes = std::fs::read(&path).unwrap();
+        put_u64(&mut bytes, 40, u64::MAX - 3);
+        std::fs::write(&path, &bytes).unwrap();
+        let r = IndexReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert!(r.recovery_note().unwrap().contains("past the end"), "{:?}", r.recovery_note());
+    }
+
+    #[test]
+    fn index_reader__damaged_event__then_checksum_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        write_finished(&path, 4);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = IndexReader::open(&path).unwrap().verify_checksum().unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    }
+
+    #[test]
+    fn index_reader__event_past_end__then_invalid_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        write_finished(&path, 4);
+        let msg = IndexReader::open(&path).unwrap().event(4).unwrap_err().to_string();
+        assert!(msg.contains("no event 4"), "{msg}");
+    }
+
+    #[test]
+    fn index_reader__missing_file__then_io_error_naming_it() {
+        let msg = IndexReader::open("/nonexistent/index.atf").err().unwrap().to_string();
+        assert!(msg.starts_with("/nonexistent/index.atf: cannot open"), "{msg}");
+    }
+
+    fn open_and_read(bytes: &[u8]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atf");
+        std::fs::write(&path, bytes).unwrap();
+        if let Ok(r) = IndexReader::open(&path) {
+            let n = r.events().filter(|e| e.is_ok()).count() as u64;
+            assert_eq!(n, r.event_count());
+            let _ = r.verify_checksum();
+            let _ = r.event(r.event_count().saturating_sub(1));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn index_reader__arbitrary_bytes__then_no_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            magic in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if magic && bytes.len() >= 4 {
+                bytes[0..4].copy_from_slice(b"ATI2");
+            }
+            open_and_read(&bytes);
+        }
+
+        #[test]
+        fn index_reader__mutated_valid_file__then_no_panic(
+            n in 0u64..20,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("src.atf");
+            write_finished(&path, n);
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            let keep = cut % (bytes.len() + 1);
+            open_and_read(&bytes[..keep]);
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! `manifest.json`: the session's metadata, the keys the original readers need plus ours.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::session::fsync_dir;
+use crate::ClockType;
+
+/// The session manifest. The first seven keys are the original format's; everything else is ours and
+/// defaults when absent, so manifests written by the original tracer parse too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// `"2.0"`, or `"2.1"` when `modules` and `symbols` are present ([`write_atomic`](Self::write_atomic)
+    /// keeps this right).
+    #[serde(default)]
+    pub format_version: String,
+    /// [`ClockType`] byte of every file's timestamps.
+    #[serde(default)]
+    pub clock_type: u8,
+    /// Earliest event of the session, nanoseconds on that clock.
+    #[serde(default)]
+    pub time_start_ns: u64,
+    /// Latest event of the session.
+    #[serde(default)]
+    pub time_end_ns: u64,
+    /// One entry per thread directory.
+    pub threads: Vec<ThreadEntry>,
+    /// Loaded modules (format 2.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<Module>,
+    /// Function names (format 2.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<Symbol>,
+
+    /// True once the tracer wrote the final manifest; false while recording or if it was killed.
+    #[serde(default)]
+    pub finished: bool,
+    /// Process id of the traced program.
+    #[serde(default)]
+    pub target_pid: u32,
+    /// Path of the traced executable.
+    #[serde(default)]
+    pub executable: String,
+    /// Its arguments, `argv[0]` first.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// Wall-clock start of the recording, nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub wall_start_unix_ns: u64,
+    /// Wall-clock end of the recording, once it ended.
+    #[serde(default)]
+    pub wall_end_unix_ns: Option<u64>,
+    /// Version of the tracer that wrote the session.
+    #[serde(default)]
+    pub tracer_version: String,
+    /// Why the recording stopped, e.g. `"sigint"`, `"sigterm"`, `"duration"`, `"target_exited"`,
+    /// `"target_signaled"`, `"error: ..."`.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// What became of the traced program.
+    #[serde(default)]
+    pub target_fate: Option<TargetFate>,
+    /// The clock behind the timestamps and how raw ticks were mapped onto it.
+    #[serde(default)]
+    pub clock: Option<ClockInfo>,
+    /// Totals over all threads; each thread's own counts are in its entry.
+    #[serde(default)]
+    pub accounting: Accounting,
+    /// Detail windows that were persisted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detail_windows: Vec<DetailWindow>,
+}
+
+/// One thread of the session: `thread_<id>/` holds its files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadEntry {
+    /// OS thread id, equal to the directory's id.
+    pub id: u32,
+    /// Whether `detail.atf` exists.
+    pub has_detail: bool,
+    /// Index-lane accounting of this thread.
+    #[serde(default)]
+    pub index: Counts,
+    /// Detail-lane accounting of this thread.
+    #[serde(default)]
+    pub detail: Counts,
+}
+
+/// A loaded module (executable or shared library).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    /// [`crate::module_id`] of `path`.
+    pub module_id: u32,
+    /// Path as loaded.
+    pub path: String,
+    /// Load address.
+    pub base_address: u64,
+    /// Mapped size in bytes.
+    pub size: u64,
+    /// Build id (hex) or another stable identity; empty if unknown.
+    #[serde(default)]
+    pub uuid: String,
+}
+
+/// A function name for a function id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symbol {
+    /// The id as `0x%016x`.
+    pub function_id: String,
+    /// Module the symbol belongs to.
+    pub module_id: u32,
+    /// Index of the symbol within the module.
+    pub symbol_index: u32,
+    /// Demangled name.
+    pub name: String,
+}
+
+impl Symbol {
+    /// A symbol whose function id is `(module_id << 32) | symbol_index`.
+    pub fn new(module_id: u32, symbol_index: u32, name: impl Into<String>) -> Self {
+        Symbol {
+            function_id: format!("{:#018x}", crate::function_id(module_id, symbol_index)),
+            module_id,
+            symbol_index,
+            name: name.into(),
+        }
+    }
+
+    /// The function id parsed from its `0x` string, if well formed.
+    pub fn function_id(&self) -> Option<u64> {
+        let hex = self.function_id.strip_prefix("0x").or_else(|| self.function_id.strip_prefix("0X"))?;
+        u64::from_str_radix(hex, 16).ok()
+    }
+}
+
+/// What became of the traced program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetFate {
+    /// It exited with this status.
+    Exited {
+        /// Exit status.
+        code: i32,
+    },
+    /// It was killed by a signal.
+    Signaled {
+        /// Signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        #[serde(default)]
+        core_dumped: bool,
+    },
+    /// It was still running when the tracer stopped (attach mode).
+    Running,
+    /// Not known (tracer killed, or not observable).
+    Unknown,
+}
+
+/// The clock behind the timestamps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockInfo {
+    /// The clock the nanoseconds are on, e.g. `"CLOCK_BOOTTIME"`.
+    pub name: String,
+    /// How events were stamped: `"tsc"` (calibrated raw ticks) or `"clock_gettime"`.
+    pub source: String,
+    /// The tick-to-nanosecond mapping, when `source` is `"tsc"`.
+    #[serde(default)]
+    pub tsc: Option<TscCalibration>,
+}
+
+impl ClockInfo {
+    /// Timestamps read directly from `clock_gettime(CLOCK_BOOTTIME)`.
+    pub fn boottime() -> Self {
+        ClockInfo { name: "CLOCK_BOOTTIME".to_owned(), source: "clock_gettime".to_owned(), tsc: None }
+    }
+
+    /// Raw TSC ticks mapped onto `CLOCK_BOOTTIME` with `calibration`.
+    pub fn tsc(calibration: TscCalibration) -> Self {
+        ClockInfo { name: "CLOCK_BOOTTIME".to_owned(), source: "tsc".to_owned(), tsc: Some(calibration) }
+    }
+}
+
+/// Linear map from TSC ticks to clock nanoseconds:
+/// `ns = ns_base + ((ticks - tsc_base) * mult) >> shift`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TscCalibration {
+    /// Measured TSC frequency.
+    pub tsc_hz: u64,
+    /// A TSC reading taken together with `ns_base`.
+    pub tsc_base: u64,
+    /// The clock's nanoseconds at `tsc_base`.
+    pub ns_base: u64,
+    /// Fixed-point nanoseconds per tick.
+    pub mult: u64,
+    /// Fixed-point shift of `mult`.
+    pub shift: u32,
+}
+
+impl TscCalibration {
+    /// The map through the reference pair (`tsc_base`, `ns_base`) at `tsc_hz` ticks per second.
+    pub fn new(tsc_hz: u64, tsc_base: u64, ns_base: u64) -> Self {
+        const SHIFT: u32 = 32;
+        let mult = ((1_000_000_000u128 << SHIFT) / u128::from(tsc_hz.max(1))) as u64;
+        TscCalibration { tsc_hz, tsc_base, ns_base, mult, shift: SHIFT }
+    }
+
+    /// Nanoseconds on the clock for a TSC reading (saturating at 0 and `u64::MAX`).
+    pub fn to_ns(&self, ticks: u64) -> u64 {
+        let delta = i128::from(ticks) - i128::from(self.tsc_base);
+        let ns = i128::from(self.ns_base) + ((delta * i128::from(self.mult)) >> self.shift.min(127));
+        ns.clamp(0, i128::from(u64::MAX)) as u64
+    }
+}
+
+/// Drops by reason. Reasons not named here go to `other`, keyed by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    /// All rings were full under the lossy policy (or the wait timed out).
+    #[serde(default)]
+    pub ring_full: u64,
+    /// The event came after the stop.
+    #[serde(default)]
+    pub shutdown: u64,
+    /// The thread found no free registry slot.
+    #[serde(default)]
+    pub registry_full: u64,
+    /// The hook was re-entered.
+    #[serde(default)]
+    pub reentrant: u64,
+    /// The thread was being torn down.
+    #[serde(default)]
+    pub thread_teardown: u64,
+    /// Any other reason.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, u64>,
+}
+
+impl Drops {
+    /// All drops, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.ring_full
+            + self.shutdown
+            + self.registry_full
+            + self.reentrant
+            + self.thread_teardown
+            + self.other.values().sum::<u64>()
+    }
+}
+
+/// The accounting of one lane: attempted = persisted + dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Events the producers tried to record.
+    #[serde(default)]
+    pub attempted: u64,
+    /// Events in the files.
+    #[serde(default)]
+    pub persisted: u64,
+    /// Events not recorded, by reason.
+    #[serde(default)]
+    pub dropped: Drops,
+}
+
+impl Counts {
+    /// Whether the invariant `attempted == persisted + dropped` holds.
+    pub fn balanced(&self) -> bool {
+        self.persisted.checked_add(self.dropped.total()) == Some(self.attempted)
+    }
+
+    /// Adds `other` into `self` (for totals).
+    pub fn add(&mut self, other: &Counts) {
+        self.attempted += other.attempted;
+        self.persisted += other.persisted;
+        let d = &mut self.dropped;
+        d.ring_full += other.dropped.ring_full;
+        d.shutdown += other.dropped.shutdown;
+        d.registry_full += other.dropped.registry_full;
+        d.reentrant += other.dropped.reentrant;
+        d.thread_teardown += other.dropped.thread_teardown;
+        for (reason, n) in &other.dropped.other {
+            *d.other.entry(reason.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Session totals per lane.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accounting {
+    /// Index lane, all threads.
+    #[serde(default)]
+    pub index: Counts,
+    /// Detail lane, all threads.
+    #[serde(default)]
+    pub detail: Counts,
+}
+
+/// A persisted detail window: the detail records around one marked event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetailWindow {
+    /// Thread the window belongs to.
+    pub thread_id: u32,
+    /// Why it was persisted: `"trigger:<symbol>"` or `"crash"`.
+    pub reason: String,
+    /// `index_seq` of the first record in the window.
+    pub index_seq_start: u64,
+    /// `index_seq` of the last record in the window.
+    pub index_seq_end: u64,
+    /// Records in the window.
+    pub records: u64,
+}
+
+impl Manifest {
+    /// An empty, unfinished manifest for a session on `clock`.
+    pub fn new(clock: ClockType) -> Self {
+        Manifest {
+            format_version: "2.0".to_owned(),
+            clock_type: clock.to_raw(),
+            time_start_ns: 0,
+            time_end_ns: 0,
+            threads: Vec::new(),
+            modules: Vec::new(),
+            symbols: Vec::new(),
+            finished: false,
+            target_pid: 0,
+            executable: String::new(),
+            argv: Vec::new(),
+            wall_start_unix_ns: 0,
+            wall_end_unix_ns: None,
+            tracer_version: String::new(),
+            stop_reason: None,
+            target_fate: None,
+            clock: None,
+            accounting: Accounting::default(),
+            detail_windows: Vec::new(),
+        }
+    }
+
+    /// Reads and parses `path`.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = fs::read(path).map_err(|e| Error::io(path, "read the manifest", e))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Manifest { path: path.to_path_buf(), source })
+    }
+
+    /// Replaces `path` atomically: writes `<path>.tmp` in the same directory, fsyncs it, renames it
+    /// over `path`, and fsyncs the directory. A reader sees the old or the new manifest, never a mix.
+    /// Sets `format_version` to `"2.1"` if modules or symbols are present, `"2.0"` otherwise.
+    pub fn write_atomic(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.format_version =
+            if self.modules.is_empty() && self.symbols.is_empty() { "2.0" } else { "2.1" }.to_owned();
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|source| Error::Manifest { path: path.to_path_buf(), source })?;
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = Path::new(&tmp_name);
+        let write = || -> std::io::Result<()> {
+            let mut file: File =
+                OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
+            file.write_all(&bytes)?;
+            file.write_all(b"\n")?;
+            file.sync_all()
+        };
+        write().map_err(|e| Error::io(tmp, "write the temporary manifest (is the disk full?)", e))?;
+        fs::rename(tmp, path).map_err(|e| Error::io(path, "replace the manifest", e))?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fsync_dir(dir)
+    }
+
+    /// The session's accounting recomputed from the thread entries.
+    pub fn thread_totals(&self) -> Accounting {
+        let mut total = Accounting::default();
+        for t in &self.threads {
+            total.index.add(&t.index);
+            total.detail.add(&t.detail);
+        }
+        total
+    }
+}

@@ -1,0 +1,372 @@
+//! The session directory: `<output>/session_<YYYYmmdd_HHMMSS>/pid_<pid>/` with `manifest.json` and one
+//! `thread_<tid>/` per thread.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::detail::{DetailReader, DetailWriter};
+use crate::error::{Error, Result};
+use crate::index::{IndexReader, IndexWriter};
+use crate::manifest::Manifest;
+use crate::ClockType;
+
+/// File name of the manifest inside a pid directory.
+const MANIFEST: &str = "manifest.json";
+
+/// fsyncs a directory, so the entries created or renamed in it survive a crash.
+pub fn fsync_dir(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "fsync the directory", e))
+}
+
+/// Where a recording puts its files. Creating one makes the directories; the writers and the manifest
+/// go where its paths say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionLayout {
+    session_dir: PathBuf,
+    pid_dir: PathBuf,
+}
+
+impl SessionLayout {
+    /// Creates `<output>/session_<local YYYYmmdd_HHMMSS>/pid_<pid>/` (and `output` if needed). If a
+    /// session directory of that second exists, the name gets a suffix `_2`, `_3`, ...
+    pub fn create(output: impl AsRef<Path>, pid: u32) -> Result<Self> {
+        let output = output.as_ref();
+        fs::create_dir_all(output).map_err(|e| {
+            Error::io(output, "create the output directory (is its parent writable?)", e)
+        })?;
+        let stamp = local_timestamp();
+        let mut session_dir = None;
+        for n in 1..=1000u32 {
+            let name =
+                if n == 1 { format!("session_{stamp}") } else { format!("session_{stamp}_{n}") };
+            let candidate = output.join(name);
+            match fs::create_dir(&candidate) {
+                Ok(()) => {
+                    session_dir = Some(candidate);
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        &candidate,
+                        "create the session directory (is the output directory writable?)",
+                        e,
+                    ))
+                }
+            }
+        }
+        let session_dir = session_dir.ok_or_else(|| {
+            Error::io(
+                output,
+                "find a free session directory name (1000 sessions this second; clean up)",
+                ErrorKind::AlreadyExists.into(),
+            )
+        })?;
+        let pid_dir = session_dir.join(format!("pid_{pid}"));
+        fs::create_dir(&pid_dir)
+            .map_err(|e| Error::io(&pid_dir, "create the process directory", e))?;
+        fsync_dir(&session_dir)?;
+        fsync_dir(output)?;
+        Ok(SessionLayout { session_dir, pid_dir })
+    }
+
+    /// `<output>/session_<...>`.
+    pub fn session_dir(&self) -> &Path {
+        &self.session_dir
+    }
+
+    /// `<session>/pid_<pid>`, the directory readers open.
+    pub fn pid_dir(&self) -> &Path {
+        &self.pid_dir
+    }
+
+    /// `<pid dir>/manifest.json`.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.pid_dir.join(MANIFEST)
+    }
+
+    /// `<pid dir>/thread_<tid>`.
+    pub fn thread_dir(&self, tid: u32) -> PathBuf {
+        self.pid_dir.join(format!("thread_{tid}"))
+    }
+
+    /// `<pid dir>/thread_<tid>/index.atf`.
+    pub fn index_path(&self, tid: u32) -> PathBuf {
+        self.thread_dir(tid).join("index.atf")
+    }
+
+    /// `<pid dir>/thread_<tid>/detail.atf`.
+    pub fn detail_path(&self, tid: u32) -> PathBuf {
+        self.thread_dir(tid).join("detail.atf")
+    }
+
+    /// Creates the thread's directory if needed and its `index.atf`.
+    pub fn create_index(&self, tid: u32, clock: ClockType) -> Result<IndexWriter> {
+        self.ensure_thread_dir(tid)?;
+        IndexWriter::create(self.index_path(tid), tid, clock)
+    }
+
+    /// Creates the thread's directory if needed and its `detail.atf`.
+    pub fn create_detail(&self, tid: u32) -> Result<DetailWriter> {
+        self.ensure_thread_dir(tid)?;
+        DetailWriter::create(self.detail_path(tid), tid)
+    }
+
+    /// Writes `manifest` atomically to [`manifest_path`](Self::manifest_path).
+    pub fn write_manifest(&self, manifest: &mut Manifest) -> Result<()> {
+        manifest.write_atomic(self.manifest_path())
+    }
+
+    /// fsyncs every thread directory, the pid directory and the session directory.
+    pub fn sync_dirs(&self) -> Result<()> {
+        let entries = fs::read_dir(&self.pid_dir)
+            .map_err(|e| Error::io(&self.pid_dir, "list the process directory", e))?;
+        for entry in entries.flatten() {
+            if thread_id_of(&entry.file_name().to_string_lossy()).is_some() {
+                fsync_dir(entry.path())?;
+            }
+        }
+        fsync_dir(&self.pid_dir)?;
+        fsync_dir(&self.session_dir)
+    }
+
+    fn ensure_thread_dir(&self, tid: u32) -> Result<()> {
+        let dir = self.thread_dir(tid);
+        match fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io(&dir, "create the thread directory", e)),
+        }
+    }
+}
+
+/// One thread of an opened session.
+pub struct SessionThread {
+    /// OS thread id.
+    pub id: u32,
+    /// Its index file.
+    pub index: IndexReader,
+    /// Its detail file, if one exists and opened.
+    pub detail: Option<DetailReader>,
+}
+
+/// A problem found while opening a session that still leaves it readable.
+#[derive(Debug)]
+pub enum Warning {
+    /// The manifest is not the final one: the tracer was killed or is still recording.
+    Unfinished,
+    /// A thread's index file could not be opened; the thread is left out.
+    ThreadUnreadable {
+        /// The thread.
+        thread_id: u32,
+        /// Why.
+        error: Error,
+    },
+    /// A thread's detail file could not be opened; its index is still read.
+    DetailUnreadable {
+        /// The thread.
+        thread_id: u32,
+        /// Why.
+        error: Error,
+    },
+    /// The manifest says the thread has a detail file but there is none.
+    DetailMissing {
+        /// The thread.
+        thread_id: u32,
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// A thread directory the manifest does not list (the tracer stopped before rewriting it); its
+    /// files are read anyway.
+    UnlistedThread {
+        /// The thread.
+        thread_id: u32,
+    },
+    /// A file was not finished; its complete events were recovered.
+    FileRecovered {
+        /// The file.
+        path: PathBuf,
+        /// What was recovered.
+        note: String,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::Unfinished => write!(
+                f,
+                "the session was not finished (tracer killed or still recording); complete events \
+                 were recovered, counters in the manifest may be stale"
+            ),
+            Warning::ThreadUnreadable { thread_id, error } => {
+                write!(f, "thread {thread_id} left out: {error}")
+            }
+            Warning::DetailUnreadable { thread_id, error } => {
+                write!(f, "thread {thread_id}: detail records left out: {error}")
+            }
+            Warning::DetailMissing { thread_id, path } => write!(
+                f,
+                "thread {thread_id}: the manifest lists detail records but {} is missing",
+                path.display()
+            ),
+            Warning::UnlistedThread { thread_id } => write!(
+                f,
+                "thread {thread_id} has files but is not in the manifest; read it anyway"
+            ),
+            Warning::FileRecovered { path, note } => write!(f, "{}: {note}", path.display()),
+        }
+    }
+}
+
+/// A recorded session opened for reading: the manifest, one reader per thread, and the problems found.
+pub struct Session {
+    /// The pid directory (holding `manifest.json`).
+    pub dir: PathBuf,
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// Readable threads: the manifest's, in its order, then unlisted ones by id.
+    pub threads: Vec<SessionThread>,
+    /// Problems that leave the session readable.
+    pub warnings: Vec<Warning>,
+}
+
+impl Session {
+    /// Opens a session from its `pid_<pid>` directory, or from a `session_<...>` directory holding
+    /// exactly one of them. Missing or unreadable thread files, unfinished files and an unfinished
+    /// session are [`Warning`]s; only an unusable directory or manifest is an error.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = resolve_pid_dir(dir.as_ref())?;
+        let manifest = Manifest::read(dir.join(MANIFEST))?;
+        let mut warnings = Vec::new();
+        if !manifest.finished {
+            warnings.push(Warning::Unfinished);
+        }
+        let mut threads = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in &manifest.threads {
+            if seen.insert(entry.id) {
+                open_thread(&dir, entry.id, entry.has_detail, &mut threads, &mut warnings);
+            }
+        }
+        let mut unlisted: Vec<u32> = fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, "list the session directory", e))?
+            .flatten()
+            .filter_map(|e| thread_id_of(&e.file_name().to_string_lossy()))
+            .filter(|id| !seen.contains(id))
+            .collect();
+        unlisted.sort_unstable();
+        for id in unlisted {
+            warnings.push(Warning::UnlistedThread { thread_id: id });
+            open_thread(&dir, id, false, &mut threads, &mut warnings);
+        }
+        Ok(Session { dir, manifest, threads, warnings })
+    }
+
+    /// Index events readable in all threads.
+    pub fn event_count(&self) -> u64 {
+        self.threads.iter().map(|t| t.index.event_count()).sum()
+    }
+}
+
+fn open_thread(
+    dir: &Path,
+    id: u32,
+    has_detail: bool,
+    threads: &mut Vec<SessionThread>,
+    warnings: &mut Vec<Warning>,
+) {
+    let thread_dir = dir.join(format!("thread_{id}"));
+    let index = match IndexReader::open(thread_dir.join("index.atf")) {
+        Ok(index) => index,
+        Err(error) => {
+            warnings.push(Warning::ThreadUnreadable { thread_id: id, error });
+            return;
+        }
+    };
+    if let Some(note) = index.recovery_note() {
+        warnings.push(Warning::FileRecovered { path: index.path().to_path_buf(), note: note.to_owned() });
+    }
+    let detail_path = thread_dir.join("detail.atf");
+    let detail = if detail_path.exists() {
+        match DetailReader::open(&detail_path) {
+            Ok(detail) => {
+                if let Some(note) = detail.recovery_note() {
+                    warnings.push(Warning::FileRecovered { path: detail_path, note: note.to_owned() });
+                }
+                Some(detail)
+            }
+            Err(error) => {
+                warnings.push(Warning::DetailUnreadable { thread_id: id, error });
+                None
+            }
+        }
+    } else {
+        if has_detail {
+            warnings.push(Warning::DetailMissing { thread_id: id, path: detail_path });
+        }
+        None
+    };
+    threads.push(SessionThread { id, index, detail });
+}
+
+fn resolve_pid_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join(MANIFEST).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::io(dir, "open the session directory", e))?;
+    let mut pids: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pid_") && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    pids.sort();
+    match pids.len() {
+        1 => Ok(pids.remove(0)),
+        0 => Err(Error::NotASession {
+            path: dir.to_path_buf(),
+            problem: "no manifest.json and no pid_<pid> directory here; pass a session_<...> or \
+                      pid_<pid> directory"
+                .to_owned(),
+        }),
+        n => Err(Error::NotASession {
+            path: dir.to_path_buf(),
+            problem: format!("holds {n} traced processes; pass one of its pid_<pid> directories"),
+        }),
+    }
+}
+
+/// The tid of a `thread_<tid>` directory name.
+fn thread_id_of(name: &str) -> Option<u32> {
+    name.strip_prefix("thread_")?.parse().ok()
+}
+
+/// Local time as `YYYYmmdd_HHMMSS` (UTC if the local time zone cannot be read).
+fn local_timestamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let t = secs as libc::time_t;
+    // SAFETY: `libc::tm` is plain data (integers and a nullable pointer); all-zero bytes are valid.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call; `localtime_r` writes only `tm`.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if !ok {
+        // SAFETY: as above, for `gmtime_r`.
+        unsafe { libc::gmtime_r(&t, &mut tm) };
+    }
+    format!(
+        "{:04}{:02}{:02}_{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
