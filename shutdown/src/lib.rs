@@ -1,1 +1,107 @@
-//! Placeholder.
+//! Signal-driven shutdown: the SIGINT/SIGTERM handlers, the shutdown request and its wake-up, the
+//! phase state machine that drives a [`Pipeline`], and the summary printed on stderr.
+//!
+//! Contract: any number of requests (signals, possibly concurrent, the duration timer, the target
+//! exiting or crashing, the tracer itself) start exactly one shutdown, whose reason is the first
+//! request; later requests are counted and ignored. A SIGINT/SIGTERM arriving once the phases have
+//! begun forces the shutdown: the remaining graceful phases are skipped, syncing and cleanup still
+//! run. The signal handler does only async-signal-safe work (atomics and one non-blocking eventfd
+//! write, `errno` preserved) and the original handlers come back when the [`SignalGuard`] goes.
+//! This crate knows nothing of rings or files: it drives them through [`Pipeline`].
+//!
+//! ```
+//! use shutdown::{Budgets, Error, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Summary};
+//! use std::time::Duration;
+//!
+//! struct Nothing;
+//! impl Pipeline for Nothing {
+//!     fn stop_acceptance(&mut self, _: &PhaseContext<'_>) -> Result<(), Error> { Ok(()) }
+//!     fn close_registrations(&mut self, _: &PhaseContext<'_>) -> Result<(), Error> { Ok(()) }
+//!     fn flush(&mut self, _: &PhaseContext<'_>) -> Result<(), Error> { Ok(()) }
+//!     fn final_drain(&mut self, _: &PhaseContext<'_>) -> Result<(), Error> { Ok(()) }
+//!     fn sync(&mut self, _: &PhaseContext<'_>) -> Result<(), Error> { Ok(()) }
+//!     fn cleanup(&mut self, _: &PhaseContext<'_>) -> Result<(), Error> { Ok(()) }
+//! }
+//!
+//! let shutdown = Shutdown::new()?;
+//! let guard = shutdown.install_signals()?; // SIGINT/SIGTERM now request the shutdown
+//! shutdown.request(Reason::Timer); // what the duration timer's callback does
+//! assert_eq!(shutdown.wait(Some(Duration::from_secs(1)))?, Some(Reason::Timer));
+//! let report = shutdown.execute(&mut Nothing, &Budgets::default())?;
+//! guard.restore()?;
+//! let text = Summary { report, stats: Statistics::default() }.render();
+//! assert!(text.starts_with("tracer: shutdown complete: duration elapsed"));
+//! # Ok::<(), shutdown::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod phase;
+mod request;
+#[cfg(not(all(test, feature = "loom")))]
+mod signal;
+mod summary;
+mod sync;
+
+#[cfg(all(test, feature = "loom"))]
+mod loom_models;
+
+pub use phase::{
+    Budgets, ForceCause, Phase, PhaseContext, PhaseReport, PhaseStatus, Pipeline, Report, State,
+};
+pub use request::{signal_name, Outcome, Reason, Shutdown};
+#[cfg(not(all(test, feature = "loom")))]
+pub use signal::{handler_address, SignalGuard, SHUTDOWN_SIGNALS};
+pub use summary::{Statistics, Summary, TargetFate};
+
+use std::io;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The wake eventfd could not be created.
+    #[error(
+        "cannot create the shutdown eventfd: {0} (raise the open-file limit, e.g. `ulimit -n`)"
+    )]
+    WakeFd(#[source] io::Error),
+    /// Waiting on or draining the wake eventfd failed.
+    #[error("cannot wait on the shutdown eventfd: {0}")]
+    Wait(#[source] io::Error),
+    /// `sigaction` refused our handler.
+    #[error("cannot install the {signal} handler: {source}")]
+    Install {
+        /// The signal's name.
+        signal: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `sigaction` refused to put the original handler back.
+    #[error("cannot restore the original {signal} handler: {source}")]
+    Restore {
+        /// The signal's name.
+        signal: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A second installation while the first guard is alive.
+    #[error(
+        "shutdown signal handlers are already installed; restore or drop the first SignalGuard \
+         before installing again"
+    )]
+    AlreadyInstalled,
+    /// [`Shutdown::execute`] was called twice.
+    #[error("the shutdown phases already ran; call Shutdown::execute once per shutdown")]
+    AlreadyExecuted,
+    /// A [`Pipeline`] phase failed (its message).
+    #[error("{0}")]
+    Phase(String),
+}
+
+impl Error {
+    /// A phase failure with this message, for [`Pipeline`] implementations.
+    pub fn phase(message: impl Into<String>) -> Self {
+        Error::Phase(message.into())
+    }
+}

@@ -1,1 +1,438 @@
-//! Placeholder.
+//! A cancellable duration timer: one thread blocked on a condition variable until the deadline,
+//! then it runs the owner's callback once.
+//!
+//! Contract: cancel and expiry race to exactly one [`Outcome`]. Once [`Timer::cancel`] returns
+//! [`Outcome::Cancelled`] the callback never runs; if it returns [`Outcome::Fired`] the callback has
+//! finished. The callback never runs before the deadline. There is no polling: the thread sleeps
+//! until the deadline or a cancel wakes it. The timer knows nothing of what expiry means: the owner
+//! passes a callback (the tracer's requests a shutdown with reason "timer", which the shutdown
+//! ignores if one is already under way).
+//!
+//! ```
+//! use std::sync::mpsc;
+//! use timer::{duration_from_secs, Outcome, Timer};
+//!
+//! assert_eq!(duration_from_secs(0.0)?, None); // 0 = no timer
+//! let d = duration_from_secs(0.01)?.expect("10 ms");
+//! let (tx, rx) = mpsc::channel();
+//! let timer = Timer::start(d, move || tx.send(()).unwrap())?;
+//! rx.recv().unwrap(); // the callback ran, no earlier than 10 ms after start
+//! assert_eq!(timer.cancel(), Outcome::Fired);
+//! assert!(duration_from_secs(-1.0).is_err());
+//! # Ok::<(), timer::TimerError>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod sync;
+
+use std::time::{Duration, Instant};
+use sync::{Arc, Condvar, Mutex};
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum TimerError {
+    /// A negative duration.
+    #[error("duration {0} s is negative; give a number of seconds >= 0 (0 = no limit)")]
+    Negative(f64),
+    /// NaN or infinite.
+    #[error("duration {0} is not a finite number; give a number of seconds >= 0 (0 = no limit)")]
+    NotFinite(f64),
+    /// Too large to represent.
+    #[error("duration {0} s is too long; give at most {max} seconds (0 = no limit)", max = u64::MAX)]
+    TooLong(f64),
+    /// Text that is not a number.
+    #[error("duration `{0}` is not a number; give seconds such as 10 or 2.5 (0 = no limit)")]
+    NotANumber(String),
+    /// The timer thread could not be started.
+    #[error("cannot start the duration timer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Seconds (fractions allowed) to a timer duration: `Ok(None)` for 0 (no timer), an error for
+/// negative, NaN, infinite or overlong values.
+pub fn duration_from_secs(secs: f64) -> Result<Option<Duration>, TimerError> {
+    if !secs.is_finite() {
+        return Err(TimerError::NotFinite(secs));
+    }
+    if secs < 0.0 {
+        return Err(TimerError::Negative(secs));
+    }
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d.is_zero() => Ok(Some(Duration::from_nanos(1))), // below 1 ns: as soon as possible
+        Ok(d) => Ok(Some(d)),
+        Err(_) => Err(TimerError::TooLong(secs)),
+    }
+}
+
+/// [`duration_from_secs`] on text, as a command line gives it (`"2.5"`).
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, TimerError> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| TimerError::NotANumber(text.to_string()))?;
+    duration_from_secs(secs)
+}
+
+/// How a timer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Cancelled before its deadline: the callback never ran and never will.
+    Cancelled,
+    /// The deadline passed and the callback ran to completion.
+    Fired,
+}
+
+/// The timer's state machine; every transition happens under the mutex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Armed,
+    Cancelled,
+    /// Expiry won; the callback is running (outside the lock).
+    Firing,
+    Fired,
+}
+
+/// State shared by the handle and the timer thread.
+#[derive(Debug)]
+struct Shared {
+    phase: Mutex<Phase>,
+    /// Signalled on cancel (wakes the timer thread) and when the callback finished (wakes cancel).
+    changed: Condvar,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            phase: Mutex::new(Phase::Armed),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Expiry: runs `callback` if and only if the timer is still armed.
+    fn expire(&self, callback: impl FnOnce()) -> Outcome {
+        {
+            let mut phase = self.lock();
+            if *phase != Phase::Armed {
+                return Outcome::Cancelled;
+            }
+            *phase = Phase::Firing;
+        }
+        // Even if the callback panics, Fired is recorded so `cancel` never waits for ever.
+        struct Finish<'a>(&'a Shared);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                *self.0.lock() = Phase::Fired;
+                self.0.changed.notify_all();
+            }
+        }
+        let _finish = Finish(self);
+        callback();
+        Outcome::Fired
+    }
+
+    /// Cancel: wins if still armed; otherwise waits for a running callback and reports Fired.
+    fn cancel(&self) -> Outcome {
+        let mut phase = self.lock();
+        loop {
+            match *phase {
+                Phase::Armed => {
+                    *phase = Phase::Cancelled;
+                    self.changed.notify_all();
+                    return Outcome::Cancelled;
+                }
+                Phase::Cancelled => return Outcome::Cancelled,
+                Phase::Fired => return Outcome::Fired,
+                Phase::Firing => {
+                    phase = self.changed.wait(phase).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+
+    fn outcome(&self) -> Option<Outcome> {
+        match *self.lock() {
+            Phase::Armed | Phase::Firing => None,
+            Phase::Cancelled => Some(Outcome::Cancelled),
+            Phase::Fired => Some(Outcome::Fired),
+        }
+    }
+
+    /// The timer thread's body: sleep until the deadline (re-checking after every wake-up, spurious
+    /// or not), then expire unless cancelled meanwhile.
+    #[cfg(not(all(test, feature = "loom")))]
+    fn run(&self, deadline: Instant, callback: impl FnOnce()) {
+        let mut phase = self.lock();
+        loop {
+            if *phase != Phase::Armed {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            phase = self
+                .changed
+                .wait_timeout(phase, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(phase);
+        self.expire(callback);
+    }
+}
+
+/// A running duration timer. Dropping it cancels it and joins its thread.
+#[derive(Debug)]
+pub struct Timer {
+    shared: Arc<Shared>,
+    deadline: Instant,
+    #[cfg(not(all(test, feature = "loom")))]
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(not(all(test, feature = "loom")))]
+impl Timer {
+    /// Starts a timer that calls `on_expiry` once, `duration` from now, unless cancelled first.
+    pub fn start<F>(duration: Duration, on_expiry: F) -> Result<Timer, TimerError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let shared = Arc::new(Shared::new());
+        let deadline = Instant::now()
+            .checked_add(duration)
+            .ok_or(TimerError::TooLong(duration.as_secs_f64()))?;
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("duration-timer".into())
+            .spawn(move || theirs.run(deadline, on_expiry))
+            .map_err(TimerError::Spawn)?;
+        Ok(Timer {
+            shared,
+            deadline,
+            thread: Some(thread),
+        })
+    }
+
+    /// [`Timer::start`] from seconds as the command line gives them: `Ok(None)` for 0 (no timer).
+    pub fn from_secs<F>(secs: f64, on_expiry: F) -> Result<Option<Timer>, TimerError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        duration_from_secs(secs)?
+            .map(|d| Timer::start(d, on_expiry))
+            .transpose()
+    }
+}
+
+impl Timer {
+    /// Cancels the timer, effective at once: `Cancelled` means the callback never runs; `Fired`
+    /// means it already ran (this waits for a callback in progress to finish). Idempotent.
+    /// Do not call it from inside the callback.
+    pub fn cancel(&self) -> Outcome {
+        self.shared.cancel()
+    }
+
+    /// `None` while armed (or while the callback runs), then the outcome.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.shared.outcome()
+    }
+
+    /// When the timer fires.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.shared.cancel();
+        #[cfg(not(all(test, feature = "loom")))]
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(all(test, feature = "loom"))]
+#[allow(non_snake_case)]
+mod loom_models {
+    //! Run: `LOOM_MAX_PREEMPTIONS=2 cargo test -p timer --features loom --release --lib`.
+    use super::*;
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    /// Cancel racing expiry: exactly one outcome, the callback ran iff it is `Fired`, and once
+    /// cancel returns the callback's effects are visible (or will never happen).
+    #[test]
+    fn cancel_races_expiry__then_exactly_one_outcome() {
+        loom::model(|| {
+            let shared = Arc::new(Shared::new());
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (s, c) = (shared.clone(), calls.clone());
+            let expiry = thread::spawn(move || {
+                // Relaxed: the mutex hand-off in `expire`/`cancel` orders it.
+                s.expire(|| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            let by_cancel = shared.cancel();
+            // Checked before joining: cancel alone must make the outcome final.
+            let seen_at_cancel = calls.load(Ordering::Relaxed);
+            let by_expiry = expiry.join().unwrap();
+            assert_eq!(by_cancel, by_expiry, "cancel and expiry disagree");
+            match by_cancel {
+                Outcome::Cancelled => assert_eq!(calls.load(Ordering::Relaxed), 0),
+                Outcome::Fired => {
+                    assert_eq!(seen_at_cancel, 1, "cancel returned before the callback")
+                }
+            }
+            assert_eq!(shared.outcome(), Some(by_cancel));
+            assert_eq!(shared.cancel(), by_cancel, "cancel is not idempotent");
+        });
+    }
+
+    /// Two cancels racing one expiry (the owner and `Drop`): still one outcome for all three.
+    #[test]
+    fn double_cancel_races_expiry__then_one_outcome() {
+        loom::model(|| {
+            let shared = Arc::new(Shared::new());
+            let (s1, s2) = (shared.clone(), shared.clone());
+            let expiry = thread::spawn(move || s1.expire(|| {}));
+            let other = thread::spawn(move || s2.cancel());
+            let mine = shared.cancel();
+            assert_eq!(other.join().unwrap(), mine);
+            assert_eq!(expiry.join().unwrap(), mine);
+        });
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Long enough that the timer cannot fire during the test on any machine.
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn timer__cancel__then_stops_immediately() {
+        let (tx, rx) = mpsc::channel::<()>();
+        let timer = Timer::start(NEVER, move || tx.send(()).unwrap()).unwrap();
+        assert_eq!(timer.outcome(), None);
+        assert_eq!(timer.cancel(), Outcome::Cancelled);
+        assert_eq!(timer.outcome(), Some(Outcome::Cancelled));
+        drop(timer); // joins the thread: it woke on cancel instead of sleeping an hour
+        assert_eq!(
+            rx.recv(),
+            Err(mpsc::RecvError),
+            "the callback ran after cancel"
+        );
+    }
+
+    #[test]
+    fn timer__expiry__then_never_before_deadline() {
+        let (tx, rx) = mpsc::channel();
+        let timer = Timer::start(Duration::from_millis(20), move || {
+            tx.send(Instant::now()).unwrap()
+        })
+        .unwrap();
+        let fired_at = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the timer never fired");
+        assert!(fired_at >= timer.deadline(), "fired before its deadline");
+        assert_eq!(timer.cancel(), Outcome::Fired);
+    }
+
+    #[test]
+    fn timer__cancel_after_fire__then_reports_fired() {
+        let (tx, rx) = mpsc::channel();
+        let timer = Timer::start(Duration::from_nanos(1), move || tx.send(()).unwrap()).unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the timer never fired");
+        assert_eq!(timer.cancel(), Outcome::Fired);
+        assert_eq!(timer.cancel(), Outcome::Fired);
+    }
+
+    #[test]
+    fn timer__drop__then_cancelled_and_joined() {
+        let (tx, rx) = mpsc::channel::<()>();
+        drop(Timer::start(NEVER, move || tx.send(()).unwrap()).unwrap());
+        assert_eq!(rx.recv(), Err(mpsc::RecvError));
+    }
+
+    #[test]
+    fn timer__zero_seconds__then_no_timer() {
+        assert!(Timer::from_secs(0.0, || {}).unwrap().is_none());
+    }
+
+    #[test]
+    fn timer__many_cancel_expiry_races__then_one_outcome_each() {
+        for i in 0..200u64 {
+            let (tx, rx) = mpsc::channel();
+            let timer =
+                Timer::start(Duration::from_micros(i % 50), move || tx.send(()).unwrap()).unwrap();
+            let outcome = timer.cancel();
+            drop(timer);
+            let calls = rx.try_iter().count();
+            assert_eq!(
+                calls,
+                usize::from(outcome == Outcome::Fired),
+                "run {i}: {outcome:?} with {calls} calls"
+            );
+        }
+    }
+
+    #[test]
+    fn duration__from_secs__then_validated() {
+        assert_eq!(duration_from_secs(0.0).unwrap(), None);
+        assert_eq!(
+            duration_from_secs(2.5).unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            duration_from_secs(0.001).unwrap(),
+            Some(Duration::from_millis(1))
+        );
+        assert!(matches!(
+            duration_from_secs(-0.5),
+            Err(TimerError::Negative(_))
+        ));
+        assert!(matches!(
+            duration_from_secs(f64::NAN),
+            Err(TimerError::NotFinite(_))
+        ));
+        assert!(matches!(
+            duration_from_secs(f64::INFINITY),
+            Err(TimerError::NotFinite(_))
+        ));
+        assert!(matches!(
+            duration_from_secs(1e300),
+            Err(TimerError::TooLong(_))
+        ));
+        assert!(matches!(
+            parse_duration("abc"),
+            Err(TimerError::NotANumber(_))
+        ));
+        assert_eq!(
+            parse_duration(" 1.5 ").unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn duration__errors__then_name_value_and_fix() {
+        let msg = duration_from_secs(-3.0).unwrap_err().to_string();
+        assert!(msg.contains("-3") && msg.contains("seconds >= 0"), "{msg}");
+        let msg = parse_duration("ten").unwrap_err().to_string();
+        assert!(msg.contains("`ten`") && msg.contains("2.5"), "{msg}");
+    }
+}
