@@ -40,12 +40,13 @@
 //! # Example
 //!
 //! ```
-//! use ring::{HeapRegion, Ring, RecordKind};
+//! use ring::{HeapRegion, RecordKind, Ring, StdBackend};
 //!
-//! let region = HeapRegion::new(Ring::<ring::StdBackend>::layout_size(1024));
+//! let region = HeapRegion::new(Ring::<StdBackend>::layout_size(1024));
 //! // SAFETY: the region is fresh, aligned, big enough, and lives as long as the ring; this thread
 //! // makes the only producer and the only consumer.
-//! let ring = unsafe { Ring::init(region.as_non_null(), 1024, RecordKind::Fixed(32)) }.unwrap();
+//! let ring = unsafe { Ring::<StdBackend>::init(region.as_non_null(), 1024, RecordKind::Fixed(32)) }
+//!     .unwrap();
 //! let (mut tx, mut rx) = unsafe { (ring.producer(), ring.consumer()) };
 //!
 //! tx.push(&[7u8; 32]).unwrap();

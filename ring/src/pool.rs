@@ -252,9 +252,9 @@ impl<'a, B: Backend> RingPool<'a, B> {
             NonNull::slice_from_raw_parts(NonNull::new(ptr).unwrap_or(base), len)
         };
         let queue_len = Ring::<B>::layout_size(g.queue_capacity);
-        // SAFETY (all three inits below): each part is a distinct, aligned sub-range of the memory
-        // the caller gave us exclusively.
-        let submit = unsafe {
+        // SAFETY: each part (queues, rings) is a distinct, aligned sub-range of the memory the
+        // caller gave us exclusively.
+        unsafe {
             Ring::<B>::init(
                 sub(g.submit_offset, queue_len),
                 g.queue_capacity,
@@ -290,7 +290,6 @@ impl<'a, B: Backend> RingPool<'a, B> {
                     detail: "free queue too small".into(),
                 })?;
         }
-        let _ = submit;
         let (policy, wait_timeout_us) = config.policy.encode();
         let header = PoolHeader::<B> {
             magic: POOL_MAGIC,

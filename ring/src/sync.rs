@@ -170,7 +170,7 @@ impl Backend for StdBackend {
 /// yields (model checkers have no clock). With `track = ...`, data-area accesses are tracked with the
 /// checker's `UnsafeCell<()>` (loom); without it they are not (shuttle).
 ///
-/// ```ignore
+/// ```text
 /// // In a crate's loom tests:
 /// ring::model_backend!(pub Loom, atomic = loom::sync::atomic, yield_now = loom::thread::yield_now,
 ///                      track = loom::cell::UnsafeCell);
