@@ -471,11 +471,6 @@ impl<'a, B: Backend> Producer<'a, B> {
         let RecordKind::Fixed(size) = self.ring.kind else {
             return self.push_variable(record);
         };
-        debug_assert_eq!(
-            record.len(),
-            size as usize,
-            "fixed record of the wrong size"
-        );
         let size = u64::from(size);
         if record.len() as u64 != size || !self.has_room(size) {
             return Err(Full);
