@@ -21,7 +21,13 @@ pub(crate) struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub(crate) fn new(file: &'a File, pos: u64, end: u64) -> Self {
-        ChunkReader { file, pos, end, buf: Vec::new(), start: 0 }
+        ChunkReader {
+            file,
+            pos,
+            end,
+            buf: Vec::new(),
+            start: 0,
+        }
     }
 
     /// Bytes of the range not yet returned.

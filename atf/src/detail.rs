@@ -253,9 +253,17 @@ impl DetailWriter {
     /// Creates `path` (which must not exist) and writes the recording header.
     pub fn create(path: impl AsRef<Path>, thread_id: u32) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
-            Error::io(path, "create the detail file (is the directory writable, the name unused?)", e)
-        })?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| {
+                Error::io(
+                    path,
+                    "create the detail file (is the directory writable, the name unused?)",
+                    e,
+                )
+            })?;
         let header = DetailHeader::recording(thread_id);
         file.write_all(&header.encode())
             .map_err(|e| Error::io(path, "write the detail header", e))?;
@@ -394,12 +402,17 @@ impl DetailWriter {
     }
 
     fn bad_batch(&self, problem: String) -> Error {
-        Error::invalid(&self.path, format!("{problem}; pass only complete detail records"))
+        Error::invalid(
+            &self.path,
+            format!("{problem}; pass only complete detail records"),
+        )
     }
 
     fn check_usable(&self) -> Result<()> {
         if self.failed {
-            return Err(Error::WriterFailed { path: self.path.clone() });
+            return Err(Error::WriterFailed {
+                path: self.path.clone(),
+            });
         }
         Ok(())
     }
@@ -442,15 +455,21 @@ impl DetailReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, "open the detail file", e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, "stat the detail file", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat the detail file", e))?
+            .len();
         if len < HEADER_SIZE as u64 {
             return Err(Error::corrupt(
                 path,
-                format!("the file is {len} bytes, shorter than the {HEADER_SIZE}-byte detail header"),
+                format!(
+                    "the file is {len} bytes, shorter than the {HEADER_SIZE}-byte detail header"
+                ),
             ));
         }
         let mut raw = [0u8; HEADER_SIZE];
-        file.read_exact_at(&mut raw, 0).map_err(|e| Error::io(path, "read the detail header", e))?;
+        file.read_exact_at(&mut raw, 0)
+            .map_err(|e| Error::io(path, "read the detail header", e))?;
         if raw[0..4] != DETAIL_MAGIC {
             return Err(Error::corrupt(
                 path,
@@ -465,7 +484,10 @@ impl DetailReader {
         if header.events_offset != HEADER_SIZE as u64 {
             return Err(Error::corrupt(
                 path,
-                format!("the header puts records at offset {}; ATF v2 puts them at 64", header.events_offset),
+                format!(
+                    "the header puts records at offset {}; ATF v2 puts them at 64",
+                    header.events_offset
+                ),
             ));
         }
 
@@ -506,7 +528,10 @@ impl DetailReader {
             buf.copy_from_slice(raw);
             let rec = DetailRecordHeader::decode(&buf);
             if (rec.total_length as usize) < RECORD_HEADER_SIZE {
-                stop = Some(format!("an invalid record length {} at offset {at}", rec.total_length));
+                stop = Some(format!(
+                    "an invalid record length {} at offset {at}",
+                    rec.total_length
+                ));
                 chunks = ChunkReader::new(&file, at, at);
                 break;
             }
@@ -612,7 +637,11 @@ impl DetailReader {
             actual = crc32c::crc32c_append(actual, bytes);
         }
         if actual != expected {
-            return Err(Error::Checksum { path: self.path.clone(), expected, actual });
+            return Err(Error::Checksum {
+                path: self.path.clone(),
+                expected,
+                actual,
+            });
         }
         Ok(true)
     }
@@ -651,7 +680,9 @@ impl Iterator for Records<'_> {
             Ok(None) => {
                 let e = Error::corrupt(
                     path,
-                    format!("{remaining} stray bytes at offset {at} where a record header should be"),
+                    format!(
+                        "{remaining} stray bytes at offset {at} where a record header should be"
+                    ),
                 );
                 return self.fail(e);
             }
@@ -669,7 +700,10 @@ impl Iterator for Records<'_> {
             return self.fail(e);
         }
         match self.chunks.take(len - RECORD_HEADER_SIZE) {
-            Ok(Some(payload)) => Some(Ok(DetailRecord { header, payload: payload.to_vec() })),
+            Ok(Some(payload)) => Some(Ok(DetailRecord {
+                header,
+                payload: payload.to_vec(),
+            })),
             Ok(None) => unreachable_short(self, at),
             Err(e) => self.fail(Error::io(path, "read the detail records", e)),
         }
@@ -678,6 +712,304 @@ impl Iterator for Records<'_> {
 
 /// The length was checked against what remains, so this only reports an inconsistency as an error.
 fn unreachable_short(records: &mut Records<'_>, at: u64) -> Option<Result<DetailRecord>> {
-    let e = Error::corrupt(&records.reader.path, format!("the record at offset {at} is cut short"));
+    let e = Error::corrupt(
+        &records.reader.path,
+        format!("the record at offset {at} is cut short"),
+    );
     records.fail(e)
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use crate::{DETAIL_CALL, DETAIL_RETURN};
+    use proptest::prelude::*;
+
+    fn record(i: u32) -> DetailRecord {
+        let payload: Vec<u8> = (0..(i as usize * 13) % 200)
+            .map(|b| (b as u8) ^ (i as u8))
+            .collect();
+        DetailRecord {
+            header: DetailRecordHeader {
+                total_length: (RECORD_HEADER_SIZE + payload.len()) as u32,
+                event_type: if i % 2 == 0 {
+                    DETAIL_CALL
+                } else {
+                    DETAIL_RETURN
+                },
+                flags: i as u16,
+                index_seq: 100 + i,
+                thread_id: 77,
+                timestamp_ns: 5_000 + u64::from(i),
+            },
+            payload,
+        }
+    }
+
+    fn encoded(range: std::ops::Range<u32>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in range {
+            let r = record(i);
+            out.extend_from_slice(&r.header.encode());
+            out.extend_from_slice(&r.payload);
+        }
+        out
+    }
+
+    fn write_finished(path: &Path, n: u32) -> DetailSummary {
+        let mut w = DetailWriter::create(path, 77).unwrap();
+        w.append(&encoded(0..n)).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn read_all(r: &DetailReader) -> Vec<DetailRecord> {
+        r.records().collect::<Result<Vec<_>>>().unwrap()
+    }
+
+    #[test]
+    fn detail_header__encode__then_fields_at_atf_md_offsets() {
+        let h = DetailHeader {
+            flags: 0xa1a2_a3a4,
+            thread_id: 0xb1b2_b3b4,
+            event_count: 0xc1c2_c3c4_c5c6_c7c8,
+            bytes_length: 0xd1d2_d3d4_d5d6_d7d8,
+            index_seq_start: 0xe1e2_e3e4_e5e6_e7e8,
+            index_seq_end: 0xf1f2_f3f4_f5f6_f7f8,
+            ..DetailHeader::recording(0)
+        };
+        let b = h.encode();
+        assert_eq!(&b[0..4], b"ATD2");
+        assert_eq!((b[4], b[5], b[6], b[7]), (1, 1, current_arch(), 4));
+        assert_eq!(b[8..12], 0xa1a2_a3a4u32.to_le_bytes());
+        assert_eq!(b[12..16], 0xb1b2_b3b4u32.to_le_bytes());
+        assert_eq!(b[16..20], [0; 4], "reserved");
+        assert_eq!(b[20..28], 64u64.to_le_bytes());
+        assert_eq!(b[28..36], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
+        assert_eq!(b[36..44], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
+        assert_eq!(b[44..52], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
+        assert_eq!(b[52..60], 0xf1f2_f3f4_f5f6_f7f8u64.to_le_bytes());
+        assert_eq!(b[60..64], [0; 4], "reserved");
+        assert_eq!(DetailHeader::decode(&b), h);
+    }
+
+    #[test]
+    fn detail_record_header__encode__then_fields_at_atf_md_offsets() {
+        let h = DetailRecordHeader {
+            total_length: 0xa1a2_a3a4,
+            event_type: 0xb1b2,
+            flags: 0xc1c2,
+            index_seq: 0xd1d2_d3d4,
+            thread_id: 0xe1e2_e3e4,
+            timestamp_ns: 0xf1f2_f3f4_f5f6_f7f8,
+        };
+        let b = h.encode();
+        assert_eq!(b.len(), 24);
+        assert_eq!(b[0..4], 0xa1a2_a3a4u32.to_le_bytes());
+        assert_eq!(b[4..6], 0xb1b2u16.to_le_bytes());
+        assert_eq!(b[6..8], 0xc1c2u16.to_le_bytes());
+        assert_eq!(b[8..12], 0xd1d2_d3d4u32.to_le_bytes());
+        assert_eq!(b[12..16], 0xe1e2_e3e4u32.to_le_bytes());
+        assert_eq!(b[16..24], 0xf1f2_f3f4_f5f6_f7f8u64.to_le_bytes());
+        assert_eq!(DetailRecordHeader::decode(&b), h);
+    }
+
+    #[test]
+    fn detail_footer__encode__then_fields_at_atf_md_offsets() {
+        let f = DetailFooter {
+            checksum: 0xa1a2_a3a4,
+            event_count: 0xb1b2_b3b4_b5b6_b7b8,
+            bytes_length: 0xc1c2_c3c4_c5c6_c7c8,
+            time_start_ns: 0xd1d2_d3d4_d5d6_d7d8,
+            time_end_ns: 0xe1e2_e3e4_e5e6_e7e8,
+        };
+        let b = f.encode();
+        assert_eq!(&b[0..4], b"2DTA");
+        assert_eq!(b[4..8], 0xa1a2_a3a4u32.to_le_bytes());
+        assert_eq!(b[8..16], 0xb1b2_b3b4_b5b6_b7b8u64.to_le_bytes());
+        assert_eq!(b[16..24], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
+        assert_eq!(b[24..32], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
+        assert_eq!(b[32..40], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
+        assert_eq!(b[40..64], [0; 24], "reserved");
+        assert_eq!(DetailFooter::decode(&b), Some(f));
+    }
+
+    #[test]
+    fn detail_writer__records_and_batches__then_reader_returns_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.atf");
+        let mut w = DetailWriter::create(&path, 77).unwrap();
+        w.append(&encoded(0..50)).unwrap();
+        for i in 50..60 {
+            let r = record(i);
+            w.append_record(&r.header, &r.payload).unwrap();
+        }
+        w.append(&encoded(60..5000)).unwrap();
+        let summary = w.finish().unwrap();
+        let expected: Vec<DetailRecord> = (0..5000).map(record).collect();
+        let bytes: u64 = expected
+            .iter()
+            .map(|r| u64::from(r.header.total_length))
+            .sum();
+        assert_eq!(summary.record_count, 5000);
+        assert_eq!(summary.bytes_length, bytes);
+
+        let r = DetailReader::open(&path).unwrap();
+        assert!(r.finished());
+        assert_eq!(r.record_count(), 5000);
+        assert_eq!(r.time_range(), (5_000, 5_000 + 4999));
+        assert_eq!(r.header().event_count, 5000);
+        assert_eq!(r.header().bytes_length, bytes);
+        assert_eq!(
+            (r.header().index_seq_start, r.header().index_seq_end),
+            (100, 100 + 4999)
+        );
+        assert_eq!(read_all(&r), expected);
+        assert!(r.verify_checksum().unwrap());
+    }
+
+    #[test]
+    fn detail_writer__bad_lengths__then_invalid_input_and_nothing_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.atf");
+        let mut w = DetailWriter::create(&path, 77).unwrap();
+        let good = encoded(0..3);
+        let mut short = good.clone();
+        short.pop();
+        let mut tiny_len = good.clone();
+        put_u32(&mut tiny_len, 0, 23);
+        for bad in [&short[..], &tiny_len[..], &good[..10]] {
+            let err = w.append(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        }
+        let r = record(2);
+        let mut wrong = r.header;
+        wrong.total_length += 1;
+        assert!(w.append_record(&wrong, &r.payload).is_err());
+        assert_eq!(w.record_count(), 0);
+        w.append(&good).unwrap();
+        assert_eq!(w.finish().unwrap().record_count, 3);
+    }
+
+    #[test]
+    fn detail_reader__file_cut_at_every_length__then_every_complete_record_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.atf");
+        write_finished(&src, 6);
+        let full = std::fs::read(&src).unwrap();
+        let ends: Vec<usize> = (0..6u32)
+            .scan(64usize, |off, i| {
+                *off += record(i).header.total_length as usize;
+                Some(*off)
+            })
+            .collect();
+        let path = dir.path().join("cut.atf");
+        for cut in 0..=full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            match DetailReader::open(&path) {
+                Err(e) => assert!(cut < 64, "cut at {cut}: {e}"),
+                Ok(r) => {
+                    let complete = ends.iter().filter(|&&end| end <= cut).count();
+                    assert_eq!(r.finished(), cut == full.len(), "cut at {cut}");
+                    assert_eq!(r.record_count(), complete as u64, "cut at {cut}");
+                    let expected: Vec<DetailRecord> = (0..complete as u32).map(record).collect();
+                    assert_eq!(read_all(&r), expected, "cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn detail_writer__forgotten_after_flush__then_reader_recovers_flushed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.atf");
+        let mut w = DetailWriter::create(&path, 77).unwrap();
+        w.append(&encoded(0..20)).unwrap();
+        w.sync().unwrap();
+        w.append(&encoded(20..25)).unwrap();
+        std::mem::forget(w);
+        let r = DetailReader::open(&path).unwrap();
+        assert!(!r.finished());
+        assert_eq!(read_all(&r), (0..20).map(record).collect::<Vec<_>>());
+        assert!(r
+            .recovery_note()
+            .unwrap()
+            .contains("recovered 20 complete records"));
+    }
+
+    #[test]
+    fn detail_reader__garbage_header__then_corrupt_error_naming_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.atf");
+        std::fs::write(&path, [7u8; 64]).unwrap();
+        let msg = DetailReader::open(&path).err().unwrap().to_string();
+        assert!(
+            msg.contains("detail.atf") && msg.contains("not an ATF detail file"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn detail_reader__finished_file_with_bad_record_length__then_corrupt_error_while_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.atf");
+        write_finished(&path, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        put_u32(&mut bytes, 64, 1_000_000);
+        std::fs::write(&path, &bytes).unwrap();
+        let r = DetailReader::open(&path).unwrap();
+        let results: Vec<_> = r.records().collect();
+        assert_eq!(results.len(), 1);
+        let msg = results[0].as_ref().unwrap_err().to_string();
+        assert!(msg.contains("total_length 1000000"), "{msg}");
+    }
+
+    fn open_and_read(bytes: &[u8]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.atf");
+        std::fs::write(&path, bytes).unwrap();
+        if let Ok(r) = DetailReader::open(&path) {
+            for record in r.records().flatten() {
+                assert_eq!(
+                    record.payload.len() + 24,
+                    record.header.total_length as usize
+                );
+            }
+            let _ = r.verify_checksum();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn detail_reader__arbitrary_bytes__then_no_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            magic in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if magic && bytes.len() >= 8 {
+                bytes[0..6].copy_from_slice(b"ATD2\x01\x01");
+            }
+            open_and_read(&bytes);
+        }
+
+        #[test]
+        fn detail_reader__mutated_valid_file__then_no_panic(
+            n in 0u32..12,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("src.atf");
+            write_finished(&path, n);
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            let keep = cut % (bytes.len() + 1);
+            open_and_read(&bytes[..keep]);
+        }
+    }
 }

@@ -84,14 +84,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: &Path, action: &'static str, source: io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), action, source }
+        Error::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
     }
 
     pub(crate) fn corrupt(path: &Path, problem: impl Into<String>) -> Self {
-        Error::Corrupt { path: path.to_path_buf(), problem: problem.into() }
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
     }
 
     pub(crate) fn invalid(path: &Path, problem: impl Into<String>) -> Self {
-        Error::InvalidInput { path: path.to_path_buf(), problem: problem.into() }
+        Error::InvalidInput {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
     }
 }

@@ -247,9 +247,17 @@ impl IndexWriter {
     /// Creates `path` (which must not exist) and writes the recording header.
     pub fn create(path: impl AsRef<Path>, thread_id: u32, clock: ClockType) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
-            Error::io(path, "create the index file (is the directory writable, the name unused?)", e)
-        })?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| {
+                Error::io(
+                    path,
+                    "create the index file (is the directory writable, the name unused?)",
+                    e,
+                )
+            })?;
         let header = IndexHeader::recording(thread_id, clock);
         file.write_all(&header.encode())
             .map_err(|e| Error::io(path, "write the index header", e))?;
@@ -425,7 +433,9 @@ impl IndexWriter {
 
     fn check_usable(&self) -> Result<()> {
         if self.failed {
-            return Err(Error::WriterFailed { path: self.path.clone() });
+            return Err(Error::WriterFailed {
+                path: self.path.clone(),
+            });
         }
         Ok(())
     }
@@ -466,15 +476,21 @@ impl IndexReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, "open the index file", e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, "stat the index file", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat the index file", e))?
+            .len();
         if len < HEADER_SIZE as u64 {
             return Err(Error::corrupt(
                 path,
-                format!("the file is {len} bytes, shorter than the {HEADER_SIZE}-byte index header"),
+                format!(
+                    "the file is {len} bytes, shorter than the {HEADER_SIZE}-byte index header"
+                ),
             ));
         }
         let mut raw = [0u8; HEADER_SIZE];
-        file.read_exact_at(&mut raw, 0).map_err(|e| Error::io(path, "read the index header", e))?;
+        file.read_exact_at(&mut raw, 0)
+            .map_err(|e| Error::io(path, "read the index header", e))?;
         if raw[0..4] != INDEX_MAGIC {
             return Err(Error::corrupt(
                 path,
@@ -489,22 +505,33 @@ impl IndexReader {
         if header.event_size != EVENT_SIZE as u32 {
             return Err(Error::corrupt(
                 path,
-                format!("the header says events are {} bytes; ATF v2 events are 32", header.event_size),
+                format!(
+                    "the header says events are {} bytes; ATF v2 events are 32",
+                    header.event_size
+                ),
             ));
         }
         if header.events_offset != HEADER_SIZE as u64 {
             return Err(Error::corrupt(
                 path,
-                format!("the header puts events at offset {}; ATF v2 puts them at 64", header.events_offset),
+                format!(
+                    "the header puts events at offset {}; ATF v2 puts them at 64",
+                    header.events_offset
+                ),
             ));
         }
 
         let fo = header.footer_offset;
         let mut note = None;
         let mut footer = None;
-        if fo >= HEADER_SIZE as u64 && fo.checked_add(FOOTER_SIZE as u64).is_some_and(|end| end <= len) {
+        if fo >= HEADER_SIZE as u64
+            && fo
+                .checked_add(FOOTER_SIZE as u64)
+                .is_some_and(|end| end <= len)
+        {
             let mut raw = [0u8; FOOTER_SIZE];
-            file.read_exact_at(&mut raw, fo).map_err(|e| Error::io(path, "read the index footer", e))?;
+            file.read_exact_at(&mut raw, fo)
+                .map_err(|e| Error::io(path, "read the index footer", e))?;
             // In the recording state (offset 64) only a file of exactly header + footer is finished:
             // bytes at 64 that merely look like a footer are the first event.
             let plausible = fo != HEADER_SIZE as u64 || len == (HEADER_SIZE + FOOTER_SIZE) as u64;
@@ -524,7 +551,9 @@ impl IndexReader {
                 }
                 footer = Some(found);
             } else if fo != HEADER_SIZE as u64 {
-                note = Some(format!("no footer at offset {fo} (damaged or never written)"));
+                note = Some(format!(
+                    "no footer at offset {fo} (damaged or never written)"
+                ));
             }
         } else if fo > len {
             note = Some(format!(
@@ -532,7 +561,9 @@ impl IndexReader {
                  (truncated)"
             ));
         } else if fo < HEADER_SIZE as u64 {
-            note = Some(format!("the header's footer offset {fo} lies inside the header"));
+            note = Some(format!(
+                "the header's footer offset {fo} lies inside the header"
+            ));
         }
 
         let (event_count, time_start_ns, time_end_ns) = match footer {
@@ -545,7 +576,9 @@ impl IndexReader {
                     end = fo;
                 }
                 let count = (end - HEADER_SIZE as u64) / EVENT_SIZE as u64;
-                let note_text = note.take().unwrap_or_else(|| "the file was not finished".to_owned());
+                let note_text = note
+                    .take()
+                    .unwrap_or_else(|| "the file was not finished".to_owned());
                 note = Some(format!(
                     "{note_text}; recovered {count} complete events{}",
                     if (end - HEADER_SIZE as u64) % EVENT_SIZE as u64 != 0 {
@@ -628,7 +661,11 @@ impl IndexReader {
         let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
         Events {
             reader: self,
-            chunks: ChunkReader::new(&self.file, HEADER_SIZE as u64 + seq * EVENT_SIZE as u64, end),
+            chunks: ChunkReader::new(
+                &self.file,
+                HEADER_SIZE as u64 + seq * EVENT_SIZE as u64,
+                end,
+            ),
             failed: false,
         }
     }
@@ -655,8 +692,11 @@ impl IndexReader {
             Some(f) if f.checksum != 0 => f.checksum,
             _ => return Ok(false),
         };
-        let mut chunks =
-            ChunkReader::new(&self.file, HEADER_SIZE as u64, HEADER_SIZE as u64 + self.event_count * 32);
+        let mut chunks = ChunkReader::new(
+            &self.file,
+            HEADER_SIZE as u64,
+            HEADER_SIZE as u64 + self.event_count * 32,
+        );
         let mut actual = 0u32;
         loop {
             let n = (chunks.remaining() as usize).min(CHUNK);
@@ -670,7 +710,11 @@ impl IndexReader {
             actual = crc32c::crc32c_append(actual, bytes);
         }
         if actual != expected {
-            return Err(Error::Checksum { path: self.path.clone(), expected, actual });
+            return Err(Error::Checksum {
+                path: self.path.clone(),
+                expected,
+                actual,
+            });
         }
         Ok(true)
     }
@@ -699,7 +743,11 @@ impl Iterator for Events<'_> {
             Ok(None) => None,
             Err(e) => {
                 self.failed = true;
-                Some(Err(Error::io(&self.reader.path, "read the index events (did the file shrink?)", e)))
+                Some(Err(Error::io(
+                    &self.reader.path,
+                    "read the index events (did the file shrink?)",
+                    e,
+                )))
             }
         }
     }
@@ -722,13 +770,17 @@ pub(crate) fn check_common_header(path: &Path, endian: u8, version: u8) -> Resul
     if endian != ENDIAN_LITTLE {
         return Err(Error::corrupt(
             path,
-            format!("unsupported byte order {endian} in the header (only 1, little-endian, is defined)"),
+            format!(
+                "unsupported byte order {endian} in the header (only 1, little-endian, is defined)"
+            ),
         ));
     }
     if version != FILE_VERSION {
         return Err(Error::corrupt(
             path,
-            format!("unsupported file version {version} (this reader knows version {FILE_VERSION})"),
+            format!(
+                "unsupported file version {version} (this reader knows version {FILE_VERSION})"
+            ),
         ));
     }
     Ok(())
@@ -746,7 +798,11 @@ mod tests {
             timestamp_ns: 1_000 + i * 10,
             function_id: crate::function_id(0xabcd_0123, i as u32 % 7),
             thread_id: 77,
-            kind: if i % 2 == 0 { EventKind::Call } else { EventKind::Return },
+            kind: if i % 2 == 0 {
+                EventKind::Call
+            } else {
+                EventKind::Return
+            },
             call_depth: (i % 5) as u32,
             detail_seq: if i % 3 == 0 { i as u32 } else { NO_DETAIL },
         }
@@ -862,12 +918,18 @@ mod tests {
         assert!(r.finished());
         assert_eq!(r.recovery_note(), None);
         assert_eq!(r.event_count(), next);
-        assert_eq!(r.time_range(), (event(0).timestamp_ns, event(next - 1).timestamp_ns));
+        assert_eq!(
+            r.time_range(),
+            (event(0).timestamp_ns, event(next - 1).timestamp_ns)
+        );
         assert_eq!(r.clock(), Some(ClockType::Boottime));
         let events = read_all(&r);
         assert_eq!(events.len() as u64, next);
-        assert!(events.iter().enumerate().all(|(i, e)| *e == event(i as u64)));
-        assert_eq!(r.verify_checksum().unwrap(), true);
+        assert!(events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| *e == event(i as u64)));
+        assert!(r.verify_checksum().unwrap());
         assert_eq!(r.event(12_345).unwrap(), event(12_345));
         assert_eq!(r.events_from(next - 2).count(), 2);
     }
@@ -923,7 +985,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.atf");
         std::fs::write(&path, b"keep me").unwrap();
-        let err = IndexWriter::create(&path, 1, ClockType::Boottime).err().unwrap();
+        let err = IndexWriter::create(&path, 1, ClockType::Boottime)
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
     }
@@ -952,7 +1016,11 @@ mod tests {
         let summary = w.finish().unwrap();
         let r = IndexReader::open(&path).unwrap();
         let e = r.event(0).unwrap();
-        assert!((5_999..=6_000).contains(&e.timestamp_ns), "{}", e.timestamp_ns);
+        assert!(
+            (5_999..=6_000).contains(&e.timestamp_ns),
+            "{}",
+            e.timestamp_ns
+        );
         assert_eq!(summary.time_start_ns, e.timestamp_ns);
         assert!(r.verify_checksum().unwrap());
     }
@@ -970,11 +1038,17 @@ mod tests {
         std::mem::forget(w);
         let r = IndexReader::open(&path).unwrap();
         assert!(!r.finished());
-        assert!(r.recovery_note().unwrap().contains("recovered 1500 complete events"));
+        assert!(r
+            .recovery_note()
+            .unwrap()
+            .contains("recovered 1500 complete events"));
         assert_eq!(r.event_count(), 1500);
-        assert_eq!(r.time_range(), (event(0).timestamp_ns, event(1499).timestamp_ns));
+        assert_eq!(
+            r.time_range(),
+            (event(0).timestamp_ns, event(1499).timestamp_ns)
+        );
         assert_eq!(read_all(&r), (0..1500).map(event).collect::<Vec<_>>());
-        assert_eq!(r.verify_checksum().unwrap(), false);
+        assert!(!r.verify_checksum().unwrap());
     }
 
     #[test]
@@ -1003,7 +1077,11 @@ mod tests {
                 let expected = complete.min(events);
                 assert_eq!(r.event_count(), expected, "cut at {cut}");
                 let got = read_all(&r);
-                assert_eq!(got, (0..expected).map(event).collect::<Vec<_>>(), "cut at {cut}");
+                assert_eq!(
+                    got,
+                    (0..expected).map(event).collect::<Vec<_>>(),
+                    "cut at {cut}"
+                );
             }
         }
     }
@@ -1068,8 +1146,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.atf");
         let good = IndexHeader::recording(1, ClockType::Boottime).encode();
-        let cases: Vec<(Box<dyn Fn(&mut [u8; 64])>, &str)> = vec![
-            (Box::new(|b| b[0..4].copy_from_slice(b"NOPE")), "not an ATF index file"),
+        type Mutation = Box<dyn Fn(&mut [u8; 64])>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|b| b[0..4].copy_from_slice(b"NOPE")),
+                "not an ATF index file",
+            ),
             (Box::new(|b| b[4] = 2), "byte order"),
             (Box::new(|b| b[5] = 9), "file version 9"),
             (Box::new(|b| put_u32(b, 24, 48)), "events are 48 bytes"),
@@ -1107,7 +1189,11 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let r = IndexReader::open(&path).unwrap();
         assert!(!r.finished());
-        assert!(r.recovery_note().unwrap().contains("past the end"), "{:?}", r.recovery_note());
+        assert!(
+            r.recovery_note().unwrap().contains("past the end"),
+            "{:?}",
+            r.recovery_note()
+        );
     }
 
     #[test]
@@ -1118,7 +1204,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let err = IndexReader::open(&path).unwrap().verify_checksum().unwrap_err();
+        let err = IndexReader::open(&path)
+            .unwrap()
+            .verify_checksum()
+            .unwrap_err();
         assert!(matches!(err, Error::Checksum { .. }), "{err}");
     }
 
@@ -1127,14 +1216,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.atf");
         write_finished(&path, 4);
-        let msg = IndexReader::open(&path).unwrap().event(4).unwrap_err().to_string();
+        let msg = IndexReader::open(&path)
+            .unwrap()
+            .event(4)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("no event 4"), "{msg}");
     }
 
     #[test]
     fn index_reader__missing_file__then_io_error_naming_it() {
-        let msg = IndexReader::open("/nonexistent/index.atf").err().unwrap().to_string();
-        assert!(msg.starts_with("/nonexistent/index.atf: cannot open"), "{msg}");
+        let msg = IndexReader::open("/nonexistent/index.atf")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.starts_with("/nonexistent/index.atf: cannot open"),
+            "{msg}"
+        );
     }
 
     fn open_and_read(bytes: &[u8]) {

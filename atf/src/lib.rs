@@ -51,7 +51,9 @@ pub use detail::{
     DetailWriter, Records,
 };
 pub use error::{Error, Result};
-pub use index::{Events, IndexEvent, IndexFooter, IndexHeader, IndexReader, IndexSummary, IndexWriter};
+pub use index::{
+    Events, IndexEvent, IndexFooter, IndexHeader, IndexReader, IndexSummary, IndexWriter,
+};
 pub use manifest::{
     Accounting, ClockInfo, Counts, DetailWindow, Drops, Manifest, Module, Symbol, TargetFate,
     ThreadEntry, TscCalibration,
@@ -216,7 +218,11 @@ mod tests {
 
     #[test]
     fn clock_type__raw_round_trip__then_identity() {
-        for clock in [ClockType::MachContinuous, ClockType::Qpc, ClockType::Boottime] {
+        for clock in [
+            ClockType::MachContinuous,
+            ClockType::Qpc,
+            ClockType::Boottime,
+        ] {
             assert_eq!(ClockType::from_raw(clock.to_raw()), Some(clock));
         }
         assert_eq!(ClockType::from_raw(0), None);

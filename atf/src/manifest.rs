@@ -133,7 +133,10 @@ impl Symbol {
 
     /// The function id parsed from its `0x` string, if well formed.
     pub fn function_id(&self) -> Option<u64> {
-        let hex = self.function_id.strip_prefix("0x").or_else(|| self.function_id.strip_prefix("0X"))?;
+        let hex = self
+            .function_id
+            .strip_prefix("0x")
+            .or_else(|| self.function_id.strip_prefix("0X"))?;
         u64::from_str_radix(hex, 16).ok()
     }
 }
@@ -176,12 +179,20 @@ pub struct ClockInfo {
 impl ClockInfo {
     /// Timestamps read directly from `clock_gettime(CLOCK_BOOTTIME)`.
     pub fn boottime() -> Self {
-        ClockInfo { name: "CLOCK_BOOTTIME".to_owned(), source: "clock_gettime".to_owned(), tsc: None }
+        ClockInfo {
+            name: "CLOCK_BOOTTIME".to_owned(),
+            source: "clock_gettime".to_owned(),
+            tsc: None,
+        }
     }
 
     /// Raw TSC ticks mapped onto `CLOCK_BOOTTIME` with `calibration`.
     pub fn tsc(calibration: TscCalibration) -> Self {
-        ClockInfo { name: "CLOCK_BOOTTIME".to_owned(), source: "tsc".to_owned(), tsc: Some(calibration) }
+        ClockInfo {
+            name: "CLOCK_BOOTTIME".to_owned(),
+            source: "tsc".to_owned(),
+            tsc: Some(calibration),
+        }
     }
 }
 
@@ -206,13 +217,20 @@ impl TscCalibration {
     pub fn new(tsc_hz: u64, tsc_base: u64, ns_base: u64) -> Self {
         const SHIFT: u32 = 32;
         let mult = ((1_000_000_000u128 << SHIFT) / u128::from(tsc_hz.max(1))) as u64;
-        TscCalibration { tsc_hz, tsc_base, ns_base, mult, shift: SHIFT }
+        TscCalibration {
+            tsc_hz,
+            tsc_base,
+            ns_base,
+            mult,
+            shift: SHIFT,
+        }
     }
 
     /// Nanoseconds on the clock for a TSC reading (saturating at 0 and `u64::MAX`).
     pub fn to_ns(&self, ticks: u64) -> u64 {
         let delta = i128::from(ticks) - i128::from(self.tsc_base);
-        let ns = i128::from(self.ns_base) + ((delta * i128::from(self.mult)) >> self.shift.min(127));
+        let ns =
+            i128::from(self.ns_base) + ((delta * i128::from(self.mult)) >> self.shift.min(127));
         ns.clamp(0, i128::from(u64::MAX)) as u64
     }
 }
@@ -344,7 +362,10 @@ impl Manifest {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(|e| Error::io(path, "read the manifest", e))?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::Manifest { path: path.to_path_buf(), source })
+        serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Replaces `path` atomically: writes `<path>.tmp` in the same directory, fsyncs it, renames it
@@ -352,23 +373,36 @@ impl Manifest {
     /// Sets `format_version` to `"2.1"` if modules or symbols are present, `"2.0"` otherwise.
     pub fn write_atomic(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.format_version =
-            if self.modules.is_empty() && self.symbols.is_empty() { "2.0" } else { "2.1" }.to_owned();
-        let bytes = serde_json::to_vec_pretty(self)
-            .map_err(|source| Error::Manifest { path: path.to_path_buf(), source })?;
+        self.format_version = if self.modules.is_empty() && self.symbols.is_empty() {
+            "2.0"
+        } else {
+            "2.1"
+        }
+        .to_owned();
+        let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Manifest {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".tmp");
         let tmp = Path::new(&tmp_name);
         let write = || -> std::io::Result<()> {
-            let mut file: File =
-                OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
+            let mut file: File = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(tmp)?;
             file.write_all(&bytes)?;
             file.write_all(b"\n")?;
             file.sync_all()
         };
-        write().map_err(|e| Error::io(tmp, "write the temporary manifest (is the disk full?)", e))?;
+        write()
+            .map_err(|e| Error::io(tmp, "write the temporary manifest (is the disk full?)", e))?;
         fs::rename(tmp, path).map_err(|e| Error::io(path, "replace the manifest", e))?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         fsync_dir(dir)
     }
 
@@ -380,5 +414,216 @@ impl Manifest {
             total.detail.add(&t.detail);
         }
         total
+    }
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    fn full_manifest() -> Manifest {
+        let mut m = Manifest::new(ClockType::Boottime);
+        let mut counts = Counts {
+            attempted: 10,
+            persisted: 7,
+            ..Counts::default()
+        };
+        counts.dropped.shutdown = 2;
+        counts.dropped.other.insert("future_reason".to_owned(), 1);
+        m.threads = vec![
+            ThreadEntry {
+                id: 4242,
+                has_detail: true,
+                index: counts.clone(),
+                detail: Counts::default(),
+            },
+            ThreadEntry {
+                id: 4243,
+                has_detail: false,
+                ..ThreadEntry::default()
+            },
+        ];
+        m.accounting = m.thread_totals();
+        m.time_start_ns = 11;
+        m.time_end_ns = 99;
+        m.modules = vec![Module {
+            module_id: crate::module_id("/usr/bin/app"),
+            path: "/usr/bin/app".to_owned(),
+            base_address: 0x5555_0000_0000,
+            size: 4096,
+            uuid: "abcdef".to_owned(),
+        }];
+        m.symbols = vec![Symbol::new(crate::module_id("/usr/bin/app"), 3, "main")];
+        m.finished = true;
+        m.target_pid = 1234;
+        m.executable = "/usr/bin/app".to_owned();
+        m.argv = vec!["app".to_owned(), "--flag".to_owned()];
+        m.wall_start_unix_ns = 1_700_000_000_000_000_000;
+        m.wall_end_unix_ns = Some(1_700_000_001_000_000_000);
+        m.tracer_version = "0.1.0".to_owned();
+        m.stop_reason = Some("sigint".to_owned());
+        m.target_fate = Some(TargetFate::Signaled {
+            signal: 11,
+            core_dumped: false,
+        });
+        m.clock = Some(ClockInfo::tsc(TscCalibration::new(2_500_000_000, 100, 200)));
+        m.detail_windows = vec![DetailWindow {
+            thread_id: 4242,
+            reason: "crash".to_owned(),
+            index_seq_start: 5,
+            index_seq_end: 9,
+            records: 5,
+        }];
+        m
+    }
+
+    #[test]
+    fn manifest__write_then_read__then_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut m = full_manifest();
+        m.write_atomic(&path).unwrap();
+        assert_eq!(Manifest::read(&path).unwrap(), m);
+        assert!(!dir.path().join("manifest.json.tmp").exists());
+    }
+
+    #[test]
+    fn manifest__written__then_original_keys_have_original_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut m = full_manifest();
+        m.write_atomic(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["format_version"], "2.1");
+        assert_eq!(v["clock_type"], 3);
+        assert_eq!(v["time_start_ns"], 11);
+        assert_eq!(v["time_end_ns"], 99);
+        assert_eq!(v["threads"][0]["id"], 4242);
+        assert_eq!(v["threads"][0]["has_detail"], true);
+        assert_eq!(v["modules"][0]["base_address"], 0x5555_0000_0000u64);
+        let id = crate::module_id("/usr/bin/app");
+        assert_eq!(
+            v["symbols"][0]["function_id"],
+            format!("0x{id:08x}00000003")
+        );
+        assert_eq!(v["symbols"][0]["symbol_index"], 3);
+        assert_eq!(v["threads"][0]["index"]["dropped"]["future_reason"], 1);
+        assert_eq!(v["target_fate"]["kind"], "signaled");
+
+        m.modules.clear();
+        m.symbols.clear();
+        m.write_atomic(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["format_version"], "2.0");
+        assert!(v.get("modules").is_none() && v.get("symbols").is_none());
+    }
+
+    #[test]
+    fn manifest__original_keys_only__then_parses_with_defaults() {
+        let json = r#"{"format_version":"2.0","clock_type":1,"time_start_ns":5,"time_end_ns":6,
+                       "threads":[{"id":0,"has_detail":false},{"id":1,"has_detail":true}]}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        assert_eq!(m.threads.len(), 2);
+        assert!(m.threads[1].has_detail);
+        assert!(!m.finished);
+        assert_eq!(m.accounting, Accounting::default());
+    }
+
+    #[test]
+    fn manifest__bad_json__then_error_naming_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        for bad in ["{\"threads\": [", "{}", "[1,2]", ""] {
+            fs::write(&path, bad).unwrap();
+            let err = Manifest::read(&path).unwrap_err();
+            assert!(matches!(err, Error::Manifest { .. }), "{err}");
+            assert!(
+                err.to_string().contains("manifest.json: invalid manifest"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn manifest__replaced_while_read__then_reader_never_sees_a_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut m = full_manifest();
+        m.write_atomic(&path).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u32;
+                // Relaxed: a plain stop flag, no data is published through it.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                    let m = Manifest::read(&path).expect("every read sees a whole manifest");
+                    assert!(!m.threads.is_empty());
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..100u32 {
+            m.threads.push(ThreadEntry {
+                id: 10_000 + i,
+                ..ThreadEntry::default()
+            });
+            m.symbols
+                .push(Symbol::new(1, i, "x".repeat(i as usize * 10)));
+            m.write_atomic(&path).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(Manifest::read(&path).unwrap().threads.len(), 102);
+    }
+
+    #[test]
+    fn counts__balanced__then_attempted_is_persisted_plus_every_drop() {
+        let mut c = Counts {
+            attempted: 10,
+            persisted: 4,
+            ..Counts::default()
+        };
+        c.dropped.ring_full = 1;
+        c.dropped.shutdown = 1;
+        c.dropped.registry_full = 1;
+        c.dropped.reentrant = 1;
+        c.dropped.thread_teardown = 1;
+        assert!(!c.balanced());
+        c.dropped.other.insert("other".to_owned(), 1);
+        assert!(c.balanced());
+        let mut total = Counts::default();
+        total.add(&c);
+        total.add(&c);
+        assert_eq!(total.attempted, 20);
+        assert_eq!(total.dropped.total(), 12);
+        assert!(total.balanced());
+    }
+
+    #[test]
+    fn tsc_calibration__to_ns__then_linear_through_the_reference_pair() {
+        let cal = TscCalibration::new(2_000_000_000, 1_000, 50);
+        assert_eq!(cal.to_ns(1_000), 50);
+        assert_eq!(cal.to_ns(1_000 + 2_000_000_000), 1_000_000_050);
+        assert_eq!(cal.to_ns(0), 0, "before the reference, saturating at 0");
+        let slow = TscCalibration::new(1_000_000_000, 0, 0);
+        assert_eq!(slow.to_ns(123_456_789_012), 123_456_789_012);
+    }
+
+    #[test]
+    fn symbol__function_id__then_parsed_back() {
+        let s = Symbol::new(0xdead_beef, 42, "f");
+        assert_eq!(s.function_id, "0xdeadbeef0000002a");
+        assert_eq!(s.function_id(), Some(0xdead_beef_0000_002a));
+        assert_eq!(
+            Symbol {
+                function_id: "zz".to_owned(),
+                ..s
+            }
+            .function_id(),
+            None
+        );
     }
 }

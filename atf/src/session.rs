@@ -38,13 +38,20 @@ impl SessionLayout {
     pub fn create(output: impl AsRef<Path>, pid: u32) -> Result<Self> {
         let output = output.as_ref();
         fs::create_dir_all(output).map_err(|e| {
-            Error::io(output, "create the output directory (is its parent writable?)", e)
+            Error::io(
+                output,
+                "create the output directory (is its parent writable?)",
+                e,
+            )
         })?;
         let stamp = local_timestamp();
         let mut session_dir = None;
         for n in 1..=1000u32 {
-            let name =
-                if n == 1 { format!("session_{stamp}") } else { format!("session_{stamp}_{n}") };
+            let name = if n == 1 {
+                format!("session_{stamp}")
+            } else {
+                format!("session_{stamp}_{n}")
+            };
             let candidate = output.join(name);
             match fs::create_dir(&candidate) {
                 Ok(()) => {
@@ -73,7 +80,10 @@ impl SessionLayout {
             .map_err(|e| Error::io(&pid_dir, "create the process directory", e))?;
         fsync_dir(&session_dir)?;
         fsync_dir(output)?;
-        Ok(SessionLayout { session_dir, pid_dir })
+        Ok(SessionLayout {
+            session_dir,
+            pid_dir,
+        })
     }
 
     /// `<output>/session_<...>`.
@@ -252,7 +262,13 @@ impl Session {
         let mut seen = std::collections::BTreeSet::new();
         for entry in &manifest.threads {
             if seen.insert(entry.id) {
-                open_thread(&dir, entry.id, entry.has_detail, &mut threads, &mut warnings);
+                open_thread(
+                    &dir,
+                    entry.id,
+                    entry.has_detail,
+                    &mut threads,
+                    &mut warnings,
+                );
             }
         }
         let mut unlisted: Vec<u32> = fs::read_dir(&dir)
@@ -266,7 +282,12 @@ impl Session {
             warnings.push(Warning::UnlistedThread { thread_id: id });
             open_thread(&dir, id, false, &mut threads, &mut warnings);
         }
-        Ok(Session { dir, manifest, threads, warnings })
+        Ok(Session {
+            dir,
+            manifest,
+            threads,
+            warnings,
+        })
     }
 
     /// Index events readable in all threads.
@@ -286,30 +307,45 @@ fn open_thread(
     let index = match IndexReader::open(thread_dir.join("index.atf")) {
         Ok(index) => index,
         Err(error) => {
-            warnings.push(Warning::ThreadUnreadable { thread_id: id, error });
+            warnings.push(Warning::ThreadUnreadable {
+                thread_id: id,
+                error,
+            });
             return;
         }
     };
     if let Some(note) = index.recovery_note() {
-        warnings.push(Warning::FileRecovered { path: index.path().to_path_buf(), note: note.to_owned() });
+        warnings.push(Warning::FileRecovered {
+            path: index.path().to_path_buf(),
+            note: note.to_owned(),
+        });
     }
     let detail_path = thread_dir.join("detail.atf");
     let detail = if detail_path.exists() {
         match DetailReader::open(&detail_path) {
             Ok(detail) => {
                 if let Some(note) = detail.recovery_note() {
-                    warnings.push(Warning::FileRecovered { path: detail_path, note: note.to_owned() });
+                    warnings.push(Warning::FileRecovered {
+                        path: detail_path,
+                        note: note.to_owned(),
+                    });
                 }
                 Some(detail)
             }
             Err(error) => {
-                warnings.push(Warning::DetailUnreadable { thread_id: id, error });
+                warnings.push(Warning::DetailUnreadable {
+                    thread_id: id,
+                    error,
+                });
                 None
             }
         }
     } else {
         if has_detail {
-            warnings.push(Warning::DetailMissing { thread_id: id, path: detail_path });
+            warnings.push(Warning::DetailMissing {
+                thread_id: id,
+                path: detail_path,
+            });
         }
         None
     };
@@ -320,8 +356,7 @@ fn resolve_pid_dir(dir: &Path) -> Result<PathBuf> {
     if dir.join(MANIFEST).is_file() {
         return Ok(dir.to_path_buf());
     }
-    let entries =
-        fs::read_dir(dir).map_err(|e| Error::io(dir, "open the session directory", e))?;
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, "open the session directory", e))?;
     let mut pids: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("pid_") && e.path().is_dir())
@@ -350,7 +385,10 @@ fn thread_id_of(name: &str) -> Option<u32> {
 
 /// Local time as `YYYYmmdd_HHMMSS` (UTC if the local time zone cannot be read).
 fn local_timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let t = secs as libc::time_t;
     // SAFETY: `libc::tm` is plain data (integers and a nullable pointer); all-zero bytes are valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -369,4 +407,243 @@ fn local_timestamp() -> String {
         tm.tm_min,
         tm.tm_sec
     )
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use crate::{EventKind, IndexEvent, ThreadEntry, NO_DETAIL};
+
+    fn event(tid: u32, i: u64) -> IndexEvent {
+        IndexEvent {
+            timestamp_ns: i,
+            function_id: i % 3,
+            thread_id: tid,
+            kind: if i % 2 == 0 {
+                EventKind::Call
+            } else {
+                EventKind::Return
+            },
+            call_depth: 0,
+            detail_seq: NO_DETAIL,
+        }
+    }
+
+    fn batch(tid: u32, n: u64) -> Vec<u8> {
+        (0..n).flat_map(|i| event(tid, i).encode()).collect()
+    }
+
+    fn manifest_for(tids: &[u32]) -> Manifest {
+        let mut m = Manifest::new(ClockType::Boottime);
+        m.threads = tids
+            .iter()
+            .map(|&id| ThreadEntry {
+                id,
+                ..ThreadEntry::default()
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn session_layout__create__then_names_follow_atf_md() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path().join("traces"), 4321).unwrap();
+        let name = layout
+            .session_dir()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let stamp = name.strip_prefix("session_").unwrap();
+        assert_eq!(stamp.len(), 15, "{name}");
+        assert!(stamp.chars().enumerate().all(|(i, c)| if i == 8 {
+            c == '_'
+        } else {
+            c.is_ascii_digit()
+        }));
+        assert_eq!(layout.pid_dir(), layout.session_dir().join("pid_4321"));
+        assert!(layout.pid_dir().is_dir());
+        assert_eq!(
+            layout.manifest_path(),
+            layout.pid_dir().join("manifest.json")
+        );
+        assert_eq!(
+            layout.index_path(7),
+            layout.pid_dir().join("thread_7/index.atf")
+        );
+        assert_eq!(
+            layout.detail_path(7),
+            layout.pid_dir().join("thread_7/detail.atf")
+        );
+    }
+
+    #[test]
+    fn session_layout__created_twice__then_second_gets_its_own_directory() {
+        let out = tempfile::tempdir().unwrap();
+        let a = SessionLayout::create(out.path(), 1).unwrap();
+        let b = SessionLayout::create(out.path(), 1).unwrap();
+        assert_ne!(a.session_dir(), b.session_dir());
+        let (an, bn) = (
+            a.session_dir().to_string_lossy(),
+            b.session_dir().to_string_lossy(),
+        );
+        if bn.starts_with(&*an) {
+            // Same second: the suffix tells them apart.
+            assert_eq!(bn, format!("{an}_2"));
+        }
+    }
+
+    #[test]
+    fn session__finished_recording__then_every_event_and_no_warning() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        let mut m = manifest_for(&[11, 12]);
+        layout.write_manifest(&mut m).unwrap();
+        for (tid, n) in [(11u32, 100u64), (12, 5)] {
+            let mut w = layout.create_index(tid, ClockType::Boottime).unwrap();
+            w.append(&batch(tid, n)).unwrap();
+            w.finish().unwrap();
+        }
+        let mut d = layout.create_detail(11).unwrap();
+        let header = crate::DetailRecordHeader {
+            total_length: 28,
+            event_type: crate::DETAIL_CALL,
+            flags: 0,
+            index_seq: 0,
+            thread_id: 11,
+            timestamp_ns: 0,
+        };
+        d.append_record(&header, &[1, 2, 3, 4]).unwrap();
+        d.finish().unwrap();
+        m.threads[0].has_detail = true;
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        layout.sync_dirs().unwrap();
+
+        let s = Session::open(layout.session_dir()).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(s.dir, layout.pid_dir());
+        assert_eq!(s.threads.iter().map(|t| t.id).collect::<Vec<_>>(), [11, 12]);
+        assert_eq!(s.event_count(), 105);
+        assert_eq!(s.threads[0].detail.as_ref().unwrap().record_count(), 1);
+        assert!(s.threads[1].detail.is_none());
+    }
+
+    #[test]
+    fn session__writers_killed_mid_run__then_flushed_events_recovered_and_reported_unfinished() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        let mut m = manifest_for(&[21]);
+        layout.write_manifest(&mut m).unwrap();
+        let mut w21 = layout.create_index(21, ClockType::Boottime).unwrap();
+        w21.append(&batch(21, 3000)).unwrap();
+        w21.flush().unwrap();
+        // Thread 22 appeared after the last manifest rewrite.
+        let mut w22 = layout.create_index(22, ClockType::Boottime).unwrap();
+        w22.append(&batch(22, 7)).unwrap();
+        w22.flush().unwrap();
+        // The crash: no finish, no drop, no final manifest.
+        std::mem::forget(w21);
+        std::mem::forget(w22);
+
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert_eq!(s.threads.len(), 2);
+        let t21 = s.threads[0]
+            .index
+            .events()
+            .collect::<Result<Vec<_>>>()
+            .unwrap();
+        assert_eq!(t21, (0..3000).map(|i| event(21, i)).collect::<Vec<_>>());
+        assert_eq!(s.threads[1].index.event_count(), 7);
+        assert!(matches!(s.warnings[0], Warning::Unfinished));
+        assert!(s
+            .warnings
+            .iter()
+            .any(|w| matches!(w, Warning::UnlistedThread { thread_id: 22 })));
+        let recovered = s
+            .warnings
+            .iter()
+            .filter(|w| matches!(w, Warning::FileRecovered { .. }))
+            .count();
+        assert_eq!(recovered, 2);
+        assert!(s.warnings.iter().all(|w| !w.to_string().is_empty()));
+    }
+
+    #[test]
+    fn session__manifest_lists_missing_thread__then_warning_not_error() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        let mut m = manifest_for(&[31, 32]);
+        m.threads[1].has_detail = true;
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        layout
+            .create_index(32, ClockType::Boottime)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert_eq!(s.threads.len(), 1);
+        assert!(matches!(
+            &s.warnings[0],
+            Warning::ThreadUnreadable { thread_id: 31, .. }
+        ));
+        assert!(
+            s.warnings[0].to_string().contains("thread_31/index.atf"),
+            "{}",
+            s.warnings[0]
+        );
+        assert!(matches!(
+            &s.warnings[1],
+            Warning::DetailMissing { thread_id: 32, .. }
+        ));
+    }
+
+    #[test]
+    fn session__corrupt_thread_file__then_thread_left_out_with_reason() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        let mut m = manifest_for(&[41]);
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        fs::create_dir(layout.thread_dir(41)).unwrap();
+        fs::write(layout.index_path(41), [0xffu8; 100]).unwrap();
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert!(s.threads.is_empty());
+        assert!(
+            s.warnings[0].to_string().contains("not an ATF index file"),
+            "{}",
+            s.warnings[0]
+        );
+    }
+
+    #[test]
+    fn session__not_a_session__then_clear_error() {
+        let out = tempfile::tempdir().unwrap();
+        let msg = Session::open(out.path()).err().unwrap().to_string();
+        assert!(
+            msg.contains("no manifest.json and no pid_<pid> directory"),
+            "{msg}"
+        );
+        fs::create_dir(out.path().join("pid_1")).unwrap();
+        fs::create_dir(out.path().join("pid_2")).unwrap();
+        let msg = Session::open(out.path()).err().unwrap().to_string();
+        assert!(msg.contains("holds 2 traced processes"), "{msg}");
+        let msg = Session::open(out.path().join("missing"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("cannot open the session directory"), "{msg}");
+    }
+
+    #[test]
+    fn session__bad_manifest__then_manifest_error() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        fs::write(layout.manifest_path(), "{\"threads\": 3}").unwrap();
+        let err = Session::open(layout.session_dir()).err().unwrap();
+        assert!(matches!(err, Error::Manifest { .. }), "{err}");
+    }
 }
