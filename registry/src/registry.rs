@@ -1,0 +1,966 @@
+//! The view of a region and its protocols: slot claim/exit/recycle, registration closing, the stop
+//! handshake, counters.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::time::Duration;
+
+use ring::sync::{Atomic, Backend, StdBackend};
+use ring::{CachePadded, RingPool};
+
+use crate::clock::{Clock, ClockSource};
+use crate::layout::*;
+use crate::RegistryError;
+
+/// How the stop handshake orders a producer's "I am writing" against the stopper's "stop".
+///
+/// Both are the same Dekker pattern (producer: store `in_write`, barrier, load `accepting`;
+/// stopper: clear `accepting`, barrier, load every `in_write`); they differ in who pays for the
+/// barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Producers use a compiler barrier only (free); the stopper calls
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which runs a full barrier on every CPU
+    /// currently running a thread of a process registered for it (each agent registers its
+    /// process). A process whose registration failed falls back to [`Handshake::Fence`] by itself.
+    Membarrier,
+    /// `fence(SeqCst)` on both sides (an `mfence` per event on the producer side).
+    Fence,
+}
+
+/// A slot's lifecycle state, as the tracer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Unused.
+    Free,
+    /// Being claimed by a thread (transient).
+    Claimed,
+    /// Owned by a live thread.
+    Active,
+    /// Its thread has exited; the lanes still hold what the drain has not taken.
+    Exited,
+    /// Being reset by the tracer (transient).
+    Recycling,
+}
+
+impl SlotState {
+    fn decode(v: u32) -> SlotState {
+        match v {
+            FREE => SlotState::Free,
+            CLAIMED => SlotState::Claimed,
+            ACTIVE => SlotState::Active,
+            EXITED => SlotState::Exited,
+            _ => SlotState::Recycling,
+        }
+    }
+}
+
+/// Who holds a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Slot index.
+    pub index: u32,
+    /// State when read.
+    pub state: SlotState,
+    /// Process id of the owner.
+    pub pid: u32,
+    /// Thread id of the owner (the ATF thread id).
+    pub tid: u32,
+    /// Registration serial: differs between successive owners of the same slot.
+    pub serial: u64,
+}
+
+/// The accounting of one thread's index lane. Exact once the thread is outside its write section
+/// (after [`Registry::stop_accepting`], or once the slot is [`SlotState::Exited`]):
+/// `attempted == accepted + ring_full + shutdown + reentrant` ([`ThreadCounts::balanced`]).
+/// `accepted` events are persisted once the drain has emptied the lane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadCounts {
+    /// Events the thread's hooks saw while it held the slot.
+    pub attempted: u64,
+    /// Events written into the index lane.
+    pub accepted: u64,
+    /// Dropped: every ring full after the bounded wait.
+    pub ring_full: u64,
+    /// Dropped: acceptance already stopped.
+    pub shutdown: u64,
+    /// Dropped: a hook ran inside a hook (signal handler, instrumented callback).
+    pub reentrant: u64,
+    /// Detail records written into the detail lane (a flight recorder: persisted only if marked).
+    pub detail_accepted: u64,
+    /// Detail records dropped because every detail ring was full.
+    pub detail_ring_full: u64,
+}
+
+impl ThreadCounts {
+    /// Total drops.
+    pub fn dropped(&self) -> u64 {
+        self.ring_full + self.shutdown + self.reentrant
+    }
+
+    /// Whether the accounting invariant holds.
+    pub fn balanced(&self) -> bool {
+        self.attempted == self.accepted + self.dropped()
+    }
+}
+
+/// Events of threads that held no slot (all dropped): `attempted == registry_full +
+/// thread_teardown + shutdown`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrphanCounts {
+    /// Events seen.
+    pub attempted: u64,
+    /// Dropped: no free slot (the thread retries on later events).
+    pub registry_full: u64,
+    /// Dropped: the thread's slot was already released at teardown.
+    pub thread_teardown: u64,
+    /// Dropped: registrations or acceptance closed before the thread got a slot.
+    pub shutdown: u64,
+    /// Threads waiting for a slot right now.
+    pub waiting_threads: u64,
+}
+
+impl OrphanCounts {
+    /// Whether `attempted` equals the sum of the drops.
+    pub fn balanced(&self) -> bool {
+        self.attempted == self.registry_full + self.thread_teardown + self.shutdown
+    }
+}
+
+/// Why an orphan event was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanReason {
+    /// No free slot.
+    RegistryFull,
+    /// After the thread's teardown.
+    ThreadTeardown,
+    /// Registrations closed.
+    Shutdown,
+}
+
+/// What the stop handshake found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Slots whose owner was still inside a write section when the timeout expired (a thread
+    /// stopped by a debugger, or killed mid-write: check whether its process still exists).
+    pub stragglers: Vec<SlotInfo>,
+}
+
+/// A thread's lanes, as ring pools.
+#[derive(Debug, Clone, Copy)]
+pub struct Lanes<'a, B: Backend = StdBackend> {
+    /// The index lane (32-byte ATF events).
+    pub index: RingPool<'a, B>,
+    /// The detail lane (ATF detail records, flight recorder).
+    pub detail: RingPool<'a, B>,
+}
+
+/// A slot claimed by the calling thread: its index, serial, lanes and hot-path writer.
+#[derive(Debug)]
+pub struct Registration<'a, B: Backend = StdBackend> {
+    /// Slot index.
+    pub slot: u32,
+    /// Registration serial.
+    pub serial: u64,
+    /// The slot's lanes, freshly initialised (this thread is their only producer).
+    pub lanes: Lanes<'a, B>,
+    /// The write-section guard of the stop handshake.
+    pub writer: SlotWriter<'a, B>,
+}
+
+/// The producer's side of the stop handshake and its counters, for one slot.
+pub struct SlotWriter<'a, B: Backend = StdBackend> {
+    hot: &'a SlotHot<B>,
+    accepting: &'a B::AtomicU32,
+    fenced: bool,
+}
+
+impl<B: Backend> core::fmt::Debug for SlotWriter<'_, B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlotWriter")
+            .field("fenced", &self.fenced)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Single-writer increment: a Relaxed load and store (no locked instruction).
+#[inline(always)]
+fn bump<A: Atomic<u64>>(a: &A) {
+    a.store(a.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+impl<B: Backend> SlotWriter<'_, B> {
+    /// Enters a write section: counts the event as attempted, marks the slot "in write" and checks
+    /// that events are still accepted. `false`: the event is dropped (counted under `shutdown`)
+    /// and the section is already left. `true`: write the event, then call [`Self::end`].
+    ///
+    /// Must not be re-entered on the same slot (the agent's reentrancy guard sees to it).
+    #[inline(always)]
+    pub fn begin(&self) -> bool {
+        bump(&self.hot.counters[C_ATTEMPTED]);
+        self.hot.in_write.store(1, Relaxed);
+        if self.fenced {
+            // SeqCst fence: pairs with the stopper's fence in `stop_accepting` (Dekker: at least
+            // one of us sees the other's store).
+            B::fence(SeqCst);
+        } else {
+            // Compiler barrier only: the stopper's membarrier promotes it to a full barrier on
+            // every CPU running this process (see `Handshake::Membarrier`).
+            core::sync::atomic::compiler_fence(SeqCst);
+        }
+        if self.accepting.load(Relaxed) != 0 {
+            return true;
+        }
+        // Release: pairs with the Acquire load of `in_write` in `stop_accepting`.
+        self.hot.in_write.store(0, Release);
+        bump(&self.hot.counters[C_SHUTDOWN]);
+        false
+    }
+
+    /// Leaves the write section. Release: pairs with the stopper's Acquire load of `in_write`, so
+    /// the event just published is visible to the final drain.
+    #[inline(always)]
+    pub fn end(&self) {
+        self.hot.in_write.store(0, Release);
+    }
+
+    /// Counts an event dropped because a hook ran inside a hook on this thread. Uses an atomic
+    /// read-modify-write, so a signal handler interrupting another increment loses nothing.
+    pub fn count_reentrant(&self) {
+        self.hot.counters[C_REENTRANT].fetch_add(1, Relaxed);
+    }
+
+    /// Chooses the producer barrier: `true` for `fence(SeqCst)` (when the process could not
+    /// register for membarrier, or the region says [`Handshake::Fence`]).
+    pub fn set_fenced(&mut self, fenced: bool) {
+        self.fenced = fenced;
+    }
+
+    /// Whether the producer barrier is a full fence.
+    pub fn fenced(&self) -> bool {
+        self.fenced
+    }
+}
+
+/// Constants copied from the control block when the view is made (never re-read).
+#[derive(Debug, Clone, Copy)]
+struct Constants {
+    geometry: Geometry,
+    config_index: LaneConfig,
+    config_detail: LaneConfig,
+    wait_timeout_us: u32,
+    stack_bytes: u32,
+    detail_enabled: bool,
+    handshake: Handshake,
+    clock: Clock,
+    tracer_pid: u32,
+}
+
+/// A validated view of a region: the control block, the slots and the lanes. Cheap to copy.
+///
+/// Holds raw pointers only; all shared state is reached through atomics. The same view serves the
+/// tracer (create, drain, stop) and the agent (register, write).
+pub struct Registry<'a, B: Backend = StdBackend> {
+    base: NonNull<u8>,
+    k: Constants,
+    _memory: PhantomData<(&'a [u8], B)>,
+}
+
+impl<B: Backend> Clone for Registry<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Registry<'_, B> {}
+
+impl<B: Backend> core::fmt::Debug for Registry<'_, B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Registry")
+            .field("capacity", &self.k.geometry.capacity)
+            .field("handshake", &self.k.handshake)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the view reaches shared state only through atomics; the pointers are valid for 'a by the
+// contract of `init`/`attach`.
+unsafe impl<B: Backend> Send for Registry<'_, B> {}
+// SAFETY: as above.
+unsafe impl<B: Backend> Sync for Registry<'_, B> {}
+
+/// The alignment a region's memory must have.
+pub const REGION_ALIGN: usize = 4096;
+
+fn check_memory(memory: NonNull<[u8]>, needed: usize) -> Result<(), RegistryError> {
+    if (memory.cast::<u8>().as_ptr() as usize) % REGION_ALIGN != 0 {
+        return Err(RegistryError::Misaligned {
+            align: REGION_ALIGN,
+        });
+    }
+    if memory.len() < needed {
+        return Err(RegistryError::TooSmall {
+            needed,
+            got: memory.len(),
+        });
+    }
+    Ok(())
+}
+
+impl<'a, B: Backend> Registry<'a, B> {
+    /// Writes a new region into `memory`: the control block (accepting and registrations open,
+    /// no triggers) and `capacity` free slots. Lanes are initialised by each claimer.
+    ///
+    /// # Safety
+    /// `memory` must be valid for reads and writes for `'a`, aligned to [`REGION_ALIGN`], at least
+    /// [`crate::layout_size`] bytes, zeroed or not, and not in use by anybody else during `init`.
+    pub unsafe fn init(
+        memory: NonNull<[u8]>,
+        config: &RegionConfig,
+        clock: &Clock,
+    ) -> Result<Self, RegistryError> {
+        let g = geometry::<B>(config)?;
+        check_memory(memory, g.layout_size)?;
+        let base = memory.cast::<u8>();
+        let control = ControlBlock::<B> {
+            magic: REGION_MAGIC,
+            version: REGION_VERSION,
+            layout_size: g.layout_size as u64,
+            capacity: config.capacity,
+            stack_bytes: config.stack_bytes,
+            slots_offset: g.slots_offset as u64,
+            slot_stride: g.slot_stride as u64,
+            lanes_offset: g.lanes_offset as u64,
+            lane_stride: g.lane_stride as u64,
+            detail_offset: g.detail_offset as u64,
+            index_rings: config.index.rings,
+            detail_rings: config.detail.rings,
+            index_ring_capacity: config.index.ring_capacity as u64,
+            detail_ring_capacity: config.detail.ring_capacity as u64,
+            wait_timeout_us: config.wait_timeout_us,
+            handshake: match config.handshake {
+                Handshake::Membarrier => HS_MEMBARRIER,
+                Handshake::Fence => HS_FENCE,
+            },
+            features: if config.detail_enabled { F_DETAIL } else { 0 },
+            tracer_pid: std::process::id(),
+            clock_source: clock.encode_source(),
+            clock_shift: clock.shift,
+            clock_mult: clock.mult,
+            tsc_hz: clock.tsc_hz,
+            tsc_base: clock.tsc_base,
+            ns_base: clock.ns_base,
+            session: CachePadded(Session {
+                accepting: B::AtomicU32::new(1),
+                registrations_open: B::AtomicU32::new(1),
+                trigger_count: B::AtomicU32::new(0),
+                high_water: B::AtomicU32::new(0),
+                serial: B::AtomicU64::new(0),
+                recycled: B::AtomicU64::new(0),
+            }),
+            heartbeat: CachePadded(B::AtomicU64::new(0)),
+            orphans: CachePadded(core::array::from_fn(|_| B::AtomicU64::new(0))),
+            triggers: core::array::from_fn(|_| B::AtomicU64::new(0)),
+        };
+        // SAFETY: the caller gives exclusive, aligned memory of at least layout_size bytes (checked),
+        // which covers the control block at offset 0.
+        unsafe { base.cast::<ControlBlock<B>>().as_ptr().write(control) };
+        for i in 0..g.capacity as usize {
+            let slot = Slot::<B> {
+                life: CachePadded(SlotLife {
+                    state: B::AtomicU32::new(FREE),
+                    pid: B::AtomicU32::new(0),
+                    tid: B::AtomicU32::new(0),
+                    _reserved: 0,
+                    serial: B::AtomicU64::new(0),
+                    stack_lo: B::AtomicU64::new(0),
+                    stack_hi: B::AtomicU64::new(0),
+                }),
+                hot: CachePadded(SlotHot {
+                    in_write: B::AtomicU32::new(0),
+                    _reserved: 0,
+                    counters: core::array::from_fn(|_| B::AtomicU64::new(0)),
+                }),
+            };
+            // SAFETY: slot i lies inside the slot table, inside the exclusive memory; the stride is
+            // the slot size, so slots do not overlap; 128-aligned because slots_offset is
+            // page-aligned and the stride a multiple of 128.
+            unsafe {
+                base.as_ptr()
+                    .add(g.slots_offset + i * g.slot_stride)
+                    .cast::<Slot<B>>()
+                    .write(slot)
+            };
+        }
+        // SAFETY: just written; the caller's contract carries over.
+        unsafe { Self::attach(memory) }
+    }
+
+    /// Validates the region in `memory` (magic, version, layout size, geometry) and returns a view.
+    /// A wrong header is a [`RegistryError`], never undefined behaviour.
+    ///
+    /// # Safety
+    /// `memory` must be valid for reads and writes for `'a` and hold a region written by
+    /// [`Registry::init`] with the same backend (or garbage, which is reported).
+    pub unsafe fn attach(memory: NonNull<[u8]>) -> Result<Self, RegistryError> {
+        check_memory(memory, core::mem::size_of::<ControlBlock<B>>())?;
+        let h = memory.cast::<ControlBlock<B>>().as_ptr();
+        macro_rules! read {
+            ($field:ident) => {
+                // SAFETY: the control block lies inside `memory` (checked); plain integer fields,
+                // any bit pattern is valid; read once, never trusted again.
+                unsafe { core::ptr::addr_of!((*h).$field).read_volatile() }
+            };
+        }
+        let magic = read!(magic);
+        if magic != REGION_MAGIC {
+            return Err(RegistryError::BadMagic { found: magic });
+        }
+        let version = read!(version);
+        if version != REGION_VERSION {
+            return Err(RegistryError::BadVersion {
+                found: version,
+                expected: REGION_VERSION,
+            });
+        }
+        let layout = read!(layout_size);
+        if layout > memory.len() as u64 {
+            return Err(RegistryError::TooSmall {
+                needed: layout as usize,
+                got: memory.len(),
+            });
+        }
+        let handshake = match read!(handshake) {
+            HS_MEMBARRIER => Handshake::Membarrier,
+            HS_FENCE => Handshake::Fence,
+            other => {
+                return Err(RegistryError::BadLayout(format!(
+                    "unknown handshake mode {other}"
+                )))
+            }
+        };
+        let source = Clock::decode_source(read!(clock_source))
+            .ok_or_else(|| RegistryError::BadLayout("unknown clock source".into()))?;
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let config = RegionConfig {
+            capacity: read!(capacity),
+            index: LaneConfig {
+                rings: read!(index_rings),
+                ring_capacity: to_usize(read!(index_ring_capacity)),
+            },
+            detail: LaneConfig {
+                rings: read!(detail_rings),
+                ring_capacity: to_usize(read!(detail_ring_capacity)),
+            },
+            wait_timeout_us: read!(wait_timeout_us),
+            stack_bytes: read!(stack_bytes),
+            detail_enabled: read!(features) & F_DETAIL != 0,
+            handshake,
+        };
+        let g = geometry::<B>(&config)
+            .map_err(|e| RegistryError::BadLayout(format!("header geometry: {e}")))?;
+        if layout != g.layout_size as u64
+            || read!(slots_offset) != g.slots_offset as u64
+            || read!(slot_stride) != g.slot_stride as u64
+            || read!(lanes_offset) != g.lanes_offset as u64
+            || read!(lane_stride) != g.lane_stride as u64
+            || read!(detail_offset) != g.detail_offset as u64
+        {
+            return Err(RegistryError::BadLayout(format!(
+                "header says {layout} bytes, its geometry needs {}",
+                g.layout_size
+            )));
+        }
+        let clock = Clock {
+            source,
+            tsc_hz: read!(tsc_hz),
+            tsc_base: read!(tsc_base),
+            ns_base: read!(ns_base),
+            mult: read!(clock_mult),
+            shift: read!(clock_shift).min(63),
+        };
+        if source == ClockSource::Tsc && clock.mult == 0 {
+            return Err(RegistryError::BadLayout("TSC clock without calibration".into()));
+        }
+        Ok(Registry {
+            base: memory.cast(),
+            k: Constants {
+                geometry: g,
+                config_index: config.index,
+                config_detail: config.detail,
+                wait_timeout_us: config.wait_timeout_us,
+                stack_bytes: config.stack_bytes,
+                detail_enabled: config.detail_enabled,
+                handshake,
+                clock,
+                tracer_pid: read!(tracer_pid),
+            },
+            _memory: PhantomData,
+        })
+    }
+
+    fn control(&self) -> &'a ControlBlock<B> {
+        // SAFETY: validated by attach; valid for 'a; only atomics are accessed through it after
+        // attach copied the constants.
+        unsafe { self.base.cast::<ControlBlock<B>>().as_ref() }
+    }
+
+    fn session(&self) -> &'a Session<B> {
+        &self.control().session.0
+    }
+
+    fn slot(&self, index: u32) -> Option<&'a Slot<B>> {
+        let g = &self.k.geometry;
+        if index >= g.capacity {
+            return None;
+        }
+        // SAFETY: index < capacity, so the slot lies inside the validated slot table.
+        Some(unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(g.slots_offset + index as usize * g.slot_stride)
+                .cast::<Slot<B>>()
+        })
+    }
+
+    fn lane_memory(&self, index: u32) -> (NonNull<[u8]>, NonNull<[u8]>) {
+        let g = &self.k.geometry;
+        let lane = g.lanes_offset + index as usize * g.lane_stride;
+        // SAFETY: callers pass index < capacity; both pools lie inside the lane, inside the region.
+        let at = |off: usize| unsafe { NonNull::new_unchecked(self.base.as_ptr().add(off)) };
+        (
+            NonNull::slice_from_raw_parts(at(lane), g.index_len),
+            NonNull::slice_from_raw_parts(at(lane + g.detail_offset), g.detail_len),
+        )
+    }
+
+    /// The configuration the region was created with.
+    pub fn config(&self) -> RegionConfig {
+        RegionConfig {
+            capacity: self.k.geometry.capacity,
+            index: self.k.config_index,
+            detail: self.k.config_detail,
+            wait_timeout_us: self.k.wait_timeout_us,
+            stack_bytes: self.k.stack_bytes,
+            detail_enabled: self.k.detail_enabled,
+            handshake: self.k.handshake,
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.k.geometry.capacity
+    }
+
+    /// The region's size in bytes.
+    pub fn layout_size(&self) -> usize {
+        self.k.geometry.layout_size
+    }
+
+    /// Stack bytes per detail record.
+    pub fn stack_bytes(&self) -> u32 {
+        self.k.stack_bytes
+    }
+
+    /// Whether producers write detail records.
+    pub fn detail_enabled(&self) -> bool {
+        self.k.detail_enabled
+    }
+
+    /// The stop handshake's mode.
+    pub fn handshake(&self) -> Handshake {
+        self.k.handshake
+    }
+
+    /// The session clock.
+    pub fn clock(&self) -> Clock {
+        self.k.clock
+    }
+
+    /// Process id of the tracer that created the region.
+    pub fn tracer_pid(&self) -> u32 {
+        self.k.tracer_pid
+    }
+
+    // ---- session flags ------------------------------------------------------------------------
+
+    /// Whether events are accepted (a snapshot).
+    pub fn is_accepting(&self) -> bool {
+        self.session().accepting.load(Relaxed) != 0
+    }
+
+    /// Whether threads may still claim slots (a snapshot).
+    pub fn registrations_open(&self) -> bool {
+        self.session().registrations_open.load(Relaxed) != 0
+    }
+
+    /// Replaces the trigger address list (at most [`MAX_TRIGGERS`]): a thread that calls one of
+    /// these functions marks its active detail ring for persistence.
+    pub fn set_triggers(&self, addresses: &[u64]) -> Result<(), RegistryError> {
+        if addresses.len() > MAX_TRIGGERS {
+            return Err(RegistryError::BadConfig(format!(
+                "{} trigger addresses: at most {MAX_TRIGGERS}",
+                addresses.len()
+            )));
+        }
+        let s = self.session();
+        // Relaxed: shrinking first means a producer never reads an address being rewritten as valid
+        // (a stale trigger for a moment is harmless).
+        s.trigger_count.store(0, Relaxed);
+        for (slot, &a) in self.control().triggers.iter().zip(addresses) {
+            slot.store(a, Relaxed);
+        }
+        // Release: pairs with the Acquire in `trigger_count`, publishing the addresses.
+        s.trigger_count.store(addresses.len() as u32, Release);
+        Ok(())
+    }
+
+    /// Number of valid trigger addresses. Acquire: pairs with the Release in `set_triggers`.
+    #[inline(always)]
+    pub fn trigger_count(&self) -> usize {
+        (self.session().trigger_count.load(Acquire) as usize).min(MAX_TRIGGERS)
+    }
+
+    /// Trigger address `i` (below [`Self::trigger_count`]).
+    #[inline(always)]
+    pub fn trigger(&self, i: usize) -> u64 {
+        self.control().triggers[i % MAX_TRIGGERS].load(Relaxed)
+    }
+
+    /// The drain's heartbeat: call on every drain pass with the session clock's time.
+    pub fn beat(&self, now_ns: u64) {
+        // Relaxed: a liveness hint, not a publication.
+        self.control().heartbeat.0.store(now_ns, Relaxed);
+    }
+
+    /// The drain's last beat (session clock nanoseconds; 0 before the first).
+    pub fn heartbeat(&self) -> u64 {
+        self.control().heartbeat.0.load(Relaxed)
+    }
+
+    // ---- slots, tracer side ---------------------------------------------------------------------
+
+    /// One past the highest slot index ever claimed. Acquire: pairs with the claimer's Release
+    /// update, so a slot below it that is ACTIVE has its identity written.
+    pub fn high_water(&self) -> u32 {
+        self.session()
+            .high_water
+            .load(Acquire)
+            .min(self.k.geometry.capacity)
+    }
+
+    /// Slot `index`'s state and owner, as seen now.
+    pub fn slot_info(&self, index: u32) -> Option<SlotInfo> {
+        let slot = self.slot(index)?;
+        // Acquire: pairs with the claimer's Release store of ACTIVE (identity and lanes written)
+        // and the owner's Release store of EXITED (everything it published).
+        let state = SlotState::decode(slot.life.0.state.load(Acquire));
+        Some(SlotInfo {
+            index,
+            state,
+            pid: slot.life.0.pid.load(Relaxed),
+            tid: slot.life.0.tid.load(Relaxed),
+            serial: slot.life.0.serial.load(Relaxed),
+        })
+    }
+
+    /// The slots that are active or exited (not yet recycled), scanning `0..high_water`.
+    pub fn slots(&self) -> impl Iterator<Item = SlotInfo> + 'a {
+        let me = *self;
+        (0..self.high_water())
+            .filter_map(move |i| me.slot_info(i))
+            .filter(|s| matches!(s.state, SlotState::Active | SlotState::Exited))
+    }
+
+    /// Slot `index`'s lanes as ring pools. Only meaningful for an active or exited slot (the owner
+    /// initialised them before publishing ACTIVE).
+    pub fn lanes(&self, index: u32) -> Result<Lanes<'a, B>, RegistryError> {
+        if index >= self.k.geometry.capacity {
+            return Err(RegistryError::NoSuchSlot { index });
+        }
+        let (i, d) = self.lane_memory(index);
+        // SAFETY: both ranges lie inside the region, valid for 'a; attach validates their headers.
+        let index_pool = unsafe { RingPool::<B>::attach(i) }?;
+        // SAFETY: as above.
+        let detail_pool = unsafe { RingPool::<B>::attach(d) }?;
+        Ok(Lanes {
+            index: index_pool,
+            detail: detail_pool,
+        })
+    }
+
+    /// Slot `index`'s accounting (see [`ThreadCounts`] for when it is exact).
+    pub fn counts(&self, index: u32) -> Result<ThreadCounts, RegistryError> {
+        let slot = self.slot(index).ok_or(RegistryError::NoSuchSlot { index })?;
+        let lanes = self.lanes(index)?;
+        let c = &slot.hot.0.counters;
+        let (ip, dp) = (lanes.index.counters(), lanes.detail.counters());
+        let reentrant = c[C_REENTRANT].load(Relaxed);
+        Ok(ThreadCounts {
+            attempted: c[C_ATTEMPTED].load(Relaxed) + reentrant,
+            accepted: ip.accepted,
+            ring_full: ip.dropped_full,
+            shutdown: c[C_SHUTDOWN].load(Relaxed),
+            reentrant,
+            detail_accepted: dp.accepted,
+            detail_ring_full: dp.dropped_full,
+        })
+    }
+
+    /// The orphan counters (events of threads without a slot).
+    pub fn orphan_counts(&self) -> OrphanCounts {
+        let o = &self.control().orphans.0;
+        OrphanCounts {
+            attempted: o[O_ATTEMPTED].load(Relaxed),
+            registry_full: o[O_REGISTRY_FULL].load(Relaxed),
+            thread_teardown: o[O_TEARDOWN].load(Relaxed),
+            shutdown: o[O_SHUTDOWN].load(Relaxed),
+            waiting_threads: o[O_WAITING].load(Relaxed),
+        }
+    }
+
+    /// Returns an exited slot to the free list, once the drain has emptied its lanes and read its
+    /// counters, and dropped its consumers of them. The next claimer re-initialises the lanes.
+    pub fn recycle(&self, index: u32) -> Result<(), RegistryError> {
+        let slot = self.slot(index).ok_or(RegistryError::NoSuchSlot { index })?;
+        // Acquire: pairs with the owner's Release store of EXITED.
+        if let Err(found) = slot
+            .life
+            .0
+            .state
+            .compare_exchange(EXITED, RECYCLING, Acquire, Relaxed)
+        {
+            return Err(RegistryError::NotExited {
+                index,
+                state: format!("{:?}", SlotState::decode(found)),
+            });
+        }
+        // Release: pairs with the claimer's Acquire CAS FREE → CLAIMED, so our reads of the lanes
+        // (the final drain) happen before its re-initialisation of them.
+        slot.life.0.state.store(FREE, Release);
+        // Release: pairs with the Acquire in `recycled_count` (a waiting thread retries).
+        self.session().recycled.fetch_add(1, Release);
+        Ok(())
+    }
+
+    /// Stops acceptance and waits (up to `timeout`) until no producer is inside a write section.
+    /// When it returns without stragglers, every event a producer published is visible to the
+    /// caller (the final drain) and every later event is counted as `shutdown`.
+    pub fn stop_accepting(&self, timeout: Duration) -> StopReport {
+        // Relaxed store, then the SeqCst fence (and the membarrier): the Dekker pair of the fence
+        // (or compiler barrier) in `SlotWriter::begin`.
+        self.session().accepting.store(0, Relaxed);
+        B::fence(SeqCst);
+        if self.k.handshake == Handshake::Membarrier {
+            crate::membarrier::global_barrier();
+        }
+        let mut report = StopReport::default();
+        let deadline = B::deadline_after(timeout.as_micros() as u64);
+        for index in 0..self.high_water() {
+            let Some(slot) = self.slot(index) else { break };
+            let mut step = 0;
+            // Acquire: pairs with the Release store of 0 in `SlotWriter::end`: the writer's event
+            // is visible once we see it out.
+            while slot.hot.0.in_write.load(Acquire) != 0 {
+                if !B::backoff(step, &deadline) {
+                    if let Some(info) = self.slot_info(index) {
+                        report.stragglers.push(info);
+                    }
+                    break;
+                }
+                step += 1;
+            }
+        }
+        report
+    }
+
+    /// Closes registrations and waits (up to `timeout`) until no claim is in flight. Afterwards no
+    /// slot becomes ACTIVE, so the set of slots to drain is final.
+    pub fn close_registrations(&self, timeout: Duration) -> Result<(), RegistryError> {
+        self.session().registrations_open.store(0, Relaxed);
+        // SeqCst fence: pairs with the claimer's fence in `register` (Dekker: the claimer sees the
+        // closed flag, or we see its CLAIMED state). Registration is rare, so both sides fence.
+        B::fence(SeqCst);
+        let deadline = B::deadline_after(timeout.as_micros() as u64);
+        let cap = self.k.geometry.capacity;
+        for index in 0..cap {
+            let Some(slot) = self.slot(index) else { break };
+            let mut step = 0;
+            // Acquire: pairs with the claimer's Release store of ACTIVE or FREE.
+            while slot.life.0.state.load(Acquire) == CLAIMED {
+                if !B::backoff(step, &deadline) {
+                    return Err(RegistryError::ClaimInFlight { index });
+                }
+                step += 1;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- slots, agent side ----------------------------------------------------------------------
+
+    /// Claims a free slot for thread `tid` of process `pid` and initialises its lanes.
+    /// [`RegistryError::RegistryFull`]: no slot free now (retry when [`Self::recycled_count`]
+    /// changes); [`RegistryError::RegistrationsClosed`]: the session is stopping.
+    pub fn register(&self, pid: u32, tid: u32) -> Result<Registration<'a, B>, RegistryError> {
+        let s = self.session();
+        if s.registrations_open.load(Relaxed) == 0 {
+            return Err(RegistryError::RegistrationsClosed);
+        }
+        let cap = self.k.geometry.capacity;
+        let start = tid % cap;
+        let mut claimed = None;
+        for k in 0..cap {
+            let index = (start + k) % cap;
+            let Some(slot) = self.slot(index) else { break };
+            // Acquire: pairs with the tracer's Release store of FREE in `recycle` (its final reads
+            // of the lanes happen before our re-initialisation).
+            if slot.life.0.state.load(Relaxed) == FREE
+                && slot
+                    .life
+                    .0
+                    .state
+                    .compare_exchange(FREE, CLAIMED, Acquire, Relaxed)
+                    .is_ok()
+            {
+                claimed = Some((index, slot));
+                break;
+            }
+        }
+        let Some((index, slot)) = claimed else {
+            return Err(RegistryError::RegistryFull { capacity: cap });
+        };
+        // SeqCst fence: pairs with the closer's fence in `close_registrations`.
+        B::fence(SeqCst);
+        if s.registrations_open.load(Relaxed) == 0 {
+            // Release: pairs with the closer's Acquire load of the state.
+            slot.life.0.state.store(FREE, Release);
+            return Err(RegistryError::RegistrationsClosed);
+        }
+        let (i, d) = self.lane_memory(index);
+        // SAFETY: we hold the slot CLAIMED, so nobody else touches its lanes: the tracer only makes
+        // consumers of ACTIVE or EXITED slots and dropped its old ones before `recycle`. The ranges
+        // lie inside the region and are page-aligned.
+        let lanes = unsafe {
+            RingPool::<B>::init(i, &self.config().index_pool()).and_then(|index_pool| {
+                RingPool::<B>::init(d, &self.config().detail_pool()).map(|detail_pool| Lanes {
+                    index: index_pool,
+                    detail: detail_pool,
+                })
+            })
+        };
+        let lanes = match lanes {
+            Ok(lanes) => lanes,
+            Err(e) => {
+                // Release: as above, give the slot back.
+                slot.life.0.state.store(FREE, Release);
+                return Err(e.into());
+            }
+        };
+        let serial = s.serial.fetch_add(1, Relaxed) + 1;
+        let life = &slot.life.0;
+        life.pid.store(pid, Relaxed);
+        life.tid.store(tid, Relaxed);
+        life.serial.store(serial, Relaxed);
+        let hot = &slot.hot.0;
+        hot.in_write.store(0, Relaxed);
+        for c in &hot.counters {
+            c.store(0, Relaxed);
+        }
+        let mut hw = s.high_water.load(Relaxed);
+        while hw <= index {
+            // Release: pairs with the Acquire in `high_water` (the tracer's scan bound).
+            match s
+                .high_water
+                .compare_exchange(hw, index + 1, Release, Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => hw = now,
+            }
+        }
+        // Release: pairs with the Acquire load in `slot_info`: identity, counters and lanes are
+        // written before the tracer sees the slot ACTIVE.
+        life.state.store(ACTIVE, Release);
+        Ok(Registration {
+            slot: index,
+            serial,
+            lanes,
+            writer: SlotWriter {
+                hot,
+                accepting: &s.accepting,
+                fenced: self.k.handshake == Handshake::Fence,
+            },
+        })
+    }
+
+    /// Records the owning thread's stack bounds `[lo, hi)` in its slot (for the tracer's
+    /// information and crash analysis).
+    pub fn set_stack_bounds(&self, index: u32, lo: u64, hi: u64) {
+        if let Some(slot) = self.slot(index) {
+            slot.life.0.stack_lo.store(lo, Relaxed);
+            slot.life.0.stack_hi.store(hi, Relaxed);
+        }
+    }
+
+    /// Releases the calling thread's slot at thread exit. The owner must not write the slot or its
+    /// lanes afterwards. Release: pairs with the tracer's Acquire in `slot_info`/`recycle`, so all
+    /// it published and counted is visible.
+    pub fn exit(&self, index: u32) {
+        if let Some(slot) = self.slot(index) {
+            slot.life.0.state.store(EXITED, Release);
+        }
+    }
+
+    /// Marks every ACTIVE or CLAIMED slot of process `pid` EXITED: called by a fresh process image
+    /// (after `exec`) for the slots its previous image left behind. Returns how many.
+    pub fn retire_pid(&self, pid: u32) -> u32 {
+        let mut n = 0;
+        for index in 0..self.high_water() {
+            let Some(slot) = self.slot(index) else { break };
+            if slot.life.0.pid.load(Relaxed) != pid {
+                continue;
+            }
+            for from in [ACTIVE, CLAIMED] {
+                // Release: as in `exit`; Acquire: its previous owner's writes, for the in_write reset.
+                if slot
+                    .life
+                    .0
+                    .state
+                    .compare_exchange(from, EXITED, AcqRel, Relaxed)
+                    .is_ok()
+                {
+                    slot.hot.0.in_write.store(0, Release);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Counts an event of a thread without a slot.
+    pub fn count_orphan(&self, reason: OrphanReason) {
+        let o = &self.control().orphans.0;
+        o[O_ATTEMPTED].fetch_add(1, Relaxed);
+        let i = match reason {
+            OrphanReason::RegistryFull => O_REGISTRY_FULL,
+            OrphanReason::ThreadTeardown => O_TEARDOWN,
+            OrphanReason::Shutdown => O_SHUTDOWN,
+        };
+        o[i].fetch_add(1, Relaxed);
+    }
+
+    /// Adjusts the gauge of threads waiting for a slot (+1 when a thread starts waiting, -1 when
+    /// it gets a slot or gives up).
+    pub fn waiting(&self, delta: i64) {
+        self.control().orphans.0[O_WAITING].fetch_add(delta as u64, Relaxed);
+    }
+
+    /// How many slots were recycled so far: a thread waiting for a slot retries when it changes.
+    /// Acquire: pairs with the Release in `recycle`.
+    #[inline(always)]
+    pub fn recycled_count(&self) -> u64 {
+        self.session().recycled.load(Acquire)
+    }
+}
+

@@ -1,0 +1,270 @@
+#![allow(non_snake_case)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+fn small(capacity: u32) -> RegionConfig {
+    RegionConfig {
+        capacity,
+        index: LaneConfig {
+            rings: 2,
+            ring_capacity: 1024,
+        },
+        detail: LaneConfig {
+            rings: 2,
+            ring_capacity: 1024,
+        },
+        ..RegionConfig::default()
+    }
+}
+
+fn region(capacity: u32) -> SharedRegion {
+    SharedRegion::create_with_clock(&small(capacity), &Clock::boottime()).unwrap()
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn region__create_then_open_fd__then_same_config_and_memory() {
+    let tracer = region(64);
+    let fd = tracer.inheritable_fd().unwrap();
+    let agent = SharedRegion::open_fd(fd).unwrap();
+    let (t, a) = (tracer.registry().unwrap(), agent.registry().unwrap());
+    assert_eq!(t.config(), a.config());
+    assert_eq!(a.clock(), Clock::boottime());
+    a.register(1, 2).unwrap();
+    assert_eq!(t.slots().count(), 1);
+}
+
+#[test]
+fn region__capacity_below_floor__then_bad_config_names_the_minimum() {
+    let err = SharedRegion::create_with_clock(&small(8), &Clock::boottime()).unwrap_err();
+    assert!(err.to_string().contains("at least 64"), "{err}");
+}
+
+#[test]
+fn region__bad_magic__then_error_names_the_problem() {
+    let tracer = region(64);
+    let fd = tracer.fd().unwrap();
+    // SAFETY: overwriting the first 4 bytes of our own memfd.
+    unsafe { libc::pwrite(std::os::fd::AsRawFd::as_raw_fd(&fd), b"XXXX".as_ptr().cast(), 4, 0) };
+    let err = SharedRegion::open_fd(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap_err();
+    assert!(matches!(err, RegistryError::BadMagic { .. }), "{err}");
+    assert!(err.to_string().contains("not a tracer region"));
+}
+
+#[test]
+fn region__bad_version__then_error_says_use_matching_agent() {
+    let tracer = region(64);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tracer.fd().unwrap());
+    // SAFETY: overwriting the version field of our own memfd.
+    unsafe { libc::pwrite(fd, 99u32.to_le_bytes().as_ptr().cast(), 4, 4) };
+    let err = SharedRegion::open_fd(fd).unwrap_err();
+    assert!(err.to_string().contains("version 99"), "{err}");
+}
+
+#[test]
+fn region__truncated__then_too_small_or_layout_error() {
+    let tracer = region(64);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tracer.fd().unwrap());
+    // SAFETY: shrinking our own memfd (the tracer mapping is not touched past this point).
+    unsafe { libc::ftruncate(fd, 8192) };
+    let err = SharedRegion::open_fd(fd).unwrap_err();
+    assert!(matches!(err, RegistryError::TooSmall { .. }), "{err}");
+}
+
+#[test]
+fn region__not_open_fd__then_error_names_the_fd() {
+    let err = SharedRegion::open_fd(987).unwrap_err();
+    assert!(err.to_string().contains("fd 987"), "{err}");
+}
+
+#[test]
+fn registry__register_exit_recycle__then_slot_reused_with_new_serial() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let a = reg.register(10, 5).unwrap();
+    assert_eq!(reg.slot_info(a.slot).unwrap().state, SlotState::Active);
+    assert!(reg.recycle(a.slot).is_err(), "active slots are not recycled");
+    reg.exit(a.slot);
+    assert_eq!(reg.slot_info(a.slot).unwrap().state, SlotState::Exited);
+    reg.recycle(a.slot).unwrap();
+    assert_eq!(reg.recycled_count(), 1);
+    let b = reg.register(10, 5).unwrap();
+    assert_eq!(b.slot, a.slot);
+    assert_ne!(b.serial, a.serial);
+}
+
+#[test]
+fn registry__capacity_plus_one__then_registry_full_until_a_slot_is_recycled() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let slots: Vec<u32> = (0..64).map(|t| reg.register(1, t).unwrap().slot).collect();
+    assert_eq!(slots.iter().collect::<HashSet<_>>().len(), 64);
+    assert!(matches!(
+        reg.register(1, 64),
+        Err(RegistryError::RegistryFull { capacity: 64 })
+    ));
+    reg.count_orphan(OrphanReason::RegistryFull);
+    reg.exit(slots[3]);
+    reg.recycle(slots[3]).unwrap();
+    assert_eq!(reg.register(1, 64).unwrap().slot, slots[3]);
+    let o = reg.orphan_counts();
+    assert_eq!((o.attempted, o.registry_full), (1, 1));
+    assert!(o.balanced());
+}
+
+#[test]
+fn registry__1024_threads_race_to_register__then_every_slot_unique() {
+    let r = SharedRegion::create_with_clock(&small(1024), &Clock::boottime()).unwrap();
+    let r = Arc::new(r);
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let reg = r.registry().unwrap();
+                (0..128)
+                    .map(|i| reg.register(1, t * 128 + i).unwrap().slot)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<u32> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 1024);
+    let reg = r.registry().unwrap();
+    assert_eq!(reg.slots().count(), 1024);
+    assert!(reg.register(1, 5000).is_err());
+}
+
+#[test]
+fn registry__close_registrations__then_register_refused() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    reg.close_registrations(SECOND).unwrap();
+    assert!(matches!(
+        reg.register(1, 1),
+        Err(RegistryError::RegistrationsClosed)
+    ));
+    assert_eq!(reg.slots().count(), 0);
+}
+
+#[test]
+fn registry__stop_accepting__then_later_events_counted_as_shutdown() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let me = reg.register(1, 1).unwrap();
+    // SAFETY: the only producer of this slot.
+    let mut tx = unsafe { me.lanes.index.producer() };
+    assert!(me.writer.begin());
+    tx.push(&[1; 32]).unwrap();
+    me.writer.end();
+    assert!(reg.stop_accepting(SECOND).stragglers.is_empty());
+    assert!(!me.writer.begin());
+    me.writer.count_reentrant();
+    let c = reg.counts(me.slot).unwrap();
+    assert_eq!(
+        (c.attempted, c.accepted, c.shutdown, c.reentrant),
+        (3, 1, 1, 1)
+    );
+    assert!(c.balanced());
+}
+
+#[test]
+fn registry__writer_inside_section__then_stop_reports_straggler_after_timeout() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let me = reg.register(1, 7).unwrap();
+    assert!(me.writer.begin());
+    let report = reg.stop_accepting(Duration::from_millis(5));
+    assert_eq!(report.stragglers.len(), 1);
+    assert_eq!(report.stragglers[0].tid, 7);
+    me.writer.end();
+}
+
+#[test]
+fn registry__triggers__then_published_in_order() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    reg.set_triggers(&[0x1000, 0x2000]).unwrap();
+    assert_eq!(reg.trigger_count(), 2);
+    assert_eq!((reg.trigger(0), reg.trigger(1)), (0x1000, 0x2000));
+    assert!(reg.set_triggers(&[0; MAX_TRIGGERS + 1]).is_err());
+}
+
+#[test]
+fn registry__retire_pid__then_previous_image_slots_exited() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let a = reg.register(77, 1).unwrap();
+    let b = reg.register(78, 2).unwrap();
+    assert_eq!(reg.retire_pid(77), 1);
+    assert_eq!(reg.slot_info(a.slot).unwrap().state, SlotState::Exited);
+    assert_eq!(reg.slot_info(b.slot).unwrap().state, SlotState::Active);
+}
+
+/// Four producers write while a drain thread drains; after the stop handshake and a final drain,
+/// every thread's accounting is exact and the drained bytes equal the accepted events.
+#[test]
+fn registry__four_producers_and_a_drain__then_accounting_exact() {
+    let r = Arc::new(region(64));
+    let done = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let reg = r.registry().unwrap();
+                let me = reg.register(1, t).unwrap();
+                // SAFETY: the only producer of this slot.
+                let mut tx = unsafe { me.lanes.index.producer() };
+                let mut n = 0u64;
+                while me.writer.begin() {
+                    let _ = tx.push(&[t as u8; 32]);
+                    me.writer.end();
+                    n += 1;
+                    if n == 20_000 {
+                        std::thread::yield_now();
+                    }
+                }
+                (me.slot, n + 1)
+            })
+        })
+        .collect();
+    let reg = r.registry().unwrap();
+    let mut drained = std::collections::HashMap::<u32, u64>::new();
+    let mut consumers = std::collections::HashMap::new();
+    let mut pass = |final_pass: bool| {
+        for s in reg.slots() {
+            let c = consumers.entry(s.index).or_insert_with(|| {
+                // SAFETY: the test is the only consumer.
+                unsafe { reg.lanes(s.index).unwrap().index.consumer() }
+            });
+            c.drain(final_pass, |chunk| -> Result<(), ()> {
+                *drained.entry(s.index).or_default() += chunk.bytes.len() as u64 / 32;
+                Ok(())
+            })
+            .unwrap();
+        }
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(100) {
+        pass(false);
+    }
+    assert!(reg.stop_accepting(SECOND).stragglers.is_empty());
+    done.store(true, Ordering::Relaxed);
+    pass(true);
+    for p in producers {
+        let (slot, attempted) = p.join().unwrap();
+        let c = reg.counts(slot).unwrap();
+        assert_eq!(c.attempted, attempted);
+        assert!(c.balanced(), "{c:?}");
+        assert_eq!(c.shutdown, 1);
+        assert_eq!(drained.get(&slot).copied().unwrap_or(0), c.accepted);
+    }
+}
