@@ -183,3 +183,30 @@ impl Drop for SignalGuard {
         let _ = self.restore_inner();
     }
 }
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    /// The only unit test that installs handlers in the test process (others fork).
+    #[test]
+    fn shutdown__memory_usage__then_no_leaks() {
+        let s = Shutdown::new().unwrap();
+        for round in 0..1000 {
+            let guard = s.install_signals().unwrap();
+            assert_eq!(
+                Arc::strong_count(&s.shared),
+                2,
+                "installation holds one count"
+            );
+            if round % 2 == 0 {
+                guard.restore().unwrap();
+            } else {
+                drop(guard);
+            }
+            assert_eq!(Arc::strong_count(&s.shared), 1, "restore leaked the state");
+            assert!(INSTALLED.load(Ordering::SeqCst).is_null());
+        }
+    }
+}

@@ -4,7 +4,9 @@
 
 mod support;
 
-use shutdown::{handler_address, Budgets, Error, ForceCause, Phase, Reason, Shutdown};
+use shutdown::{
+    handler_address, Budgets, Error, ForceCause, Phase, Reason, Shutdown, Statistics, Summary,
+};
 use std::mem::MaybeUninit;
 use std::time::Duration;
 use support::{Act, FakePipeline};
@@ -314,6 +316,51 @@ fn signal__second_during_shutdown__then_forced_fast_exit() {
             report.notices.iter().any(|n| n.contains("second signal")),
             "no notice: {:?}",
             report.notices
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn shutdown_summary__stderr__then_visible() {
+    in_child(|| {
+        let s = Shutdown::new().map_err(|e| e.to_string())?;
+        s.request(Reason::Timer);
+        let mut p = FakePipeline::new(1, 1);
+        let report = s
+            .execute_with_notices(&mut p, &Budgets::default(), &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        let summary = Summary {
+            report,
+            stats: Statistics::default(),
+        };
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        ensure!(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, "pipe failed");
+        // SAFETY: duplicates valid descriptors; the saved copy restores stderr afterwards.
+        let saved = unsafe { libc::dup(2) };
+        // SAFETY: as above.
+        unsafe { libc::dup2(fds[1], 2) };
+        summary.print();
+        // SAFETY: as above; closing our write ends lets the read below see end-of-file.
+        unsafe {
+            libc::dup2(saved, 2);
+            libc::close(saved);
+            libc::close(fds[1]);
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a live buffer of the given length.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        ensure!(
+            out == summary.render().into_bytes(),
+            "stderr did not carry the summary"
         );
         Ok(())
     });
