@@ -1,0 +1,256 @@
+//! The exported hooks and the hot path.
+//!
+//! `__cyg_profile_func_enter/exit` are naked: with detail records off they jump straight to the
+//! Rust hot path (arguments untouched); with detail records on they first save every integer
+//! register as the hook received it, the stack pointer and the return address into a frame on the
+//! stack, and pass that frame along.
+//!
+//! Hot path of a registered thread (no lock, no syscall, no allocation): one `fs`-relative TLS
+//! load; the reentrancy guard; the stop handshake's write section (`SlotWriter::begin/end`: two
+//! stores to the slot's own line, a compiler barrier, one load of the session line); one `rdtsc`;
+//! one 32-byte copy into the active ring and a Release store of its head.
+
+use core::sync::atomic::compiler_fence;
+use core::sync::atomic::AtomicU8;
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+use crate::thread::{tls, ThreadState};
+
+/// ATF event kinds.
+const CALL: u32 = 1;
+const RETURN: u32 = 2;
+/// ATF `detail_seq` for "no detail record".
+const NO_DETAIL: u32 = 0xFFFF_FFFF;
+/// Registers saved by the naked hooks, in this order (the detail payload's register block).
+/// `rsp` is the stack pointer at hook entry (it points at the return address); `ret` is the
+/// return address, inside the instrumented function.
+pub(crate) const REGS: usize = 17;
+/// Detail record header (ATF): length, type, flags, index_seq, thread_id, timestamp.
+const DETAIL_HEADER: usize = 24;
+/// Detail payload flag: the stack copy was clamped to the thread's stack bounds.
+const STACK_CLAMPED: u32 = 1;
+
+/// 1 when detail records are on: read by the naked hooks.
+static DETAIL_ON: AtomicU8 = AtomicU8::new(0);
+
+pub(crate) fn set_detail(on: bool) {
+    DETAIL_ON.store(u8::from(on), Relaxed);
+}
+
+/// The enter hook every `-finstrument-functions` function calls first.
+///
+/// # Safety
+/// Called by compiler-generated code with the instrumented function's address and call site.
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn __cyg_profile_func_enter(
+    this_fn: *mut libc::c_void,
+    call_site: *mut libc::c_void,
+) {
+    core::arch::naked_asm!(
+        "cmp byte ptr [rip + {detail}], 0",
+        "jne 2f",
+        "jmp {fast}",
+        "2:",
+        "sub rsp, 136",
+        "mov [rsp + 0], rdi",
+        "mov [rsp + 8], rsi",
+        "mov [rsp + 16], rdx",
+        "mov [rsp + 24], rcx",
+        "mov [rsp + 32], r8",
+        "mov [rsp + 40], r9",
+        "mov [rsp + 48], rax",
+        "mov [rsp + 56], rbx",
+        "mov [rsp + 64], rbp",
+        "mov [rsp + 72], r10",
+        "mov [rsp + 80], r11",
+        "mov [rsp + 88], r12",
+        "mov [rsp + 96], r13",
+        "mov [rsp + 104], r14",
+        "mov [rsp + 112], r15",
+        "lea rax, [rsp + 136]",
+        "mov [rsp + 120], rax",
+        "mov rax, [rsp + 136]",
+        "mov [rsp + 128], rax",
+        "mov edx, 1",
+        "mov rcx, rsp",
+        "call {slow}",
+        "add rsp, 136",
+        "ret",
+        detail = sym DETAIL_ON,
+        fast = sym enter_fast,
+        slow = sym with_registers,
+    )
+}
+
+/// The exit hook every `-finstrument-functions` function calls last.
+///
+/// # Safety
+/// As for [`__cyg_profile_func_enter`].
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn __cyg_profile_func_exit(
+    this_fn: *mut libc::c_void,
+    call_site: *mut libc::c_void,
+) {
+    core::arch::naked_asm!(
+        "cmp byte ptr [rip + {detail}], 0",
+        "jne 2f",
+        "jmp {fast}",
+        "2:",
+        "sub rsp, 136",
+        "mov [rsp + 0], rdi",
+        "mov [rsp + 8], rsi",
+        "mov [rsp + 16], rdx",
+        "mov [rsp + 24], rcx",
+        "mov [rsp + 32], r8",
+        "mov [rsp + 40], r9",
+        "mov [rsp + 48], rax",
+        "mov [rsp + 56], rbx",
+        "mov [rsp + 64], rbp",
+        "mov [rsp + 72], r10",
+        "mov [rsp + 80], r11",
+        "mov [rsp + 88], r12",
+        "mov [rsp + 96], r13",
+        "mov [rsp + 104], r14",
+        "mov [rsp + 112], r15",
+        "lea rax, [rsp + 136]",
+        "mov [rsp + 120], rax",
+        "mov rax, [rsp + 136]",
+        "mov [rsp + 128], rax",
+        "mov edx, 2",
+        "mov rcx, rsp",
+        "call {slow}",
+        "add rsp, 136",
+        "ret",
+        detail = sym DETAIL_ON,
+        fast = sym exit_fast,
+        slow = sym with_registers,
+    )
+}
+
+extern "C" fn enter_fast(this_fn: usize, _call_site: usize) {
+    event(CALL, this_fn as u64, core::ptr::null());
+}
+
+extern "C" fn exit_fast(this_fn: usize, _call_site: usize) {
+    event(RETURN, this_fn as u64, core::ptr::null());
+}
+
+extern "C" fn with_registers(this_fn: usize, _call_site: usize, kind: u32, regs: *const u64) {
+    event(kind, this_fn as u64, regs);
+}
+
+#[inline(always)]
+fn event(kind: u32, function: u64, regs: *const u64) {
+    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
+    let mut state = unsafe { (*tls()).state };
+    if state.is_null() {
+        match slow_state() {
+            Some(s) => state = s,
+            None => return,
+        }
+    }
+    // SAFETY: a non-null state pointer is this thread's entry of the agent's array, used only by
+    // this thread (a signal handler on this thread is kept out by `busy`).
+    let st = unsafe { &mut *state };
+    if st.busy != 0 {
+        st.writer.count_reentrant();
+        return;
+    }
+    st.busy = 1;
+    compiler_fence(SeqCst);
+    let depth = if kind == CALL {
+        st.depth += 1;
+        st.depth - 1
+    } else {
+        st.depth = st.depth.saturating_sub(1);
+        st.depth
+    };
+    if st.writer.begin() {
+        let ts = st.clock.now_ns();
+        let detail_seq = if regs.is_null() {
+            NO_DETAIL
+        } else {
+            write_detail(st, kind, function, ts, regs)
+        };
+        let mut ev = [0u8; 32];
+        ev[0..8].copy_from_slice(&ts.to_le_bytes());
+        ev[8..16].copy_from_slice(&function.to_le_bytes());
+        ev[16..20].copy_from_slice(&st.tid.to_le_bytes());
+        ev[20..24].copy_from_slice(&kind.to_le_bytes());
+        ev[24..28].copy_from_slice(&depth.to_le_bytes());
+        ev[28..32].copy_from_slice(&detail_seq.to_le_bytes());
+        if st.index.push(&ev).is_ok() {
+            st.index_seq = st.index_seq.wrapping_add(1);
+        }
+        st.writer.end();
+    }
+    compiler_fence(SeqCst);
+    st.busy = 0;
+}
+
+#[cold]
+#[inline(never)]
+fn slow_state() -> Option<*mut ThreadState> {
+    let agent = crate::agent()?;
+    crate::thread::acquire_state(agent)
+}
+
+/// Writes the detail record of an event (and marks the window on a trigger). Returns its detail
+/// sequence number, or [`NO_DETAIL`] if the detail lane dropped it.
+#[inline(never)]
+fn write_detail(st: &mut ThreadState, kind: u32, function: u64, ts: u64, regs: *const u64) -> u32 {
+    let mut buf = [0u8; DETAIL_HEADER + REGS * 8 + 8 + registry::MAX_STACK_BYTES as usize];
+    // SAFETY: the naked hook passes a frame of REGS saved registers on its own stack.
+    let saved = unsafe { core::slice::from_raw_parts(regs, REGS) };
+    let rsp = saved[15];
+    // The stack copy stays inside this thread's stack: [rsp, min(rsp + n, stack_hi)). An rsp outside
+    // the bounds (an alternate signal stack) copies nothing.
+    let want = st.stack_bytes as u64;
+    let (len, clamped) = if rsp >= st.stack_lo && rsp < st.stack_hi {
+        let len = want.min(st.stack_hi - rsp);
+        (len as usize, len < want)
+    } else {
+        (0, want > 0)
+    };
+    let payload = REGS * 8 + 8 + len;
+    let total = DETAIL_HEADER + payload;
+    buf[0..4].copy_from_slice(&(total as u32).to_le_bytes());
+    let event_type: u16 = if kind == CALL { 3 } else { 4 };
+    buf[4..6].copy_from_slice(&event_type.to_le_bytes());
+    buf[8..12].copy_from_slice(&st.index_seq.to_le_bytes());
+    buf[12..16].copy_from_slice(&st.tid.to_le_bytes());
+    buf[16..24].copy_from_slice(&ts.to_le_bytes());
+    for (i, r) in saved.iter().enumerate() {
+        let at = DETAIL_HEADER + i * 8;
+        buf[at..at + 8].copy_from_slice(&r.to_le_bytes());
+    }
+    let at = DETAIL_HEADER + REGS * 8;
+    buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    let flags = if clamped { STACK_CLAMPED } else { 0 };
+    buf[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+    if len > 0 {
+        // SAFETY: [rsp, rsp + len) lies within this thread's mapped stack (checked above) and is
+        // above the stack pointer, i.e. live frames.
+        let stack = unsafe { core::slice::from_raw_parts(rsp as *const u8, len) };
+        buf[at + 8..at + 8 + len].copy_from_slice(stack);
+    }
+    let seq = match st.detail.push(&buf[..total]) {
+        Ok(()) => {
+            let seq = st.detail_seq;
+            st.detail_seq = st.detail_seq.wrapping_add(1);
+            seq
+        }
+        Err(_) => NO_DETAIL,
+    };
+    // A trigger marks the window that now holds its record.
+    if kind == CALL {
+        let reg = &st.agent.reg;
+        let n = reg.trigger_count();
+        if (0..n).any(|i| reg.trigger(i) == function) {
+            st.detail.mark_active();
+        }
+    }
+    seq
+}

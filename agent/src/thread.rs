@@ -1,0 +1,268 @@
+//! Per-thread state: the 32-byte initial-exec TLS block, the slot-indexed [`ThreadState`],
+//! lazy registration, teardown and fork.
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use registry::{Clock, OrphanReason, RegistryError, SlotWriter};
+use ring::PoolProducer;
+
+use crate::Agent;
+
+/// TLS status values.
+pub(crate) const UNREGISTERED: u32 = 0;
+pub(crate) const REGISTERED: u32 = 1;
+pub(crate) const WAITING: u32 = 2;
+pub(crate) const TORN_DOWN: u32 = 3;
+pub(crate) const CLOSED: u32 = 4;
+pub(crate) const REGISTERING: u32 = 5;
+pub(crate) const INITIALISER: u32 = 6;
+
+/// The thread-local block. Zero-initialised by the loader for every thread (`.tbss`).
+#[repr(C)]
+pub(crate) struct Tls {
+    /// The thread's state while it holds a slot; null otherwise (the hot path's only test).
+    pub(crate) state: *mut ThreadState,
+    /// One of the status values above.
+    pub(crate) status: u32,
+    /// Rounds of the pthread key destructor seen (it re-arms itself to run late).
+    pub(crate) teardown_round: u32,
+    /// `recycled_count` when this thread last failed to find a slot.
+    pub(crate) seen_recycled: u64,
+    /// Call depth to resume at after re-registering (fork child).
+    pub(crate) pending_depth: u32,
+    _reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Tls>() == 32);
+
+core::arch::global_asm!(
+    ".section .tbss,\"awT\",@nobits",
+    ".p2align 3",
+    ".globl agent_tls_block",
+    ".hidden agent_tls_block",
+    ".type agent_tls_block,@object",
+    ".size agent_tls_block, 32",
+    "agent_tls_block:",
+    ".zero 32",
+    ".text",
+);
+
+/// This thread's TLS block: `fs:0` (the thread pointer) plus the block's initial-exec offset.
+#[inline(always)]
+pub(crate) fn tls() -> *mut Tls {
+    let p: *mut Tls;
+    // SAFETY: reads the thread pointer and a GOT entry the dynamic linker filled with the block's
+    // static TLS offset (R_X86_64_TPOFF64); no memory is written. Both are constant per thread.
+    unsafe {
+        core::arch::asm!(
+            "mov {p}, qword ptr fs:[0]",
+            "add {p}, qword ptr [rip + agent_tls_block@GOTTPOFF]",
+            p = out(reg) p,
+            options(pure, nomem, nostack),
+        )
+    };
+    p
+}
+
+/// Everything a registered thread's hot path needs, in agent-private memory.
+pub(crate) struct ThreadState {
+    /// 1 while this thread is inside a hook (the reentrancy guard).
+    pub(crate) busy: u32,
+    /// Current call depth.
+    pub(crate) depth: u32,
+    pub(crate) tid: u32,
+    pub(crate) slot: u32,
+    /// Index events accepted so far: the position the next one takes in index.atf.
+    pub(crate) index_seq: u32,
+    /// Detail records written so far.
+    pub(crate) detail_seq: u32,
+    pub(crate) stack_lo: u64,
+    pub(crate) stack_hi: u64,
+    pub(crate) stack_bytes: u32,
+    pub(crate) clock: Clock,
+    pub(crate) writer: SlotWriter<'static>,
+    pub(crate) index: PoolProducer<'static>,
+    pub(crate) detail: PoolProducer<'static>,
+    pub(crate) agent: &'static Agent,
+}
+
+pub(crate) fn is_initialiser() -> bool {
+    // SAFETY: the TLS block is valid for this thread's lifetime.
+    unsafe { (*tls()).status == INITIALISER }
+}
+
+pub(crate) fn set_initialiser(on: bool) {
+    let t = tls();
+    // SAFETY: as above; only this thread touches its block.
+    unsafe {
+        if on {
+            (*t).status = INITIALISER;
+        } else if (*t).status == INITIALISER {
+            (*t).status = UNREGISTERED;
+        }
+    }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+fn stack_bounds() -> (u64, u64) {
+    // SAFETY: attr is initialised by pthread_getattr_np before use and destroyed after.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return (0, 0);
+        }
+        let mut addr: *mut libc::c_void = core::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        if ok {
+            (addr as u64, addr as u64 + size as u64)
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+/// The slow path of a thread without a slot. Returns the state to write the event with, or `None`
+/// when the event was dropped and counted.
+#[cold]
+#[inline(never)]
+pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
+    let t = tls();
+    // SAFETY: only this thread touches its TLS block. A signal handler interrupting us sees
+    // REGISTERING and drops its event (counted).
+    let tl = unsafe { &mut *t };
+    let reg = &agent.reg;
+    match tl.status {
+        REGISTERED if !tl.state.is_null() => return Some(tl.state),
+        TORN_DOWN => {
+            reg.count_orphan(OrphanReason::ThreadTeardown);
+            return None;
+        }
+        CLOSED => {
+            reg.count_orphan(OrphanReason::Shutdown);
+            return None;
+        }
+        REGISTERING | INITIALISER => {
+            // An event inside our own registration (signal handler): no slot to count it in yet.
+            reg.count_orphan(OrphanReason::RegistryFull);
+            return None;
+        }
+        WAITING if reg.recycled_count() == tl.seen_recycled => {
+            reg.count_orphan(OrphanReason::RegistryFull);
+            return None;
+        }
+        _ => {}
+    }
+    let was_waiting = tl.status == WAITING;
+    tl.status = REGISTERING;
+    let pid = agent.pid.load(Relaxed);
+    let tid = gettid();
+    match reg.register(pid, tid) {
+        Ok(r) => {
+            let (lo, hi) = stack_bounds();
+            reg.set_stack_bounds(r.slot, lo, hi);
+            let mut writer = r.writer;
+            writer.set_fenced(writer.fenced() || agent.fenced.load(Relaxed) != 0);
+            let state = ThreadState {
+                busy: 0,
+                depth: tl.pending_depth,
+                tid,
+                slot: r.slot,
+                index_seq: 0,
+                detail_seq: 0,
+                stack_lo: lo,
+                stack_hi: hi,
+                stack_bytes: reg.stack_bytes(),
+                clock: reg.clock(),
+                writer,
+                // SAFETY: the registration made this thread the lanes' only producer.
+                index: unsafe { r.lanes.index.producer() },
+                // SAFETY: as above.
+                detail: unsafe { r.lanes.detail.producer() },
+                agent,
+            };
+            // SAFETY: slot < capacity, so the entry lies in the array; the slot is ours alone, so
+            // nobody else uses this entry.
+            let ptr = unsafe { agent.threads.add(r.slot as usize) };
+            // SAFETY: as above; the previous content (an earlier owner's) is plain data, overwritten.
+            unsafe { ptr.write(state) };
+            if was_waiting {
+                reg.waiting(-1);
+            } else {
+                arm_teardown(agent);
+            }
+            tl.pending_depth = 0;
+            tl.state = ptr;
+            tl.status = REGISTERED;
+            Some(ptr)
+        }
+        Err(RegistryError::RegistryFull { .. }) => {
+            if !was_waiting {
+                reg.waiting(1);
+                arm_teardown(agent);
+            }
+            tl.seen_recycled = reg.recycled_count();
+            tl.status = WAITING;
+            reg.count_orphan(OrphanReason::RegistryFull);
+            None
+        }
+        Err(_) => {
+            if was_waiting {
+                reg.waiting(-1);
+            }
+            tl.status = CLOSED;
+            reg.count_orphan(OrphanReason::Shutdown);
+            None
+        }
+    }
+}
+
+fn arm_teardown(agent: &Agent) {
+    // SAFETY: the key was created in `build`; the value is a non-null marker, never dereferenced.
+    unsafe { libc::pthread_setspecific(agent.key, 1 as *const libc::c_void) };
+}
+
+/// The pthread key destructor: re-arms itself for two more rounds (so it runs after other keys'
+/// destructors, which may call instrumented code), then releases the slot.
+pub(crate) extern "C" fn teardown(_value: *mut libc::c_void) {
+    let Some(agent) = crate::agent() else { return };
+    // SAFETY: only this thread touches its TLS block.
+    let tl = unsafe { &mut *tls() };
+    tl.teardown_round += 1;
+    if tl.teardown_round < 3 {
+        arm_teardown(agent);
+        return;
+    }
+    if !tl.state.is_null() {
+        // SAFETY: our own state; we are not inside a hook (destructors run outside them).
+        let slot = unsafe { (*tl.state).slot };
+        tl.state = core::ptr::null_mut();
+        agent.reg.exit(slot);
+    } else if tl.status == WAITING {
+        agent.reg.waiting(-1);
+    }
+    tl.status = TORN_DOWN;
+}
+
+/// `pthread_atfork` child handler: the child's only thread drops the parent's slot (the parent
+/// keeps using it) and re-registers under the child's pid on its next event, at the same depth.
+pub(crate) extern "C" fn after_fork_in_child() {
+    let Some(agent) = crate::agent() else { return };
+    agent.pid.store(std::process::id(), Relaxed);
+    let fenced = !crate::producer_barrier_ready(&agent.reg);
+    agent.fenced.store(u32::from(fenced), Relaxed);
+    // SAFETY: only this thread touches its TLS block.
+    let tl = unsafe { &mut *tls() };
+    if !tl.state.is_null() {
+        // SAFETY: the state was ours in the parent and is a private copy now.
+        tl.pending_depth = unsafe { (*tl.state).depth };
+    }
+    tl.state = core::ptr::null_mut();
+    tl.status = UNREGISTERED;
+    tl.teardown_round = 0;
+}
