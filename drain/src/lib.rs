@@ -1,5 +1,667 @@
-//! The drain: the tracer-side thread that empties every thread's rings into ATF trace files, the
-//! final drain after the stop handshake, fsync of files and directories, and the statistics the
-//! shutdown summary prints.
+//! The drain: the tracer-side consumer that moves every thread's events from the shared-memory
+//! lanes (`registry` + `ring`) into ATF v2 trace files (`atf`), losing nothing.
 //!
-//! Not built yet: this crate is a placeholder in the workspace layout and exports nothing.
+//! It owns:
+//! - [`Drain`]: one pass over every active or exited slot (slots are sparse, so it walks what the
+//!   registry lists, not `0..thread_count`), writing each lane's committed bytes to its thread's
+//!   `index.atf` in whole-ring-sized batches (no per-event write), returning rings to the free queue
+//!   at once, persisting marked detail windows, and recycling the slots of exited threads once their
+//!   lanes are empty. After the stop handshake, [`Drain::final_drain`] empties every lane (exited
+//!   threads and, for a crashed target, the active detail windows included) and finishes every
+//!   file; [`Drain::finish`] writes the final manifest with the accounting and fsyncs the session.
+//! - [`DrainThread`]: the thread that runs passes, sleeping adaptively when idle and woken at once
+//!   through an eventfd ([`Waker`]) when the shutdown manager wants the final drain to start.
+//!
+//! The contract it keeps is the accounting invariant, per thread and in total:
+//! `attempted = persisted + dropped by reason`. Producers count attempts and drops in the region;
+//! the drain counts what it wrote; [`Drain::finish`] puts both in the manifest, and any accepted
+//! event that could not be written (an I/O error) is named as such, never silently missing.
+//!
+//! I/O errors (disk full, EIO, a directory that became unwritable) stop the drain cleanly: the error
+//! carries the path and the cause, what was written stays readable, and the target is never blocked
+//! for long (its producers wait a bounded time, then count drops).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use drain::{Drain, Outcome};
+//! let region = registry::SharedRegion::create(&registry::RegionConfig::default())?;
+//! let registry = region.leak()?;
+//! let layout = atf::SessionLayout::create("/tmp/traces", std::process::id())?;
+//! let mut drain = Drain::new(registry, layout, atf::Manifest::new(atf::ClockType::Boottime))?;
+//! drain.pass()?; // repeatedly, or on a DrainThread
+//! registry.stop_accepting(std::time::Duration::from_millis(50));
+//! drain.final_drain(false)?;
+//! let report = drain.finish(&Outcome::default())?;
+//! assert!(report.accounting.index.balanced());
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod thread;
+mod waker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atf::{
+    Accounting, Counts, DetailWindow, Drops, Manifest, SessionLayout, TargetFate, ThreadEntry,
+};
+use registry::{Registry, SlotInfo, SlotState};
+use ring::{frames, PoolConsumer};
+
+pub use thread::DrainThread;
+pub use waker::Waker;
+
+/// Why the drain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// Writing the session failed (the message names the file and the cause).
+    #[error("writing the trace failed: {0}")]
+    Io(#[from] atf::Error),
+    /// The shared region broke its protocol (the target corrupted it, or a bug).
+    #[error("thread {tid}'s lane is unreadable: {source}; its events from here on are lost")]
+    Lane {
+        /// The thread.
+        tid: u32,
+        /// What was wrong.
+        #[source]
+        source: ring::RingError,
+    },
+    /// The registry refused an operation.
+    #[error("the shared region is unusable: {0}")]
+    Registry(#[from] registry::RegistryError),
+}
+
+/// Statistics for the shutdown summary and the live status line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    /// Index events written, all threads.
+    pub events: u64,
+    /// Detail records written, all threads.
+    pub detail_records: u64,
+    /// Bytes written to trace files (events and records, headers excluded).
+    pub bytes: u64,
+    /// Submitted rings consumed and returned to producers.
+    pub rings_returned: u64,
+    /// Passes run.
+    pub passes: u64,
+    /// Time spent inside passes and the final drain.
+    pub busy: Duration,
+    /// Files fsynced by [`Drain::finish`] (trace files, manifest, directories).
+    pub files_synced: u64,
+    /// Threads seen.
+    pub threads: u64,
+}
+
+/// Counters shared with other threads while a [`DrainThread`] runs (the live status line).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Index events written so far.
+    pub events: AtomicU64,
+    /// Bytes written so far.
+    pub bytes: AtomicU64,
+    /// Threads seen so far.
+    pub threads: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Bytes moved from the lanes to the files.
+    pub bytes: u64,
+}
+
+/// How the recording ended, for the final manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Why the trace stopped ("signal SIGINT", "duration", "target exited", ...).
+    pub stop_reason: String,
+    /// What became of the target.
+    pub target_fate: TargetFate,
+    /// Wall-clock end, Unix nanoseconds.
+    pub wall_end_unix_ns: u64,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            stop_reason: "stopped".into(),
+            target_fate: TargetFate::Unknown,
+            wall_end_unix_ns: wall_now_ns(),
+        }
+    }
+}
+
+/// What [`Drain::finish`] wrote.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The manifest's path.
+    pub manifest: PathBuf,
+    /// Totals over all threads and orphan events.
+    pub accounting: Accounting,
+    /// Per thread (tid) accounting.
+    pub threads: Vec<ThreadEntry>,
+    /// Drain statistics.
+    pub stats: DrainStats,
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// One thread's files and counts. Keyed by tid: a tid the kernel reuses within a session (only
+/// after the first thread is gone) continues the same files, in time order.
+struct ThreadFiles {
+    tid: u32,
+    index: Option<atf::IndexWriter>,
+    detail: Option<atf::DetailWriter>,
+    /// Accounting from the registry for owners already recycled, plus the live owner's at finish.
+    counts: Counts,
+    detail_counts: Counts,
+    /// Index events and detail records written.
+    written: u64,
+    detail_written: u64,
+    windows: Vec<DetailWindow>,
+}
+
+/// The live owner of a slot, with the consumer side of its lanes.
+struct Owner<'r> {
+    info: SlotInfo,
+    index: PoolConsumer<'r>,
+    detail: PoolConsumer<'r>,
+}
+
+/// The drain of one recording: see the crate documentation.
+pub struct Drain<'r> {
+    registry: Registry<'r>,
+    layout: SessionLayout,
+    manifest: Manifest,
+    owners: BTreeMap<u32, Owner<'r>>,
+    files: BTreeMap<u32, ThreadFiles>,
+    stats: DrainStats,
+    live: Arc<LiveStats>,
+    manifest_dirty: bool,
+    /// Set by [`Drain::final_drain`] and [`Drain::finish`]: acceptance has stopped, so counts read
+    /// from now on are post-stop snapshots (see `reconcile_after_stop`).
+    stopped: bool,
+}
+
+impl<'r> Drain<'r> {
+    /// A drain writing into `layout`, with `manifest` carrying what the caller knows of the target
+    /// (pid, executable, argv, clock, symbols). Writes the initial manifest, so the session is
+    /// readable from now on.
+    pub fn new(
+        registry: Registry<'r>,
+        layout: SessionLayout,
+        mut manifest: Manifest,
+    ) -> Result<Self, DrainError> {
+        manifest.finished = false;
+        layout.write_manifest(&mut manifest)?;
+        Ok(Drain {
+            registry,
+            layout,
+            manifest,
+            owners: BTreeMap::new(),
+            files: BTreeMap::new(),
+            stats: DrainStats::default(),
+            live: Arc::new(LiveStats::default()),
+            manifest_dirty: false,
+            stopped: false,
+        })
+    }
+
+    /// The registry this drain reads.
+    pub fn registry(&self) -> Registry<'r> {
+        self.registry
+    }
+
+    /// The session's layout.
+    pub fn layout(&self) -> &SessionLayout {
+        &self.layout
+    }
+
+    /// The manifest as it will be written (e.g. to add modules and symbols).
+    pub fn manifest_mut(&mut self) -> &mut Manifest {
+        self.manifest_dirty = true;
+        &mut self.manifest
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> &DrainStats {
+        &self.stats
+    }
+
+    /// Counters other threads may read while this drain runs on a [`DrainThread`].
+    pub fn live(&self) -> Arc<LiveStats> {
+        self.live.clone()
+    }
+
+    /// One pass: every active or exited slot's index lane (submitted rings and the active ring's
+    /// committed prefix), its marked detail windows; exited slots are finished and recycled. Flushes
+    /// what it wrote, so a killed tracer leaves it on disk.
+    pub fn pass(&mut self) -> Result<Pass, DrainError> {
+        let started = Instant::now();
+        self.registry.beat(registry::clock::boottime_ns());
+        let mut moved = 0;
+        let slots: Vec<SlotInfo> = self.registry.slots().collect();
+        for info in slots {
+            moved += self.drain_slot(info, false)?;
+        }
+        self.flush_all()?;
+        if self.manifest_dirty {
+            self.write_manifest()?;
+        }
+        self.stats.passes += 1;
+        self.stats.busy += started.elapsed();
+        Ok(Pass { bytes: moved })
+    }
+
+    /// The final drain, after the stop handshake: passes until every lane is empty, then the active
+    /// detail windows that are marked — or all of them when `crashed` (the target died by a
+    /// signal: its last window is the evidence) — and finishes every thread's files.
+    pub fn final_drain(&mut self, crashed: bool) -> Result<(), DrainError> {
+        let started = Instant::now();
+        self.stopped = true;
+        let slots: Vec<SlotInfo> = self.registry.slots().collect();
+        for info in slots {
+            self.drain_slot(info, true)?;
+            self.persist_active_detail(info.index, crashed)?;
+        }
+        for key in self.owners.keys().copied().collect::<Vec<_>>() {
+            self.retire(key)?;
+        }
+        for files in self.files.values_mut() {
+            finish_files(files)?;
+        }
+        self.stats.busy += started.elapsed();
+        Ok(())
+    }
+
+    /// Writes the final manifest (threads, time range, accounting per thread and in total, stop
+    /// reason, target fate, `finished: true`) and fsyncs the trace files' directories and the
+    /// manifest. Call after [`Drain::final_drain`] and the stop handshake; called without the
+    /// final drain (a forced shutdown), it writes what it has: accepted events still in the lanes
+    /// are counted as `not_written`, and the files stay readable.
+    pub fn finish(mut self, outcome: &Outcome) -> Result<Report, DrainError> {
+        let started = Instant::now();
+        self.stopped = true;
+        for key in self.owners.keys().copied().collect::<Vec<_>>() {
+            self.retire(key)?;
+        }
+        for files in self.files.values_mut() {
+            finish_files(files)?;
+        }
+        let mut orphans = self.registry.orphan_counts();
+        // Post-stop snapshot: late orphan attempts whose drop is not counted yet are shutdown drops.
+        let counted = orphans.registry_full + orphans.thread_teardown + orphans.shutdown;
+        if orphans.attempted > counted {
+            orphans.shutdown += orphans.attempted - counted;
+        } else {
+            orphans.attempted = counted;
+        }
+        let mut accounting = Accounting::default();
+        let mut threads = Vec::new();
+        for files in self.files.values() {
+            let entry = thread_entry(files);
+            accounting.index.add(&entry.index);
+            accounting.detail.add(&entry.detail);
+            threads.push(entry);
+        }
+        // Events of threads that never held a slot: all dropped, each with its reason.
+        accounting.index.add(&Counts {
+            attempted: orphans.attempted,
+            persisted: 0,
+            dropped: Drops {
+                registry_full: orphans.registry_full,
+                thread_teardown: orphans.thread_teardown,
+                shutdown: orphans.shutdown,
+                ..Drops::default()
+            },
+        });
+        let m = &mut self.manifest;
+        m.threads = threads.clone();
+        m.accounting = accounting.clone();
+        m.stop_reason = Some(outcome.stop_reason.clone());
+        m.target_fate = Some(outcome.target_fate.clone());
+        m.wall_end_unix_ns = Some(outcome.wall_end_unix_ns);
+        m.detail_windows = self
+            .files
+            .values()
+            .flat_map(|f| f.windows.clone())
+            .collect();
+        m.finished = true;
+        self.layout.write_manifest(&mut self.manifest)?;
+        self.layout.sync_dirs()?;
+        // Each trace file was fsynced when finished; the manifest is fsynced by its atomic
+        // replace; the session, pid and thread directories by `sync_dirs`.
+        self.stats.files_synced += 1 + 2 + self.files.len() as u64;
+        self.stats.busy += started.elapsed();
+        Ok(Report {
+            manifest: self.layout.manifest_path(),
+            accounting,
+            threads,
+            stats: self.stats,
+        })
+    }
+
+    fn write_manifest(&mut self) -> Result<(), DrainError> {
+        self.manifest.threads = self.files.values().map(thread_entry).collect();
+        self.layout.write_manifest(&mut self.manifest)?;
+        self.manifest_dirty = false;
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<(), DrainError> {
+        for files in self.files.values_mut() {
+            if let Some(w) = files.index.as_mut() {
+                w.flush()?;
+            }
+            if let Some(w) = files.detail.as_mut() {
+                w.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains one slot's lanes; retires (finishes and recycles) it when its thread has exited.
+    fn drain_slot(&mut self, info: SlotInfo, final_pass: bool) -> Result<u64, DrainError> {
+        // A different serial means the slot was recycled and reclaimed: retire the old owner.
+        if self
+            .owners
+            .get(&info.index)
+            .is_some_and(|o| o.info.serial != info.serial)
+        {
+            self.retire(info.index)?;
+        }
+        if !self.owners.contains_key(&info.index) {
+            self.adopt(info)?;
+        }
+        let (Some(owner), Some(files)) = (
+            self.owners.get_mut(&info.index),
+            self.files.get_mut(&info.tid),
+        ) else {
+            return Ok(0);
+        };
+        let tid = info.tid;
+        // Index lane: everything committed, active prefix included. Without a writer (the tid was
+        // reused after its files were finished) the events are consumed, not written, and the
+        // manifest counts them as `not_written`.
+        let r = match files.index.as_mut() {
+            Some(writer) => owner.index.drain(true, |chunk| writer.append(chunk.bytes)),
+            None => owner.index.drain(true, |_| Ok::<(), atf::Error>(())),
+        }
+        .map_err(|e| lane_error(tid, e))?;
+        if let Some(writer) = files.index.as_ref() {
+            files.written = writer.event_count();
+            self.stats.bytes += r.bytes;
+        }
+        let mut moved = r.bytes;
+        self.stats.rings_returned += r.rings_returned;
+        // Detail lane: submitted rings only (the active one is the flight recorder's window);
+        // marked windows are persisted, unmarked ones discarded (counted in `thread_entry`).
+        let mut persisted = Persisted::default();
+        let r = owner
+            .detail
+            .drain(false, |chunk| {
+                persist_detail(&self.layout, tid, files, chunk, &mut persisted)
+            })
+            .map_err(|e| lane_error(tid, e))?;
+        moved += r.bytes;
+        self.stats.bytes += persisted.bytes;
+        self.stats.rings_returned += r.rings_returned;
+        // Exited: the owner published EXITED (Release) after its last event, and `slots()` read it
+        // with Acquire, so the lanes drained above held everything. Retire the slot.
+        if info.state == SlotState::Exited && !final_pass {
+            self.persist_active_detail(info.index, false)?;
+            self.retire(info.index)?;
+        }
+        self.update_live_stats();
+        Ok(moved)
+    }
+
+    fn update_live_stats(&mut self) {
+        self.stats.events = self.files.values().map(|f| f.written).sum();
+        self.stats.detail_records = self.files.values().map(|f| f.detail_written).sum();
+        self.stats.threads = self.files.len() as u64;
+        self.live.events.store(self.stats.events, Relaxed);
+        self.live.bytes.store(self.stats.bytes, Relaxed);
+        self.live.threads.store(self.stats.threads, Relaxed);
+    }
+
+    /// Takes a newly seen slot: consumers of its lanes, its thread's files.
+    fn adopt(&mut self, info: SlotInfo) -> Result<(), DrainError> {
+        let lanes = self.registry.lanes(info.index)?;
+        // SAFETY: the drain is the only consumer of every slot's lanes (one Drain per region), and
+        // an owner's consumers are dropped (`retire`) before the slot is recycled.
+        let (index, detail) = unsafe { (lanes.index.consumer(), lanes.detail.consumer()) };
+        self.owners.insert(
+            info.index,
+            Owner {
+                info,
+                index,
+                detail,
+            },
+        );
+        if self.files.contains_key(&info.tid) {
+            // The same tid again (the kernel reuses tids only after the thread is gone): its
+            // accounting continues; its files too if still open (see `drain_slot`).
+            return Ok(());
+        }
+        let index = self
+            .layout
+            .create_index(info.tid, atf::ClockType::Boottime)?;
+        self.files.insert(
+            info.tid,
+            ThreadFiles {
+                tid: info.tid,
+                index: Some(index),
+                detail: None,
+                counts: Counts::default(),
+                detail_counts: Counts::default(),
+                written: 0,
+                detail_written: 0,
+                windows: Vec::new(),
+            },
+        );
+        self.manifest_dirty = true;
+        Ok(())
+    }
+
+    /// Persists the committed prefix of a slot's active detail ring if it is marked (or `all`).
+    fn persist_active_detail(&mut self, slot: u32, all: bool) -> Result<(), DrainError> {
+        let Some(owner) = self.owners.get_mut(&slot) else {
+            return Ok(());
+        };
+        let tid = owner.info.tid;
+        let Some(files) = self.files.get_mut(&tid) else {
+            return Ok(());
+        };
+        let mut persisted = Persisted::default();
+        owner
+            .detail
+            .drain(true, |mut chunk| {
+                if all {
+                    chunk.marked = true;
+                }
+                persist_detail(&self.layout, tid, files, chunk, &mut persisted)
+            })
+            .map_err(|e| lane_error(tid, e))?;
+        self.stats.bytes += persisted.bytes;
+        Ok(())
+    }
+
+    /// Folds a slot owner's counters into its thread's accounting, drops the consumers and, if the
+    /// thread has exited, returns the slot to the registry.
+    fn retire(&mut self, slot: u32) -> Result<(), DrainError> {
+        let Some(owner) = self.owners.remove(&slot) else {
+            return Ok(());
+        };
+        let mut c = self.registry.counts(slot)?;
+        let state = self.registry.slot_info(slot).map(|s| s.state);
+        if self.stopped && state != Some(SlotState::Exited) {
+            reconcile_after_stop(&mut c);
+        }
+        drop(owner.index);
+        drop(owner.detail);
+        if let Some(files) = self.files.get_mut(&owner.info.tid) {
+            files.counts.add(&Counts {
+                attempted: c.attempted,
+                persisted: 0, // filled from what was written, in `thread_entry`
+                dropped: Drops {
+                    ring_full: c.ring_full,
+                    shutdown: c.shutdown,
+                    reentrant: c.reentrant,
+                    ..Drops::default()
+                },
+            });
+            files.detail_counts.add(&Counts {
+                attempted: c.detail_accepted + c.detail_ring_full,
+                persisted: 0,
+                dropped: Drops {
+                    ring_full: c.detail_ring_full,
+                    ..Drops::default()
+                },
+            });
+        }
+        if state == Some(SlotState::Exited) {
+            // The thread is gone: close its files now, so many short-lived threads do not hold
+            // many descriptors, then hand the slot back.
+            if let Some(files) = self.files.get_mut(&owner.info.tid) {
+                finish_files(files)?;
+            }
+            self.registry.recycle(slot)?;
+        }
+        self.manifest_dirty = true;
+        Ok(())
+    }
+}
+
+/// Makes a count snapshot taken after the stop handshake consistent.
+///
+/// After the stop, a live producer still counts each new event twice — `attempted`, then
+/// `shutdown` — with no way to read both at one instant. Everything else is frozen (nothing is
+/// accepted any more), so an attempt not yet matched by a drop is, by construction, a post-stop
+/// event: a `shutdown` drop. Counts of exited threads are final and never adjusted, so a real
+/// accounting error still shows.
+fn reconcile_after_stop(c: &mut registry::ThreadCounts) {
+    let counted = c.accepted + c.dropped();
+    if c.attempted > counted {
+        c.shutdown += c.attempted - counted;
+    } else {
+        c.attempted = counted;
+    }
+}
+
+/// Detail records and bytes persisted by one drain call.
+#[derive(Default)]
+struct Persisted {
+    bytes: u64,
+}
+
+/// Persists a detail chunk if its window is marked (unmarked windows are the flight recorder's
+/// discarded history, accounted for in `thread_entry`).
+fn persist_detail(
+    layout: &SessionLayout,
+    tid: u32,
+    files: &mut ThreadFiles,
+    chunk: ring::Chunk<'_>,
+    persisted: &mut Persisted,
+) -> Result<(), atf::Error> {
+    if !chunk.marked || files.index.is_none() {
+        return Ok(());
+    }
+    if files.detail.is_none() {
+        files.detail = Some(layout.create_detail(tid)?);
+    }
+    let Some(writer) = files.detail.as_mut() else {
+        return Ok(());
+    };
+    let mut window = DetailWindow {
+        thread_id: tid,
+        reason: if chunk.active {
+            "final".into()
+        } else {
+            "marked".into()
+        },
+        index_seq_start: u64::MAX,
+        index_seq_end: 0,
+        records: 0,
+    };
+    for record in frames(chunk.bytes) {
+        // A torn frame cannot come from the ring (it validates frames); stop at it regardless.
+        let Ok(record) = record else { break };
+        writer.append(record)?;
+        if let Some(seq) = record.get(8..12) {
+            let seq = u64::from(u32::from_le_bytes(seq.try_into().unwrap_or_default()));
+            window.index_seq_start = window.index_seq_start.min(seq);
+            window.index_seq_end = window.index_seq_end.max(seq);
+        }
+        window.records += 1;
+        persisted.bytes += record.len() as u64;
+    }
+    files.detail_written += window.records;
+    if window.records > 0 {
+        files.windows.push(window);
+    }
+    Ok(())
+}
+
+fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
+    if let Some(detail) = files.detail.take() {
+        detail.finish()?;
+        if let Some(index) = files.index.as_mut() {
+            index.set_has_detail(true)?;
+        }
+    }
+    if let Some(index) = files.index.take() {
+        files.written = index.event_count();
+        index.finish()?;
+    }
+    Ok(())
+}
+
+/// The manifest entry of a thread: the registry's counts with what the drain wrote as `persisted`.
+/// Accepted events that are not in the file (an I/O error stopped the drain) are named
+/// `not_written`, so the equation still balances and says why.
+fn thread_entry(files: &ThreadFiles) -> ThreadEntry {
+    let mut index = files.counts.clone();
+    index.persisted = files.written;
+    let accepted = index.attempted.saturating_sub(index.dropped.total());
+    if accepted > files.written {
+        index
+            .dropped
+            .other
+            .insert("not_written".into(), accepted - files.written);
+    }
+    let mut detail = files.detail_counts.clone();
+    detail.persisted = files.detail_written;
+    let accepted = detail.attempted.saturating_sub(detail.dropped.total());
+    if accepted > files.detail_written {
+        // The flight recorder keeps only marked windows: the rest is discarded by design.
+        detail
+            .dropped
+            .other
+            .insert("unmarked_window".into(), accepted - files.detail_written);
+    }
+    ThreadEntry {
+        id: files.tid,
+        has_detail: files.detail_written > 0,
+        index,
+        detail,
+    }
+}
+
+fn lane_error<E: Into<DrainError>>(tid: u32, e: ring::DrainError<E>) -> DrainError {
+    match e {
+        ring::DrainError::Sink(e) => e.into(),
+        ring::DrainError::Ring(source) => DrainError::Lane { tid, source },
+    }
+}

@@ -1,0 +1,344 @@
+//! The drain over real producer threads and a real memfd region: exact counts, the accounting
+//! invariant, files the reader opens; a drain killed with SIGKILL mid-run; an I/O error mid-run.
+#![allow(non_snake_case)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use atf::{ClockType, EventKind, IndexEvent, Manifest, Session, SessionLayout, NO_DETAIL};
+use drain::{Drain, DrainThread, Outcome};
+use registry::{RegionConfig, Registry, SharedRegion};
+
+/// Producer threads write `per_thread` index events each (plus a marked detail window of 3
+/// records), as the agent would, then exit their slots.
+fn produce(registry: Registry<'static>, threads: u32, per_thread: u64) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let tid = 10_000 + t;
+                let me = registry.register(std::process::id(), tid).expect("a slot");
+                // SAFETY: this thread is the slot's only producer.
+                let mut index = unsafe { me.lanes.index.producer() };
+                // SAFETY: as above.
+                let mut detail = unsafe { me.lanes.detail.producer() };
+                for seq in 0..per_thread {
+                    let event = IndexEvent {
+                        timestamp_ns: seq + 1,
+                        function_id: u64::from(t),
+                        thread_id: tid,
+                        kind: if seq % 2 == 0 {
+                            EventKind::Call
+                        } else {
+                            EventKind::Return
+                        },
+                        call_depth: 0,
+                        detail_seq: NO_DETAIL,
+                    };
+                    if me.writer.begin() {
+                        let _ = index.push(&event.encode());
+                        if seq < 3 {
+                            let header = atf::DetailRecordHeader {
+                                total_length: 32,
+                                event_type: atf::DETAIL_CALL,
+                                flags: 0,
+                                index_seq: seq as u32,
+                                thread_id: tid,
+                                timestamp_ns: seq + 1,
+                            };
+                            let mut record = header.encode().to_vec();
+                            record.extend_from_slice(&[0xab; 8]);
+                            let _ = detail.push(&record);
+                            detail.mark_active();
+                        }
+                        me.writer.end();
+                    }
+                }
+                registry.exit(me.slot);
+            });
+        }
+    });
+}
+
+fn manifest_for(pid: u32) -> Manifest {
+    let mut m = Manifest::new(ClockType::Boottime);
+    m.target_pid = pid;
+    m.executable = "in-process producers".into();
+    m
+}
+
+fn small_config() -> RegionConfig {
+    let mut config = RegionConfig::default();
+    config.capacity = 64;
+    config.index.ring_capacity = 16 << 10;
+    config.detail.ring_capacity = 4 << 10;
+    config
+}
+
+#[test]
+fn drain_thread__final_drain__then_all_data_written() {
+    let out = tempfile::tempdir().unwrap();
+    let region = SharedRegion::create(&small_config()).unwrap();
+    let registry = region.leak().unwrap();
+    let layout = SessionLayout::create(out.path(), std::process::id()).unwrap();
+    let pid_dir = layout.pid_dir().to_path_buf();
+    let drain = Drain::new(registry, layout, manifest_for(std::process::id())).unwrap();
+    let live = drain.live();
+    let thread = DrainThread::spawn(drain, |e| panic!("drain failed: {e}")).unwrap();
+
+    const THREADS: u32 = 6;
+    const EVENTS: u64 = 50_000;
+    produce(registry, THREADS, EVENTS);
+
+    assert!(registry
+        .stop_accepting(Duration::from_secs(5))
+        .stragglers
+        .is_empty());
+    registry
+        .close_registrations(Duration::from_secs(5))
+        .unwrap();
+    let mut drain = thread.stop().expect("drain thread ended cleanly");
+    drain.final_drain(false).unwrap();
+    let report = drain
+        .finish(&Outcome {
+            stop_reason: "target exited".into(),
+            target_fate: atf::TargetFate::Exited { code: 0 },
+            ..Outcome::default()
+        })
+        .unwrap();
+
+    // Accounting: exact per thread and in total.
+    assert_eq!(report.threads.len(), THREADS as usize);
+    for entry in &report.threads {
+        assert_eq!(entry.index.attempted, EVENTS, "thread {}", entry.id);
+        assert_eq!(entry.index.persisted, EVENTS, "thread {}", entry.id);
+        assert!(
+            entry.index.balanced(),
+            "thread {}: {:?}",
+            entry.id,
+            entry.index
+        );
+        assert_eq!(
+            entry.detail.persisted, 3,
+            "the marked window was not persisted"
+        );
+        assert!(entry.detail.balanced());
+    }
+    assert_eq!(
+        report.accounting.index.attempted,
+        u64::from(THREADS) * EVENTS
+    );
+    assert!(report.accounting.index.balanced());
+    assert_eq!(report.stats.events, u64::from(THREADS) * EVENTS);
+    assert!(live.events.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    // The reader opens what was written: every event, in order, per thread.
+    let session = Session::open(&pid_dir).unwrap();
+    assert!(session.manifest.finished);
+    assert!(session.warnings.is_empty(), "{:?}", session.warnings);
+    assert_eq!(session.threads.len(), THREADS as usize);
+    for thread in &session.threads {
+        assert!(thread.index.finished());
+        assert_eq!(thread.index.verify_checksum().unwrap(), true);
+        let mut next = 1;
+        for event in thread.index.events() {
+            let event = event.unwrap();
+            assert_eq!(
+                event.timestamp_ns, next,
+                "gap or reorder in thread {}",
+                thread.id
+            );
+            next += 1;
+        }
+        assert_eq!(next - 1, EVENTS);
+        let detail = thread
+            .detail
+            .as_ref()
+            .expect("detail file of the marked window");
+        assert_eq!(detail.record_count(), 3);
+    }
+}
+
+#[test]
+fn drain__exited_slots__then_recycled_and_reused_by_new_threads() {
+    let out = tempfile::tempdir().unwrap();
+    let region = SharedRegion::create(&small_config()).unwrap();
+    let registry = region.leak().unwrap();
+    let layout = SessionLayout::create(out.path(), 1).unwrap();
+    let mut drain = Drain::new(registry, layout, manifest_for(1)).unwrap();
+    // Three waves of 64 threads through 64 slots: only recycling makes room for waves 2 and 3.
+    for _wave in 0..3 {
+        produce(registry, 64, 10);
+        drain.pass().unwrap();
+    }
+    registry.stop_accepting(Duration::from_secs(1));
+    drain.final_drain(false).unwrap();
+    let report = drain.finish(&Outcome::default()).unwrap();
+    // 64 distinct tids, each used by three successive threads: counts accumulate per tid.
+    assert_eq!(report.threads.len(), 64);
+    assert!(
+        report.accounting.index.balanced(),
+        "{:?}",
+        report.accounting.index
+    );
+    assert_eq!(report.accounting.index.attempted, 3 * 64 * 10);
+}
+
+const CHILD_ENV: &str = "DRAIN_TEST_CHILD";
+
+/// Runs in a re-executed copy of this test binary (see the two tests below): producers and a
+/// drain thread in one process, until killed or until the drain fails.
+#[test]
+fn child_drain_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return; // not the child: nothing to do
+    };
+    let (out, mode) = spec.split_once(';').unwrap();
+    let region = SharedRegion::create(&small_config()).unwrap();
+    let registry = region.leak().unwrap();
+    if mode == "fsize" {
+        // A small file size limit makes writes fail (EFBIG) as a full disk would.
+        // SAFETY: plain syscalls on this process's own limits and dispositions.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 256 << 10,
+                rlim_max: 256 << 10,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+        }
+    }
+    let layout = SessionLayout::create(out, std::process::id()).unwrap();
+    let drain = Drain::new(registry, layout, manifest_for(std::process::id())).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = DrainThread::spawn(drain, move |e| {
+        let _ = tx.send(e.to_string());
+    })
+    .unwrap();
+    std::thread::spawn(move || produce(registry, 4, u64::MAX / 2));
+    eprintln!("CHILD READY");
+    if let Ok(message) = rx.recv_timeout(Duration::from_secs(60)) {
+        eprintln!("DRAIN ERROR: {message}");
+        // What was written stays readable: stop cleanly and exit.
+        let drain = thread.stop();
+        std::process::exit(if drain.is_some() { 3 } else { 4 });
+    }
+}
+
+fn spawn_child(out: &Path, mode: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_drain_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{};{mode}", out.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn only_session(out: &Path) -> std::path::PathBuf {
+    let session = std::fs::read_dir(out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_dir(&session)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+#[test]
+fn drain__killed_with_sigkill_mid_run__then_session_readable_and_unfinished() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = spawn_child(out.path(), "kill");
+    // Let it write for a while (events accumulate), then kill it without warning.
+    let pid_dir = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(mut entries) = std::fs::read_dir(out.path()) {
+            if let Some(Ok(session)) = entries.next() {
+                if let Ok(mut pids) = std::fs::read_dir(session.path()) {
+                    if let Some(Ok(pid)) = pids.next() {
+                        let bytes: u64 = walk_size(&pid.path());
+                        if bytes > 2 << 20 {
+                            break pid.path();
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child drain died on its own"
+        );
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let session = Session::open(&pid_dir).unwrap();
+    assert!(!session.manifest.finished);
+    assert!(session
+        .warnings
+        .iter()
+        .any(|w| matches!(w, atf::Warning::Unfinished)));
+    let mut total = 0;
+    for thread in &session.threads {
+        // Every complete record is recovered, in order, with no gap.
+        let mut next = 1;
+        for event in thread.index.events() {
+            let event = event.unwrap();
+            assert_eq!(event.timestamp_ns, next, "thread {}", thread.id);
+            next += 1;
+        }
+        total += next - 1;
+    }
+    assert!(total > 0, "nothing recovered");
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            walk_size(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[test]
+fn drain__write_fails_mid_run__then_error_names_file_and_cause_and_session_readable() {
+    let out = tempfile::tempdir().unwrap();
+    let child = spawn_child(out.path(), "fsize");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "stderr: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("DRAIN ERROR"))
+        .unwrap();
+    assert!(
+        line.contains("index.atf"),
+        "the error does not name the file: {line}"
+    );
+    assert!(
+        line.to_lowercase().contains("too large"),
+        "the error does not give the cause: {line}"
+    );
+    let session = Session::open(only_session(out.path())).unwrap();
+    let events: u64 = session.threads.iter().map(|t| t.index.event_count()).sum();
+    assert!(events > 0);
+    for thread in &session.threads {
+        for event in thread.index.events() {
+            event.unwrap();
+        }
+    }
+}
