@@ -1,0 +1,303 @@
+//! Reading sessions back: `info`, `replay`, `report` and `export`, in the spirit of uftrace's commands.
+//!
+//! Every reader streams: it walks each thread's `index.atf` once, front to back, holding only the
+//! open call stack of that thread (and, for `report`, one row per function). Streams that start or
+//! end mid-call are normal (attach, a stop signal): [`frames::Walker`] pairs calls with returns and
+//! says which frames have no call or no return. A closed standard output (`tracer replay s | head`)
+//! ends the command quietly.
+
+mod chrome;
+mod frames;
+mod info;
+mod names;
+mod replay;
+mod report;
+mod time;
+
+#[cfg(test)]
+mod testing;
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use crate::args::{ExportArgs, ReplayArgs, ReportArgs, SessionArg};
+use crate::error::CliError;
+
+/// `tracer info`: what a session holds (target, times, threads, accounting, files).
+pub fn info(args: &SessionArg, out: &mut dyn Write) -> Result<(), CliError> {
+    let session = open(&args.session)?;
+    finish(info::write(&session, out))
+}
+
+/// `tracer replay`: the call tree of each thread with durations.
+pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let session = open(&args.session.session)?;
+    check_tids(&session, &args.tids)?;
+    if args.depth == Some(0) {
+        return Err(CliError::usage(
+            "--depth 0 would show nothing; use 1 for the outermost calls, or more",
+        ));
+    }
+    let options = replay::Options {
+        tids: &args.tids,
+        filter: args.filter.as_deref().filter(|f| !f.is_empty()),
+        depth: args.depth.map(|d| d as usize),
+    };
+    finish(replay::write(&session, &options, out))
+}
+
+/// `tracer report`: per-function calls, total time, self time and average, sorted.
+pub fn report(args: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let session = open(&args.session.session)?;
+    check_tids(&session, &args.tids)?;
+    finish(report::write(&session, &args.tids, args.sort, out))
+}
+
+/// `tracer export`: Chrome trace-event JSON, to `args.output` if given, else to `out`.
+pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let crate::args::ExportFormat::Chrome = args.format;
+    let session = open(&args.session.session)?;
+    for warning in &session.warnings {
+        eprintln!("tracer: warning: {warning}");
+    }
+    match &args.output {
+        None => finish(chrome::write(&session, out).map(|_| ())),
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| {
+                CliError::usage(format!(
+                    "{}: cannot create the output file: {e}; check that its directory exists and \
+                     is writable",
+                    path.display()
+                ))
+            })?;
+            let mut file = io::BufWriter::with_capacity(1 << 20, file);
+            let written = chrome::write(&session, &mut file).and_then(|n| {
+                file.flush()?;
+                Ok(n)
+            });
+            let count = match written {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => {
+                    return Err(match atf_error(&e) {
+                        Some(a) => CliError::runtime(a.to_string()),
+                        None => CliError::runtime(format!(
+                            "{}: writing the export failed: {e}; is the disk full?",
+                            path.display()
+                        )),
+                    })
+                }
+            };
+            finish(writeln!(
+                out,
+                "wrote {count} complete events of {} threads to {}",
+                session.threads.len(),
+                path.display()
+            ))
+        }
+    }
+}
+
+/// Opens the session the user named; any problem with that path is a usage error naming it.
+fn open(path: &Path) -> Result<atf::Session, CliError> {
+    if !path.exists() {
+        return Err(CliError::usage(format!(
+            "{}: no such session directory; pass a session_<...> or pid_<pid> directory written by \
+             `tracer spawn` (default under /tmp/ada_traces)",
+            path.display()
+        )));
+    }
+    atf::Session::open(path).map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// Refuses `--tid` values that name no thread of the session, listing the ones it has.
+fn check_tids(session: &atf::Session, tids: &[u32]) -> Result<(), CliError> {
+    for tid in tids {
+        if !session.threads.iter().any(|t| t.id == *tid) {
+            let have: Vec<String> = session.threads.iter().map(|t| t.id.to_string()).collect();
+            return Err(CliError::usage(format!(
+                "thread {tid} is not in the session; its threads are {} (see `tracer info`)",
+                if have.is_empty() {
+                    "none".to_owned()
+                } else {
+                    have.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `tid` passes a `--tid` selection (empty = all threads).
+fn selected(tids: &[u32], tid: u32) -> bool {
+    tids.is_empty() || tids.contains(&tid)
+}
+
+/// An error reading the session, carried through the writers' `io::Result`.
+fn input_error(e: atf::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+/// The session error inside an `io::Error` made by [`input_error`].
+fn atf_error(e: &io::Error) -> Option<&atf::Error> {
+    e.get_ref()?.downcast_ref::<atf::Error>()
+}
+
+/// Maps a reader's outcome: a closed pipe is a clean stop, a session read error or an output
+/// error is a run-time failure.
+fn finish(result: io::Result<()>) -> Result<(), CliError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(match atf_error(&e) {
+            Some(a) => CliError::runtime(a.to_string()),
+            None => CliError::runtime(format!("writing the output failed: {e}")),
+        }),
+    }
+}
+
+/// First and last timestamps of the session: the manifest's range widened by every thread's.
+fn time_span(session: &atf::Session) -> (u64, u64) {
+    let m = &session.manifest;
+    let mut start = if m.time_start_ns != 0 {
+        m.time_start_ns
+    } else {
+        u64::MAX
+    };
+    let mut end = m.time_end_ns;
+    for t in &session.threads {
+        if t.index.event_count() > 0 {
+            let (s, e) = t.index.time_range();
+            start = start.min(s);
+            end = end.max(e);
+        }
+    }
+    if start == u64::MAX {
+        start = end;
+    }
+    (start, end.max(start))
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::args::{ExportFormat, SortKey};
+
+    #[test]
+    fn open__missing_path__then_usage_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no_such_session");
+        let args = SessionArg {
+            session: missing.clone(),
+        };
+        let err = info(&args, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(msg.contains(&*missing.to_string_lossy()), "{msg}");
+        assert!(msg.contains("pass a session_"), "{msg}");
+    }
+
+    #[test]
+    fn open__directory_without_session__then_usage_error_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ReportArgs {
+            session: SessionArg {
+                session: dir.path().to_path_buf(),
+            },
+            sort: SortKey::Total,
+            tids: vec![],
+        };
+        let err = report(&args, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("no manifest.json"), "{err}");
+    }
+
+    #[test]
+    fn replay__unknown_tid__then_usage_error_listing_threads() {
+        let s = TestSession::build(&[(7, simple_tree(1_000))], true);
+        let args = ReplayArgs {
+            session: s.arg(),
+            tids: vec![8],
+            filter: None,
+            depth: None,
+        };
+        let err = replay(&args, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("its threads are 7"), "{err}");
+    }
+
+    #[test]
+    fn replay__depth_zero__then_usage_error() {
+        let s = TestSession::build(&[(7, simple_tree(1_000))], true);
+        let args = ReplayArgs {
+            session: s.arg(),
+            tids: vec![],
+            filter: None,
+            depth: Some(0),
+        };
+        assert_eq!(replay(&args, &mut Vec::new()).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn replay__stdout_closed__then_clean_stop() {
+        let s = TestSession::build(&[(7, simple_tree(1_000))], true);
+        let args = ReplayArgs {
+            session: s.arg(),
+            tids: vec![],
+            filter: None,
+            depth: None,
+        };
+        let mut closed = ClosedPipe::default();
+        replay(&args, &mut closed).unwrap();
+        assert_eq!(closed.writes, 1, "stops at the first failed write");
+        let args = ReportArgs {
+            session: s.arg(),
+            sort: SortKey::Total,
+            tids: vec![],
+        };
+        report(&args, &mut ClosedPipe::default()).unwrap();
+        info(&s.arg(), &mut ClosedPipe::default()).unwrap();
+        let args = ExportArgs {
+            session: s.arg(),
+            format: ExportFormat::Chrome,
+            output: None,
+        };
+        export(&args, &mut ClosedPipe::default()).unwrap();
+    }
+
+    #[test]
+    fn export__output_file__then_json_written_there_and_a_note_on_stdout() {
+        let s = TestSession::build(&[(7, simple_tree(1_000))], true);
+        let file = s.dir.path().join("trace.json");
+        let args = ExportArgs {
+            session: s.arg(),
+            format: ExportFormat::Chrome,
+            output: Some(file.clone()),
+        };
+        let mut out = Vec::new();
+        export(&args, &mut out).unwrap();
+        let note = String::from_utf8(out).unwrap();
+        assert!(
+            note.starts_with("wrote 3 complete events of 1 threads"),
+            "{note}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(json["traceEvents"].is_array());
+    }
+
+    #[test]
+    fn export__output_in_missing_directory__then_usage_error() {
+        let s = TestSession::build(&[(7, simple_tree(1_000))], true);
+        let args = ExportArgs {
+            session: s.arg(),
+            format: ExportFormat::Chrome,
+            output: Some(s.dir.path().join("nope/trace.json")),
+        };
+        let err = export(&args, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("nope/trace.json"), "{err}");
+    }
+}

@@ -1,0 +1,346 @@
+//! `tracer replay`: each thread's call tree with durations, like `uftrace replay`.
+//!
+//! ```text
+//! # DURATION      TID     FUNCTION
+//!             [    7] | main() {
+//!    2.000 us [    7] |   foo();
+//!   10.000 us [    7] | } /* main */
+//! ```
+//!
+//! A call is printed once the next event is known, so a call followed by its own return is one
+//! line (`foo();`). A return whose call precedes the recording is printed as `} /* name */` at depth
+//! 0 without a duration; frames without a recorded return are closed with a comment saying so.
+
+use std::io::{self, Write};
+
+use super::frames::{End, Step, Walker};
+use super::names::Names;
+use super::time::{plural, Duration};
+use super::{input_error, selected, time_span};
+
+/// What to show.
+#[derive(Debug)]
+pub(crate) struct Options<'a> {
+    /// Only these threads (empty = all).
+    pub tids: &'a [u32],
+    /// Only calls of functions whose name contains this, and their callees.
+    pub filter: Option<&'a str>,
+    /// Only frames shallower than this (relative to the filtered call, if any).
+    pub depth: Option<usize>,
+}
+
+/// Writes the call trees of the selected threads.
+pub(crate) fn write(
+    session: &atf::Session,
+    options: &Options<'_>,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let (_, end) = time_span(session);
+    let mut names = Names::new(&session.manifest);
+    for warning in &session.warnings {
+        writeln!(out, "# warning: {warning}")?;
+    }
+    writeln!(out, "# DURATION      TID     FUNCTION")?;
+    let mut first = true;
+    for thread in session
+        .threads
+        .iter()
+        .filter(|t| selected(options.tids, t.id))
+    {
+        if !first {
+            writeln!(out)?;
+        }
+        first = false;
+        let mut printer = Printer {
+            out: &mut *out,
+            names: &mut names,
+            options,
+            tid: thread.id,
+            pending: None,
+            filter_base: None,
+            orphans: 0,
+        };
+        let mut walker = Walker::new();
+        let mut sink = |step: Step| printer.step(step);
+        for event in thread.index.events() {
+            walker.event(&event.map_err(input_error)?, &mut sink)?;
+        }
+        walker.finish(end, &mut sink)?;
+        let orphans = printer.orphans;
+        if orphans > 0 {
+            writeln!(
+                out,
+                "# thread {}: {} made before the recording started, shown at depth 0 without a \
+                 duration",
+                thread.id,
+                plural(orphans, "return of a call", "returns of calls")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints one thread's steps.
+struct Printer<'a, 'o> {
+    out: &'a mut dyn Write,
+    names: &'a mut Names,
+    options: &'a Options<'o>,
+    tid: u32,
+    /// A visible call not printed yet: `(function, display depth)`.
+    pending: Option<(u64, usize)>,
+    /// Walker depth of the frame that matched `--filter`, while one is open.
+    filter_base: Option<usize>,
+    orphans: u64,
+}
+
+impl Printer<'_, '_> {
+    fn step(&mut self, step: Step) -> io::Result<()> {
+        match step {
+            Step::Enter {
+                function, depth, ..
+            } => {
+                if let Some(filter) = self.options.filter {
+                    if self.filter_base.is_none() {
+                        if !self.names.get(function).contains(filter) {
+                            return Ok(());
+                        }
+                        self.filter_base = Some(depth);
+                    }
+                }
+                let Some(shown) = self.visible(depth) else {
+                    return Ok(());
+                };
+                self.flush_pending()?;
+                self.pending = Some((function, shown));
+                Ok(())
+            }
+            Step::Exit {
+                frame, depth, how, ..
+            } => {
+                if self.options.filter.is_some() && self.filter_base.is_none() {
+                    return Ok(());
+                }
+                let Some(shown) = self.visible(depth) else {
+                    return Ok(());
+                };
+                if self.filter_base == Some(depth) {
+                    self.filter_base = None;
+                }
+                let duration = match how {
+                    End::Returned => Some(Duration(step.duration())),
+                    End::Unwound | End::Unfinished => None,
+                };
+                let note = match how {
+                    End::Returned => "",
+                    End::Unwound => ": return not recorded",
+                    End::Unfinished => ": unfinished",
+                };
+                if self.pending.take().is_some() {
+                    let name = self.names.get(frame.function);
+                    let text = if note.is_empty() {
+                        format!("{name}();")
+                    } else {
+                        format!("{name}(); /* {} */", &note[2..])
+                    };
+                    line(self.out, duration, self.tid, shown, &text)
+                } else {
+                    let name = self.names.get(frame.function);
+                    let text = format!("}} /* {name}{note} */");
+                    line(self.out, duration, self.tid, shown, &text)
+                }
+            }
+            Step::Orphan { function, .. } => {
+                let name = self.names.get(function);
+                if let Some(filter) = self.options.filter {
+                    if !name.contains(filter) {
+                        return Ok(());
+                    }
+                }
+                self.orphans += 1;
+                let text = format!("}} /* {name} */");
+                line(self.out, None, self.tid, 0, &text)
+            }
+        }
+    }
+
+    /// The display depth of a frame at walker depth `depth`, if it is shown.
+    fn visible(&self, depth: usize) -> Option<usize> {
+        let shown = depth - self.filter_base.unwrap_or(0).min(depth);
+        match self.options.depth {
+            Some(limit) if shown >= limit => None,
+            _ => Some(shown),
+        }
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if let Some((function, shown)) = self.pending.take() {
+            let text = format!("{}() {{", self.names.get(function));
+            line(self.out, None, self.tid, shown, &text)?;
+        }
+        Ok(())
+    }
+}
+
+fn line(
+    out: &mut dyn Write,
+    duration: Option<Duration>,
+    tid: u32,
+    depth: usize,
+    text: &str,
+) -> io::Result<()> {
+    match duration {
+        Some(d) => write!(out, "{d} ")?,
+        None => out.write_all(b"           ")?,
+    }
+    writeln!(out, "[{tid:>6}] | {:indent$}{text}", "", indent = depth * 2)
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use atf::EventKind::{Call, Return};
+
+    fn replay_text(s: &TestSession, options: &Options<'_>) -> String {
+        let mut out = Vec::new();
+        write(&s.open(), options, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn all() -> Options<'static> {
+        Options {
+            tids: &[],
+            filter: None,
+            depth: None,
+        }
+    }
+
+    /// main { foo; bar { fib { fib; } work; } } plus calls into libx and an unnamed address.
+    fn deep_tree() -> Vec<Ev> {
+        vec![
+            (Call, MAIN, 1_000),
+            (Call, FOO, 2_000),
+            (Return, FOO, 2_500),
+            (Call, BAR, 3_000),
+            (Call, FIB, 3_100),
+            (Call, FIB, 3_200),
+            (Return, FIB, 3_300),
+            (Return, FIB, 3_400),
+            (Call, WORK, 4_000),
+            (Return, WORK, 1_004_000),
+            (Return, BAR, 1_005_000),
+            (Call, IN_LIBX, 1_006_000),
+            (Call, NOWHERE, 1_006_100),
+            (Return, NOWHERE, 1_006_200),
+            (Return, IN_LIBX, 1_007_000),
+            (Return, MAIN, 2_501_001_000),
+        ]
+    }
+
+    #[test]
+    fn replay__two_threads__then_tree_per_thread_snapshot() {
+        let s = TestSession::build(&[(7, deep_tree()), (8, simple_tree(500))], true);
+        insta::assert_snapshot!("replay_two_threads", replay_text(&s, &all()));
+    }
+
+    #[test]
+    fn replay__tid_filter__then_only_that_thread() {
+        let s = TestSession::build(&[(7, deep_tree()), (8, simple_tree(500))], true);
+        let text = replay_text(
+            &s,
+            &Options {
+                tids: &[8],
+                ..all()
+            },
+        );
+        assert!(
+            text.lines().skip(1).all(|l| l.contains("[     8]")),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1 + 4);
+    }
+
+    #[test]
+    fn replay__function_filter__then_matching_calls_and_callees_from_depth_zero() {
+        let s = TestSession::build(&[(7, deep_tree())], true);
+        let text = replay_text(
+            &s,
+            &Options {
+                filter: Some("ba"),
+                ..all()
+            },
+        );
+        insta::assert_snapshot!("replay_filter_bar", text);
+    }
+
+    #[test]
+    fn replay__depth_limit__then_deeper_calls_hidden_and_boundary_calls_on_one_line() {
+        let s = TestSession::build(&[(7, deep_tree())], true);
+        let text = replay_text(
+            &s,
+            &Options {
+                depth: Some(2),
+                ..all()
+            },
+        );
+        insta::assert_snapshot!("replay_depth_2", text);
+        assert!(!text.contains("fib"));
+        assert!(text.contains("  bar();"), "{text}");
+    }
+
+    #[test]
+    fn replay__filter_and_depth__then_depth_counts_from_the_filtered_call() {
+        let s = TestSession::build(&[(7, deep_tree())], true);
+        let text = replay_text(
+            &s,
+            &Options {
+                filter: Some("bar"),
+                depth: Some(2),
+                ..all()
+            },
+        );
+        let calls: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split("| ").nth(1).unwrap())
+            .collect();
+        assert_eq!(calls, ["bar() {", "  fib();", "  work();", "} /* bar */"]);
+    }
+
+    #[test]
+    fn replay__joined_and_cut_stream__then_orphan_at_depth_zero_and_unfinished_closed() {
+        let s = TestSession::build(&[(7, joined_stream())], false);
+        let text = replay_text(&s, &all());
+        insta::with_settings!({filters => path_filters()}, {
+            insta::assert_snapshot!("replay_joined", text);
+        });
+    }
+
+    #[test]
+    fn replay__caller_returns_over_open_callees__then_callees_closed_and_nesting_kept() {
+        let events = vec![
+            (Call, MAIN, 0),
+            (Call, FOO, 10),
+            (Call, BAR, 20),
+            (Return, MAIN, 50),
+        ];
+        let s = TestSession::build(&[(7, events)], true);
+        let text = replay_text(&s, &all());
+        let calls: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split("| ").nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "main() {",
+                "  foo() {",
+                "    bar(); /* return not recorded */",
+                "  } /* foo: return not recorded */",
+                "} /* main */"
+            ]
+        );
+    }
+}
