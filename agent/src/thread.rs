@@ -224,7 +224,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
 
 fn arm_teardown(agent: &Agent) {
     // SAFETY: the key was created in `build`; the value is a non-null marker, never dereferenced.
-    unsafe { libc::pthread_setspecific(agent.key, 1 as *const libc::c_void) };
+    unsafe { libc::pthread_setspecific(agent.key, core::ptr::dangling::<libc::c_void>()) };
 }
 
 /// The pthread key destructor: re-arms itself for two more rounds (so it runs after other keys'

@@ -170,10 +170,9 @@ pub fn tsc_usable() -> bool {
     let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let line = flags.lines().find(|l| l.starts_with("flags")).unwrap_or("");
     let has = |f: &str| line.split_whitespace().any(|w| w == f);
-    let source = std::fs::read_to_string(
-        "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-    )
-    .unwrap_or_default();
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_default();
     has("constant_tsc") && has("nonstop_tsc") && source.trim() == "tsc"
 }
 
@@ -186,7 +185,10 @@ mod tests {
     fn clock__tsc_mapping__then_base_maps_to_base_and_one_second_of_ticks_to_1e9_ns() {
         let clock = Clock::tsc(2_000_000_000, 1_000, 5_000);
         assert_eq!(clock.tsc_to_ns(1_000), 5_000);
-        assert_eq!(clock.tsc_to_ns(1_000 + 2_000_000_000), 5_000 + 1_000_000_000);
+        assert_eq!(
+            clock.tsc_to_ns(1_000 + 2_000_000_000),
+            5_000 + 1_000_000_000
+        );
         assert_eq!(clock.tsc_to_ns(0), 5_000);
         // A frequency whose period is not a binary fraction: off by at most 1 ns per second.
         let clock = Clock::tsc(3_000_000_000, 0, 0);

@@ -37,7 +37,9 @@ impl Shared {
             handshake: Handshake::Fence,
             ..RegionConfig::default()
         };
-        let len = crate::layout::geometry::<Loom>(&config).unwrap().layout_size;
+        let len = crate::layout::geometry::<Loom>(&config)
+            .unwrap()
+            .layout_size;
         let region = HeapRegion::new(len);
         // SAFETY: fresh, page-aligned, exclusive memory of the right size.
         unsafe { Registry::<Loom>::init(region.as_non_null(), &config, &Clock::boottime()) }

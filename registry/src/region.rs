@@ -59,7 +59,10 @@ impl SharedRegion {
     /// [`SharedRegion::inheritable_fd`]), calibrating the clock (20 ms). The handshake falls back
     /// to [`Handshake::Fence`] when the kernel lacks the global expedited membarrier.
     pub fn create(config: &RegionConfig) -> Result<Self, RegistryError> {
-        Self::create_with_clock(config, &Clock::calibrate(std::time::Duration::from_millis(20)))
+        Self::create_with_clock(
+            config,
+            &Clock::calibrate(std::time::Duration::from_millis(20)),
+        )
     }
 
     /// As [`SharedRegion::create`], with a given clock.
@@ -121,11 +124,7 @@ impl SharedRegion {
         // SAFETY: `fd` is open (fstat succeeded) for the duration of this call.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let ptr = map(borrowed, len).map_err(io(format!("mapping region fd {fd}")))?;
-        let region = SharedRegion {
-            ptr,
-            len,
-            fd: None,
-        };
+        let region = SharedRegion { ptr, len, fd: None };
         region.registry()?;
         Ok(region)
     }

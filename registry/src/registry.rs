@@ -480,7 +480,9 @@ impl<'a, B: Backend> Registry<'a, B> {
             shift: read!(clock_shift).min(63),
         };
         if source == ClockSource::Tsc && clock.mult == 0 {
-            return Err(RegistryError::BadLayout("TSC clock without calibration".into()));
+            return Err(RegistryError::BadLayout(
+                "TSC clock without calibration".into(),
+            ));
         }
         Ok(Registry {
             base: memory.cast(),
@@ -692,7 +694,9 @@ impl<'a, B: Backend> Registry<'a, B> {
 
     /// Slot `index`'s accounting (see [`ThreadCounts`] for when it is exact).
     pub fn counts(&self, index: u32) -> Result<ThreadCounts, RegistryError> {
-        let slot = self.slot(index).ok_or(RegistryError::NoSuchSlot { index })?;
+        let slot = self
+            .slot(index)
+            .ok_or(RegistryError::NoSuchSlot { index })?;
         let lanes = self.lanes(index)?;
         let c = &slot.hot.0.counters;
         let (ip, dp) = (lanes.index.counters(), lanes.detail.counters());
@@ -723,7 +727,9 @@ impl<'a, B: Backend> Registry<'a, B> {
     /// Returns an exited slot to the free list, once the drain has emptied its lanes and read its
     /// counters, and dropped its consumers of them. The next claimer re-initialises the lanes.
     pub fn recycle(&self, index: u32) -> Result<(), RegistryError> {
-        let slot = self.slot(index).ok_or(RegistryError::NoSuchSlot { index })?;
+        let slot = self
+            .slot(index)
+            .ok_or(RegistryError::NoSuchSlot { index })?;
         // Acquire: pairs with the owner's Release store of EXITED.
         if let Err(found) = slot
             .life
@@ -963,4 +969,3 @@ impl<'a, B: Backend> Registry<'a, B> {
         self.session().recycled.load(Acquire)
     }
 }
-

@@ -51,7 +51,14 @@ fn region__bad_magic__then_error_names_the_problem() {
     let tracer = region(64);
     let fd = tracer.fd().unwrap();
     // SAFETY: overwriting the first 4 bytes of our own memfd.
-    unsafe { libc::pwrite(std::os::fd::AsRawFd::as_raw_fd(&fd), b"XXXX".as_ptr().cast(), 4, 0) };
+    unsafe {
+        libc::pwrite(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            b"XXXX".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
     let err = SharedRegion::open_fd(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap_err();
     assert!(matches!(err, RegistryError::BadMagic { .. }), "{err}");
     assert!(err.to_string().contains("not a tracer region"));
@@ -89,7 +96,10 @@ fn registry__register_exit_recycle__then_slot_reused_with_new_serial() {
     let reg = r.registry().unwrap();
     let a = reg.register(10, 5).unwrap();
     assert_eq!(reg.slot_info(a.slot).unwrap().state, SlotState::Active);
-    assert!(reg.recycle(a.slot).is_err(), "active slots are not recycled");
+    assert!(
+        reg.recycle(a.slot).is_err(),
+        "active slots are not recycled"
+    );
     reg.exit(a.slot);
     assert_eq!(reg.slot_info(a.slot).unwrap().state, SlotState::Exited);
     reg.recycle(a.slot).unwrap();

@@ -64,7 +64,11 @@ impl Run {
     pub fn assert_accounting(&self) {
         for t in &self.threads {
             assert!(t.counts.balanced(), "unbalanced {:?}", t.counts);
-            assert_eq!(t.events.len() as u64, t.counts.accepted, "drained != accepted");
+            assert_eq!(
+                t.events.len() as u64,
+                t.counts.accepted,
+                "drained != accepted"
+            );
         }
         assert!(self.orphans.balanced(), "{:?}", self.orphans);
     }
@@ -129,10 +133,13 @@ pub fn cc(dir: &Path, name: &str, source: &str, extra: &[&str]) -> PathBuf {
     out
 }
 
-/// A small-ring region for tests.
+/// A small-ring region for tests. The full-ring wait is long (5 s): tests run in parallel on a
+/// shared 2-core machine, where the test's drain can be starved for longer than the product's
+/// default 50 ms, which would (correctly) count `ring_full` drops and break exact counts.
 pub fn config() -> RegionConfig {
     RegionConfig {
         capacity: 64,
+        wait_timeout_us: 5_000_000,
         index: registry::LaneConfig {
             rings: 4,
             ring_capacity: 16 << 10,
@@ -201,13 +208,29 @@ impl<'a> Drainer<'a> {
 /// Runs `program args` under the agent with a region made from `config` (triggers set first),
 /// draining until it exits, then stops the session and drains the rest.
 pub fn run_with(config: &RegionConfig, triggers: &[u64], program: &Path, args: &[&str]) -> Run {
+    run_preloading(config, triggers, &[], program, args)
+}
+
+/// [`run_with`], with more libraries preloaded after the agent (their constructors run first).
+pub fn run_preloading(
+    config: &RegionConfig,
+    triggers: &[u64],
+    after: &[&Path],
+    program: &Path,
+    args: &[&str],
+) -> Run {
+    let mut preload = agent_so().into_os_string();
+    for lib in after {
+        preload.push(" ");
+        preload.push(lib);
+    }
     let region = SharedRegion::create(config).unwrap();
     let reg = region.registry().unwrap();
     reg.set_triggers(triggers).unwrap();
     let fd = region.inheritable_fd().unwrap();
     let mut child = Command::new(program)
         .args(args)
-        .env("LD_PRELOAD", agent_so())
+        .env("LD_PRELOAD", &preload)
         .env(registry::ENV_REGION_FD, fd.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
