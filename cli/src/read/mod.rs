@@ -107,7 +107,29 @@ fn open(path: &Path) -> Result<atf::Session, CliError> {
             path.display()
         )));
     }
-    atf::Session::open(path).map_err(|e| CliError::usage(e.to_string()))
+    atf::Session::open(path).map_err(|e| {
+        if let atf::Error::NotASession { .. } = e {
+            if let Some(latest) = latest_session_in(path) {
+                return CliError::usage(format!(
+                    "{}: this is an output directory, not a session; pass one of the sessions in \
+                     it, e.g. {}",
+                    path.display(),
+                    latest.display()
+                ));
+            }
+        }
+        CliError::usage(e.to_string())
+    })
+}
+
+/// The newest `session_<...>` directory inside `dir` (names sort by time).
+fn latest_session_in(dir: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session_") && e.path().is_dir())
+        .map(|e| e.path())
+        .max()
 }
 
 /// Refuses `--tid` values that name no thread of the session, listing the ones it has.
@@ -212,6 +234,22 @@ mod tests {
         let err = report(&args, &mut Vec::new()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("no manifest.json"), "{err}");
+    }
+
+    #[test]
+    fn open__output_directory__then_usage_error_naming_a_session_in_it() {
+        let s = TestSession::build(&[(7, simple_tree(1_000))], true);
+        let args = SessionArg {
+            session: s.dir.path().to_path_buf(),
+        };
+        let err = info(&args, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(msg.contains("this is an output directory"), "{msg}");
+        assert!(
+            msg.contains(&*s.layout.session_dir().to_string_lossy()),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -193,7 +193,7 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    fn row<'a>(stats: &'a Stats, function: u64) -> &'a Row {
+    fn row(stats: &Stats, function: u64) -> &Row {
         stats.rows.iter().find(|r| r.function == function).unwrap()
     }
 
