@@ -66,7 +66,7 @@ pub mod sync;
 
 pub use pool::{
     frames, Chunk, DrainError, DrainStats, Dropped, FullPolicy, PoolConfig, PoolConsumer,
-    PoolCounters, PoolProducer, RingPool, MAX_RINGS, POOL_MAGIC, POOL_VERSION,
+    PoolCounters, PoolProducer, PushError, RingPool, MAX_RINGS, POOL_MAGIC, POOL_VERSION,
 };
 pub use region::HeapRegion;
 pub use ring::{

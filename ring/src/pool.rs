@@ -542,6 +542,15 @@ impl<B: Backend> core::fmt::Debug for PoolProducer<'_, B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped;
 
+/// Why [`PoolProducer::push_unless`] did not write a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// Every ring was full (after the wait, under [`FullPolicy::Wait`]); counted in `dropped_full`.
+    Full,
+    /// The caller's `abandon` ended the wait; not counted here.
+    Abandoned,
+}
+
 impl<'a, B: Backend> PoolProducer<'a, B> {
     /// The pool this producer writes.
     pub fn pool(&self) -> &RingPool<'a, B> {
@@ -552,16 +561,28 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
     /// one is full and applying the pool's [`FullPolicy`] when no ring is free.
     #[inline]
     pub fn push(&mut self, record: &[u8]) -> Result<(), Dropped> {
+        self.push_unless(record, || false).map_err(|_| Dropped)
+    }
+
+    /// Like [`PoolProducer::push`], but a wait for space ends as soon as `abandon()` says so: the
+    /// record is then not written and *not* counted here ([`PushError::Abandoned`]); the caller
+    /// accounts for it (the agent abandons when acceptance stops, and counts a shutdown drop).
+    #[inline]
+    pub fn push_unless(
+        &mut self,
+        record: &[u8],
+        abandon: impl Fn() -> bool,
+    ) -> Result<(), PushError> {
         if self.ring.push(record).is_ok() {
             self.count(ACCEPTED);
             return Ok(());
         }
-        self.push_slow(record)
+        self.push_slow(record, &abandon)
     }
 
     #[cold]
     #[inline(never)]
-    fn push_slow(&mut self, record: &[u8]) -> Result<(), Dropped> {
+    fn push_slow(&mut self, record: &[u8], abandon: &dyn Fn() -> bool) -> Result<(), PushError> {
         if self.try_swap() && self.ring.push(record).is_ok() {
             self.gave_up = false;
             self.count(ACCEPTED);
@@ -581,6 +602,9 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
                         self.count(ACCEPTED);
                         return Ok(());
                     }
+                    if abandon() {
+                        return Err(PushError::Abandoned);
+                    }
                     if !B::backoff(step, &deadline) {
                         break;
                     }
@@ -590,7 +614,7 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
             }
         }
         self.count(DROPPED_FULL);
-        Err(Dropped)
+        Err(PushError::Full)
     }
 
     /// Submits the active ring and makes a free one active, if a free ring is available.

@@ -152,14 +152,15 @@ impl Backend for StdBackend {
     }
 
     fn backoff(step: u32, deadline: &std::time::Instant) -> bool {
-        // Spin briefly (the drain is usually mid-batch), then yield, then sleep in short steps so a
-        // waiting producer costs no CPU while the drain catches up.
-        match step {
-            0..=31 => core::hint::spin_loop(),
-            32..=63 => std::thread::yield_now(),
-            _ => std::thread::sleep(std::time::Duration::from_micros(20)),
+        // Spin briefly (the other side is usually mid-operation), then sleep in short steps. No
+        // `sched_yield`: with many runnable threads per CPU a yield can cost a whole scheduler
+        // period, while a short sleep wakes with the CFS sleeper credit and costs no CPU.
+        if step < 64 {
+            core::hint::spin_loop();
+            return true;
         }
-        step < 32 || std::time::Instant::now() < *deadline
+        std::thread::sleep(std::time::Duration::from_micros(20));
+        std::time::Instant::now() < *deadline
     }
 }
 

@@ -296,3 +296,29 @@ fn pool__attach_validates_every_part() {
         "{err}"
     );
 }
+
+#[test]
+fn pool__wait_abandoned_by_caller__then_not_written_and_not_counted_as_full() {
+    let (_region, pool) = pool(PoolConfig {
+        rings: 2,
+        ring_capacity: 64,
+        kind: RecordKind::Fixed(32),
+        policy: FullPolicy::Wait {
+            timeout_us: 10_000_000,
+        },
+    });
+    // SAFETY: one producer.
+    let mut tx = unsafe { pool.producer() };
+    for i in 0..4u8 {
+        tx.push(&[i; 32]).unwrap();
+    }
+    // Every ring is full and nobody drains: the wait would last 10 s; the caller abandons it.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        tx.push_unless(&[9; 32], || true),
+        Err(ring::PushError::Abandoned)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let c = pool.counters();
+    assert_eq!((c.accepted, c.dropped_full, c.waits), (4, 0, 1));
+}
