@@ -146,7 +146,9 @@ pub(crate) struct SlotLife<B: Backend> {
 /// The producer line: written only by the owning thread.
 #[repr(C)]
 pub(crate) struct SlotHot<B: Backend> {
-    /// 1 while the owner is inside a write section (between `begin` and `end`).
+    /// Write-section sequence: odd while the owner is inside a write section (between `begin`
+    /// and `end`), incremented on entry and on exit. The stopper waits only until an odd value it
+    /// saw *changes*: a section entered later sees acceptance stopped and leaves at once.
     pub(crate) in_write: B::AtomicU32,
     pub(crate) _reserved: u32,
     pub(crate) counters: [B::AtomicU64; SLOT_COUNTERS],

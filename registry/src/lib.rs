@@ -16,7 +16,8 @@
 //!   ACTIVE.
 //! - **Stop handshake.** A producer's write section is [`SlotWriter::begin`] (store `in_write`,
 //!   barrier, load `accepting`) … [`SlotWriter::end`] (Release). [`Registry::stop_accepting`]
-//!   clears `accepting`, runs the matching barrier and waits until every `in_write` is 0: then every
+//!   clears `accepting`, runs the matching barrier and waits until every section it saw open has
+//!   ended (`in_write` is a sequence, odd inside a section, so later sections do not count): then every
 //!   accepted event is visible to the final drain and every later one is counted as `shutdown`. The
 //!   barrier is asymmetric by default ([`Handshake::Membarrier`]: a compiler barrier for producers,
 //!   `membarrier(GLOBAL_EXPEDITED)` for the stopper, which reaches the target's threads in another

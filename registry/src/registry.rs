@@ -16,7 +16,7 @@ use crate::RegistryError;
 /// How the stop handshake orders a producer's "I am writing" against the stopper's "stop".
 ///
 /// Both are the same Dekker pattern (producer: store `in_write`, barrier, load `accepting`;
-/// stopper: clear `accepting`, barrier, load every `in_write`); they differ in who pays for the
+/// stopper: clear `accepting`, barrier, wait for every odd `in_write` to change); they differ in who pays for the
 /// barrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
@@ -199,7 +199,13 @@ impl<B: Backend> SlotWriter<'_, B> {
     #[inline(always)]
     pub fn begin(&self) -> bool {
         bump(&self.hot.counters[C_ATTEMPTED]);
-        self.hot.in_write.store(1, Relaxed);
+        // Enter: the sequence becomes odd (single writer: a load and a store, no locked RMW).
+        // Release, not Relaxed: the stopper may read this value instead of the previous section's
+        // end, and must then see that section's event too (a later plain store does not continue
+        // the earlier Release; pairs with the Acquire loads in `stop_accepting`). A plain `mov` on
+        // x86.
+        let seq = self.hot.in_write.load(Relaxed);
+        self.hot.in_write.store(seq | 1, Release);
         if self.fenced {
             // SeqCst fence: pairs with the stopper's fence in `stop_accepting` (Dekker: at least
             // one of us sees the other's store).
@@ -212,17 +218,36 @@ impl<B: Backend> SlotWriter<'_, B> {
         if self.accepting.load(Relaxed) != 0 {
             return true;
         }
-        // Release: pairs with the Acquire load of `in_write` in `stop_accepting`.
-        self.hot.in_write.store(0, Release);
         bump(&self.hot.counters[C_SHUTDOWN]);
+        // Release: pairs with the Acquire loads of `in_write` in `stop_accepting`.
+        self.hot.in_write.store((seq | 1).wrapping_add(1), Release);
         false
+    }
+
+    /// Whether events are still accepted, for a producer waiting inside its write section (for
+    /// ring space): once this is false it should give up the event with [`Self::drop_for_shutdown`]
+    /// and leave, so the stopper is not held up. Relaxed: a hint; the handshake's ordering comes
+    /// from `begin`/`end`.
+    #[inline(always)]
+    pub fn still_accepting(&self) -> bool {
+        self.accepting.load(Relaxed) != 0
+    }
+
+    /// Counts the current event, which the producer gave up inside its write section because
+    /// acceptance stopped (its publication did not complete before the stop), as a `shutdown`
+    /// drop. Call [`Self::end`] afterwards.
+    #[inline]
+    pub fn drop_for_shutdown(&self) {
+        bump(&self.hot.counters[C_SHUTDOWN]);
     }
 
     /// Leaves the write section. Release: pairs with the stopper's Acquire load of `in_write`, so
     /// the event just published is visible to the final drain.
     #[inline(always)]
     pub fn end(&self) {
-        self.hot.in_write.store(0, Release);
+        // Leave: the sequence becomes even again (we are its only writer).
+        let seq = self.hot.in_write.load(Relaxed);
+        self.hot.in_write.store((seq | 1).wrapping_add(1), Release);
     }
 
     /// Counts an event dropped because a hook ran inside a hook on this thread. Uses an atomic
@@ -763,12 +788,27 @@ impl<'a, B: Backend> Registry<'a, B> {
         }
         let mut report = StopReport::default();
         let deadline = B::deadline_after(timeout.as_micros() as u64);
-        for index in 0..self.high_water() {
-            let Some(slot) = self.slot(index) else { break };
+        // Snapshot every slot's section sequence first, then wait for the sections that were
+        // open at the snapshot. Sampling slot by slot after waiting for the previous one would let
+        // threads re-enter (post-stop, bail-out) sections and be preempted inside them, turning
+        // one scheduler period of waiting into one per slot.
+        let open: Vec<(u32, u32)> = (0..self.high_water())
+            .filter_map(|index| {
+                // Acquire: pairs with the Release stores of `in_write` in `SlotWriter` (entry,
+                // exit and bail-out): once a section we saw open has ended, its event is visible.
+                let seen = self.slot(index)?.hot.0.in_write.load(Acquire);
+                (seen & 1 == 1).then_some((index, seen))
+            })
+            .collect();
+        for (index, seen) in open {
+            let Some(slot) = self.slot(index) else {
+                continue;
+            };
             let mut step = 0;
-            // Acquire: pairs with the Release store of 0 in `SlotWriter::end`: the writer's event
-            // is visible once we see it out.
-            while slot.hot.0.in_write.load(Acquire) != 0 {
+            // Only the section we saw matters: one entered after the stop sees `accepting == 0`
+            // and leaves at once, so a thread calling non-stop cannot keep us here.
+            // Acquire: as above.
+            while slot.hot.0.in_write.load(Acquire) == seen {
                 if !B::backoff(step, &deadline) {
                     if let Some(info) = self.slot_info(index) {
                         report.stragglers.push(info);
@@ -936,7 +976,12 @@ impl<'a, B: Backend> Registry<'a, B> {
                     .compare_exchange(from, EXITED, AcqRel, Relaxed)
                     .is_ok()
                 {
-                    slot.hot.0.in_write.store(0, Release);
+                    // Close a section the old image left open (sequence back to even).
+                    let seq = slot.hot.0.in_write.load(Relaxed);
+                    slot.hot
+                        .0
+                        .in_write
+                        .store((seq | 1).wrapping_add(1), Release);
                     n += 1;
                 }
             }
