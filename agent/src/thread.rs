@@ -70,6 +70,8 @@ pub(crate) struct ThreadState {
     pub(crate) busy: u32,
     /// Current call depth.
     pub(crate) depth: u32,
+    /// Whether this thread has seen acceptance stopped (it steps aside once, see `hook`).
+    pub(crate) stop_seen: bool,
     pub(crate) tid: u32,
     pub(crate) slot: u32,
     /// Index events accepted so far: the position the next one takes in index.atf.
@@ -170,6 +172,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             writer.set_fenced(writer.fenced() || agent.fenced.load(Relaxed) != 0);
             let state = ThreadState {
                 busy: 0,
+                stop_seen: false,
                 depth: tl.pending_depth,
                 tid,
                 slot: r.slot,

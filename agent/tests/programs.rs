@@ -66,7 +66,13 @@ fn agent__nested_calls_in_four_threads__then_every_event_recorded_exactly() {
     assert_eq!(workers.len(), 4);
     for w in &workers {
         // worker() itself, then a → b → c per iteration.
-        assert_eq!(w.events.len() as u64, 2 + 6 * n, "{:?} {:?}", w.counts, &w.events[..3]);
+        assert_eq!(
+            w.events.len() as u64,
+            2 + 6 * n,
+            "{:?} {:?}",
+            w.counts,
+            &w.events[..3]
+        );
         assert!(w.events.iter().all(|e| e.tid == w.tid));
         assert_nested(&w.events, 0);
         assert_eq!(w.counts.dropped(), 0, "{:?}", w.counts);
