@@ -79,9 +79,13 @@ fn drain_pass(c: &mut Criterion) {
     let mut group = c.benchmark_group("drain");
     group.sample_size(20);
     group.throughput(Throughput::Bytes(bytes));
-    group.bench_function("pass_16_threads_full_lanes", |b| b.iter_custom(timed_passes));
+    group.bench_function("pass_16_threads_full_lanes", |b| {
+        b.iter_custom(timed_passes)
+    });
     group.throughput(Throughput::Elements(bytes / atf::EVENT_SIZE as u64));
-    group.bench_function("pass_16_threads_full_lanes_records", |b| b.iter_custom(timed_passes));
+    group.bench_function("pass_16_threads_full_lanes_records", |b| {
+        b.iter_custom(timed_passes)
+    });
     group.finish();
 }
 

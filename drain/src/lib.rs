@@ -56,6 +56,9 @@ use ring::{frames, PoolConsumer};
 pub use thread::DrainThread;
 pub use waker::Waker;
 
+/// Events (32 bytes each) a thread's file may gain before the drain starts its writeback: 4 MiB.
+const WRITEBACK_EVENTS: u64 = (4 << 20) / atf::EVENT_SIZE as u64;
+
 /// Why the drain stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -168,6 +171,8 @@ struct ThreadFiles {
     detail_counts: Counts,
     /// Index events and detail records written.
     written: u64,
+    /// `written` when writeback was last started (see `flush_all`).
+    written_at_writeback: u64,
     detail_written: u64,
     windows: Vec<DetailWindow>,
 }
@@ -248,11 +253,21 @@ impl<'r> Drain<'r> {
     /// committed prefix), its marked detail windows; exited slots are finished and recycled. Flushes
     /// what it wrote, so a killed tracer leaves it on disk.
     pub fn pass(&mut self) -> Result<Pass, DrainError> {
+        self.pass_until(&std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Drain::pass`], ending early (between two slots) once `stop` is set: a pass can move tens
+    /// of megabytes, and whoever stops the drain thread should not wait for all of it.
+    pub fn pass_until(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<Pass, DrainError> {
         let started = Instant::now();
         self.registry.beat(registry::clock::boottime_ns());
         let mut moved = 0;
         let slots: Vec<SlotInfo> = self.registry.slots().collect();
         for info in slots {
+            // Relaxed: a hint to return early; the caller synchronises through the join.
+            if stop.load(Relaxed) {
+                break;
+            }
             moved += self.drain_slot(info, false)?;
         }
         self.flush_all()?;
@@ -362,7 +377,14 @@ impl<'r> Drain<'r> {
     fn flush_all(&mut self) -> Result<(), DrainError> {
         for files in self.files.values_mut() {
             if let Some(w) = files.index.as_mut() {
-                w.flush()?;
+                // Every few MiB, start the disk write of what is in the page cache, so the fsync
+                // of the final drain finds little left to do (it must finish fast).
+                if files.written - files.written_at_writeback >= WRITEBACK_EVENTS {
+                    w.start_writeback()?;
+                    files.written_at_writeback = files.written;
+                } else {
+                    w.flush()?;
+                }
             }
             if let Some(w) = files.detail.as_mut() {
                 w.flush()?;
@@ -467,6 +489,7 @@ impl<'r> Drain<'r> {
                 counts: Counts::default(),
                 detail_counts: Counts::default(),
                 written: 0,
+                written_at_writeback: 0,
                 detail_written: 0,
                 windows: Vec::new(),
             },

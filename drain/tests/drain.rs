@@ -68,8 +68,10 @@ fn manifest_for(pid: u32) -> Manifest {
 }
 
 fn small_config() -> RegionConfig {
-    let mut config = RegionConfig::default();
-    config.capacity = 64;
+    let mut config = RegionConfig {
+        capacity: 64,
+        ..RegionConfig::default()
+    };
     config.index.ring_capacity = 16 << 10;
     config.detail.ring_capacity = 4 << 10;
     config
@@ -139,7 +141,7 @@ fn drain_thread__final_drain__then_all_data_written() {
     assert_eq!(session.threads.len(), THREADS as usize);
     for thread in &session.threads {
         assert!(thread.index.finished());
-        assert_eq!(thread.index.verify_checksum().unwrap(), true);
+        assert!(thread.index.verify_checksum().unwrap(), "checksum not recorded");
         let mut next = 1;
         for event in thread.index.events() {
             let event = event.unwrap();
