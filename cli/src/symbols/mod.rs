@@ -16,9 +16,6 @@
 //! let addresses = capture.resolve("ns::bar(int)"); // for --trigger symbol=ns::bar(int)
 //! ```
 
-// The recorder calls this API; until it is wired, only the tests reach it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod elf;
 mod maps;
 #[cfg(test)]
@@ -222,11 +219,6 @@ pub fn capture(pid: u32) -> Result<Capture, SymbolError> {
     Ok(out)
 }
 
-/// Runtime addresses of the functions called `name` in process `pid` (see [`Capture::resolve`]).
-pub fn resolve(pid: u32, name: &str) -> Result<Vec<u64>, SymbolError> {
-    Ok(capture(pid)?.resolve(name))
-}
-
 impl Capture {
     /// Scans the process's mappings again and adds the objects not seen before (libraries loaded
     /// with `dlopen` since the last scan); objects already known are not read again, and modules
@@ -292,6 +284,7 @@ impl Capture {
 
     /// The function whose body contains `address` (the most recently loaded module wins if two
     /// were loaded at the same place).
+    #[cfg(test)]
     pub fn function_at(&self, address: u64) -> Option<&Function> {
         self.modules
             .iter()

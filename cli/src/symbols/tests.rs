@@ -234,7 +234,10 @@ fn check_program_resolves(flags: &[&str], expect_pie: bool) {
     capture.fill_manifest(&mut manifest);
     assert_eq!(manifest.modules.len(), capture.modules.len());
     assert_eq!(manifest.symbols, symbols);
-    assert_eq!(resolve(run.pid(), "foo").unwrap(), [addrs[0]]);
+    assert_eq!(
+        super::capture(run.pid()).unwrap().resolve("foo"),
+        [addrs[0]]
+    );
     run.finish();
 }
 

@@ -1,0 +1,717 @@
+//! Recording: `tracer spawn`. Composes the pipeline's crates — the shared region (`registry`),
+//! the agent, the drain thread (`drain`), the duration timer (`timer`) and signal-driven shutdown
+//! (`shutdown`) — around a child process, and stops it the way DESIGN.md orders:
+//! stop accepting events → close registrations → stop the drain thread (flush) → final drain →
+//! fsync → cleanup (the target gets the stop signal and is waited for) → summary → exit 0.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use registry::{RegionConfig, Registry, SharedRegion};
+use shutdown::{Budgets, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Summary};
+
+use crate::args::{SpawnArgs, Trigger};
+use crate::error::CliError;
+use crate::symbols;
+
+/// The longest a producer waits for the drain when its lane is full.
+const PRODUCER_WAIT_US: u32 = 1_000_000;
+/// Thread slots in the region (threads alive at once; exited threads' slots are reused).
+const THREAD_CAPACITY: u32 = 1024;
+/// How long a target that got the stop signal may take to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
+/// How often the main loop wakes when nothing happens (the live status line).
+const TICK: Duration = Duration::from_millis(250);
+/// How often it wakes until the target's modules were first captured.
+const STARTUP_TICK: Duration = Duration::from_millis(1);
+/// How often the target's mappings are rescanned for libraries loaded with `dlopen`.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// `tracer spawn`.
+pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
+    let opts = &args.record;
+    check_output_dir(&opts.output)?;
+    let duration = timer::duration_from_secs(opts.duration)
+        .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+    let exe_info = symbols::inspect_executable(&args.executable).ok();
+    if let Some(problem) = exe_info
+        .as_ref()
+        .filter(|i| !i.traceable())
+        .and_then(|i| i.problem())
+    {
+        eprintln!("tracer: warning: {problem}");
+    }
+    let agent = find_agent()?;
+
+    let config = RegionConfig {
+        stack_bytes: u32::from(opts.stack_bytes),
+        detail_enabled: opts.detail || !opts.trigger.is_empty(),
+        // Lossless while the drain lives: a producer whose rings are all full waits up to this
+        // long for the drain (on a loaded 2-core machine the drain can be off-CPU for tens of
+        // milliseconds); a drain that is gone costs each thread one such wait, then drops.
+        wait_timeout_us: PRODUCER_WAIT_US,
+        capacity: THREAD_CAPACITY,
+        ..RegionConfig::default()
+    };
+    let region = SharedRegion::create(&config)
+        .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
+    let fd = region
+        .inheritable_fd()
+        .map_err(|e| CliError::runtime(format!("cannot share the region with the target: {e}")))?;
+    let registry = region
+        .leak()
+        .map_err(|e| CliError::runtime(format!("the shared region is unusable: {e}")))?;
+
+    // Signals first, so a Ctrl-C during start-up is a clean stop, not a dead tracer.
+    let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
+    let signals = shutdown
+        .install_signals()
+        .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+
+    let child = start_target(&args, &agent, fd)?;
+    // Now that the target runs with its own priority, give the tracer's threads (this one, and the
+    // timer and drain threads started below) a larger CPU share, so the stop stays fast however
+    // busy the target is. Best effort: without the privilege the priority stays as it was.
+    raise_priority();
+    // The target holds its own copy of the region's fd; ours is not needed any more.
+    // SAFETY: `fd` is the inheritable duplicate made for the child, owned by nobody else here.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    let pid = child.id();
+    let pidfd = pidfd_open(pid)
+        .map_err(|e| CliError::runtime(format!("cannot watch the target (pid {pid}): {e}")))?;
+
+    let layout = atf::SessionLayout::create(&opts.output, pid)
+        .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?;
+    let output_dir = layout.pid_dir().to_path_buf();
+    let manifest = initial_manifest(&args, pid, registry);
+    let drain = drain::Drain::new(registry, layout, manifest)
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let live = drain.live();
+    let on_error = {
+        let shutdown = shutdown.clone();
+        move |e: &drain::DrainError| {
+            shutdown.request(Reason::Error(e.to_string()));
+        }
+    };
+    let drain_thread = drain::DrainThread::spawn(drain, on_error)
+        .map_err(|e| CliError::runtime(format!("cannot start the drain thread: {e}")))?;
+    let timer = match duration {
+        Some(d) => {
+            let shutdown = shutdown.clone();
+            Some(
+                timer::Timer::start(d, move || {
+                    shutdown.request(Reason::Timer);
+                })
+                .map_err(|e| CliError::runtime(format!("cannot start the duration timer: {e}")))?,
+            )
+        }
+        None => None,
+    };
+
+    let mut recorder = Recorder {
+        registry,
+        drain_thread: Some(drain_thread),
+        drain: None,
+        report: None,
+        child: Some(Target { child, pidfd }),
+        target_fate: None,
+        crashed: false,
+        symbols: None,
+        triggers: opts.trigger.clone(),
+        unresolved_reported: Vec::new(),
+        stop_signal: None,
+        stop_signal_sent: None,
+        reason: None,
+        error: None,
+    };
+    let started = Instant::now();
+    let status = StatusLine::new(live);
+    let reason = recorder.wait_for_stop(&shutdown, &status, started);
+    status.clear();
+    if let Some(t) = &timer {
+        t.cancel();
+    }
+    recorder.reason = Some(reason.clone());
+    recorder.stop_signal = Some(match reason {
+        Reason::Signal(sig) => sig,
+        _ => libc::SIGTERM,
+    });
+    if matches!(reason, Reason::TargetCrashed(_)) {
+        recorder.crashed = true;
+    }
+
+    let report = shutdown
+        .execute(&mut recorder, &budgets())
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    signals
+        .restore()
+        .map_err(|e| CliError::runtime(format!("cannot restore signal handlers: {e}")))?;
+
+    let stats = recorder.statistics(&output_dir);
+    let attempted = stats.events_attempted;
+    Summary { report, stats }.print();
+    if attempted == 0 {
+        let instrumented = recorder.symbols.as_ref().is_some_and(|c| c.instrumented());
+        eprintln!(
+            "tracer: {}",
+            no_events_reason(&args.executable, exe_info.as_ref(), instrumented)
+        );
+    }
+    match recorder.error {
+        Some(e) => Err(CliError::runtime(e)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Phase budgets. They are safety nets for a target that cannot cooperate (a thread stopped by a
+/// debugger inside a write), not speed targets: threads preempted inside a write finish it once
+/// scheduled, and giving up on them early would turn accepted events into unwritten ones. On a
+/// machine with far more busy threads than CPUs that can take a few scheduler periods.
+fn budgets() -> Budgets {
+    use shutdown::Phase;
+    Budgets::default()
+        .with(Phase::StopAcceptance, Duration::from_secs(2))
+        .with(Phase::CloseRegistrations, Duration::from_secs(1))
+}
+
+/// Why nothing was recorded, with the fix.
+fn no_events_reason(exe: &Path, info: Option<&symbols::ExeInfo>, instrumented: bool) -> String {
+    if !instrumented {
+        if let Some(problem) = info.and_then(|i| i.problem()) {
+            return format!("recorded no events: {problem}");
+        }
+    }
+    format!(
+        "recorded no events: {} called no instrumented function before it stopped",
+        exe.display()
+    )
+}
+
+/// The output directory must exist (or be creatable) and accept new files.
+fn check_output_dir(dir: &Path) -> Result<(), CliError> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir).map_err(|e| {
+        CliError::usage(format!(
+            "cannot create the output directory {shown}: {e}; choose another with --output"
+        ))
+    })?;
+    let probe = dir.join(format!(".tracer-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        CliError::usage(format!(
+            "cannot write to the output directory {shown}: {e}; choose another with --output"
+        ))
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// The agent library: next to the tracer, or in `deps/` beside it (where `cargo build -p cli`
+/// puts it).
+fn find_agent() -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::runtime(format!("cannot locate the tracer executable: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for candidate in [
+        dir.join("libagent.so"),
+        dir.join("deps").join("libagent.so"),
+    ] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(CliError::runtime(format!(
+        "the agent library libagent.so is not next to {}; rebuild with `cargo build -p cli`",
+        exe.display()
+    )))
+}
+
+/// Starts the target with the agent preloaded (added to the user's LD_PRELOAD, not replacing it)
+/// and the region's fd number in its environment.
+fn start_target(args: &SpawnArgs, agent: &Path, fd: i32) -> Result<Child, CliError> {
+    let mut preload = OsString::from(agent);
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(existing);
+    }
+    Command::new(&args.executable)
+        .args(&args.args)
+        .env("LD_PRELOAD", preload)
+        .env(registry::ENV_REGION_FD, fd.to_string())
+        .spawn()
+        .map_err(|e| {
+            let shown = args.executable.display();
+            match e.raw_os_error() {
+                Some(libc::ENOEXEC) => CliError::usage(format!(
+                    "{shown} is not a program this system can run (exec format error); give an \
+                     executable built for this machine"
+                )),
+                Some(libc::EACCES) => CliError::usage(format!(
+                    "{shown} cannot be executed (permission denied); check its mode and its \
+                     file system's noexec flag"
+                )),
+                _ => CliError::runtime(format!("cannot start {shown}: {e}")),
+            }
+        })
+}
+
+fn raise_priority() {
+    // SAFETY: setpriority takes no pointers; on Linux `PRIO_PROCESS, 0` is the calling thread, and
+    // threads created later inherit its value. A failure leaves the priority unchanged.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn initial_manifest(args: &SpawnArgs, pid: u32, registry: Registry<'static>) -> atf::Manifest {
+    let mut m = atf::Manifest::new(atf::ClockType::Boottime);
+    m.target_pid = pid;
+    m.executable = std::fs::canonicalize(&args.executable)
+        .unwrap_or_else(|_| args.executable.clone())
+        .display()
+        .to_string();
+    m.argv = std::iter::once(args.executable.display().to_string())
+        .chain(args.args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    m.wall_start_unix_ns = drain::wall_now_ns();
+    m.tracer_version = env!("CARGO_PKG_VERSION").to_owned();
+    let clock = registry.clock();
+    m.clock = Some(match clock.source {
+        registry::ClockSource::Tsc => atf::ClockInfo::tsc(atf::TscCalibration {
+            tsc_hz: clock.tsc_hz,
+            tsc_base: clock.tsc_base,
+            ns_base: clock.ns_base,
+            mult: clock.mult,
+            shift: clock.shift,
+        }),
+        registry::ClockSource::Boottime => atf::ClockInfo::boottime(),
+    });
+    m
+}
+
+/// The spawned target: its process handle and a pidfd to poll for its exit.
+struct Target {
+    child: Child,
+    pidfd: OwnedFd,
+}
+
+/// The recording's state through the shutdown phases.
+struct Recorder {
+    registry: Registry<'static>,
+    drain_thread: Option<drain::DrainThread>,
+    drain: Option<drain::Drain<'static>>,
+    report: Option<drain::Report>,
+    child: Option<Target>,
+    target_fate: Option<atf::TargetFate>,
+    crashed: bool,
+    /// Modules and names of the target, captured once its agent runs and kept after it exits.
+    symbols: Option<symbols::Capture>,
+    triggers: Vec<Trigger>,
+    /// Trigger names already reported as unknown (said once each).
+    unresolved_reported: Vec<String>,
+    stop_signal: Option<i32>,
+    stop_signal_sent: Option<i32>,
+    reason: Option<Reason>,
+    error: Option<String>,
+}
+
+impl Recorder {
+    /// Blocks until something requests the shutdown: a signal, the timer, the drain failing, or
+    /// the target ending. Wakes every [`TICK`] for the status line and library rescans.
+    fn wait_for_stop(
+        &mut self,
+        shutdown: &Shutdown,
+        status: &StatusLine,
+        started: Instant,
+    ) -> Reason {
+        let mut seen_threads = 0;
+        let mut last_rescan = Instant::now();
+        loop {
+            if let Some(reason) = shutdown.requested() {
+                return reason;
+            }
+            let threads = self.registry.high_water();
+            if threads != seen_threads || last_rescan.elapsed() >= RESCAN {
+                // New threads (the first one means the agent is in and the libraries are
+                // mapped), or time for the periodic rescan (libraries loaded with dlopen):
+                // capture modules and symbols, and set trigger addresses.
+                seen_threads = threads;
+                last_rescan = Instant::now();
+                self.capture_symbols();
+            }
+            // Until the first capture, wake often: a short-lived target must not exit before its
+            // mappings were read (they are gone once it has).
+            let tick = if self.symbols.is_none() {
+                STARTUP_TICK
+            } else {
+                TICK
+            };
+            let pidfd = self
+                .child
+                .as_ref()
+                .map(|t| t.pidfd.as_raw_fd())
+                .unwrap_or(-1);
+            let mut fds = [
+                libc::pollfd {
+                    fd: shutdown.wake_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds; a negative fd is ignored by poll.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, tick.as_millis() as i32) };
+            if fds[1].revents != 0 {
+                if let Some(reason) = self.reap() {
+                    shutdown.request(reason);
+                }
+            }
+            // Drain the wake fd first, then read the flag (no lost wake-up).
+            let _ = shutdown.drain_wake();
+            status.update(started, self.registry);
+        }
+    }
+
+    /// If the target has ended, records its fate and returns the matching reason.
+    fn reap(&mut self) -> Option<Reason> {
+        let target = self.child.as_mut()?;
+        let status = target.child.try_wait().ok()??;
+        use std::os::unix::process::ExitStatusExt;
+        let (fate, reason) = match (status.code(), status.signal()) {
+            (Some(code), _) => (atf::TargetFate::Exited { code }, Reason::TargetExited(code)),
+            (None, Some(signal)) => (
+                atf::TargetFate::Signaled {
+                    signal,
+                    core_dumped: status.core_dumped(),
+                },
+                Reason::TargetCrashed(signal),
+            ),
+            _ => (atf::TargetFate::Unknown, Reason::TargetExited(-1)),
+        };
+        self.target_fate = Some(fate);
+        Some(reason)
+    }
+
+    fn target_alive(&mut self) -> bool {
+        if self.target_fate.is_some() {
+            return false;
+        }
+        self.reap();
+        self.target_fate.is_none()
+    }
+
+    fn capture_symbols(&mut self) {
+        let Some(target) = self.child.as_ref() else {
+            return;
+        };
+        let pid = target.child.id();
+        // A late rescan may fail (the target is gone): what was captured stays.
+        match self.symbols.as_mut() {
+            Some(capture) => {
+                let _ = capture.rescan();
+            }
+            None => self.symbols = symbols::capture(pid).ok(),
+        }
+        let Some(capture) = self.symbols.as_ref() else {
+            return;
+        };
+        let mut addresses = Vec::new();
+        for Trigger::Symbol(name) in &self.triggers {
+            let found = capture.resolve(name);
+            if found.is_empty() && !self.unresolved_reported.contains(name) {
+                eprintln!(
+                    "tracer: warning: no function named {name} in the traced program yet; check \
+                     the name with `nm`"
+                );
+                self.unresolved_reported.push(name.clone());
+            }
+            addresses.extend(found);
+        }
+        if !addresses.is_empty() {
+            let _ = self.registry.set_triggers(&addresses);
+        }
+    }
+
+    /// Stops the target if it still runs: the stop signal, a grace period, then SIGKILL.
+    fn stop_target(&mut self, deadline: Instant) {
+        if !self.target_alive() {
+            return;
+        }
+        let Some(target) = self.child.as_mut() else {
+            return;
+        };
+        let signal = self.stop_signal.unwrap_or(libc::SIGTERM);
+        let pid = target.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child, which we have not reaped (so the pid is still ours).
+        unsafe { libc::kill(pid, signal) };
+        self.stop_signal_sent = Some(signal);
+        let grace_end = deadline.min(Instant::now() + STOP_GRACE);
+        loop {
+            if self.reap().is_some() {
+                return;
+            }
+            let left = grace_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Some(target) = self.child.as_ref() else {
+                return;
+            };
+            let mut fd = libc::pollfd {
+                fd: target.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut fd, 1, left.as_millis().max(1) as i32) };
+        }
+        if let Some(target) = self.child.as_mut() {
+            let _ = target.child.kill();
+            let _ = target.child.wait();
+        }
+        self.reap();
+    }
+
+    fn statistics(&self, output: &Path) -> Statistics {
+        let mut s = Statistics {
+            output: Some(output.to_path_buf()),
+            stop_signal_sent: self.stop_signal_sent,
+            ..Statistics::default()
+        };
+        let pid = self.child.as_ref().map(|t| t.child.id()).unwrap_or(0);
+        s.target = match &self.target_fate {
+            Some(atf::TargetFate::Exited { code }) => {
+                shutdown::TargetFate::Exited { pid, code: *code }
+            }
+            Some(atf::TargetFate::Signaled { signal, .. }) => shutdown::TargetFate::Killed {
+                pid,
+                signal: *signal,
+            },
+            _ => shutdown::TargetFate::Unknown,
+        };
+        if let Some(report) = &self.report {
+            let a = &report.accounting.index;
+            s.events_attempted = a.attempted;
+            s.events_persisted = a.persisted;
+            let d = &a.dropped;
+            s.dropped = [
+                ("ring full", d.ring_full),
+                ("shutdown", d.shutdown),
+                ("registry full", d.registry_full),
+                ("reentrant", d.reentrant),
+                ("thread teardown", d.thread_teardown),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(d.other.iter().map(|(k, v)| (k.replace('_', " "), *v)))
+            .collect();
+            s.bytes_written = report.stats.bytes;
+            s.files_synced = report.stats.files_synced;
+            s.threads_flushed = report.threads.len() as u64;
+        }
+        s
+    }
+
+    fn target_dead(&self) -> bool {
+        self.target_fate.is_some()
+    }
+}
+
+fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
+    shutdown::Error::phase(e.to_string())
+}
+
+impl Pipeline for Recorder {
+    fn stop_acceptance(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        // The drain thread stops first (after its current pass): from here on the tracer's
+        // threads only wait, so target threads preempted inside a write get the CPU to finish
+        // it. Producers waiting for ring space give up when acceptance stops (a shutdown drop).
+        self.take_drain();
+        // A dead target has no producer left to wait for (a thread killed inside its write
+        // section would otherwise hold us for the whole budget).
+        let wait = if self.target_dead() {
+            Duration::ZERO
+        } else {
+            ctx.remaining()
+        };
+        let report = self.registry.stop_accepting(wait);
+        if !report.stragglers.is_empty() && !self.target_dead() {
+            return Err(shutdown::Error::phase(format!(
+                "{} thread(s) stayed inside a write (stopped by a debugger?)",
+                report.stragglers.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn close_registrations(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        let wait = if self.target_dead() {
+            Duration::ZERO
+        } else {
+            ctx.remaining()
+        };
+        match self.registry.close_registrations(wait) {
+            Err(e) if !self.target_dead() => Err(phase_error(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn flush(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        // One pass over every thread: submitted rings and each active ring's committed prefix
+        // (the drain reads it in place, so no producer has to submit anything).
+        self.take_drain(); // normally already done by stop_acceptance
+        let Some(drain) = self.drain.as_mut() else {
+            return Err(phase_error("the drain thread ended abnormally"));
+        };
+        drain.pass().map(|_| ()).map_err(|e| {
+            self.error = Some(e.to_string());
+            phase_error(e)
+        })
+    }
+
+    fn final_drain(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        let Some(drain) = self.drain.as_mut() else {
+            return Err(phase_error("the drain thread ended abnormally"));
+        };
+        drain.final_drain(self.crashed).map_err(|e| {
+            self.error = Some(e.to_string());
+            phase_error(e)
+        })
+    }
+
+    fn sync(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        self.take_drain(); // when forced, the flush phase was skipped
+        let Some(mut drain) = self.drain.take() else {
+            return Err(phase_error(
+                "nothing to sync: the drain thread ended abnormally",
+            ));
+        };
+        self.capture_symbols();
+        if let Some(capture) = &self.symbols {
+            capture.fill_manifest(drain.manifest_mut());
+        }
+        let outcome = drain::Outcome {
+            stop_reason: self
+                .reason
+                .as_ref()
+                .map(describe)
+                .unwrap_or_else(|| "stopped".into()),
+            target_fate: self.target_fate.clone().unwrap_or(atf::TargetFate::Running),
+            wall_end_unix_ns: drain::wall_now_ns(),
+        };
+        match drain.finish(&outcome) {
+            Ok(report) => {
+                self.report = Some(report);
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e.to_string());
+                Err(phase_error(e))
+            }
+        }
+    }
+
+    fn cleanup(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        let was_running = self.target_fate.is_none();
+        self.stop_target(ctx.deadline());
+        // The manifest was written while the target still ran: record how it ended.
+        if was_running {
+            if let (Some(report), Some(fate)) = (&self.report, &self.target_fate) {
+                let mut manifest = atf::Manifest::read(&report.manifest).map_err(phase_error)?;
+                manifest.target_fate = Some(fate.clone());
+                manifest
+                    .write_atomic(&report.manifest)
+                    .map_err(phase_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn take_drain(&mut self) {
+        if let Some(thread) = self.drain_thread.take() {
+            if let Some(e) = thread.error() {
+                self.error.get_or_insert(e);
+            }
+            self.drain = thread.stop();
+        }
+    }
+}
+
+/// The stop reason as the manifest says it.
+fn describe(reason: &Reason) -> String {
+    match reason {
+        Reason::Signal(sig) => format!("signal {}", shutdown::signal_name(*sig)),
+        Reason::Timer => "duration elapsed".into(),
+        Reason::TargetExited(code) => format!("target exited with status {code}"),
+        Reason::TargetCrashed(sig) => format!("target killed by {}", shutdown::signal_name(*sig)),
+        Reason::Manual => "stopped".into(),
+        Reason::Error(e) => format!("error: {e}"),
+    }
+}
+
+/// The live status line on a terminal: elapsed time, events/s, threads, drops.
+struct StatusLine {
+    live: Arc<drain::LiveStats>,
+    enabled: bool,
+    last: std::cell::Cell<(Instant, u64)>,
+}
+
+impl StatusLine {
+    fn new(live: Arc<drain::LiveStats>) -> Self {
+        StatusLine {
+            live,
+            enabled: std::io::stderr().is_terminal(),
+            last: std::cell::Cell::new((Instant::now(), 0)),
+        }
+    }
+
+    fn update(&self, started: Instant, registry: Registry<'static>) {
+        if !self.enabled {
+            return;
+        }
+        let events = self.live.events.load(Relaxed);
+        let (at, before) = self.last.get();
+        let dt = at.elapsed().as_secs_f64().max(1e-3);
+        let rate = (events.saturating_sub(before)) as f64 / dt;
+        self.last.set((Instant::now(), events));
+        let dropped: u64 = registry
+            .slots()
+            .filter_map(|s| registry.counts(s.index).ok())
+            .map(|c| c.dropped())
+            .sum::<u64>()
+            + registry.orphan_counts().attempted;
+        eprint!(
+            "\r\x1b[2Ktracer: {:>7.1} s  {:>10} events  {:>9.0} events/s  {:>4} threads  {} dropped",
+            started.elapsed().as_secs_f64(),
+            events,
+            rate,
+            self.live.threads.load(Relaxed),
+            dropped
+        );
+    }
+
+    fn clear(&self) {
+        if self.enabled {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}

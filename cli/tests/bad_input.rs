@@ -1,0 +1,84 @@
+//! Bad input: one line on stderr naming the problem and the fix, the right exit code, no panic.
+#![allow(non_snake_case)]
+
+mod common;
+
+use common::*;
+
+fn assert_one_line_error(args: &[&str], code: i32, needle: &str) {
+    let out = run(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+    assert!(err.starts_with("tracer: "), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli__missing_executable__then_exit_2() {
+    assert_one_line_error(&["spawn", "/nonexistent/app"], 2, "does not exist");
+}
+
+#[test]
+fn cli__non_executable_file__then_exit_2() {
+    let f = workdir().join("data.txt");
+    std::fs::write(&f, "x").unwrap();
+    assert_one_line_error(&["spawn", f.to_str().unwrap()], 2, "chmod +x");
+}
+
+#[test]
+fn cli__negative_or_non_numeric_duration__then_exit_2() {
+    assert_one_line_error(&["spawn", "--duration", "-1", "/bin/true"], 2, "seconds");
+    assert_one_line_error(&["spawn", "--duration", "soon", "/bin/true"], 2, "seconds");
+}
+
+#[test]
+fn cli__stack_bytes_513__then_exit_2() {
+    assert_one_line_error(
+        &["spawn", "--stack-bytes", "513", "/bin/true"],
+        2,
+        "0 to 512",
+    );
+}
+
+#[test]
+fn cli__unwritable_output_directory__then_exit_2() {
+    // A path under a regular file can never be a directory, even for root.
+    let f = workdir().join("not-a-dir");
+    std::fs::write(&f, "x").unwrap();
+    let out = f.join("traces");
+    assert_one_line_error(
+        &["spawn", "--output", out.to_str().unwrap(), "/bin/true"],
+        2,
+        "--output",
+    );
+}
+
+#[test]
+fn cli__unknown_subcommand__then_exit_2() {
+    assert_one_line_error(&["frobnicate"], 2, "frobnicate");
+}
+
+#[test]
+fn cli__help__then_snapshot() {
+    let out = run(&["spawn", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!("spawn_help", String::from_utf8_lossy(&out.stdout));
+    let out = run(&["--help"]);
+    insta::assert_snapshot!("help", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn cli__version__then_prints_version() {
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tracer "));
+}

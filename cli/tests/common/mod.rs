@@ -1,0 +1,231 @@
+//! Shared by the end-to-end tests: C targets built with `cc` into a temp dir, the real `tracer`
+//! binary, and checks on the sessions it writes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workload: `app <threads> <iterations> <mode>`.
+/// Each iteration of a worker calls `top()`, which calls `mid()`, which calls `leaf()` twice:
+/// 4 calls, 8 events. Modes: `exit` (return normally), `spin` (loop forever), `crash` (after the
+/// iterations, thread 0 dereferences NULL while the others wait), `fork` and `sleep`.
+pub const APP_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile long sink;
+static long iterations;
+static const char *mode;
+static pthread_barrier_t done;
+
+__attribute__((noinline)) void leaf(long i) { sink += i; }
+__attribute__((noinline)) void mid(long i) { leaf(i); leaf(i + 1); }
+__attribute__((noinline)) void top(long i) { mid(i); }
+
+void *worker(void *arg) {
+    long id = (long)arg;
+    if (strcmp(mode, "spin") == 0) {
+        for (long i = 0;; i++) top(i);
+    }
+    for (long i = 0; i < iterations; i++) top(i);
+    if (strcmp(mode, "crash") == 0) {
+        pthread_barrier_wait(&done);
+        if (id == 0) { volatile int *p = NULL; *p = 1; }
+        for (;;) pause();
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 1;
+    iterations = argc > 2 ? atol(argv[2]) : 1000;
+    mode = argc > 3 ? argv[3] : "exit";
+    pthread_barrier_init(&done, NULL, (unsigned)threads);
+    pthread_t t[1024];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)i);
+    for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    printf("done %ld\n", sink);
+    return 0;
+}
+"#;
+
+/// Held by tests whose target keeps the CPUs busy (dozens of spinning threads), so they do not
+/// run at the same time: two of them at once on a small machine measure the machine.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A temp dir that lives as long as the test binary.
+pub fn workdir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
+/// Compiles `source` with `cc` and `flags` into the work dir, once per name.
+pub fn build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = workdir();
+    let exe = dir.join(name);
+    if exe.exists() {
+        return exe;
+    }
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg("-pthread")
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// The instrumented workload.
+pub fn app() -> PathBuf {
+    static APP: OnceLock<PathBuf> = OnceLock::new();
+    APP.get_or_init(|| build("app", APP_C, &["-O1", "-g", "-finstrument-functions"]))
+        .clone()
+}
+
+/// The tracer binary under test.
+pub fn tracer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tracer"))
+}
+
+/// A fresh output directory, removed when the returned guard drops (a spinning target writes
+/// gigabytes a second).
+pub fn output_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// The one session directory (`.../session_*/pid_*`) under `out`.
+pub fn session_dir(out: &Path) -> PathBuf {
+    let session = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("session_")
+        })
+        .expect("a session directory");
+    std::fs::read_dir(&session)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pid_"))
+        .expect("a pid directory")
+}
+
+/// Per-thread facts read back from a session.
+#[derive(Debug)]
+pub struct ThreadTrace {
+    pub tid: u32,
+    pub calls: u64,
+    pub returns: u64,
+    /// Calls per function name.
+    pub by_name: std::collections::BTreeMap<String, u64>,
+}
+
+/// Reads every thread, checks each stream is well nested with no gap (depths move by one, every
+/// return matches the innermost open call, timestamps never go back), and that files and the
+/// manifest agree; returns per-thread counts.
+pub fn check_session(dir: &Path) -> (atf::Session, Vec<ThreadTrace>) {
+    let session = atf::Session::open(dir).expect("the session opens");
+    let names: std::collections::HashMap<u64, String> = session
+        .manifest
+        .symbols
+        .iter()
+        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
+        .collect();
+    let mut out = Vec::new();
+    for thread in &session.threads {
+        let mut stack: Vec<u64> = Vec::new();
+        let mut last_ts = 0;
+        let mut t = ThreadTrace {
+            tid: thread.id,
+            calls: 0,
+            returns: 0,
+            by_name: Default::default(),
+        };
+        for event in thread.index.events() {
+            let e = event.expect("a readable event");
+            assert!(
+                e.timestamp_ns >= last_ts,
+                "thread {}: time went back",
+                thread.id
+            );
+            last_ts = e.timestamp_ns;
+            match e.kind {
+                atf::EventKind::Call => {
+                    t.calls += 1;
+                    stack.push(e.function_id);
+                    let name = names
+                        .get(&e.function_id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{:#x}", e.function_id));
+                    *t.by_name.entry(name).or_default() += 1;
+                }
+                atf::EventKind::Return => {
+                    t.returns += 1;
+                    let open = stack
+                        .pop()
+                        .unwrap_or_else(|| panic!("thread {}: return with no call", thread.id));
+                    assert_eq!(
+                        open, e.function_id,
+                        "thread {}: mis-nested return",
+                        thread.id
+                    );
+                }
+                other => panic!("unexpected event kind {other:?}"),
+            }
+        }
+        // Persisted count in the file equals the manifest's.
+        let entry = session
+            .manifest
+            .threads
+            .iter()
+            .find(|m| m.id == thread.id)
+            .expect("the thread is in the manifest");
+        assert_eq!(
+            entry.index.persisted,
+            thread.index.event_count(),
+            "thread {}",
+            thread.id
+        );
+        assert!(
+            entry.index.balanced(),
+            "thread {}: {:?}",
+            thread.id,
+            entry.index
+        );
+        out.push(t);
+    }
+    assert!(
+        session.manifest.accounting.index.balanced(),
+        "{:?}",
+        session.manifest.accounting.index
+    );
+    (session, out)
+}
+
+/// Runs the tracer to completion and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    tracer().args(args).output().expect("the tracer runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

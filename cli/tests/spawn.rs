@@ -1,0 +1,328 @@
+//! `tracer spawn` end to end, on real C programs: nothing lost, whatever stops the trace.
+#![allow(non_snake_case)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn spawn_and_check(threads: u32, iterations: u64) {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let app = app();
+    let result = run(&[
+        "spawn",
+        "--output",
+        out.to_str().unwrap(),
+        app.to_str().unwrap(),
+        "--",
+        &threads.to_string(),
+        &iterations.to_string(),
+        "exit",
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(err.contains("shutdown complete"), "no summary: {err}");
+    let (session, traces) = check_session(&session_dir(&out));
+    assert_eq!(
+        session.manifest.target_fate,
+        Some(atf::TargetFate::Exited { code: 0 })
+    );
+    let workers: Vec<_> = traces
+        .iter()
+        .filter(|t| t.by_name.contains_key("worker"))
+        .collect();
+    assert_eq!(
+        workers.len(),
+        threads as usize,
+        "one trace per worker thread"
+    );
+    for t in workers {
+        assert_eq!(t.by_name["top"], iterations, "thread {}", t.tid);
+        assert_eq!(t.by_name["mid"], iterations, "thread {}", t.tid);
+        assert_eq!(t.by_name["leaf"], 2 * iterations, "thread {}", t.tid);
+        assert_eq!(t.calls, t.returns, "thread {}: unbalanced", t.tid);
+    }
+    let acc = &session.manifest.accounting.index;
+    assert_eq!(acc.dropped.total(), 0, "drops on a clean exit: {acc:?}");
+}
+
+#[test]
+fn system__normal_exit_8_threads__then_every_call_recorded() {
+    spawn_and_check(8, 20_000);
+}
+
+#[test]
+fn system__normal_exit_64_threads__then_every_call_recorded() {
+    spawn_and_check(64, 2_000);
+}
+
+/// Starts 64 spinning threads under the tracer, waits until they are recording, sends `signal`
+/// to the tracer alone, and checks the stop.
+fn stop_with_signal(signal: i32) {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let app = app();
+    let child = tracer()
+        .args([
+            "spawn",
+            "--output",
+            out.to_str().unwrap(),
+            app.to_str().unwrap(),
+            "--",
+            "64",
+            "0",
+            "spin",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_events(&out);
+    // SAFETY: signalling our own child process (the tracer), not its process group.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let started = Instant::now();
+    let result = child.wait_with_output().unwrap();
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the tracer hung"
+    );
+    assert!(err.contains("shutdown complete"), "no summary: {err}");
+    let (session, traces) = check_session(&session_dir(&out));
+    assert!(traces.iter().map(|t| t.calls).sum::<u64>() > 0);
+    let acc = &session.manifest.accounting.index;
+    assert_eq!(
+        acc.dropped.ring_full, 0,
+        "ring-full drops under the waiting policy: {acc:?}"
+    );
+    assert!(!acc.dropped.other.contains_key("not_written"), "{acc:?}");
+}
+
+fn wait_for_events(out: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the target never recorded anything"
+        );
+        if let Ok(dir) = std::panic::catch_unwind(|| session_dir(out)) {
+            let bytes: u64 = walk(&dir);
+            if bytes > 1 << 20 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn system__ctrl_c__then_clean_exit() {
+    stop_with_signal(libc::SIGINT);
+}
+
+#[test]
+fn system__sigterm__then_clean_exit() {
+    stop_with_signal(libc::SIGTERM);
+}
+
+#[test]
+fn system__duration_1s_on_endless_program__then_stops_after_1s() {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let app = app();
+    let started = Instant::now();
+    let result = run(&[
+        "spawn",
+        "--duration",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+        app.to_str().unwrap(),
+        "--",
+        "4",
+        "0",
+        "spin",
+    ]);
+    let elapsed = started.elapsed();
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "stopped before the duration: {elapsed:?}"
+    );
+    assert!(
+        err.contains("duration"),
+        "the summary does not give the reason: {err}"
+    );
+    let (session, _) = check_session(&session_dir(&out));
+    assert_eq!(
+        session.manifest.target_fate,
+        Some(atf::TargetFate::Signaled {
+            signal: libc::SIGTERM,
+            core_dumped: false
+        }),
+        "the target should get SIGTERM on duration expiry"
+    );
+}
+
+#[test]
+fn system__target_crashes__then_completed_calls_recorded_and_crash_reported() {
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let app = app();
+    let result = run(&[
+        "spawn",
+        "--detail",
+        "--output",
+        out.to_str().unwrap(),
+        app.to_str().unwrap(),
+        "--",
+        "4",
+        "5000",
+        "crash",
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(err.contains("SIGSEGV"), "the crash is not reported: {err}");
+    let (session, traces) = check_session_lenient(&session_dir(&out));
+    assert!(matches!(
+        session.manifest.target_fate,
+        Some(atf::TargetFate::Signaled {
+            signal: libc::SIGSEGV,
+            ..
+        })
+    ));
+    let workers: Vec<_> = traces
+        .iter()
+        .filter(|t| t.1.contains_key("worker"))
+        .collect();
+    assert_eq!(workers.len(), 4);
+    for (_, names) in workers {
+        assert_eq!(names["top"], 5000, "a completed call is missing");
+        assert_eq!(names["leaf"], 10000);
+    }
+    assert!(
+        session
+            .threads
+            .iter()
+            .filter(|t| t.detail.is_some())
+            .count()
+            >= 4,
+        "the last detail window of each thread was not persisted"
+    );
+}
+
+/// Calls per function name in one thread.
+type CallsByName = std::collections::BTreeMap<String, u64>;
+
+/// Like `check_session`, but streams may end with open calls (the crash interrupted them).
+fn check_session_lenient(dir: &std::path::Path) -> (atf::Session, Vec<(u32, CallsByName)>) {
+    let session = atf::Session::open(dir).unwrap();
+    let names: std::collections::HashMap<u64, String> = session
+        .manifest
+        .symbols
+        .iter()
+        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
+        .collect();
+    let mut out = Vec::new();
+    for t in &session.threads {
+        let mut by_name = std::collections::BTreeMap::new();
+        for e in t.index.events() {
+            let e = e.unwrap();
+            if e.kind == atf::EventKind::Call {
+                *by_name
+                    .entry(names.get(&e.function_id).cloned().unwrap_or_default())
+                    .or_insert(0u64) += 1;
+            }
+        }
+        out.push((t.id, by_name));
+    }
+    assert!(session.manifest.accounting.index.balanced());
+    (session, out)
+}
+
+#[test]
+fn system__tracer_killed_with_sigkill__then_session_still_readable() {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let app = app();
+    let mut child = tracer()
+        .args([
+            "spawn",
+            "--output",
+            out.to_str().unwrap(),
+            app.to_str().unwrap(),
+            "--",
+            "4",
+            "0",
+            "spin",
+        ])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_events(&out);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let session = atf::Session::open(session_dir(&out)).expect("readable after SIGKILL");
+    assert!(!session.manifest.finished);
+    let events: u64 = session.threads.iter().map(|t| t.index.event_count()).sum();
+    assert!(events > 0);
+    for t in &session.threads {
+        for e in t.index.events() {
+            e.expect("every recovered event is whole");
+        }
+    }
+    // The target does not outlive its tracer for long: its rings fill, it keeps running untraced.
+    // (Kill it here so the test leaves nothing behind.)
+    let pid: i32 = session.manifest.target_pid as i32;
+    // SAFETY: signalling the target the test started (through the tracer).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[test]
+fn system__uninstrumented_target__then_runs_and_says_why_nothing_recorded() {
+    let plain = build("plain", "int main(void) { return 3; }", &["-O1"]);
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let result = run(&[
+        "spawn",
+        "--output",
+        out.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("-finstrument-functions"),
+        "no explanation: {err}"
+    );
+    assert_eq!(
+        err.matches("recorded no events").count(),
+        1,
+        "said more than once: {err}"
+    );
+}
