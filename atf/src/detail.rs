@@ -357,7 +357,18 @@ impl DetailWriter {
     }
 
     /// Flushes, patches the header, appends the footer with the CRC-32C of the records, and fsyncs.
-    pub fn finish(mut self) -> Result<DetailSummary> {
+    pub fn finish(self) -> Result<DetailSummary> {
+        self.complete(true)
+    }
+
+    /// [`finish`](Self::finish) without the fsync, for a caller that makes many files durable at
+    /// once (see [`crate::SessionLayout::sync_filesystem`]): the file is complete and readable, but
+    /// durable only once synced.
+    pub fn finish_unsynced(self) -> Result<DetailSummary> {
+        self.complete(false)
+    }
+
+    fn complete(mut self, sync: bool) -> Result<DetailSummary> {
         self.flush()?;
         let t = self.totals;
         self.header.event_count = t.count;
@@ -376,8 +387,10 @@ impl DetailWriter {
         let footer_offset = HEADER_SIZE as u64 + t.bytes;
         let result = self.file.write_all_at(&footer.encode(), footer_offset);
         self.check_write(result)?;
-        let result = self.file.sync_all();
-        self.check_write(result)?;
+        if sync {
+            let result = self.file.sync_all();
+            self.check_write(result)?;
+        }
         self.done = true;
         Ok(DetailSummary {
             record_count: t.count,

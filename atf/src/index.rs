@@ -404,7 +404,18 @@ impl IndexWriter {
     /// Flushes, patches the header (count, footer offset, time range), appends the footer with the
     /// CRC-32C of the events, and fsyncs. The header is patched first: a crash in between leaves a
     /// header whose footer offset is the end of the file, which every reader recovers.
-    pub fn finish(mut self) -> Result<IndexSummary> {
+    pub fn finish(self) -> Result<IndexSummary> {
+        self.complete(true)
+    }
+
+    /// [`finish`](Self::finish) without the fsync, for a caller that makes many files durable at
+    /// once (see [`crate::SessionLayout::sync_filesystem`]): the file is complete and readable, but
+    /// durable only once synced.
+    pub fn finish_unsynced(self) -> Result<IndexSummary> {
+        self.complete(false)
+    }
+
+    fn complete(mut self, sync: bool) -> Result<IndexSummary> {
         self.flush()?;
         let events_bytes = self.count * EVENT_SIZE as u64;
         let footer_offset = HEADER_SIZE as u64 + events_bytes;
@@ -423,8 +434,10 @@ impl IndexWriter {
         };
         let result = self.file.write_all_at(&footer.encode(), footer_offset);
         self.check_write(result)?;
-        let result = self.file.sync_all();
-        self.check_write(result)?;
+        if sync {
+            let result = self.file.sync_all();
+            self.check_write(result)?;
+        }
         self.done = true;
         Ok(IndexSummary {
             event_count: self.count,

@@ -134,6 +134,26 @@ impl SessionLayout {
     }
 
     /// fsyncs every thread directory, the pid directory and the session directory.
+    /// Makes everything on the session's file system durable with one `syncfs(2)`: every trace
+    /// file (also those finished with `finish_unsynced`), the manifest and every directory, in one
+    /// journal commit instead of one fsync per file and directory (64 threads: ~1 s of fsyncs
+    /// become one call). It also flushes other dirty data of that file system.
+    pub fn sync_filesystem(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = fs::File::open(&self.session_dir)
+            .map_err(|e| Error::io(&self.session_dir, "open the session directory", e))?;
+        // SAFETY: syncfs on a descriptor we own; no memory is passed.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(Error::io(
+                &self.session_dir,
+                "sync the file system (is the disk failing?)",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// fsyncs the session's directories: the session, process and thread directories.
     pub fn sync_dirs(&self) -> Result<()> {
         let entries = fs::read_dir(&self.pid_dir)
             .map_err(|e| Error::io(&self.pid_dir, "list the process directory", e))?;

@@ -354,10 +354,17 @@ impl<'r> Drain<'r> {
             .collect();
         m.finished = true;
         self.layout.write_manifest(&mut self.manifest)?;
-        self.layout.sync_dirs()?;
-        // Each trace file was fsynced when finished; the manifest is fsynced by its atomic
-        // replace; the session, pid and thread directories by `sync_dirs`.
-        self.stats.files_synced += 1 + 2 + self.files.len() as u64;
+        // One syncfs makes every trace file (finished unsynced), every directory and the manifest
+        // durable in one journal commit; writeback started during the recording leaves it little
+        // to write.
+        self.layout.sync_filesystem()?;
+        let files: u64 = self
+            .files
+            .values()
+            .map(|f| 1 + u64::from(f.detail_written > 0))
+            .sum();
+        // The trace files, the manifest, and the session, process and thread directories.
+        self.stats.files_synced += files + 1 + 2 + self.files.len() as u64;
         self.stats.busy += started.elapsed();
         Ok(Report {
             manifest: self.layout.manifest_path(),
@@ -639,14 +646,14 @@ fn persist_detail(
 
 fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
     if let Some(detail) = files.detail.take() {
-        detail.finish()?;
+        detail.finish_unsynced()?;
         if let Some(index) = files.index.as_mut() {
             index.set_has_detail(true)?;
         }
     }
     if let Some(index) = files.index.take() {
         files.written = index.event_count();
-        index.finish()?;
+        index.finish_unsynced()?;
     }
     Ok(())
 }

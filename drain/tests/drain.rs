@@ -141,7 +141,10 @@ fn drain_thread__final_drain__then_all_data_written() {
     assert_eq!(session.threads.len(), THREADS as usize);
     for thread in &session.threads {
         assert!(thread.index.finished());
-        assert!(thread.index.verify_checksum().unwrap(), "checksum not recorded");
+        assert!(
+            thread.index.verify_checksum().unwrap(),
+            "checksum not recorded"
+        );
         let mut next = 1;
         for event in thread.index.events() {
             let event = event.unwrap();
