@@ -16,50 +16,8 @@ use std::time::Duration;
 
 use registry::{Handshake, LaneConfig, RegionConfig, SharedRegion};
 
-const PROGRAM: &str = r#"
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-static long calls;
-__attribute__((noinline)) int leaf(int x) { __asm__ volatile("" ::: "memory"); return x + 1; }
-__attribute__((no_instrument_function)) static double now(clockid_t c) {
-    struct timespec ts; clock_gettime(c, &ts); return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-__attribute__((no_instrument_function)) void *worker(void *arg) {
-    double t0 = now(CLOCK_THREAD_CPUTIME_ID);
-    long s = 0;
-    for (long i = 0; i < calls; i++) s += leaf((int)i);
-    double t1 = now(CLOCK_THREAD_CPUTIME_ID);
-    *(double *)arg = t1 - t0;
-    return (void *)s;
-}
-__attribute__((no_instrument_function)) int main(int argc, char **argv) {
-    int threads = atoi(argv[1]);
-    calls = atol(argv[2]);
-    pthread_t t[64];
-    double cpu[64];
-    double w0 = now(CLOCK_MONOTONIC);
-    for (int i = 0; i < threads; i++) pthread_create(&t[i], 0, worker, &cpu[i]);
-    double total = 0;
-    for (int i = 0; i < threads; i++) { pthread_join(t[i], 0); total += cpu[i]; }
-    double w1 = now(CLOCK_MONOTONIC);
-    printf("%.3f %.3f\n", total / ((double)calls * threads), (w1 - w0) / ((double)calls * threads));
-    return 0;
-}
-"#;
-
 fn cc(dir: &Path, name: &str, instrument: bool) -> PathBuf {
-    let src = dir.join("overhead.c");
-    std::fs::write(&src, PROGRAM).unwrap();
-    let out = dir.join(name);
-    let mut cmd = Command::new("cc");
-    cmd.args(["-O2", "-pthread", "-o"]).arg(&out).arg(&src);
-    if instrument {
-        cmd.arg("-finstrument-functions");
-    }
-    assert!(cmd.status().expect("cc on PATH").success());
-    out
+    benches::build_c(dir, name, benches::OVERHEAD_C, instrument)
 }
 
 /// libagent.so, next to this benchmark's deps (built as a dependency of the benches crate).

@@ -1,0 +1,228 @@
+//! End-to-end drivers around the real `tracer` binary (custom harness, not criterion):
+//!
+//! - **Overhead per call+return pair**, side by side in one run on the same binaries: untraced,
+//!   built with `-finstrument-functions` on glibc's no-op hooks, under `tracer spawn`, and under
+//!   `uftrace record` (if installed: `apt-get install uftrace`), 1 and 4 threads. The figure is the
+//!   workload's own thread CPU time per pair (what tracing costs the target), with its ratio to
+//!   uftrace's.
+//! - **Shutdown latency**: `tracer spawn` on 64 threads calling instrumented functions non-stop,
+//!   SIGINT to the tracer alone once it records, time until the tracer has exited; p50 and p99
+//!   over the runs, and the shutdown manager's own total from the summary.
+//!
+//! `cargo bench -p benches --bench e2e` runs 10 M calls per thread and 20 shutdowns; `cargo test
+//! --benches` runs one short pass of each.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use benches::{build_c, full_run, percentile, OVERHEAD_C, SPIN_C};
+
+fn main() {
+    let full = full_run();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tracer = build_tracer(full);
+    overhead(dir.path(), &tracer, full);
+    shutdown_latency(dir.path(), &tracer, full);
+}
+
+/// Builds the tracer (and its agent) in the profile this benchmark runs in, and returns its path.
+fn build_tracer(release: bool) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet", "-p", "cli"]);
+    if release {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("cargo runs").success(),
+        "building the tracer failed"
+    );
+    // This binary is target/<profile>/deps/e2e-<hash>; the tracer is target/<profile>/tracer.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let tracer = profile_dir.join("tracer");
+    assert!(tracer.exists(), "no tracer at {}", tracer.display());
+    tracer
+}
+
+/// Runs `cmd` (the workload, possibly wrapped) and parses the workload's "<cpu ns> <wall ns>".
+fn run_workload(mut cmd: Command) -> f64 {
+    let out = cmd
+        .stderr(Stdio::null())
+        .output()
+        .expect("the workload runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.split_whitespace().count() == 2)
+        .unwrap_or_else(|| panic!("no figure in the workload's output: {text:?}"));
+    line.split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a number")
+}
+
+fn uftrace_available() -> bool {
+    Command::new("uftrace")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn overhead(dir: &Path, tracer: &Path, full: bool) {
+    let plain = build_c(dir, "overhead_plain", OVERHEAD_C, false);
+    let instrumented = build_c(dir, "overhead_instr", OVERHEAD_C, true);
+    let calls: u64 = if full { 10_000_000 } else { 200_000 };
+    let uftrace = uftrace_available();
+    println!("overhead per call+return pair (thread CPU ns), {calls} calls per thread");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "threads", "untraced", "no-op", "tracer", "uftrace", "tracer/uftrace"
+    );
+    for threads in [1u32, 4] {
+        let args = [threads.to_string(), calls.to_string()];
+        let mut untraced = Command::new(&plain);
+        untraced.args(&args);
+        let mut noop = Command::new(&instrumented);
+        noop.args(&args);
+        let out = dir.join("traces");
+        let mut ours = Command::new(tracer);
+        ours.arg("spawn")
+            .arg("--output")
+            .arg(&out)
+            .arg(&instrumented)
+            .arg("--")
+            .args(&args);
+        let untraced = run_workload(untraced);
+        let noop = run_workload(noop);
+        let ours = run_workload(ours);
+        let _ = std::fs::remove_dir_all(&out);
+        let theirs = uftrace.then(|| {
+            let data = dir.join("uftrace.data");
+            let mut cmd = Command::new("uftrace");
+            cmd.arg("record")
+                .arg("-d")
+                .arg(&data)
+                .arg(&instrumented)
+                .args(&args);
+            let ns = run_workload(cmd);
+            let _ = std::fs::remove_dir_all(&data);
+            ns
+        });
+        let (theirs_text, ratio) = match theirs {
+            Some(t) => (
+                format!("{t:.2}"),
+                format!("{:.2}x", (ours - untraced) / (t - untraced)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{threads:>8} {untraced:>10.2} {noop:>10.2} {ours:>10.2} {theirs_text:>10} {ratio:>14}"
+        );
+    }
+    if !uftrace {
+        println!("(uftrace is not installed: `apt-get install uftrace` adds its column)");
+    }
+    println!("ratio = (tracer - untraced) / (uftrace - untraced): the overhead, not the total");
+}
+
+fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
+    let spin = build_c(dir, "spin", SPIN_C, true);
+    let runs = if full { 20 } else { 2 };
+    let threads = 64;
+    let mut wall = Vec::new();
+    let mut managed = Vec::new();
+    for _ in 0..runs {
+        let out = dir.join("spin-traces");
+        let mut child = Command::new(tracer)
+            .arg("spawn")
+            .arg("--output")
+            .arg(&out)
+            .arg(&spin)
+            .arg("--")
+            .arg(threads.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tracer starts");
+        wait_until_recording(&out);
+        let started = Instant::now();
+        // SAFETY: signalling the tracer we started, by pid (not its process group).
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().expect("the tracer exits");
+        wall.push(started.elapsed().as_secs_f64() * 1e3);
+        let mut stderr = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "tracer failed: {stderr}");
+        assert!(
+            stderr.contains("shutdown complete"),
+            "no clean shutdown: {stderr}"
+        );
+        if let Some(ms) = summary_total_ms(&stderr) {
+            managed.push(ms);
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    wall.sort_by(f64::total_cmp);
+    managed.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "shutdown latency, {threads} threads calling non-stop, SIGINT to the tracer, {runs} runs"
+    );
+    println!(
+        "  signal to tracer exit:      p50 {:8.2} ms   p99 {:8.2} ms   max {:8.2} ms",
+        percentile(&wall, 50.0),
+        percentile(&wall, 99.0),
+        wall.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  shutdown phases (summary):  p50 {:8.2} ms   p99 {:8.2} ms",
+        percentile(&managed, 50.0),
+        percentile(&managed, 99.0)
+    );
+}
+
+/// Waits until the session under `out` holds 1 MiB of events: the target is recording.
+fn wait_until_recording(out: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if dir_size(out) > 1 << 20 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the target never recorded under {}", out.display());
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The `total  <x> ms` line of the shutdown summary.
+fn summary_total_ms(stderr: &str) -> Option<f64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
