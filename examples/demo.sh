@@ -9,7 +9,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p cli
-tracer=target/release/tracer
+tracer="${CARGO_TARGET_DIR:-target}/release/tracer"
 cc -O1 -g -pthread -finstrument-functions -o "$work/demo" examples/demo.c
 
 echo "\$ tracer spawn --output $work/traces $work/demo"

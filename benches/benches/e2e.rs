@@ -9,8 +9,9 @@
 //!   SIGINT to the tracer alone once it records, time until the tracer has exited; p50 and p99
 //!   over the runs, and the shutdown manager's own total from the summary.
 //!
-//! `cargo bench -p benches --bench e2e` runs 10 M calls per thread and 20 shutdowns; `cargo test
-//! --benches` runs one short pass of each.
+//! `cargo bench -p benches --bench e2e` runs 10 M calls per thread and 20 shutdowns (of 64
+//! threads; `E2E_SHUTDOWN_THREADS=<n>` for another count); `cargo test --benches` runs one short
+//! pass of each.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -135,7 +136,10 @@ fn overhead(dir: &Path, tracer: &Path, full: bool) {
 fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
     let spin = build_c(dir, "spin", SPIN_C, true);
     let runs = if full { 20 } else { 2 };
-    let threads = 64;
+    let threads: u32 = std::env::var("E2E_SHUTDOWN_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let mut wall = Vec::new();
     let mut managed = Vec::new();
     for _ in 0..runs {
