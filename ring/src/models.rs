@@ -184,6 +184,17 @@ fn ring__variable_records_wrap_with_padding__then_payloads_whole() {
     });
 }
 
+/// A drain callback's body: appends each 8-byte record (a sequence number) to `got`.
+fn collect(got: &mut Vec<u64>, chunk: crate::Chunk<'_>) -> Result<(), ()> {
+    got.extend(
+        chunk
+            .bytes
+            .chunks(8)
+            .map(|r| u64::from_le_bytes(r.try_into().unwrap())),
+    );
+    Ok(())
+}
+
 fn small_pool(policy: FullPolicy) -> PoolConfig {
     PoolConfig {
         rings: 2,
@@ -213,18 +224,9 @@ fn pool__swap_submit_return__then_submitted_rings_whole_and_returned_empty() {
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
         let mut got = Vec::new();
-        let mut collect = |chunk: crate::Chunk<'_>| -> Result<(), ()> {
-            got.extend(
-                chunk
-                    .bytes
-                    .chunks(8)
-                    .map(|r| u64::from_le_bytes(r.try_into().unwrap())),
-            );
-            Ok(())
-        };
-        rx.drain(false, &mut collect).unwrap();
+        rx.drain(false, |c| collect(&mut got, c)).unwrap();
         producer.join().unwrap();
-        rx.drain(true, &mut collect).unwrap();
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
         let counters = pool.counters();
         assert_eq!(counters.attempted(), 5);
         assert_eq!(got.len() as u64, counters.accepted);
@@ -251,19 +253,10 @@ fn pool__active_prefix_read_while_producing__then_order_kept() {
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
         let mut got = Vec::new();
-        let mut collect = |chunk: crate::Chunk<'_>| -> Result<(), ()> {
-            got.extend(
-                chunk
-                    .bytes
-                    .chunks(8)
-                    .map(|r| u64::from_le_bytes(r.try_into().unwrap())),
-            );
-            Ok(())
-        };
-        rx.drain(true, &mut collect).unwrap();
-        rx.drain(true, &mut collect).unwrap();
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
         producer.join().unwrap();
-        rx.drain(true, &mut collect).unwrap();
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
         assert_eq!(got.len() as u64, pool.counters().accepted);
         assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
     });
@@ -290,18 +283,9 @@ fn pool__wait_policy_with_live_consumer__then_invariant_holds() {
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
         let mut got = Vec::new();
-        let mut collect = |chunk: crate::Chunk<'_>| -> Result<(), ()> {
-            got.extend(
-                chunk
-                    .bytes
-                    .chunks(8)
-                    .map(|r| u64::from_le_bytes(r.try_into().unwrap())),
-            );
-            Ok(())
-        };
-        rx.drain(false, &mut collect).unwrap();
+        rx.drain(false, |c| collect(&mut got, c)).unwrap();
         producer.join().unwrap();
-        rx.drain(true, &mut collect).unwrap();
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
         let c = pool.counters();
         assert_eq!(c.attempted(), 5);
         assert_eq!(got.len() as u64, c.accepted);

@@ -244,34 +244,14 @@ fn fate(f: Option<&TargetFate>) -> String {
             core_dumped,
         }) => format!(
             "killed by signal {signal}{}{}",
-            signal_name(*signal).map_or(String::new(), |n| format!(" ({n})")),
+            Some(shutdown::signal_name(*signal))
+                .filter(|n| n.starts_with("SIG"))
+                .map_or(String::new(), |n| format!(" ({n})")),
             if *core_dumped { ", core dumped" } else { "" }
         ),
         Some(TargetFate::Running) => "still running (the tracer detached)".to_owned(),
         Some(TargetFate::Unknown) => "unknown".to_owned(),
     }
-}
-
-fn signal_name(signal: i32) -> Option<&'static str> {
-    Some(match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGSYS => "SIGSYS",
-        _ => return None,
-    })
 }
 
 /// Files of the pid directory and of its subdirectories, as `(relative path, size)`, sorted.
