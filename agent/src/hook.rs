@@ -181,12 +181,25 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         ev[20..24].copy_from_slice(&kind.to_le_bytes());
         ev[24..28].copy_from_slice(&depth.to_le_bytes());
         ev[28..32].copy_from_slice(&detail_seq.to_le_bytes());
-        let writer = &st.writer;
-        match st.index.push_unless(&ev, || !writer.still_accepting()) {
+        let (writer, clock, reg) = (&st.writer, &st.clock, st.agent.reg);
+        // A wait for ring space lasts while the drain lives: it ends when acceptance stops, or
+        // when the drain's heartbeat has been silent for a second (the tracer is gone).
+        let drain_gone = || {
+            let beat = reg.heartbeat();
+            beat != 0 && clock.now_ns().saturating_sub(beat) > DRAIN_SILENCE_NS
+        };
+        match st
+            .index
+            .push_unless(&ev, || !writer.still_accepting() || drain_gone())
+        {
             Ok(()) => st.index_seq = st.index_seq.wrapping_add(1),
             // Waiting for space when the stop came: the event's publication did not complete
             // before the stop, so it is a shutdown drop, and the stopper is not kept waiting.
-            Err(ring::PushError::Abandoned) => st.writer.drop_for_shutdown(),
+            Err(ring::PushError::Abandoned) if !writer.still_accepting() => {
+                st.writer.drop_for_shutdown()
+            }
+            // The drain is gone: a ring-full drop, and no more waiting until space comes back.
+            Err(ring::PushError::Abandoned) => st.index.give_up(),
             Err(ring::PushError::Full) => {}
         }
         st.writer.end();
@@ -197,6 +210,10 @@ fn event(kind: u32, function: u64, regs: *const u64) {
     compiler_fence(SeqCst);
     st.busy = 0;
 }
+
+/// How long the drain's heartbeat may be silent before a producer waiting for ring space decides
+/// the tracer is gone and drops (the drain beats on every slot it visits, many times a second).
+const DRAIN_SILENCE_NS: u64 = 1_000_000_000;
 
 /// The first time a thread finds acceptance stopped, it sleeps 1 ms, once. The stopper waits for
 /// threads that were preempted inside a write when it stopped acceptance; on a machine with more

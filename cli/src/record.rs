@@ -20,8 +20,10 @@ use crate::args::{SpawnArgs, Trigger};
 use crate::error::CliError;
 use crate::symbols;
 
-/// The longest a producer waits for the drain when its lane is full.
-const PRODUCER_WAIT_US: u32 = 1_000_000;
+/// The longest a producer waits for the drain when its lane is full, whatever happens: a last
+/// resort. A producer stops waiting much earlier if the drain's heartbeat goes silent for a
+/// second (the tracer is gone), and while the drain lives it waits: lossless.
+const PRODUCER_WAIT_US: u32 = 30_000_000;
 /// Thread slots in the region (threads alive at once; exited threads' slots are reused).
 const THREAD_CAPACITY: u32 = 1024;
 /// How long a target that got the stop signal may take to exit before it is killed.
@@ -175,9 +177,14 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
 /// machine with far more busy threads than CPUs that can take a few scheduler periods.
 fn budgets() -> Budgets {
     use shutdown::Phase;
+    // Flushing, the final drain and syncing wait for the disk: a slow one must not turn written
+    // events into skipped ones (a second Ctrl-C still forces a fast exit).
     Budgets::default()
         .with(Phase::StopAcceptance, Duration::from_secs(2))
         .with(Phase::CloseRegistrations, Duration::from_secs(1))
+        .with(Phase::Flush, Duration::from_secs(10))
+        .with(Phase::FinalDrain, Duration::from_secs(10))
+        .with(Phase::Sync, Duration::from_secs(10))
 }
 
 /// Why nothing was recorded, with the fix.

@@ -66,26 +66,28 @@ fn stop_with_signal(signal: i32) {
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
     let app = app();
-    let child = tracer()
-        .args([
-            "spawn",
-            "--output",
-            out.to_str().unwrap(),
-            app.to_str().unwrap(),
-            "--",
-            "64",
-            "0",
-            "spin",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Background(Some(
+        tracer()
+            .args([
+                "spawn",
+                "--output",
+                out.to_str().unwrap(),
+                app.to_str().unwrap(),
+                "--",
+                "64",
+                "0",
+                "spin",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
     wait_for_events(&out);
     // SAFETY: signalling our own child process (the tracer), not its process group.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    unsafe { libc::kill(child.child().id() as i32, signal) };
     let started = Instant::now();
-    let result = child.wait_with_output().unwrap();
+    let result = child.take().wait_with_output().unwrap();
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(0), "{err}");
     assert!(
@@ -269,25 +271,32 @@ fn system__tracer_killed_with_sigkill__then_session_still_readable() {
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
     let app = app();
-    let mut child = tracer()
-        .args([
-            "spawn",
-            "--output",
-            out.to_str().unwrap(),
-            app.to_str().unwrap(),
-            "--",
-            "4",
-            "0",
-            "spin",
-        ])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Background(Some(
+        tracer()
+            .args([
+                "spawn",
+                "--output",
+                out.to_str().unwrap(),
+                app.to_str().unwrap(),
+                "--",
+                "4",
+                "0",
+                "spin",
+            ])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
     wait_for_events(&out);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut tracer = child.take();
+    tracer.kill().unwrap();
+    tracer.wait().unwrap();
     let session = atf::Session::open(session_dir(&out)).expect("readable after SIGKILL");
+    // The target outlives its killed tracer (its rings fill, it runs on untraced): stop it first,
+    // so a failed assertion below leaves nothing running.
+    // SAFETY: signalling the target this test started (through the tracer).
+    unsafe { libc::kill(session.manifest.target_pid as i32, libc::SIGKILL) };
     assert!(!session.manifest.finished);
     let events: u64 = session.threads.iter().map(|t| t.index.event_count()).sum();
     assert!(events > 0);
@@ -296,11 +305,6 @@ fn system__tracer_killed_with_sigkill__then_session_still_readable() {
             e.expect("every recovered event is whole");
         }
     }
-    // The target does not outlive its tracer for long: its rings fill, it keeps running untraced.
-    // (Kill it here so the test leaves nothing behind.)
-    let pid: i32 = session.manifest.target_pid as i32;
-    // SAFETY: signalling the target the test started (through the tracer).
-    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 #[test]

@@ -268,6 +268,8 @@ impl<'r> Drain<'r> {
             if stop.load(Relaxed) {
                 break;
             }
+            // Producers waiting for ring space keep waiting while this beat is fresh.
+            self.registry.beat(registry::clock::boottime_ns());
             moved += self.drain_slot(info, false)?;
         }
         self.flush_all()?;

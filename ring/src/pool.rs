@@ -617,6 +617,14 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
         Err(PushError::Full)
     }
 
+    /// Counts a record that the caller abandoned (see [`PoolProducer::push_unless`]) because the
+    /// consumer is gone as dropped for a full ring, and stops waiting on later records until a
+    /// ring is free again.
+    pub fn give_up(&mut self) {
+        self.gave_up = true;
+        self.count(DROPPED_FULL);
+    }
+
     /// Submits the active ring and makes a free one active, if a free ring is available.
     fn try_swap(&mut self) -> bool {
         let mut id = [0u8; 4];

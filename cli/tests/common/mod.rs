@@ -221,6 +221,45 @@ pub fn check_session(dir: &Path) -> (atf::Session, Vec<ThreadTrace>) {
     (session, out)
 }
 
+/// A tracer started in the background: stopped on drop if the test ends early (a failed assertion
+/// must not leave a tracer and its busy target running).
+pub struct Background(pub Option<std::process::Child>);
+
+impl Background {
+    /// The running tracer.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("still owned")
+    }
+
+    /// Takes the child back, for a test that waits for it.
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("still owned")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SIGTERM: the tracer stops its target and exits; SIGKILL if it does not.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Runs the tracer to completion and returns its output.
 pub fn run(args: &[&str]) -> Output {
     tracer().args(args).output().expect("the tracer runs")
