@@ -203,8 +203,23 @@ fn event(kind: u32, function: u64, regs: *const u64) {
             Err(ring::PushError::Full) => {}
         }
         st.writer.end();
+    } else if crate::attach::stale(st) {
+        // The thread's state belongs to an earlier attachment that has stopped: leave it and
+        // record this event in the current one.
+        compiler_fence(SeqCst);
+        st.busy = 0;
+        crate::attach::forget_state();
+        if let Some(state) = slow_state() {
+            // SAFETY: a fresh state of the current attachment, this thread's own.
+            if unsafe { (*state).agent.generation } != st.agent.generation {
+                event_again(kind, function, regs);
+            }
+        }
+        return;
     } else if !st.stop_seen {
         st.stop_seen = true;
+        // Attach mode: the first thread to see the stop puts the program's hooks back.
+        crate::attach::restore_hooks(st.agent);
         step_aside();
     }
     compiler_fence(SeqCst);
@@ -229,6 +244,13 @@ fn step_aside() {
     };
     // SAFETY: a valid timespec; an interrupted sleep (EINTR) is simply shorter.
     unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+}
+
+/// [`event`] once more, after the thread moved to the current attachment.
+#[cold]
+#[inline(never)]
+fn event_again(kind: u32, function: u64, regs: *const u64) {
+    event(kind, function, regs);
 }
 
 #[cold]

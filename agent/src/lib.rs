@@ -35,6 +35,7 @@
 //! Command::new(target).env("LD_PRELOAD", agent_so).env(registry::ENV_REGION_FD, fd.to_string())
 //! ```
 
+mod attach;
 mod hook;
 mod thread;
 
@@ -53,6 +54,10 @@ const DISABLED: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static AGENT: AtomicPtr<Agent> = AtomicPtr::new(core::ptr::null_mut());
+/// The pthread key of the thread teardown destructor, created once (0 until then).
+static KEY: AtomicU32 = AtomicU32::new(0);
+/// Set once the key exists and the fork handler is installed.
+static PROCESS_HOOKS: AtomicU8 = AtomicU8::new(0);
 
 /// The process-wide agent, made once and never freed.
 pub(crate) struct Agent {
@@ -64,6 +69,9 @@ pub(crate) struct Agent {
     /// 1 when producers must fence (no membarrier registration, or the region says so).
     pub(crate) fenced: AtomicU32,
     pub(crate) key: libc::pthread_key_t,
+    /// Which attachment this agent serves: 1 for the first, one more for each later attach.
+    /// Threads registered under an older one re-register (see `thread::acquire_state`).
+    pub(crate) generation: u32,
 }
 
 // SAFETY: `threads` is only dereferenced for the slot the calling thread owns.
@@ -91,12 +99,24 @@ pub(crate) fn agent() -> Option<&'static Agent> {
     // Acquire: pairs with the Release store of READY in `init`: the agent is fully built.
     match STATE.load(Acquire) {
         READY => {
+            // Acquire: pairs with the Release store in `attach::tracer_agent_attach` (a later
+            // attach replaces the agent); every agent is fully built before it is published.
             // SAFETY: set before READY was published, never freed.
-            Some(unsafe { &*AGENT.load(Relaxed) })
+            Some(unsafe { &*AGENT.load(Acquire) })
         }
         DISABLED => None,
         _ => init_slow(),
     }
+}
+
+/// The agent if it is already initialised; never initialises it (for the fork and thread-exit
+/// handlers, which may run before an attach has made the agent).
+pub(crate) fn ready_agent() -> Option<&'static Agent> {
+    // Acquire: pairs with the Release stores of READY in `init_slow` and `tracer_agent_attach`.
+    if STATE.load(Acquire) != READY {
+        return None;
+    }
+    agent()
 }
 
 #[cold]
@@ -151,6 +171,11 @@ fn build() -> Result<Agent, String> {
         }
         Err(e) => return Err(e.to_string()),
     };
+    build_from(region, 1)
+}
+
+/// An agent over `region`, serving attachment `generation`.
+pub(crate) fn build_from(region: SharedRegion, generation: u32) -> Result<Agent, String> {
     let reg = region.leak().map_err(|e| e.to_string())?;
     let capacity = reg.capacity() as usize;
     let bytes = capacity * core::mem::size_of::<ThreadState>();
@@ -168,13 +193,7 @@ fn build() -> Result<Agent, String> {
     if threads == libc::MAP_FAILED {
         return Err("cannot map the per-thread state".into());
     }
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is a valid out-parameter; the destructor is an extern "C" fn.
-    if unsafe { libc::pthread_key_create(&mut key, Some(thread::teardown)) } != 0 {
-        return Err("no pthread key left for thread teardown".into());
-    }
-    // SAFETY: the handler is an extern "C" fn that only touches this agent's state.
-    unsafe { libc::pthread_atfork(None, None, Some(thread::after_fork_in_child)) };
+    let key = process_hooks()?;
     let pid = std::process::id();
     // A fresh image of a pid that had slots (exec): those threads are gone.
     reg.retire_pid(pid);
@@ -185,7 +204,27 @@ fn build() -> Result<Agent, String> {
         pid: AtomicU32::new(pid),
         fenced: AtomicU32::new(u32::from(!producer_barrier_ready(&reg))),
         key,
+        generation,
     })
+}
+
+/// The teardown key and the fork handler, made once per process (a later attach reuses them).
+fn process_hooks() -> Result<libc::pthread_key_t, String> {
+    // Acquire: pairs with the Release store below: the key is stored before the flag.
+    if PROCESS_HOOKS.load(Acquire) != 0 {
+        return Ok(KEY.load(Relaxed));
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-parameter; the destructor is an extern "C" fn.
+    if unsafe { libc::pthread_key_create(&mut key, Some(thread::teardown)) } != 0 {
+        return Err("no pthread key left for thread teardown".into());
+    }
+    // SAFETY: the handler is an extern "C" fn that only touches the agent's state.
+    unsafe { libc::pthread_atfork(None, None, Some(thread::after_fork_in_child)) };
+    KEY.store(key, Relaxed);
+    // Release: pairs with the Acquire load above.
+    PROCESS_HOOKS.store(1, Release);
+    Ok(key)
 }
 
 /// Registers this process for the stopper's membarrier, if the region uses it. `false`: producers
@@ -194,8 +233,15 @@ pub(crate) fn producer_barrier_ready(reg: &Registry<'_>) -> bool {
     reg.handshake() == registry::Handshake::Membarrier && registry::membarrier::register_process()
 }
 
+/// Initialises the agent from the environment when it names a region (spawn). Loaded without one
+/// (attach: `dlopen` by the tracer, which then calls `tracer_agent_attach`), it stays silent and
+/// uninitialised; a hook reached without any region says so once, lazily.
 extern "C" fn constructor() {
-    let _ = agent();
+    if std::env::var_os(registry::ENV_REGION_FD).is_some()
+        || std::env::var_os(registry::ENV_REGION_PATH).is_some()
+    {
+        let _ = agent();
+    }
 }
 
 #[used]

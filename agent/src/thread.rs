@@ -30,7 +30,8 @@ pub(crate) struct Tls {
     pub(crate) seen_recycled: u64,
     /// Call depth to resume at after re-registering (fork child).
     pub(crate) pending_depth: u32,
-    _reserved: u32,
+    /// The agent generation this thread's status and state belong to (0: none yet).
+    pub(crate) generation: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Tls>() == 32);
@@ -139,6 +140,15 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
     // REGISTERING and drops its event (counted).
     let tl = unsafe { &mut *t };
     let reg = &agent.reg;
+    if tl.generation != agent.generation {
+        // Registered (or closed out) under an earlier attachment: start afresh in this one.
+        if tl.generation != 0 && tl.status != TORN_DOWN {
+            tl.state = core::ptr::null_mut();
+            tl.status = UNREGISTERED;
+            tl.pending_depth = 0;
+        }
+        tl.generation = agent.generation;
+    }
     match tl.status {
         REGISTERED if !tl.state.is_null() => return Some(tl.state),
         TORN_DOWN => {
@@ -233,7 +243,9 @@ fn arm_teardown(agent: &Agent) {
 /// The pthread key destructor: re-arms itself for two more rounds (so it runs after other keys'
 /// destructors, which may call instrumented code), then releases the slot.
 pub(crate) extern "C" fn teardown(_value: *mut libc::c_void) {
-    let Some(agent) = crate::agent() else { return };
+    let Some(agent) = crate::ready_agent() else {
+        return;
+    };
     // SAFETY: only this thread touches its TLS block.
     let tl = unsafe { &mut *tls() };
     tl.teardown_round += 1;
@@ -255,7 +267,9 @@ pub(crate) extern "C" fn teardown(_value: *mut libc::c_void) {
 /// `pthread_atfork` child handler: the child's only thread drops the parent's slot (the parent
 /// keeps using it) and re-registers under the child's pid on its next event, at the same depth.
 pub(crate) extern "C" fn after_fork_in_child() {
-    let Some(agent) = crate::agent() else { return };
+    let Some(agent) = crate::ready_agent() else {
+        return;
+    };
     agent.pid.store(std::process::id(), Relaxed);
     let fenced = !crate::producer_barrier_ready(&agent.reg);
     agent.fenced.store(u32::from(fenced), Relaxed);

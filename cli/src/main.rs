@@ -5,6 +5,7 @@
 //! arguments, 1 for the tracer's own failures at run time; every failure is one line on stderr.
 
 mod args;
+mod attach;
 mod error;
 mod read;
 mod record;
@@ -34,13 +35,7 @@ fn run(command: args::Command) -> Result<ExitCode, error::CliError> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     match command {
         Command::Spawn(a) => return record::spawn(a),
-        Command::Attach(a) => {
-            return Err(error::CliError::usage(format!(
-                "attaching to a running process (pid {}) is not supported by this build yet; \
-                 start the program under the tracer with `tracer spawn` instead",
-                a.pid
-            )))
-        }
+        Command::Attach(a) => return attach::attach(a),
         Command::Info(a) => read::info(&a, &mut out)?,
         Command::Replay(a) => read::replay(&a, &mut out)?,
         Command::Report(a) => read::report(&a, &mut out)?,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use registry::{RegionConfig, Registry, SharedRegion};
 use shutdown::{Budgets, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Summary};
 
-use crate::args::{SpawnArgs, Trigger};
+use crate::args::{RecordOptions, SpawnArgs, Trigger};
 use crate::error::CliError;
 use crate::symbols;
 
@@ -39,7 +39,7 @@ const RESCAN: Duration = Duration::from_secs(1);
 pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
     check_output_dir(&opts.output)?;
-    let duration = timer::duration_from_secs(opts.duration)
+    timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     let exe_info = symbols::inspect_executable(&args.executable).ok();
     if let Some(problem) = exe_info
@@ -51,16 +51,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     }
     let agent = find_agent()?;
 
-    let config = RegionConfig {
-        stack_bytes: u32::from(opts.stack_bytes),
-        detail_enabled: opts.detail || !opts.trigger.is_empty(),
-        // Lossless while the drain lives: a producer whose rings are all full waits up to this
-        // long for the drain (on a loaded 2-core machine the drain can be off-CPU for tens of
-        // milliseconds); a drain that is gone costs each thread one such wait, then drops.
-        wait_timeout_us: PRODUCER_WAIT_US,
-        capacity: THREAD_CAPACITY,
-        ..RegionConfig::default()
-    };
+    let config = region_config(opts);
     let region = SharedRegion::create(&config)
         .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
     let fd = region
@@ -87,11 +78,58 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let pid = child.id();
     let pidfd = pidfd_open(pid)
         .map_err(|e| CliError::runtime(format!("cannot watch the target (pid {pid}): {e}")))?;
+    let manifest = initial_manifest(&args, pid, registry);
+    let target = Target {
+        child: Some(child),
+        pid,
+        pidfd,
+    };
+    let (recorder, _) = record(opts, target, registry, shutdown, signals, manifest, false)?;
+    if recorder.attempted == 0 {
+        let instrumented = recorder.symbols.as_ref().is_some_and(|c| c.instrumented());
+        eprintln!(
+            "tracer: {}",
+            no_events_reason(&args.executable, exe_info.as_ref(), instrumented)
+        );
+    }
+    match recorder.error {
+        Some(e) => Err(CliError::runtime(e)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
 
+/// The region configuration both modes record with.
+pub(crate) fn region_config(opts: &RecordOptions) -> RegionConfig {
+    RegionConfig {
+        stack_bytes: u32::from(opts.stack_bytes),
+        detail_enabled: opts.detail || !opts.trigger.is_empty(),
+        // Lossless while the drain lives: a producer whose rings are all full waits up to this
+        // long for the drain (on a loaded 2-core machine the drain can be off-CPU for tens of
+        // milliseconds); a drain that is gone costs each thread one such wait, then drops.
+        wait_timeout_us: PRODUCER_WAIT_US,
+        capacity: THREAD_CAPACITY,
+        ..RegionConfig::default()
+    }
+}
+
+/// Records `target` (spawned, or attached when `attached`) from a running agent until a stop
+/// trigger, then runs the shutdown phases and prints the summary. Returns the recorder (its
+/// symbols, error and event count) and where the session went.
+pub(crate) fn record(
+    opts: &RecordOptions,
+    target: Target,
+    registry: Registry<'static>,
+    shutdown: Shutdown,
+    signals: shutdown::SignalGuard,
+    manifest: atf::Manifest,
+    attached: bool,
+) -> Result<(Recorder, PathBuf), CliError> {
+    let pid = target.pid;
+    let duration = timer::duration_from_secs(opts.duration)
+        .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     let layout = atf::SessionLayout::create(&opts.output, pid)
         .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?;
     let output_dir = layout.pid_dir().to_path_buf();
-    let manifest = initial_manifest(&args, pid, registry);
     let drain = drain::Drain::new(registry, layout, manifest)
         .map_err(|e| CliError::runtime(e.to_string()))?;
     let live = drain.live();
@@ -121,7 +159,9 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         drain_thread: Some(drain_thread),
         drain: None,
         report: None,
-        child: Some(Target { child, pidfd }),
+        child: Some(target),
+        attached,
+        attempted: 0,
         target_fate: None,
         crashed: false,
         symbols: None,
@@ -156,19 +196,9 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot restore signal handlers: {e}")))?;
 
     let stats = recorder.statistics(&output_dir);
-    let attempted = stats.events_attempted;
+    recorder.attempted = stats.events_attempted;
     Summary { report, stats }.print();
-    if attempted == 0 {
-        let instrumented = recorder.symbols.as_ref().is_some_and(|c| c.instrumented());
-        eprintln!(
-            "tracer: {}",
-            no_events_reason(&args.executable, exe_info.as_ref(), instrumented)
-        );
-    }
-    match recorder.error {
-        Some(e) => Err(CliError::runtime(e)),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    Ok((recorder, output_dir))
 }
 
 /// Phase budgets. They are safety nets for a target that cannot cooperate (a thread stopped by a
@@ -201,7 +231,7 @@ fn no_events_reason(exe: &Path, info: Option<&symbols::ExeInfo>, instrumented: b
 }
 
 /// The output directory must exist (or be creatable) and accept new files.
-fn check_output_dir(dir: &Path) -> Result<(), CliError> {
+pub(crate) fn check_output_dir(dir: &Path) -> Result<(), CliError> {
     let shown = dir.display();
     std::fs::create_dir_all(dir).map_err(|e| {
         CliError::usage(format!(
@@ -220,7 +250,7 @@ fn check_output_dir(dir: &Path) -> Result<(), CliError> {
 
 /// The agent library: next to the tracer, or in `deps/` beside it (where `cargo build -p cli`
 /// puts it).
-fn find_agent() -> Result<PathBuf, CliError> {
+pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::runtime(format!("cannot locate the tracer executable: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
@@ -267,13 +297,13 @@ fn start_target(args: &SpawnArgs, agent: &Path, fd: i32) -> Result<Child, CliErr
         })
 }
 
-fn raise_priority() {
+pub(crate) fn raise_priority() {
     // SAFETY: setpriority takes no pointers; on Linux `PRIO_PROCESS, 0` is the calling thread, and
     // threads created later inherit its value. A failure leaves the priority unchanged.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; the result is checked.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
@@ -284,15 +314,24 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 }
 
 fn initial_manifest(args: &SpawnArgs, pid: u32, registry: Registry<'static>) -> atf::Manifest {
-    let mut m = atf::Manifest::new(atf::ClockType::Boottime);
-    m.target_pid = pid;
-    m.executable = std::fs::canonicalize(&args.executable)
-        .unwrap_or_else(|_| args.executable.clone())
-        .display()
-        .to_string();
-    m.argv = std::iter::once(args.executable.display().to_string())
+    let exe = std::fs::canonicalize(&args.executable).unwrap_or_else(|_| args.executable.clone());
+    let argv = std::iter::once(args.executable.display().to_string())
         .chain(args.args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect();
+    manifest_for(pid, &exe, argv, registry)
+}
+
+/// The manifest's opening state: target, time, tracer version, clock.
+pub(crate) fn manifest_for(
+    pid: u32,
+    exe: &Path,
+    argv: Vec<String>,
+    registry: Registry<'static>,
+) -> atf::Manifest {
+    let mut m = atf::Manifest::new(atf::ClockType::Boottime);
+    m.target_pid = pid;
+    m.executable = exe.display().to_string();
+    m.argv = argv;
     m.wall_start_unix_ns = drain::wall_now_ns();
     m.tracer_version = env!("CARGO_PKG_VERSION").to_owned();
     let clock = registry.clock();
@@ -309,30 +348,38 @@ fn initial_manifest(args: &SpawnArgs, pid: u32, registry: Registry<'static>) -> 
     m
 }
 
-/// The spawned target: its process handle and a pidfd to poll for its exit.
-struct Target {
-    child: Child,
-    pidfd: OwnedFd,
+/// The target: its process handle when spawned, and a pidfd to poll for its exit.
+pub(crate) struct Target {
+    /// The spawned child; `None` when attached.
+    pub(crate) child: Option<Child>,
+    /// Its pid.
+    pub(crate) pid: u32,
+    /// Readable once it has exited.
+    pub(crate) pidfd: OwnedFd,
 }
 
 /// The recording's state through the shutdown phases.
-struct Recorder {
+pub(crate) struct Recorder {
     registry: Registry<'static>,
     drain_thread: Option<drain::DrainThread>,
     drain: Option<drain::Drain<'static>>,
     report: Option<drain::Report>,
     child: Option<Target>,
+    /// Attach mode: the target is never signalled, and is left running.
+    attached: bool,
+    /// Events the agent attempted (known once the session is written).
+    pub(crate) attempted: u64,
     target_fate: Option<atf::TargetFate>,
     crashed: bool,
     /// Modules and names of the target, captured once its agent runs and kept after it exits.
-    symbols: Option<symbols::Capture>,
+    pub(crate) symbols: Option<symbols::Capture>,
     triggers: Vec<Trigger>,
     /// Trigger names already reported as unknown (said once each).
     unresolved_reported: Vec<String>,
     stop_signal: Option<i32>,
     stop_signal_sent: Option<i32>,
     reason: Option<Reason>,
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Recorder {
@@ -399,7 +446,22 @@ impl Recorder {
     /// If the target has ended, records its fate and returns the matching reason.
     fn reap(&mut self) -> Option<Reason> {
         let target = self.child.as_mut()?;
-        let status = target.child.try_wait().ok()??;
+        let Some(child) = target.child.as_mut() else {
+            // Attached: not our child, so its status is not ours to read; the pidfd says it ended.
+            let mut fd = libc::pollfd {
+                fd: target.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no waiting.
+            let ended = unsafe { libc::poll(&mut fd, 1, 0) } > 0;
+            if !ended {
+                return None;
+            }
+            self.target_fate = Some(atf::TargetFate::Unknown);
+            return Some(Reason::Manual);
+        };
+        let status = child.try_wait().ok()??;
         use std::os::unix::process::ExitStatusExt;
         let (fate, reason) = match (status.code(), status.signal()) {
             (Some(code), _) => (atf::TargetFate::Exited { code }, Reason::TargetExited(code)),
@@ -428,7 +490,7 @@ impl Recorder {
         let Some(target) = self.child.as_ref() else {
             return;
         };
-        let pid = target.child.id();
+        let pid = target.pid;
         // A late rescan may fail (the target is gone): what was captured stays.
         match self.symbols.as_mut() {
             Some(capture) => {
@@ -458,14 +520,14 @@ impl Recorder {
 
     /// Stops the target if it still runs: the stop signal, a grace period, then SIGKILL.
     fn stop_target(&mut self, deadline: Instant) {
-        if !self.target_alive() {
+        if self.attached || !self.target_alive() {
             return;
         }
         let Some(target) = self.child.as_mut() else {
             return;
         };
         let signal = self.stop_signal.unwrap_or(libc::SIGTERM);
-        let pid = target.child.id() as libc::pid_t;
+        let pid = target.pid as libc::pid_t;
         // SAFETY: signalling our own child, which we have not reaped (so the pid is still ours).
         unsafe { libc::kill(pid, signal) };
         self.stop_signal_sent = Some(signal);
@@ -489,9 +551,9 @@ impl Recorder {
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut fd, 1, left.as_millis().max(1) as i32) };
         }
-        if let Some(target) = self.child.as_mut() {
-            let _ = target.child.kill();
-            let _ = target.child.wait();
+        if let Some(child) = self.child.as_mut().and_then(|t| t.child.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         self.reap();
     }
@@ -502,8 +564,9 @@ impl Recorder {
             stop_signal_sent: self.stop_signal_sent,
             ..Statistics::default()
         };
-        let pid = self.child.as_ref().map(|t| t.child.id()).unwrap_or(0);
+        let pid = self.child.as_ref().map(|t| t.pid).unwrap_or(0);
         s.target = match &self.target_fate {
+            None if self.attached => shutdown::TargetFate::Detached { pid },
             Some(atf::TargetFate::Exited { code }) => {
                 shutdown::TargetFate::Exited { pid, code: *code }
             }
@@ -615,11 +678,13 @@ impl Pipeline for Recorder {
             capture.fill_manifest(drain.manifest_mut());
         }
         let outcome = drain::Outcome {
-            stop_reason: self
-                .reason
-                .as_ref()
-                .map(describe)
-                .unwrap_or_else(|| "stopped".into()),
+            stop_reason: match &self.reason {
+                Some(Reason::Manual) if self.attached && self.target_fate.is_some() => {
+                    "target exited".into()
+                }
+                Some(reason) => describe(reason),
+                None => "stopped".into(),
+            },
             target_fate: self.target_fate.clone().unwrap_or(atf::TargetFate::Running),
             wall_end_unix_ns: drain::wall_now_ns(),
         };

@@ -1,0 +1,586 @@
+//! Loading the agent into a running process with ptrace, at a safe point.
+//!
+//! Every thread is seized (`PTRACE_SEIZE`, which does not stop it; threads created meanwhile are
+//! seized by the kernel through `PTRACE_O_TRACECLONE`). A breakpoint goes on glibc's
+//! `__cyg_profile_func_enter` stub, written through `/proc/<pid>/mem`: the first thread that hits
+//! it is at the entry of an instrumented function and holds no libc lock. The breakpoint is
+//! removed at once (the other threads keep running); that thread alone calls
+//! `dlopen(agent, RTLD_NOW)`, `dlsym(handle, "tracer_agent_attach")` and then
+//! `tracer_agent_attach(region_path)`, each on a scratch area below its red zone, returning to
+//! address 0 (the fault ends the call). Its registers are then restored exactly (at the stub's
+//! entry, which now runs the original instruction), and every thread is interrupted briefly and
+//! detached. The tracer never kills the target, and a tracer that dies mid-way leaves it running
+//! (a seized thread is released when its tracer exits).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::CliError;
+
+/// How long the target has to call an instrumented function once the breakpoint is set.
+const SAFE_POINT_WAIT: Duration = Duration::from_secs(3);
+/// How long each injected call may take.
+const CALL_WAIT: Duration = Duration::from_secs(5);
+const RTLD_NOW: u64 = 2;
+const INT3: u8 = 0xCC;
+/// Bytes of the stack left alone below the interrupted frame (the x86-64 red zone and more).
+const STACK_GAP: u64 = 1024;
+
+/// What the injection did, for the summary and the stop-time benchmark.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    /// Threads seized.
+    pub threads: usize,
+    /// How long the chosen thread was held while it loaded the agent.
+    pub injecting_thread_stopped: Duration,
+    /// How long the final interrupt-and-detach round took (each thread is stopped within it).
+    pub detach_round: Duration,
+    /// GOT entries the agent redirected.
+    pub hooks: i64,
+}
+
+/// Why an injection failed.
+#[derive(Debug)]
+pub enum InjectError {
+    /// `PTRACE_SEIZE` refused (errno).
+    Seize(i32),
+    /// The process is gone.
+    Exited,
+    /// No thread called an instrumented function in time.
+    NoSafePoint,
+    /// Anything else, said as one line.
+    Other(String),
+}
+
+impl From<std::io::Error> for InjectError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => InjectError::Exited,
+            _ => InjectError::Other(e.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, InjectError>;
+
+/// Addresses of libc functions in the target.
+struct LibcSyms {
+    hook: u64,
+    dlopen: u64,
+    dlsym: u64,
+}
+
+/// Loads `agent` into `pid` and calls `tracer_agent_attach(region_path)` in it.
+pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
+    let syms = libc_symbols(pid)?;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))?;
+    let mut tracer = Tracer {
+        pid,
+        tids: Vec::new(),
+        mem,
+        bp: syms.hook,
+        bp_active: false,
+        original: 0,
+    };
+    let result = tracer.run(&syms, agent, region_path);
+    // Whatever happened, leave no breakpoint and no seized thread behind.
+    let _ = tracer.remove_breakpoint();
+    let detach = tracer.detach_all();
+    let mut injected = result?;
+    injected.detach_round = detach?;
+    Ok(injected)
+}
+
+struct Tracer {
+    pid: i32,
+    tids: Vec<i32>,
+    mem: File,
+    bp: u64,
+    bp_active: bool,
+    /// The original byte under the breakpoint.
+    original: u8,
+}
+
+impl Tracer {
+    fn run(&mut self, syms: &LibcSyms, agent: &Path, region_path: &Path) -> Result<Injected> {
+        self.seize_all()?;
+        self.set_breakpoint()?;
+        let (tid, saved) = self.wait_safe_point()?;
+        let held = Instant::now();
+        self.remove_breakpoint()?;
+        let mut restore = saved;
+        restore.rip = self.bp;
+        let outcome = self.load_agent(tid, &saved, syms, agent, region_path);
+        // Back to the stub's entry, exactly as it was (it was not in a system call).
+        restore.orig_rax = u64::MAX;
+        let set = set_regs(tid, &restore);
+        let cont = ptrace(libc::PTRACE_CONT, tid, 0, 0);
+        let injecting_thread_stopped = held.elapsed();
+        let hooks = outcome?;
+        set?;
+        cont?;
+        Ok(Injected {
+            threads: self.tids.len(),
+            injecting_thread_stopped,
+            detach_round: Duration::ZERO,
+            hooks,
+        })
+    }
+
+    /// Seizes every thread; repeats until a scan finds none new.
+    fn seize_all(&mut self) -> Result<()> {
+        loop {
+            let mut new = 0;
+            for tid in tasks(self.pid)? {
+                if self.tids.contains(&tid) {
+                    continue;
+                }
+                // Forked children are seized too, so one that inherits the breakpoint is released
+                // with the original byte back rather than killed by its trap.
+                let opts = (libc::PTRACE_O_TRACECLONE
+                    | libc::PTRACE_O_TRACEFORK
+                    | libc::PTRACE_O_TRACEVFORK) as usize;
+                // SAFETY: PTRACE_SEIZE takes a tid and an options word, no pointers.
+                let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, opts) };
+                if r != 0 {
+                    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                    if errno == libc::ESRCH && tid != self.pid {
+                        continue; // that thread exited meanwhile
+                    }
+                    return Err(if errno == libc::ESRCH {
+                        InjectError::Exited
+                    } else {
+                        InjectError::Seize(errno)
+                    });
+                }
+                self.tids.push(tid);
+                new += 1;
+            }
+            if new == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn set_breakpoint(&mut self) -> Result<()> {
+        let mut byte = [0u8; 1];
+        self.mem.read_exact_at(&mut byte, self.bp)?;
+        self.original = byte[0];
+        self.mem.write_all_at(&[INT3], self.bp)?;
+        self.bp_active = true;
+        Ok(())
+    }
+
+    fn remove_breakpoint(&mut self) -> Result<()> {
+        if !self.bp_active {
+            return Ok(());
+        }
+        self.mem.write_all_at(&[self.original], self.bp)?;
+        self.bp_active = false;
+        Ok(())
+    }
+
+    /// Waits for the first thread to hit the breakpoint; handles the others' stops meanwhile.
+    fn wait_safe_point(&mut self) -> Result<(i32, libc::user_regs_struct)> {
+        let deadline = Instant::now() + SAFE_POINT_WAIT;
+        loop {
+            let Some((tid, status)) = self.wait(deadline)? else {
+                return Err(InjectError::NoSafePoint);
+            };
+            if let Some(regs) = self.trapped_at_breakpoint(tid, status)? {
+                return Ok((tid, regs));
+            }
+            self.handle(tid, status)?;
+        }
+    }
+
+    /// Registers of `tid` if this stop is our breakpoint's trap.
+    fn trapped_at_breakpoint(
+        &self,
+        tid: i32,
+        status: i32,
+    ) -> Result<Option<libc::user_regs_struct>> {
+        if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP || status >> 16 != 0
+        {
+            return Ok(None);
+        }
+        let regs = get_regs(tid)?;
+        Ok((regs.rip == self.bp + 1).then_some(regs))
+    }
+
+    /// Resumes a thread after a stop that is not ours to act on.
+    fn handle(&mut self, tid: i32, status: i32) -> Result<()> {
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            self.tids.retain(|&t| t != tid);
+            if self.tids.is_empty() || !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                return Err(InjectError::Exited);
+            }
+            return Ok(());
+        }
+        if !libc::WIFSTOPPED(status) {
+            return Ok(());
+        }
+        if !self.tids.contains(&tid) && tgid(tid) != Some(self.pid) {
+            self.release_fork(tid, status);
+            return Ok(());
+        }
+        let sig = libc::WSTOPSIG(status);
+        let event = status >> 16;
+        let deliver = if event == libc::PTRACE_EVENT_CLONE {
+            let mut new: libc::c_ulong = 0;
+            // SAFETY: GETEVENTMSG writes one c_ulong into `new`.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_GETEVENTMSG,
+                    tid,
+                    0usize,
+                    &mut new as *mut libc::c_ulong,
+                )
+            };
+            if new != 0 && !self.tids.contains(&(new as i32)) {
+                self.tids.push(new as i32);
+            }
+            0
+        } else if event != 0 {
+            0 // an interrupt, group or new-thread stop
+        } else if sig == libc::SIGTRAP {
+            // A thread that hit the breakpoint just before it was removed: run the instruction.
+            match get_regs(tid) {
+                Ok(mut regs) if regs.rip == self.bp + 1 && !self.bp_active => {
+                    regs.rip = self.bp;
+                    set_regs(tid, &regs)?;
+                    0
+                }
+                _ => sig,
+            }
+        } else {
+            sig
+        };
+        if !self.tids.contains(&tid) {
+            self.tids.push(tid);
+        }
+        let _ = ptrace(libc::PTRACE_CONT, tid, 0, deliver as usize);
+        Ok(())
+    }
+
+    /// Releases a child the target forked while it was seized: the breakpoint its copy of libc
+    /// may hold is undone (and its trap, if it hit it), then it is detached.
+    fn release_fork(&self, child: i32, status: i32) {
+        if let Ok(mem) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{child}/mem"))
+        {
+            let mut byte = [0u8; 1];
+            if mem.read_exact_at(&mut byte, self.bp).is_ok()
+                && byte[0] == INT3
+                && self.original != INT3
+            {
+                let _ = mem.write_all_at(&[self.original], self.bp);
+            }
+        }
+        let mut sig = 0;
+        if status >> 16 == 0 {
+            sig = libc::WSTOPSIG(status);
+            if sig == libc::SIGTRAP {
+                if let Ok(mut regs) = get_regs(child) {
+                    if regs.rip == self.bp + 1 {
+                        regs.rip = self.bp;
+                        let _ = set_regs(child, &regs);
+                        sig = 0;
+                    }
+                }
+            }
+        }
+        let _ = ptrace(libc::PTRACE_DETACH, child, 0, sig as usize);
+    }
+
+    /// `waitpid(-1, __WALL | WNOHANG)` until `deadline`; `None` on timeout.
+    fn wait(&self, deadline: Instant) -> Result<Option<(i32, i32)>> {
+        let mut spins = 0u32;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into our variable.
+            let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+            if tid > 0 {
+                return Ok(Some((tid, status)));
+            }
+            if tid < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ECHILD) {
+                    return Err(InjectError::Exited);
+                }
+                return Err(InjectError::Other(format!("waitpid: {e}")));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            spins += 1;
+            if spins < 200 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// dlopen, dlsym, tracer_agent_attach in thread `tid`. Returns the attach function's result.
+    fn load_agent(
+        &mut self,
+        tid: i32,
+        saved: &libc::user_regs_struct,
+        syms: &LibcSyms,
+        agent: &Path,
+        region_path: &Path,
+    ) -> Result<i64> {
+        use std::os::unix::ffi::OsStrExt;
+        let scratch = (saved.rsp - STACK_GAP - 4096) & !0xF;
+        let strings = |s: &[u8], at: u64| -> Result<u64> {
+            let mut bytes = s.to_vec();
+            bytes.push(0);
+            self.mem.write_all_at(&bytes, at)?;
+            Ok(at)
+        };
+        let agent_at = strings(agent.as_os_str().as_bytes(), scratch)?;
+        let name_at = strings(b"tracer_agent_attach", scratch + 1024)?;
+        let region_at = strings(region_path.as_os_str().as_bytes(), scratch + 1536)?;
+        let sp = scratch - 256;
+        let handle = self.call(tid, saved, sp, syms.dlopen, agent_at, RTLD_NOW)?;
+        if handle == 0 {
+            return Err(InjectError::Other(format!(
+                "the target could not load {} (dlopen failed)",
+                agent.display()
+            )));
+        }
+        let attach = self.call(tid, saved, sp, syms.dlsym, handle, name_at)?;
+        if attach == 0 {
+            return Err(InjectError::Other(format!(
+                "{} has no tracer_agent_attach; rebuild the tracer",
+                agent.display()
+            )));
+        }
+        let hooks = self.call(tid, saved, sp, attach, region_at, 0)? as i32 as i64;
+        if hooks < 0 {
+            return Err(InjectError::Other(
+                "the agent could not open the tracer's region (see the target's stderr)".into(),
+            ));
+        }
+        Ok(hooks)
+    }
+
+    /// Calls `function(a, b)` in the stopped thread `tid` on the stack at `sp`; returns `rax`.
+    fn call(
+        &mut self,
+        tid: i32,
+        saved: &libc::user_regs_struct,
+        sp: u64,
+        function: u64,
+        a: u64,
+        b: u64,
+    ) -> Result<u64> {
+        let mut regs = *saved;
+        // Return address 0: the function's `ret` faults, which ends the call.
+        let sp = (sp & !0xF) - 8;
+        self.mem.write_all_at(&0u64.to_le_bytes(), sp)?;
+        regs.rsp = sp;
+        regs.rip = function;
+        regs.rdi = a;
+        regs.rsi = b;
+        regs.rax = 0;
+        regs.orig_rax = u64::MAX;
+        set_regs(tid, &regs)?;
+        ptrace(libc::PTRACE_CONT, tid, 0, 0)?;
+        let deadline = Instant::now() + CALL_WAIT;
+        loop {
+            let Some((who, status)) = self.wait(deadline)? else {
+                return Err(InjectError::Other(
+                    "the target did not finish loading the agent within 5 s".into(),
+                ));
+            };
+            if who != tid {
+                self.handle(who, status)?;
+                continue;
+            }
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                return Err(InjectError::Exited);
+            }
+            let sig = libc::WSTOPSIG(status);
+            if status >> 16 == 0 && sig == libc::SIGSEGV {
+                let regs = get_regs(tid)?;
+                if regs.rip == 0 {
+                    return Ok(regs.rax);
+                }
+                return Err(InjectError::Other(format!(
+                    "the target faulted while loading the agent (at {:#x})",
+                    regs.rip
+                )));
+            }
+            // Another signal or event on this thread: let it run on (handlers return here).
+            let deliver = if status >> 16 == 0 { sig } else { 0 };
+            ptrace(libc::PTRACE_CONT, tid, 0, deliver as usize)?;
+        }
+    }
+
+    /// Interrupts and detaches every seized thread. Returns how long the round took.
+    fn detach_all(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        for &tid in &self.tids {
+            let _ = ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0);
+        }
+        let deadline = Instant::now() + CALL_WAIT;
+        let mut pending: Vec<i32> = self.tids.clone();
+        while !pending.is_empty() {
+            let Some((tid, status)) = self.wait(deadline).unwrap_or(None) else {
+                break;
+            };
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                pending.retain(|&t| t != tid);
+                continue;
+            }
+            let event = status >> 16;
+            let mut sig = if event == 0 {
+                libc::WSTOPSIG(status)
+            } else {
+                0
+            };
+            if event == libc::PTRACE_EVENT_CLONE {
+                let mut new: libc::c_ulong = 0;
+                // SAFETY: GETEVENTMSG writes one c_ulong into `new`.
+                unsafe {
+                    libc::ptrace(
+                        libc::PTRACE_GETEVENTMSG,
+                        tid,
+                        0usize,
+                        &mut new as *mut libc::c_ulong,
+                    )
+                };
+                if new != 0 && !pending.contains(&(new as i32)) {
+                    pending.push(new as i32);
+                }
+            }
+            if sig == libc::SIGTRAP {
+                if let Ok(mut regs) = get_regs(tid) {
+                    if regs.rip == self.bp + 1 {
+                        regs.rip = self.bp;
+                        let _ = set_regs(tid, &regs);
+                        sig = 0;
+                    }
+                }
+            }
+            let _ = ptrace(libc::PTRACE_DETACH, tid, 0, sig as usize);
+            pending.retain(|&t| t != tid);
+        }
+        self.tids.clear();
+        Ok(started.elapsed())
+    }
+}
+
+fn ptrace(request: libc::c_uint, tid: i32, addr: usize, data: usize) -> std::io::Result<()> {
+    // SAFETY: requests used here take integers, not pointers, in addr and data.
+    if unsafe { libc::ptrace(request, tid, addr, data) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn get_regs(tid: i32) -> Result<libc::user_regs_struct> {
+    // SAFETY: an all-zero register set is a valid value; GETREGS overwrites it.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: GETREGS writes one user_regs_struct into `regs`.
+    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut regs as *mut _) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(regs)
+}
+
+fn set_regs(tid: i32, regs: &libc::user_regs_struct) -> Result<()> {
+    // SAFETY: SETREGS reads one user_regs_struct from `regs`.
+    if unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, 0usize, regs as *const _) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// The thread group (process) a thread belongs to.
+fn tgid(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The thread ids of `pid`.
+fn tasks(pid: i32) -> Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// Where libc is mapped in `pid`, and the addresses of the functions the injection needs.
+fn libc_symbols(pid: i32) -> Result<LibcSyms> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let (base, path) = maps
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let range = f.next()?;
+            let _perms = f.next()?;
+            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+            let path = f.nth(2)?;
+            let name = Path::new(path).file_name()?.to_str()?;
+            let is_libc = name.starts_with("libc.so") || name.starts_with("libc-");
+            let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+            (is_libc && offset == 0).then(|| (start, PathBuf::from(path)))
+        })
+        .next()
+        .ok_or_else(|| {
+            InjectError::Other("the target has no libc mapped (statically linked?)".into())
+        })?;
+    // The target's own view of the file (it may live in another mount namespace).
+    let file =
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
+    let data = std::fs::read(&file).or_else(|_| std::fs::read(&path))?;
+    let elf = object::File::parse(&*data)
+        .map_err(|e| InjectError::Other(format!("cannot read {}: {e}", path.display())))?;
+    use object::{Object, ObjectSymbol};
+    let find = |wanted: &str| {
+        elf.dynamic_symbols()
+            .filter(|s| s.is_definition() && s.address() != 0)
+            .find(|s| s.name().ok() == Some(wanted))
+            .map(|s| base + s.address())
+            .ok_or_else(|| {
+                InjectError::Other(format!("{} does not define {wanted}", path.display()))
+            })
+    };
+    Ok(LibcSyms {
+        hook: find("__cyg_profile_func_enter")?,
+        dlopen: find("dlopen")?,
+        dlsym: find("dlsym")?,
+    })
+}
+
+impl From<InjectError> for CliError {
+    fn from(e: InjectError) -> Self {
+        match e {
+            InjectError::Seize(errno) => CliError::runtime(format!(
+                "ptrace failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )),
+            InjectError::Exited => {
+                CliError::runtime("the target exited during the attach".to_string())
+            }
+            InjectError::NoSafePoint => CliError::runtime("no safe point".to_string()),
+            InjectError::Other(m) => CliError::runtime(m),
+        }
+    }
+}

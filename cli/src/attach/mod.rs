@@ -1,0 +1,244 @@
+//! `tracer attach <pid>`: checks that the process can be joined (each refusal is one line naming
+//! the reason and the fix), creates the region, loads the agent into the running process with
+//! ptrace at a safe point ([`inject`]), then records with the same pipeline as spawn. At the stop
+//! the agent is quiesced (acceptance stops; the first target thread that sees it restores the
+//! GOT entries it redirected) and the target keeps running, never signalled by the tracer.
+//!
+//! The region is a memfd the target opens as `/proc/<tracer pid>/fd/<n>`: nothing is left on a
+//! file system if the tracer dies, and the target keeps its mapping.
+
+mod inject;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use registry::SharedRegion;
+use shutdown::Shutdown;
+
+use crate::args::AttachArgs;
+use crate::error::CliError;
+use crate::record::{self, Target};
+use crate::symbols;
+
+/// `tracer attach <pid>`.
+pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
+    let opts = &args.record;
+    let pid = args.pid;
+    timer::duration_from_secs(opts.duration)
+        .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+    check_target(pid)?;
+    record::check_output_dir(&opts.output)?;
+    let agent = record::find_agent()?;
+
+    let region = SharedRegion::create(&record::region_config(opts))
+        .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
+    let fd = region
+        .fd()
+        .ok_or_else(|| CliError::runtime("the shared region has no memfd"))?
+        .as_raw_fd();
+    let region_path = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
+    let registry = region
+        .leak()
+        .map_err(|e| CliError::runtime(format!("the shared region is unusable: {e}")))?;
+    let pidfd = record::pidfd_open(pid as u32).map_err(|_| no_process(pid))?;
+
+    let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
+    let signals = shutdown
+        .install_signals()
+        .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+
+    let injected = inject::inject(pid, &agent, &region_path).map_err(|e| refusal(pid, e))?;
+    eprintln!(
+        "tracer: attached to pid {pid}: {} thread(s), {} hook(s) redirected; the loading thread \
+         was held {:.2} ms, each thread stopped within a {:.2} ms detach round",
+        injected.threads,
+        injected.hooks,
+        injected.injecting_thread_stopped.as_secs_f64() * 1e3,
+        injected.detach_round.as_secs_f64() * 1e3,
+    );
+    record::raise_priority();
+    let manifest = initial_manifest(pid, registry);
+    let target = Target {
+        child: None,
+        pid: pid as u32,
+        pidfd,
+    };
+    let region_len = registry.layout_size();
+    let recorded = record::record(opts, target, registry, shutdown, signals, manifest, true);
+    release_region(fd, region_len);
+    let (recorder, _) = recorded?;
+    if recorder.attempted == 0 {
+        eprintln!(
+            "tracer: recorded no events: pid {pid} called no instrumented function while attached"
+        );
+    }
+    match recorder.error {
+        Some(e) => Err(CliError::runtime(e)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Frees the region's memory once the session is written. The target keeps its mapping (the agent
+/// never unmaps it), which now reads as zeros: acceptance is off, so a thread of the target that
+/// still calls into this attachment's lanes stops at the acceptance test, and nothing stays
+/// resident in the target for this attachment.
+fn release_region(fd: i32, len: usize) {
+    // SAFETY: fallocate on our own memfd; a failure leaves the memory in place (the target keeps
+    // it until it exits), which is harmless.
+    unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len as libc::off_t,
+        )
+    };
+}
+
+fn no_process(pid: i32) -> CliError {
+    CliError::usage(format!(
+        "no process with pid {pid}; give the pid of a running program (see `pgrep`)"
+    ))
+}
+
+/// The refusals that can be decided before touching the process.
+fn check_target(pid: i32) -> Result<(), CliError> {
+    if pid <= 0 {
+        return Err(no_process(pid));
+    }
+    if pid as u32 == std::process::id() {
+        return Err(CliError::usage(
+            "the tracer cannot attach to itself; give another pid",
+        ));
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| no_process(pid))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    if field("State:").first().map(String::as_str) == Some("Z") {
+        return Err(CliError::usage(format!(
+            "pid {pid} has exited (a zombie waiting for its parent); give a running process"
+        )));
+    }
+    if let Some(tracer) = field("TracerPid:")
+        .first()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        if tracer != 0 {
+            let name = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+            return Err(CliError::usage(format!(
+                "pid {pid} is already traced by pid {tracer} ({}); detach that debugger or tracer first",
+                name.trim()
+            )));
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let uids: Vec<u32> = field("Uid:")
+        .iter()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if me != 0 && !uids.is_empty() && uids.iter().any(|&u| u != me) {
+        return Err(CliError::usage(format!(
+            "pid {pid} belongs to another user (uid {}) and the tracer runs as uid {me}; run the \
+             tracer as that user",
+            uids[0]
+        )));
+    }
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let info = symbols::inspect_executable(&exe)
+        .map_err(|e| CliError::usage(format!("cannot read the executable of pid {pid}: {e}")))?;
+    if let symbols::ExeKind::Elf {
+        interpreter: None, ..
+    } = info.kind
+    {
+        return Err(CliError::usage(format!(
+            "pid {pid} is statically linked, so the agent cannot be loaded into it; rebuild it \
+             dynamically linked and with -finstrument-functions"
+        )));
+    }
+    if !info.traceable() {
+        // Its libraries may be instrumented even if the executable is not.
+        let instrumented = symbols::capture(pid as u32).is_ok_and(|c| c.instrumented());
+        if !instrumented {
+            let exe_name = std::fs::read_link(&exe).unwrap_or(exe);
+            return Err(CliError::usage(format!(
+                "pid {pid} ({}) has no instrumentation hooks; rebuild it with \
+                 `-finstrument-functions` (gcc/clang) and start it again",
+                exe_name.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The one-line reason for a failed injection.
+fn refusal(pid: i32, e: inject::InjectError) -> CliError {
+    use inject::InjectError;
+    match e {
+        InjectError::Seize(errno) if errno == libc::EPERM || errno == libc::EACCES => {
+            CliError::usage(ptrace_denied(pid))
+        }
+        InjectError::Seize(errno) => CliError::runtime(format!(
+            "cannot trace pid {pid}: {}",
+            std::io::Error::from_raw_os_error(errno)
+        )),
+        InjectError::Exited => CliError::runtime(format!(
+            "pid {pid} exited during the attach; nothing was recorded"
+        )),
+        InjectError::NoSafePoint => CliError::runtime(format!(
+            "pid {pid} called no instrumented function within 3 s, so there was no safe point to \
+             load the agent; attach while it runs instrumented code"
+        )),
+        InjectError::Other(m) => CliError::runtime(format!("cannot attach to pid {pid}: {m}")),
+    }
+}
+
+/// Why ptrace was refused for a process of our own user: the Yama policy, a seccomp filter, or a
+/// container without the capability.
+fn ptrace_denied(pid: i32) -> String {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let own = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let seccomp = own
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    match scope {
+        Some(3) => format!(
+            "cannot trace pid {pid}: kernel.yama.ptrace_scope is 3 (ptrace disabled until reboot)"
+        ),
+        Some(n @ 1..=2) => format!(
+            "cannot trace pid {pid}: kernel.yama.ptrace_scope is {n}, which forbids attaching to \
+             a process that is not a child; run `sudo sysctl kernel.yama.ptrace_scope=0` or run the \
+             tracer with CAP_SYS_PTRACE"
+        ),
+        _ if seccomp != 0 => format!(
+            "cannot trace pid {pid}: a seccomp filter on the tracer forbids ptrace (a container \
+             limit?); run it where ptrace is allowed (e.g. docker --cap-add=SYS_PTRACE)"
+        ),
+        _ => format!(
+            "cannot trace pid {pid}: permission denied by the kernel (another user's process, a \
+             set-uid program, or a container without CAP_SYS_PTRACE)"
+        ),
+    }
+}
+
+fn initial_manifest(pid: i32, registry: registry::Registry<'static>) -> atf::Manifest {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    record::manifest_for(pid as u32, &exe, argv, registry)
+}

@@ -1,0 +1,501 @@
+//! `tracer attach <pid>` end to end, on real C programs started by the test: the target is joined
+//! while it runs, recorded, and left running unharmed; and every refusal is one line with a
+//! non-zero exit.
+#![allow(non_snake_case)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `loop <threads> [seconds]`: workers call top() → mid() → leaf() ×2 forever (pausing briefly
+/// every 1024 iterations); the main thread prints `tick <n> ok` every 100 ms if every worker made
+/// progress since the previous tick, `tick <n> stuck` otherwise. With `seconds`, it exits 0 after
+/// that long.
+const LOOP_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile long sink;
+static volatile long progress[64];
+__attribute__((noinline)) void leaf(long i) { sink += i; }
+__attribute__((noinline)) void mid(long i) { leaf(i); leaf(i + 1); }
+__attribute__((noinline)) void top(long i) { mid(i); }
+
+void *worker(void *arg) {
+    long id = (long)arg;
+    for (long i = 0;; i++) {
+        top(i);
+        progress[id]++;
+        if ((i & 1023) == 0) usleep(200);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 4;
+    long seconds = argc > 2 ? atol(argv[2]) : 0;
+    long seen[64] = {0};
+    pthread_t t[64];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)i);
+    for (long n = 0; seconds == 0 || n < seconds * 10; n++) {
+        usleep(100000);
+        int ok = 1;
+        for (long i = 0; i < threads; i++) {
+            if (progress[i] == seen[i]) ok = 0;
+            seen[i] = progress[i];
+        }
+        printf("tick %ld %s\n", n, ok ? "ok" : "stuck");
+        fflush(stdout);
+    }
+    return 0;
+}
+"#;
+
+/// `malloc_heavy <threads>`: workers allocate and free blocks of varied sizes inside
+/// instrumented functions, forever; the main thread prints `alive <n>` every 100 ms.
+const MALLOC_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile long sink;
+__attribute__((noinline)) void *make(long i) {
+    char *p = malloc(16 + (i * 37) % 4000);
+    memset(p, (int)i, 16);
+    return p;
+}
+__attribute__((noinline)) void churn(long i) {
+    void *keep[8];
+    for (int k = 0; k < 8; k++) keep[k] = make(i + k);
+    for (int k = 0; k < 8; k++) { sink += ((char *)keep[k])[0]; free(keep[k]); }
+    char *s = strdup("x");
+    free(s);
+}
+
+void *worker(void *arg) {
+    (void)arg;
+    for (long i = 0;; i++) {
+        churn(i);
+        if ((i & 255) == 0) usleep(100);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 4;
+    pthread_t t[64];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)i);
+    for (long n = 0;; n++) {
+        usleep(100000);
+        printf("alive %ld\n", n);
+        fflush(stdout);
+    }
+}
+"#;
+
+/// `idle [seconds]`: instrumented, but calls no instrumented function while it waits (`main` is
+/// not instrumented); exits after `seconds` without running any hook (default: never).
+const IDLE_C: &str = r#"
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) void work(void) {}
+__attribute__((no_instrument_function)) int main(int argc, char **argv) {
+    long seconds = argc > 1 ? atol(argv[1]) : 0;
+    work();
+    if (seconds) { usleep(seconds * 1000 * 1000); _exit(0); }
+    for (;;) pause();
+}
+"#;
+
+/// Built once per test binary (tests run in parallel).
+fn built(cell: &'static OnceLock<PathBuf>, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    cell.get_or_init(|| build(name, source, flags)).clone()
+}
+
+fn loop_app() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    built(
+        &EXE,
+        "attach_loop",
+        LOOP_C,
+        &["-O1", "-g", "-finstrument-functions"],
+    )
+}
+
+fn idle_app() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    built(
+        &EXE,
+        "attach_idle",
+        IDLE_C,
+        &["-O1", "-finstrument-functions"],
+    )
+}
+
+/// A running target whose stdout is read line by line; killed when dropped.
+struct Running {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Running {
+    fn start(exe: &Path, args: &[&str]) -> Running {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the target starts");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Running { child, lines }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn next_line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("the target prints a line")
+            .expect("readable output")
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills the target and returns what it wrote on stderr.
+    fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut err = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        err
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn attach(pid: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["attach", "--output", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(pid);
+    run(&args)
+}
+
+/// Checks a session joined mid-flight: every thread's stream is readable with time never going
+/// back, each return matches the innermost call seen (returns of calls made before the attach come
+/// first, with no open call), the accounting balances. Returns the events per function name.
+fn check_joined(dir: &Path) -> (atf::Session, std::collections::BTreeMap<String, u64>) {
+    check_joined_with(dir, 0)
+}
+
+/// [`check_joined`], allowing each thread's accounting to be off by `slack` events (a target that
+/// exited while recorded: its threads died wherever they were).
+fn check_joined_with(
+    dir: &Path,
+    slack: u64,
+) -> (atf::Session, std::collections::BTreeMap<String, u64>) {
+    let session = atf::Session::open(dir).expect("the session opens");
+    let names: std::collections::HashMap<u64, String> = session
+        .manifest
+        .symbols
+        .iter()
+        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
+        .collect();
+    let mut calls = std::collections::BTreeMap::new();
+    for thread in &session.threads {
+        let mut stack = Vec::new();
+        let mut last = 0;
+        for event in thread.index.events() {
+            let e = event.expect("a readable event");
+            assert!(
+                e.timestamp_ns >= last,
+                "thread {}: time went back",
+                thread.id
+            );
+            last = e.timestamp_ns;
+            match e.kind {
+                atf::EventKind::Call => {
+                    stack.push(e.function_id);
+                    let name = names
+                        .get(&e.function_id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{:#x}", e.function_id));
+                    *calls.entry(name).or_insert(0u64) += 1;
+                }
+                atf::EventKind::Return => {
+                    if let Some(open) = stack.pop() {
+                        assert_eq!(open, e.function_id, "thread {}: mis-nested", thread.id);
+                    }
+                }
+                other => panic!("unexpected event kind {other:?}"),
+            }
+        }
+        let entry = session
+            .manifest
+            .threads
+            .iter()
+            .find(|m| m.id == thread.id)
+            .expect("the thread is in the manifest");
+        assert_eq!(entry.index.persisted, thread.index.event_count());
+        let c = &entry.index;
+        let accounted = c.persisted + c.dropped.total();
+        assert!(c.attempted.abs_diff(accounted) <= slack, "{c:?}");
+    }
+    if slack == 0 {
+        assert!(session.manifest.accounting.index.balanced());
+    }
+    (session, calls)
+}
+
+#[test]
+fn attach__multithreaded_program_for_1s__then_events_recorded_and_target_unharmed() {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let mut target = Running::start(&loop_app(), &["4"]);
+    assert_eq!(target.next_line(), "tick 0 ok");
+    let result = attach(&target.pid(), tmp.path(), &["--duration", "1"]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(err.contains("still running"), "{err}");
+    let (session, calls) = check_joined(&session_dir(tmp.path()));
+    assert_eq!(session.manifest.target_fate, Some(atf::TargetFate::Running));
+    assert!(calls.get("top").copied().unwrap_or(0) > 0, "{calls:?}");
+    assert!(calls.get("leaf").copied().unwrap_or(0) > 0, "{calls:?}");
+    // Still running, every worker still progressing, the output unchanged in form and order.
+    let mut ticks = Vec::new();
+    loop {
+        let line = target.next_line();
+        let done = ticks.len() >= 3 && line.ends_with("ok");
+        ticks.push(line);
+        if done {
+            break;
+        }
+    }
+    for (n, line) in ticks.iter().enumerate() {
+        assert_eq!(line, &format!("tick {} ok", n + 1), "{ticks:?}");
+    }
+    assert!(target.alive());
+    assert_eq!(target.finish(), "", "the target wrote on stderr");
+}
+
+#[test]
+fn attach__detach_20_times_to_malloc_heavy_program__then_no_crash_no_deadlock_sessions_readable() {
+    let _heavy = heavy();
+    let exe = build(
+        "attach_malloc",
+        MALLOC_C,
+        &["-O1", "-g", "-finstrument-functions"],
+    );
+    let mut target = Running::start(&exe, &["4"]);
+    assert_eq!(target.next_line(), "alive 0");
+    let pid = target.pid();
+    for round in 0..20 {
+        let tmp = output_dir();
+        let result = attach(&pid, tmp.path(), &["--duration", "0.1"]);
+        let err = stderr(&result);
+        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
+        let (_, calls) = check_joined(&session_dir(tmp.path()));
+        assert!(
+            calls.get("make").copied().unwrap_or(0) > 0,
+            "round {round}: {calls:?}"
+        );
+        assert!(target.alive(), "round {round}: the target died");
+    }
+    // Not deadlocked: it keeps printing.
+    let before = target.next_line();
+    let after = target.next_line();
+    assert_ne!(before, after);
+    assert_eq!(target.finish(), "");
+}
+
+#[test]
+fn attach__sigint_to_tracer__then_clean_stop_and_target_keeps_running() {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let mut target = Running::start(&loop_app(), &["2"]);
+    target.next_line();
+    let tracer = tracer()
+        .args([
+            "attach",
+            "--output",
+            tmp.path().to_str().unwrap(),
+            &target.pid(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has attached (the session directory exists), then interrupt it.
+    let start = Instant::now();
+    while std::fs::read_dir(tmp.path()).unwrap().next().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let result = tracer.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    let (session, _) = check_joined(&session_dir(tmp.path()));
+    assert_eq!(session.manifest.target_fate, Some(atf::TargetFate::Running));
+    let line = target.next_line();
+    assert!(line.ends_with("ok"), "{line}");
+    assert!(target.alive());
+}
+
+#[test]
+fn attach__target_exits_while_recorded__then_session_written_and_exit_0() {
+    let tmp = output_dir();
+    let mut target = Running::start(&loop_app(), &["2", "1"]);
+    target.next_line();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    let (session, _) = check_joined_with(&session_dir(tmp.path()), 1);
+    assert_eq!(
+        session.manifest.stop_reason.as_deref(),
+        Some("target exited")
+    );
+}
+
+#[test]
+fn attach__pid_does_not_exist__then_refused() {
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let tmp = output_dir();
+    let result = attach(&gone.id().to_string(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("no process with pid"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn attach__pid_not_a_number__then_refused() {
+    let result = run(&["attach", "abc"]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a process id"), "{err}");
+}
+
+#[test]
+fn attach__uninstrumented_program__then_refused_with_rebuild_hint() {
+    let exe = build("attach_plain", IDLE_C, &["-O1"]);
+    let target = Running::start(&exe, &[]);
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("-finstrument-functions"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn attach__statically_linked_program__then_refused() {
+    let src = workdir().join("attach_static.c");
+    std::fs::write(&src, IDLE_C).unwrap();
+    let exe = workdir().join("attach_static");
+    let built = Command::new("cc")
+        .args(["-static", "-finstrument-functions", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    if !built.status.success() {
+        eprintln!("skipped: no static libc here");
+        return;
+    }
+    let target = Running::start(&exe, &[]);
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("statically linked"), "{err}");
+}
+
+#[test]
+fn attach__process_already_traced__then_refused_naming_the_tracer() {
+    let target = Running::start(&loop_app(), &["1"]);
+    let pid = target.child.id() as i32;
+    // SAFETY: seizing our own child; it keeps running (SEIZE does not stop it).
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("already traced by pid"), "{err}");
+}
+
+#[test]
+fn attach__process_of_another_user__then_refused_saying_so() {
+    let tmp = output_dir();
+    // SAFETY: geteuid has no preconditions.
+    let result = if unsafe { libc::geteuid() } == 0 {
+        // As root, run the tracer as another user against a target of root's.
+        let target = Running::start(&loop_app(), &["1"]);
+        use std::os::unix::process::CommandExt;
+        let out = tracer()
+            .args(["attach", "--output", "/tmp", &target.pid()])
+            .uid(65534)
+            .output()
+            .unwrap();
+        drop(target);
+        out
+    } else {
+        attach("1", tmp.path(), &[])
+    };
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("belongs to another user"), "{err}");
+}
+
+#[test]
+fn attach__target_calls_no_instrumented_function__then_refused_after_waiting() {
+    let exe = idle_app();
+    let mut target = Running::start(&exe, &[]);
+    std::thread::sleep(Duration::from_millis(100));
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(1), "{err}");
+    assert!(err.contains("no safe point"), "{err}");
+    assert!(target.alive(), "the refused target must keep running");
+}
+
+#[test]
+fn attach__target_exits_during_attach__then_clean_message() {
+    let exe = idle_app();
+    let target = Running::start(&exe, &["1"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(1), "{err}");
+    assert!(err.contains("exited during the attach"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
