@@ -51,7 +51,8 @@ use atf::{
     Accounting, Counts, DetailWindow, Drops, Manifest, SessionLayout, TargetFate, ThreadEntry,
 };
 use registry::{Registry, SlotInfo, SlotState};
-use ring::{frames, PoolConsumer};
+use ring::sync::Backend;
+use ring::{frames, PoolConsumer, StdBackend};
 
 pub use thread::DrainThread;
 pub use waker::Waker;
@@ -178,18 +179,21 @@ struct ThreadFiles {
 }
 
 /// The live owner of a slot, with the consumer side of its lanes.
-struct Owner<'r> {
+struct Owner<'r, B: Backend> {
     info: SlotInfo,
-    index: PoolConsumer<'r>,
-    detail: PoolConsumer<'r>,
+    index: PoolConsumer<'r, B>,
+    detail: PoolConsumer<'r, B>,
 }
 
 /// The drain of one recording: see the crate documentation.
-pub struct Drain<'r> {
-    registry: Registry<'r>,
+///
+/// Generic over the region's atomics backend `B` (production: [`StdBackend`]; the `sim` crate runs
+/// the same code on a model checker's atomics).
+pub struct Drain<'r, B: Backend = StdBackend> {
+    registry: Registry<'r, B>,
     layout: SessionLayout,
     manifest: Manifest,
-    owners: BTreeMap<u32, Owner<'r>>,
+    owners: BTreeMap<u32, Owner<'r, B>>,
     files: BTreeMap<u32, ThreadFiles>,
     stats: DrainStats,
     live: Arc<LiveStats>,
@@ -199,12 +203,12 @@ pub struct Drain<'r> {
     stopped: bool,
 }
 
-impl<'r> Drain<'r> {
+impl<'r, B: Backend> Drain<'r, B> {
     /// A drain writing into `layout`, with `manifest` carrying what the caller knows of the target
     /// (pid, executable, argv, clock, symbols). Writes the initial manifest, so the session is
     /// readable from now on.
     pub fn new(
-        registry: Registry<'r>,
+        registry: Registry<'r, B>,
         layout: SessionLayout,
         mut manifest: Manifest,
     ) -> Result<Self, DrainError> {
@@ -224,7 +228,7 @@ impl<'r> Drain<'r> {
     }
 
     /// The registry this drain reads.
-    pub fn registry(&self) -> Registry<'r> {
+    pub fn registry(&self) -> Registry<'r, B> {
         self.registry
     }
 
@@ -536,8 +540,12 @@ impl<'r> Drain<'r> {
         let Some(owner) = self.owners.remove(&slot) else {
             return Ok(());
         };
-        let mut c = self.registry.counts(slot)?;
+        // The state first, then the counts: EXITED read before them (Acquire in `slot_info`)
+        // makes them final. Read the other way round, a thread could count an attempt, be read,
+        // then count its drop and exit before the state read, and its half-counted event would
+        // pass for final (an accepted event "not written").
         let state = self.registry.slot_info(slot).map(|s| s.state);
+        let mut c = self.registry.counts(slot)?;
         if self.stopped && state != Some(SlotState::Exited) {
             reconcile_after_stop(&mut c);
         }

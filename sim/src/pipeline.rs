@@ -1,0 +1,478 @@
+//! One simulated recording: producers, the drain and the stopper on one region, and the checks
+//! run on every schedule.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use core::sync::atomic::Ordering::SeqCst;
+use ring::HeapRegion;
+use shuttle::rand::Rng;
+use shuttle::sync::atomic::AtomicBool;
+use shuttle::thread;
+
+use registry::{Clock, Handshake, LaneConfig, OrphanReason, RegionConfig, Registry, RegistryError};
+
+use crate::Shuttle;
+
+/// The shape of one simulated recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// Producer threads running at once (each a target thread, re-created after it exits).
+    pub producers: u32,
+    /// Successive threads per producer: each registers, writes, exits; the next one has a new tid.
+    pub lives: u32,
+    /// Events each thread attempts.
+    pub events: u32,
+    /// Registry slots (fewer than `producers` exercises `registry_full` and slot reuse).
+    pub capacity: u32,
+    /// Every n-th event also writes a detail record (0: never).
+    pub detail_every: u32,
+    /// Every n-th detail record marks its window for persistence (0: never).
+    pub mark_every: u32,
+    /// Whether the stop may come before every thread is done (else it comes after the last event,
+    /// as when the target exits).
+    pub stop_early: bool,
+    /// The drain thread yields up to this many times between passes (a slow drain: ring-full
+    /// waits and drops).
+    pub drain_pause: u32,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            producers: 3,
+            lives: 2,
+            events: 6,
+            capacity: 2,
+            detail_every: 2,
+            mark_every: 2,
+            stop_early: true,
+            drain_pause: 0,
+        }
+    }
+}
+
+impl Scenario {
+    /// More threads than slots: orphan drops, slot recycling and reuse by new threads.
+    pub fn contended() -> Self {
+        Scenario::default()
+    }
+
+    /// Two long-lived threads writing more than their rings hold: swaps, waits for the drain,
+    /// ring-full drops, a stop while a producer waits for space.
+    pub fn backpressure() -> Self {
+        Scenario {
+            producers: 2,
+            lives: 1,
+            events: 24,
+            capacity: 2,
+            detail_every: 1,
+            mark_every: 3,
+            stop_early: true,
+            drain_pause: 600,
+        }
+    }
+
+    /// Short-lived threads: exit, recycle and re-registration racing the stop.
+    pub fn churn() -> Self {
+        Scenario {
+            producers: 2,
+            lives: 4,
+            events: 3,
+            capacity: 2,
+            detail_every: 1,
+            mark_every: 1,
+            stop_early: true,
+            drain_pause: 0,
+        }
+    }
+}
+
+/// What a producer saw happen to one of its events (from the return values of the real API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Written into the index lane.
+    Accepted,
+    /// Every ring full after the bounded wait.
+    RingFull,
+    /// Acceptance had stopped (at `begin`, or while waiting for ring space).
+    Shutdown,
+    /// The thread held no slot.
+    Orphan(OrphanReason),
+}
+
+/// One thread's own record of its events, kept outside the system under test.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// The fate of event `seq`, in order.
+    pub fates: Vec<Fate>,
+    /// Sequence numbers of the detail records written into the detail lane.
+    pub details: Vec<u32>,
+    /// Detail records dropped because every detail ring was full.
+    pub detail_full: u64,
+    /// Detail records followed at once by a mark of their window: they must be persisted.
+    pub marked: Vec<u32>,
+}
+
+/// The region, on heap memory, shared by the simulated threads.
+struct Shared {
+    region: HeapRegion,
+}
+
+impl Shared {
+    fn new(scenario: &Scenario) -> Self {
+        let config = RegionConfig {
+            capacity: scenario.capacity,
+            index: LaneConfig {
+                rings: 2,
+                ring_capacity: 256,
+            },
+            detail: LaneConfig {
+                rings: 2,
+                ring_capacity: 256,
+            },
+            detail_enabled: true,
+            handshake: Handshake::Fence,
+            ..RegionConfig::default()
+        };
+        // The layout size under the model backend differs from production's: ask `init` for it.
+        let probe = HeapRegion::new(1);
+        // SAFETY: `init` checks the size before writing anything; this memory is too small.
+        let len = match unsafe {
+            Registry::<Shuttle>::init(probe.as_non_null(), &config, &Clock::boottime())
+        } {
+            Err(RegistryError::TooSmall { needed, .. }) => needed,
+            other => panic!("sizing the region: {other:?}"),
+        };
+        let region = HeapRegion::new(len);
+        // SAFETY: fresh, page-aligned memory of the size the layout needs, used by nobody else.
+        unsafe { Registry::<Shuttle>::init(region.as_non_null(), &config, &Clock::boottime()) }
+            .expect("initialising the simulated region");
+        Shared { region }
+    }
+
+    fn view(&self) -> Registry<'_, Shuttle> {
+        // SAFETY: initialised in `new` with this backend; the view borrows `self`.
+        unsafe { Registry::attach(self.region.as_non_null()) }.expect("attaching to the region")
+    }
+}
+
+/// An index event carrying the thread and its per-thread sequence number.
+fn event(tid: u32, seq: u32) -> [u8; 32] {
+    let mut ev = [0u8; 32];
+    ev[0..8].copy_from_slice(&u64::from(seq).to_le_bytes()); // timestamp: monotonic per thread
+    ev[8..16].copy_from_slice(&u64::from(seq).to_le_bytes());
+    ev[16..20].copy_from_slice(&tid.to_le_bytes());
+    ev[20..24].copy_from_slice(&1u32.to_le_bytes());
+    ev[28..32].copy_from_slice(&atf::NO_DETAIL.to_le_bytes());
+    ev
+}
+
+/// A detail record (24-byte header, 8-byte payload) linked to index event `seq`.
+fn detail(tid: u32, seq: u32) -> [u8; 32] {
+    let mut rec = [0u8; 32];
+    rec[0..4].copy_from_slice(&32u32.to_le_bytes());
+    rec[4..6].copy_from_slice(&atf::DETAIL_CALL.to_le_bytes());
+    rec[8..12].copy_from_slice(&seq.to_le_bytes());
+    rec[12..16].copy_from_slice(&tid.to_le_bytes());
+    rec[16..24].copy_from_slice(&u64::from(seq).to_le_bytes());
+    rec
+}
+
+/// The tid of life `life` of producer `p`.
+fn tid_of(p: u32, life: u32) -> u32 {
+    1000 + p * 100 + life
+}
+
+/// One target thread, doing what the agent's hook does per event.
+fn producer(shared: &Shared, scenario: &Scenario, tid: u32, progress: &AtomicU64) -> Ledger {
+    let reg = shared.view();
+    let mut ledger = Ledger::default();
+    let mut me = None;
+    for seq in 0..scenario.events {
+        // Not a shuttle atomic: bookkeeping for the stopper's choice, not a scheduling point.
+        progress.fetch_add(1, Relaxed);
+        if me.is_none() {
+            // No slot yet: try to claim one; on failure this event is an orphan drop and the
+            // next event tries again (the agent's behaviour).
+            match reg.register(1, tid) {
+                Ok(r) => me = Some(r),
+                Err(RegistryError::RegistryFull { .. }) => {
+                    reg.count_orphan(OrphanReason::RegistryFull);
+                    ledger.fates.push(Fate::Orphan(OrphanReason::RegistryFull));
+                    continue;
+                }
+                Err(RegistryError::RegistrationsClosed) => {
+                    reg.count_orphan(OrphanReason::Shutdown);
+                    ledger.fates.push(Fate::Orphan(OrphanReason::Shutdown));
+                    continue;
+                }
+                Err(e) => panic!("thread {tid}: registration failed: {e}"),
+            }
+        }
+        let Some(r) = me.as_ref() else { continue };
+        // SAFETY: this thread is the only producer of its slot's lanes while it holds the slot.
+        let (mut index, mut details) =
+            unsafe { (r.lanes.index.producer(), r.lanes.detail.producer()) };
+        let writer = &r.writer;
+        if !writer.begin() {
+            ledger.fates.push(Fate::Shutdown);
+            continue;
+        }
+        if scenario.detail_every > 0 && seq % scenario.detail_every == 0 {
+            if details.push(&detail(tid, seq)).is_ok() {
+                ledger.details.push(seq);
+                let nth = ledger.details.len() as u32;
+                if scenario.mark_every > 0 && nth % scenario.mark_every == 0 {
+                    details.mark_active();
+                    ledger.marked.push(seq);
+                }
+            } else {
+                ledger.detail_full += 1;
+            }
+        }
+        let fate = match index.push_unless(&event(tid, seq), || !writer.still_accepting()) {
+            Ok(()) => Fate::Accepted,
+            Err(ring::PushError::Abandoned) => {
+                writer.drop_for_shutdown();
+                Fate::Shutdown
+            }
+            Err(ring::PushError::Full) => Fate::RingFull,
+        };
+        writer.end();
+        ledger.fates.push(fate);
+    }
+    if let Some(r) = me {
+        reg.exit(r.slot);
+    }
+    ledger
+}
+
+/// What the drain thread hands back: the final report, or the drain's error.
+type DrainOutcome = Result<drain::Report, drain::DrainError>;
+
+/// The drain thread: passes until the stopper asks for the final drain, then the final drain and
+/// the manifest, as `tracer record` does.
+fn drain_thread(
+    shared: &Shared,
+    scenario: &Scenario,
+    out: &Path,
+    final_now: &AtomicBool,
+) -> DrainOutcome {
+    let reg = shared.view();
+    let layout = atf::SessionLayout::create(out, 1)?;
+    let mut drain = drain::Drain::new(reg, layout, atf::Manifest::new(atf::ClockType::Boottime))?;
+    // SeqCst (shuttle's only ordering): pairs with the stopper's store after its handshake.
+    while !final_now.load(SeqCst) {
+        drain.pass()?;
+        let pause = shuttle::rand::thread_rng().gen_range(0..=scenario.drain_pause);
+        for _ in 0..=pause {
+            thread::yield_now();
+        }
+    }
+    drain.final_drain(false)?;
+    drain.finish(&drain::Outcome::default())
+}
+
+/// The stopper: waits until a random number of events were attempted, stops acceptance (repeating the bounded wait until no
+/// producer is inside a write section, as a generous timeout would), closes registrations, and
+/// asks the drain thread for the final drain.
+fn stopper(shared: &Shared, scenario: &Scenario, final_now: &AtomicBool, progress: &AtomicU64) {
+    let total = u64::from(scenario.producers * scenario.lives * scenario.events);
+    let target = if scenario.stop_early {
+        shuttle::rand::thread_rng().gen_range(0..=total)
+    } else {
+        total
+    };
+    while progress.load(Relaxed) < target {
+        thread::yield_now();
+    }
+    let reg = shared.view();
+    while !reg
+        .stop_accepting(Duration::from_millis(50))
+        .stragglers
+        .is_empty()
+    {}
+    while let Err(e) = reg.close_registrations(Duration::from_millis(50)) {
+        assert!(
+            matches!(e, RegistryError::ClaimInFlight { .. }),
+            "closing registrations: {e}"
+        );
+    }
+    // SeqCst: pairs with the drain thread's load.
+    final_now.store(true, SeqCst);
+}
+
+/// Runs one recording under the current shuttle schedule and checks every invariant; panics
+/// (failing the schedule, which shuttle then prints in replay form) on a violation.
+pub fn run(scenario: &Scenario, out: &Path) {
+    let shared = Arc::new(Shared::new(scenario));
+    let final_now = Arc::new(AtomicBool::new(false));
+    let ledgers = Arc::new(Mutex::new(BTreeMap::new()));
+    let progress = Arc::new(AtomicU64::new(0));
+
+    let producers: Vec<_> = (0..scenario.producers)
+        .map(|p| {
+            let (shared, ledgers, scenario) = (shared.clone(), ledgers.clone(), *scenario);
+            let progress = progress.clone();
+            thread::spawn(move || {
+                for life in 0..scenario.lives {
+                    let tid = tid_of(p, life);
+                    let ledger = producer(&shared, &scenario, tid, &progress);
+                    ledgers.lock().expect("ledger lock").insert(tid, ledger);
+                }
+            })
+        })
+        .collect();
+    let drainer = {
+        let (shared, final_now, out) = (shared.clone(), final_now.clone(), out.to_owned());
+        let scenario = *scenario;
+        thread::spawn(move || drain_thread(&shared, &scenario, &out, &final_now))
+    };
+    let stop = {
+        let (shared, final_now, scenario) = (shared.clone(), final_now.clone(), *scenario);
+        let progress = progress.clone();
+        thread::spawn(move || stopper(&shared, &scenario, &final_now, &progress))
+    };
+    stop.join().expect("the stopper panicked");
+    let report = drainer
+        .join()
+        .expect("the drain panicked")
+        .unwrap_or_else(|e| panic!("the drain failed without a fault: {e}"));
+    for p in producers {
+        p.join().expect("a producer panicked");
+    }
+    let ledgers = std::mem::take(&mut *ledgers.lock().expect("ledger lock"));
+    check(&report, &ledgers, scenario);
+}
+
+/// The invariants of one finished recording, against the producers' own ledgers.
+fn check(report: &drain::Report, ledgers: &BTreeMap<u32, Ledger>, scenario: &Scenario) {
+    assert_eq!(
+        ledgers.len() as u32,
+        scenario.producers * scenario.lives,
+        "every simulated thread ran"
+    );
+    let session = report
+        .manifest
+        .parent()
+        .expect("the manifest lies in the pid directory")
+        .to_owned();
+    let layout_index = |tid: u32| session.join(format!("thread_{tid}")).join("index.atf");
+    let layout_detail = |tid: u32| session.join(format!("thread_{tid}")).join("detail.atf");
+    let entries: BTreeMap<u32, &atf::ThreadEntry> =
+        report.threads.iter().map(|t| (t.id, t)).collect();
+    let mut orphans_registry_full = 0;
+    let mut orphans_shutdown = 0;
+    for (&tid, ledger) in ledgers {
+        let count = |f: Fate| ledger.fates.iter().filter(|&&x| x == f).count() as u64;
+        let accepted: Vec<u32> = (0..ledger.fates.len() as u32)
+            .filter(|&s| ledger.fates[s as usize] == Fate::Accepted)
+            .collect();
+        orphans_registry_full += count(Fate::Orphan(OrphanReason::RegistryFull));
+        orphans_shutdown += count(Fate::Orphan(OrphanReason::Shutdown));
+        // Persisted: exactly the accepted events, each once, in the thread's order.
+        let persisted: Vec<u32> = if layout_index(tid).exists() {
+            let reader = atf::IndexReader::open(layout_index(tid))
+                .unwrap_or_else(|e| panic!("thread {tid}: index file unreadable: {e}"));
+            reader
+                .events()
+                .map(|e| {
+                    let e = e.unwrap_or_else(|e| panic!("thread {tid}: bad event: {e}"));
+                    assert_eq!(e.thread_id, tid, "an event in another thread's file");
+                    e.function_id as u32
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(
+            persisted, accepted,
+            "thread {tid}: the persisted events are not exactly the accepted ones, in order \
+             (fates {:?})",
+            ledger.fates
+        );
+        // Accounting: the manifest balances and agrees with what the thread saw.
+        match entries.get(&tid) {
+            Some(entry) => {
+                let c = &entry.index;
+                assert!(c.balanced(), "thread {tid}: manifest unbalanced: {c:?}");
+                assert!(
+                    c.dropped.other.is_empty(),
+                    "thread {tid}: drops of unexpected kind: {c:?}"
+                );
+                assert_eq!(
+                    c.persisted,
+                    accepted.len() as u64,
+                    "thread {tid}: persisted"
+                );
+                assert_eq!(c.dropped.ring_full, count(Fate::RingFull), "thread {tid}");
+                // Events after the final snapshot are missing from the manifest, never extra.
+                let slot_events = ledger
+                    .fates
+                    .iter()
+                    .filter(|f| !matches!(f, Fate::Orphan(_)))
+                    .count() as u64;
+                let d = &entry.detail;
+                assert!(d.balanced(), "thread {tid}: detail unbalanced: {d:?}");
+                assert_eq!(
+                    (d.attempted, d.dropped.ring_full),
+                    (
+                        ledger.details.len() as u64 + ledger.detail_full,
+                        ledger.detail_full
+                    ),
+                    "thread {tid}: detail accounting"
+                );
+                assert!(
+                    c.attempted <= slot_events && c.dropped.shutdown <= count(Fate::Shutdown),
+                    "thread {tid}: manifest {c:?} counts more than the thread did {:?}",
+                    ledger.fates
+                );
+            }
+            None => assert!(
+                accepted.is_empty(),
+                "thread {tid} has accepted events but no manifest entry"
+            ),
+        }
+        // Detail: persisted records were written, once, in order; marked ones are all there.
+        let records: Vec<u32> = if layout_detail(tid).exists() {
+            let reader = atf::DetailReader::open(layout_detail(tid))
+                .unwrap_or_else(|e| panic!("thread {tid}: detail file unreadable: {e}"));
+            reader
+                .records()
+                .map(|r| {
+                    r.unwrap_or_else(|e| panic!("thread {tid}: bad record: {e}"))
+                        .header
+                        .index_seq
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        assert!(
+            records.windows(2).all(|w| w[0] < w[1]),
+            "thread {tid}: detail records duplicated or out of order: {records:?}"
+        );
+        assert!(
+            records.iter().all(|s| ledger.details.contains(s)),
+            "thread {tid}: a persisted detail record was never written: {records:?} vs {:?}",
+            ledger.details
+        );
+        assert!(
+            ledger.marked.iter().all(|s| records.contains(s)),
+            "thread {tid}: a marked detail record was lost: marked {:?}, persisted {records:?}",
+            ledger.marked
+        );
+    }
+    let totals = &report.accounting.index;
+    assert!(totals.balanced(), "totals unbalanced: {totals:?}");
+    assert!(
+        totals.dropped.registry_full <= orphans_registry_full
+            && totals.dropped.shutdown
+                <= orphans_shutdown + ledgers.values().map(|l| l.fates.len() as u64).sum::<u64>(),
+        "orphan counts exceed what the threads did: {totals:?}"
+    );
+}
