@@ -10,10 +10,13 @@
 //! the hot path takes no lock, makes no system call and allocates nothing; the target is never
 //! blocked indefinitely (a full lane waits a bounded time, see `ring::FullPolicy`).
 //!
-//! - **Finding the region.** From the inherited memfd whose number is in `TRACER_REGION_FD`
-//!   (spawn), or `TRACER_REGION_PATH` (attach). Initialised from the constructor and, for hooks
-//!   that run earlier (another library's constructor), lazily from the first hook. No region, or an
-//!   invalid one: one line on stderr, and every hook returns at once (untraced, ~native speed).
+//! - **Finding the region.** Spawn: from the inherited memfd whose number is in
+//!   `TRACER_REGION_FD` (or a path in `TRACER_REGION_PATH`), initialised from the constructor and,
+//!   for hooks that run earlier (another library's constructor), lazily from the first hook. No
+//!   region, or an invalid one: one line on stderr, and every hook returns at once (untraced,
+//!   ~native speed). Attach: the tracer `dlopen`s the agent (whose constructor then does nothing)
+//!   and calls `tracer_agent_attach(path)`, which maps the region, redirects the program's hook
+//!   GOT entries to the agent and puts them back at the stop (see `attach`).
 //! - **Threads.** Per-thread state lives in the region's slot and in an agent-private array indexed
 //!   by slot; the only thread-local storage is a 32-byte initial-exec TLS block reached with one
 //!   `fs`-relative load (no `__tls_get_addr`). A pthread key destructor (run in the last rounds)

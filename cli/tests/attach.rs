@@ -499,3 +499,27 @@ fn attach__target_exits_during_attach__then_clean_message() {
     assert!(err.contains("exited during the attach"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn attach__stopped_process__then_refused_with_resume_hint() {
+    let mut target = Running::start(&idle_app(), &[]);
+    let pid = target.child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let start = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .contains("State:\tT")
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("kill -CONT"), "{err}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(target.alive());
+}

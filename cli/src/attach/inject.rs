@@ -264,6 +264,11 @@ impl Tracer {
         if !self.tids.contains(&tid) {
             self.tids.push(tid);
         }
+        if event == libc::PTRACE_EVENT_STOP && is_stop_signal(sig) {
+            // A group stop (SIGSTOP, Ctrl-Z): the process stays stopped; we only listen.
+            let _ = ptrace(libc::PTRACE_LISTEN, tid, 0, 0);
+            return Ok(());
+        }
         let _ = ptrace(libc::PTRACE_CONT, tid, 0, deliver as usize);
         Ok(())
     }
@@ -504,6 +509,14 @@ fn set_regs(tid: i32, regs: &libc::user_regs_struct) -> Result<()> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
+}
+
+/// Whether a `PTRACE_EVENT_STOP` with this signal is a group stop.
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
 }
 
 /// The thread group (process) a thread belongs to.

@@ -126,6 +126,12 @@ fn check_target(pid: i32) -> Result<(), CliError> {
             "pid {pid} has exited (a zombie waiting for its parent); give a running process"
         )));
     }
+    if field("State:").first().map(String::as_str) == Some("T") {
+        return Err(CliError::usage(format!(
+            "pid {pid} is stopped (SIGSTOP or Ctrl-Z), so it cannot reach a safe point; resume it \
+             with `kill -CONT {pid}` first"
+        )));
+    }
     if let Some(tracer) = field("TracerPid:")
         .first()
         .and_then(|v| v.parse::<u32>().ok())
