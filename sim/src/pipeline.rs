@@ -38,6 +38,8 @@ pub struct Scenario {
     /// The drain thread yields up to this many times between passes (a slow drain: ring-full
     /// waits and drops).
     pub drain_pause: u32,
+    /// Whether the file system may fail the drain's writes (see `check_after_fault`).
+    pub faults: bool,
 }
 
 impl Default for Scenario {
@@ -51,6 +53,7 @@ impl Default for Scenario {
             mark_every: 2,
             stop_early: true,
             drain_pause: 0,
+            faults: false,
         }
     }
 }
@@ -73,6 +76,23 @@ impl Scenario {
             mark_every: 3,
             stop_early: true,
             drain_pause: 600,
+            faults: false,
+        }
+    }
+
+    /// Long-lived threads writing more than the file system takes: run with a file-size limit
+    /// (see the `faults` tests), the drain's writes fail part-way (a short write, then `EFBIG`).
+    pub fn faulty() -> Self {
+        Scenario {
+            producers: 2,
+            lives: 1,
+            events: 160,
+            capacity: 2,
+            detail_every: 4,
+            mark_every: 2,
+            stop_early: true,
+            drain_pause: 0,
+            faults: true,
         }
     }
 
@@ -87,6 +107,7 @@ impl Scenario {
             mark_every: 1,
             stop_early: true,
             drain_pause: 0,
+            faults: false,
         }
     }
 }
@@ -262,10 +283,26 @@ fn drain_thread(
     out: &Path,
     final_now: &AtomicBool,
 ) -> DrainOutcome {
+    let outcome = drain_until_stopped(shared, scenario, out, final_now);
+    // A failed drain stops draining (as the drain thread does) and waits for the stop, so the
+    // producers and the stopper still run their course.
+    // SeqCst (shuttle's only ordering): pairs with the stopper's store after its handshake.
+    while !final_now.load(SeqCst) {
+        thread::yield_now();
+    }
+    outcome
+}
+
+fn drain_until_stopped(
+    shared: &Shared,
+    scenario: &Scenario,
+    out: &Path,
+    final_now: &AtomicBool,
+) -> DrainOutcome {
     let reg = shared.view();
     let layout = atf::SessionLayout::create(out, 1)?;
     let mut drain = drain::Drain::new(reg, layout, atf::Manifest::new(atf::ClockType::Boottime))?;
-    // SeqCst (shuttle's only ordering): pairs with the stopper's store after its handshake.
+    // SeqCst: as above.
     while !final_now.load(SeqCst) {
         drain.pass()?;
         let pause = shuttle::rand::thread_rng().gen_range(0..=scenario.drain_pause);
@@ -277,9 +314,9 @@ fn drain_thread(
     drain.finish(&drain::Outcome::default())
 }
 
-/// The stopper: waits until a random number of events were attempted, stops acceptance (repeating the bounded wait until no
-/// producer is inside a write section, as a generous timeout would), closes registrations, and
-/// asks the drain thread for the final drain.
+/// The stopper: waits until a random number of events were attempted, stops acceptance
+/// (repeating the bounded wait until no producer is inside a write section, as a generous timeout
+/// would), closes registrations, and asks the drain thread for the final drain.
 fn stopper(shared: &Shared, scenario: &Scenario, final_now: &AtomicBool, progress: &AtomicU64) {
     let total = u64::from(scenario.producers * scenario.lives * scenario.events);
     let target = if scenario.stop_early {
@@ -338,15 +375,16 @@ pub fn run(scenario: &Scenario, out: &Path) {
         thread::spawn(move || stopper(&shared, &scenario, &final_now, &progress))
     };
     stop.join().expect("the stopper panicked");
-    let report = drainer
-        .join()
-        .expect("the drain panicked")
-        .unwrap_or_else(|e| panic!("the drain failed without a fault: {e}"));
+    let outcome = drainer.join().expect("the drain panicked");
     for p in producers {
         p.join().expect("a producer panicked");
     }
     let ledgers = std::mem::take(&mut *ledgers.lock().expect("ledger lock"));
-    check(&report, &ledgers, scenario);
+    match outcome {
+        Ok(report) => check(&report, &ledgers, scenario),
+        Err(e) if scenario.faults => check_after_fault(&e, &ledgers, out),
+        Err(e) => panic!("the drain failed without a fault: {e}"),
+    }
 }
 
 /// The invariants of one finished recording, against the producers' own ledgers.
@@ -475,4 +513,61 @@ fn check(report: &drain::Report, ledgers: &BTreeMap<u32, Ledger>, scenario: &Sce
                 <= orphans_shutdown + ledgers.values().map(|l| l.fates.len() as u64).sum::<u64>(),
         "orphan counts exceed what the threads did: {totals:?}"
     );
+}
+
+/// The checks after the drain failed on a write: the error names the file and the cause (the
+/// operating system's), and each thread's index file, opened by the reader, holds a prefix of
+/// that thread's accepted events, in order and without duplicates (what was written before the
+/// fault stays readable).
+fn check_after_fault(error: &drain::DrainError, ledgers: &BTreeMap<u32, Ledger>, out: &Path) {
+    FAULTS_SEEN.fetch_add(1, Relaxed);
+    let drain::DrainError::Io(atf::Error::Io { path, source, .. }) = error else {
+        panic!("the drain failed, but not on a write: {error}");
+    };
+    assert!(
+        source.raw_os_error().is_some(),
+        "the write error carries no OS cause: {error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&path.display().to_string()) && message.contains(&source.to_string()),
+        "the message does not name the file and the cause: {message}"
+    );
+    for (&tid, ledger) in ledgers {
+        let accepted: Vec<u32> = (0..ledger.fates.len() as u32)
+            .filter(|&s| ledger.fates[s as usize] == Fate::Accepted)
+            .collect();
+        for file in index_files(out, tid) {
+            let reader = atf::IndexReader::open(&file)
+                .unwrap_or_else(|e| panic!("{}: unreadable after the fault: {e}", file.display()));
+            let events: Vec<u32> = reader
+                .events()
+                .map_while(Result::ok)
+                .map(|e| e.function_id as u32)
+                .collect();
+            assert!(
+                accepted.starts_with(&events),
+                "thread {tid}: the file after the fault is not a prefix of the accepted events: \
+                 {events:?} vs {accepted:?}"
+            );
+        }
+    }
+}
+
+/// Schedules whose drain failed on a write and passed [`check_after_fault`] (this process).
+pub static FAULTS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// `<out>/<session>/<pid dir>/thread_<tid>/index.atf`, wherever they exist.
+fn index_files(out: &Path, tid: u32) -> Vec<std::path::PathBuf> {
+    let dirs = |p: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    dirs(out)
+        .iter()
+        .flat_map(|session| dirs(session))
+        .map(|pid| pid.join(format!("thread_{tid}")).join("index.atf"))
+        .filter(|f| f.exists())
+        .collect()
 }
