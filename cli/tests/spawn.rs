@@ -271,7 +271,7 @@ fn system__tracer_killed_with_sigkill__then_session_still_readable() {
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
     let app = app();
-    let mut child = Background(Some(
+    let child = Background(Some(
         tracer()
             .args([
                 "spawn",
