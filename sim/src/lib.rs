@@ -14,14 +14,20 @@
 //! detail windows are persisted; the schedule terminates (shuttle fails a schedule that exceeds its
 //! step bound).
 //!
+//! Write faults ([`pipeline::Scenario::faulty`]): a child process of the test binary runs the same
+//! pipeline under `RLIMIT_FSIZE`, so the drain's writes end in a real short write and then
+//! `EFBIG`. Every such schedule checks that the error names the file and carries the OS cause,
+//! that nothing panics (the final drain and manifest are still attempted, as `tracer record`
+//! does), and that each index file reads back as a prefix of its thread's accepted events.
+//!
 //! shuttle runs every atomic as SeqCst: this finds interleaving and protocol bugs, not
 //! memory-ordering bugs (those are the loom models' job, in each crate).
 //!
 //! # Budget
 //!
-//! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 7 checks
-//! of 100 schedules each (700 schedules) plus the pinned replays, about 7 s of CPU in a debug build
-//! (under 30 s of wall time on a busy 2-core machine; release is faster). For long campaigns, raise
+//! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 9 checks
+//! of 100 schedules each (900 schedules, 200 of them with write faults) plus the pinned replays,
+//! about 15 s of CPU in a debug build (about 20 s of wall time on a busy 2-core machine). For long campaigns, raise
 //! the count with [`ITERATIONS_ENV`]:
 //!
 //! ```text
