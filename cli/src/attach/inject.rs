@@ -79,6 +79,7 @@ pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
         .read(true)
         .write(true)
         .open(format!("/proc/{pid}/mem"))?;
+    let _sigchld = SigchldBlocked::new();
     let mut tracer = Tracer {
         pid,
         tids: Vec::new(),
@@ -94,6 +95,34 @@ pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
     let mut injected = result?;
     injected.detach_round = detach?;
     Ok(injected)
+}
+
+/// SIGCHLD blocked in the calling thread while it waits for tracees (so `sigtimedwait` can take
+/// it), restored on drop.
+struct SigchldBlocked {
+    old: libc::sigset_t,
+}
+
+impl SigchldBlocked {
+    fn new() -> Self {
+        // SAFETY: valid signal sets; pthread_sigmask only changes this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SigchldBlocked { old }
+        }
+    }
+}
+
+impl Drop for SigchldBlocked {
+    fn drop(&mut self) {
+        // A SIGCHLD still pending here is consumed first: its default action is to ignore it.
+        // SAFETY: restores the mask saved in `new`, for this thread only.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
 }
 
 struct Tracer {
@@ -307,7 +336,6 @@ impl Tracer {
 
     /// `waitpid(-1, __WALL | WNOHANG)` until `deadline`; `None` on timeout.
     fn wait(&self, deadline: Instant) -> Result<Option<(i32, i32)>> {
-        let mut spins = 0u32;
         loop {
             let mut status = 0;
             // SAFETY: waitpid writes the status into our variable.
@@ -325,11 +353,20 @@ impl Tracer {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            spins += 1;
-            if spins < 200 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
+            // Sleep until a tracee changes state (its stop sends us SIGCHLD, blocked in this
+            // thread by `block_sigchld`), or 1 ms at most (the signal may go to another thread).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let nap = left.min(Duration::from_millis(1));
+            let timeout = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: nap.as_nanos() as libc::c_long,
+            };
+            // SAFETY: a valid, initialised signal set and timespec; the signal info is not wanted.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGCHLD);
+                libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout);
             }
         }
     }
@@ -432,6 +469,11 @@ impl Tracer {
     }
 
     /// Interrupts and detaches every seized thread. Returns how long the round took.
+    ///
+    /// A thread that executed the breakpoint just before it was removed may report the interrupt
+    /// before its trap: its `SIGTRAP` is still pending and would kill it once detached. Such a
+    /// thread is moved back to the instruction and resumed to take the signal while still traced,
+    /// where it is suppressed.
     fn detach_all(&mut self) -> Result<Duration> {
         let started = Instant::now();
         for &tid in &self.tids {
@@ -439,11 +481,17 @@ impl Tracer {
         }
         let deadline = Instant::now() + CALL_WAIT;
         let mut pending: Vec<i32> = self.tids.clone();
+        let mut trap_pending: Vec<i32> = Vec::new();
         while !pending.is_empty() {
             let Some((tid, status)) = self.wait(deadline).unwrap_or(None) else {
                 break;
             };
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                pending.retain(|&t| t != tid);
+                continue;
+            }
+            if !self.tids.contains(&tid) && tgid(tid) != Some(self.pid) {
+                self.release_fork(tid, status);
                 pending.retain(|&t| t != tid);
                 continue;
             }
@@ -453,7 +501,11 @@ impl Tracer {
             } else {
                 0
             };
-            if event == libc::PTRACE_EVENT_CLONE {
+            if event == libc::PTRACE_EVENT_CLONE
+                || event == libc::PTRACE_EVENT_FORK
+                || event == libc::PTRACE_EVENT_VFORK
+            {
+                // A new thread or child stops once, seized: wait for it and release it too.
                 let mut new: libc::c_ulong = 0;
                 // SAFETY: GETEVENTMSG writes one c_ulong into `new`.
                 unsafe {
@@ -468,12 +520,18 @@ impl Tracer {
                     pending.push(new as i32);
                 }
             }
-            if sig == libc::SIGTRAP {
-                if let Ok(mut regs) = get_regs(tid) {
-                    if regs.rip == self.bp + 1 {
-                        regs.rip = self.bp;
-                        let _ = set_regs(tid, &regs);
+            if sig == libc::SIGTRAP && trap_pending.contains(&tid) {
+                sig = 0; // the breakpoint's trap, taken now: suppressed
+            } else if let Ok(mut regs) = get_regs(tid) {
+                if regs.rip == self.bp + 1 {
+                    regs.rip = self.bp;
+                    let _ = set_regs(tid, &regs);
+                    if sig == libc::SIGTRAP {
                         sig = 0;
+                    } else {
+                        trap_pending.push(tid);
+                        let _ = ptrace(libc::PTRACE_CONT, tid, 0, 0);
+                        continue;
                     }
                 }
             }

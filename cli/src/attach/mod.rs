@@ -48,6 +48,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
         .install_signals()
         .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
 
+    // The tracer's threads get a larger CPU share (best effort), so each target thread it stops
+    // is released as soon as its stop is seen, however busy the target keeps the CPUs.
+    record::raise_priority();
     let injected = inject::inject(pid, &agent, &region_path).map_err(|e| refusal(pid, e))?;
     eprintln!(
         "tracer: attached to pid {pid}: {} thread(s), {} hook(s) redirected; the loading thread \
@@ -57,7 +60,6 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
         injected.injecting_thread_stopped.as_secs_f64() * 1e3,
         injected.detach_round.as_secs_f64() * 1e3,
     );
-    record::raise_priority();
     let manifest = initial_manifest(pid, registry);
     let target = Target {
         child: None,
