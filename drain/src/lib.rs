@@ -291,34 +291,56 @@ impl<'r, B: Backend> Drain<'r, B> {
     pub fn final_drain(&mut self, crashed: bool) -> Result<(), DrainError> {
         let started = Instant::now();
         self.stopped = true;
+        // A file that fails is given up (see `fail_index`) and the final drain goes on, so every
+        // lane is emptied and every other file finished; the first error is returned at the end.
+        let mut first = None;
         let slots: Vec<SlotInfo> = self.registry.slots().collect();
         for info in slots {
-            self.drain_slot(info, true)?;
-            self.persist_active_detail(info.index, crashed)?;
+            // Twice at most: after its file failed, a slot's events are consumed, not written.
+            for _ in 0..2 {
+                match self.drain_slot(info, true) {
+                    Ok(_) => break,
+                    Err(e) => keep_first(&mut first, e),
+                }
+            }
+            if let Err(e) = self.persist_active_detail(info.index, crashed) {
+                keep_first(&mut first, e);
+            }
         }
         for key in self.owners.keys().copied().collect::<Vec<_>>() {
-            self.retire(key)?;
+            if let Err(e) = self.retire(key) {
+                keep_first(&mut first, e);
+            }
         }
         for files in self.files.values_mut() {
-            finish_files(files)?;
+            if let Err(e) = finish_files(files) {
+                keep_first(&mut first, e);
+            }
         }
         self.stats.busy += started.elapsed();
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Writes the final manifest (threads, time range, accounting per thread and in total, stop
     /// reason, target fate, `finished: true`) and fsyncs the trace files' directories and the
     /// manifest. Call after [`Drain::final_drain`] and the stop handshake; called without the
     /// final drain (a forced shutdown), it writes what it has: accepted events still in the lanes
-    /// are counted as `not_written`, and the files stay readable.
+    /// are counted as `not_written`, and the files stay readable. A trace file that fails to
+    /// finish is left as written (readable up to its last whole event, the rest `not_written`):
+    /// the manifest is written all the same, then the file's error is returned.
     pub fn finish(mut self, outcome: &Outcome) -> Result<Report, DrainError> {
         let started = Instant::now();
         self.stopped = true;
+        let mut first = None;
         for key in self.owners.keys().copied().collect::<Vec<_>>() {
-            self.retire(key)?;
+            if let Err(e) = self.retire(key) {
+                keep_first(&mut first, e);
+            }
         }
         for files in self.files.values_mut() {
-            finish_files(files)?;
+            if let Err(e) = finish_files(files) {
+                keep_first(&mut first, e);
+            }
         }
         let mut orphans = self.registry.orphan_counts();
         // Post-stop snapshot: late orphan attempts whose drop is not counted yet are shutdown drops.
@@ -372,6 +394,9 @@ impl<'r, B: Backend> Drain<'r, B> {
         // The trace files, the manifest, and the session, process and thread directories.
         self.stats.files_synced += files + 1 + 2 + self.files.len() as u64;
         self.stats.busy += started.elapsed();
+        if let Some(e) = first {
+            return Err(e);
+        }
         Ok(Report {
             manifest: self.layout.manifest_path(),
             accounting,
@@ -392,11 +417,15 @@ impl<'r, B: Backend> Drain<'r, B> {
             if let Some(w) = files.index.as_mut() {
                 // Every few MiB, start the disk write of what is in the page cache, so the fsync
                 // of the final drain finds little left to do (it must finish fast).
-                if files.written - files.written_at_writeback >= WRITEBACK_EVENTS {
-                    w.start_writeback()?;
+                let r = if files.written - files.written_at_writeback >= WRITEBACK_EVENTS {
                     files.written_at_writeback = files.written;
+                    w.start_writeback()
                 } else {
-                    w.flush()?;
+                    w.flush()
+                };
+                if let Err(e) = r {
+                    fail_index(files);
+                    return Err(e.into());
                 }
             }
             if let Some(w) = files.detail.as_mut() {
@@ -432,8 +461,16 @@ impl<'r, B: Backend> Drain<'r, B> {
         let r = match files.index.as_mut() {
             Some(writer) => owner.index.drain(true, |chunk| writer.append(chunk.bytes)),
             None => owner.index.drain(true, |_| Ok::<(), atf::Error>(())),
-        }
-        .map_err(|e| lane_error(tid, e))?;
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(ring::DrainError::Sink(e)) => {
+                // The chunk stays in the lane; the next drain consumes it without a writer.
+                fail_index(files);
+                return Err(e.into());
+            }
+            Err(e) => return Err(lane_error(tid, e)),
+        };
         if let Some(writer) = files.index.as_ref() {
             files.written = writer.event_count();
             self.stats.bytes += r.bytes;
@@ -574,10 +611,15 @@ impl<'r, B: Backend> Drain<'r, B> {
         if state == Some(SlotState::Exited) {
             // The thread is gone: close its files now, so many short-lived threads do not hold
             // many descriptors, then hand the slot back.
-            if let Some(files) = self.files.get_mut(&owner.info.tid) {
-                finish_files(files)?;
-            }
+            // A file that fails to finish does not keep the slot: its counts are already taken
+            // (retiring it again would count them twice) and its lanes are empty.
+            let finished = match self.files.get_mut(&owner.info.tid) {
+                Some(files) => finish_files(files),
+                None => Ok(()),
+            };
             self.registry.recycle(slot)?;
+            self.manifest_dirty = true;
+            return finished;
         }
         self.manifest_dirty = true;
         Ok(())
@@ -658,14 +700,48 @@ fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
     if let Some(detail) = files.detail.take() {
         detail.finish_unsynced()?;
         if let Some(index) = files.index.as_mut() {
-            index.set_has_detail(true)?;
+            if let Err(e) = index.set_has_detail(true) {
+                fail_index(files);
+                return Err(e.into());
+            }
         }
     }
     if let Some(index) = files.index.take() {
         files.written = index.event_count();
-        index.finish_unsynced()?;
+        let path = index.path().to_owned();
+        if let Err(e) = index.finish_unsynced() {
+            // Either the last events or the footer were cut short: at most what was appended,
+            // at most what is on disk (a torn footer must not pass for an event).
+            files.written = files.written.min(events_on_disk(&path));
+            return Err(e.into());
+        }
     }
     Ok(())
+}
+
+/// Gives up a thread's index file after a write error. The writer is dropped unfinished (a failed
+/// writer writes nothing more), so the file stays readable up to its last whole event, which is
+/// what `written` now counts; the thread's later events are consumed without a writer and the
+/// manifest counts them as `not_written`.
+fn fail_index(files: &mut ThreadFiles) {
+    if let Some(writer) = files.index.take() {
+        let (path, appended) = (writer.path().to_owned(), writer.event_count());
+        drop(writer);
+        files.written = appended.min(events_on_disk(&path));
+    }
+}
+
+/// Whole events in an index file as a reader finds them: the bytes after the header, in whole
+/// events (a torn last event does not count).
+fn events_on_disk(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path)
+        .map(|m| m.len().saturating_sub(atf::HEADER_SIZE as u64) / atf::EVENT_SIZE as u64)
+        .unwrap_or(0)
+}
+
+/// Keeps the first of several errors (the one that explains the others).
+fn keep_first(first: &mut Option<DrainError>, e: DrainError) {
+    first.get_or_insert(e);
 }
 
 /// The manifest entry of a thread: the registry's counts with what the drain wrote as `persisted`.

@@ -201,7 +201,7 @@ fn child_drain_process() {
     let (out, mode) = spec.split_once(';').unwrap();
     let region = SharedRegion::create(&small_config()).unwrap();
     let registry = region.leak().unwrap();
-    if mode == "fsize" {
+    if mode.starts_with("fsize") {
         // A small file size limit makes writes fail (EFBIG) as a full disk would.
         // SAFETY: plain syscalls on this process's own limits and dispositions.
         unsafe {
@@ -226,7 +226,20 @@ fn child_drain_process() {
         eprintln!("DRAIN ERROR: {message}");
         // What was written stays readable: stop cleanly and exit.
         let drain = thread.stop();
-        std::process::exit(if drain.is_some() { 3 } else { 4 });
+        let code = if drain.is_some() { 3 } else { 4 };
+        if let (Some(mut drain), "fsize-finish") = (drain, mode) {
+            // The shutdown as `tracer record` runs it after a drain error: the stop, the final
+            // drain (which may fail again), and the final manifest.
+            registry.stop_accepting(Duration::from_secs(5));
+            let _ = registry.close_registrations(Duration::from_secs(5));
+            if let Err(e) = drain.final_drain(false) {
+                eprintln!("FINAL DRAIN ERROR: {e}");
+            }
+            if let Err(e) = drain.finish(&Outcome::default()) {
+                eprintln!("FINISH ERROR: {e}");
+            }
+        }
+        std::process::exit(code);
     }
 }
 
@@ -346,4 +359,50 @@ fn drain__write_fails_mid_run__then_error_names_file_and_cause_and_session_reada
             event.unwrap();
         }
     }
+}
+
+#[test]
+fn drain__write_fails_then_final_drain_and_finish__then_manifest_accounts_for_every_event() {
+    let out = tempfile::tempdir().unwrap();
+    let child = spawn_child(out.path(), "fsize-finish");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "stderr: {stderr}");
+    let session = Session::open(only_session(out.path())).unwrap();
+    assert!(
+        session.manifest.finished,
+        "no final manifest after the write error; stderr: {stderr}"
+    );
+    let mut not_written = 0;
+    for thread in &session.threads {
+        let entry = session
+            .manifest
+            .threads
+            .iter()
+            .find(|t| t.id == thread.id)
+            .unwrap();
+        assert!(
+            entry.index.balanced(),
+            "thread {}: {:?}",
+            thread.id,
+            entry.index
+        );
+        let readable = thread.index.events().map_while(Result::ok).count() as u64;
+        assert_eq!(
+            entry.index.persisted, readable,
+            "thread {}: the manifest's persisted is not what the file holds",
+            thread.id
+        );
+        not_written += entry
+            .index
+            .dropped
+            .other
+            .get("not_written")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert!(
+        not_written > 0,
+        "the events lost to the write error are not named"
+    );
 }

@@ -17,8 +17,10 @@
 //! Write faults ([`pipeline::Scenario::faulty`]): a child process of the test binary runs the same
 //! pipeline under `RLIMIT_FSIZE`, so the drain's writes end in a real short write and then
 //! `EFBIG`. Every such schedule checks that the error names the file and carries the OS cause,
-//! that nothing panics (the final drain and manifest are still attempted, as `tracer record`
-//! does), and that each index file reads back as a prefix of its thread's accepted events.
+//! that nothing panics, that each index file reads back as a prefix of its thread's accepted
+//! events, and that the final drain and manifest (run as `tracer record` runs them after a drain
+//! error) still write a finished manifest, balanced per thread, whose `persisted` is what the
+//! reader finds and whose `not_written` names the rest.
 //!
 //! shuttle runs every atomic as SeqCst: this finds interleaving and protocol bugs, not
 //! memory-ordering bugs (those are the loom models' job, in each crate).
