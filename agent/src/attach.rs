@@ -49,14 +49,18 @@ struct Patch {
 
 /// `tracer_agent_attach(path)`: maps the region at `path` (NUL-terminated), makes it the current
 /// attachment and redirects the program's hook calls to the agent. Returns the number of GOT
-/// entries that now point at the agent (0: nothing calls the hooks), or -1 if the region cannot
-/// be used (said on stderr).
+/// entries that now point at the agent (0: nothing calls the hooks), -1 if the region cannot be
+/// used (said on stderr), or -2 if a live tracer is recording the process already (nothing
+/// changes).
 ///
 /// # Safety
 /// `path` is a valid NUL-terminated string. Called by the tracer from one thread of the target,
 /// at a point where that thread holds no libc lock.
 #[no_mangle]
 pub unsafe extern "C" fn tracer_agent_attach(path: *const c_char) -> c_int {
+    if recorded_by_live_tracer() {
+        return BUSY;
+    }
     // SAFETY: the caller passes a NUL-terminated string.
     let path = unsafe { CStr::from_ptr(path) };
     let path =
@@ -91,6 +95,28 @@ pub unsafe extern "C" fn tracer_agent_attach(path: *const c_char) -> c_int {
     // Release: pairs with the Acquire in `crate::agent`.
     STATE.store(READY, Release);
     patch_hooks() as c_int
+}
+
+/// [`tracer_agent_attach`]'s answer when another tracer is recording this process.
+const BUSY: c_int = -2;
+
+/// Whether the current agent's region still accepts events and the tracer that made it is alive
+/// (a spawn, or another attach): a second tracer must not take its threads away.
+fn recorded_by_live_tracer() -> bool {
+    // Acquire: pairs with the Release stores of READY in `init_slow` and `tracer_agent_attach`.
+    if STATE.load(Acquire) != READY {
+        return false;
+    }
+    // SAFETY: a published agent is never freed.
+    let current = unsafe { &*AGENT.load(Acquire) };
+    if !current.reg.is_accepting() {
+        return false;
+    }
+    let tracer = current.reg.tracer_pid() as libc::pid_t;
+    // SAFETY: signal 0 only checks that the process exists.
+    tracer > 0
+        && (unsafe { libc::kill(tracer, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 /// Whether `st` belongs to an attachment older than the current one.

@@ -523,3 +523,39 @@ fn attach__stopped_process__then_refused_with_resume_hint() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(target.alive());
 }
+
+#[test]
+fn attach__process_recorded_by_tracer_spawn__then_refused_and_spawn_session_intact() {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let spawn_out = output_dir();
+    let mut spawned = tracer()
+        .args(["spawn", "--output", spawn_out.path().to_str().unwrap()])
+        .arg(loop_app())
+        .args(["--", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(spawned.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "tick 0 ok");
+    // The target is the tracer's only child.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", spawned.id())).unwrap();
+    let target = children
+        .split_whitespace()
+        .next()
+        .expect("the spawned target")
+        .to_owned();
+    let result = attach(&target, tmp.path(), &[]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("already being recorded"), "{err}");
+    // The spawn session goes on and ends cleanly.
+    assert!(lines.next().unwrap().unwrap().starts_with("tick 1"));
+    // SAFETY: signalling our own child (the spawn tracer).
+    unsafe { libc::kill(spawned.id() as i32, libc::SIGINT) };
+    let out = spawned.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    check_joined(&session_dir(spawn_out.path()));
+}

@@ -17,8 +17,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::CliError;
-
 /// How long the target has to call an instrumented function once the breakpoint is set.
 const SAFE_POINT_WAIT: Duration = Duration::from_secs(3);
 /// How long each injected call may take.
@@ -50,6 +48,8 @@ pub enum InjectError {
     Exited,
     /// No thread called an instrumented function in time.
     NoSafePoint,
+    /// Another live tracer records the process (its agent's region still accepts events).
+    AlreadyRecorded,
     /// Anything else, said as one line.
     Other(String),
 }
@@ -407,6 +407,9 @@ impl Tracer {
             )));
         }
         let hooks = self.call(tid, saved, sp, attach, region_at, 0)? as i32 as i64;
+        if hooks == -2 {
+            return Err(InjectError::AlreadyRecorded);
+        }
         if hooks < 0 {
             return Err(InjectError::Other(
                 "the agent could not open the tracer's region (see the target's stderr)".into(),
@@ -638,20 +641,4 @@ fn libc_symbols(pid: i32) -> Result<LibcSyms> {
         dlopen: find("dlopen")?,
         dlsym: find("dlsym")?,
     })
-}
-
-impl From<InjectError> for CliError {
-    fn from(e: InjectError) -> Self {
-        match e {
-            InjectError::Seize(errno) => CliError::runtime(format!(
-                "ptrace failed: {}",
-                std::io::Error::from_raw_os_error(errno)
-            )),
-            InjectError::Exited => {
-                CliError::runtime("the target exited during the attach".to_string())
-            }
-            InjectError::NoSafePoint => CliError::runtime("no safe point".to_string()),
-            InjectError::Other(m) => CliError::runtime(m),
-        }
-    }
 }

@@ -146,6 +146,17 @@ fn check_target(pid: i32) -> Result<(), CliError> {
             )));
         }
     }
+    // Started by `tracer spawn`: its calls go to the preloaded agent, recording for that tracer.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let spawned = environ
+        .split(|&b| b == 0)
+        .any(|v| v.starts_with(format!("{}=", registry::ENV_REGION_FD).as_bytes()));
+    if spawned {
+        return Err(CliError::usage(format!(
+            "pid {pid} is already being recorded by another tracer (it was started by `tracer \
+             spawn`); stop that one first"
+        )));
+    }
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let uids: Vec<u32> = field("Uid:")
@@ -203,6 +214,10 @@ fn refusal(pid: i32, e: inject::InjectError) -> CliError {
         InjectError::NoSafePoint => CliError::runtime(format!(
             "pid {pid} called no instrumented function within 3 s, so there was no safe point to \
              load the agent; attach while it runs instrumented code"
+        )),
+        InjectError::AlreadyRecorded => CliError::usage(format!(
+            "pid {pid} is already being recorded by another tracer (spawn or attach); stop that \
+             one first"
         )),
         InjectError::Other(m) => CliError::runtime(format!("cannot attach to pid {pid}: {m}")),
     }
