@@ -559,3 +559,49 @@ fn attach__process_recorded_by_tracer_spawn__then_refused_and_spawn_session_inta
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     check_joined(&session_dir(spawn_out.path()));
 }
+
+#[test]
+fn attach__second_tracer_then_refused__first_tracer_killed__then_attach_again_works() {
+    let _heavy = heavy();
+    let mut target = Running::start(&loop_app(), &["2"]);
+    target.next_line();
+    let first_out = output_dir();
+    let mut first = tracer()
+        .args([
+            "attach",
+            "--output",
+            first_out.path().to_str().unwrap(),
+            &target.pid(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_dir(first_out.path())
+        .unwrap()
+        .next()
+        .is_none()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second tracer finds the agent recording for a live tracer.
+    let tmp = output_dir();
+    let result = attach(&target.pid(), tmp.path(), &["--duration", "0.2"]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(err.contains("already being recorded"), "{err}");
+    // The first tracer dies without stopping: the target lives on, and can be attached again
+    // (its calls still go to the agent, whose hooks are the safe point now).
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let again = output_dir();
+    let result = attach(&target.pid(), again.path(), &["--duration", "0.3"]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    let (_, calls) = check_joined(&session_dir(again.path()));
+    assert!(calls.get("top").copied().unwrap_or(0) > 0, "{calls:?}");
+    let line = target.next_line();
+    assert!(line.starts_with("tick"), "{line}");
+    assert!(target.alive());
+}

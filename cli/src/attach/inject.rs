@@ -1,10 +1,13 @@
 //! Loading the agent into a running process with ptrace, at a safe point.
 //!
 //! Every thread is seized (`PTRACE_SEIZE`, which does not stop it; threads created meanwhile are
-//! seized by the kernel through `PTRACE_O_TRACECLONE`). A breakpoint goes on glibc's
+//! seized by the kernel through `PTRACE_O_TRACECLONE`; forked children too, and released with the
+//! breakpoint undone in their copy). A breakpoint goes on glibc's
 //! `__cyg_profile_func_enter` stub, written through `/proc/<pid>/mem`: the first thread that hits
-//! it is at the entry of an instrumented function and holds no libc lock. The breakpoint is
-//! removed at once (the other threads keep running); that thread alone calls
+//! it is at the entry of an instrumented function and holds no libc lock (when an earlier attach
+//! whose tracer died left the program's calls bound to the agent, the agent's hooks get
+//! breakpoints too). The breakpoints are removed at once (the other threads keep running); that
+//! thread alone calls
 //! `dlopen(agent, RTLD_NOW)`, `dlsym(handle, "tracer_agent_attach")` and then
 //! `tracer_agent_attach(region_path)`, each on a scratch area below its red zone, returning to
 //! address 0 (the fault ends the call). Its registers are then restored exactly (at the stub's
@@ -67,14 +70,15 @@ type Result<T> = std::result::Result<T, InjectError>;
 
 /// Addresses of libc functions in the target.
 struct LibcSyms {
-    hook: u64,
+    /// Where to put breakpoints: glibc's hook stub, and the agent's hooks if it is loaded.
+    hooks: Vec<u64>,
     dlopen: u64,
     dlsym: u64,
 }
 
 /// Loads `agent` into `pid` and calls `tracer_agent_attach(region_path)` in it.
 pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
-    let syms = libc_symbols(pid)?;
+    let syms = libc_symbols(pid, agent)?;
     let mem = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -84,9 +88,8 @@ pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
         pid,
         tids: Vec::new(),
         mem,
-        bp: syms.hook,
+        bps: syms.hooks.iter().map(|&at| (at, 0)).collect(),
         bp_active: false,
-        original: 0,
     };
     let result = tracer.run(&syms, agent, region_path);
     // Whatever happened, leave no breakpoint and no seized thread behind.
@@ -129,10 +132,10 @@ struct Tracer {
     pid: i32,
     tids: Vec<i32>,
     mem: File,
-    bp: u64,
+    /// Breakpoints: address and the original byte there. glibc's stub, and the agent's own hooks
+    /// when an earlier attach left them bound (its tracer died before the stop).
+    bps: Vec<(u64, u8)>,
     bp_active: bool,
-    /// The original byte under the breakpoint.
-    original: u8,
 }
 
 impl Tracer {
@@ -143,7 +146,7 @@ impl Tracer {
         let held = Instant::now();
         self.remove_breakpoint()?;
         let mut restore = saved;
-        restore.rip = self.bp;
+        restore.rip = saved.rip - 1;
         let outcome = self.load_agent(tid, &saved, syms, agent, region_path);
         // Back to the stub's entry, exactly as it was (it was not in a system call).
         restore.orig_rax = u64::MAX;
@@ -197,11 +200,15 @@ impl Tracer {
     }
 
     fn set_breakpoint(&mut self) -> Result<()> {
-        let mut byte = [0u8; 1];
-        self.mem.read_exact_at(&mut byte, self.bp)?;
-        self.original = byte[0];
-        self.mem.write_all_at(&[INT3], self.bp)?;
+        for bp in &mut self.bps {
+            let mut byte = [0u8; 1];
+            self.mem.read_exact_at(&mut byte, bp.0)?;
+            bp.1 = byte[0];
+        }
         self.bp_active = true;
+        for &(at, _) in &self.bps {
+            self.mem.write_all_at(&[INT3], at)?;
+        }
         Ok(())
     }
 
@@ -209,7 +216,9 @@ impl Tracer {
         if !self.bp_active {
             return Ok(());
         }
-        self.mem.write_all_at(&[self.original], self.bp)?;
+        for &(at, original) in &self.bps {
+            self.mem.write_all_at(&[original], at)?;
+        }
         self.bp_active = false;
         Ok(())
     }
@@ -239,7 +248,7 @@ impl Tracer {
             return Ok(None);
         }
         let regs = get_regs(tid)?;
-        Ok((regs.rip == self.bp + 1).then_some(regs))
+        Ok(self.hit(regs.rip).map(|_| regs))
     }
 
     /// Resumes a thread after a stop that is not ours to act on.
@@ -280,8 +289,8 @@ impl Tracer {
         } else if sig == libc::SIGTRAP {
             // A thread that hit the breakpoint just before it was removed: run the instruction.
             match get_regs(tid) {
-                Ok(mut regs) if regs.rip == self.bp + 1 && !self.bp_active => {
-                    regs.rip = self.bp;
+                Ok(mut regs) if self.hit(regs.rip).is_some() && !self.bp_active => {
+                    regs.rip -= 1;
                     set_regs(tid, &regs)?;
                     0
                 }
@@ -302,6 +311,11 @@ impl Tracer {
         Ok(())
     }
 
+    /// The breakpoint a thread stopped at `rip` has just executed, if any.
+    fn hit(&self, rip: u64) -> Option<u64> {
+        self.bps.iter().map(|b| b.0).find(|&at| at + 1 == rip)
+    }
+
     /// Releases a child the target forked while it was seized: the breakpoint its copy of libc
     /// may hold is undone (and its trap, if it hit it), then it is detached.
     fn release_fork(&self, child: i32, status: i32) {
@@ -310,12 +324,11 @@ impl Tracer {
             .write(true)
             .open(format!("/proc/{child}/mem"))
         {
-            let mut byte = [0u8; 1];
-            if mem.read_exact_at(&mut byte, self.bp).is_ok()
-                && byte[0] == INT3
-                && self.original != INT3
-            {
-                let _ = mem.write_all_at(&[self.original], self.bp);
+            for &(at, original) in &self.bps {
+                let mut byte = [0u8; 1];
+                if mem.read_exact_at(&mut byte, at).is_ok() && byte[0] == INT3 && original != INT3 {
+                    let _ = mem.write_all_at(&[original], at);
+                }
             }
         }
         let mut sig = 0;
@@ -323,8 +336,8 @@ impl Tracer {
             sig = libc::WSTOPSIG(status);
             if sig == libc::SIGTRAP {
                 if let Ok(mut regs) = get_regs(child) {
-                    if regs.rip == self.bp + 1 {
-                        regs.rip = self.bp;
+                    if self.hit(regs.rip).is_some() {
+                        regs.rip -= 1;
                         let _ = set_regs(child, &regs);
                         sig = 0;
                     }
@@ -526,8 +539,8 @@ impl Tracer {
             if sig == libc::SIGTRAP && trap_pending.contains(&tid) {
                 sig = 0; // the breakpoint's trap, taken now: suppressed
             } else if let Ok(mut regs) = get_regs(tid) {
-                if regs.rip == self.bp + 1 {
-                    regs.rip = self.bp;
+                if self.hit(regs.rip).is_some() {
+                    regs.rip -= 1;
                     let _ = set_regs(tid, &regs);
                     if sig == libc::SIGTRAP {
                         sig = 0;
@@ -600,45 +613,63 @@ fn tasks(pid: i32) -> Result<Vec<i32>> {
     Ok(tids)
 }
 
-/// Where libc is mapped in `pid`, and the addresses of the functions the injection needs.
-fn libc_symbols(pid: i32) -> Result<LibcSyms> {
+/// Where libc is mapped in `pid`, the addresses of the functions the injection needs, and the
+/// agent's hooks if `agent` is mapped already.
+fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let (base, path) = maps
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let range = f.next()?;
-            let _perms = f.next()?;
-            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-            let path = f.nth(2)?;
-            let name = Path::new(path).file_name()?.to_str()?;
-            let is_libc = name.starts_with("libc.so") || name.starts_with("libc-");
-            let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-            (is_libc && offset == 0).then(|| (start, PathBuf::from(path)))
-        })
-        .next()
-        .ok_or_else(|| {
-            InjectError::Other("the target has no libc mapped (statically linked?)".into())
-        })?;
-    // The target's own view of the file (it may live in another mount namespace).
-    let file =
-        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
-    let data = std::fs::read(&file).or_else(|_| std::fs::read(&path))?;
-    let elf = object::File::parse(&*data)
-        .map_err(|e| InjectError::Other(format!("cannot read {}: {e}", path.display())))?;
-    use object::{Object, ObjectSymbol};
-    let find = |wanted: &str| {
-        elf.dynamic_symbols()
-            .filter(|s| s.is_definition() && s.address() != 0)
-            .find(|s| s.name().ok() == Some(wanted))
-            .map(|s| base + s.address())
-            .ok_or_else(|| {
-                InjectError::Other(format!("{} does not define {wanted}", path.display()))
+    let libc = module(&maps, |name, _| {
+        name.starts_with("libc.so") || name.starts_with("libc-")
+    })
+    .ok_or_else(|| {
+        InjectError::Other("the target has no libc mapped (statically linked?)".into())
+    })?;
+    let find = |wanted: &[&str], (base, path): &(u64, PathBuf)| -> Result<Vec<u64>> {
+        // The target's own view of the file (it may live in another mount namespace).
+        let file =
+            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+        let data = std::fs::read(&file).or_else(|_| std::fs::read(path))?;
+        let elf = object::File::parse(&*data)
+            .map_err(|e| InjectError::Other(format!("cannot read {}: {e}", path.display())))?;
+        use object::{Object, ObjectSymbol};
+        wanted
+            .iter()
+            .map(|name| {
+                elf.dynamic_symbols()
+                    .filter(|s| s.is_definition() && s.address() != 0)
+                    .find(|s| s.name().ok() == Some(*name))
+                    .map(|s| base + s.address())
+                    .ok_or_else(|| {
+                        InjectError::Other(format!("{} does not define {name}", path.display()))
+                    })
             })
+            .collect()
     };
+    let found = find(&["__cyg_profile_func_enter", "dlopen", "dlsym"], &libc)?;
+    let mut hooks = vec![found[0]];
+    let agent_path = std::fs::canonicalize(agent).unwrap_or_else(|_| agent.to_path_buf());
+    if let Some(loaded) = module(&maps, |_, path| Path::new(path) == agent_path) {
+        hooks.extend(find(
+            &["__cyg_profile_func_enter", "__cyg_profile_func_exit"],
+            &loaded,
+        )?);
+    }
     Ok(LibcSyms {
-        hook: find("__cyg_profile_func_enter")?,
-        dlopen: find("dlopen")?,
-        dlsym: find("dlsym")?,
+        hooks,
+        dlopen: found[1],
+        dlsym: found[2],
+    })
+}
+
+/// The load address and path of the first module in `maps` that `wanted(file name, path)` picks.
+fn module(maps: &str, wanted: impl Fn(&str, &str) -> bool) -> Option<(u64, PathBuf)> {
+    maps.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let range = f.next()?;
+        let _perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let path = f.nth(2)?;
+        let name = Path::new(path).file_name()?.to_str()?;
+        let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+        (offset == 0 && wanted(name, path)).then(|| (start, PathBuf::from(path)))
     })
 }
