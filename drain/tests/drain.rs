@@ -70,6 +70,9 @@ fn manifest_for(pid: u32) -> Manifest {
 fn small_config() -> RegionConfig {
     let mut config = RegionConfig {
         capacity: 64,
+        // Lossless, as `tracer spawn` runs it: producers wait for the drain (even one starved for
+        // a while by a loaded machine) instead of dropping after the library's 50 ms default.
+        wait_timeout_us: 30_000_000,
         ..RegionConfig::default()
     };
     config.index.ring_capacity = 16 << 10;
