@@ -159,6 +159,8 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         return;
     }
     st.busy = 1;
+    // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
+    // handler interrupting it), so the compiler must not move the hook's work above it.
     compiler_fence(SeqCst);
     let depth = if kind == CALL {
         st.depth += 1;

@@ -63,6 +63,7 @@ impl DrainThread {
                             }
                             // Stop writing; wait to be stopped (producers wait a bounded time,
                             // then count drops, so the target is not blocked).
+                            // Acquire: pairs with the Release store in `stop`/`drop`.
                             while !stop2.load(Acquire) {
                                 waker2.wait(MAX_IDLE * 50);
                             }
@@ -113,6 +114,7 @@ fn raise_priority() {
 impl Drop for DrainThread {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
+            // Release: pairs with the Acquire loads in the thread's loop.
             self.stop.store(true, Release);
             self.waker.kick();
             let _ = h.join();
