@@ -185,10 +185,14 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         ev[28..32].copy_from_slice(&detail_seq.to_le_bytes());
         let (writer, clock, reg) = (&st.writer, &st.clock, st.agent.reg);
         // A wait for ring space lasts while the drain lives: it ends when acceptance stops, or
-        // when the drain's heartbeat has been silent for a second (the tracer is gone).
+        // when the drain has been silent for a second and the tracer process is gone (or silent
+        // for ten: alive but hung). The pid check runs only on that slow path.
         let drain_gone = || {
             let beat = reg.heartbeat();
-            beat != 0 && clock.now_ns().saturating_sub(beat) > DRAIN_SILENCE_NS
+            let silent = clock.now_ns().saturating_sub(beat);
+            beat != 0
+                && silent > DRAIN_SILENCE_NS
+                && (silent > DRAIN_HUNG_NS || !process_alive(reg.tracer_pid()))
         };
         match st
             .index
@@ -228,9 +232,20 @@ fn event(kind: u32, function: u64, regs: *const u64) {
     st.busy = 0;
 }
 
-/// How long the drain's heartbeat may be silent before a producer waiting for ring space decides
-/// the tracer is gone and drops (the drain beats on every slot it visits, many times a second).
+/// How long the drain's heartbeat may be silent before a producer waiting for ring space checks
+/// whether the tracer still exists (the drain beats on every slot it visits, many times a second,
+/// but a write can block it for longer on a busy disk).
 const DRAIN_SILENCE_NS: u64 = 1_000_000_000;
+/// How long it may be silent, with the tracer alive, before a waiting producer gives up anyway.
+const DRAIN_HUNG_NS: u64 = 10_000_000_000;
+
+/// Whether process `pid` exists (signal 0 checks without sending anything).
+#[cold]
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only reports whether `pid` exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
 
 /// The first time a thread finds acceptance stopped, it sleeps 1 ms, once. The stopper waits for
 /// threads that were preempted inside a write when it stopped acceptance; on a machine with more

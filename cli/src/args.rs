@@ -33,7 +33,7 @@ pub enum Command {
         after_help = "Examples:\n  tracer spawn ./app\n  tracer spawn --duration 2.5 ./server -- --port 8080"
     )]
     Spawn(SpawnArgs),
-    /// Join a running process, record it, and leave it running (not available yet: use spawn).
+    /// Join a running process, record it, and leave it running unharmed.
     Attach(AttachArgs),
     /// Show what a recorded session holds: target, duration, threads, accounting, files.
     Info(SessionArg),

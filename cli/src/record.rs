@@ -254,13 +254,17 @@ pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::runtime(format!("cannot locate the tracer executable: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    for candidate in [
+    // Both may exist in a Cargo target directory (`cargo build -p agent` leaves a copy next to the
+    // tracer that a later `cargo build -p cli` does not refresh): take the newer one.
+    let newest = [
         dir.join("libagent.so"),
         dir.join("deps").join("libagent.so"),
-    ] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
+    ]
+    .into_iter()
+    .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+    .max_by_key(|(modified, _)| *modified);
+    if let Some((_, path)) = newest {
+        return Ok(path);
     }
     Err(CliError::runtime(format!(
         "the agent library libagent.so is not next to {}; rebuild with `cargo build -p cli`",
