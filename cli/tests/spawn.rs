@@ -65,24 +65,7 @@ fn stop_with_signal(signal: i32) {
     let _heavy = heavy();
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
-    let app = app();
-    let mut child = Background(Some(
-        tracer()
-            .args([
-                "spawn",
-                "--output",
-                out.to_str().unwrap(),
-                app.to_str().unwrap(),
-                "--",
-                "64",
-                "0",
-                "spin",
-            ])
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut child = spawn_spinning(&out, 64, std::process::Stdio::piped());
     wait_for_events(&out);
     // SAFETY: signalling our own child process (the tracer), not its process group.
     unsafe { libc::kill(child.child().id() as i32, signal) };
@@ -242,12 +225,7 @@ type CallsByName = std::collections::BTreeMap<String, u64>;
 /// Like `check_session`, but streams may end with open calls (the crash interrupted them).
 fn check_session_lenient(dir: &std::path::Path) -> (atf::Session, Vec<(u32, CallsByName)>) {
     let session = atf::Session::open(dir).unwrap();
-    let names: std::collections::HashMap<u64, String> = session
-        .manifest
-        .symbols
-        .iter()
-        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
-        .collect();
+    let names = function_names(&session);
     let mut out = Vec::new();
     for t in &session.threads {
         let mut by_name = std::collections::BTreeMap::new();
@@ -270,24 +248,7 @@ fn system__tracer_killed_with_sigkill__then_session_still_readable() {
     let _heavy = heavy();
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
-    let app = app();
-    let child = Background(Some(
-        tracer()
-            .args([
-                "spawn",
-                "--output",
-                out.to_str().unwrap(),
-                app.to_str().unwrap(),
-                "--",
-                "4",
-                "0",
-                "spin",
-            ])
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let child = spawn_spinning(&out, 4, std::process::Stdio::null());
     wait_for_events(&out);
     let mut tracer = child.take();
     tracer.kill().unwrap();

@@ -139,17 +139,38 @@ pub struct ThreadTrace {
     pub by_name: std::collections::BTreeMap<String, u64>,
 }
 
+/// The session's function names by function id (from the manifest's symbols).
+pub fn function_names(session: &atf::Session) -> std::collections::HashMap<u64, String> {
+    session
+        .manifest
+        .symbols
+        .iter()
+        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
+        .collect()
+}
+
+/// Starts `tracer spawn --output <out> <app> -- <threads> 0 spin` in the background.
+pub fn spawn_spinning(out: &Path, threads: u32, stderr: std::process::Stdio) -> Background {
+    Background(Some(
+        tracer()
+            .arg("spawn")
+            .arg("--output")
+            .arg(out)
+            .arg(app())
+            .args(["--", &threads.to_string(), "0", "spin"])
+            .stderr(stderr)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the tracer starts"),
+    ))
+}
+
 /// Reads every thread, checks each stream is well nested with no gap (depths move by one, every
 /// return matches the innermost open call, timestamps never go back), and that files and the
 /// manifest agree; returns per-thread counts.
 pub fn check_session(dir: &Path) -> (atf::Session, Vec<ThreadTrace>) {
     let session = atf::Session::open(dir).expect("the session opens");
-    let names: std::collections::HashMap<u64, String> = session
-        .manifest
-        .symbols
-        .iter()
-        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
-        .collect();
+    let names = function_names(&session);
     let mut out = Vec::new();
     for thread in &session.threads {
         let mut stack: Vec<u64> = Vec::new();
