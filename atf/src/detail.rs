@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::chunk::{ChunkReader, CHUNK};
 use crate::error::{Error, Result};
-use crate::index::check_common_header;
+use crate::index::{check_common_header, open_with_header};
 use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
 use crate::{
     current_arch, DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, ENDIAN_LITTLE, FILE_VERSION, FOOTER_SIZE,
@@ -469,31 +469,7 @@ impl DetailReader {
     /// ignored) and [`finished`](Self::finished) is false.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, "open the detail file", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat the detail file", e))?
-            .len();
-        if len < HEADER_SIZE as u64 {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "the file is {len} bytes, shorter than the {HEADER_SIZE}-byte detail header"
-                ),
-            ));
-        }
-        let mut raw = [0u8; HEADER_SIZE];
-        file.read_exact_at(&mut raw, 0)
-            .map_err(|e| Error::io(path, "read the detail header", e))?;
-        if raw[0..4] != DETAIL_MAGIC {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "not an ATF detail file: it starts with {:?}, expected \"ATD2\"",
-                    String::from_utf8_lossy(&raw[0..4])
-                ),
-            ));
-        }
+        let (file, len, raw) = open_with_header(path, "detail", DETAIL_MAGIC)?;
         let header = DetailHeader::decode(&raw);
         check_common_header(path, header.endian, header.version)?;
         if header.events_offset != HEADER_SIZE as u64 {

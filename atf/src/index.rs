@@ -502,31 +502,7 @@ impl IndexReader {
     /// false, with [`recovery_note`](Self::recovery_note) saying why.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, "open the index file", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat the index file", e))?
-            .len();
-        if len < HEADER_SIZE as u64 {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "the file is {len} bytes, shorter than the {HEADER_SIZE}-byte index header"
-                ),
-            ));
-        }
-        let mut raw = [0u8; HEADER_SIZE];
-        file.read_exact_at(&mut raw, 0)
-            .map_err(|e| Error::io(path, "read the index header", e))?;
-        if raw[0..4] != INDEX_MAGIC {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "not an ATF index file: it starts with {:?}, expected \"ATI2\"",
-                    String::from_utf8_lossy(&raw[0..4])
-                ),
-            ));
-        }
+        let (file, len, raw) = open_with_header(path, "index", INDEX_MAGIC)?;
         let header = IndexHeader::decode(&raw);
         check_common_header(path, header.endian, header.version)?;
         if header.event_size != EVENT_SIZE as u32 {
@@ -793,6 +769,40 @@ fn read_timestamp(file: &File, path: &Path, seq: u64) -> Result<u64> {
 }
 
 /// Checks the byte-order and version bytes both file kinds share.
+/// Opens an ATF file and reads its 64-byte header, checking the length and the magic; `what` is
+/// "index" or "detail" (for the messages). Returns the file, its length and the raw header.
+pub(crate) fn open_with_header(
+    path: &Path,
+    what: &str,
+    magic: [u8; 4],
+) -> Result<(File, u64, [u8; HEADER_SIZE])> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open the trace file", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat the trace file", e))?
+        .len();
+    if len < HEADER_SIZE as u64 {
+        return Err(Error::corrupt(
+            path,
+            format!("the file is {len} bytes, shorter than the {HEADER_SIZE}-byte {what} header"),
+        ));
+    }
+    let mut raw = [0u8; HEADER_SIZE];
+    file.read_exact_at(&mut raw, 0)
+        .map_err(|e| Error::io(path, "read the trace file's header", e))?;
+    if raw[0..4] != magic {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "not an ATF {what} file: it starts with {:?}, expected {:?}",
+                String::from_utf8_lossy(&raw[0..4]),
+                String::from_utf8_lossy(&magic)
+            ),
+        ));
+    }
+    Ok((file, len, raw))
+}
+
 pub(crate) fn check_common_header(path: &Path, endian: u8, version: u8) -> Result<()> {
     if endian != ENDIAN_LITTLE {
         return Err(Error::corrupt(
