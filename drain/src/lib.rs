@@ -307,18 +307,24 @@ impl<'r, B: Backend> Drain<'r, B> {
                 keep_first(&mut first, e);
             }
         }
+        self.retire_all_and_finish(&mut first);
+        self.stats.busy += started.elapsed();
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Retires every remaining owner (folding in its counts) and finishes every thread's files,
+    /// going on past failures; the first error is kept in `first`.
+    fn retire_all_and_finish(&mut self, first: &mut Option<DrainError>) {
         for key in self.owners.keys().copied().collect::<Vec<_>>() {
             if let Err(e) = self.retire(key) {
-                keep_first(&mut first, e);
+                keep_first(first, e);
             }
         }
         for files in self.files.values_mut() {
             if let Err(e) = finish_files(files) {
-                keep_first(&mut first, e);
+                keep_first(first, e);
             }
         }
-        self.stats.busy += started.elapsed();
-        first.map_or(Ok(()), Err)
     }
 
     /// Writes the final manifest (threads, time range, accounting per thread and in total, stop
@@ -332,16 +338,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         let started = Instant::now();
         self.stopped = true;
         let mut first = None;
-        for key in self.owners.keys().copied().collect::<Vec<_>>() {
-            if let Err(e) = self.retire(key) {
-                keep_first(&mut first, e);
-            }
-        }
-        for files in self.files.values_mut() {
-            if let Err(e) = finish_files(files) {
-                keep_first(&mut first, e);
-            }
-        }
+        self.retire_all_and_finish(&mut first);
         let mut orphans = self.registry.orphan_counts();
         // Post-stop snapshot: late orphan attempts whose drop is not counted yet are shutdown drops.
         let counted = orphans.registry_full + orphans.thread_teardown + orphans.shutdown;
