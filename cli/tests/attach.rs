@@ -219,55 +219,12 @@ fn check_joined_with(
     dir: &Path,
     slack: u64,
 ) -> (atf::Session, std::collections::BTreeMap<String, u64>) {
-    let session = atf::Session::open(dir).expect("the session opens");
-    let names: std::collections::HashMap<u64, String> = session
-        .manifest
-        .symbols
-        .iter()
-        .filter_map(|s| Some((s.function_id()?, s.name.clone())))
-        .collect();
+    let (session, traces) = check_session_with(dir, true, slack);
     let mut calls = std::collections::BTreeMap::new();
-    for thread in &session.threads {
-        let mut stack = Vec::new();
-        let mut last = 0;
-        for event in thread.index.events() {
-            let e = event.expect("a readable event");
-            assert!(
-                e.timestamp_ns >= last,
-                "thread {}: time went back",
-                thread.id
-            );
-            last = e.timestamp_ns;
-            match e.kind {
-                atf::EventKind::Call => {
-                    stack.push(e.function_id);
-                    let name = names
-                        .get(&e.function_id)
-                        .cloned()
-                        .unwrap_or_else(|| format!("{:#x}", e.function_id));
-                    *calls.entry(name).or_insert(0u64) += 1;
-                }
-                atf::EventKind::Return => {
-                    if let Some(open) = stack.pop() {
-                        assert_eq!(open, e.function_id, "thread {}: mis-nested", thread.id);
-                    }
-                }
-                other => panic!("unexpected event kind {other:?}"),
-            }
+    for t in traces {
+        for (name, n) in t.by_name {
+            *calls.entry(name).or_insert(0u64) += n;
         }
-        let entry = session
-            .manifest
-            .threads
-            .iter()
-            .find(|m| m.id == thread.id)
-            .expect("the thread is in the manifest");
-        assert_eq!(entry.index.persisted, thread.index.event_count());
-        let c = &entry.index;
-        let accounted = c.persisted + c.dropped.total();
-        assert!(c.attempted.abs_diff(accounted) <= slack, "{c:?}");
-    }
-    if slack == 0 {
-        assert!(session.manifest.accounting.index.balanced());
     }
     (session, calls)
 }
