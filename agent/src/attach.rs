@@ -91,6 +91,8 @@ pub unsafe extern "C" fn tracer_agent_attach(path: *const c_char) -> c_int {
     }
     // Release: pairs with the Acquire loads in `crate::agent` and `stale`: the agent is built.
     AGENT.store(Box::into_raw(Box::new(agent)), Release);
+    // Release: pairs with the Acquire loads in `stale` and `restore_hooks` (the new generation is
+    // seen with the agent that carries it).
     GENERATION.store(generation, Release);
     // Release: pairs with the Acquire in `crate::agent`.
     STATE.store(READY, Release);
@@ -134,6 +136,8 @@ pub(crate) fn forget_state() {
 
 /// Writes the saved GOT entries back, if `agent` is the current attachment and they were changed.
 pub(crate) fn restore_hooks(agent: &Agent) {
+    // Relaxed flag: a hint that spares the lock (the swap below decides). Acquire on GENERATION:
+    // pairs with its Release store in `tracer_agent_attach`.
     if GOT_STATE.load(Relaxed) != PATCHED || agent.generation < GENERATION.load(Acquire) {
         return;
     }
@@ -156,6 +160,7 @@ fn patch_hooks() -> usize {
     let Ok(mut patches) = PATCHES.lock() else {
         return 0;
     };
+    // Acquire: pairs with the Release store of PATCHED below (an earlier attachment's).
     if GOT_STATE.load(Acquire) == PATCHED {
         return patches.len(); // still redirected (an earlier tracer left without stopping)
     }
