@@ -9,6 +9,12 @@
 //! write, `errno` preserved) and the original handlers come back when the [`SignalGuard`] goes.
 //! This crate knows nothing of rings or files: it drives them through [`Pipeline`].
 //!
+//! The request, wake-up and phase code is generic over a [`sync::Backend`] (atomics, locks, the
+//! wake primitive, the clock): [`StdBackend`] is the default; a model checker runs the same code on
+//! a backend made with [`model_backend!`] (the loom models here, the shuttle simulation in `sim`,
+//! which calls [`Shutdown::notify_signal`], the handler's body, where a real signal would come).
+//! The signal handler and [`Shutdown::install_signals`] exist on [`StdBackend`] only.
+//!
 //! ```
 //! use shutdown::{Budgets, Error, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Summary};
 //! use std::time::Duration;
@@ -38,10 +44,9 @@
 
 mod phase;
 mod request;
-#[cfg(not(all(test, feature = "loom")))]
 mod signal;
 mod summary;
-mod sync;
+pub mod sync;
 
 #[cfg(all(test, feature = "loom"))]
 mod loom_models;
@@ -50,9 +55,9 @@ pub use phase::{
     Budgets, ForceCause, Phase, PhaseContext, PhaseReport, PhaseStatus, Pipeline, Report, State,
 };
 pub use request::{signal_name, Outcome, Reason, Shutdown};
-#[cfg(not(all(test, feature = "loom")))]
 pub use signal::{handler_address, SignalGuard, SHUTDOWN_SIGNALS};
 pub use summary::{Statistics, Summary, TargetFate};
+pub use sync::{Backend, StdBackend};
 
 use std::io;
 

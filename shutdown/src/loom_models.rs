@@ -4,14 +4,40 @@
 #![allow(non_snake_case)]
 
 use crate::request::{Outcome, Reason, Shared, Shutdown};
-use crate::sync::Arc;
+use crate::sync::Clock;
 use loom::thread;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-fn shutdown() -> Shutdown {
-    Shutdown::new().expect("the loom wake cannot fail")
+/// A virtual clock for the models: a fixed base plus the time timed waits let pass. loom runs a
+/// model's threads on the test's own thread, so a thread-local is the model's clock.
+#[derive(Debug)]
+pub(crate) struct LoomClock;
+
+std::thread_local! {
+    static BASE: Instant = Instant::now();
+    static PASSED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
-fn shared(s: &Shutdown) -> Arc<Shared> {
+impl crate::sync::Clock for LoomClock {
+    fn now() -> Instant {
+        BASE.with(|b| *b) + PASSED.with(|p| p.get())
+    }
+
+    fn sleep(duration: Duration) {
+        thread::yield_now();
+        PASSED.with(|p| p.set(p.get() + duration));
+    }
+}
+
+crate::model_backend!(pub(crate) Loom, atomic = loom::sync::atomic, sync = loom::sync,
+                      clock = LoomClock);
+
+fn shutdown() -> Shutdown<Loom> {
+    Shutdown::on_backend().expect("the loom wake cannot fail")
+}
+
+fn shared(s: &Shutdown<Loom>) -> Arc<Shared<Loom>> {
     s.shared.clone()
 }
 
@@ -126,5 +152,113 @@ fn signal_races_phase_start__then_coalesced_or_forced() {
             Outcome::Accepted => panic!("a second request was accepted"),
         }
         assert_eq!(s.requested(), Some(Reason::TargetExited(0)));
+    });
+}
+
+/// A pipeline that only records which phases ran.
+#[derive(Default)]
+struct Recorded {
+    ran: Vec<crate::Phase>,
+}
+
+impl crate::Pipeline<Loom> for Recorded {
+    fn stop_acceptance(&mut self, c: &crate::PhaseContext<'_, Loom>) -> Result<(), crate::Error> {
+        self.ran.push(c.phase());
+        Ok(())
+    }
+    fn close_registrations(
+        &mut self,
+        c: &crate::PhaseContext<'_, Loom>,
+    ) -> Result<(), crate::Error> {
+        self.ran.push(c.phase());
+        Ok(())
+    }
+    fn flush(&mut self, c: &crate::PhaseContext<'_, Loom>) -> Result<(), crate::Error> {
+        self.ran.push(c.phase());
+        Ok(())
+    }
+    fn final_drain(&mut self, c: &crate::PhaseContext<'_, Loom>) -> Result<(), crate::Error> {
+        self.ran.push(c.phase());
+        Ok(())
+    }
+    fn sync(&mut self, c: &crate::PhaseContext<'_, Loom>) -> Result<(), crate::Error> {
+        self.ran.push(c.phase());
+        Ok(())
+    }
+    fn cleanup(&mut self, c: &crate::PhaseContext<'_, Loom>) -> Result<(), crate::Error> {
+        self.ran.push(c.phase());
+        Ok(())
+    }
+}
+
+/// A signal racing the whole manager: coalesced before the phases begin (a clean shutdown), or
+/// escalated during them (seen by the manager: a forced report, or too late to skip anything);
+/// skipped phases are graceful ones after the last phase run; syncing and cleanup always run, once.
+#[test]
+fn signal_races_execute__then_coalesced_or_forced_and_essentials_run() {
+    use crate::{Budgets, ForceCause, Phase, PhaseStatus, State};
+    loom::model(|| {
+        let s = shutdown();
+        s.request(Reason::TargetExited(0));
+        let user = shared(&s);
+        let t = thread::spawn(move || user.on_signal(libc::SIGTERM));
+        let mut pipeline = Recorded::default();
+        let report = s
+            .execute_with_notices(&mut pipeline, &Budgets::default(), &mut |_| {})
+            .unwrap();
+        let outcome = t.join().unwrap();
+        assert_eq!(report.reason, Reason::TargetExited(0));
+        let ran = |p: Phase| pipeline.ran.iter().filter(|&&r| r == p).count();
+        assert_eq!((ran(Phase::Sync), ran(Phase::Cleanup)), (1, 1));
+        let skipped: Vec<Phase> = report.skipped().collect();
+        let graceful = [
+            Phase::StopAcceptance,
+            Phase::CloseRegistrations,
+            Phase::Flush,
+            Phase::FinalDrain,
+        ];
+        assert!(
+            graceful.ends_with(&skipped),
+            "skipped phases are not the last graceful ones: {skipped:?}"
+        );
+        match outcome {
+            Outcome::Ignored => {
+                assert!(report.clean(), "a coalesced signal forced: {report:?}");
+                assert_eq!(s.ignored_requests(), 1);
+            }
+            Outcome::Escalated => {
+                assert!(s.force_requested());
+                assert!(
+                    report.forced == Some(ForceCause::SecondSignal)
+                        || report
+                            .phases
+                            .iter()
+                            .all(|p| p.status == PhaseStatus::Completed),
+                    "escalated, neither forced nor clean: {report:?}"
+                );
+            }
+            Outcome::Accepted => panic!("a second request was accepted"),
+        }
+        assert!(skipped.is_empty() || report.forced.is_some());
+        assert_eq!(s.state(), State::Done);
+    });
+}
+
+/// A timed wait racing a signal: it returns the signal or, once the (virtual) timeout passed,
+/// nothing; the request is never lost.
+#[test]
+fn timed_wait_races_signal__then_reason_or_timeout() {
+    loom::model(|| {
+        let s = shutdown();
+        let user = shared(&s);
+        let t = thread::spawn(move || user.on_signal(libc::SIGINT));
+        let start = LoomClock::now();
+        let timeout = Duration::from_secs(1);
+        match s.wait(Some(timeout)).unwrap() {
+            Some(reason) => assert_eq!(reason, Reason::Signal(libc::SIGINT)),
+            None => assert!(LoomClock::now() >= start + timeout, "gave up early"),
+        }
+        assert_eq!(t.join().unwrap(), Outcome::Accepted);
+        assert_eq!(s.wait(None).unwrap(), Some(Reason::Signal(libc::SIGINT)));
     });
 }

@@ -7,6 +7,7 @@
 //! files that exist are readable. The [`Report`] says what ran, what overran and what was skipped.
 
 use crate::request::{Reason, Shutdown};
+use crate::sync::{Backend, Clock, StdBackend};
 use crate::Error;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -148,16 +149,17 @@ impl Budgets {
     }
 }
 
-/// What a phase implementation is given: its deadline and a way to see a forced shutdown.
+/// What a phase implementation is given: its deadline and a way to see a forced shutdown. Times
+/// come from the backend's clock (virtual in a model).
 #[derive(Debug)]
-pub struct PhaseContext<'a> {
+pub struct PhaseContext<'a, B: Backend = StdBackend> {
     phase: Phase,
     budget: Duration,
     deadline: Instant,
-    shutdown: &'a Shutdown,
+    shutdown: &'a Shutdown<B>,
 }
 
-impl PhaseContext<'_> {
+impl<B: Backend> PhaseContext<'_, B> {
     /// The phase being run.
     pub fn phase(&self) -> Phase {
         self.phase
@@ -175,7 +177,7 @@ impl PhaseContext<'_> {
 
     /// Time left before the deadline (zero once it passed).
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline.saturating_duration_since(B::Clock::now())
     }
 
     /// `true` once a second signal forced the shutdown: write what can be written, return fast.
@@ -185,26 +187,26 @@ impl PhaseContext<'_> {
 
     /// `true` if the phase should stop waiting: forced, or past its deadline.
     pub fn should_stop(&self) -> bool {
-        self.forced() || Instant::now() >= self.deadline
+        self.forced() || B::Clock::now() >= self.deadline
     }
 }
 
-/// The parts a shutdown drives. The tracer implements it over its real parts; tests over fakes.
-/// Each call must respect `ctx.deadline()` (the manager cannot pre-empt it) and may return early
-/// with an error when `ctx.forced()`.
-pub trait Pipeline {
+/// The parts a shutdown drives. The tracer implements it over its real parts; tests over fakes; the
+/// simulation over simulated ones on a model backend `B`. Each call must respect `ctx.deadline()`
+/// (the manager cannot pre-empt it) and may return early with an error when `ctx.forced()`.
+pub trait Pipeline<B: Backend = StdBackend> {
     /// Stop producers from publishing (the stop handshake).
-    fn stop_acceptance(&mut self, ctx: &PhaseContext<'_>) -> Result<(), Error>;
+    fn stop_acceptance(&mut self, ctx: &PhaseContext<'_, B>) -> Result<(), Error>;
     /// Refuse new thread registrations.
-    fn close_registrations(&mut self, ctx: &PhaseContext<'_>) -> Result<(), Error>;
+    fn close_registrations(&mut self, ctx: &PhaseContext<'_, B>) -> Result<(), Error>;
     /// Submit every thread's partly filled rings.
-    fn flush(&mut self, ctx: &PhaseContext<'_>) -> Result<(), Error>;
+    fn flush(&mut self, ctx: &PhaseContext<'_, B>) -> Result<(), Error>;
     /// Let the drain write everything submitted, then stop it.
-    fn final_drain(&mut self, ctx: &PhaseContext<'_>) -> Result<(), Error>;
+    fn final_drain(&mut self, ctx: &PhaseContext<'_, B>) -> Result<(), Error>;
     /// fsync files and directories. Runs even when forced.
-    fn sync(&mut self, ctx: &PhaseContext<'_>) -> Result<(), Error>;
+    fn sync(&mut self, ctx: &PhaseContext<'_, B>) -> Result<(), Error>;
     /// Release resources and deal with the target. Runs even when forced.
-    fn cleanup(&mut self, ctx: &PhaseContext<'_>) -> Result<(), Error>;
+    fn cleanup(&mut self, ctx: &PhaseContext<'_, B>) -> Result<(), Error>;
 }
 
 /// How one phase ended.
@@ -292,10 +294,10 @@ impl Report {
     }
 }
 
-impl Shutdown {
+impl<B: Backend> Shutdown<B> {
     /// Runs the phases once, printing notices (forced exit, failed phase) on stderr as they happen.
     /// If nothing requested the shutdown yet, the reason is [`Reason::Manual`].
-    pub fn execute<P: Pipeline + ?Sized>(
+    pub fn execute<P: Pipeline<B> + ?Sized>(
         &self,
         pipeline: &mut P,
         budgets: &Budgets,
@@ -304,7 +306,7 @@ impl Shutdown {
     }
 
     /// [`Shutdown::execute`], with notices sent to `notice` instead of stderr.
-    pub fn execute_with_notices<P: Pipeline + ?Sized>(
+    pub fn execute_with_notices<P: Pipeline<B> + ?Sized>(
         &self,
         pipeline: &mut P,
         budgets: &Budgets,
@@ -315,7 +317,7 @@ impl Shutdown {
             return Err(Error::AlreadyExecuted);
         }
         let reason = self.requested().unwrap_or(Reason::Manual);
-        let start = Instant::now();
+        let start = B::Clock::now();
         let mut forced: Option<ForceCause> = None;
         let mut notices = Vec::new();
         let mut say = |line: String, notices: &mut Vec<String>| {
@@ -344,7 +346,7 @@ impl Shutdown {
                 continue;
             }
             self.shared.set_state(phase.state());
-            let began = Instant::now();
+            let began = B::Clock::now();
             let ctx = PhaseContext {
                 phase,
                 budget,
@@ -359,7 +361,7 @@ impl Shutdown {
                 Phase::Sync => pipeline.sync(&ctx),
                 Phase::Cleanup => pipeline.cleanup(&ctx),
             };
-            let elapsed = began.elapsed();
+            let elapsed = B::Clock::now().saturating_duration_since(began);
             let status = match result {
                 Err(e) => PhaseStatus::Failed(e.to_string()),
                 Ok(()) if elapsed > budget => PhaseStatus::Overran,
@@ -398,7 +400,7 @@ impl Shutdown {
         Ok(Report {
             reason,
             phases,
-            total: start.elapsed(),
+            total: B::Clock::now().saturating_duration_since(start),
             forced,
             signals_received: self.signals_received(),
             ignored_requests: self.ignored_requests(),

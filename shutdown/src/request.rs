@@ -7,10 +7,11 @@
 //! between the two and leave it asleep.
 
 use crate::phase::State;
-use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Mutex, Ordering, Wake};
+use crate::sync::{Atomic, Backend, Clock, Monitor, Ordering, StdBackend, Wake};
 use crate::Error;
 use std::fmt;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why the tracer shuts down. The first request wins.
@@ -113,37 +114,51 @@ pub enum Outcome {
     Escalated,
 }
 
-/// State shared by the handle's clones, the signal handler and the manager.
-#[derive(Debug)]
-pub(crate) struct Shared {
+/// State shared by the handle's clones, the signal handler and the manager. Every flag and counter
+/// is one atomic word of the backend.
+pub(crate) struct Shared<B: Backend> {
     /// The winning reason, packed; 0 while running.
-    request: AtomicU64,
-    /// Set by the manager when it begins the phases: from then on a signal escalates.
-    started: AtomicBool,
-    /// A second signal arrived during the shutdown (or the owner forced it).
-    force: AtomicBool,
+    request: B::Atomic,
+    /// 1 once the manager has begun the phases: from then on a signal escalates.
+    started: B::Atomic,
+    /// 1 once a second signal arrived during the shutdown (or the owner forced it).
+    force: B::Atomic,
     /// Signals seen by the handler, first included.
-    signals: AtomicU32,
+    signals: B::Atomic,
     /// Requests that lost to the first one (signals coalesced before the phases began included).
-    ignored: AtomicU32,
+    ignored: B::Atomic,
     /// Current [`State`] as its discriminant (informational, for observers).
-    state: AtomicU8,
+    state: B::Atomic,
     /// Text of a [`Reason::Error`]; written under the lock that also covers the winning exchange.
-    error: Mutex<Option<String>>,
-    wake: Wake,
+    error: B::Monitor<Option<String>>,
+    pub(crate) wake: B::Wake,
 }
 
-impl Shared {
+impl<B: Backend> fmt::Debug for Shared<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("request", &self.request)
+            .field("started", &self.started)
+            .field("force", &self.force)
+            .field("signals", &self.signals)
+            .field("ignored", &self.ignored)
+            .field("state", &self.state)
+            .field("wake", &self.wake)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Shared<B> {
     fn new() -> Result<Self, Error> {
         Ok(Self {
-            request: AtomicU64::new(0),
-            started: AtomicBool::new(false),
-            force: AtomicBool::new(false),
-            signals: AtomicU32::new(0),
-            ignored: AtomicU32::new(0),
-            state: AtomicU8::new(State::Running as u8),
-            error: Mutex::new(None),
-            wake: Wake::new().map_err(Error::WakeFd)?,
+            request: B::Atomic::new(0),
+            started: B::Atomic::new(0),
+            force: B::Atomic::new(0),
+            signals: B::Atomic::new(0),
+            ignored: B::Atomic::new(0),
+            state: B::Atomic::new(State::Running as u64),
+            error: Monitor::new(None),
+            wake: B::Wake::new().map_err(Error::WakeFd)?,
         })
     }
 
@@ -157,16 +172,17 @@ impl Shared {
             .is_ok()
     }
 
-    /// The signal handler's whole job: atomics and one eventfd write. No allocation, no lock.
+    /// The signal handler's whole job: atomics and one wake-up. No allocation, no lock (on
+    /// [`StdBackend`]: the wake is one eventfd write).
     #[inline]
     pub(crate) fn on_signal(&self, signo: i32) -> Outcome {
         self.signals.fetch_add(1, Ordering::Relaxed);
         let outcome = if self.try_claim(Reason::Signal(signo).pack()) {
             Outcome::Accepted
-        } else if self.started.load(Ordering::Acquire) {
-            // Acquire: pairs with the Release store in `begin`.
+        } else if self.started.load(Ordering::Acquire) != 0 {
+            // Acquire: pairs with the Release half of the swap in `begin`.
             // Release: pairs with the Acquire load in `force_requested`.
-            self.force.store(true, Ordering::Release);
+            self.force.store(1, Ordering::Release);
             Outcome::Escalated
         } else {
             self.ignored.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +197,7 @@ impl Shared {
             Reason::Error(text) => {
                 // The lock is held across the exchange so a reader that sees KIND_ERROR and then
                 // takes the lock always finds the text.
-                let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+                let mut slot = self.error.lock();
                 let claimed = self.try_claim(reason.pack());
                 if claimed {
                     *slot = Some(text.clone());
@@ -209,18 +225,11 @@ impl Shared {
     fn requested(&self) -> Option<Reason> {
         // Acquire: pairs with the AcqRel exchange in `try_claim`.
         let word = self.request.load(Ordering::Acquire);
-        Reason::unpack(word, || {
-            self.error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_default()
-        })
+        Reason::unpack(word, || self.error.lock().clone().unwrap_or_default())
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Reason>, Error> {
-        #[cfg(not(all(test, feature = "loom")))]
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let deadline = timeout.map(|t| B::Clock::now() + t);
         loop {
             // Drain first, read second: a request made after the read has written the fd after our
             // drain, so the wait below returns at once.
@@ -228,10 +237,7 @@ impl Shared {
             if let Some(reason) = self.requested() {
                 return Ok(Some(reason));
             }
-            #[cfg(not(all(test, feature = "loom")))]
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            #[cfg(all(test, feature = "loom"))]
-            let left = timeout;
+            let left = deadline.map(|d| d.saturating_duration_since(B::Clock::now()));
             if left == Some(Duration::ZERO) {
                 return Ok(None);
             }
@@ -245,30 +251,30 @@ impl Shared {
     pub(crate) fn begin(&self) -> bool {
         // AcqRel: the Release half pairs with the Acquire load in `on_signal`, so a signal handled
         // after this point escalates; the Acquire half orders a losing caller after the winner.
-        !self.started.swap(true, Ordering::AcqRel)
+        self.started.swap(1, Ordering::AcqRel) == 0
     }
 
     pub(crate) fn force_requested(&self) -> bool {
         // Acquire: pairs with the Release store in `on_signal` / `force`.
-        self.force.load(Ordering::Acquire)
+        self.force.load(Ordering::Acquire) != 0
     }
 
     fn force(&self) {
         // Release: pairs with the Acquire load in `force_requested`.
-        self.force.store(true, Ordering::Release);
+        self.force.store(1, Ordering::Release);
         self.wake.notify();
     }
 
     pub(crate) fn set_state(&self, state: State) {
-        self.state.store(state as u8, Ordering::Relaxed);
+        self.state.store(state as u64, Ordering::Relaxed);
     }
 }
 
 #[cfg(all(test, feature = "loom"))]
-impl Shared {
+impl<B: Backend> Shared<B> {
     pub(crate) fn started_for_model(&self) -> bool {
         // Acquire: pairs with the AcqRel swap in `begin`.
-        self.started.load(Ordering::Acquire)
+        self.started.load(Ordering::Acquire) != 0
     }
 
     pub(crate) fn wait_wake_for_model(&self) {
@@ -276,16 +282,43 @@ impl Shared {
     }
 }
 
-/// A cloneable handle on one shutdown: request it, wait for it, install the signal handlers on it,
-/// run its phases ([`Shutdown::execute`]).
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    pub(crate) shared: Arc<Shared>,
+/// A cloneable handle on one shutdown: request it, wait for it, install the signal handlers on it
+/// ([`StdBackend`] only), run its phases ([`Shutdown::execute`]).
+///
+/// Generic over the [`Backend`] its atomics, locks, wake-up and clock come from: production uses
+/// [`StdBackend`] (the default, made by [`Shutdown::new`]); a model checker runs the same code on a
+/// backend made with [`model_backend!`](crate::model_backend) ([`Shutdown::on_backend`]).
+pub struct Shutdown<B: Backend = StdBackend> {
+    pub(crate) shared: Arc<Shared<B>>,
+}
+
+impl<B: Backend> Clone for Shutdown<B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B: Backend> fmt::Debug for Shutdown<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("shared", &self.shared)
+            .finish()
+    }
 }
 
 impl Shutdown {
     /// A fresh shutdown in state [`State::Running`], with its own eventfd.
     pub fn new() -> Result<Self, Error> {
+        Self::on_backend()
+    }
+}
+
+impl<B: Backend> Shutdown<B> {
+    /// A fresh shutdown in state [`State::Running`] on backend `B` ([`Shutdown::new`] is this on
+    /// [`StdBackend`]).
+    pub fn on_backend() -> Result<Self, Error> {
         Ok(Self {
             shared: Arc::new(Shared::new()?),
         })
@@ -321,7 +354,8 @@ impl Shutdown {
     }
 
     /// The eventfd that becomes readable on every request, signal and escalation: poll it together
-    /// with other fds (a child's pidfd). Valid as long as a clone of this handle lives.
+    /// with other fds (a child's pidfd). Valid as long as a clone of this handle lives. -1 on a
+    /// model backend (it has no file descriptor).
     pub fn wake_fd(&self) -> RawFd {
         self.shared.wake.raw_fd()
     }
@@ -339,17 +373,17 @@ impl Shutdown {
 
     /// Where the shutdown is now.
     pub fn state(&self) -> State {
-        State::from_u8(self.shared.state.load(Ordering::Relaxed))
+        State::from_u8(self.shared.state.load(Ordering::Relaxed) as u8)
     }
 
     /// Signals seen by the handler (the first one included).
     pub fn signals_received(&self) -> u32 {
-        self.shared.signals.load(Ordering::Relaxed)
+        self.shared.signals.load(Ordering::Relaxed) as u32
     }
 
     /// Requests that lost to the first one.
     pub fn ignored_requests(&self) -> u32 {
-        self.shared.ignored.load(Ordering::Relaxed)
+        self.shared.ignored.load(Ordering::Relaxed) as u32
     }
 }
 

@@ -7,14 +7,18 @@
 //! flight before releasing the state, so a handler never touches freed memory.
 
 use crate::request::{Shared, Shutdown};
-use crate::sync::{Arc, Ordering, StaticAtomicPtr, StaticAtomicUsize};
+use crate::sync::{Ordering, StaticAtomicPtr, StaticAtomicUsize, StdBackend};
 use crate::Error;
 use std::io;
 use std::mem::MaybeUninit;
 use std::ptr;
+use std::sync::Arc;
+
+/// The only state a real handler can reach: the production backend's.
+type StdShared = Shared<StdBackend>;
 
 /// The state the handler reports to: null when no guard is installed. Holds one `Arc` count.
-static INSTALLED: StaticAtomicPtr<Shared> = StaticAtomicPtr::new(ptr::null_mut());
+static INSTALLED: StaticAtomicPtr<StdShared> = StaticAtomicPtr::new(ptr::null_mut());
 /// Handlers currently running (any thread).
 static IN_HANDLER: StaticAtomicUsize = StaticAtomicUsize::new(0);
 
@@ -45,7 +49,7 @@ extern "C" fn handle_signal(signo: libc::c_int) {
 /// [`SignalGuard::restore`] to see them).
 #[derive(Debug)]
 pub struct SignalGuard {
-    shared: *const Shared,
+    shared: *const StdShared,
     originals: [libc::sigaction; 2],
     restored: bool,
 }
@@ -93,7 +97,7 @@ fn name(signo: i32) -> &'static str {
     }
 }
 
-impl Shutdown {
+impl Shutdown<StdBackend> {
     /// Installs the SIGINT and SIGTERM handlers for this shutdown (one installation per process at
     /// a time). Any number of these signals then start exactly one shutdown; one arriving during
     /// [`Shutdown::execute`] forces it.
@@ -184,7 +188,7 @@ impl Drop for SignalGuard {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "loom")))]
 #[allow(non_snake_case)]
 mod tests {
     use super::*;

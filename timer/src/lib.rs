@@ -8,6 +8,10 @@
 //! passes a callback (the tracer's requests a shutdown with reason "timer", which the shutdown
 //! ignores if one is already under way).
 //!
+//! The timer is generic over a [`sync::Backend`] (lock, thread, clock): [`StdBackend`] is the
+//! default; a model checker runs the same code on a backend made with [`model_backend!`], whose
+//! virtual clock lets a timed wait's timeout pass (the loom model here, the `sim` crate).
+//!
 //! ```
 //! use std::sync::mpsc;
 //! use timer::{duration_from_secs, Outcome, Timer};
@@ -24,10 +28,13 @@
 
 #![deny(missing_docs)]
 
-mod sync;
+pub mod sync;
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync::{Arc, Condvar, Mutex};
+pub use sync::{Backend, StdBackend};
+use sync::{Clock, Monitor};
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
@@ -96,24 +103,22 @@ enum Phase {
     Fired,
 }
 
-/// State shared by the handle and the timer thread.
-#[derive(Debug)]
-struct Shared {
-    phase: Mutex<Phase>,
-    /// Signalled on cancel (wakes the timer thread) and when the callback finished (wakes cancel).
-    changed: Condvar,
+/// State shared by the handle and the timer thread: the phase, behind the backend's monitor,
+/// whose condition variable is signalled on cancel (wakes the timer thread) and when the callback
+/// finished (wakes cancel).
+struct Shared<B: Backend> {
+    phase: B::Monitor<Phase>,
 }
 
-impl Shared {
+impl<B: Backend> Shared<B> {
     fn new() -> Self {
         Self {
-            phase: Mutex::new(Phase::Armed),
-            changed: Condvar::new(),
+            phase: Monitor::new(Phase::Armed),
         }
     }
 
-    fn lock(&self) -> sync::MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> <B::Monitor<Phase> as Monitor<Phase>>::Guard<'_> {
+        self.phase.lock()
     }
 
     /// Expiry: runs `callback` if and only if the timer is still armed.
@@ -126,11 +131,11 @@ impl Shared {
             *phase = Phase::Firing;
         }
         // Even if the callback panics, Fired is recorded so `cancel` never waits for ever.
-        struct Finish<'a>(&'a Shared);
-        impl Drop for Finish<'_> {
+        struct Finish<'a, B: Backend>(&'a Shared<B>);
+        impl<B: Backend> Drop for Finish<'_, B> {
             fn drop(&mut self) {
                 *self.0.lock() = Phase::Fired;
-                self.0.changed.notify_all();
+                self.0.phase.notify_all();
             }
         }
         let _finish = Finish(self);
@@ -145,13 +150,13 @@ impl Shared {
             match *phase {
                 Phase::Armed => {
                     *phase = Phase::Cancelled;
-                    self.changed.notify_all();
+                    self.phase.notify_all();
                     return Outcome::Cancelled;
                 }
                 Phase::Cancelled => return Outcome::Cancelled,
                 Phase::Fired => return Outcome::Fired,
                 Phase::Firing => {
-                    phase = self.changed.wait(phase).unwrap_or_else(|p| p.into_inner());
+                    phase = self.phase.wait(phase);
                 }
             }
         }
@@ -167,22 +172,17 @@ impl Shared {
 
     /// The timer thread's body: sleep until the deadline (re-checking after every wake-up, spurious
     /// or not), then expire unless cancelled meanwhile.
-    #[cfg(not(all(test, feature = "loom")))]
     fn run(&self, deadline: Instant, callback: impl FnOnce()) {
         let mut phase = self.lock();
         loop {
             if *phase != Phase::Armed {
                 return;
             }
-            let now = Instant::now();
+            let now = B::Clock::now();
             if now >= deadline {
                 break;
             }
-            phase = self
-                .changed
-                .wait_timeout(phase, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            phase = self.phase.wait_timeout(phase, deadline - now);
         }
         drop(phase);
         self.expire(callback);
@@ -190,35 +190,32 @@ impl Shared {
 }
 
 /// A running duration timer. Dropping it cancels it and joins its thread.
-#[derive(Debug)]
-pub struct Timer {
-    shared: Arc<Shared>,
+///
+/// Generic over the [`Backend`] its lock, thread and clock come from: production uses
+/// [`StdBackend`] (the default, started by [`Timer::start`]); a model checker runs the same code on
+/// a backend made with [`model_backend!`] ([`Timer::start_on`]).
+pub struct Timer<B: Backend = StdBackend> {
+    shared: Arc<Shared<B>>,
     deadline: Instant,
-    #[cfg(not(all(test, feature = "loom")))]
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<B::Thread>,
 }
 
-#[cfg(not(all(test, feature = "loom")))]
+impl<B: Backend> fmt::Debug for Timer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timer")
+            .field("deadline", &self.deadline)
+            .field("outcome", &self.outcome())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Timer {
     /// Starts a timer that calls `on_expiry` once, `duration` from now, unless cancelled first.
     pub fn start<F>(duration: Duration, on_expiry: F) -> Result<Timer, TimerError>
     where
         F: FnOnce() + Send + 'static,
     {
-        let shared = Arc::new(Shared::new());
-        let deadline = Instant::now()
-            .checked_add(duration)
-            .ok_or(TimerError::TooLong(duration.as_secs_f64()))?;
-        let theirs = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("duration-timer".into())
-            .spawn(move || theirs.run(deadline, on_expiry))
-            .map_err(TimerError::Spawn)?;
-        Ok(Timer {
-            shared,
-            deadline,
-            thread: Some(thread),
-        })
+        Timer::start_on(duration, on_expiry)
     }
 
     /// [`Timer::start`] from seconds as the command line gives them: `Ok(None)` for 0 (no timer).
@@ -232,7 +229,27 @@ impl Timer {
     }
 }
 
-impl Timer {
+impl<B: Backend> Timer<B> {
+    /// [`Timer::start`] on backend `B`: the deadline is `duration` from `B`'s clock's now, the
+    /// timer thread is `B`'s.
+    pub fn start_on<F>(duration: Duration, on_expiry: F) -> Result<Self, TimerError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let shared = Arc::new(Shared::new());
+        let deadline = B::Clock::now()
+            .checked_add(duration)
+            .ok_or(TimerError::TooLong(duration.as_secs_f64()))?;
+        let theirs = shared.clone();
+        let thread = B::spawn("duration-timer", move || theirs.run(deadline, on_expiry))
+            .map_err(TimerError::Spawn)?;
+        Ok(Timer {
+            shared,
+            deadline,
+            thread: Some(thread),
+        })
+    }
+
     /// Cancels the timer, effective at once: `Cancelled` means the callback never runs; `Fired`
     /// means it already ran (this waits for a callback in progress to finish). Idempotent.
     /// Do not call it from inside the callback.
@@ -251,12 +268,11 @@ impl Timer {
     }
 }
 
-impl Drop for Timer {
+impl<B: Backend> Drop for Timer<B> {
     fn drop(&mut self) {
         self.shared.cancel();
-        #[cfg(not(all(test, feature = "loom")))]
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            B::join(thread);
         }
     }
 }
@@ -269,12 +285,40 @@ mod loom_models {
     use loom::sync::atomic::{AtomicUsize, Ordering};
     use loom::thread;
 
+    /// A virtual clock for the models: a fixed base plus the time timed waits let pass. loom runs a
+    /// model's threads on the test's own thread, so a thread-local is the model's clock.
+    #[derive(Debug)]
+    struct LoomClock;
+
+    std::thread_local! {
+        static BASE: Instant = Instant::now();
+        static PASSED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    }
+
+    impl Clock for LoomClock {
+        fn now() -> Instant {
+            BASE.with(|b| *b) + PASSED.with(|p| p.get())
+        }
+
+        fn sleep(duration: Duration) {
+            thread::yield_now();
+            PASSED.with(|p| p.set(p.get() + duration));
+        }
+    }
+
+    crate::model_backend!(
+        Loom,
+        sync = loom::sync,
+        thread = loom::thread,
+        clock = LoomClock
+    );
+
     /// Cancel racing expiry: exactly one outcome, the callback ran iff it is `Fired`, and once
     /// cancel returns the callback's effects are visible (or will never happen).
     #[test]
     fn cancel_races_expiry__then_exactly_one_outcome() {
         loom::model(|| {
-            let shared = Arc::new(Shared::new());
+            let shared = Arc::new(Shared::<Loom>::new());
             let calls = Arc::new(AtomicUsize::new(0));
             let (s, c) = (shared.clone(), calls.clone());
             let expiry = thread::spawn(move || {
@@ -303,13 +347,42 @@ mod loom_models {
     #[test]
     fn double_cancel_races_expiry__then_one_outcome() {
         loom::model(|| {
-            let shared = Arc::new(Shared::new());
+            let shared = Arc::new(Shared::<Loom>::new());
             let (s1, s2) = (shared.clone(), shared.clone());
             let expiry = thread::spawn(move || s1.expire(|| {}));
             let other = thread::spawn(move || s2.cancel());
             let mine = shared.cancel();
             assert_eq!(other.join().unwrap(), mine);
             assert_eq!(expiry.join().unwrap(), mine);
+        });
+    }
+
+    /// The whole timer, its thread's timed wait included, racing a cancel: one outcome, the
+    /// callback ran iff `Fired` and had finished when cancel returned, never before the deadline
+    /// (on the virtual clock, which passes only while the timer thread waits), and the thread ends.
+    #[test]
+    fn timer_thread_races_cancel__then_one_outcome_never_early() {
+        loom::model(|| {
+            let fired_at = Arc::new(loom::sync::Mutex::new(None));
+            let theirs = fired_at.clone();
+            let timer = Timer::<Loom>::start_on(Duration::from_secs(1), move || {
+                *theirs.lock().unwrap() = Some(LoomClock::now());
+            })
+            .expect("a loom thread");
+            let outcome = timer.cancel();
+            let seen = *fired_at.lock().unwrap();
+            match outcome {
+                Outcome::Cancelled => assert_eq!(seen, None, "the callback ran after a cancel"),
+                Outcome::Fired => {
+                    let at = seen.expect("Fired, but the callback had not finished");
+                    assert!(at >= timer.deadline(), "fired before its deadline");
+                }
+            }
+            drop(timer); // joins the timer thread: its wait ended
+            assert_eq!(
+                fired_at.lock().unwrap().is_some(),
+                outcome == Outcome::Fired
+            );
         });
     }
 }
