@@ -24,14 +24,14 @@ impl crate::sync::Clock for LoomClock {
         BASE.with(|b| *b) + PASSED.with(|p| p.get())
     }
 
-    fn sleep(duration: Duration) {
+    fn wait_step(deadline: Instant) {
         thread::yield_now();
-        PASSED.with(|p| p.set(p.get() + duration));
+        let at = deadline.saturating_duration_since(BASE.with(|b| *b));
+        PASSED.with(|p| p.set(p.get().max(at)));
     }
 }
 
-crate::model_backend!(pub(crate) Loom, atomic = loom::sync::atomic, sync = loom::sync,
-                      clock = LoomClock);
+crate::model_backend!(pub(crate) Loom, sync = loom::sync, clock = LoomClock);
 
 fn shutdown() -> Shutdown<Loom> {
     Shutdown::on_backend().expect("the loom wake cannot fail")

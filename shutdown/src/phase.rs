@@ -294,6 +294,10 @@ impl Report {
     }
 }
 
+/// The notice of a shutdown forced by a second signal.
+const SECOND_SIGNAL: &str = "second signal received: forcing a fast exit, writing what can be \
+                             written (syncing and cleanup still run)";
+
 impl<B: Backend> Shutdown<B> {
     /// Runs the phases once, printing notices (forced exit, failed phase) on stderr as they happen.
     /// If nothing requested the shutdown yet, the reason is [`Reason::Manual`].
@@ -328,12 +332,7 @@ impl<B: Backend> Shutdown<B> {
         for phase in Phase::ALL {
             if forced.is_none() && self.force_requested() {
                 forced = Some(ForceCause::SecondSignal);
-                say(
-                    "second signal received: forcing a fast exit, writing what can be written \
-                     (syncing and cleanup still run)"
-                        .to_string(),
-                    &mut notices,
-                );
+                say(SECOND_SIGNAL.to_string(), &mut notices);
             }
             let budget = budgets.get(phase);
             if forced.is_some() && !phase.is_essential() {
@@ -374,6 +373,12 @@ impl<B: Backend> Shutdown<B> {
                     &mut notices,
                 ),
                 _ => {}
+            }
+            if forced.is_none() && !phase.is_essential() && self.force_requested() {
+                // A second signal during the phase: it is why the shutdown turns forced, even when
+                // the phase then failed (it stopped waiting, as `PhaseContext::should_stop` asks).
+                forced = Some(ForceCause::SecondSignal);
+                say(SECOND_SIGNAL.to_string(), &mut notices);
             }
             if forced.is_none() && !phase.is_essential() {
                 forced = match status {

@@ -103,9 +103,11 @@ pub trait Monitor<T>: Send + Sync + Sized {
 pub trait Clock: 'static {
     /// The current instant (virtual in a model: a base instant plus the time the model let pass).
     fn now() -> Instant;
-    /// Lets `duration` pass for the calling thread. Models only: what a timed wait nobody cuts
-    /// short amounts to ([`model_backend!`](crate::model_backend)'s `wait_timeout`).
-    fn sleep(duration: Duration);
+    /// One step of a timed wait for `deadline`: lets other threads run and may move the clock
+    /// towards `deadline`. [`model_backend!`](crate::model_backend)'s `wait_timeout` repeats it
+    /// until notified or [`Clock::now`] reaches `deadline`, so a model clock must get there in
+    /// finitely many steps.
+    fn wait_step(deadline: Instant);
 }
 
 /// The wake-up a waiter blocks on: readable after every request, signal and escalation.
@@ -195,8 +197,8 @@ impl Clock for StdClock {
         Instant::now()
     }
 
-    fn sleep(duration: Duration) {
-        std::thread::sleep(duration)
+    fn wait_step(deadline: Instant) {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -343,32 +345,30 @@ impl<B: Backend> Wake for ModelWake<B> {
 /// Defines a model-checking [`Backend`] over a model checker's atomics and locks and a virtual
 /// clock, in the calling crate.
 ///
-/// The generated types wrap the checker's `AtomicU64`, `Mutex` and `Condvar` in local newtypes
-/// (`ModelAtomic`, `ModelMonitor`), so the orphan rule is satisfied in any crate; the wake is
-/// [`ModelWake`]. `clock` names a type implementing [`Clock`]: the checkers have no time, so it is
-/// virtual, and a timed wait (`wait_timeout`) releases the lock, lets the clock's `sleep` pass the
-/// timeout (other threads run meanwhile), and takes the lock again: it always ends, and callers
-/// re-check their condition as after any wake-up. Invoke it once per module.
+/// The generated types wrap the checker's `sync::atomic::AtomicU64`, `sync::Mutex` and
+/// `sync::Condvar` in local newtypes (`ModelAtomic`, `ModelMonitor`), so the orphan rule is
+/// satisfied in any crate; the wake is [`ModelWake`]. `clock` names a type implementing [`Clock`]:
+/// the checkers have no time (shuttle's `Condvar::wait_timeout` never times out), so it is virtual,
+/// and a timed wait (`wait_timeout`) releases the lock and repeats [`Clock::wait_step`] until it
+/// was notified or the clock reached its deadline, then takes the lock again: it always ends, and
+/// callers re-check their condition as after any wake-up. Invoke it once per module.
 ///
 /// ```text
 /// // In this crate's loom models:
-/// shutdown::model_backend!(pub Loom, atomic = loom::sync::atomic, sync = loom::sync,
-///                          clock = LoomClock);
+/// shutdown::model_backend!(pub(crate) Loom, sync = loom::sync, clock = LoomClock);
 /// // In the shuttle simulation:
-/// shutdown::model_backend!(pub Sim, atomic = shuttle::sync::atomic, sync = shuttle::sync,
-///                          clock = crate::clock::Virtual);
+/// shutdown::model_backend!(pub Sim, sync = shuttle::sync, clock = crate::clock::Virtual);
 /// ```
 #[macro_export]
 macro_rules! model_backend {
-    ($vis:vis $name:ident, atomic = $($atomic:ident)::+, sync = $($sync:ident)::+,
-     clock = $clock:ty) => {
+    ($vis:vis $name:ident, sync = $($sync:ident)::+, clock = $clock:ty) => {
         /// A model checker's 64-bit atomic.
         #[derive(Debug)]
-        $vis struct ModelAtomic($($atomic)::+::AtomicU64);
+        $vis struct ModelAtomic($($sync)::+::atomic::AtomicU64);
 
         impl $crate::sync::Atomic for ModelAtomic {
             fn new(v: u64) -> Self {
-                Self($($atomic)::+::AtomicU64::new(v))
+                Self($($sync)::+::atomic::AtomicU64::new(v))
             }
             fn load(&self, o: $crate::sync::Ordering) -> u64 {
                 self.0.load(o)
@@ -397,6 +397,9 @@ macro_rules! model_backend {
         $vis struct ModelMonitor<T> {
             value: $($sync)::+::Mutex<T>,
             changed: $($sync)::+::Condvar,
+            /// Bumped by every `notify_all`: a timed wait, which polls the clock instead of
+            /// blocking, sees by it that it was notified.
+            notified: $($sync)::+::atomic::AtomicU64,
         }
 
         impl<T> ::std::fmt::Debug for ModelMonitor<T> {
@@ -414,6 +417,7 @@ macro_rules! model_backend {
                 Self {
                     value: $($sync)::+::Mutex::new(value),
                     changed: $($sync)::+::Condvar::new(),
+                    notified: $($sync)::+::atomic::AtomicU64::new(0),
                 }
             }
             fn lock(&self) -> Self::Guard<'_> {
@@ -427,11 +431,30 @@ macro_rules! model_backend {
                 guard: Self::Guard<'a>,
                 timeout: ::std::time::Duration,
             ) -> Self::Guard<'a> {
+                use $crate::sync::Clock as _;
+                // SeqCst (read under the lock, as the notifier's state change is made): pairs with
+                // the increment in `notify_all`.
+                let seen = self.notified.load(::std::sync::atomic::Ordering::SeqCst);
+                let now = <$clock>::now();
+                // An unrepresentable deadline is far enough: a century of virtual time.
+                let deadline = now
+                    .checked_add(timeout)
+                    .unwrap_or(now + ::std::time::Duration::from_secs(100 * 365 * 86_400));
                 ::std::mem::drop(guard);
-                <$clock as $crate::sync::Clock>::sleep(timeout);
-                self.lock()
+                loop {
+                    <$clock>::wait_step(deadline);
+                    let guard = self.lock();
+                    // SeqCst: pairs with the increment in `notify_all`.
+                    if self.notified.load(::std::sync::atomic::Ordering::SeqCst) != seen
+                        || <$clock>::now() >= deadline
+                    {
+                        return guard;
+                    }
+                }
             }
             fn notify_all(&self) {
+                // SeqCst: pairs with the loads in `wait_timeout`.
+                self.notified.fetch_add(1, ::std::sync::atomic::Ordering::SeqCst);
                 self.changed.notify_all()
             }
         }

@@ -180,6 +180,32 @@ fn shutdown_mgr__second_signal__then_forced_fast_exit() {
     );
 }
 
+/// A phase that stops waiting because a second signal forced the shutdown fails, but the cause
+/// the report gives is the signal (found by the simulation: it blamed the phase).
+#[test]
+fn shutdown_mgr__second_signal_while_phase_waits__then_forced_by_the_signal() {
+    let s = Shutdown::new().unwrap();
+    s.notify_signal(libc::SIGINT);
+    let mut p = FakePipeline::new(1, 1)
+        .with(Phase::StopAcceptance, Act::SignalThenGiveUp(libc::SIGTERM))
+        .signalling(&s);
+    let report = run(&s, &mut p, &Budgets::default());
+    assert_eq!(report.forced, Some(ForceCause::SecondSignal));
+    assert!(matches!(report.phases[0].status, PhaseStatus::Failed(_)));
+    assert_eq!(
+        report.skipped().collect::<Vec<_>>(),
+        [Phase::CloseRegistrations, Phase::Flush, Phase::FinalDrain]
+    );
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| n.starts_with("second signal received")),
+        "{:?}",
+        report.notices
+    );
+}
+
 #[test]
 fn shutdown_mgr__request_during_shutdown__then_ignored() {
     let s = Shutdown::new().unwrap();

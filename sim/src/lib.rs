@@ -57,6 +57,8 @@
 //! sim::check_random(&Scenario::default(), 50);
 //! ```
 
+pub mod clock;
+pub mod managed;
 pub mod pipeline;
 mod replay;
 
@@ -217,12 +219,42 @@ mod tests {
         );
     }
 
+    /// A second SIGINT arrived while stopping acceptance waited for a thread inside a write: the
+    /// phase stopped waiting, as a forced shutdown asks, and the report blamed the phase
+    /// ("stopping acceptance failed") instead of the second signal.
+    #[test]
+    fn replay__second_signal_while_phase_waits__then_report_blames_the_signal() {
+        replay(
+            &Scenario::managed(),
+            include_str!("../replays/managed_second_signal_blamed_on_phase.txt"),
+        );
+    }
+
+    /// A second signal came before the stop handshake: the phases skipped it and the drain
+    /// wrote the manifest while a thread was inside a write. `Drain::finish` took the thread's
+    /// unresolved attempt for a post-stop drop ("shutdown") although the thread then accepted
+    /// it, and did not count the thread's later event. Fails until `tracer record`'s forced path
+    /// stops acceptance before `Drain::finish`, or `finish` stops counting an in-flight attempt of
+    /// a still-accepting thread as a shutdown drop.
+    #[test]
+    #[ignore = "the forced path counts an in-flight accepted event as a shutdown drop (drain/cli)"]
+    fn replay__forced_before_stop__then_manifest_drops_are_ones_the_thread_saw() {
+        replay(
+            &Scenario {
+                strict_forced_drops: true,
+                ..Scenario::managed()
+            },
+            include_str!("../replays/managed_forced_before_stop_counts_accepted_as_shutdown.txt"),
+        );
+    }
+
     /// Set in the child process that runs the file-system fault schedules.
     const FAULT_CHILD_ENV: &str = "SIM_FAULT_CHILD";
 
     /// The drain's writes hit a file-size limit (a short write, then `EFBIG`), in a child process
     /// so the limit binds nobody else: the error names the file and the cause, nothing panics,
-    /// and every index file holds a readable prefix of its thread's accepted events.
+    /// and every index file holds a readable prefix of its thread's accepted events. With the
+    /// stopper, then with the real shutdown manager (the error requests the shutdown).
     #[test]
     fn faults__file_size_limit__then_error_named_and_written_prefix_readable() {
         let exe = std::env::current_exe().expect("the test binary's path");
@@ -266,11 +298,52 @@ mod tests {
         // SAFETY: a valid rlimit structure on the stack; only this child process is limited.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
         let n = iterations(DEFAULT_ITERATIONS);
+        let faults = || pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
         check_random(&Scenario::faulty(), n);
         check_pct(&Scenario::faulty(), n, PCT_DEPTH);
+        let stopper = faults();
+        assert!(stopper > 0, "no schedule reached the file-size limit");
+        // The same under the real shutdown manager: the drain's error requests the shutdown.
+        let managed = Scenario {
+            managed: true,
+            ..Scenario::faulty()
+        };
+        check_random(&managed, n);
+        check_pct(&managed, n, PCT_DEPTH);
         assert!(
-            pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed) > 0,
-            "no schedule reached the file-size limit"
+            faults() > stopper,
+            "no managed schedule reached the file-size limit"
+        );
+    }
+
+    #[test]
+    fn managed__random_schedules__then_one_shutdown_and_every_event_accounted() {
+        check_random(&Scenario::managed(), iterations(DEFAULT_ITERATIONS));
+    }
+
+    #[test]
+    fn managed__pct_schedules__then_one_shutdown_and_every_event_accounted() {
+        check_pct(
+            &Scenario::managed(),
+            iterations(DEFAULT_ITERATIONS),
+            PCT_DEPTH,
+        );
+    }
+
+    #[test]
+    fn managed_backpressure__random_schedules__then_one_shutdown_and_every_event_accounted() {
+        check_random(
+            &Scenario::managed_backpressure(),
+            iterations(DEFAULT_ITERATIONS),
+        );
+    }
+
+    #[test]
+    fn managed_backpressure__pct_schedules__then_one_shutdown_and_every_event_accounted() {
+        check_pct(
+            &Scenario::managed_backpressure(),
+            iterations(DEFAULT_ITERATIONS),
+            PCT_DEPTH,
         );
     }
 

@@ -10,7 +10,7 @@
 //!
 //! The timer is generic over a [`sync::Backend`] (lock, thread, clock): [`StdBackend`] is the
 //! default; a model checker runs the same code on a backend made with [`model_backend!`], whose
-//! virtual clock lets a timed wait's timeout pass (the loom model here, the `sim` crate).
+//! virtual clock lets a timed wait end (the loom model here, the `sim` crate).
 //!
 //! ```
 //! use std::sync::mpsc;
@@ -300,9 +300,10 @@ mod loom_models {
             BASE.with(|b| *b) + PASSED.with(|p| p.get())
         }
 
-        fn sleep(duration: Duration) {
+        fn wait_step(deadline: Instant) {
             thread::yield_now();
-            PASSED.with(|p| p.set(p.get() + duration));
+            let at = deadline.saturating_duration_since(BASE.with(|b| *b));
+            PASSED.with(|p| p.set(p.get().max(at)));
         }
     }
 

@@ -35,9 +35,11 @@ pub trait Monitor<T>: Send + Sync + Sized {
 pub trait Clock: 'static {
     /// The current instant (virtual in a model: a base instant plus the time the model let pass).
     fn now() -> Instant;
-    /// Lets `duration` pass for the calling thread. Models only: what a timed wait nobody cuts
-    /// short amounts to ([`model_backend!`](crate::model_backend)'s `wait_timeout`).
-    fn sleep(duration: Duration);
+    /// One step of a timed wait for `deadline`: lets other threads run and may move the clock
+    /// towards `deadline`. [`model_backend!`](crate::model_backend)'s `wait_timeout` repeats it
+    /// until notified or [`Clock::now`] reaches `deadline`, so a model clock must get there in
+    /// finitely many steps.
+    fn wait_step(deadline: Instant);
 }
 
 /// A family of locks, threads and clock for the timer to run on.
@@ -122,8 +124,8 @@ impl Clock for StdClock {
         Instant::now()
     }
 
-    fn sleep(duration: Duration) {
-        std::thread::sleep(duration)
+    fn wait_step(deadline: Instant) {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -133,10 +135,11 @@ impl Clock for StdClock {
 /// The generated `ModelMonitor` wraps the checker's `Mutex` and `Condvar` in a local newtype (the
 /// orphan rule is satisfied in any crate); threads are the checker's (`Builder::spawn`, `join`).
 /// `clock` names a type implementing [`Clock`]. The checkers have no time, and shuttle's
-/// `Condvar::wait_timeout` never times out, so a timed wait here releases the lock, lets the
-/// clock's `sleep` pass the timeout (other threads run meanwhile) and takes the lock again: the
-/// timer thread's wait always ends, at its deadline in virtual time, and a cancel made meanwhile is
-/// seen when it re-checks its state. Invoke it once per module.
+/// `Condvar::wait_timeout` never times out, so the clock is virtual and a timed wait here releases
+/// the lock and repeats [`Clock::wait_step`] (other threads run meanwhile) until it was notified
+/// or the clock reached its deadline, then takes the lock again: the timer thread's wait always
+/// ends, at its deadline in virtual time or on a cancel, and it re-checks its state either way.
+/// Invoke it once per module.
 ///
 /// ```text
 /// // In this crate's loom models:
@@ -153,6 +156,9 @@ macro_rules! model_backend {
         $vis struct ModelMonitor<T> {
             value: $($sync)::+::Mutex<T>,
             changed: $($sync)::+::Condvar,
+            /// Bumped by every `notify_all`: a timed wait, which polls the clock instead of
+            /// blocking, sees by it that it was notified.
+            notified: $($sync)::+::atomic::AtomicU64,
         }
 
         impl<T> ::std::fmt::Debug for ModelMonitor<T> {
@@ -170,6 +176,7 @@ macro_rules! model_backend {
                 Self {
                     value: $($sync)::+::Mutex::new(value),
                     changed: $($sync)::+::Condvar::new(),
+                    notified: $($sync)::+::atomic::AtomicU64::new(0),
                 }
             }
             fn lock(&self) -> Self::Guard<'_> {
@@ -183,11 +190,30 @@ macro_rules! model_backend {
                 guard: Self::Guard<'a>,
                 timeout: ::std::time::Duration,
             ) -> Self::Guard<'a> {
+                use $crate::sync::Clock as _;
+                // SeqCst (read under the lock, as the notifier's state change is made): pairs with
+                // the increment in `notify_all`.
+                let seen = self.notified.load(::std::sync::atomic::Ordering::SeqCst);
+                let now = <$clock>::now();
+                // An unrepresentable deadline is far enough: a century of virtual time.
+                let deadline = now
+                    .checked_add(timeout)
+                    .unwrap_or(now + ::std::time::Duration::from_secs(100 * 365 * 86_400));
                 ::std::mem::drop(guard);
-                <$clock as $crate::sync::Clock>::sleep(timeout);
-                self.lock()
+                loop {
+                    <$clock>::wait_step(deadline);
+                    let guard = self.lock();
+                    // SeqCst: pairs with the increment in `notify_all`.
+                    if self.notified.load(::std::sync::atomic::Ordering::SeqCst) != seen
+                        || <$clock>::now() >= deadline
+                    {
+                        return guard;
+                    }
+                }
             }
             fn notify_all(&self) {
+                // SeqCst: pairs with the loads in `wait_timeout`.
+                self.notified.fetch_add(1, ::std::sync::atomic::Ordering::SeqCst);
                 self.changed.notify_all()
             }
         }

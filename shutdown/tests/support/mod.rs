@@ -17,6 +17,8 @@ pub enum Act {
     Signal(i32),
     /// Raises this real signal in the process (the handlers must be installed).
     Raise(i32),
+    /// Delivers this signal, then fails as a phase that stops waiting once forced does.
+    SignalThenGiveUp(i32),
 }
 
 /// Threads with unflushed events, a drain, files: enough to check the manager drives them in order.
@@ -78,6 +80,13 @@ impl FakePipeline {
             Some(Act::Raise(signo)) => {
                 // SAFETY: raise has no memory-safety preconditions.
                 unsafe { libc::raise(signo) };
+            }
+            Some(Act::SignalThenGiveUp(signo)) => {
+                let s = self.shutdown.as_ref().expect("signalling() not set");
+                s.notify_signal(signo);
+                if ctx.should_stop() {
+                    return Err(Error::phase("stopped waiting: the shutdown is forced"));
+                }
             }
         }
         self.forced_seen.push((ctx.phase(), ctx.forced()));
