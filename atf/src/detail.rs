@@ -1,14 +1,14 @@
 //! `detail.atf`: one thread's detail records (registers and stack bytes around marked events).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::chunk::{ChunkReader, CHUNK};
 use crate::error::{Error, Result};
-use crate::index::{check_common_header, open_with_header};
+use crate::index::{check_common_header, open_with_header, SYNC_FAILED};
 use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
+use crate::sink::{self, FileSink, FileSystem, RealFs};
 use crate::{
     current_arch, DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, ENDIAN_LITTLE, FILE_VERSION, FOOTER_SIZE,
     HEADER_SIZE, OS_LINUX, RECORD_HEADER_SIZE,
@@ -238,9 +238,11 @@ impl Totals {
     }
 }
 
-/// Appends records to one thread's `detail.atf`; same guarantees as [`crate::IndexWriter`].
+/// Appends records to one thread's `detail.atf`; same guarantees as [`crate::IndexWriter`], the
+/// same handling of interrupted, short and failed writes and of a failed fsync: after an error the
+/// file holds whole records and at most one partial record, which readers ignore.
 pub struct DetailWriter {
-    file: File,
+    file: Box<dyn FileSink>,
     path: PathBuf,
     header: DetailHeader,
     buf: Vec<u8>,
@@ -252,21 +254,34 @@ pub struct DetailWriter {
 impl DetailWriter {
     /// Creates `path` (which must not exist) and writes the recording header.
     pub fn create(path: impl AsRef<Path>, thread_id: u32) -> Result<Self> {
+        Self::create_with(&RealFs, path, thread_id)
+    }
+
+    /// [`create`](Self::create) on the file system `fs`. If the header cannot be written whole,
+    /// the file is removed again.
+    pub fn create_with(
+        fs: &dyn FileSystem,
+        path: impl AsRef<Path>,
+        thread_id: u32,
+    ) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| {
-                Error::io(
-                    path,
-                    "create the detail file (is the directory writable, the name unused?)",
-                    e,
-                )
-            })?;
+        let mut file = fs.create_new(path).map_err(|e| {
+            Error::io(
+                path,
+                "create the detail file (is the directory writable, the name unused?)",
+                e,
+            )
+        })?;
         let header = DetailHeader::recording(thread_id);
-        file.write_all(&header.encode())
-            .map_err(|e| Error::io(path, "write the detail header", e))?;
+        if let Err(e) = sink::write_all(&mut *file, &header.encode()) {
+            drop(file);
+            let _ = fs.remove_file(path);
+            return Err(Error::io(
+                path,
+                "write the detail header (is the disk full?); the file was removed",
+                e,
+            ));
+        }
         Ok(DetailWriter {
             file,
             path: path.to_path_buf(),
@@ -344,16 +359,18 @@ impl DetailWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.buf);
+        let result = sink::write_all(&mut *self.file, &self.buf);
         self.buf.clear();
         self.check_write(result)
     }
 
-    /// Flushes and makes the written bytes durable (`fdatasync`).
+    /// Flushes and makes the written bytes durable (`fdatasync`). A failure is final: what
+    /// reached the disk is unknown, and the writer accepts nothing more.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        let result = self.file.sync_data();
-        self.check_write(result)
+        let file = &mut self.file;
+        let result = sink::sync_retrying(|| file.sync_data());
+        self.check_sync(result)
     }
 
     /// Flushes, patches the header, appends the footer with the CRC-32C of the records, and fsyncs.
@@ -375,7 +392,7 @@ impl DetailWriter {
         self.header.bytes_length = t.bytes;
         self.header.index_seq_start = t.seq_start;
         self.header.index_seq_end = t.seq_end;
-        let result = self.file.write_all_at(&self.header.encode(), 0);
+        let result = sink::write_all_at(&mut *self.file, &self.header.encode(), 0);
         self.check_write(result)?;
         let footer = DetailFooter {
             checksum: t.crc,
@@ -385,11 +402,12 @@ impl DetailWriter {
             time_end_ns: t.time_end_ns,
         };
         let footer_offset = HEADER_SIZE as u64 + t.bytes;
-        let result = self.file.write_all_at(&footer.encode(), footer_offset);
+        let result = sink::write_all_at(&mut *self.file, &footer.encode(), footer_offset);
         self.check_write(result)?;
         if sync {
-            let result = self.file.sync_all();
-            self.check_write(result)?;
+            let file = &mut self.file;
+            let result = sink::sync_retrying(|| file.sync_all());
+            self.check_sync(result)?;
         }
         self.done = true;
         Ok(DetailSummary {
@@ -406,7 +424,7 @@ impl DetailWriter {
         self.totals.crc = crc32c::crc32c_append(self.totals.crc, bytes);
         if bytes.len() >= WRITE_BUFFER / 2 {
             self.flush()?;
-            let result = self.file.write_all(bytes);
+            let result = sink::write_all(&mut *self.file, bytes);
             return self.check_write(result);
         }
         if self.buf.len() + bytes.len() > WRITE_BUFFER {
@@ -438,13 +456,20 @@ impl DetailWriter {
             Error::io(&self.path, "write the detail file (is the disk full?)", e)
         })
     }
+
+    fn check_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
+        result.map_err(|e| {
+            self.failed = true;
+            Error::io(&self.path, SYNC_FAILED, e)
+        })
+    }
 }
 
 impl Drop for DetailWriter {
     fn drop(&mut self) {
         if !self.done && !self.failed && !self.buf.is_empty() {
             // Best effort: a reader recovers every complete record whatever happens here.
-            let _ = self.file.write_all(&self.buf);
+            let _ = sink::write_all(&mut *self.file, &self.buf);
         }
     }
 }
@@ -1031,6 +1056,208 @@ mod tests {
             }
             let keep = cut % (bytes.len() + 1);
             open_and_read(&bytes[..keep]);
+        }
+    }
+
+    mod faults {
+        use super::*;
+        use crate::fault::{FaultPlan, FaultyFs};
+        use crate::index::tests::faults::os_error;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        fn faulty(plan: FaultPlan) -> Arc<FaultyFs> {
+            Arc::new(FaultyFs::new(plan))
+        }
+
+        /// Bytes of records `0..n`.
+        fn bytes_of(n: u32) -> usize {
+            (0..n).map(|i| record(i).header.total_length as usize).sum()
+        }
+
+        #[test]
+        fn detail_writer__eintr_storm_and_short_writes__then_file_holds_every_record_once() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            let fs = faulty(
+                FaultPlan::new()
+                    .interrupt_writes_every(2)
+                    .short_writes_every(1, 777),
+            );
+            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
+            w.append(&encoded(0..3000)).unwrap();
+            for i in 3000..3010 {
+                let r = record(i);
+                w.append_record(&r.header, &r.payload).unwrap();
+            }
+            w.sync().unwrap();
+            w.append(&encoded(3010..4000)).unwrap();
+            w.finish().unwrap();
+            let r = DetailReader::open(&path).unwrap();
+            assert!(r.finished());
+            assert_eq!(read_all(&r), (0..4000).map(record).collect::<Vec<_>>());
+            assert!(r.verify_checksum().unwrap());
+            let injected = fs.injected();
+            assert!(
+                injected.interrupts > 10 && injected.short_writes > 10,
+                "{injected:?}"
+            );
+        }
+
+        #[test]
+        fn detail_writer__disk_full_mid_flush__then_enospc_naming_file_and_whole_records_readable()
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            // Room for the header, 40 records and half of the 41st.
+            let room = 64 + bytes_of(40) + record(40).header.total_length as usize / 2;
+            let fs = faulty(FaultPlan::new().full_after(room as u64, libc::ENOSPC));
+            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
+            w.append(&encoded(0..100)).unwrap();
+            let err = w.flush().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
+            assert!(matches!(
+                w.append(&encoded(100..101)),
+                Err(Error::WriterFailed { .. })
+            ));
+            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
+            let r = DetailReader::open(&path).unwrap();
+            assert!(!r.finished());
+            assert_eq!(read_all(&r), (0..40).map(record).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn detail_writer__write_fails_with_eio__then_error_carries_it_and_earlier_records_readable()
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            // Write 1 is the header, 2 the first flush, 3 the second.
+            let fs = faulty(FaultPlan::new().fail_writes_from(3, libc::EIO));
+            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
+            w.append(&encoded(0..20)).unwrap();
+            w.flush().unwrap();
+            w.append(&encoded(20..30)).unwrap();
+            let err = w.finish().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::EIO));
+            let r = DetailReader::open(&path).unwrap();
+            assert_eq!(read_all(&r), (0..20).map(record).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn detail_writer__footer_cut_short_by_full_disk__then_records_readable() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            let room = 64 + bytes_of(10) + 30;
+            let fs = faulty(FaultPlan::new().full_after(room as u64, libc::ENOSPC));
+            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
+            w.append(&encoded(0..10)).unwrap();
+            let err = w.finish().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
+            let r = DetailReader::open(&path).unwrap();
+            assert!(!r.finished());
+            assert_eq!(read_all(&r), (0..10).map(record).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn detail_writer__fsync_fails__then_error_says_state_unknown_and_sync_not_retried() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            let fs = faulty(FaultPlan::new().fail_sync(1, libc::EIO));
+            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
+            w.append(&encoded(0..10)).unwrap();
+            let err = w.sync().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::EIO));
+            assert!(err.to_string().contains("unknown"), "{err}");
+            assert!(matches!(w.sync(), Err(Error::WriterFailed { .. })));
+            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
+            assert_eq!(DetailReader::open(&path).unwrap().record_count(), 10);
+        }
+
+        #[test]
+        fn detail_writer__slow_fsync__then_finish_completes() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            let plan = FaultPlan::new().slow_sync(Duration::from_secs(3600));
+            let fs = Arc::new(FaultyFs::with_stall(plan, |_| std::thread::yield_now()));
+            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
+            w.append(&encoded(0..10)).unwrap();
+            w.finish().unwrap();
+            assert_eq!(fs.injected().stalls, 1);
+            assert!(DetailReader::open(&path).unwrap().finished());
+        }
+
+        #[test]
+        fn detail_writer__header_cannot_be_written__then_create_fails_and_leaves_no_file() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("detail.atf");
+            let fs = faulty(FaultPlan::new().fail_write(1, libc::EIO));
+            let err = DetailWriter::create_with(&*fs, &path, 77).err().unwrap();
+            assert_eq!(os_error(&err, &path), Some(libc::EIO));
+            assert!(!path.exists());
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            #[test]
+            fn detail_writer__random_fault_plan__then_no_panic_and_file_a_prefix_of_the_records(
+                seed in any::<u64>(),
+                ops in proptest::collection::vec((0u8..4, 1u32..3_000), 1..10),
+                end in 0u8..3,
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("detail.atf");
+                let plan = FaultPlan::random(seed);
+                let fs = Arc::new(FaultyFs::with_stall(plan.slow_sync(Duration::ZERO), |_| {}));
+                let mut w = match DetailWriter::create_with(&*fs, &path, 77) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        prop_assert!(os_error(&e, &path).is_some());
+                        prop_assert!(!path.exists());
+                        return Ok(());
+                    }
+                };
+                let mut next = 0u32;
+                let mut clean = true;
+                for (op, n) in ops {
+                    let result = match op {
+                        0 => {
+                            next += n;
+                            w.append(&encoded(next - n..next))
+                        }
+                        1 => {
+                            let r = record(next);
+                            next += 1;
+                            w.append_record(&r.header, &r.payload)
+                        }
+                        2 => w.flush(),
+                        _ => w.sync(),
+                    };
+                    if let Err(e) = result {
+                        prop_assert!(
+                            matches!(e, Error::Io { .. } | Error::WriterFailed { .. }),
+                            "{e}"
+                        );
+                        clean = false;
+                    }
+                }
+                let finished = match end {
+                    0 => w.finish().is_ok(),
+                    1 => w.finish_unsynced().is_ok(),
+                    _ => {
+                        drop(w);
+                        false
+                    }
+                };
+                let r = DetailReader::open(&path).unwrap();
+                let records = read_all(&r);
+                prop_assert!(records.len() as u32 <= next);
+                prop_assert_eq!(&records, &(0..records.len() as u32).map(record).collect::<Vec<_>>());
+                if finished && clean {
+                    prop_assert!(r.finished());
+                    prop_assert_eq!(records.len() as u32, next);
+                }
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `index.atf`: one thread's call/return events, 32 bytes each.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +8,7 @@ use crate::chunk::{ChunkReader, CHUNK};
 use crate::error::{Error, Result};
 use crate::le::{put_u32, put_u64, u32_at, u64_at};
 use crate::manifest::TscCalibration;
+use crate::sink::{self, FileSink, FileSystem, RealFs};
 use crate::{
     current_arch, ClockType, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL,
     FOOTER_SIZE, HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC, OS_LINUX,
@@ -230,8 +230,15 @@ pub struct IndexSummary {
 /// instant the file is a header followed by whole events, which readers recover. [`finish`](Self::finish)
 /// patches the header and appends the footer. Dropping an unfinished writer flushes its buffer and leaves
 /// the file unfinished, as a crash would.
+///
+/// Writes go through a [`FileSystem`] ([`RealFs`] unless created with
+/// [`create_with`](Self::create_with)): an interrupted write is retried and a short one continued,
+/// so no byte is lost or doubled. Any other write error (`ENOSPC`, `EIO`, `EFBIG`) is an
+/// [`Error::Io`] naming the file, after which the writer accepts nothing more and the file stays a
+/// header followed by whole events, plus at most one partial event that readers ignore. A failed
+/// fsync is reported the same way and never retried: what reached the disk is then unknown.
 pub struct IndexWriter {
-    file: File,
+    file: Box<dyn FileSink>,
     path: PathBuf,
     header: IndexHeader,
     buf: Vec<u8>,
@@ -246,21 +253,35 @@ pub struct IndexWriter {
 impl IndexWriter {
     /// Creates `path` (which must not exist) and writes the recording header.
     pub fn create(path: impl AsRef<Path>, thread_id: u32, clock: ClockType) -> Result<Self> {
+        Self::create_with(&RealFs, path, thread_id, clock)
+    }
+
+    /// [`create`](Self::create) on the file system `fs`. If the header cannot be written whole,
+    /// the file is removed again: no file is better than one no reader opens.
+    pub fn create_with(
+        fs: &dyn FileSystem,
+        path: impl AsRef<Path>,
+        thread_id: u32,
+        clock: ClockType,
+    ) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| {
-                Error::io(
-                    path,
-                    "create the index file (is the directory writable, the name unused?)",
-                    e,
-                )
-            })?;
+        let mut file = fs.create_new(path).map_err(|e| {
+            Error::io(
+                path,
+                "create the index file (is the directory writable, the name unused?)",
+                e,
+            )
+        })?;
         let header = IndexHeader::recording(thread_id, clock);
-        file.write_all(&header.encode())
-            .map_err(|e| Error::io(path, "write the index header", e))?;
+        if let Err(e) = sink::write_all(&mut *file, &header.encode()) {
+            drop(file);
+            let _ = fs.remove_file(path);
+            return Err(Error::io(
+                path,
+                "write the index header (is the disk full?); the file was removed",
+                e,
+            ));
+        }
         Ok(IndexWriter {
             file,
             path: path.to_path_buf(),
@@ -307,7 +328,7 @@ impl IndexWriter {
             // Large batch: what is buffered goes first, then one write straight from the caller's
             // slice, no copy.
             self.flush()?;
-            let result = self.file.write_all(events);
+            let result = sink::write_all(&mut *self.file, events);
             return self.check_write(result);
         }
         if self.buf.len() + events.len() > WRITE_BUFFER {
@@ -363,7 +384,7 @@ impl IndexWriter {
         };
         if flags != self.header.flags {
             self.header.flags = flags;
-            let result = self.file.write_all_at(&self.header.encode(), 0);
+            let result = sink::write_all_at(&mut *self.file, &self.header.encode(), 0);
             self.check_write(result)?;
         }
         Ok(())
@@ -375,16 +396,18 @@ impl IndexWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.buf);
+        let result = sink::write_all(&mut *self.file, &self.buf);
         self.buf.clear();
         self.check_write(result)
     }
 
-    /// Flushes and makes the written bytes durable (`fdatasync`).
+    /// Flushes and makes the written bytes durable (`fdatasync`). A failure is final (see the
+    /// type's documentation).
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        let result = self.file.sync_data();
-        self.check_write(result)
+        let file = &mut self.file;
+        let result = sink::sync_retrying(|| file.sync_data());
+        self.check_sync(result)
     }
 
     /// Flushes and asks the kernel to start writing the file's dirty pages to disk, without
@@ -392,12 +415,8 @@ impl IndexWriter {
     /// keeps the final [`finish`](Self::finish) fsync short: only the last few megabytes are left
     /// to write. A file system that does not support it is not an error.
     pub fn start_writeback(&mut self) -> Result<()> {
-        use std::os::fd::AsRawFd;
         self.flush()?;
-        // SAFETY: sync_file_range on our own open descriptor; no memory is passed.
-        unsafe {
-            libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        self.file.start_writeback();
         Ok(())
     }
 
@@ -423,7 +442,7 @@ impl IndexWriter {
         self.header.footer_offset = footer_offset;
         self.header.time_start_ns = self.time_start_ns;
         self.header.time_end_ns = self.time_end_ns;
-        let result = self.file.write_all_at(&self.header.encode(), 0);
+        let result = sink::write_all_at(&mut *self.file, &self.header.encode(), 0);
         self.check_write(result)?;
         let footer = IndexFooter {
             checksum: self.crc,
@@ -432,11 +451,12 @@ impl IndexWriter {
             time_end_ns: self.time_end_ns,
             bytes_written: events_bytes,
         };
-        let result = self.file.write_all_at(&footer.encode(), footer_offset);
+        let result = sink::write_all_at(&mut *self.file, &footer.encode(), footer_offset);
         self.check_write(result)?;
         if sync {
-            let result = self.file.sync_all();
-            self.check_write(result)?;
+            let file = &mut self.file;
+            let result = sink::sync_retrying(|| file.sync_all());
+            self.check_sync(result)?;
         }
         self.done = true;
         Ok(IndexSummary {
@@ -473,13 +493,26 @@ impl IndexWriter {
             Error::io(&self.path, "write the index file (is the disk full?)", e)
         })
     }
+
+    fn check_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
+        result.map_err(|e| {
+            self.failed = true;
+            Error::io(&self.path, SYNC_FAILED, e)
+        })
+    }
 }
+
+/// The action of a failed fsync: the kernel may have dropped the pages it could not write and
+/// a second fsync would not report it, so nothing is retried and the state on disk is unknown.
+pub(crate) const SYNC_FAILED: &str =
+    "fsync the file; after a failed fsync which written bytes reached the disk is unknown (the \
+     kernel may have dropped them), so it is not synced again and its writer accepts nothing more";
 
 impl Drop for IndexWriter {
     fn drop(&mut self) {
         if !self.done && !self.failed && !self.buf.is_empty() {
             // Best effort: the file stays a header plus whole events whatever happens here.
-            let _ = self.file.write_all(&self.buf);
+            let _ = sink::write_all(&mut *self.file, &self.buf);
         }
     }
 }
@@ -825,7 +858,7 @@ pub(crate) fn check_common_header(path: &Path, endian: u8, version: u8) -> Resul
 
 #[cfg(test)]
 #[allow(non_snake_case)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::NO_DETAIL;
     use proptest::prelude::*;
@@ -1316,6 +1349,284 @@ mod tests {
             }
             let keep = cut % (bytes.len() + 1);
             open_and_read(&bytes[..keep]);
+        }
+    }
+
+    pub(crate) mod faults {
+        use super::*;
+        use crate::fault::{FaultPlan, FaultyFs};
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        fn faulty(plan: FaultPlan) -> Arc<FaultyFs> {
+            Arc::new(FaultyFs::new(plan))
+        }
+
+        /// The OS error of an I/O error, after checking that its message names `path`.
+        pub(crate) fn os_error(err: &Error, path: &Path) -> Option<i32> {
+            match err {
+                Error::Io {
+                    path: at, source, ..
+                } => {
+                    assert_eq!(at, path, "{err}");
+                    assert!(
+                        err.to_string().contains(&path.display().to_string()),
+                        "{err}"
+                    );
+                    source.raw_os_error()
+                }
+                other => panic!("not an I/O error: {other}"),
+            }
+        }
+
+        #[test]
+        fn index_writer__eintr_storm_and_short_writes__then_file_holds_every_event_once() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            let fs = faulty(
+                FaultPlan::new()
+                    .interrupt_writes_every(3)
+                    .short_writes_every(1, 10_000),
+            );
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            let mut next = 0u64;
+            // Small batches (buffered), a batch written straight from the slice, single events.
+            for n in [1u64, 3, 40_000, 2048, 1, 20_000] {
+                w.append(&batch(next..next + n)).unwrap();
+                next += n;
+            }
+            w.set_has_detail(true).unwrap();
+            w.sync().unwrap();
+            w.append_event(&event(next)).unwrap();
+            next += 1;
+            w.start_writeback().unwrap();
+            let summary = w.finish().unwrap();
+            assert_eq!(summary.event_count, next);
+
+            let r = IndexReader::open(&path).unwrap();
+            assert!(r.finished());
+            assert!(r.header().has_detail());
+            assert_eq!(read_all(&r), (0..next).map(event).collect::<Vec<_>>());
+            assert!(r.verify_checksum().unwrap());
+            let injected = fs.injected();
+            assert!(injected.interrupts > 10, "{injected:?}");
+            assert!(injected.short_writes > 10, "{injected:?}");
+        }
+
+        #[test]
+        fn index_writer__disk_full_mid_flush__then_enospc_naming_file_and_whole_events_readable() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            let fs = faulty(FaultPlan::new().full_after(64 + 100 * 32 + 7, libc::ENOSPC));
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            w.append(&batch(0..1000)).unwrap(); // buffered
+            let err = w.flush().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
+            assert!(err.to_string().contains("os error 28"), "{err}");
+            // The writer refuses more; the file keeps what reached it.
+            let refused = w.append(&batch(1000..1001)).unwrap_err();
+            assert!(matches!(refused, Error::WriterFailed { .. }), "{refused}");
+            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 + 100 * 32 + 7);
+            let r = IndexReader::open(&path).unwrap();
+            assert!(!r.finished());
+            assert_eq!(read_all(&r), (0..100).map(event).collect::<Vec<_>>());
+            assert!(
+                r.recovery_note()
+                    .unwrap()
+                    .contains("partial trailing event"),
+                "{:?}",
+                r.recovery_note()
+            );
+        }
+
+        #[test]
+        fn index_writer__write_fails_with_eio_or_efbig__then_error_carries_it_and_earlier_events_readable(
+        ) {
+            for errno in [libc::EIO, libc::EFBIG] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("index.atf");
+                // Write 1 is the header, 2 the first flush, 3 the second.
+                let fs = faulty(FaultPlan::new().fail_write(3, errno));
+                let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+                w.append(&batch(0..10)).unwrap();
+                w.flush().unwrap();
+                w.append(&batch(10..20)).unwrap();
+                let err = w.flush().unwrap_err();
+                assert_eq!(os_error(&err, &path), Some(errno));
+                assert!(matches!(w.flush(), Err(Error::WriterFailed { .. })));
+                drop(w);
+                let r = IndexReader::open(&path).unwrap();
+                assert_eq!(read_all(&r), (0..10).map(event).collect::<Vec<_>>());
+            }
+        }
+
+        #[test]
+        fn index_writer__large_batch_fails_part_way__then_prefix_readable() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            // The batch goes straight from the slice in short writes; the fourth piece fails.
+            let fs = faulty(
+                FaultPlan::new()
+                    .short_writes_every(1, 100_000)
+                    .fail_write(5, libc::EIO),
+            );
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            let err = w.append(&batch(0..40_000)).unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::EIO));
+            let r = IndexReader::open(&path).unwrap();
+            assert_eq!(r.event_count(), 300_000 / 32);
+            assert_eq!(
+                read_all(&r),
+                (0..300_000 / 32).map(event).collect::<Vec<_>>()
+            );
+        }
+
+        #[test]
+        fn index_writer__footer_cut_short_by_full_disk__then_its_bytes_never_read_as_an_event() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            let fs = faulty(FaultPlan::new().full_after(64 + 10 * 32 + 40, libc::ENOSPC));
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            w.append(&batch(0..10)).unwrap();
+            let err = w.finish().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
+            let r = IndexReader::open(&path).unwrap();
+            assert!(!r.finished());
+            assert_eq!(read_all(&r), (0..10).map(event).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn index_writer__fsync_fails__then_error_says_state_unknown_and_sync_not_retried() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            let fs = faulty(FaultPlan::new().fail_sync(1, libc::EIO));
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            w.append(&batch(0..10)).unwrap();
+            let err = w.sync().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::EIO));
+            assert!(err.to_string().contains("unknown"), "{err}");
+            // The next fsync would succeed, but it would not cover the failed one: refused.
+            assert!(matches!(w.sync(), Err(Error::WriterFailed { .. })));
+            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
+            assert_eq!(fs.injected().sync_calls, 1);
+            // The written events are in the file (the page cache), readable.
+            assert_eq!(IndexReader::open(&path).unwrap().event_count(), 10);
+
+            // The fsync of `finish` is reported the same way.
+            let path = dir.path().join("index2.atf");
+            let fs = faulty(FaultPlan::new().fail_sync(1, libc::EIO));
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            w.append(&batch(0..10)).unwrap();
+            let err = w.finish().unwrap_err();
+            assert_eq!(os_error(&err, &path), Some(libc::EIO));
+            assert_eq!(read_all(&IndexReader::open(&path).unwrap()).len(), 10);
+        }
+
+        #[test]
+        fn index_writer__slow_fsync__then_sync_and_finish_complete() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            let stalls = Arc::new(AtomicU64::new(0));
+            let seen = stalls.clone();
+            let plan = FaultPlan::new().slow_sync(Duration::from_secs(3600));
+            let fs = Arc::new(FaultyFs::with_stall(plan, move |d| {
+                assert_eq!(d, Duration::from_secs(3600));
+                seen.fetch_add(1, Relaxed);
+            }));
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            w.append(&batch(0..10)).unwrap();
+            w.sync().unwrap();
+            w.finish().unwrap();
+            assert_eq!(stalls.load(Relaxed), 2);
+            assert!(IndexReader::open(&path).unwrap().finished());
+
+            // The default stall really sleeps.
+            let path = dir.path().join("index2.atf");
+            let fs = faulty(FaultPlan::new().slow_sync(Duration::from_millis(5)));
+            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            w.append(&batch(0..10)).unwrap();
+            w.finish().unwrap();
+            assert_eq!(fs.injected().stalls, 1);
+        }
+
+        #[test]
+        fn index_writer__header_cannot_be_written__then_create_fails_and_leaves_no_file() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.atf");
+            let fs = faulty(FaultPlan::new().full_after(10, libc::ENOSPC));
+            let err = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime)
+                .err()
+                .unwrap();
+            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
+            assert!(err.to_string().contains("removed"), "{err}");
+            assert!(!path.exists());
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            #[test]
+            fn index_writer__random_fault_plan__then_no_panic_and_file_a_prefix_of_the_events(
+                seed in any::<u64>(),
+                ops in proptest::collection::vec((0u8..6, 1u64..5_000), 1..10),
+                end in 0u8..3,
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("index.atf");
+                let plan = FaultPlan::random(seed);
+                let fs = Arc::new(FaultyFs::with_stall(plan.slow_sync(Duration::ZERO), |_| {}));
+                let mut w = match IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        prop_assert!(os_error(&e, &path).is_some());
+                        prop_assert!(!path.exists());
+                        return Ok(());
+                    }
+                };
+                let mut next = 0u64;
+                let mut clean = true;
+                for (op, n) in ops {
+                    let result = match op {
+                        0 => {
+                            next += n;
+                            w.append(&batch(next - n..next))
+                        }
+                        1 => {
+                            next += 1;
+                            w.append_event(&event(next - 1))
+                        }
+                        2 => w.flush(),
+                        3 => w.sync(),
+                        4 => w.set_has_detail(n % 2 == 0),
+                        _ => w.start_writeback(),
+                    };
+                    if let Err(e) = result {
+                        prop_assert!(
+                            matches!(e, Error::Io { .. } | Error::WriterFailed { .. }),
+                            "{e}"
+                        );
+                        clean = false;
+                    }
+                }
+                let finished = match end {
+                    0 => w.finish().is_ok(),
+                    1 => w.finish_unsynced().is_ok(),
+                    _ => {
+                        drop(w);
+                        false
+                    }
+                };
+                let r = IndexReader::open(&path).unwrap();
+                let events = read_all(&r);
+                prop_assert!(events.len() as u64 <= next);
+                prop_assert_eq!(&events, &(0..events.len() as u64).map(event).collect::<Vec<_>>());
+                if finished && clean {
+                    prop_assert!(r.finished());
+                    prop_assert_eq!(events.len() as u64, next);
+                }
+            }
         }
     }
 }

@@ -7,9 +7,12 @@
 //! every instant: writers put a valid header first and only ever append whole events, the manifest is
 //! replaced atomically, and the readers recover every complete event of a file that was never finished
 //! (tracer killed). Readers stream in large chunks, never load a file whole, and report corrupt input
-//! as an [`Error`], never a panic. Timestamps are nanoseconds of `CLOCK_BOOTTIME`
-//! ([`ClockType::Boottime`]); raw TSC ticks are mapped onto that clock with a [`TscCalibration`]
-//! recorded in the manifest.
+//! as an [`Error`], never a panic. Writers reach the disk through a [`FileSystem`] ([`RealFs`], or
+//! [`fault::FaultyFs`] to inject faults): interrupted writes are retried and short ones continued;
+//! any other write or fsync failure is an [`Error::Io`] naming the file and carrying the OS error,
+//! and leaves the file readable up to its last complete event. Timestamps are nanoseconds of
+//! `CLOCK_BOOTTIME` ([`ClockType::Boottime`]); raw TSC ticks are mapped onto that clock with a
+//! [`TscCalibration`] recorded in the manifest.
 //!
 //! ```
 //! use atf::{ClockType, EventKind, IndexEvent, IndexReader, IndexWriter, NO_DETAIL};
@@ -41,10 +44,12 @@
 mod chunk;
 mod detail;
 mod error;
+pub mod fault;
 mod index;
 mod le;
 mod manifest;
 mod session;
+mod sink;
 
 pub use detail::{
     DetailFooter, DetailHeader, DetailReader, DetailRecord, DetailRecordHeader, DetailSummary,
@@ -59,6 +64,7 @@ pub use manifest::{
     ThreadEntry, TscCalibration,
 };
 pub use session::{fsync_dir, Session, SessionLayout, SessionThread, Warning};
+pub use sink::{FileSink, FileSystem, RealFs};
 
 /// Size of the header of both files.
 pub const HEADER_SIZE: usize = 64;

@@ -1,14 +1,13 @@
 //! `manifest.json`: the session's metadata, the keys the original readers need plus ours.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::session::fsync_dir;
+use crate::sink::{self, FileSystem, RealFs};
 use crate::ClockType;
 
 /// The session manifest. The first seven keys are the original format's; everything else is ours and
@@ -372,6 +371,13 @@ impl Manifest {
     /// over `path`, and fsyncs the directory. A reader sees the old or the new manifest, never a mix.
     /// Sets `format_version` to `"2.1"` if modules or symbols are present, `"2.0"` otherwise.
     pub fn write_atomic(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.write_atomic_with(&RealFs, path)
+    }
+
+    /// [`write_atomic`](Self::write_atomic) on the file system `fs`. If writing or syncing the
+    /// temporary file fails, it is removed and `path` keeps the previous manifest; a failed sync
+    /// is never retried (what reached the disk is unknown).
+    pub fn write_atomic_with(&mut self, fs: &dyn FileSystem, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         self.format_version = if self.modules.is_empty() && self.symbols.is_empty() {
             "2.0"
@@ -386,24 +392,52 @@ impl Manifest {
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".tmp");
         let tmp = Path::new(&tmp_name);
-        let write = || -> std::io::Result<()> {
-            let mut file: File = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(tmp)?;
-            file.write_all(&bytes)?;
-            file.write_all(b"\n")?;
-            file.sync_all()
-        };
-        write()
-            .map_err(|e| Error::io(tmp, "write the temporary manifest (is the disk full?)", e))?;
-        fs::rename(tmp, path).map_err(|e| Error::io(path, "replace the manifest", e))?;
+        let mut file = fs.create(tmp).map_err(|e| {
+            Error::io(
+                tmp,
+                "create the temporary manifest (is the directory writable?)",
+                e,
+            )
+        })?;
+        let written = sink::write_all(&mut *file, &bytes)
+            .and_then(|()| sink::write_all(&mut *file, b"\n"))
+            .map_err(|e| {
+                Error::io(
+                    tmp,
+                    "write the temporary manifest (is the disk full?); the manifest was left as it was",
+                    e,
+                )
+            })
+            .and_then(|()| {
+                sink::sync_retrying(|| file.sync_all()).map_err(|e| {
+                    Error::io(
+                        tmp,
+                        "fsync the temporary manifest; after a failed fsync what reached the disk \
+                         is unknown, so it was not renamed over the manifest, which was left as \
+                         it was",
+                        e,
+                    )
+                })
+            });
+        drop(file);
+        if let Err(e) = written {
+            let _ = fs.remove_file(tmp);
+            return Err(e);
+        }
+        fs.rename(tmp, path)
+            .map_err(|e| Error::io(path, "replace the manifest", e))?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        fsync_dir(dir)
+        sink::sync_retrying(|| fs.sync_dir(dir)).map_err(|e| {
+            Error::io(
+                dir,
+                "fsync the directory after replacing the manifest; after a failed fsync whether \
+                 the new manifest survives a crash is unknown",
+                e,
+            )
+        })
     }
 
     /// The session's accounting recomputed from the thread entries.
@@ -577,6 +611,110 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
         assert_eq!(Manifest::read(&path).unwrap().threads.len(), 102);
+    }
+
+    mod faults {
+        use super::*;
+        use crate::fault::{FaultPlan, FaultyFs};
+        use std::time::Duration;
+
+        /// A manifest on disk (written without faults) and a different one to replace it with.
+        fn old_and_new(dir: &Path) -> (std::path::PathBuf, Manifest, Manifest) {
+            let path = dir.join("manifest.json");
+            let mut old = full_manifest();
+            old.write_atomic(&path).unwrap();
+            let mut new = full_manifest();
+            new.finished = true;
+            new.symbols = (0..2000).map(|i| Symbol::new(1, i, "f")).collect();
+            (path, old, new)
+        }
+
+        fn os_error(err: &Error, path: &Path) -> Option<i32> {
+            match err {
+                Error::Io {
+                    path: at, source, ..
+                } => {
+                    assert_eq!(at, path, "{err}");
+                    source.raw_os_error()
+                }
+                other => panic!("not an I/O error: {other}"),
+            }
+        }
+
+        #[test]
+        fn manifest__write_fails_with_enospc_or_eio__then_old_manifest_intact_and_no_temporary_left(
+        ) {
+            let plans = [
+                (
+                    FaultPlan::new().full_after(1000, libc::ENOSPC),
+                    libc::ENOSPC,
+                ),
+                (FaultPlan::new().fail_write(2, libc::EIO), libc::EIO),
+            ];
+            for (plan, errno) in plans {
+                let dir = tempfile::tempdir().unwrap();
+                let (path, old, mut new) = old_and_new(dir.path());
+                let fs = FaultyFs::new(plan.short_writes_every(1, 512));
+                let err = new.write_atomic_with(&fs, &path).unwrap_err();
+                let tmp = dir.path().join("manifest.json.tmp");
+                assert_eq!(os_error(&err, &tmp), Some(errno));
+                assert!(err.to_string().contains("left as it was"), "{err}");
+                assert_eq!(Manifest::read(&path).unwrap(), old);
+                assert!(!tmp.exists());
+            }
+        }
+
+        #[test]
+        fn manifest__fsync_fails__then_old_manifest_intact_and_error_says_state_unknown() {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, old, mut new) = old_and_new(dir.path());
+            let fs = FaultyFs::new(FaultPlan::new().fail_sync(1, libc::EIO));
+            let err = new.write_atomic_with(&fs, &path).unwrap_err();
+            let tmp = dir.path().join("manifest.json.tmp");
+            assert_eq!(os_error(&err, &tmp), Some(libc::EIO));
+            assert!(err.to_string().contains("unknown"), "{err}");
+            assert_eq!(Manifest::read(&path).unwrap(), old);
+            assert!(!tmp.exists());
+            // The next write is a new file and a new fsync: it replaces the manifest.
+            new.write_atomic_with(&fs, &path).unwrap();
+            assert_eq!(Manifest::read(&path).unwrap(), new);
+        }
+
+        #[test]
+        fn manifest__directory_fsync_fails__then_error_names_directory_and_new_manifest_in_place() {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, _, mut new) = old_and_new(dir.path());
+            // Sync 1 is the temporary file's, sync 2 the directory's.
+            let fs = FaultyFs::new(FaultPlan::new().fail_sync(2, libc::EIO));
+            let err = new.write_atomic_with(&fs, &path).unwrap_err();
+            assert_eq!(os_error(&err, dir.path()), Some(libc::EIO));
+            assert!(err.to_string().contains("unknown"), "{err}");
+            assert_eq!(Manifest::read(&path).unwrap(), new);
+        }
+
+        #[test]
+        fn manifest__eintr_storm_and_short_writes__then_replaced_whole() {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, _, mut new) = old_and_new(dir.path());
+            let fs = FaultyFs::new(
+                FaultPlan::new()
+                    .interrupt_writes_every(2)
+                    .short_writes_every(1, 100),
+            );
+            new.write_atomic_with(&fs, &path).unwrap();
+            assert_eq!(Manifest::read(&path).unwrap(), new);
+            assert!(fs.injected().interrupts > 100, "{:?}", fs.injected());
+        }
+
+        #[test]
+        fn manifest__slow_fsync__then_replaced() {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, _, mut new) = old_and_new(dir.path());
+            let fs = FaultyFs::new(FaultPlan::new().slow_sync(Duration::from_millis(5)));
+            new.write_atomic_with(&fs, &path).unwrap();
+            assert_eq!(Manifest::read(&path).unwrap(), new);
+            assert_eq!(fs.injected().stalls, 2);
+        }
     }
 
     #[test]

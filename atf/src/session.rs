@@ -2,15 +2,17 @@
 //! `thread_<tid>/` per thread.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::detail::{DetailReader, DetailWriter};
 use crate::error::{Error, Result};
 use crate::index::{IndexReader, IndexWriter};
 use crate::manifest::Manifest;
+use crate::sink::{self, FileSystem, RealFs};
 use crate::ClockType;
 
 /// File name of the manifest inside a pid directory.
@@ -18,19 +20,37 @@ const MANIFEST: &str = "manifest.json";
 
 /// fsyncs a directory, so the entries created or renamed in it survive a crash.
 pub fn fsync_dir(dir: impl AsRef<Path>) -> Result<()> {
-    let dir = dir.as_ref();
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, "fsync the directory", e))
+    sync_dir_with(&RealFs, dir.as_ref())
+}
+
+fn sync_dir_with(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    sink::sync_retrying(|| fs.sync_dir(dir)).map_err(|e| {
+        Error::io(
+            dir,
+            "fsync the directory; after a failed fsync whether its entries survive a crash is \
+             unknown",
+            e,
+        )
+    })
 }
 
 /// Where a recording puts its files. Creating one makes the directories; the writers and the manifest
-/// go where its paths say.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// go where its paths say, through its [`FileSystem`] ([`RealFs`] unless replaced with
+/// [`with_fs`](Self::with_fs)). Two layouts are equal when their directories are.
+#[derive(Clone, Debug)]
 pub struct SessionLayout {
     session_dir: PathBuf,
     pid_dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
 }
+
+impl PartialEq for SessionLayout {
+    fn eq(&self, other: &Self) -> bool {
+        self.session_dir == other.session_dir && self.pid_dir == other.pid_dir
+    }
+}
+
+impl Eq for SessionLayout {}
 
 impl SessionLayout {
     /// Creates `<output>/session_<local YYYYmmdd_HHMMSS>/pid_<pid>/` (and `output` if needed). If a
@@ -83,7 +103,20 @@ impl SessionLayout {
         Ok(SessionLayout {
             session_dir,
             pid_dir,
+            fs: Arc::new(RealFs),
         })
+    }
+
+    /// The same layout, its files written through `fs` from now on: the trace files, the
+    /// manifest and the syncs (e.g. a [`crate::fault::FaultyFs`] in tests and the simulation).
+    pub fn with_fs(mut self, fs: Arc<dyn FileSystem>) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// The file system the layout's files are written through.
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
     }
 
     /// `<output>/session_<...>`.
@@ -119,38 +152,36 @@ impl SessionLayout {
     /// Creates the thread's directory if needed and its `index.atf`.
     pub fn create_index(&self, tid: u32, clock: ClockType) -> Result<IndexWriter> {
         self.ensure_thread_dir(tid)?;
-        IndexWriter::create(self.index_path(tid), tid, clock)
+        IndexWriter::create_with(&*self.fs, self.index_path(tid), tid, clock)
     }
 
     /// Creates the thread's directory if needed and its `detail.atf`.
     pub fn create_detail(&self, tid: u32) -> Result<DetailWriter> {
         self.ensure_thread_dir(tid)?;
-        DetailWriter::create(self.detail_path(tid), tid)
+        DetailWriter::create_with(&*self.fs, self.detail_path(tid), tid)
     }
 
     /// Writes `manifest` atomically to [`manifest_path`](Self::manifest_path).
     pub fn write_manifest(&self, manifest: &mut Manifest) -> Result<()> {
-        manifest.write_atomic(self.manifest_path())
+        manifest.write_atomic_with(&*self.fs, self.manifest_path())
     }
 
-    /// fsyncs every thread directory, the pid directory and the session directory.
     /// Makes everything on the session's file system durable with one `syncfs(2)`: every trace
     /// file (also those finished with `finish_unsynced`), the manifest and every directory, in one
     /// journal commit instead of one fsync per file and directory (64 threads: ~1 s of fsyncs
     /// become one call). It also flushes other dirty data of that file system.
+    ///
+    /// A failure is final: the kernel may have dropped pages it could not write, and a later sync
+    /// that succeeds does not bring them back, so the session's durability is then unknown.
     pub fn sync_filesystem(&self) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let dir = fs::File::open(&self.session_dir)
-            .map_err(|e| Error::io(&self.session_dir, "open the session directory", e))?;
-        // SAFETY: syncfs on a descriptor we own; no memory is passed.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(Error::io(
+        sink::sync_retrying(|| self.fs.sync_fs(&self.session_dir)).map_err(|e| {
+            Error::io(
                 &self.session_dir,
-                "sync the file system (is the disk failing?)",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+                "sync the file system (is the disk failing?); after a failed sync what reached \
+                 the disk is unknown: the session reads back now but may not survive a crash",
+                e,
+            )
+        })
     }
 
     /// fsyncs the session's directories: the session, process and thread directories.
@@ -159,11 +190,11 @@ impl SessionLayout {
             .map_err(|e| Error::io(&self.pid_dir, "list the process directory", e))?;
         for entry in entries.flatten() {
             if thread_id_of(&entry.file_name().to_string_lossy()).is_some() {
-                fsync_dir(entry.path())?;
+                sync_dir_with(&*self.fs, &entry.path())?;
             }
         }
-        fsync_dir(&self.pid_dir)?;
-        fsync_dir(&self.session_dir)
+        sync_dir_with(&*self.fs, &self.pid_dir)?;
+        sync_dir_with(&*self.fs, &self.session_dir)
     }
 
     fn ensure_thread_dir(&self, tid: u32) -> Result<()> {
@@ -656,6 +687,69 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(msg.contains("cannot open the session directory"), "{msg}");
+    }
+
+    #[test]
+    fn session_layout__with_fs__then_trace_files_manifest_and_syncs_go_through_it() {
+        use crate::fault::{FaultPlan, FaultyFs};
+        let out = tempfile::tempdir().unwrap();
+        let fs = Arc::new(FaultyFs::new(
+            FaultPlan::new()
+                .interrupt_writes_every(2)
+                .short_writes_every(1, 1000),
+        ));
+        let layout = SessionLayout::create(out.path(), 99)
+            .unwrap()
+            .with_fs(fs.clone());
+        assert_eq!(layout.clone().with_fs(Arc::new(RealFs)), layout);
+        let mut m = manifest_for(&[11]);
+        layout.write_manifest(&mut m).unwrap();
+        let mut w = layout.create_index(11, ClockType::Boottime).unwrap();
+        w.append(&batch(11, 5000)).unwrap();
+        w.finish_unsynced().unwrap();
+        let mut d = layout.create_detail(11).unwrap();
+        let header = crate::DetailRecordHeader {
+            total_length: 28,
+            event_type: crate::DETAIL_CALL,
+            flags: 0,
+            index_seq: 0,
+            thread_id: 11,
+            timestamp_ns: 0,
+        };
+        d.append_record(&header, &[1, 2, 3, 4]).unwrap();
+        d.finish_unsynced().unwrap();
+        m.threads[0].has_detail = true;
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        layout.sync_dirs().unwrap();
+        layout.sync_filesystem().unwrap();
+
+        let injected = fs.injected();
+        assert!(injected.interrupts > 0, "{injected:?}");
+        // Two manifest fsyncs and two directory fsyncs for them, three directories, one syncfs.
+        assert_eq!(injected.sync_calls, 2 * 2 + 3 + 1, "{injected:?}");
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(s.event_count(), 5000);
+        assert_eq!(s.threads[0].detail.as_ref().unwrap().record_count(), 1);
+    }
+
+    #[test]
+    fn session_layout__syncfs_fails__then_error_names_session_and_says_durability_unknown() {
+        use crate::fault::{FaultPlan, FaultyFs};
+        let out = tempfile::tempdir().unwrap();
+        let fs = Arc::new(FaultyFs::new(FaultPlan::new().fail_sync_fs(libc::EIO)));
+        let layout = SessionLayout::create(out.path(), 99).unwrap().with_fs(fs);
+        let mut m = manifest_for(&[]);
+        layout.write_manifest(&mut m).unwrap();
+        layout.sync_dirs().unwrap();
+        let err = layout.sync_filesystem().unwrap_err();
+        let Error::Io { path, source, .. } = &err else {
+            panic!("not an I/O error: {err}");
+        };
+        assert_eq!(path, layout.session_dir());
+        assert_eq!(source.raw_os_error(), Some(libc::EIO));
+        assert!(err.to_string().contains("unknown"), "{err}");
     }
 
     #[test]
