@@ -19,7 +19,11 @@
 //!
 //! I/O errors (disk full, EIO, a directory that became unwritable) stop the drain cleanly: the error
 //! carries the path and the cause, what was written stays readable, and the target is never blocked
-//! for long (its producers wait a bounded time, then count drops).
+//! for long (its producers wait a bounded time, then count drops). A file that fails is given up
+//! and its thread's later events are consumed and counted `not_written`, so passes and the final
+//! drain can go on and the manifest stays balanced. The drain writes through its layout's
+//! [`atf::FileSystem`]: give it an [`atf::fault::FaultyFs`] with [`SessionLayout::with_fs`] to
+//! inject faults.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -170,11 +174,18 @@ struct ThreadFiles {
     /// Accounting from the registry for owners already recycled, plus the live owner's at finish.
     counts: Counts,
     detail_counts: Counts,
-    /// Index events and detail records written.
+    /// Index events written (after a write error: the whole events the file holds).
     written: u64,
     /// `written` when writeback was last started (see `flush_all`).
     written_at_writeback: u64,
+    /// Detail records written (after a write error: the whole records the file holds).
     detail_written: u64,
+    /// Records of marked windows taken from the lanes, written or not: those not written (an
+    /// I/O error) are `not_written`, never unmarked windows.
+    detail_taken: u64,
+    /// The detail file failed (or could not be created): later marked records are consumed
+    /// without being written.
+    detail_failed: bool,
     windows: Vec<DetailWindow>,
 }
 
@@ -206,7 +217,19 @@ pub struct Drain<'r, B: Backend = StdBackend> {
 impl<'r, B: Backend> Drain<'r, B> {
     /// A drain writing into `layout`, with `manifest` carrying what the caller knows of the target
     /// (pid, executable, argv, clock, symbols). Writes the initial manifest, so the session is
-    /// readable from now on.
+    /// readable from now on. Every file is written through the layout's file system
+    /// ([`SessionLayout::with_fs`]; the operating system's by default):
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use atf::fault::{FaultPlan, FaultyFs};
+    /// let region = registry::SharedRegion::create(&registry::RegionConfig::default())?;
+    /// let plan = FaultPlan::new().only_paths_containing(".atf").full_after(1 << 20, libc::ENOSPC);
+    /// let layout = atf::SessionLayout::create("/tmp/traces", 1)?.with_fs(Arc::new(FaultyFs::new(plan)));
+    /// let drain = drain::Drain::new(region.registry()?, layout, atf::Manifest::new(atf::ClockType::Boottime))?;
+    /// # Ok(()) }
+    /// ```
     pub fn new(
         registry: Registry<'r, B>,
         layout: SessionLayout,
@@ -426,7 +449,10 @@ impl<'r, B: Backend> Drain<'r, B> {
                 }
             }
             if let Some(w) = files.detail.as_mut() {
-                w.flush()?;
+                if let Err(e) = w.flush() {
+                    fail_detail(files);
+                    return Err(e.into());
+                }
             }
         }
         Ok(())
@@ -480,12 +506,16 @@ impl<'r, B: Backend> Drain<'r, B> {
         let r = owner
             .detail
             .drain(false, |chunk| {
-                persist_detail(&self.layout, tid, files, chunk, &mut persisted)
+                persist_detail(&self.layout, tid, files, chunk, &mut persisted);
+                Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
         moved += r.bytes;
         self.stats.bytes += persisted.bytes;
         self.stats.rings_returned += r.rings_returned;
+        if let Some(e) = persisted.error {
+            return Err(e.into());
+        }
         // Exited: the owner published EXITED (Release) after its last event, and `slots()` read it
         // with Acquire, so the lanes drained above held everything. Retire the slot.
         if info.state == SlotState::Exited && !final_pass {
@@ -524,25 +554,30 @@ impl<'r, B: Backend> Drain<'r, B> {
             // accounting continues; its files too if still open (see `drain_slot`).
             return Ok(());
         }
-        let index = self
-            .layout
-            .create_index(info.tid, atf::ClockType::Boottime)?;
+        // A thread whose file cannot be created is still accounted for: its events are consumed
+        // without a writer and counted as `not_written`.
+        let (index, created) = match self.layout.create_index(info.tid, atf::ClockType::Boottime) {
+            Ok(index) => (Some(index), Ok(())),
+            Err(e) => (None, Err(e.into())),
+        };
         self.files.insert(
             info.tid,
             ThreadFiles {
                 tid: info.tid,
-                index: Some(index),
+                index,
                 detail: None,
                 counts: Counts::default(),
                 detail_counts: Counts::default(),
                 written: 0,
                 written_at_writeback: 0,
                 detail_written: 0,
+                detail_taken: 0,
+                detail_failed: false,
                 windows: Vec::new(),
             },
         );
         self.manifest_dirty = true;
-        Ok(())
+        created
     }
 
     /// Persists the committed prefix of a slot's active detail ring if it is marked (or `all`).
@@ -561,11 +596,12 @@ impl<'r, B: Backend> Drain<'r, B> {
                 if all {
                     chunk.marked = true;
                 }
-                persist_detail(&self.layout, tid, files, chunk, &mut persisted)
+                persist_detail(&self.layout, tid, files, chunk, &mut persisted);
+                Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
         self.stats.bytes += persisted.bytes;
-        Ok(())
+        persisted.error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Folds a slot owner's counters into its thread's accounting, drops the consumers and, if the
@@ -639,30 +675,36 @@ fn reconcile_after_stop(c: &mut registry::ThreadCounts) {
     }
 }
 
-/// Detail records and bytes persisted by one drain call.
+/// What one drain call persisted, and the first write error it met.
 #[derive(Default)]
 struct Persisted {
     bytes: u64,
+    error: Option<atf::Error>,
 }
 
 /// Persists a detail chunk if its window is marked (unmarked windows are the flight recorder's
-/// discarded history, accounted for in `thread_entry`).
+/// discarded history, accounted for in `thread_entry`). The chunk is always consumed: a record
+/// that cannot be written gives the detail file up (see `fail_detail`), the error goes into
+/// `persisted`, and this and later marked records are counted as `not_written`.
 fn persist_detail(
     layout: &SessionLayout,
     tid: u32,
     files: &mut ThreadFiles,
     chunk: ring::Chunk<'_>,
     persisted: &mut Persisted,
-) -> Result<(), atf::Error> {
-    if !chunk.marked || files.index.is_none() {
-        return Ok(());
+) {
+    if !chunk.marked {
+        return;
     }
-    if files.detail.is_none() {
-        files.detail = Some(layout.create_detail(tid)?);
+    if files.detail.is_none() && files.index.is_some() && !files.detail_failed {
+        match layout.create_detail(tid) {
+            Ok(writer) => files.detail = Some(writer),
+            Err(e) => {
+                files.detail_failed = true;
+                persisted.error.get_or_insert(e);
+            }
+        }
     }
-    let Some(writer) = files.detail.as_mut() else {
-        return Ok(());
-    };
     let mut window = DetailWindow {
         thread_id: tid,
         reason: if chunk.active {
@@ -677,7 +719,16 @@ fn persist_detail(
     for record in frames(chunk.bytes) {
         // A torn frame cannot come from the ring (it validates frames); stop at it regardless.
         let Ok(record) = record else { break };
-        writer.append(record)?;
+        files.detail_taken += 1;
+        let Some(writer) = files.detail.as_mut() else {
+            continue;
+        };
+        if let Err(e) = writer.append(record) {
+            fail_detail(files);
+            persisted.error.get_or_insert(e);
+            continue;
+        }
+        files.detail_written += 1;
         if let Some(seq) = record.get(8..12) {
             let seq = u64::from(u32::from_le_bytes(seq.try_into().unwrap_or_default()));
             window.index_seq_start = window.index_seq_start.min(seq);
@@ -686,20 +737,26 @@ fn persist_detail(
         window.records += 1;
         persisted.bytes += record.len() as u64;
     }
-    files.detail_written += window.records;
     if window.records > 0 {
         files.windows.push(window);
     }
-    Ok(())
 }
 
+/// Finishes a thread's detail file, then its index file; a detail file that fails does not keep
+/// the index from being finished. Returns the first error.
 fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
+    let mut first = None;
     if let Some(detail) = files.detail.take() {
-        detail.finish_unsynced()?;
+        let path = detail.path().to_owned();
+        if let Err(e) = detail.finish_unsynced() {
+            files.detail_failed = true;
+            files.detail_written = files.detail_written.min(records_in_file(&path));
+            keep_first(&mut first, e.into());
+        }
         if let Some(index) = files.index.as_mut() {
             if let Err(e) = index.set_has_detail(true) {
                 fail_index(files);
-                return Err(e.into());
+                keep_first(&mut first, e.into());
             }
         }
     }
@@ -708,12 +765,12 @@ fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
         let path = index.path().to_owned();
         if let Err(e) = index.finish_unsynced() {
             // Either the last events or the footer were cut short: at most what was appended,
-            // at most what is on disk (a torn footer must not pass for an event).
-            files.written = files.written.min(events_on_disk(&path));
-            return Err(e.into());
+            // at most what a reader finds (a torn footer must not pass for an event).
+            files.written = files.written.min(events_in_file(&path));
+            keep_first(&mut first, e.into());
         }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Gives up a thread's index file after a write error. The writer is dropped unfinished (a failed
@@ -724,16 +781,29 @@ fn fail_index(files: &mut ThreadFiles) {
     if let Some(writer) = files.index.take() {
         let (path, appended) = (writer.path().to_owned(), writer.event_count());
         drop(writer);
-        files.written = appended.min(events_on_disk(&path));
+        files.written = appended.min(events_in_file(&path));
     }
 }
 
-/// Whole events in an index file as a reader finds them: the bytes after the header, in whole
-/// events (a torn last event does not count).
-fn events_on_disk(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path)
-        .map(|m| m.len().saturating_sub(atf::HEADER_SIZE as u64) / atf::EVENT_SIZE as u64)
-        .unwrap_or(0)
+/// [`fail_index`] for the detail file: `detail_written` becomes the whole records the file
+/// holds, and later marked records are counted as `not_written`.
+fn fail_detail(files: &mut ThreadFiles) {
+    files.detail_failed = true;
+    if let Some(writer) = files.detail.take() {
+        let path = writer.path().to_owned();
+        drop(writer);
+        files.detail_written = files.detail_written.min(records_in_file(&path));
+    }
+}
+
+/// Whole events in an index file as the reader finds them (0 if it cannot open it).
+fn events_in_file(path: &std::path::Path) -> u64 {
+    atf::IndexReader::open(path).map_or(0, |r| r.event_count())
+}
+
+/// Whole records in a detail file as the reader finds them (0 if it cannot open it).
+fn records_in_file(path: &std::path::Path) -> u64 {
+    atf::DetailReader::open(path).map_or(0, |r| r.record_count())
 }
 
 /// Keeps the first of several errors (the one that explains the others).
@@ -757,12 +827,20 @@ fn thread_entry(files: &ThreadFiles) -> ThreadEntry {
     let mut detail = files.detail_counts.clone();
     detail.persisted = files.detail_written;
     let accepted = detail.attempted.saturating_sub(detail.dropped.total());
-    if accepted > files.detail_written {
+    let taken = files.detail_taken.max(files.detail_written);
+    if taken > files.detail_written {
+        // Records of marked windows that an I/O error kept out of the file.
+        detail
+            .dropped
+            .other
+            .insert("not_written".into(), taken - files.detail_written);
+    }
+    if accepted > taken {
         // The flight recorder keeps only marked windows: the rest is discarded by design.
         detail
             .dropped
             .other
-            .insert("unmarked_window".into(), accepted - files.detail_written);
+            .insert("unmarked_window".into(), accepted - taken);
     }
     ThreadEntry {
         id: files.tid,

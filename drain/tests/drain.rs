@@ -12,7 +12,7 @@ use registry::{RegionConfig, Registry, SharedRegion};
 
 /// Producer threads write `per_thread` index events each (plus a marked detail window of 3
 /// records), as the agent would, then exit their slots.
-fn produce(registry: Registry<'static>, threads: u32, per_thread: u64) {
+fn produce(registry: Registry<'_>, threads: u32, per_thread: u64) {
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
