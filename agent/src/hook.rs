@@ -169,6 +169,7 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         st.depth = st.depth.saturating_sub(1);
         st.depth
     };
+    crate::thread::refresh_fence(st);
     if st.writer.begin() {
         let ts = st.clock.now_ns();
         let detail_seq = if regs.is_null() {

@@ -17,6 +17,14 @@
 //!   ~native speed). Attach: the tracer `dlopen`s the agent (whose constructor then does nothing)
 //!   and calls `tracer_agent_attach(path)`, which maps the region, redirects the program's hook
 //!   GOT entries to the agent and puts them back at the stop (see `attach`).
+//! - **The stop handshake's barrier.** With [`registry::Handshake::Membarrier`] a producer may
+//!   skip its fence only once its process is registered for the stopper's membarrier. Spawn
+//!   registers in the constructor (one thread: cheap). Attach must not: in a multi-threaded
+//!   process the kernel's registration waits for an RCU grace period (6–16 ms), and the tracer
+//!   holds the loading thread meanwhile. So the first attachment starts a short-lived thread that
+//!   registers and exits; producers fence until they see it done ([`producers_must_fence`]), then
+//!   drop the fence on their next event. Registration is per process and permanent: later
+//!   attachments find it done.
 //! - **Threads.** Per-thread state lives in the region's slot and in an agent-private array indexed
 //!   by slot; the only thread-local storage is a 32-byte initial-exec TLS block reached with one
 //!   `fs`-relative load (no `__tls_get_addr`). A pthread key destructor (run in the last rounds)
@@ -61,6 +69,16 @@ static AGENT: AtomicPtr<Agent> = AtomicPtr::new(core::ptr::null_mut());
 static KEY: AtomicU32 = AtomicU32::new(0);
 /// Set once the key exists and the fork handler is installed.
 static PROCESS_HOOKS: AtomicU8 = AtomicU8::new(0);
+/// This process's membarrier registration: one of the `BARRIER_*` states.
+static BARRIER: AtomicU8 = AtomicU8::new(BARRIER_NONE);
+/// Not registered (nobody tried yet, or starting the registering thread failed).
+const BARRIER_NONE: u8 = 0;
+/// A registering thread is at it.
+const BARRIER_PENDING: u8 = 1;
+/// Registered: producers of a membarrier region need no fence.
+const BARRIER_READY: u8 = 2;
+/// The kernel refused: producers fence.
+const BARRIER_REFUSED: u8 = 3;
 
 /// The process-wide agent, made once and never freed.
 pub(crate) struct Agent {
@@ -69,8 +87,6 @@ pub(crate) struct Agent {
     pub(crate) threads: *mut ThreadState,
     /// This process's pid (updated in a fork child).
     pub(crate) pid: AtomicU32,
-    /// 1 when producers must fence (no membarrier registration, or the region says so).
-    pub(crate) fenced: AtomicU32,
     pub(crate) key: libc::pthread_key_t,
     /// Which attachment this agent serves: 1 for the first, one more for each later attach.
     /// Threads registered under an older one re-register (see `thread::acquire_state`).
@@ -174,11 +190,23 @@ fn build() -> Result<Agent, String> {
         }
         Err(e) => return Err(e.to_string()),
     };
-    build_from(region, 1)
+    let agent = build_agent(region, 1)?;
+    // Spawn: the constructor runs before the program starts threads, so registering here is cheap.
+    register_now(&agent.reg);
+    Ok(agent)
 }
 
-/// An agent over `region`, serving attachment `generation`.
+/// An agent over `region`, serving attachment `generation` (attach: the caller is a thread the
+/// tracer holds, so the membarrier registration, if still needed, runs on a thread of its own).
 pub(crate) fn build_from(region: SharedRegion, generation: u32) -> Result<Agent, String> {
+    let agent = build_agent(region, generation)?;
+    if agent.reg.handshake() == registry::Handshake::Membarrier {
+        register_in_background();
+    }
+    Ok(agent)
+}
+
+fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
     let reg = region.leak().map_err(|e| e.to_string())?;
     let capacity = reg.capacity() as usize;
     let bytes = capacity * core::mem::size_of::<ThreadState>();
@@ -205,7 +233,6 @@ pub(crate) fn build_from(region: SharedRegion, generation: u32) -> Result<Agent,
         reg,
         threads: threads.cast(),
         pid: AtomicU32::new(pid),
-        fenced: AtomicU32::new(u32::from(!producer_barrier_ready(&reg))),
         key,
         generation,
     })
@@ -230,10 +257,116 @@ fn process_hooks() -> Result<libc::pthread_key_t, String> {
     Ok(key)
 }
 
-/// Registers this process for the stopper's membarrier, if the region uses it. `false`: producers
-/// of this process must fence.
-pub(crate) fn producer_barrier_ready(reg: &Registry<'_>) -> bool {
-    reg.handshake() == registry::Handshake::Membarrier && registry::membarrier::register_process()
+/// Whether a producer writing into `reg` must fence its write sections: the region says
+/// [`registry::Handshake::Fence`], or this process is not (yet) registered for the stopper's
+/// membarrier. Once this is `false` it stays so for that region.
+///
+/// Why dropping the fence mid-recording is sound (the Dekker pair of `SlotWriter::begin` and
+/// `Registry::stop_accepting`: producer stores `in_write`, barrier, loads `accepting`; stopper
+/// clears `accepting`, fence and membarrier, loads `in_write`). While fenced, the producer's
+/// barrier is its own `SeqCst` fence, which pairs with the stopper's fence whatever the
+/// registration's state: a stop that comes before the registration finishes is handled like a
+/// [`registry::Handshake::Fence`] region. Unfenced, the producer relies on the stopper's
+/// membarrier running a full barrier on its CPU; the kernel's registration returns only after it
+/// has marked every CPU running the process and run a full barrier there (and a thread scheduled
+/// later is marked by its context switch, itself a full barrier). A stopper's membarrier that reads
+/// a CPU's mark before it was set is ordered, by its own barrier and that one, before the
+/// producer's later load of `accepting`, which therefore sees the stop. A producer drops its fence
+/// only after seeing READY, which is stored after the registration returned: its unfenced sections
+/// all follow the registration.
+#[inline]
+pub(crate) fn producers_must_fence(reg: &Registry<'_>) -> bool {
+    // Acquire: pairs with the Release stores of READY in `register_now` and `registering_thread`
+    // (a producer that sees READY runs its later write sections after the registration).
+    reg.handshake() != registry::Handshake::Membarrier || BARRIER.load(Acquire) != BARRIER_READY
+}
+
+/// Registers this process for the stopper's membarrier on the calling thread, if the region uses
+/// it (spawn's constructor, and a fork child: one thread, so the kernel's registration is cheap).
+pub(crate) fn register_now(reg: &Registry<'_>) {
+    if reg.handshake() != registry::Handshake::Membarrier {
+        return;
+    }
+    let state = if registry::membarrier::register_process() {
+        BARRIER_READY
+    } else {
+        BARRIER_REFUSED
+    };
+    // Release: pairs with the Acquire in `producers_must_fence`.
+    BARRIER.store(state, Release);
+}
+
+/// A fork child: it has no registering thread (only the forking thread is copied) and a process
+/// of its own, so it registers afresh when it runs an agent.
+pub(crate) fn barrier_after_fork(reg: Option<&Registry<'_>>) {
+    // Release: pairs with the Acquire in `producers_must_fence` (NONE: fence until registered).
+    BARRIER.store(BARRIER_NONE, Release);
+    if let Some(reg) = reg {
+        register_now(reg);
+    }
+}
+
+/// Starts the thread that registers this process for the stopper's membarrier, unless it is
+/// registered, refused, or being registered already. If the thread cannot be started, producers
+/// keep fencing (correct, a few ns more per event) and the next attachment tries again.
+///
+/// Starting a thread here is safe: the caller is at a point where it holds no libc lock (the
+/// tracer's safe point, the same that makes its `dlopen` safe), and `pthread_create` takes only
+/// the loader's and the stack cache's locks. The thread is detached, blocks every signal (so no
+/// signal of the program is ever delivered to it), runs agent code only (no instrumented
+/// function, no pthread key) and exits once the flag is published.
+fn register_in_background() {
+    // Relaxed: the CAS only elects the starter; the state it publishes is ordered by its own
+    // Release store.
+    if BARRIER
+        .compare_exchange(BARRIER_NONE, BARRIER_PENDING, Relaxed, Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    if !spawn_detached(registering_thread) {
+        // Relaxed: NONE makes producers fence, as PENDING did.
+        BARRIER.store(BARRIER_NONE, Relaxed);
+    }
+}
+
+/// The registering thread's body.
+extern "C" fn registering_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    let state = if registry::membarrier::register_process() {
+        BARRIER_READY
+    } else {
+        BARRIER_REFUSED
+    };
+    // Release: pairs with the Acquire in `producers_must_fence`.
+    BARRIER.store(state, Release);
+    core::ptr::null_mut()
+}
+
+/// The registering thread's stack: its body makes one system call.
+const HELPER_STACK: usize = 64 << 10;
+
+/// Starts `body` on a detached thread with every signal blocked. `false`: it could not start.
+fn spawn_detached(body: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    // SAFETY: the attribute and signal sets are initialised before use and the attribute is
+    // destroyed after; the calling thread's signal mask is restored before returning. The new
+    // thread inherits the all-blocked mask, so there is no moment where it can take a signal.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, HELPER_STACK.max(libc::PTHREAD_STACK_MIN));
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut thread: libc::pthread_t = 0;
+        let started = libc::pthread_create(&mut thread, &attr, body, core::ptr::null_mut()) == 0;
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        started
+    }
 }
 
 /// Initialises the agent from the environment when it names a region (spawn). Loaded without one
@@ -250,3 +383,68 @@ extern "C" fn constructor() {
 #[used]
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use registry::{Handshake, RegionConfig};
+
+    fn region(handshake: Handshake) -> SharedRegion {
+        let config = RegionConfig {
+            capacity: 64,
+            handshake,
+            ..RegionConfig::default()
+        };
+        SharedRegion::create(&config).expect("a small region")
+    }
+
+    /// Waits until no registering thread is at work (it makes one system call; the bound only
+    /// keeps a broken build from hanging).
+    fn settled() -> u8 {
+        for _ in 0..60_000 {
+            // Acquire: as in `producers_must_fence`.
+            let state = BARRIER.load(Acquire);
+            if state != BARRIER_PENDING {
+                return state;
+            }
+            std::thread::sleep(core::time::Duration::from_millis(1));
+        }
+        panic!("the registering thread never published its outcome");
+    }
+
+    // One test, because the registration is process-wide state.
+    #[test]
+    fn barrier__attach_then_fork_then_attach__then_producers_fence_only_until_registered() {
+        let fence_region = region(Handshake::Fence);
+        let fence = fence_region.registry().unwrap();
+        let membarrier_region = region(Handshake::Membarrier);
+        let mb = membarrier_region.registry().unwrap();
+        assert!(producers_must_fence(&fence));
+        assert!(producers_must_fence(&mb), "nothing registered yet");
+
+        // Attach: the registration runs on a thread of its own, then producers drop the fence.
+        register_in_background();
+        let registered = registry::membarrier::global_expedited_supported();
+        let expected = if registered {
+            BARRIER_READY
+        } else {
+            BARRIER_REFUSED
+        };
+        assert_eq!(settled(), expected);
+        assert_eq!(producers_must_fence(&mb), !registered);
+        assert!(producers_must_fence(&fence), "a fence region always fences");
+
+        // A later attach starts nothing: the state stays as it is.
+        register_in_background();
+        assert_eq!(BARRIER.load(Acquire), expected);
+
+        // A fork child without an agent: unregistered until it runs one.
+        barrier_after_fork(None);
+        assert!(producers_must_fence(&mb));
+        // With one (spawn's constructor, or the fork handler): registered on the spot.
+        barrier_after_fork(Some(&mb));
+        assert_eq!(BARRIER.load(Acquire), expected);
+        assert_eq!(producers_must_fence(&mb), !registered);
+    }
+}

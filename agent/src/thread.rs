@@ -179,7 +179,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             let (lo, hi) = stack_bounds();
             reg.set_stack_bounds(r.slot, lo, hi);
             let mut writer = r.writer;
-            writer.set_fenced(writer.fenced() || agent.fenced.load(Relaxed) != 0);
+            writer.set_fenced(writer.fenced() || crate::producers_must_fence(reg));
             let state = ThreadState {
                 busy: 0,
                 stop_seen: false,
@@ -235,6 +235,16 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
     }
 }
 
+/// Drops this producer's fence once its process is registered for the stopper's membarrier (a
+/// thread that registered its slot while the registration was pending). Free when unfenced: one
+/// test of a flag the write section reads anyway.
+#[inline(always)]
+pub(crate) fn refresh_fence(st: &mut ThreadState) {
+    if st.writer.fenced() && !crate::producers_must_fence(&st.agent.reg) {
+        st.writer.set_fenced(false);
+    }
+}
+
 fn arm_teardown(agent: &Agent) {
     // SAFETY: the key was created in `build`; the value is a non-null marker, never dereferenced.
     unsafe { libc::pthread_setspecific(agent.key, core::ptr::dangling::<libc::c_void>()) };
@@ -267,12 +277,12 @@ pub(crate) extern "C" fn teardown(_value: *mut libc::c_void) {
 /// `pthread_atfork` child handler: the child's only thread drops the parent's slot (the parent
 /// keeps using it) and re-registers under the child's pid on its next event, at the same depth.
 pub(crate) extern "C" fn after_fork_in_child() {
-    let Some(agent) = crate::ready_agent() else {
+    let agent = crate::ready_agent();
+    crate::barrier_after_fork(agent.map(|a| &a.reg));
+    let Some(agent) = agent else {
         return;
     };
     agent.pid.store(std::process::id(), Relaxed);
-    let fenced = !crate::producer_barrier_ready(&agent.reg);
-    agent.fenced.store(u32::from(fenced), Relaxed);
     // SAFETY: only this thread touches its TLS block.
     let tl = unsafe { &mut *tls() };
     if !tl.state.is_null() {

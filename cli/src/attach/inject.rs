@@ -7,13 +7,15 @@
 //! it is at the entry of an instrumented function and holds no libc lock (when an earlier attach
 //! whose tracer died left the program's calls bound to the agent, the agent's hooks get
 //! breakpoints too). The breakpoints are removed at once (the other threads keep running); that
-//! thread alone calls
-//! `dlopen(agent, RTLD_NOW)`, `dlsym(handle, "tracer_agent_attach")` and then
-//! `tracer_agent_attach(region_path)`, each on a scratch area below its red zone, returning to
-//! address 0 (the fault ends the call). Its registers are then restored exactly (at the stub's
-//! entry, which now runs the original instruction), and every thread is interrupted briefly and
-//! detached. The tracer never kills the target, and a tracer that dies mid-way leaves it running
-//! (a seized thread is released when its tracer exits).
+//! thread alone calls `dlopen(agent, RTLD_NOW)` (not when an earlier attach loaded the agent)
+//! and then `tracer_agent_attach(region_path)`, each on a scratch area below its red zone,
+//! returning to address 0 (the fault ends the call). The attach function's address comes from
+//! the agent file's symbols and the load bias in the `dlopen` handle, checked against the file's
+//! code (`dlsym` if that check fails): every call is one more time the held thread waits for a
+//! CPU. Its registers are then restored exactly (at the stub's entry, which now runs the original
+//! instruction), and every thread is interrupted briefly and detached. The tracer never kills the
+//! target, and a tracer that dies mid-way leaves it running (a seized thread is released when its
+//! tracer exits).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -28,6 +30,9 @@ const RTLD_NOW: u64 = 2;
 const INT3: u8 = 0xCC;
 /// Bytes of the stack left alone below the interrupted frame (the x86-64 red zone and more).
 const STACK_GAP: u64 = 1024;
+/// Forked children are seized too, so one that inherits the breakpoint is released with the
+/// original byte back rather than killed by its trap.
+const FORK_OPTIONS: i32 = libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACEVFORK;
 
 /// What the injection did, for the summary and the stop-time benchmark.
 #[derive(Debug, Clone)]
@@ -38,8 +43,28 @@ pub struct Injected {
     pub injecting_thread_stopped: Duration,
     /// How long the final interrupt-and-detach round took (each thread is stopped within it).
     pub detach_round: Duration,
+    /// Of the time held, how long the loading thread ran and how long it waited for a CPU
+    /// (`/proc/<pid>/task/<tid>/schedstat`; `None` without it). The rest is the tracer's turns
+    /// and the thread sleeping in the kernel.
+    pub held_scheduling: Option<Scheduling>,
     /// GOT entries the agent redirected.
     pub hooks: i64,
+}
+
+/// A thread's scheduler time over an interval.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduling {
+    /// On a CPU.
+    pub running: Duration,
+    /// Runnable, waiting for a CPU.
+    pub runnable: Duration,
+}
+
+/// (ns on a CPU, ns waiting for one) of a thread so far, from its schedstat.
+fn schedstat(pid: i32, tid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
 }
 
 /// Why an injection failed.
@@ -74,6 +99,12 @@ struct LibcSyms {
     hooks: Vec<u64>,
     dlopen: u64,
     dlsym: u64,
+    /// `tracer_agent_attach` in the agent file: its address relative to the load base, and its
+    /// first bytes (to check an address computed in the target before calling it).
+    attach_offset: u64,
+    attach_code: Vec<u8>,
+    /// `tracer_agent_attach`'s address if this agent file is loaded already (an earlier attach).
+    attach_loaded: Option<u64>,
 }
 
 /// Loads `agent` into `pid` and calls `tracer_agent_attach(region_path)` in it.
@@ -144,10 +175,23 @@ impl Tracer {
         self.set_breakpoint()?;
         let (tid, saved) = self.wait_safe_point()?;
         let held = Instant::now();
+        let sched_before = schedstat(self.pid, tid);
         self.remove_breakpoint()?;
+        // Threads this one starts from now on are not seized: the agent starts one of its own
+        // (it registers the process for membarrier, see the agent's doc), which then costs this
+        // thread no clone stop and the detach round no wait for it. With the breakpoint gone, an
+        // untraced new thread has nothing to trip on.
+        ptrace(libc::PTRACE_SETOPTIONS, tid, 0, FORK_OPTIONS as usize)?;
         let mut restore = saved;
         restore.rip = saved.rip - 1;
         let outcome = self.load_agent(tid, &saved, syms, agent, region_path);
+        let held_scheduling =
+            sched_before
+                .zip(schedstat(self.pid, tid))
+                .map(|((run0, wait0), (run1, wait1))| Scheduling {
+                    running: Duration::from_nanos(run1.saturating_sub(run0)),
+                    runnable: Duration::from_nanos(wait1.saturating_sub(wait0)),
+                });
         // Back to the stub's entry, exactly as it was (it was not in a system call).
         restore.orig_rax = u64::MAX;
         let set = set_regs(tid, &restore);
@@ -160,6 +204,7 @@ impl Tracer {
             threads: self.tids.len(),
             injecting_thread_stopped,
             detach_round: Duration::ZERO,
+            held_scheduling,
             hooks,
         })
     }
@@ -172,11 +217,7 @@ impl Tracer {
                 if self.tids.contains(&tid) {
                     continue;
                 }
-                // Forked children are seized too, so one that inherits the breakpoint is released
-                // with the original byte back rather than killed by its trap.
-                let opts = (libc::PTRACE_O_TRACECLONE
-                    | libc::PTRACE_O_TRACEFORK
-                    | libc::PTRACE_O_TRACEVFORK) as usize;
+                let opts = (libc::PTRACE_O_TRACECLONE | FORK_OPTIONS) as usize;
                 // SAFETY: PTRACE_SEIZE takes a tid and an options word, no pointers.
                 let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, opts) };
                 if r != 0 {
@@ -384,7 +425,8 @@ impl Tracer {
         }
     }
 
-    /// dlopen, dlsym, tracer_agent_attach in thread `tid`. Returns the attach function's result.
+    /// Loads the agent in thread `tid` (unless an earlier attach did) and calls
+    /// `tracer_agent_attach` there. Returns the attach function's result.
     fn load_agent(
         &mut self,
         tid: i32,
@@ -405,14 +447,34 @@ impl Tracer {
         let name_at = strings(b"tracer_agent_attach", scratch + 1024)?;
         let region_at = strings(region_path.as_os_str().as_bytes(), scratch + 1536)?;
         let sp = scratch - 256;
-        let handle = self.call(tid, saved, sp, syms.dlopen, agent_at, RTLD_NOW)?;
-        if handle == 0 {
-            return Err(InjectError::Other(format!(
-                "the target could not load {} (dlopen failed)",
-                agent.display()
-            )));
-        }
-        let attach = self.call(tid, saved, sp, syms.dlsym, handle, name_at)?;
+        // Each call is one more time the held thread must get a CPU, which on a busy target can
+        // take milliseconds: `tracer_agent_attach` is found without calling `dlsym` (and, when
+        // the agent is loaded already, without `dlopen`), its address checked against the file.
+        let loaded = syms
+            .attach_loaded
+            .filter(|&at| self.code_matches(at, &syms.attach_code));
+        let attach = match loaded {
+            Some(at) => at,
+            None => {
+                let handle = self.call(tid, saved, sp, syms.dlopen, agent_at, RTLD_NOW)?;
+                if handle == 0 {
+                    return Err(InjectError::Other(format!(
+                        "the target could not load {} (dlopen failed)",
+                        agent.display()
+                    )));
+                }
+                // glibc's handle is the object's `struct link_map`, whose first field is its
+                // load bias (`l_addr`).
+                let mut bias = [0u8; 8];
+                self.mem.read_exact_at(&mut bias, handle)?;
+                let at = u64::from_le_bytes(bias).wrapping_add(syms.attach_offset);
+                if self.code_matches(at, &syms.attach_code) {
+                    at
+                } else {
+                    self.call(tid, saved, sp, syms.dlsym, handle, name_at)?
+                }
+            }
+        };
         if attach == 0 {
             return Err(InjectError::Other(format!(
                 "{} has no tracer_agent_attach; rebuild the tracer",
@@ -429,6 +491,12 @@ impl Tracer {
             ));
         }
         Ok(hooks)
+    }
+
+    /// Whether the target's memory at `at` holds `code`.
+    fn code_matches(&self, at: u64, code: &[u8]) -> bool {
+        let mut found = vec![0u8; code.len()];
+        !code.is_empty() && self.mem.read_exact_at(&mut found, at).is_ok() && found == code
     }
 
     /// Calls `function(a, b)` in the stopped thread `tid` on the stack at `sp`; returns `rax`.
@@ -614,62 +682,100 @@ fn tasks(pid: i32) -> Result<Vec<i32>> {
 }
 
 /// Where libc is mapped in `pid`, the addresses of the functions the injection needs, and the
-/// agent's hooks if `agent` is mapped already.
+/// agent's hooks and attach function if `agent` is mapped already.
 fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let libc = module(&maps, |name, _| {
+    let libc = module(&maps, |name, _, _| {
         name.starts_with("libc.so") || name.starts_with("libc-")
     })
     .ok_or_else(|| {
         InjectError::Other("the target has no libc mapped (statically linked?)".into())
     })?;
-    let find = |wanted: &[&str], (base, path): &(u64, PathBuf)| -> Result<Vec<u64>> {
-        // The target's own view of the file (it may live in another mount namespace).
-        let file =
-            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
-        let data = std::fs::read(&file).or_else(|_| std::fs::read(path))?;
-        let elf = object::File::parse(&*data)
-            .map_err(|e| InjectError::Other(format!("cannot read {}: {e}", path.display())))?;
-        use object::{Object, ObjectSymbol};
-        wanted
-            .iter()
-            .map(|name| {
-                elf.dynamic_symbols()
-                    .filter(|s| s.is_definition() && s.address() != 0)
-                    .find(|s| s.name().ok() == Some(*name))
-                    .map(|s| base + s.address())
-                    .ok_or_else(|| {
-                        InjectError::Other(format!("{} does not define {name}", path.display()))
-                    })
-            })
-            .collect()
-    };
-    let found = find(&["__cyg_profile_func_enter", "dlopen", "dlsym"], &libc)?;
-    let mut hooks = vec![found[0]];
+    // The target's own view of the file (it may live in another mount namespace).
+    let libc_file =
+        Path::new(&format!("/proc/{pid}/root")).join(libc.1.strip_prefix("/").unwrap_or(&libc.1));
+    let libc_data = std::fs::read(&libc_file).or_else(|_| std::fs::read(&libc.1))?;
+    let found = elf_symbols(
+        &libc_data,
+        &libc.1,
+        &["__cyg_profile_func_enter", "dlopen", "dlsym"],
+    )?;
+    let mut hooks = vec![libc.0 + found[0].0];
+
+    let agent_data = std::fs::read(agent)?;
+    let agent_syms = elf_symbols(
+        &agent_data,
+        agent,
+        &[
+            "tracer_agent_attach",
+            "__cyg_profile_func_enter",
+            "__cyg_profile_func_exit",
+        ],
+    )?;
+    let (attach_offset, attach_code) = agent_syms[0].clone();
+    // Loaded already if the same file (same inode) is mapped: an earlier attach loaded it.
     let agent_path = std::fs::canonicalize(agent).unwrap_or_else(|_| agent.to_path_buf());
-    if let Some(loaded) = module(&maps, |_, path| Path::new(path) == agent_path) {
-        hooks.extend(find(
-            &["__cyg_profile_func_enter", "__cyg_profile_func_exit"],
-            &loaded,
-        )?);
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(agent)?);
+    let mut attach_loaded = None;
+    if let Some((base, _)) = module(&maps, |_, path, ino| {
+        Path::new(path) == agent_path && ino == inode
+    }) {
+        hooks.extend([base + agent_syms[1].0, base + agent_syms[2].0]);
+        attach_loaded = Some(base + attach_offset);
     }
     Ok(LibcSyms {
         hooks,
-        dlopen: found[1],
-        dlsym: found[2],
+        dlopen: libc.0 + found[1].0,
+        dlsym: libc.0 + found[2].0,
+        attach_offset,
+        attach_code,
+        attach_loaded,
     })
 }
 
-/// The load address and path of the first module in `maps` that `wanted(file name, path)` picks.
-fn module(maps: &str, wanted: impl Fn(&str, &str) -> bool) -> Option<(u64, PathBuf)> {
+/// Bytes of a function's code compared before calling it at a computed address.
+const CODE_CHECK: u64 = 16;
+
+/// The address (relative to the load base) and first bytes of each of `wanted`, defined in the
+/// ELF file `data` (read from `path`).
+fn elf_symbols(data: &[u8], path: &Path, wanted: &[&str]) -> Result<Vec<(u64, Vec<u8>)>> {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let elf = object::File::parse(data)
+        .map_err(|e| InjectError::Other(format!("cannot read {}: {e}", path.display())))?;
+    wanted
+        .iter()
+        .map(|name| {
+            let address = elf
+                .dynamic_symbols()
+                .filter(|s| s.is_definition() && s.address() != 0)
+                .find(|s| s.name().ok() == Some(*name))
+                .map(|s| s.address())
+                .ok_or_else(|| {
+                    InjectError::Other(format!("{} does not define {name}", path.display()))
+                })?;
+            let code = elf
+                .segments()
+                .find_map(|seg| seg.data_range(address, CODE_CHECK).ok().flatten())
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            Ok((address, code))
+        })
+        .collect()
+}
+
+/// The load address and path of the first module in `maps` that `wanted(file name, path, inode)`
+/// picks.
+fn module(maps: &str, wanted: impl Fn(&str, &str, u64) -> bool) -> Option<(u64, PathBuf)> {
     maps.lines().find_map(|line| {
         let mut f = line.split_whitespace();
         let range = f.next()?;
         let _perms = f.next()?;
         let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-        let path = f.nth(2)?;
+        let _device = f.next()?;
+        let inode = f.next()?.parse::<u64>().ok()?;
+        let path = f.next()?;
         let name = Path::new(path).file_name()?.to_str()?;
         let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-        (offset == 0 && wanted(name, path)).then(|| (start, PathBuf::from(path)))
+        (offset == 0 && wanted(name, path, inode)).then(|| (start, PathBuf::from(path)))
     })
 }
