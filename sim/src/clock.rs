@@ -4,7 +4,7 @@
 //! its own clock: a base instant plus the time that passed, per schedule. Time passes as the
 //! target works: each event a producer attempts takes [`EVENT_TIME`] (so a timer of `n` ms expires
 //! after about `n` events, at a random point of the recording), and the drain's fsync may take
-//! long ([`advance`]). A timed wait ([`Virtual::wait_step`], what the backends' `wait_timeout`
+//! long ([`advance`]). A timed wait step (`Clock::wait_step`, what the backends' `wait_timeout`
 //! repeats) yields, so other threads run; once the target has ended ([`target_ended`]) nothing
 //! else moves the clock, so the wait's deadline passes at once. Every timed wait therefore ends:
 //! on a notification, as the target works, or when it is gone.
@@ -84,7 +84,7 @@ impl timer::sync::Clock for Virtual {
     }
 }
 
-/// Waits `d` of virtual time, as a phase's bounded wait polls (one [`Virtual::wait_step`]).
+/// Waits `d` of virtual time, as a phase's bounded wait polls (one `Clock::wait_step`).
 pub fn pause(d: Duration) {
     wait_step(now() + d);
 }

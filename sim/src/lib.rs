@@ -1,39 +1,56 @@
 //! The simulation harness: the recording pipeline in one process under shuttle's randomized
-//! schedulers, running the real protocol code of `ring` and `registry` and the real `drain`.
+//! schedulers, running the real protocol code of `ring` and `registry`, the real `drain`, and the
+//! real shutdown manager (`shutdown`) and duration timer (`timer`).
 //!
-//! What one schedule runs ([`pipeline::run`]): a region on heap memory built by
-//! `Registry::<Shuttle>::init`; producer threads doing what the agent's hook does (register, or
-//! count an orphan drop when the registry is full or closed; `begin`, a detail record and a window
-//! mark now and then, the index event with a per-thread sequence number, `end`; exit; a new thread
-//! with a new tid registers in the freed slot); the drain thread running `drain::Drain` passes into
-//! ATF files; and a stopper that, at a random point, runs the stop handshake, closes registrations
-//! and has the drain run its final drain and write the manifest. Every schedule then checks, against
-//! each thread's own ledger: the persisted events are exactly the accepted ones, each once, in the
-//! thread's order (so every event accepted before the stop is persisted); the manifest balances
-//! (`attempted = persisted + dropped by reason`) and agrees with the thread's ring-full drops; marked
-//! detail windows are persisted; the schedule terminates (shuttle fails a schedule that exceeds its
-//! step bound).
+//! Producer threads ([`pipeline`]) do what the agent's hook does: register, or count an orphan
+//! drop when the registry is full or closed; `begin`, a detail record and a window mark now and
+//! then, the index event with a per-thread sequence number, `end`; exit; a new thread with a new
+//! tid registers in the freed slot. The drain thread runs `drain::Drain` passes into ATF files.
+//! Two ways to stop the recording:
+//!
+//! - The stopper ([`pipeline::run`]): at a random point it runs the stop handshake, closes
+//!   registrations and has the drain run its final drain and write the manifest.
+//! - The real shutdown manager ([`managed`], [`pipeline::Scenario::managed`]): a manager thread
+//!   starts a `timer::Timer` of a random virtual duration, waits for a request
+//!   (`Shutdown::wait`) and runs `Shutdown::execute` once, over a `Pipeline` of the simulated
+//!   registry and drain that does what `tracer record`'s does; requests come from the timer, a
+//!   signal injector calling `notify_signal(SIGINT | SIGTERM)` up to three times at random points
+//!   (during the shutdown too, where a second signal forces it), the target's exit (its last
+//!   thread ends), and the drain's errors. Tight budgets in one schedule in four and a slow fsync
+//!   now and then make phases overrun or give up. Time is virtual ([`clock`]): each event costs
+//!   1 ms, and timed waits end on a notification, as the target works, or once it has ended.
+//!
+//! Every schedule checks, against each thread's own ledger: the persisted events are exactly the
+//! accepted ones, each once, in the thread's order (so every event accepted before the stop is
+//! persisted); the manifest balances (`attempted = persisted + dropped by reason`) and agrees
+//! with the thread's ring-full drops; marked detail windows are persisted; the schedule
+//! terminates (shuttle fails a schedule that exceeds its step bound, and a deadlock). Managed
+//! schedules also check: exactly one shutdown, whose reason is the first request, every later
+//! request counted as ignored or escalated; a second `execute` refused; the phases run in order,
+//! each at most once, syncing and cleanup always; an escalation skips the graceful phases not yet
+//! begun; the timer never fires early and its cancel agrees with its callback. A forced shutdown
+//! guarantees less (see [`managed`]).
 //!
 //! Write faults ([`pipeline::Scenario::faulty`]): a child process of the test binary runs the same
-//! pipeline under `RLIMIT_FSIZE`, so the drain's writes end in a real short write and then
-//! `EFBIG`. Every such schedule checks that the error names the file and carries the OS cause,
-//! that nothing panics, that each index file reads back as a prefix of its thread's accepted
-//! events, and that the final drain and manifest (run as `tracer record` runs them after a drain
-//! error) still write a finished manifest, balanced per thread, whose `persisted` is what the
-//! reader finds and whose `not_written` names the rest.
+//! pipeline (with the stopper, then with the shutdown manager) under `RLIMIT_FSIZE`, so the
+//! drain's writes end in a real short write and then `EFBIG`. Every such schedule checks that the
+//! error names the file and carries the OS cause, that nothing panics, that each index file reads
+//! back as a prefix of its thread's accepted events, and that the final drain and manifest (run as
+//! `tracer record` runs them after a drain error) still write a finished manifest, balanced per
+//! thread, whose `persisted` is what the reader finds and whose `not_written` names the rest.
 //!
 //! shuttle runs every atomic as SeqCst: this finds interleaving and protocol bugs, not
-//! memory-ordering bugs (those are the loom models' job, in each crate). Not simulated yet: the
-//! shutdown manager, the timer and signal injection (`shutdown` and `timer` have no facade this
-//! crate can drive; the stopper here plays the shutdown phases' part directly).
+//! memory-ordering bugs (those are the loom models' job, in each crate). Not simulated: real
+//! signal delivery (the injector calls what the handler calls), the target's process (cleanup
+//! stops the producers before their next event), and other I/O faults than a file-size limit.
 //!
 //! # Budget
 //!
-//! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 9 checks
-//! of 100 schedules each (900 schedules, 200 of them with write faults) plus the pinned replays,
-//! in about 15 s in a debug build and under 2 s in release on a 2-core machine (up to 30 s in
-//! debug when the machine is busy). For long campaigns, raise the count with [`ITERATIONS_ENV`]
-//! (per check: `SIM_ITERATIONS=2000` runs 18 000 schedules, about 21 s in release):
+//! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 13 checks
+//! of 100 schedules and 2 of 50 (1 400 schedules: 500 managed, 300 with write faults) plus the pinned
+//! replays, in about BUDGET_DEBUG in a debug build and BUDGET_RELEASE in release on a 2-core
+//! machine. For long campaigns, raise the count with [`ITERATIONS_ENV`] (per check:
+//! `SIM_ITERATIONS=2000` runs 28 000 schedules, about BUDGET_CAMPAIGN in release):
 //!
 //! ```text
 //! SIM_ITERATIONS=10000 cargo test -p sim --release
@@ -251,20 +268,12 @@ mod tests {
     /// Set in the child process that runs the file-system fault schedules.
     const FAULT_CHILD_ENV: &str = "SIM_FAULT_CHILD";
 
-    /// The drain's writes hit a file-size limit (a short write, then `EFBIG`), in a child process
-    /// so the limit binds nobody else: the error names the file and the cause, nothing panics,
-    /// and every index file holds a readable prefix of its thread's accepted events. With the
-    /// stopper, then with the real shutdown manager (the error requests the shutdown).
-    #[test]
-    fn faults__file_size_limit__then_error_named_and_written_prefix_readable() {
+    /// Runs the ignored test `child` in a child process of this test binary, where it sets a
+    /// file-size limit that binds nobody else.
+    fn in_fault_child(child: &str) {
         let exe = std::env::current_exe().expect("the test binary's path");
         let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "tests::fault_child",
-                "--ignored",
-                "--test-threads=1",
-            ])
+            .args(["--exact", child, "--ignored", "--test-threads=1"])
             .env(FAULT_CHILD_ENV, "1")
             .output()
             .expect("running the fault child");
@@ -280,11 +289,11 @@ mod tests {
         );
     }
 
-    #[test]
-    #[ignore = "run by faults__file_size_limit__... in a child process with a file-size limit"]
-    fn fault_child() {
+    /// In the fault child: limits this process's file size so the drain's writes fail part-way.
+    /// False (nothing to do) outside the child.
+    fn limit_file_size() -> bool {
         if std::env::var_os(FAULT_CHILD_ENV).is_none() {
-            return;
+            return false;
         }
         // Index files of 64 header bytes and 32-byte events: the limit cuts the 126th event in
         // half. The manifest (about 1 KiB here) stays below it.
@@ -297,54 +306,119 @@ mod tests {
         unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
         // SAFETY: a valid rlimit structure on the stack; only this child process is limited.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+        true
+    }
+
+    /// The drain's writes hit a file-size limit (a short write, then `EFBIG`), in a child process
+    /// so the limit binds nobody else: the error names the file and the cause, nothing panics,
+    /// and every index file holds a readable prefix of its thread's accepted events.
+    #[test]
+    fn faults__file_size_limit__then_error_named_and_written_prefix_readable() {
+        in_fault_child("tests::fault_child_stopper");
+    }
+
+    /// The same under the real shutdown manager: the drain's error requests the shutdown, which
+    /// still writes a finished manifest (or leaves the previous one readable).
+    #[test]
+    fn managed_faults__file_size_limit__then_error_requests_shutdown_and_prefix_readable() {
+        in_fault_child("tests::fault_child_managed");
+    }
+
+    #[test]
+    #[ignore = "run by faults__file_size_limit__... in a child process with a file-size limit"]
+    fn fault_child_stopper() {
+        if !limit_file_size() {
+            return;
+        }
         let n = iterations(DEFAULT_ITERATIONS);
-        let faults = || pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
         check_random(&Scenario::faulty(), n);
         check_pct(&Scenario::faulty(), n, PCT_DEPTH);
-        let stopper = faults();
-        assert!(stopper > 0, "no schedule reached the file-size limit");
-        // The same under the real shutdown manager: the drain's error requests the shutdown.
+        let seen = pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(seen > 0, "no schedule reached the file-size limit");
+    }
+
+    #[test]
+    #[ignore = "run by managed_faults__file_size_limit__... in a child process with a file-size limit"]
+    fn fault_child_managed() {
+        if !limit_file_size() {
+            return;
+        }
+        // Half the count: these long schedules cost the most, and the stopper's cover the
+        // drain's side of the fault.
+        let n = iterations(DEFAULT_ITERATIONS).div_ceil(2);
         let managed = Scenario {
             managed: true,
             ..Scenario::faulty()
         };
         check_random(&managed, n);
         check_pct(&managed, n, PCT_DEPTH);
+        let seen = pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(seen > 0, "no managed schedule reached the file-size limit");
         assert!(
-            faults() > stopper,
-            "no managed schedule reached the file-size limit"
+            managed::coverage().by_error > 0,
+            "no drain error requested the shutdown"
         );
+    }
+
+    /// Runs `check` on managed schedules and asserts they reached the paths they are meant to
+    /// (every request source, escalation, both kinds of forced shutdown, complete shutdowns). At
+    /// the default budget; a smaller [`ITERATIONS_ENV`] skips the assertion. Budget-forced
+    /// shutdowns are rare under PCT (a few in a hundred): `budget_forced` asks for one only where
+    /// missing it would be a real change, not bad luck.
+    fn managed_reaching_every_path(budget_forced: bool, check: impl FnOnce(usize)) {
+        let before = managed::coverage();
+        let n = iterations(DEFAULT_ITERATIONS);
+        check(n);
+        let c = managed::coverage();
+        // Shown with `--nocapture`: how a campaign's schedules spread over the paths.
+        eprintln!("{c:?}");
+        let got = |f: fn(&managed::Coverage) -> u64| f(&c) - f(&before);
+        assert_eq!(got(|c| c.schedules), n as u64);
+        if n < DEFAULT_ITERATIONS {
+            return;
+        }
+        type Count = fn(&managed::Coverage) -> u64;
+        let paths: [(&str, Count); 8] = [
+            ("started by a signal", |c| c.by_signal),
+            ("started by the timer", |c| c.by_timer),
+            ("started by the target's exit", |c| c.by_exit),
+            ("an escalation", |c| c.escalated),
+            ("an ignored request", |c| c.ignored),
+            ("forced by a second signal", |c| c.forced_by_signal),
+            ("complete", |c| c.complete),
+            ("a fired timer", |c| c.timer_fired),
+        ];
+        for (what, f) in paths {
+            assert!(got(f) > 0, "no schedule {what}: {c:?}");
+        }
+        if budget_forced {
+            assert!(
+                got(|c| c.forced_by_budget) > 0,
+                "no schedule forced by a budget: {c:?}"
+            );
+        }
     }
 
     #[test]
     fn managed__random_schedules__then_one_shutdown_and_every_event_accounted() {
-        check_random(&Scenario::managed(), iterations(DEFAULT_ITERATIONS));
+        managed_reaching_every_path(true, |n| check_random(&Scenario::managed(), n));
     }
 
     #[test]
     fn managed__pct_schedules__then_one_shutdown_and_every_event_accounted() {
-        check_pct(
-            &Scenario::managed(),
-            iterations(DEFAULT_ITERATIONS),
-            PCT_DEPTH,
-        );
+        managed_reaching_every_path(false, |n| check_pct(&Scenario::managed(), n, PCT_DEPTH));
     }
 
     #[test]
     fn managed_backpressure__random_schedules__then_one_shutdown_and_every_event_accounted() {
-        check_random(
-            &Scenario::managed_backpressure(),
-            iterations(DEFAULT_ITERATIONS),
-        );
+        managed_reaching_every_path(true, |n| check_random(&Scenario::managed_backpressure(), n));
     }
 
     #[test]
     fn managed_backpressure__pct_schedules__then_one_shutdown_and_every_event_accounted() {
-        check_pct(
-            &Scenario::managed_backpressure(),
-            iterations(DEFAULT_ITERATIONS),
-            PCT_DEPTH,
-        );
+        managed_reaching_every_path(false, |n| {
+            check_pct(&Scenario::managed_backpressure(), n, PCT_DEPTH)
+        });
     }
 
     #[test]

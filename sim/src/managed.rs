@@ -4,7 +4,7 @@
 //! Threads, besides the producers: the drain (passes until the phases command it), a manager that
 //! starts the duration timer (`timer::Timer` on [`SimTimer`], a random duration in virtual time, or
 //! none), waits for a request ([`Shutdown::wait`]), cancels the timer and runs
-//! [`Shutdown::execute`] over [`SimPipeline`] (on [`SimShutdown`]), and a signal injector calling
+//! [`Shutdown::execute`] over `SimPipeline` (on [`SimShutdown`]), and a signal injector calling
 //! [`Shutdown::notify_signal`] (the handler's body) zero to three times at random points: after a
 //! few steps, after some events, or once the shutdown has reached a given phase. The last producer
 //! to end requests [`Reason::TargetExited`]. Budgets are generous or, in one schedule in four, a
@@ -27,8 +27,12 @@
 //! balanced per thread and in total (`attempted = persisted + dropped by reason`, accepted events
 //! left in the lanes named `not_written`); every index file is readable and holds a prefix of its
 //! thread's accepted events, in order, each once; the manifest's `persisted` is what the reader
-//! finds; no thread is counted for more events than it attempted. Not guaranteed: that accepted
-//! events are persisted, nor that events attempted after the manifest's snapshot are counted.
+//! finds; no thread is counted for more events than it attempted; if the stop handshake
+//! completed, every drop the manifest counts is one its thread saw. Not guaranteed: that accepted
+//! events are persisted, nor that events attempted after the manifest's snapshot are counted, nor,
+//! when the handshake did not complete, that drops have their true reason: `Drain::finish` takes an
+//! attempt in flight at its snapshot for a shutdown drop even if the thread then accepts it (a
+//! known gap, pinned by an ignored replay test; see [`Scenario::strict_forced_drops`]).
 //! When every graceful phase returned (in time or late), the recording's full invariants hold:
 //! every accepted event persisted, once, in order, and the manifest agrees with each thread.
 
@@ -102,7 +106,15 @@ enum Reply {
     Paused,
     Passed(Result<(), String>),
     Drained(Result<(), String>),
-    Finished(Result<drain::Report, String>),
+    Finished(Result<Box<drain::Report>, String>),
+}
+
+/// The drain thread's side of the conversation with the manager.
+struct DrainLine {
+    commands: mpsc::Receiver<Command>,
+    replies: mpsc::Sender<Reply>,
+    /// What the final fsync costs in virtual time.
+    slow_fsync: Duration,
 }
 
 /// The drain thread: passes (with the scenario's pauses) until paused, then one command at a time.
@@ -112,12 +124,15 @@ fn drain_thread(
     shared: &Shared,
     scenario: &Scenario,
     out: &Path,
-    commands: mpsc::Receiver<Command>,
-    replies: mpsc::Sender<Reply>,
+    line: DrainLine,
     shutdown: &Shutdown<SimShutdown>,
-    slow_fsync: Duration,
     log: &SharedLog,
 ) -> Vec<drain::DrainError> {
+    let DrainLine {
+        commands,
+        replies,
+        slow_fsync,
+    } = line;
     let mut errors = Vec::new();
     let mut keep = |r: Result<(), drain::DrainError>| {
         r.map_err(|e| {
@@ -180,7 +195,7 @@ fn drain_thread(
                     ..drain::Outcome::default()
                 };
                 let finished = match drain.finish(&outcome) {
-                    Ok(report) => Ok(report),
+                    Ok(report) => Ok(Box::new(report)),
                     Err(e) => Err(keep(Err(e)).unwrap_err()),
                 };
                 let _ = replies.send(Reply::Finished(finished));
@@ -337,7 +352,7 @@ impl Pipeline<SimShutdown> for SimPipeline {
             })
             .ok_or_else(|| phase_error("the drain thread ended abnormally"))?;
         let result = finished.as_ref().map(drop).map_err(phase_error);
-        self.finished = Some(finished);
+        self.finished = Some(finished.map(|r| *r));
         result
     }
 
@@ -466,90 +481,76 @@ fn injector(
     }
 }
 
-/// How often each path was taken by the managed schedules of this process (the checks hold on
-/// all; these say the schedules reach what they are meant to).
-#[derive(Debug, Default)]
+/// How often each path was taken by the managed schedules run on the calling thread (the checks
+/// hold on all; these say the schedules reach what they are meant to).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
+    /// Schedules run.
+    pub schedules: u64,
     /// Shutdowns started by a signal.
-    pub by_signal: AtomicU64,
+    pub by_signal: u64,
     /// Shutdowns started by the timer.
-    pub by_timer: AtomicU64,
+    pub by_timer: u64,
     /// Shutdowns started by the target's exit.
-    pub by_exit: AtomicU64,
+    pub by_exit: u64,
+    /// Shutdowns started by a drain error.
+    pub by_error: u64,
     /// Signals that escalated.
-    pub escalated: AtomicU64,
+    pub escalated: u64,
+    /// Requests ignored (made once the shutdown had begun, not escalating).
+    pub ignored: u64,
     /// Shutdowns forced by a second signal.
-    pub forced_by_signal: AtomicU64,
+    pub forced_by_signal: u64,
     /// Shutdowns forced by a graceful phase that failed or overran.
-    pub forced_by_budget: AtomicU64,
+    pub forced_by_budget: u64,
     /// Shutdowns checked with the recording's full invariants.
-    pub complete: AtomicU64,
+    pub complete: u64,
     /// Timers cancelled before expiry.
-    pub timer_cancelled: AtomicU64,
+    pub timer_cancelled: u64,
     /// Timers that fired.
-    pub timer_fired: AtomicU64,
+    pub timer_fired: u64,
 }
 
-/// This process's [`Coverage`].
-pub static COVERAGE: Coverage = Coverage {
-    by_signal: AtomicU64::new(0),
-    by_timer: AtomicU64::new(0),
-    by_exit: AtomicU64::new(0),
-    escalated: AtomicU64::new(0),
-    forced_by_signal: AtomicU64::new(0),
-    forced_by_budget: AtomicU64::new(0),
-    complete: AtomicU64::new(0),
-    timer_cancelled: AtomicU64::new(0),
-    timer_fired: AtomicU64::new(0),
-};
+std::thread_local! {
+    /// shuttle runs a test's schedules on the test's thread: this is that test's tally.
+    static COVERAGE: std::cell::Cell<Coverage> = std::cell::Cell::new(Coverage::default());
+}
+
+/// The [`Coverage`] of the managed schedules run on this thread so far.
+pub fn coverage() -> Coverage {
+    COVERAGE.with(std::cell::Cell::get)
+}
 
 fn tally(end: &ManagerEnd, log: &Log) {
-    let c = &COVERAGE;
-    if std::env::var_os("SIM_COVERAGE").is_some() && c.complete.load(Relaxed) % 50 == 0 {
-        eprintln!("{c:?}");
-    }
-    let bump = |a: &AtomicU64| a.fetch_add(1, Relaxed);
+    let mut c = coverage();
+    c.schedules += 1;
     match end.report.reason {
-        Reason::Signal(_) => bump(&c.by_signal),
-        Reason::Timer => bump(&c.by_timer),
-        Reason::TargetExited(_) => bump(&c.by_exit),
-        _ => 0,
-    };
-    let escalated = log
-        .requests
-        .iter()
-        .filter(|m| m.outcome == Request::Escalated)
-        .count() as u64;
-    c.escalated.fetch_add(escalated, Relaxed);
+        Reason::Signal(_) => c.by_signal += 1,
+        Reason::Timer => c.by_timer += 1,
+        Reason::TargetExited(_) => c.by_exit += 1,
+        Reason::Error(_) => c.by_error += 1,
+        _ => {}
+    }
+    let count = |o: Request| log.requests.iter().filter(|m| m.outcome == o).count() as u64;
+    c.escalated += count(Request::Escalated);
+    c.ignored += count(Request::Ignored);
     match end.report.forced {
-        Some(ForceCause::SecondSignal) => bump(&c.forced_by_signal),
-        Some(_) => {
-            if std::env::var_os("SIM_DEBUG").is_some() {
-                eprintln!(
-                    "{:?} {:?}",
-                    end.report.forced,
-                    end.report
-                        .phases
-                        .iter()
-                        .map(|p| (&p.status, p.elapsed, p.budget))
-                        .collect::<Vec<_>>()
-                );
-            }
-            bump(&c.forced_by_budget)
-        }
-        None => 0,
-    };
+        Some(ForceCause::SecondSignal) => c.forced_by_signal += 1,
+        Some(_) => c.forced_by_budget += 1,
+        None => {}
+    }
     if end.report.phases[..4]
         .iter()
         .all(|p| matches!(p.status, PhaseStatus::Completed | PhaseStatus::Overran))
     {
-        bump(&c.complete);
+        c.complete += 1;
     }
     match end.timer {
-        Some((_, timer::Outcome::Fired)) => bump(&c.timer_fired),
-        Some((_, timer::Outcome::Cancelled)) => bump(&c.timer_cancelled),
-        None => 0,
-    };
+        Some((_, timer::Outcome::Fired)) => c.timer_fired += 1,
+        Some((_, timer::Outcome::Cancelled)) => c.timer_cancelled += 1,
+        None => {}
+    }
+    COVERAGE.with(|cell| cell.set(c));
 }
 
 /// Runs one managed recording under the current shuttle schedule and checks every invariant.
@@ -619,11 +620,12 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
         let (shared, out, scenario, shutdown) =
             (shared.clone(), out.to_owned(), *scenario, shutdown.clone());
         let log = log.clone();
-        thread::spawn(move || {
-            drain_thread(
-                &shared, &scenario, &out, command_rx, reply_tx, &shutdown, slow_fsync, &log,
-            )
-        })
+        let line = DrainLine {
+            commands: command_rx,
+            replies: reply_tx,
+            slow_fsync,
+        };
+        thread::spawn(move || drain_thread(&shared, &scenario, &out, line, &shutdown, &log))
     };
     let signals = {
         let (shutdown, log) = (shutdown.clone(), log.clone());
