@@ -5,6 +5,11 @@
 //!   `uftrace record` (if installed: `apt-get install uftrace`), 1 and 4 threads. The figure is the
 //!   workload's own thread CPU time per pair (what tracing costs the target), with its ratio to
 //!   uftrace's.
+//! - **Overhead after attach**: the steady workload ([`STEADY_C`]) started untraced (glibc's no-op
+//!   hooks), joined by `tracer attach`, and left again; and the same workload under `tracer spawn`.
+//!   CPU ns per pair over a window of each phase (before, attached, after the tracer left, spawn),
+//!   1 and 4 threads, and the ratio of the attached overhead to spawn's (both minus the no-op
+//!   hooks): attach should cost what spawn costs.
 //! - **Shutdown latency**: `tracer spawn` on 64 threads calling instrumented functions non-stop,
 //!   SIGINT to the tracer alone once it records, time until the tracer has exited; p50 and p99
 //!   over the runs, and the shutdown manager's own total from the summary.
@@ -13,39 +18,22 @@
 //! threads; `E2E_SHUTDOWN_THREADS=<n>` for another count); `cargo test --benches` runs one short
 //! pass of each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use benches::{build_c, full_run, percentile, OVERHEAD_C, SPIN_C};
+use benches::{
+    build_c, build_tracer, full_run, percentile, wait_for_threads, KillOnDrop, OVERHEAD_C, SPIN_C,
+    STEADY_C,
+};
 
 fn main() {
     let full = full_run();
     let dir = tempfile::tempdir().expect("temp dir");
-    let tracer = build_tracer(full);
+    let tracer = build_tracer();
     overhead(dir.path(), &tracer, full);
+    attach_overhead(dir.path(), &tracer, full);
     shutdown_latency(dir.path(), &tracer, full);
-}
-
-/// Builds the tracer (and its agent) in the profile this benchmark runs in, and returns its path.
-fn build_tracer(release: bool) -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", "cli"]);
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().expect("cargo runs").success(),
-        "building the tracer failed"
-    );
-    // This binary is target/<profile>/deps/e2e-<hash>; the tracer is target/<profile>/tracer.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let tracer = profile_dir.join("tracer");
-    assert!(tracer.exists(), "no tracer at {}", tracer.display());
-    tracer
 }
 
 /// Runs `cmd` (the workload, possibly wrapped) and parses the workload's "<cpu ns> <wall ns>".
@@ -131,6 +119,148 @@ fn overhead(dir: &Path, tracer: &Path, full: bool) {
         println!("(uftrace is not installed: `apt-get install uftrace` adds its column)");
     }
     println!("ratio = (tracer - untraced) / (uftrace - untraced): the overhead, not the total");
+}
+
+/// Latest totals printed by a running [`STEADY_C`] workload: (call+return pairs, CPU ns).
+type Totals = std::sync::Arc<std::sync::Mutex<Option<(u64, f64)>>>;
+
+/// Starts `cmd` (the steady workload, possibly under `tracer spawn`) with its stdout read by a
+/// thread that keeps the latest totals line.
+fn start_steady(mut cmd: Command) -> (KillOnDrop, Totals) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the workload starts");
+    let stdout = child.stdout.take().unwrap();
+    let guard = KillOnDrop(child);
+    let totals: Totals = Default::default();
+    let latest = totals.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let mut f = line.split_whitespace();
+            if let (Some(Ok(pairs)), Some(Ok(cpu)), None) = (
+                f.next().map(str::parse::<u64>),
+                f.next().map(str::parse::<f64>),
+                f.next(),
+            ) {
+                *latest.lock().unwrap() = Some((pairs, cpu));
+            }
+        }
+    });
+    (guard, totals)
+}
+
+/// CPU ns per pair over the next `window`, extended until at least one chunk completed in it
+/// (NaN if none did within 30 s).
+fn per_pair(totals: &Totals, window: Duration) -> f64 {
+    let latest = || *totals.lock().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(t) = latest() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the workload prints no totals");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(window);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = latest().unwrap_or(first);
+        if last.0 > first.0 {
+            return (last.1 - first.1) / (last.0 - first.0) as f64;
+        }
+        if Instant::now() >= deadline {
+            return f64::NAN;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn attach_overhead(dir: &Path, tracer: &Path, full: bool) {
+    let steady = build_c(dir, "steady", STEADY_C, true);
+    let (settle, window) = if full {
+        (Duration::from_millis(300), Duration::from_secs(1))
+    } else {
+        (Duration::from_millis(50), Duration::from_millis(100))
+    };
+    let chunk: u32 = if full { 100_000 } else { 10_000 };
+    println!();
+    println!(
+        "overhead after attach (thread CPU ns per call+return pair over {:.1} s windows)",
+        window.as_secs_f64()
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "threads", "before", "attached", "after", "spawn", "attach/spawn"
+    );
+    let out = dir.join("attach-traces");
+    for threads in [1u32, 4] {
+        let args = [threads.to_string(), chunk.to_string()];
+        // Untraced, then joined by the tracer, then left by it: one process throughout.
+        let mut cmd = Command::new(&steady);
+        cmd.args(&args);
+        let (target, totals) = start_steady(cmd);
+        assert!(wait_for_threads(target.pid(), threads as usize + 1));
+        std::thread::sleep(settle);
+        let before = per_pair(&totals, window);
+        let report = dir.join("attach-report.json");
+        let _ = std::fs::remove_file(&report);
+        // Long enough for the settle and a window that waits for a late chunk.
+        let recording = settle + 2 * window;
+        let mut attach = Command::new(tracer)
+            .arg("attach")
+            .arg("--duration")
+            .arg(format!("{:.3}", recording.as_secs_f64()))
+            .arg("--output")
+            .arg(&out)
+            .arg(target.pid().to_string())
+            .env("TRACER_ATTACH_REPORT", &report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(KillOnDrop)
+            .expect("the tracer starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !report.exists() {
+            let exited = attach.0.try_wait().expect("the tracer is ours").is_some();
+            assert!(!exited && Instant::now() < deadline, "the attach failed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(settle);
+        let attached = per_pair(&totals, window);
+        let status = attach.0.wait().expect("the tracer exits");
+        let mut stderr = String::new();
+        use std::io::Read;
+        let _ = attach.0.stderr.take().unwrap().read_to_string(&mut stderr);
+        let _ = std::fs::remove_dir_all(&out);
+        assert!(status.success(), "tracer attach failed: {stderr}");
+        std::thread::sleep(settle);
+        let after = per_pair(&totals, window);
+        drop(target);
+
+        let mut cmd = Command::new(tracer);
+        cmd.arg("spawn")
+            .arg("--output")
+            .arg(&out)
+            .arg(&steady)
+            .arg("--")
+            .args(&args);
+        let (spawned, totals) = start_steady(cmd);
+        std::thread::sleep(settle);
+        let spawn = per_pair(&totals, window);
+        // SIGTERM to the tracer: it stops recording and stops the workload it spawned.
+        drop(spawned);
+        let _ = std::fs::remove_dir_all(&out);
+        println!(
+            "{threads:>8} {before:>10.2} {attached:>10.2} {after:>10.2} {spawn:>10.2} {:>13.2}x",
+            (attached - before) / (spawn - before)
+        );
+    }
+    println!("before/after: the same process untraced (glibc's no-op hooks) before and after the");
+    println!("attach; ratio = (attached - before) / (spawn - before): the overhead, not the total");
 }
 
 fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
