@@ -278,7 +278,7 @@ impl DetailWriter {
             let _ = fs.remove_file(path);
             return Err(Error::io(
                 path,
-                "write the detail header (is the disk full?); the file was removed",
+                "write the detail header (is the disk full or failing?); the file was removed",
                 e,
             ));
         }
@@ -453,7 +453,11 @@ impl DetailWriter {
     fn check_write(&mut self, result: std::io::Result<()>) -> Result<()> {
         result.map_err(|e| {
             self.failed = true;
-            Error::io(&self.path, "write the detail file (is the disk full?)", e)
+            Error::io(
+                &self.path,
+                "write the detail file (is the disk full or failing?)",
+                e,
+            )
         })
     }
 

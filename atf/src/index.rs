@@ -278,7 +278,7 @@ impl IndexWriter {
             let _ = fs.remove_file(path);
             return Err(Error::io(
                 path,
-                "write the index header (is the disk full?); the file was removed",
+                "write the index header (is the disk full or failing?); the file was removed",
                 e,
             ));
         }
@@ -490,7 +490,11 @@ impl IndexWriter {
     fn check_write(&mut self, result: std::io::Result<()>) -> Result<()> {
         result.map_err(|e| {
             self.failed = true;
-            Error::io(&self.path, "write the index file (is the disk full?)", e)
+            Error::io(
+                &self.path,
+                "write the index file (is the disk full or failing?)",
+                e,
+            )
         })
     }
 

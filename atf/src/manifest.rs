@@ -404,7 +404,8 @@ impl Manifest {
             .map_err(|e| {
                 Error::io(
                     tmp,
-                    "write the temporary manifest (is the disk full?); the manifest was left as it was",
+                    "write the temporary manifest (is the disk full or failing?); the manifest was \
+                     left as it was",
                     e,
                 )
             })
