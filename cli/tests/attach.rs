@@ -210,23 +210,19 @@ fn attach(pid: &str, out: &Path, extra: &[&str]) -> std::process::Output {
 /// back, each return matches the innermost call seen (returns of calls made before the attach come
 /// first, with no open call), the accounting balances. Returns the events per function name.
 fn check_joined(dir: &Path) -> (atf::Session, std::collections::BTreeMap<String, u64>) {
-    check_joined_with(dir, 0)
+    let (session, traces) = check_session_with(dir, true, 0);
+    (session, calls_by_name(traces))
 }
 
-/// [`check_joined`], allowing each thread's accounting to be off by `slack` events (a target that
-/// exited while recorded: its threads died wherever they were).
-fn check_joined_with(
-    dir: &Path,
-    slack: u64,
-) -> (atf::Session, std::collections::BTreeMap<String, u64>) {
-    let (session, traces) = check_session_with(dir, true, slack);
+/// Calls per function name, over every thread.
+fn calls_by_name(traces: Vec<ThreadTrace>) -> std::collections::BTreeMap<String, u64> {
     let mut calls = std::collections::BTreeMap::new();
     for t in traces {
         for (name, n) in t.by_name {
             *calls.entry(name).or_insert(0u64) += n;
         }
     }
-    (session, calls)
+    calls
 }
 
 #[test]
@@ -332,7 +328,8 @@ fn attach__target_exits_while_recorded__then_session_written_and_exit_0() {
     let result = attach(&target.pid(), tmp.path(), &[]);
     let err = stderr(&result);
     assert_eq!(result.status.code(), Some(0), "{err}");
-    let (session, _) = check_joined_with(&session_dir(tmp.path()), 1);
+    // Its threads die wherever they are: one may have published an event without counting it.
+    let (session, _) = check_session_died(&session_dir(tmp.path()), true);
     assert_eq!(
         session.manifest.stop_reason.as_deref(),
         Some("target exited")
@@ -561,4 +558,429 @@ fn attach__second_tracer_then_refused__first_tracer_killed__then_attach_again_wo
     let line = target.next_line();
     assert!(line.starts_with("tick"), "{line}");
     assert!(target.alive());
+}
+
+/// `plugin_host`: a worker thread calls the instrumented `beat()` every millisecond; the main
+/// thread answers one line per command read on stdin:
+/// - `load`: `dlopen("libplug.so")`, a bare name found through the host's DT_RUNPATH
+///   (`$ORIGIN/plugins`) only; `close`: `dlclose` it, and say whether it is still mapped;
+/// - `run`, `inner`: call `plug_run(3)` (`plug_mid` → `plug_leaf` ×2), `plug_inner(5)` (which
+///   loads `libinner.so` by a bare name found through libplug's own DT_RUNPATH, `$ORIGIN`);
+/// - `whois`, `plugwhois`: the objects that the host's (libplug's) `dlopen` and
+///   `__cyg_profile_func_enter` pointers lead to (GOT entries that the attach redirects);
+/// - `missing`: `dlopen` of a library that exists nowhere, and its `dlerror()`.
+const HOST_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void __cyg_profile_func_enter(void *, void *);
+static volatile long sink;
+__attribute__((noinline)) void beat(long i) { sink += i; }
+
+static void *worker(void *arg) {
+    (void)arg;
+    for (long i = 0;; i++) { beat(i); usleep(1000); }
+    return NULL;
+}
+
+static const char *object_of(void *p) {
+    Dl_info info;
+    if (!p || !dladdr(p, &info) || !info.dli_fname) return "?";
+    const char *slash = strrchr(info.dli_fname, '/');
+    return slash ? slash + 1 : info.dli_fname;
+}
+
+static int mapped(const char *name) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    int found = 0;
+    while (maps && fgets(line, sizeof line, maps)) found |= strstr(line, name) != NULL;
+    if (maps) fclose(maps);
+    return found;
+}
+
+int main(void) {
+    static void *plug;
+    char line[256];
+    pthread_t t;
+    pthread_create(&t, NULL, worker, NULL);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready\n");
+    while (fgets(line, sizeof line, stdin)) {
+        line[strcspn(line, "\n")] = 0;
+        if (!strcmp(line, "load")) {
+            plug = dlopen("libplug.so", RTLD_NOW);
+            printf("load %s\n", plug ? "ok" : dlerror());
+        } else if (!strcmp(line, "close")) {
+            dlclose(plug);
+            plug = NULL;
+            printf("close %s\n", mapped("libplug.so") ? "mapped" : "unmapped");
+        } else if (!strcmp(line, "run") || !strcmp(line, "inner")) {
+            const char *name = !strcmp(line, "run") ? "plug_run" : "plug_inner";
+            long (*f)(long) = (long (*)(long))dlsym(plug, name);
+            printf("%s %ld\n", line, f ? f(!strcmp(line, "run") ? 3 : 5) : -1L);
+        } else if (!strcmp(line, "whois")) {
+            printf("whois dlopen=%s enter=%s\n", object_of((void *)dlopen),
+                   object_of((void *)__cyg_profile_func_enter));
+        } else if (!strcmp(line, "plugwhois")) {
+            const char *(*f)(void) = (const char *(*)(void))dlsym(plug, "plug_whois");
+            printf("plugwhois %s\n", f ? f() : "?");
+        } else if (!strcmp(line, "missing")) {
+            void *h = dlopen("libno_such_plugin.so", RTLD_NOW);
+            printf("missing %s\n", h ? "loaded" : dlerror());
+        } else {
+            printf("unknown %s\n", line);
+        }
+    }
+    return 0;
+}
+"#;
+
+/// `plugins/libplug.so`: instrumented, bound now (its GOT entries sit on RELRO pages).
+const PLUG_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+void __cyg_profile_func_enter(void *, void *);
+__attribute__((noinline)) long plug_leaf(long i) { return i * 2; }
+__attribute__((noinline)) long plug_mid(long i) { return plug_leaf(i) + plug_leaf(i + 1); }
+long plug_run(long i) { return plug_mid(i); }
+
+long plug_inner(long i) {
+    void *h = dlopen("libinner.so", RTLD_NOW);
+    long (*f)(long) = h ? (long (*)(long))dlsym(h, "inner_run") : NULL;
+    return f ? f(i) : -1;
+}
+
+static const char *object_of(void *p) {
+    Dl_info info;
+    if (!p || !dladdr(p, &info) || !info.dli_fname) return "?";
+    const char *slash = strrchr(info.dli_fname, '/');
+    return slash ? slash + 1 : info.dli_fname;
+}
+
+const char *plug_whois(void) {
+    static char answer[256];
+    snprintf(answer, sizeof answer, "dlopen=%s enter=%s", object_of((void *)dlopen),
+             object_of((void *)__cyg_profile_func_enter));
+    return answer;
+}
+"#;
+
+/// `plugins/libinner.so`: instrumented, lazily bound.
+const INNER_C: &str = r#"
+__attribute__((noinline)) long inner_leaf(long i) { return i + 1; }
+long inner_run(long i) { return inner_leaf(i) * 10; }
+"#;
+
+/// The host and its two plugins, built once per test binary.
+fn plugin_host() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        std::fs::create_dir_all(workdir().join("plugins")).unwrap();
+        let instrumented = ["-O1", "-g", "-finstrument-functions"];
+        let shared = ["-shared", "-fPIC", "-Wl,--enable-new-dtags"];
+        let plug = [&instrumented[..], &shared, &["-Wl,-z,now,-rpath,$ORIGIN"]].concat();
+        build("plugins/libplug.so", PLUG_C, &plug);
+        build(
+            "plugins/libinner.so",
+            INNER_C,
+            &[&instrumented[..], &shared].concat(),
+        );
+        let host = [
+            &instrumented[..],
+            &["-Wl,--enable-new-dtags,-rpath,$ORIGIN/plugins"],
+        ]
+        .concat();
+        build("plugin_host", HOST_C, &host)
+    })
+    .clone()
+}
+
+/// A running `plugin_host`, driven line by line; killed when dropped.
+struct Host {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Host {
+    fn start() -> Host {
+        let mut child = Command::new(plugin_host())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the host starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        Host {
+            child,
+            stdin: Some(stdin),
+            lines,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Sends one command and returns the host's answer.
+    fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{command}").expect("the host reads commands");
+        self.lines
+            .next()
+            .expect("the host answers")
+            .expect("readable output")
+    }
+
+    /// Asks `command` until the answer is `want` (the stop is seen by a host thread shortly after
+    /// the tracer has left); fails after 20 s.
+    fn ask_until(&mut self, command: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let answer = self.ask(command);
+            if answer == want {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{answer}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Closes its stdin (it exits 0) and returns what it wrote on stderr.
+    fn finish(mut self) -> String {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        let mut err = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        err
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tracer attach --output <out> <pid>` in the background, returned once it has attached (the
+/// session directory exists: the tracer makes it after the injection; the output directory's
+/// write probe comes and goes before).
+fn attach_in_background(pid: &str, out: &Path) -> Background {
+    let tracer = Background(Some(
+        tracer()
+            .args(["attach", "--output", out.to_str().unwrap(), pid])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let start = Instant::now();
+    let session_made = || {
+        std::fs::read_dir(out).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("session_")
+        })
+    };
+    while !session_made() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracer
+}
+
+/// Stops a background tracer with SIGINT; it must exit 0.
+fn stop(tracer: Background) {
+    let tracer = tracer.take();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let result = tracer.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+}
+
+const UNTRACED: &str = "dlopen=libc.so.6 enter=libc.so.6";
+const REDIRECTED: &str = "dlopen=libagent.so enter=libagent.so";
+
+#[test]
+fn attach__library_dlopened_by_runpath_after_attach__then_its_calls_traced_and_its_got_restored() {
+    let mut host = Host::start();
+    assert_eq!(host.ask("whois"), format!("whois {UNTRACED}"));
+    let tmp = output_dir();
+    let tracer = attach_in_background(&host.pid(), tmp.path());
+    assert_eq!(host.ask("whois"), format!("whois {REDIRECTED}"));
+    // Found through the host's RUNPATH: dlopen saw the host as its caller.
+    assert_eq!(host.ask("load"), "load ok");
+    assert_eq!(host.ask("run"), "run 14");
+    // The new library's own entries, dlopen's included, were redirected at its load: its own
+    // bare-name load is found through its RUNPATH, and traced too.
+    assert_eq!(host.ask("plugwhois"), format!("plugwhois {REDIRECTED}"));
+    assert_eq!(host.ask("inner"), "inner 60");
+    stop(tracer);
+    let (session, calls) = check_joined(&session_dir(tmp.path()));
+    assert_eq!(session.manifest.target_fate, Some(atf::TargetFate::Running));
+    for name in [
+        "plug_run",
+        "plug_mid",
+        "plug_inner",
+        "plug_whois",
+        "inner_run",
+        "inner_leaf",
+    ] {
+        assert_eq!(calls.get(name).copied(), Some(1), "{name}: {calls:?}");
+    }
+    assert_eq!(calls.get("plug_leaf").copied(), Some(2), "{calls:?}");
+    // The stop put every entry back, the library's too: the host runs on untraced, unchanged.
+    host.ask_until("whois", &format!("whois {UNTRACED}"));
+    assert_eq!(host.ask("plugwhois"), format!("plugwhois {UNTRACED}"));
+    assert_eq!(host.ask("run"), "run 14");
+    assert_eq!(host.ask("inner"), "inner 60");
+    // A second attach finds the library loaded and redirects it with the rest.
+    let again = output_dir();
+    let tracer = attach_in_background(&host.pid(), again.path());
+    assert_eq!(host.ask("plugwhois"), format!("plugwhois {REDIRECTED}"));
+    assert_eq!(host.ask("run"), "run 14");
+    stop(tracer);
+    let (_, calls) = check_joined(&session_dir(again.path()));
+    assert_eq!(calls.get("plug_leaf").copied(), Some(2), "{calls:?}");
+    host.ask_until("whois", &format!("whois {UNTRACED}"));
+    assert_eq!(host.finish(), "", "the host wrote on stderr");
+}
+
+#[test]
+fn attach__dlopen_of_missing_library_while_attached__then_null_and_the_same_dlerror() {
+    let mut host = Host::start();
+    let untraced = host.ask("missing");
+    assert!(
+        untraced.starts_with("missing libno_such_plugin.so: "),
+        "{untraced}"
+    );
+    let tmp = output_dir();
+    let tracer = attach_in_background(&host.pid(), tmp.path());
+    assert_eq!(host.ask("whois"), format!("whois {REDIRECTED}"));
+    assert_eq!(host.ask("missing"), untraced);
+    stop(tracer);
+    check_joined(&session_dir(tmp.path()));
+    host.ask_until("whois", &format!("whois {UNTRACED}"));
+    assert_eq!(host.ask("missing"), untraced);
+    assert_eq!(host.finish(), "");
+}
+
+#[test]
+fn attach__redirected_library_dlclosed_before_the_stop__then_stop_restores_the_rest_unharmed() {
+    let mut host = Host::start();
+    let tmp = output_dir();
+    let tracer = attach_in_background(&host.pid(), tmp.path());
+    assert_eq!(host.ask("load"), "load ok");
+    assert_eq!(host.ask("run"), "run 14");
+    assert_eq!(host.ask("close"), "close unmapped");
+    // Loaded again (likely where it was before), redirected again, and unloaded again.
+    assert_eq!(host.ask("load"), "load ok");
+    assert_eq!(host.ask("plugwhois"), format!("plugwhois {REDIRECTED}"));
+    assert_eq!(host.ask("close"), "close unmapped");
+    stop(tracer);
+    let (_, traces) = check_session_with(&session_dir(tmp.path()), true, 0);
+    let calls: u64 = traces.iter().map(|t| t.calls).sum();
+    assert!(calls > 0);
+    host.ask_until("whois", &format!("whois {UNTRACED}"));
+    // Loaded after the stop: untraced, and working.
+    assert_eq!(host.ask("load"), "load ok");
+    assert_eq!(host.ask("plugwhois"), format!("plugwhois {UNTRACED}"));
+    assert_eq!(host.ask("run"), "run 14");
+    assert_eq!(host.finish(), "");
+}
+
+/// `dl_storm <threads>`: each worker loads `libplug.so` (through the storm's DT_RUNPATH), calls
+/// `plug_run` and, every 16th round, `plug_inner` (which loads `libinner.so`), then unloads it,
+/// forever; the main thread prints `alive <n>` every 100 ms.
+const DL_STORM_C: &str = r#"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static volatile long sink;
+__attribute__((noinline)) void round_trip(long i) {
+    void *h = dlopen("libplug.so", RTLD_NOW);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); abort(); }
+    long (*run)(long) = (long (*)(long))dlsym(h, "plug_run");
+    sink += run(i);
+    if ((i & 15) == 0) {
+        long (*inner)(long) = (long (*)(long))dlsym(h, "plug_inner");
+        if (inner(i) < 0) { fprintf(stderr, "libinner.so not found\n"); abort(); }
+    }
+    dlclose(h);
+}
+
+void *worker(void *arg) {
+    (void)arg;
+    for (long i = 0;; i++) round_trip(i);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 3;
+    pthread_t t[16];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, NULL);
+    for (long n = 0;; n++) {
+        usleep(100000);
+        printf("alive %ld\n", n);
+        fflush(stdout);
+    }
+}
+"#;
+
+#[test]
+fn attach__threads_dlopen_and_dlclose_in_a_loop__then_10_attaches_no_crash_sessions_readable() {
+    let _heavy = heavy();
+    plugin_host(); // builds the plugins
+    let exe = build(
+        "attach_dl_storm",
+        DL_STORM_C,
+        &[
+            "-O1",
+            "-g",
+            "-finstrument-functions",
+            "-Wl,--enable-new-dtags,-rpath,$ORIGIN/plugins",
+        ],
+    );
+    let mut target = Running::start(&exe, &["3"]);
+    assert_eq!(target.next_line(), "alive 0");
+    let pid = target.pid();
+    for round in 0..10 {
+        let tmp = output_dir();
+        let result = attach(&pid, tmp.path(), &["--duration", "0.1"]);
+        let err = stderr(&result);
+        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
+        let (_, calls) = check_joined(&session_dir(tmp.path()));
+        assert!(
+            calls.get("round_trip").copied().unwrap_or(0) > 0,
+            "round {round}: {calls:?}"
+        );
+        assert!(target.alive(), "round {round}: the target died");
+    }
+    let before = target.next_line();
+    let after = target.next_line();
+    assert_ne!(before, after);
+    assert_eq!(target.finish(), "");
 }
