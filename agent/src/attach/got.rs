@@ -257,6 +257,8 @@ struct Walk {
     known_entries: Vec<(usize, usize)>,
     /// Where the search for the next known object resumes in the book's list.
     cursor: usize,
+    /// Objects planned so far.
+    objects: usize,
 }
 
 /// A store a pass will make.
@@ -267,6 +269,9 @@ struct Plan {
     name: Name,
     /// On a sealed RELRO page (opened for the store).
     sealed: bool,
+    /// The object's position in the pass (its enter hooks are stored only if all its other
+    /// stores were).
+    object: usize,
 }
 
 impl Walk {
@@ -278,6 +283,7 @@ impl Walk {
             known: Vec::new(),
             known_entries: Vec::new(),
             cursor: 0,
+            objects: 0,
         }
     }
 
@@ -317,12 +323,16 @@ impl Walk {
                 Outcome::Held(address, ours) => self.known_entries.push((address, ours)),
                 Outcome::Planned(plan) => {
                     self.known_entries.push((plan.address, plan.to));
-                    self.plans.push(plan);
+                    self.plans.push(Plan {
+                        object: self.objects,
+                        ..plan
+                    });
                 }
                 Outcome::Left => {}
                 Outcome::Deferred => finished = false,
             }
         });
+        self.objects += 1;
         if finished {
             self.known.push(Known {
                 key,
@@ -347,8 +357,9 @@ impl Walk {
 
     /// Makes the planned stores: opens the sealed pages, stores every entry but the enter hooks',
     /// then the enter hooks', and seals the pages again; records each entry changed in `patches`.
-    /// A store that finds its entry changed meanwhile is left out (the entry is walked again at the
-    /// next pass, as its object's known values no longer match).
+    /// A store that finds its entry changed meanwhile is left out, and so are the enter hooks of
+    /// its object (the object is walked again at the next pass, as its known values no longer
+    /// match).
     ///
     /// # Safety
     /// Every planned entry is mapped, 8-byte aligned, and if `sealed`, on a page the loader has
@@ -375,12 +386,18 @@ impl Walk {
         }
         let writable =
             |plan: &Plan| !plan.sealed || pages.contains(&(plan.address & !(PAGE - 1), true));
+        // Objects with a store left out: their enter hooks stay as they are (a call recorded
+        // without its return otherwise).
+        let mut incomplete: Vec<usize> = Vec::new();
         for enter in [false, true] {
             for plan in self
                 .plans
                 .iter()
                 .filter(|p| (p.name == Name::Enter) == enter)
             {
+                if enter && incomplete.contains(&plan.object) {
+                    continue;
+                }
                 // Relaxed: the program reads the entry with plain loads for its calls; what it
                 // points to is code, and the trampolines' targets are stored before any entry
                 // names them (x86-64 makes stores visible in program order).
@@ -391,6 +408,7 @@ impl Walk {
                         .is_ok();
                 if !stored {
                     self.complete = false;
+                    incomplete.push(plan.object);
                     continue;
                 }
                 patches.retain(|p| p.address != plan.address);
@@ -458,6 +476,7 @@ unsafe fn plan(object: &Object<'_>, entry: Entry) -> Outcome {
         to: ours,
         name: entry.name,
         sealed,
+        object: 0,
     })
 }
 
