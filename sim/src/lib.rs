@@ -46,11 +46,12 @@
 //!
 //! # Budget
 //!
-//! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 13 checks
-//! of 100 schedules and 2 of 50 (1 400 schedules: 500 managed, 300 with write faults) plus the pinned
-//! replays, in about BUDGET_DEBUG in a debug build and BUDGET_RELEASE in release on a 2-core
-//! machine. For long campaigns, raise the count with [`ITERATIONS_ENV`] (per check:
-//! `SIM_ITERATIONS=2000` runs 28 000 schedules, about BUDGET_CAMPAIGN in release):
+//! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 13
+//! checks of 100 schedules and 2 of 50 (1 400 schedules: 500 managed, 300 with write faults) plus
+//! the pinned replays. That is about 30 s of CPU in a debug build (under 30 s wall on an idle
+//! 2-core machine, about 90 s on one shared by a dozen other jobs) and under 10 s wall in release.
+//! For long campaigns, raise the count with [`ITERATIONS_ENV`] (per check: `SIM_ITERATIONS=2000`
+//! runs 28 000 schedules, about 45 s of CPU in release):
 //!
 //! ```text
 //! SIM_ITERATIONS=10000 cargo test -p sim --release
@@ -338,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "run by managed_faults__file_size_limit__... in a child process with a file-size limit"]
+    #[ignore = "run by managed_faults__... in a child process with a file-size limit"]
     fn fault_child_managed() {
         if !limit_file_size() {
             return;

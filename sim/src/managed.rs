@@ -13,10 +13,12 @@
 //!
 //! The phases do what `tracer record`'s do (`cli/src/record.rs`): stopping acceptance stops the
 //! drain's passes, then runs the registry's stop handshake until no thread is inside a write or the
-//! budget is spent (an error: the shutdown turns forced); closing registrations likewise; flushing
-//! is one drain pass and the final drain the drain's final drain, each waited for within the
-//! budget; syncing has the drain write the final manifest and sync ([`drain::Drain::finish`]),
-//! waited for without bound; cleanup stops the target (its threads stop before their next event).
+//! budget is spent (an error: the shutdown turns forced); closing registrations likewise. These
+//! waits poll, so a second signal cuts them short as [`PhaseContext::should_stop`] asks (`tracer
+//! record` waits the remaining budget in one call). Flushing is one drain pass and the final drain
+//! the drain's final drain, each waited for within the budget; syncing has the drain write the
+//! final manifest and sync ([`drain::Drain::finish`]), waited for without bound; cleanup stops the
+//! target (its threads stop before their next event).
 //!
 //! # What a forced shutdown guarantees
 //!
