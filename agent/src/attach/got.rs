@@ -13,16 +13,19 @@
 //!   add the base to it, or overwrite it) is left alone, and so is an entry on a RELRO page that is
 //!   still writable (the loader seals it when it has finished; a store racing the seal would
 //!   fault). Both are taken at the next pass after a load.
-//! - **Compare and swap.** An entry is only ever changed from the value just read to the new one:
-//!   one that changed meanwhile (lazy binding resolving it concurrently, see below) is left as it
-//!   is. A lazy `_dl_fixup` that read the entry before a pass and writes the resolved function
-//!   after it undoes the redirection of that one entry (calls through it run untraced, as before
-//!   the attach): the next pass after a load redirects it again, and at the stop the entry already
-//!   holds glibc's function, as good as the original the restore would have written.
+//! - **Compare and swap.** An entry is only ever changed from the value read when the pass
+//!   planned the store: one that changed meanwhile (lazy binding resolving it concurrently, see
+//!   below) is left as it is. A lazy `_dl_fixup` that read the entry before a pass and writes the
+//!   resolved function after it undoes the redirection of that one entry (calls through it run
+//!   untraced, as before the attach): the next pass after a load redirects it again, and at the
+//!   stop the entry already holds glibc's function, as good as the original the restore would
+//!   have written.
+//! - **Order.** The program's other threads run on during a pass, so every entry but the enter
+//!   hooks' is stored first and the enter hooks' last, in one burst (see [`redirect`]).
 //! - **Cost.** A pass after a load only checks the objects the previous pass finished (their
 //!   redirected entries still hold the agent's values) and walks the relocations of the others:
-//!   about 8 µs with 51 objects loaded (libLLVM-15 among them), where walking them all takes
-//!   1.6 ms. A load that adds no object (the library was loaded already) stops at the first object.
+//!   6-8 µs with 51 objects loaded (libLLVM-15 among them), where walking them all takes 1.5-3
+//!   ms. A load that adds no object (the library was loaded already) stops at the first object.
 
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicU8, AtomicUsize};
@@ -216,12 +219,15 @@ fn restore(book: &mut Book) {
 /// Redirects the entries of every object (inside the loader's lock, so every object listed stays
 /// mapped until the stores are done). With `skip_known`, objects the book knows are only checked.
 ///
-/// The program's other threads keep running meanwhile, so the order of the stores is what each
-/// of them sees: every entry but the enter hooks' first, then the enter hooks' in one burst. A
-/// thread therefore records returns without their calls until its first recorded call (the start
-/// of a joined stream) and, from then on, every return of a call it recorded, whichever objects
-/// the calls cross; were an enter hook redirected before an exit hook, a call made between the
-/// two stores would be recorded without its return.
+/// The program's other threads keep running meanwhile (the tracer holds only the thread that
+/// attaches), so the order of the stores is what each of them sees: every entry but the enter
+/// hooks' first, then the enter hooks' in one burst, a few stores long. A thread therefore records
+/// returns without their calls only until its first recorded call (the start of a joined stream),
+/// and from then on every return of a call it recorded. Were an enter hook redirected before an
+/// exit hook, a call made between the two stores (two `mprotect`s apart on a RELRO page) would be
+/// recorded without its return. What remains: a thread that calls from an object whose enter
+/// hook is already redirected into one whose enter hook is not yet, within the burst, records
+/// that callee's return without its call inside an open call.
 fn redirect(book: &mut Book, adds: u64, skip_known: bool) {
     let agent_code = dlopen::trampoline(Name::Dlopen);
     book.patches.iter_mut().for_each(|p| p.live = false);
