@@ -194,6 +194,10 @@ struct Owner<'r, B: Backend> {
     info: SlotInfo,
     index: PoolConsumer<'r, B>,
     detail: PoolConsumer<'r, B>,
+    /// Index events consumed from this owner's lane (written or not): an event is published
+    /// before the producer counts it accepted, so this can exceed the slot's `accepted` by the
+    /// event of a thread killed between the two (see `reconcile_after_stop`).
+    taken: u64,
 }
 
 /// The drain of one recording: see the crate documentation.
@@ -494,6 +498,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             }
             Err(e) => return Err(lane_error(tid, e)),
         };
+        owner.taken += r.bytes / atf::EVENT_SIZE as u64;
         if let Some(writer) = files.index.as_ref() {
             files.written = writer.event_count();
             self.stats.bytes += r.bytes;
@@ -547,6 +552,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 info,
                 index,
                 detail,
+                taken: 0,
             },
         );
         if self.files.contains_key(&info.tid) {
@@ -617,7 +623,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         let state = self.registry.slot_info(slot).map(|s| s.state);
         let mut c = self.registry.counts(slot)?;
         if self.stopped && state != Some(SlotState::Exited) {
-            reconcile_after_stop(&mut c);
+            reconcile_after_stop(&mut c, owner.taken);
         }
         drop(owner.index);
         drop(owner.detail);
@@ -666,7 +672,11 @@ impl<'r, B: Backend> Drain<'r, B> {
 /// accepted any more), so an attempt not yet matched by a drop is, by construction, a post-stop
 /// event: a `shutdown` drop. Counts of exited threads are final and never adjusted, so a real
 /// accounting error still shows.
-fn reconcile_after_stop(c: &mut registry::ThreadCounts) {
+fn reconcile_after_stop(c: &mut registry::ThreadCounts, taken: u64) {
+    // The ring publishes an event before its producer counts it accepted: a thread killed (the
+    // target exiting under it) between the two leaves an event in the lane that no counter
+    // accounts for. What the drain consumed is accepted, whatever the counter says.
+    c.accepted = c.accepted.max(taken);
     let counted = c.accepted + c.dropped();
     if c.attempted > counted {
         c.shutdown += c.attempted - counted;
@@ -854,5 +864,46 @@ fn lane_error<E: Into<DrainError>>(tid: u32, e: ring::DrainError<E>) -> DrainErr
     match e {
         ring::DrainError::Sink(e) => e.into(),
         ring::DrainError::Ring(source) => DrainError::Lane { tid, source },
+    }
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::reconcile_after_stop;
+    use registry::ThreadCounts;
+
+    fn counts(attempted: u64, accepted: u64, shutdown: u64) -> ThreadCounts {
+        ThreadCounts {
+            attempted,
+            accepted,
+            shutdown,
+            ..ThreadCounts::default()
+        }
+    }
+
+    #[test]
+    fn reconcile__attempt_without_outcome__then_shutdown_drop() {
+        let mut c = counts(5, 3, 1);
+        reconcile_after_stop(&mut c, 3);
+        assert_eq!((c.attempted, c.accepted, c.shutdown), (5, 3, 2));
+        assert!(c.balanced());
+    }
+
+    #[test]
+    fn reconcile__event_published_but_not_counted__then_accepted_not_dropped() {
+        // Killed between publishing its 4th event and counting it: the drain took 4 events.
+        let mut c = counts(4, 3, 0);
+        reconcile_after_stop(&mut c, 4);
+        assert_eq!((c.attempted, c.accepted, c.shutdown), (4, 4, 0));
+        assert!(c.balanced());
+    }
+
+    #[test]
+    fn reconcile__drop_counted_before_its_attempt__then_attempt_raised() {
+        let mut c = counts(3, 2, 2);
+        reconcile_after_stop(&mut c, 2);
+        assert_eq!((c.attempted, c.accepted, c.shutdown), (4, 2, 2));
+        assert!(c.balanced());
     }
 }

@@ -169,17 +169,13 @@ pub fn spawn_spinning(out: &Path, threads: u32, stderr: std::process::Stdio) -> 
 /// return matches the innermost open call, timestamps never go back), and that files and the
 /// manifest agree; returns per-thread counts.
 pub fn check_session(dir: &Path) -> (atf::Session, Vec<ThreadTrace>) {
-    check_session_with(dir, false, 0)
+    check_session_with(dir, false)
 }
 
-/// [`check_session`] for other starts and ends: with `joined`, a stream may begin with returns
-/// whose calls were made before the recording began (attach); each thread's accounting may be off
-/// by `slack` events (a target that exited while recorded died wherever its threads were).
-pub fn check_session_with(
-    dir: &Path,
-    joined: bool,
-    slack: u64,
-) -> (atf::Session, Vec<ThreadTrace>) {
+/// [`check_session`] for a joined stream: with `joined`, a stream may begin with returns whose
+/// calls were made before the recording began (attach). Every thread's accounting balances
+/// exactly, a target that died wherever its threads were included.
+pub fn check_session_with(dir: &Path, joined: bool) -> (atf::Session, Vec<ThreadTrace>) {
     let session = atf::Session::open(dir).expect("the session opens");
     let names = function_names(&session);
     let mut out = Vec::new();
@@ -239,41 +235,15 @@ pub fn check_session_with(
             thread.id
         );
         let c = &entry.index;
-        let accounted = c.persisted + c.dropped.total();
-        assert!(
-            c.attempted.abs_diff(accounted) <= slack,
-            "thread {}: {c:?}",
-            thread.id
-        );
+        assert!(c.balanced(), "thread {}: {c:?}", thread.id);
         out.push(t);
     }
-    if slack == 0 {
-        assert!(
-            session.manifest.accounting.index.balanced(),
-            "{:?}",
-            session.manifest.accounting.index
-        );
-    }
+    assert!(
+        session.manifest.accounting.index.balanced(),
+        "{:?}",
+        session.manifest.accounting.index
+    );
     (session, out)
-}
-
-/// [`check_session_with`] for a target that died while recorded (it exited by itself, or was
-/// killed): a thread may have died between publishing an event in its ring and counting it
-/// accepted, so the event is persisted while its attempt has no counted outcome, which the final
-/// reconciliation counts as a shutdown drop. Each thread's accounting may therefore count one
-/// event too many, by one shutdown drop, and never one too few.
-pub fn check_session_died(dir: &Path, joined: bool) -> (atf::Session, Vec<ThreadTrace>) {
-    let (session, traces) = check_session_with(dir, joined, 1);
-    for entry in &session.manifest.threads {
-        let c = &entry.index;
-        let accounted = c.persisted + c.dropped.total();
-        assert!(
-            accounted == c.attempted || (accounted == c.attempted + 1 && c.dropped.shutdown > 0),
-            "thread {}: {c:?}",
-            entry.id
-        );
-    }
-    (session, traces)
 }
 
 /// A tracer started in the background: stopped on drop if the test ends early (a failed assertion
