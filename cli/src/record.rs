@@ -671,7 +671,14 @@ impl Pipeline for Recorder {
     }
 
     fn sync(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
-        self.take_drain(); // when forced, the flush phase was skipped
+        // When forced, the flush phase was skipped.
+        self.take_drain();
+        // A shutdown forced before its stop handshake leaves the target accepting: stop it now,
+        // without waiting, so the final count snapshot is taken after the stop (an attempt not yet
+        // matched is then a shutdown drop) rather than while threads still accept events.
+        if self.registry.is_accepting() {
+            let _ = self.registry.stop_accepting(Duration::ZERO);
+        }
         let Some(mut drain) = self.drain.take() else {
             return Err(phase_error(
                 "nothing to sync: the drain thread ended abnormally",
