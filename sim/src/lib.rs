@@ -249,13 +249,10 @@ mod tests {
     }
 
     /// A second signal came before the stop handshake: the phases skipped it and the drain
-    /// wrote the manifest while a thread was inside a write. `Drain::finish` took the thread's
-    /// unresolved attempt for a post-stop drop ("shutdown") although the thread then accepted
-    /// it, and did not count the thread's later event. Fails until `tracer record`'s forced path
-    /// stops acceptance before `Drain::finish`, or `finish` stops counting an in-flight attempt of
-    /// a still-accepting thread as a shutdown drop.
+    /// wrote the manifest while a thread was inside a write, booking its in-flight attempt as a
+    /// shutdown drop although the thread then accepted it. Syncing now stops acceptance first,
+    /// as `tracer record` does.
     #[test]
-    #[ignore = "the forced path counts an in-flight accepted event as a shutdown drop (drain/cli)"]
     fn replay__forced_before_stop__then_manifest_drops_are_ones_the_thread_saw() {
         replay(
             &Scenario {

@@ -44,8 +44,8 @@ pub struct Scenario {
     /// signals or the target's exit; see [`crate::managed`]) instead of the stopper.
     pub managed: bool,
     /// Managed only: also check, after a forced shutdown whose stop handshake did not complete,
-    /// that every drop the manifest counts is one its thread saw. This does not hold yet (see
-    /// [`crate::managed`]); the default leaves it out.
+    /// that every drop the manifest counts is one its thread saw (see [`crate::managed`]; the
+    /// default leaves it out).
     pub strict_forced_drops: bool,
 }
 
