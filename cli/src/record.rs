@@ -608,6 +608,9 @@ impl Recorder {
     }
 }
 
+/// The longest a shutdown phase waits before it looks again at its deadline and at a second signal.
+const PHASE_POLL: Duration = Duration::from_millis(10);
+
 fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
     shutdown::Error::phase(e.to_string())
 }
@@ -620,12 +623,19 @@ impl Pipeline for Recorder {
         self.take_drain();
         // A dead target has no producer left to wait for (a thread killed inside its write
         // section would otherwise hold us for the whole budget).
-        let wait = if self.target_dead() {
-            Duration::ZERO
-        } else {
-            ctx.remaining()
+        // Waited for in slices, so a second signal cuts the wait short.
+        let report = loop {
+            let dead = self.target_dead();
+            let wait = if dead {
+                Duration::ZERO
+            } else {
+                ctx.remaining().min(PHASE_POLL)
+            };
+            let report = self.registry.stop_accepting(wait);
+            if report.stragglers.is_empty() || dead || ctx.should_stop() {
+                break report;
+            }
         };
-        let report = self.registry.stop_accepting(wait);
         if !report.stragglers.is_empty() && !self.target_dead() {
             return Err(shutdown::Error::phase(format!(
                 "{} thread(s) stayed inside a write (stopped by a debugger?)",
@@ -636,14 +646,19 @@ impl Pipeline for Recorder {
     }
 
     fn close_registrations(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
-        let wait = if self.target_dead() {
-            Duration::ZERO
-        } else {
-            ctx.remaining()
-        };
-        match self.registry.close_registrations(wait) {
-            Err(e) if !self.target_dead() => Err(phase_error(e)),
-            _ => Ok(()),
+        loop {
+            let dead = self.target_dead();
+            let wait = if dead {
+                Duration::ZERO
+            } else {
+                ctx.remaining().min(PHASE_POLL)
+            };
+            match self.registry.close_registrations(wait) {
+                Ok(()) => return Ok(()),
+                Err(_) if dead => return Ok(()),
+                Err(e) if ctx.should_stop() => return Err(phase_error(e)),
+                Err(_) => {}
+            }
         }
     }
 
