@@ -39,19 +39,33 @@
 //! `tracer record` runs them after a drain error) still write a finished manifest, balanced per
 //! thread, whose `persisted` is what the reader finds and whose `not_written` names the rest.
 //!
+//! File-system faults ([`faults`], [`pipeline::Scenario::faulty_fs`] and
+//! [`pipeline::Scenario::managed_faulty_fs`]), in this process: the drain's session layout writes
+//! through an `atf::fault::FaultyFs` whose plan each schedule draws from shuttle's random source
+//! (a replay draws the same plan), one kind per schedule. `EINTR` storms, short writes and slow
+//! syncs (the stall hook yields and lets virtual time pass) must lose nothing: the full invariants
+//! hold, as without faults. A disk full part-way (`ENOSPC`), `EIO` on the n-th write, and a
+//! failing fsync or `syncfs` (`EIO`) get the fault checks above, plus: each error carries the
+//! injected errno; under the shutdown manager each is the shutdown's reason, a phase's failure or
+//! a notice of its report, or a request the drain made once the shutdown was under way; and when
+//! the final manifest's own write or fsync failed, the previous manifest is left readable. Each of
+//! these tests asserts that every kind fired in some of its schedules.
+//!
 //! shuttle runs every atomic as SeqCst: this finds interleaving and protocol bugs, not
 //! memory-ordering bugs (those are the loom models' job, in each crate). Not simulated: real
 //! signal delivery (the injector calls what the handler calls), the target's process (cleanup
-//! stops the producers before their next event), and other I/O faults than a file-size limit.
+//! stops the producers before their next event), and I/O faults outside the drain's session
+//! files (the output directory's creation).
 //!
 //! # Budget
 //!
 //! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 13
-//! checks of 100 schedules and 2 of 50 (1 400 schedules: 500 managed, 300 with write faults) plus
-//! the pinned replays. That is about 30 s of CPU in a debug build (under 30 s wall on an idle
-//! 2-core machine, about 90 s on one shared by a dozen other jobs) and under 10 s wall in release.
-//! For long campaigns, raise the count with [`ITERATIONS_ENV`] (per check: `SIM_ITERATIONS=2000`
-//! runs 28 000 schedules, about 45 s of CPU in release):
+//! checks of 100 schedules, 2 of 50 and 4 of 75 (1 700 schedules: 650 managed, 300 under a
+//! file-size limit, 300 under drawn file-system faults) plus the pinned replays. That is about
+//! 35 s of CPU in a debug build (about 35 s wall on a 2-core machine shared with other jobs;
+//! the file-system fault checks take about 5 s of it) and under 10 s wall in release. For long
+//! campaigns, [`ITERATIONS_ENV`] sets the count of every check (`SIM_ITERATIONS=2000` runs
+//! 36 000 schedules, about a minute of CPU in release):
 //!
 //! ```text
 //! SIM_ITERATIONS=10000 cargo test -p sim --release
@@ -76,6 +90,7 @@
 //! ```
 
 pub mod clock;
+pub mod faults;
 pub mod managed;
 pub mod pipeline;
 mod replay;
@@ -372,6 +387,56 @@ mod tests {
             managed::coverage().by_error > 0,
             "no drain error requested the shutdown"
         );
+    }
+
+    /// Schedules per scheduler of the in-process file-system fault checks (four checks: 300).
+    const FS_FAULT_ITERATIONS: usize = 75;
+
+    /// Runs `check` on schedules whose drain writes through a drawn faulty file system and
+    /// asserts every fault kind fired in some of them (at the default budget; a smaller
+    /// [`ITERATIONS_ENV`] skips the assertion).
+    fn every_fault_kind_fired(check: impl FnOnce(usize)) {
+        let before = faults::tally();
+        let n = iterations(FS_FAULT_ITERATIONS);
+        check(n);
+        let t = faults::tally();
+        eprintln!("{t:?}");
+        let schedules: u64 = (0..6).map(|i| t.schedules[i] - before.schedules[i]).sum();
+        assert_eq!(schedules, n as u64);
+        if n >= FS_FAULT_ITERATIONS {
+            for (i, kind) in faults::Kind::ALL.iter().enumerate() {
+                assert!(
+                    t.fired[i] > before.fired[i],
+                    "no schedule injected {kind:?}: {t:?}"
+                );
+            }
+        }
+    }
+
+    /// `EINTR` storms, short writes and slow syncs lose nothing (the full invariants hold); a
+    /// full disk, `EIO` on a write and a failing fsync or `syncfs` are reported with the file and
+    /// the errno, nothing panics, the index files are prefixes of the accepted events, and the
+    /// manifest is finished and balanced (or, when its own write failed, the previous one reads).
+    #[test]
+    fn fs_faults__random_schedules__then_nothing_lost_or_error_named_and_prefix_readable() {
+        every_fault_kind_fired(|n| check_random(&Scenario::faulty_fs(), n));
+    }
+
+    #[test]
+    fn fs_faults__pct_schedules__then_nothing_lost_or_error_named_and_prefix_readable() {
+        every_fault_kind_fired(|n| check_pct(&Scenario::faulty_fs(), n, PCT_DEPTH));
+    }
+
+    /// The same under the real shutdown manager: a drain error is the shutdown's reason or shows
+    /// in its report; the shutdown still ends once, syncing and cleanup run.
+    #[test]
+    fn managed_fs_faults__random_schedules__then_error_reported_and_every_event_accounted() {
+        every_fault_kind_fired(|n| check_random(&Scenario::managed_faulty_fs(), n));
+    }
+
+    #[test]
+    fn managed_fs_faults__pct_schedules__then_error_reported_and_every_event_accounted() {
+        every_fault_kind_fired(|n| check_pct(&Scenario::managed_faulty_fs(), n, PCT_DEPTH));
     }
 
     /// Runs `check` on managed schedules and asserts they reached the paths they are meant to

@@ -120,6 +120,8 @@ struct DrainLine {
     replies: mpsc::Sender<Reply>,
     /// What the final fsync costs in virtual time.
     slow_fsync: Duration,
+    /// The faulty file system the drain writes through, if any.
+    fs: Option<Arc<atf::fault::FaultyFs>>,
 }
 
 /// The drain thread: passes (with the scenario's pauses) until paused, then one command at a time.
@@ -137,6 +139,7 @@ fn drain_thread(
         commands,
         replies,
         slow_fsync,
+        fs,
     } = line;
     let mut errors = Vec::new();
     let mut keep = |r: Result<(), drain::DrainError>| {
@@ -147,7 +150,10 @@ fn drain_thread(
         })
     };
     let reg = shared.view();
-    let layout = atf::SessionLayout::create(out, 1).expect("creating the session");
+    let mut layout = atf::SessionLayout::create(out, 1).expect("creating the session");
+    if let Some(fs) = fs {
+        layout = layout.with_fs(fs);
+    }
     let mut drain = drain::Drain::new(reg, layout, atf::Manifest::new(atf::ClockType::Boottime))
         .expect("starting the drain");
     let mut passing = true;
@@ -229,6 +235,8 @@ struct SimPipeline {
     reason: Option<Reason>,
     /// A graceful phase gave up waiting because the shutdown was forced (a second signal).
     gave_up_forced: bool,
+    /// A phase stopped waiting for the drain's reply (its error, if any, reaches nobody).
+    abandoned_reply: bool,
 }
 
 fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
@@ -271,6 +279,7 @@ impl SimPipeline {
         if ctx.forced() {
             self.gave_up_forced = true;
         }
+
         phase_error(what)
     }
 
@@ -327,7 +336,10 @@ impl Pipeline<SimShutdown> for SimPipeline {
             _ => None,
         }) {
             Some(r) => r.map_err(phase_error),
-            None => Err(self.gave_up(ctx, "the drain's pass did not end in time")),
+            None => {
+                self.abandoned_reply = true;
+                Err(self.gave_up(ctx, "the drain's pass did not end in time"))
+            }
         }
     }
 
@@ -339,7 +351,10 @@ impl Pipeline<SimShutdown> for SimPipeline {
             _ => None,
         }) {
             Some(r) => r.map_err(phase_error),
-            None => Err(self.gave_up(ctx, "the final drain did not end in time")),
+            None => {
+                self.abandoned_reply = true;
+                Err(self.gave_up(ctx, "the final drain did not end in time"))
+            }
         }
     }
 
@@ -383,6 +398,7 @@ struct ManagerEnd {
     calls: [u32; 6],
     finished: Option<Result<drain::Report, String>>,
     gave_up_forced: bool,
+    abandoned_reply: bool,
 }
 
 /// The manager: starts the timer, waits for a request, cancels the timer, runs the phases once.
@@ -441,6 +457,7 @@ fn manager(
         calls: pipeline.calls,
         finished: pipeline.finished.take(),
         gave_up_forced: pipeline.gave_up_forced,
+        abandoned_reply: pipeline.abandoned_reply,
     }
 }
 
@@ -590,6 +607,9 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
     let killed = Arc::new(AtomicBool::new(false));
     let target_done = Arc::new(AtomicBool::new(false));
     let alive = Arc::new(AtomicU32::new(scenario.producers));
+    let drawn = scenario
+        .fs_faults
+        .then(|| crate::faults::draw_for(scenario));
 
     let producers: Vec<_> = (0..scenario.producers)
         .map(|p| {
@@ -635,6 +655,7 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
             commands: command_rx,
             replies: reply_tx,
             slow_fsync,
+            fs: drawn.as_ref().map(|d| d.fs.clone()),
         };
         thread::spawn(move || drain_thread(&shared, &scenario, &out, line, &shutdown, &log))
     };
@@ -653,6 +674,7 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
             finished: None,
             reason: None,
             gave_up_forced: false,
+            abandoned_reply: false,
         };
         let (shutdown, log) = (shutdown.clone(), log.clone());
         thread::spawn(move || manager(shutdown, pipeline, budgets, timer, log))
@@ -666,8 +688,14 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
     let ledgers = std::mem::take(&mut *ledgers.lock().expect("ledger lock"));
     let log = std::mem::take(&mut *log.lock().expect("log lock"));
     check_requests(&shutdown, &end, &log);
-    check_recording(&end, &errors, &ledgers, scenario, out);
+    if let Some(drawn) = &drawn {
+        check_errors_reported(drawn, &end, &errors, &log);
+    }
+    check_recording(&end, &errors, &ledgers, scenario, drawn.is_some(), out);
     tally(&end, &log);
+    if let Some(drawn) = &drawn {
+        crate::faults::count(drawn);
+    }
 }
 
 /// Exactly one shutdown, started by the first request; every later one counted as ignored or,
@@ -772,27 +800,21 @@ fn check_recording(
     errors: &[drain::DrainError],
     ledgers: &BTreeMap<u32, Ledger>,
     scenario: &Scenario,
+    fs_faults: bool,
     out: &Path,
 ) {
     if !errors.is_empty() {
         assert!(
-            scenario.faults,
+            scenario.faults || fs_faults,
             "the drain failed without a fault: {errors:?}"
         );
         for e in errors {
             pipeline::check_after_fault(e, ledgers, out);
         }
-        // The final manifest (its stop reason is the error's text) may itself pass the size
-        // limit: the previous one is then left as it was, readable, and the error says so.
-        let manifest_failed = errors.iter().any(|e| {
-            matches!(e, drain::DrainError::Io(atf::Error::Io { path, .. })
-                if path.to_string_lossy().contains("manifest.json"))
-        });
-        if manifest_failed {
-            pipeline::check_manifest_readable(out);
-        } else {
-            pipeline::check_accounted_as_written(ledgers, out);
-        }
+        // The final manifest (its stop reason is the error's text) may itself fail (a size
+        // limit, a full disk, a failed fsync of its temporary file): the previous one is then
+        // left as it was, readable, and the error says so.
+        pipeline::check_manifest_after_errors(errors, ledgers, out);
         return;
     }
     let finished = match &end.finished {
@@ -818,6 +840,37 @@ fn check_recording(
         if stopped || scenario.strict_forced_drops {
             check_drops_seen(finished, ledgers);
         }
+    }
+}
+
+/// Under a drawn fault: every drain error carries the injected errno (a kind that loses nothing
+/// fails nothing), and is shown to whoever stopped the recording: it is the shutdown's reason, a
+/// phase's failure or a notice of the report, or a request the drain made once the shutdown was
+/// under way (ignored); unless a phase stopped waiting for the drain's reply.
+fn check_errors_reported(
+    drawn: &crate::faults::Drawn,
+    end: &ManagerEnd,
+    errors: &[drain::DrainError],
+    log: &Log,
+) {
+    let report = &end.report;
+    for e in errors {
+        crate::faults::check_errno(drawn, e);
+        let text = e.to_string();
+        let shown = matches!(&report.reason, Reason::Error(r) if r.contains(&text))
+            || report
+                .phases
+                .iter()
+                .any(|p| matches!(&p.status, PhaseStatus::Failed(f) if f.contains(&text)))
+            || report.notices.iter().any(|n| n.contains(&text))
+            || log
+                .requests
+                .iter()
+                .any(|m| matches!(&m.reason, Reason::Error(r) if r.contains(&text)));
+        assert!(
+            shown || end.abandoned_reply,
+            "the drain's error is not reported: {text}\n{report:?}"
+        );
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Scenario {
     pub drain_pause: u32,
     /// Whether the file system may fail the drain's writes (see `check_after_fault`).
     pub faults: bool,
+    /// Whether the drain writes through a faulty file system whose plan each schedule draws (see
+    /// [`crate::faults`]), in this process.
+    pub fs_faults: bool,
     /// Whether the real shutdown manager stops the recording (requested by a timer, injected
     /// signals or the target's exit; see [`crate::managed`]) instead of the stopper.
     pub managed: bool,
@@ -61,6 +64,7 @@ impl Default for Scenario {
             stop_early: true,
             drain_pause: 0,
             faults: false,
+            fs_faults: false,
             managed: false,
             strict_forced_drops: false,
         }
@@ -86,6 +90,7 @@ impl Scenario {
             stop_early: true,
             drain_pause: 600,
             faults: false,
+            fs_faults: false,
             managed: false,
             strict_forced_drops: false,
         }
@@ -104,8 +109,36 @@ impl Scenario {
             stop_early: true,
             drain_pause: 0,
             faults: true,
+            fs_faults: false,
             managed: false,
             strict_forced_drops: false,
+        }
+    }
+
+    /// Long-lived threads whose drain writes through a faulty file system: `EINTR` storms, short
+    /// writes, slow syncs, a full disk, `EIO` on a write or a sync (see [`crate::faults`]).
+    pub fn faulty_fs() -> Self {
+        Scenario {
+            producers: 2,
+            lives: 1,
+            events: 40,
+            capacity: 2,
+            detail_every: 2,
+            mark_every: 2,
+            stop_early: true,
+            drain_pause: 0,
+            faults: false,
+            fs_faults: true,
+            managed: false,
+            strict_forced_drops: false,
+        }
+    }
+
+    /// [`Scenario::faulty_fs`] stopped by the real shutdown manager.
+    pub fn managed_faulty_fs() -> Self {
+        Scenario {
+            managed: true,
+            ..Scenario::faulty_fs()
         }
     }
 
@@ -121,6 +154,7 @@ impl Scenario {
             stop_early: true,
             drain_pause: 0,
             faults: false,
+            fs_faults: false,
             managed: false,
             strict_forced_drops: false,
         }
@@ -333,9 +367,13 @@ fn drain_thread(
     scenario: &Scenario,
     out: &Path,
     final_now: &AtomicBool,
+    fs: Option<Arc<atf::fault::FaultyFs>>,
 ) -> Result<DrainOutcome, drain::DrainError> {
     let reg = shared.view();
-    let layout = atf::SessionLayout::create(out, 1)?;
+    let mut layout = atf::SessionLayout::create(out, 1)?;
+    if let Some(fs) = fs {
+        layout = layout.with_fs(fs);
+    }
     let mut drain = drain::Drain::new(reg, layout, atf::Manifest::new(atf::ClockType::Boottime))?;
     let mut failed = None;
     // SeqCst (shuttle's only ordering): pairs with the stopper's store after its handshake.
@@ -399,6 +437,9 @@ pub fn run(scenario: &Scenario, out: &Path) {
     let final_now = Arc::new(AtomicBool::new(false));
     let ledgers = Arc::new(Mutex::new(BTreeMap::new()));
     let progress = Arc::new(AtomicU64::new(0));
+    let drawn = scenario
+        .fs_faults
+        .then(|| crate::faults::draw_for(scenario));
 
     let producers: Vec<_> = (0..scenario.producers)
         .map(|p| {
@@ -417,7 +458,8 @@ pub fn run(scenario: &Scenario, out: &Path) {
     let drainer = {
         let (shared, final_now, out) = (shared.clone(), final_now.clone(), out.to_owned());
         let scenario = *scenario;
-        thread::spawn(move || drain_thread(&shared, &scenario, &out, &final_now))
+        let fs = drawn.as_ref().map(|d| d.fs.clone());
+        thread::spawn(move || drain_thread(&shared, &scenario, &out, &final_now, fs))
     };
     let stop = {
         let (shared, final_now, scenario) = (shared.clone(), final_now.clone(), *scenario);
@@ -431,6 +473,11 @@ pub fn run(scenario: &Scenario, out: &Path) {
     }
     let ledgers = std::mem::take(&mut *ledgers.lock().expect("ledger lock"));
     let outcome = outcome.unwrap_or_else(|e| panic!("the drain could not start: {e}"));
+    if let Some(drawn) = &drawn {
+        check_under_drawn_faults(drawn, outcome, &ledgers, scenario, out);
+        crate::faults::count(drawn);
+        return;
+    }
     match (outcome.failed, outcome.finished) {
         (None, Ok(report)) => check(&report, &ledgers, scenario, true),
         (None, Err(e)) if scenario.faults => {
@@ -445,6 +492,50 @@ pub fn run(scenario: &Scenario, out: &Path) {
             check_accounted_as_written(&ledgers, out);
         }
         (Some(e), _) | (None, Err(e)) => panic!("the drain failed without a fault: {e}"),
+    }
+}
+
+/// The checks of a recording whose drain wrote through a drawn faulty file system: without an
+/// error, the full invariants (a kind that loses nothing must not fail the drain); after one, the
+/// error carries the injected errno and names the file, every index file is a prefix of the
+/// accepted events, and the final manifest is finished and balanced, or, when its own write
+/// failed, the previous one is left readable.
+fn check_under_drawn_faults(
+    drawn: &crate::faults::Drawn,
+    outcome: DrainOutcome,
+    ledgers: &BTreeMap<u32, Ledger>,
+    scenario: &Scenario,
+    out: &Path,
+) {
+    let (report, errors) = match (outcome.failed, outcome.finished) {
+        (None, Ok(report)) => (Some(report), Vec::new()),
+        (failed, finished) => (None, failed.into_iter().chain(finished.err()).collect()),
+    };
+    if let Some(report) = report {
+        return check(&report, ledgers, scenario, true);
+    }
+    for e in &errors {
+        crate::faults::check_errno(drawn, e);
+        check_after_fault(e, ledgers, out);
+    }
+    check_manifest_after_errors(&errors, ledgers, out);
+}
+
+/// After drain errors: if the final manifest's own write failed, the previous manifest is left
+/// readable; otherwise the final one is finished, balanced and agrees with the files.
+pub(crate) fn check_manifest_after_errors(
+    errors: &[drain::DrainError],
+    ledgers: &BTreeMap<u32, Ledger>,
+    out: &Path,
+) {
+    let manifest_failed = errors.iter().any(|e| {
+        matches!(e, drain::DrainError::Io(atf::Error::Io { path, .. })
+            if path.to_string_lossy().contains("manifest.json"))
+    });
+    if manifest_failed {
+        check_manifest_readable(out);
+    } else {
+        check_accounted_as_written(ledgers, out);
     }
 }
 
