@@ -20,7 +20,8 @@
 //!
 //! Order: the consumer delivers bytes in exactly the order the producer committed them. Submitted
 //! rings precede the active ring; after reading the active id the consumer re-checks the submit
-//! queue, so a swap that happened meanwhile is taken in order (see [`PoolConsumer::drain`]).
+//! queue, so a swap that happened meanwhile is taken in order, and it never reads in place a ring
+//! it already took off the submit queue (a stale active id, see [`PoolConsumer::drain`]).
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -513,6 +514,7 @@ impl<'a, B: Backend> RingPool<'a, B> {
             // SAFETY: as above.
             free: unsafe { self.free.producer() },
             current: None,
+            last_taken: None,
         }
     }
 }
@@ -627,34 +629,45 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
 
     /// Submits the active ring and makes a free one active, if a free ring is available.
     fn try_swap(&mut self) -> bool {
+        match self.submit_active() {
+            Some((next, ring)) => {
+                self.publish_active(next, ring);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The first half of a swap: takes a free ring and submits the active one. Until
+    /// [`PoolProducer::publish_active`], the header still names the submitted ring as active.
+    fn submit_active(&mut self) -> Option<(u32, Ring<'a, B>)> {
         let mut id = [0u8; 4];
         // The free queue's Acquire (in pop) pairs with the consumer's Release when it returned the
         // ring, so the ring's released tail (empty) is visible to us.
         match self.free.pop(&mut id) {
             Ok(true) => {}
-            Ok(false) | Err(_) => return false,
+            Ok(false) | Err(_) => return None,
         }
         let next = u32::from_le_bytes(id);
-        let Some(ring) = self.pool.ring(next) else {
-            // The consumer handed us a bad id; treat as no ring (and keep ours).
-            return false;
-        };
-        // The submit queue's Release (in push) publishes every record of the old ring to the
-        // consumer that pops its id. Capacity >= ring count, so this cannot fail in a sane pool.
-        if self.submit.push(&self.active.to_le_bytes()).is_err() {
-            return false;
-        }
+        let ring = self.pool.ring(next)?; // a bad id from the consumer: keep ours
+                                          // The submit queue's Release (in push) publishes every record of the old ring to the
+                                          // consumer that pops its id. Capacity >= ring count, so this cannot fail in a sane pool.
+        self.submit.push(&self.active.to_le_bytes()).ok()?;
+        Some((next, ring))
+    }
+
+    /// The second half of a swap: makes ring `next` (from [`PoolProducer::submit_active`]) active.
+    fn publish_active(&mut self, next: u32, ring: Ring<'a, B>) {
         // SAFETY: the ring came out of the free queue, so the consumer has finished with it and no
         // other producer exists (we are the pool's only producer).
         self.ring = unsafe { ring.producer() };
         self.ring.clear_mark();
         self.active = next;
         // Release: pairs with the Acquire in `RingPool::active`: a consumer that sees the new id
-        // also sees the submission of the old ring above.
+        // also sees the submission of the old ring in `submit_active`.
         self.pool.header().active.0.store(next, Release);
         self.count(SWAPS);
         self.gave_up = false;
-        true
     }
 
     /// Marks the active ring's contents for persistence (detail windows).
@@ -686,6 +699,9 @@ pub struct PoolConsumer<'a, B: Backend = StdBackend> {
     /// A submitted ring taken off the submit queue whose bytes the sink has not all accepted yet;
     /// it is finished first on the next pass.
     current: Option<u32>,
+    /// The ring last taken off the submit queue. While the header still names it as active, the
+    /// producer is between submitting it and publishing the next active ring (see `drain`).
+    last_taken: Option<u32>,
 }
 
 impl<B: Backend> core::fmt::Debug for PoolConsumer<'_, B> {
@@ -746,6 +762,10 @@ impl<'a, B: Backend> PoolConsumer<'a, B> {
     /// Order argument: the producer submits the old ring (Release) before publishing the new active
     /// id (Release). After reading the active id (Acquire) we look at the submit queue again; if a
     /// swap happened since our pass over it, we go round again before touching the active ring.
+    /// If the id read is the ring we last took off the submit queue, the producer is between
+    /// the two steps of a swap: that ring is ours (perhaps already back in the free queue, where
+    /// the producer may take and refill it after rings still unconsumed), and the next active ring
+    /// holds nothing yet, so the active ring is left for a later pass.
     pub fn drain<E>(
         &mut self,
         include_active: bool,
@@ -765,6 +785,7 @@ impl<'a, B: Backend> PoolConsumer<'a, B> {
                     }
                 };
                 self.current = Some(id);
+                self.last_taken = Some(id);
                 let consumer = self.rings.get_mut(id as usize).ok_or_else(|| {
                     DrainError::Ring(RingError::Corrupt {
                         detail: format!(
@@ -787,10 +808,11 @@ impl<'a, B: Backend> PoolConsumer<'a, B> {
             if !include_active {
                 return Ok(stats);
             }
-            let active = self.pool.active();
-            if !self.submit.ring().is_empty() {
-                continue; // a swap happened after our pass over the submit queue
-            }
+            let active = match self.readable_active() {
+                Readable::Ring(active) => active,
+                Readable::Swapped => continue, // a swap happened after our pass over the queue
+                Readable::Stale => return Ok(stats),
+            };
             let Some(consumer) = self.rings.get_mut(active as usize) else {
                 return Err(DrainError::Ring(RingError::Corrupt {
                     detail: format!("active ring {active} out of range"),
@@ -801,12 +823,37 @@ impl<'a, B: Backend> PoolConsumer<'a, B> {
         }
     }
 
+    /// The active ring, if it may be read in place now (see [`PoolConsumer::drain`]).
+    fn readable_active(&self) -> Readable {
+        let active = self.pool.active();
+        if !self.submit.ring().is_empty() {
+            Readable::Swapped
+        } else if self.last_taken == Some(active) {
+            // The swap that submitted it is half done: the next active ring holds nothing yet.
+            Readable::Stale
+        } else {
+            Readable::Ring(active)
+        }
+    }
+
     /// Whether every ring is empty and nothing is submitted (a snapshot).
     pub fn is_empty(&self) -> bool {
         self.current.is_none()
             && self.submit.ring().is_empty()
             && self.rings.iter().all(|c| c.ring().is_empty())
     }
+}
+
+/// What [`PoolConsumer::readable_active`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readable {
+    /// This ring is active, and every ring submitted before it was taken.
+    Ring(u32),
+    /// A ring was submitted after the last pass over the submit queue.
+    Swapped,
+    /// The header names the ring last taken off the submit queue: the producer has not published
+    /// the next one yet.
+    Stale,
 }
 
 fn consume<B: Backend, E>(
@@ -840,5 +887,55 @@ fn consume<B: Backend, E>(
     match failed {
         Some(e) => Err(DrainError::Sink(e)),
         None => Ok(done as u64),
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use crate::HeapRegion;
+
+    const CONFIG: PoolConfig = PoolConfig {
+        rings: 2,
+        ring_capacity: 16,
+        kind: RecordKind::Fixed(8),
+        policy: FullPolicy::DropNewest,
+    };
+
+    fn collect(got: &mut Vec<u64>, chunk: Chunk<'_>) -> Result<(), ()> {
+        for r in chunk.bytes.chunks_exact(8) {
+            got.push(u64::from_le_bytes(r.try_into().map_err(drop)?));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn drain__during_half_done_swap__then_ring_taken_off_submit_queue_not_read_as_active() {
+        let region = HeapRegion::new(RingPool::<StdBackend>::layout_size(&CONFIG));
+        // SAFETY: fresh, aligned, exclusive memory of the right size.
+        let pool = unsafe { RingPool::<StdBackend>::init(region.as_non_null(), &CONFIG) }.unwrap();
+        // SAFETY: the only producer and the only consumer of the pool.
+        let (mut tx, mut rx) = unsafe { (pool.producer(), pool.consumer()) };
+        let mut got = Vec::new();
+        for i in 1..=2u64 {
+            tx.push(&i.to_le_bytes()).unwrap();
+        }
+        // Ring 0 is full: the producer submits it, and stops before publishing ring 1 as active.
+        let (next, ring) = tx.submit_active().expect("ring 1 is free");
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
+        assert_eq!(got, [1, 2]);
+        // Ring 0 is back in the free queue while the header still names it: reading it in place
+        // would deliver its next fill (records 5, 6) before ring 1's records 3, 4.
+        assert_eq!(pool.active(), 0);
+        assert_eq!(rx.readable_active(), Readable::Stale);
+        tx.publish_active(next, ring);
+        assert_eq!(rx.readable_active(), Readable::Ring(1));
+        for i in 3..=6u64 {
+            tx.push(&i.to_le_bytes()).unwrap();
+        }
+        assert_eq!(rx.readable_active(), Readable::Swapped);
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
+        assert_eq!(got, [1, 2, 3, 4, 5, 6]);
     }
 }
