@@ -295,6 +295,26 @@ mod tests {
         );
     }
 
+    /// The disk filled up (`ENOSPC`) while the drain finished the index file of a thread that had
+    /// accepted nothing: the header was patched (no events, footer at offset 64) and the footer's
+    /// write was cut short at 47 of its 64 bytes. `atf::IndexReader` takes a footer offset of 64
+    /// for a file still recording and recovers whole events up to the end of the file, so the torn
+    /// footer reads back as one phantom event (thread 0, function 0). Fails until the reader (or
+    /// the writer) tells a torn footer of an empty file from an event (atf). Rare: about one in
+    /// 4 000 schedules under drawn faults; the campaigns leave such files out of their checks
+    /// ([`pipeline::TORN_EMPTY_FOOTERS`]).
+    #[test]
+    #[ignore = "a torn footer of an empty index file reads back as an event (atf)"]
+    fn replay__disk_full_in_empty_index_footer__then_no_phantom_event() {
+        replay(
+            &Scenario {
+                strict_torn_footer: true,
+                ..Scenario::faulty_fs()
+            },
+            include_str!("../replays/fs_faults_torn_empty_footer_reads_as_event.txt"),
+        );
+    }
+
     /// Set in the child process that runs the file-system fault schedules.
     const FAULT_CHILD_ENV: &str = "SIM_FAULT_CHILD";
 
