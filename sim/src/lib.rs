@@ -48,8 +48,11 @@
 //! failing fsync or `syncfs` (`EIO`) get the fault checks above, plus: each error carries the
 //! injected errno; under the shutdown manager each is the shutdown's reason, a phase's failure or
 //! a notice of its report, or a request the drain made once the shutdown was under way; and when
-//! the final manifest's own write or fsync failed, the previous manifest is left readable. Each of
-//! these tests asserts that every kind fired in some of its schedules.
+//! the final manifest's own write or fsync failed, the previous manifest is left intact (readable,
+//! not finished, no temporary file left). Each of these tests asserts that every kind fired in
+//! some of its schedules. Known to fail, rarely: a full disk tearing the footer of an index file
+//! with no events makes the reader see a phantom event (an `atf` bug, pinned by an ignored replay
+//! test; the campaigns leave such files out, see [`pipeline::Scenario::strict_torn_footer`]).
 //!
 //! shuttle runs every atomic as SeqCst: this finds interleaving and protocol bugs, not
 //! memory-ordering bugs (those are the loom models' job, in each crate). Not simulated: real
@@ -62,8 +65,8 @@
 //! `cargo test -p sim` runs [`DEFAULT_ITERATIONS`] schedules per scheduler and scenario: 13
 //! checks of 100 schedules, 2 of 50 and 4 of 75 (1 700 schedules: 650 managed, 300 under a
 //! file-size limit, 300 under drawn file-system faults) plus the pinned replays. That is about
-//! 35 s of CPU in a debug build (about 35 s wall on a 2-core machine shared with other jobs;
-//! the file-system fault checks take about 5 s of it) and under 10 s wall in release. For long
+//! 30 s of CPU in a debug build (17 s wall on a quiet 2-core machine, about 35 s on a busy one;
+//! the file-system fault checks take 5 s of CPU) and under 10 s wall in release. For long
 //! campaigns, [`ITERATIONS_ENV`] sets the count of every check (`SIM_ITERATIONS=2000` runs
 //! 36 000 schedules, about a minute of CPU in release):
 //!
@@ -421,7 +424,8 @@ mod tests {
         let n = iterations(FS_FAULT_ITERATIONS);
         check(n);
         let t = faults::tally();
-        eprintln!("{t:?}");
+        let torn = pipeline::TORN_EMPTY_FOOTERS.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{t:?}; torn empty footers left out (this process): {torn}");
         let schedules: u64 = (0..6).map(|i| t.schedules[i] - before.schedules[i]).sum();
         assert_eq!(schedules, n as u64);
         if n >= FS_FAULT_ITERATIONS {

@@ -814,7 +814,11 @@ fn check_recording(
         // The final manifest (its stop reason is the error's text) may itself fail (a size
         // limit, a full disk, a failed fsync of its temporary file): the previous one is then
         // left as it was, readable, and the error says so.
-        pipeline::check_manifest_after_errors(errors, ledgers, out);
+        // `Drain::finish` is the drain's last call: its error, if any, is the last.
+        let final_error = errors
+            .last()
+            .filter(|_| matches!(end.finished, Some(Err(_))));
+        pipeline::check_manifest_after_errors(final_error, ledgers, out);
         return;
     }
     let finished = match &end.finished {

@@ -517,6 +517,7 @@ fn check_under_drawn_faults(
     scenario: &Scenario,
     out: &Path,
 ) {
+    let finish_failed = outcome.finished.is_err();
     let (report, errors) = match (outcome.failed, outcome.finished) {
         (None, Ok(report)) => (Some(report), Vec::new()),
         (failed, finished) => (None, failed.into_iter().chain(finished.err()).collect()),
@@ -528,17 +529,20 @@ fn check_under_drawn_faults(
         crate::faults::check_errno(drawn, e);
         check_after_fault(e, ledgers, out);
     }
-    check_manifest_after_errors(&errors, ledgers, out);
+    let final_error = errors.last().filter(|_| finish_failed);
+    check_manifest_after_errors(final_error, ledgers, out);
 }
 
-/// After drain errors: if the final manifest's own write failed, the previous manifest is left
-/// readable; otherwise the final one is finished, balanced and agrees with the files.
+/// After drain errors, given `final_error`, what `Drain::finish` returned if it failed: if the
+/// final manifest's own write failed, the previous manifest is left intact and readable (a
+/// manifest write that failed during the passes is replaced by the final one); otherwise the
+/// final one is finished, balanced and agrees with the files.
 pub(crate) fn check_manifest_after_errors(
-    errors: &[drain::DrainError],
+    final_error: Option<&drain::DrainError>,
     ledgers: &BTreeMap<u32, Ledger>,
     out: &Path,
 ) {
-    let manifest_failed = errors.iter().any(|e| {
+    let manifest_failed = final_error.is_some_and(|e| {
         matches!(e, drain::DrainError::Io(atf::Error::Io { path, .. })
             if path.to_string_lossy().contains("manifest.json"))
     });
@@ -773,7 +777,8 @@ pub(crate) fn check_accounted_as_written(ledgers: &BTreeMap<u32, Ledger>, out: &
     }
 }
 
-/// After the final manifest's write failed: the session's one manifest, as last written, reads.
+/// After the final manifest's write failed: the session's one manifest is the previous one (the
+/// drain's first, not finished), intact and readable, and no temporary manifest is left behind.
 pub(crate) fn check_manifest_readable(out: &Path) {
     let manifests: Vec<_> = pid_dirs(out)
         .into_iter()
@@ -781,9 +786,18 @@ pub(crate) fn check_manifest_readable(out: &Path) {
         .filter(|m| m.exists())
         .collect();
     assert_eq!(manifests.len(), 1, "one session manifest: {manifests:?}");
-    if let Err(e) = atf::Manifest::read(&manifests[0]) {
-        panic!("the manifest left after a failed write is unreadable: {e}");
-    }
+    let previous = atf::Manifest::read(&manifests[0])
+        .unwrap_or_else(|e| panic!("the manifest left after a failed write is unreadable: {e}"));
+    assert!(
+        !previous.finished,
+        "the final manifest's write failed, yet the manifest is the final one"
+    );
+    let tmp = manifests[0].with_file_name("manifest.json.tmp");
+    assert!(
+        !tmp.exists(),
+        "the failed temporary manifest was left behind: {}",
+        tmp.display()
+    );
 }
 
 /// Schedules (in this process) whose drain failed on a write and passed the fault checks.
