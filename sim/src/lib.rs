@@ -303,8 +303,8 @@ mod tests {
     /// write was cut short at 47 of its 64 bytes. `atf::IndexReader` takes a footer offset of 64
     /// for a file still recording and recovers whole events up to the end of the file, so the torn
     /// footer reads back as one phantom event (thread 0, function 0). Fails until the reader (or
-    /// the writer) tells a torn footer of an empty file from an event (atf). Rare: about one in
-    /// 4 000 schedules under drawn faults; the campaigns leave such files out of their checks
+    /// the writer) tells a torn footer of an empty file from an event (atf). Rare: twice in
+    /// about 45 000 schedules under drawn faults; the campaigns leave such files out of their checks
     /// ([`pipeline::TORN_EMPTY_FOOTERS`]).
     #[test]
     #[ignore = "a torn footer of an empty index file reads back as an event (atf)"]
