@@ -165,6 +165,19 @@ impl IndexHeader {
     }
 }
 
+/// Whether the bytes after the header of a file in the recording state are a footer cut short
+/// rather than events: fewer than a whole footer, starting with the footer's magic `2ITA`. An
+/// event starting with those 4 bytes (the low half of its timestamp) in a file that short is a
+/// 1-in-2^32 coincidence; a footer torn by a full disk is not.
+fn torn_empty_footer(file: &File, len: u64) -> Result<bool, std::io::Error> {
+    if !(HEADER_SIZE as u64 + 4..(HEADER_SIZE + FOOTER_SIZE) as u64).contains(&len) {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    file.read_exact_at(&mut magic, HEADER_SIZE as u64)?;
+    Ok(magic == INDEX_FOOTER_MAGIC)
+}
+
 /// The 64-byte footer of `index.atf` (magic `2ITA` at 0 is implied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexFooter {
@@ -614,6 +627,15 @@ impl IndexReader {
                 let mut end = len;
                 if fo > HEADER_SIZE as u64 && fo <= len {
                     end = fo;
+                }
+                if fo == HEADER_SIZE as u64
+                    && torn_empty_footer(&file, len)
+                        .map_err(|e| Error::io(path, "read the index footer", e))?
+                {
+                    // A finished file of no events keeps the recording state's header (footer at
+                    // 64): a footer cut short there (a full disk) is not an event.
+                    end = HEADER_SIZE as u64;
+                    note = Some("the footer was cut short".to_owned());
                 }
                 let count = (end - HEADER_SIZE as u64) / EVENT_SIZE as u64;
                 let note_text = note
@@ -1499,6 +1521,22 @@ pub(crate) mod tests {
             let r = IndexReader::open(&path).unwrap();
             assert!(!r.finished());
             assert_eq!(read_all(&r), (0..10).map(event).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn index_writer__empty_file_footer_cut_short__then_no_phantom_event() {
+            for cut in [4, 31, 32, 47, 63] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("index.atf");
+                let fs = faulty(FaultPlan::new().full_after(64 + cut, libc::ENOSPC));
+                let w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+                let err = w.finish().unwrap_err();
+                assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 + cut);
+                let r = IndexReader::open(&path).unwrap();
+                assert!(!r.finished());
+                assert_eq!(read_all(&r), Vec::new(), "cut after {cut} bytes");
+            }
         }
 
         #[test]

@@ -50,9 +50,8 @@
 //! a notice of its report, or a request the drain made once the shutdown was under way; and when
 //! the final manifest's own write or fsync failed, the previous manifest is left intact (readable,
 //! not finished, no temporary file left). Each of these tests asserts that every kind fired in
-//! some of its schedules. Known to fail, rarely: a full disk tearing the footer of an index file
-//! with no events makes the reader see a phantom event (an `atf` bug, pinned by an ignored replay
-//! test; the campaigns leave such files out, see [`pipeline::Scenario::strict_torn_footer`]).
+//! some of its schedules. Found this way and fixed: a full disk tearing the footer of an index file
+//! with no events made the reader see a phantom event (pinned by a replay test).
 //!
 //! shuttle runs every atomic as SeqCst: this finds interleaving and protocol bugs, not
 //! memory-ordering bugs (those are the loom models' job, in each crate). Not simulated: real
@@ -300,20 +299,14 @@ mod tests {
 
     /// The disk filled up (`ENOSPC`) while the drain finished the index file of a thread that had
     /// accepted nothing: the header was patched (no events, footer at offset 64) and the footer's
-    /// write was cut short at 47 of its 64 bytes. `atf::IndexReader` takes a footer offset of 64
-    /// for a file still recording and recovers whole events up to the end of the file, so the torn
-    /// footer reads back as one phantom event (thread 0, function 0). Fails until the reader (or
-    /// the writer) tells a torn footer of an empty file from an event (atf). Rare: twice in
-    /// about 45 000 schedules under drawn faults; the campaigns leave such files out of their checks
-    /// ([`pipeline::TORN_EMPTY_FOOTERS`]).
+    /// write was cut short at 47 of its 64 bytes. `atf::IndexReader` took a footer offset of 64
+    /// for a file still recording and recovered whole events up to the end of the file, so the
+    /// torn footer read back as one phantom event (thread 0, function 0). Found twice in about
+    /// 45 000 schedules under drawn faults.
     #[test]
-    #[ignore = "a torn footer of an empty index file reads back as an event (atf)"]
     fn replay__disk_full_in_empty_index_footer__then_no_phantom_event() {
         replay(
-            &Scenario {
-                strict_torn_footer: true,
-                ..Scenario::faulty_fs()
-            },
+            &Scenario::faulty_fs(),
             include_str!("../replays/fs_faults_torn_empty_footer_reads_as_event.txt"),
         );
     }
@@ -424,8 +417,7 @@ mod tests {
         let n = iterations(FS_FAULT_ITERATIONS);
         check(n);
         let t = faults::tally();
-        let torn = pipeline::TORN_EMPTY_FOOTERS.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!("{t:?}; torn empty footers left out (this process): {torn}");
+        eprintln!("{t:?}");
         let schedules: u64 = (0..6).map(|i| t.schedules[i] - before.schedules[i]).sum();
         assert_eq!(schedules, n as u64);
         if n >= FS_FAULT_ITERATIONS {

@@ -50,10 +50,6 @@ pub struct Scenario {
     /// that every drop the manifest counts is one its thread saw (see [`crate::managed`]; the
     /// default leaves it out).
     pub strict_forced_drops: bool,
-    /// Also check index files whose empty file's footer a full disk cut short (by default they
-    /// are left out of the checks and counted in [`TORN_EMPTY_FOOTERS`]: a known `atf` bug, the
-    /// torn footer reads back as a phantom event; pinned by an ignored replay test).
-    pub strict_torn_footer: bool,
 }
 
 impl Default for Scenario {
@@ -71,7 +67,6 @@ impl Default for Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
-            strict_torn_footer: false,
         }
     }
 }
@@ -98,7 +93,6 @@ impl Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
-            strict_torn_footer: false,
         }
     }
 
@@ -118,7 +112,6 @@ impl Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
-            strict_torn_footer: false,
         }
     }
 
@@ -138,7 +131,6 @@ impl Scenario {
             fs_faults: true,
             managed: false,
             strict_forced_drops: false,
-            strict_torn_footer: false,
         }
     }
 
@@ -165,7 +157,6 @@ impl Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
-            strict_torn_footer: false,
         }
     }
 
@@ -439,7 +430,6 @@ fn stopper(shared: &Shared, scenario: &Scenario, final_now: &AtomicBool, progres
 /// Runs one recording under the current shuttle schedule and checks every invariant; panics
 /// (failing the schedule, which shuttle then prints in replay form) on a violation.
 pub fn run(scenario: &Scenario, out: &Path) {
-    STRICT_TORN_FOOTER.with(|c| c.set(scenario.strict_torn_footer));
     if scenario.managed {
         return crate::managed::run(scenario, out);
     }
@@ -803,41 +793,12 @@ pub(crate) fn check_manifest_readable(out: &Path) {
 /// Schedules (in this process) whose drain failed on a write and passed the fault checks.
 pub static FAULTS_SEEN: AtomicU64 = AtomicU64::new(0);
 
-/// Index files left out of the checks as [`torn_empty_footer`] (unless the scenario is strict).
-pub static TORN_EMPTY_FOOTERS: AtomicU64 = AtomicU64::new(0);
-
-std::thread_local! {
-    /// The current schedule's [`Scenario::strict_torn_footer`] (shuttle runs a schedule's threads
-    /// on the test's thread).
-    static STRICT_TORN_FOOTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// An index file of no events whose footer a full disk cut short: the header is patched (footer
-/// at 64, as while recording), 32 to 63 bytes of the footer follow it. `atf`'s reader takes the
-/// torn footer for events (a known bug: it recovers whole events up to the end of the file when
-/// the footer offset is 64).
-fn torn_empty_footer(file: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(file) else {
-        return false;
-    };
-    (96..128).contains(&bytes.len())
-        && bytes[40..48] == 64u64.to_le_bytes()
-        && bytes[64..68] == *b"2ITA"
-}
-
-/// `<out>/<session>/<pid dir>/thread_<tid>/index.atf`, wherever they exist (but for a known torn
-/// footer, see [`Scenario::strict_torn_footer`]).
+/// `<out>/<session>/<pid dir>/thread_<tid>/index.atf`, wherever they exist.
 fn index_files(out: &Path, tid: u32) -> Vec<std::path::PathBuf> {
-    let strict = STRICT_TORN_FOOTER.with(std::cell::Cell::get);
     pid_dirs(out)
         .iter()
         .map(|pid| pid.join(format!("thread_{tid}")).join("index.atf"))
         .filter(|f| f.exists())
-        .filter(|f| {
-            let excused = !strict && torn_empty_footer(f);
-            TORN_EMPTY_FOOTERS.fetch_add(u64::from(excused), Relaxed);
-            !excused
-        })
         .collect()
 }
 
