@@ -1,0 +1,57 @@
+//! What the drain's integration tests share: producer threads doing what the agent does.
+
+use atf::{EventKind, IndexEvent, NO_DETAIL};
+use registry::Registry;
+
+/// Detail records each producer thread marks (the first three events).
+pub const DETAIL_PER_THREAD: u64 = 3;
+
+/// Producer threads write `per_thread` index events each, timestamps 1, 2, ..., and a marked
+/// detail window of three records, as the agent would, then exit their slots.
+pub fn produce(registry: Registry<'_>, threads: u32, per_thread: u64) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let tid = 10_000 + t;
+                let me = registry.register(std::process::id(), tid).expect("a slot");
+                // SAFETY: this thread is the slot's only producer.
+                let mut index = unsafe { me.lanes.index.producer() };
+                // SAFETY: as above.
+                let mut detail = unsafe { me.lanes.detail.producer() };
+                for seq in 0..per_thread {
+                    let event = IndexEvent {
+                        timestamp_ns: seq + 1,
+                        function_id: u64::from(t),
+                        thread_id: tid,
+                        kind: if seq % 2 == 0 {
+                            EventKind::Call
+                        } else {
+                            EventKind::Return
+                        },
+                        call_depth: 0,
+                        detail_seq: NO_DETAIL,
+                    };
+                    if me.writer.begin() {
+                        let _ = index.push(&event.encode());
+                        if seq < DETAIL_PER_THREAD {
+                            let header = atf::DetailRecordHeader {
+                                total_length: 32,
+                                event_type: atf::DETAIL_CALL,
+                                flags: 0,
+                                index_seq: seq as u32,
+                                thread_id: tid,
+                                timestamp_ns: seq + 1,
+                            };
+                            let mut record = header.encode().to_vec();
+                            record.extend_from_slice(&[0xab; 8]);
+                            let _ = detail.push(&record);
+                            detail.mark_active();
+                        }
+                        me.writer.end();
+                    }
+                }
+                registry.exit(me.slot);
+            });
+        }
+    });
+}
