@@ -623,19 +623,16 @@ impl Pipeline for Recorder {
         self.take_drain();
         // A dead target has no producer left to wait for (a thread killed inside its write
         // section would otherwise hold us for the whole budget).
-        // Waited for in slices, so a second signal cuts the wait short.
-        let report = loop {
-            let dead = self.target_dead();
-            let wait = if dead {
-                Duration::ZERO
-            } else {
-                ctx.remaining().min(PHASE_POLL)
-            };
-            let report = self.registry.stop_accepting(wait);
-            if report.stragglers.is_empty() || dead || ctx.should_stop() {
-                break report;
-            }
+        // One call for the whole budget: each call snapshots the write sections open at that
+        // moment, so calling again in slices would keep catching threads that just entered one
+        // and then wait for them too, which on an oversubscribed machine never ends. (A second
+        // signal therefore does not cut this wait short.)
+        let wait = if self.target_dead() {
+            Duration::ZERO
+        } else {
+            ctx.remaining()
         };
+        let report = self.registry.stop_accepting(wait);
         if !report.stragglers.is_empty() && !self.target_dead() {
             return Err(shutdown::Error::phase(format!(
                 "{} thread(s) stayed inside a write (stopped by a debugger?)",
