@@ -608,7 +608,8 @@ impl Recorder {
     }
 }
 
-/// The longest a shutdown phase waits before it looks again at its deadline and at a second signal.
+/// How long closing registrations waits at a time before it looks again at its deadline and at a
+/// second signal.
 const PHASE_POLL: Duration = Duration::from_millis(10);
 
 fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
