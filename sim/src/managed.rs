@@ -35,9 +35,10 @@
 //! when the handshake did not complete, that drops have their true reason: `Drain::finish` takes an
 //! attempt in flight at its snapshot for a shutdown drop even if the thread then accepts it (seen
 //! before syncing stopped acceptance first; its replay now passes, and 4 000 schedules with
-//! [`Scenario::strict_forced_drops`] passed, but the campaigns do not check it by default). Known to
-//! fail, rarely: the index-file prefix after a forced shutdown (a drain bug, pinned by an ignored
-//! replay test: a later ring's events written while an earlier ring's were not).
+//! [`Scenario::strict_forced_drops`] passed, but the campaigns do not check it by default: a
+//! thread still inside a write when the zero-wait stop is taken may accept its event after it).
+//! Found this way and fixed in `ring`: an index file after a forced shutdown that was not a
+//! prefix (a reused ring's events written before an earlier ring's; pinned by a replay test).
 //! When every graceful phase returned (in time or late), the recording's full invariants hold:
 //! every accepted event persisted, once, in order, and the manifest agrees with each thread.
 
