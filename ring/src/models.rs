@@ -49,6 +49,20 @@ fn record(i: u64) -> [u8; 8] {
     i.to_le_bytes()
 }
 
+/// The pool's only producer, on its own thread: pushes records 1..=`records`, whatever the
+/// outcome of each.
+fn spawn_pool_producer(shared: &Arc<Shared>, records: u64) -> thread::JoinHandle<()> {
+    let shared = shared.clone();
+    thread::spawn(move || {
+        let pool = shared.pool_view();
+        // SAFETY: the only producer.
+        let mut tx = unsafe { pool.producer() };
+        for i in 1..=records {
+            let _ = tx.push(&record(i));
+        }
+    })
+}
+
 /// Producer pushes 3 fixed records through a 2-record ring (so it wraps and hits "full"); the
 /// consumer reads them with batch reads. Every record arrives once, in order, with its bytes.
 fn publish_consume(broken: bool) {
@@ -211,15 +225,7 @@ fn small_pool(policy: FullPolicy) -> PoolConfig {
 fn pool__swap_submit_return__then_submitted_rings_whole_and_returned_empty() {
     loom::model(|| {
         let shared = Shared::pool(small_pool(FullPolicy::DropNewest));
-        let s2 = shared.clone();
-        let producer = thread::spawn(move || {
-            let pool = s2.pool_view();
-            // SAFETY: the only producer.
-            let mut tx = unsafe { pool.producer() };
-            for i in 1..=5 {
-                let _ = tx.push(&record(i));
-            }
-        });
+        let producer = spawn_pool_producer(&shared, 5);
         let pool = shared.pool_view();
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
@@ -240,15 +246,7 @@ fn pool__swap_submit_return__then_submitted_rings_whole_and_returned_empty() {
 fn pool__active_prefix_read_while_producing__then_order_kept() {
     loom::model(|| {
         let shared = Shared::pool(small_pool(FullPolicy::DropNewest));
-        let s2 = shared.clone();
-        let producer = thread::spawn(move || {
-            let pool = s2.pool_view();
-            // SAFETY: the only producer.
-            let mut tx = unsafe { pool.producer() };
-            for i in 1..=4 {
-                let _ = tx.push(&record(i));
-            }
-        });
+        let producer = spawn_pool_producer(&shared, 4);
         let pool = shared.pool_view();
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
@@ -270,15 +268,7 @@ fn pool__active_prefix_read_while_producing__then_order_kept() {
 fn pool__active_read_during_half_done_swap__then_reused_ring_not_read_before_earlier_ring() {
     loom::model(|| {
         let shared = Shared::pool(small_pool(FullPolicy::DropNewest));
-        let s2 = shared.clone();
-        let producer = thread::spawn(move || {
-            let pool = s2.pool_view();
-            // SAFETY: the only producer.
-            let mut tx = unsafe { pool.producer() };
-            for i in 1..=5 {
-                let _ = tx.push(&record(i));
-            }
-        });
+        let producer = spawn_pool_producer(&shared, 5);
         let pool = shared.pool_view();
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
@@ -303,15 +293,7 @@ fn pool__active_read_during_half_done_swap__then_reused_ring_not_read_before_ear
 fn pool__wait_policy_with_live_consumer__then_invariant_holds() {
     loom::model(|| {
         let shared = Shared::pool(small_pool(FullPolicy::Wait { timeout_us: 1 }));
-        let s2 = shared.clone();
-        let producer = thread::spawn(move || {
-            let pool = s2.pool_view();
-            // SAFETY: the only producer.
-            let mut tx = unsafe { pool.producer() };
-            for i in 1..=5 {
-                let _ = tx.push(&record(i));
-            }
-        });
+        let producer = spawn_pool_producer(&shared, 5);
         let pool = shared.pool_view();
         // SAFETY: the only consumer.
         let mut rx = unsafe { pool.consumer() };
