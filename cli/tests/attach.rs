@@ -256,6 +256,29 @@ fn attach__multithreaded_program_for_1s__then_events_recorded_and_target_unharme
     assert_eq!(target.finish(), "", "the target wrote on stderr");
 }
 
+/// Attaches `rounds` times (0.1 s each) to a running target: every session is readable and holds
+/// calls of `function`, the target survives every round, and it is still making progress (not
+/// deadlocked) and silent on stderr at the end.
+fn attach_rounds(mut target: Running, rounds: u32, function: &str) {
+    let pid = target.pid();
+    for round in 0..rounds {
+        let tmp = output_dir();
+        let result = attach(&pid, tmp.path(), &["--duration", "0.1"]);
+        let err = stderr(&result);
+        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
+        let (_, calls) = check_joined(&session_dir(tmp.path()));
+        assert!(
+            calls.get(function).copied().unwrap_or(0) > 0,
+            "round {round}: {calls:?}"
+        );
+        assert!(target.alive(), "round {round}: the target died");
+    }
+    let before = target.next_line();
+    let after = target.next_line();
+    assert_ne!(before, after, "the target stopped making progress");
+    assert_eq!(target.finish(), "");
+}
+
 #[test]
 fn attach__detach_20_times_to_malloc_heavy_program__then_no_crash_no_deadlock_sessions_readable() {
     let _heavy = heavy();
@@ -266,24 +289,7 @@ fn attach__detach_20_times_to_malloc_heavy_program__then_no_crash_no_deadlock_se
     );
     let mut target = Running::start(&exe, &["4"]);
     assert_eq!(target.next_line(), "alive 0");
-    let pid = target.pid();
-    for round in 0..20 {
-        let tmp = output_dir();
-        let result = attach(&pid, tmp.path(), &["--duration", "0.1"]);
-        let err = stderr(&result);
-        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
-        let (_, calls) = check_joined(&session_dir(tmp.path()));
-        assert!(
-            calls.get("make").copied().unwrap_or(0) > 0,
-            "round {round}: {calls:?}"
-        );
-        assert!(target.alive(), "round {round}: the target died");
-    }
-    // Not deadlocked: it keeps printing.
-    let before = target.next_line();
-    let after = target.next_line();
-    assert_ne!(before, after);
-    assert_eq!(target.finish(), "");
+    attach_rounds(target, 20, "make");
 }
 
 #[test]
@@ -966,21 +972,5 @@ fn attach__threads_dlopen_and_dlclose_in_a_loop__then_10_attaches_no_crash_sessi
     );
     let mut target = Running::start(&exe, &["3"]);
     assert_eq!(target.next_line(), "alive 0");
-    let pid = target.pid();
-    for round in 0..10 {
-        let tmp = output_dir();
-        let result = attach(&pid, tmp.path(), &["--duration", "0.1"]);
-        let err = stderr(&result);
-        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
-        let (_, calls) = check_joined(&session_dir(tmp.path()));
-        assert!(
-            calls.get("round_trip").copied().unwrap_or(0) > 0,
-            "round {round}: {calls:?}"
-        );
-        assert!(target.alive(), "round {round}: the target died");
-    }
-    let before = target.next_line();
-    let after = target.next_line();
-    assert_ne!(before, after);
-    assert_eq!(target.finish(), "");
+    attach_rounds(target, 10, "round_trip");
 }
