@@ -23,9 +23,10 @@
 //! - **Order.** The program's other threads run on during a pass, so every entry but the enter
 //!   hooks' is stored first and the enter hooks' last, in one burst (see [`redirect`]).
 //! - **Cost.** A pass after a load only checks the objects the previous pass finished (their
-//!   redirected entries still hold the agent's values) and walks the relocations of the others:
-//!   6-8 µs with 51 objects loaded (libLLVM-15 among them), where walking them all takes 1.5-3
-//!   ms. A load that adds no object (the library was loaded already) stops at the first object.
+//!   redirected entries still hold the agent's values) and walks the relocations of the others
+//!   only, so its cost follows what the load added, not what was loaded before (walking every
+//!   relocation of a large program takes milliseconds). A load that adds no object (the library
+//!   was loaded already) stops at the first object.
 
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicU8, AtomicUsize};
