@@ -16,17 +16,13 @@ use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::thread::{tls, ThreadState};
 
-/// ATF event kinds.
-const CALL: u32 = 1;
-const RETURN: u32 = 2;
-/// ATF `detail_seq` for "no detail record".
-const NO_DETAIL: u32 = 0xFFFF_FFFF;
+use ::event::{CALL, NO_DETAIL, RETURN};
 /// Registers saved by the naked hooks, in this order (the detail payload's register block).
 /// `rsp` is the stack pointer at hook entry (it points at the return address); `ret` is the
 /// return address, inside the instrumented function.
 pub(crate) const REGS: usize = 17;
-/// Detail record header (ATF): length, type, flags, index_seq, thread_id, timestamp.
-const DETAIL_HEADER: usize = 24;
+/// Detail record header: length, type, flags, index_seq, thread_id, timestamp.
+const DETAIL_HEADER: usize = ::event::DETAIL_HEADER_SIZE;
 /// Detail payload flag: the stack copy was clamped to the thread's stack bounds.
 const STACK_CLAMPED: u32 = 1;
 
@@ -177,13 +173,15 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         } else {
             write_detail(st, kind, function, ts, regs)
         };
-        let mut ev = [0u8; 32];
-        ev[0..8].copy_from_slice(&ts.to_le_bytes());
-        ev[8..16].copy_from_slice(&function.to_le_bytes());
-        ev[16..20].copy_from_slice(&st.tid.to_le_bytes());
-        ev[20..24].copy_from_slice(&kind.to_le_bytes());
-        ev[24..28].copy_from_slice(&depth.to_le_bytes());
-        ev[28..32].copy_from_slice(&detail_seq.to_le_bytes());
+        let ev = ::event::Record {
+            timestamp_ns: ts,
+            function_id: function,
+            thread_id: st.tid,
+            kind,
+            call_depth: depth,
+            detail_seq,
+        }
+        .to_bytes();
         let (writer, clock, reg) = (&st.writer, &st.clock, st.agent.reg);
         // A wait for ring space lasts while the drain lives: it ends when acceptance stops, or
         // when the drain has been silent for a second and the tracer process is gone (or silent
@@ -297,12 +295,19 @@ fn write_detail(st: &mut ThreadState, kind: u32, function: u64, ts: u64, regs: *
     };
     let payload = REGS * 8 + 8 + len;
     let total = DETAIL_HEADER + payload;
-    buf[0..4].copy_from_slice(&(total as u32).to_le_bytes());
-    let event_type: u16 = if kind == CALL { 3 } else { 4 };
-    buf[4..6].copy_from_slice(&event_type.to_le_bytes());
-    buf[8..12].copy_from_slice(&st.index_seq.to_le_bytes());
-    buf[12..16].copy_from_slice(&st.tid.to_le_bytes());
-    buf[16..24].copy_from_slice(&ts.to_le_bytes());
+    let header = ::event::DetailHeader {
+        total_length: total as u32,
+        event_type: if kind == CALL {
+            ::event::DETAIL_CALL
+        } else {
+            ::event::DETAIL_RETURN
+        },
+        flags: 0,
+        index_seq: st.index_seq,
+        thread_id: st.tid,
+        timestamp_ns: ts,
+    };
+    buf[..DETAIL_HEADER].copy_from_slice(&header.to_bytes());
     for (i, r) in saved.iter().enumerate() {
         let at = DETAIL_HEADER + i * 8;
         buf[at..at + 8].copy_from_slice(&r.to_le_bytes());

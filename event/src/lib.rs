@@ -1,0 +1,234 @@
+//! The byte layouts the agent writes into its rings and the trace files store: the 32-byte
+//! call/return [`Record`] and the 24-byte header of a detail record ([`DetailHeader`]).
+//!
+//! Contract: this crate is the one place these layouts are written down. Both are little-endian
+//! with fixed offsets; the structs are `#[repr(C)]` and their offsets are checked at compile time,
+//! and [`Record::to_bytes`] / [`Record::from_bytes`] are the only conversions. The crate has no
+//! dependencies and no `std` (the agent, loaded into other programs, uses it), and every bit
+//! pattern decodes (unknown kinds stay as their raw value).
+//!
+//! ```
+//! use event::{Record, CALL, NO_DETAIL};
+//! let call = Record { timestamp_ns: 1_000, function_id: 0x40_1130, thread_id: 7, kind: CALL,
+//!                     call_depth: 0, detail_seq: NO_DETAIL };
+//! let bytes = call.to_bytes();
+//! assert_eq!(bytes.len(), event::SIZE);
+//! assert_eq!(Record::from_bytes(&bytes), call);
+//! ```
+
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Size of one [`Record`] in a ring and in an ATF v2 index file.
+pub const SIZE: usize = 32;
+/// `kind` of a function entry.
+pub const CALL: u32 = 1;
+/// `kind` of a function exit.
+pub const RETURN: u32 = 2;
+/// `kind` of a frame unwound by an exception.
+pub const EXCEPTION: u32 = 3;
+/// `detail_seq` of an event that has no detail record.
+pub const NO_DETAIL: u32 = u32::MAX;
+
+/// One call or return, as the agent publishes it.
+///
+/// | off | field |
+/// |---|---|
+/// | 0 | u64 timestamp_ns |
+/// | 8 | u64 function_id |
+/// | 16 | u32 thread_id |
+/// | 20 | u32 kind ([`CALL`], [`RETURN`], [`EXCEPTION`], other values kept as is) |
+/// | 24 | u32 call_depth |
+/// | 28 | u32 detail_seq ([`NO_DETAIL`] = none) |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Record {
+    /// Nanoseconds on the session clock.
+    pub timestamp_ns: u64,
+    /// The function's address, or `(module_id << 32) | symbol_index`.
+    pub function_id: u64,
+    /// OS thread id.
+    pub thread_id: u32,
+    /// What happened (see the constants).
+    pub kind: u32,
+    /// Nesting depth at this event: a call at depth d returns at depth d.
+    pub call_depth: u32,
+    /// Sequence number of the linked detail record, or [`NO_DETAIL`].
+    pub detail_seq: u32,
+}
+
+const _: () = {
+    assert!(size_of::<Record>() == SIZE);
+    assert!(offset_of!(Record, timestamp_ns) == 0);
+    assert!(offset_of!(Record, function_id) == 8);
+    assert!(offset_of!(Record, thread_id) == 16);
+    assert!(offset_of!(Record, kind) == 20);
+    assert!(offset_of!(Record, call_depth) == 24);
+    assert!(offset_of!(Record, detail_seq) == 28);
+};
+
+impl Record {
+    /// The 32 little-endian bytes of this record.
+    #[inline(always)]
+    pub fn to_bytes(&self) -> [u8; SIZE] {
+        let mut b = [0u8; SIZE];
+        b[0..8].copy_from_slice(&self.timestamp_ns.to_le_bytes());
+        b[8..16].copy_from_slice(&self.function_id.to_le_bytes());
+        b[16..20].copy_from_slice(&self.thread_id.to_le_bytes());
+        b[20..24].copy_from_slice(&self.kind.to_le_bytes());
+        b[24..28].copy_from_slice(&self.call_depth.to_le_bytes());
+        b[28..32].copy_from_slice(&self.detail_seq.to_le_bytes());
+        b
+    }
+
+    /// The record stored in 32 bytes (every bit pattern is a record).
+    #[inline(always)]
+    pub fn from_bytes(b: &[u8; SIZE]) -> Self {
+        Record {
+            timestamp_ns: u64_at(b, 0),
+            function_id: u64_at(b, 8),
+            thread_id: u32_at(b, 16),
+            kind: u32_at(b, 20),
+            call_depth: u32_at(b, 24),
+            detail_seq: u32_at(b, 28),
+        }
+    }
+
+    /// The records of a byte slice taken from a ring or a file, in order; a partial record at the
+    /// end is not yielded.
+    pub fn iter(bytes: &[u8]) -> impl Iterator<Item = Record> + '_ {
+        bytes.chunks_exact(SIZE).map(|c| {
+            let mut b = [0u8; SIZE];
+            b.copy_from_slice(c);
+            Record::from_bytes(&b)
+        })
+    }
+}
+
+/// Size of a [`DetailHeader`].
+pub const DETAIL_HEADER_SIZE: usize = 24;
+/// Detail record `event_type` of a call.
+pub const DETAIL_CALL: u16 = 3;
+/// Detail record `event_type` of a return.
+pub const DETAIL_RETURN: u16 = 4;
+
+/// The header of a detail record (registers and stack bytes follow it).
+///
+/// | off | field |
+/// |---|---|
+/// | 0 | u32 total_length (header + payload) |
+/// | 4 | u16 event_type ([`DETAIL_CALL`], [`DETAIL_RETURN`]) |
+/// | 6 | u16 flags |
+/// | 8 | u32 index_seq (position of the linked call/return in the thread's event stream) |
+/// | 12 | u32 thread_id |
+/// | 16 | u64 timestamp_ns |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DetailHeader {
+    /// Header plus payload, in bytes.
+    pub total_length: u32,
+    /// [`DETAIL_CALL`] or [`DETAIL_RETURN`].
+    pub event_type: u16,
+    /// Reserved, 0.
+    pub flags: u16,
+    /// Position of the linked event in the thread's event stream.
+    pub index_seq: u32,
+    /// OS thread id.
+    pub thread_id: u32,
+    /// Nanoseconds on the session clock.
+    pub timestamp_ns: u64,
+}
+
+const _: () = {
+    assert!(size_of::<DetailHeader>() == DETAIL_HEADER_SIZE);
+    assert!(offset_of!(DetailHeader, total_length) == 0);
+    assert!(offset_of!(DetailHeader, event_type) == 4);
+    assert!(offset_of!(DetailHeader, flags) == 6);
+    assert!(offset_of!(DetailHeader, index_seq) == 8);
+    assert!(offset_of!(DetailHeader, thread_id) == 12);
+    assert!(offset_of!(DetailHeader, timestamp_ns) == 16);
+};
+
+impl DetailHeader {
+    /// The 24 little-endian bytes of this header.
+    #[inline(always)]
+    pub fn to_bytes(&self) -> [u8; DETAIL_HEADER_SIZE] {
+        let mut b = [0u8; DETAIL_HEADER_SIZE];
+        b[0..4].copy_from_slice(&self.total_length.to_le_bytes());
+        b[4..6].copy_from_slice(&self.event_type.to_le_bytes());
+        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..12].copy_from_slice(&self.index_seq.to_le_bytes());
+        b[12..16].copy_from_slice(&self.thread_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.timestamp_ns.to_le_bytes());
+        b
+    }
+
+    /// The header stored in 24 bytes.
+    #[inline(always)]
+    pub fn from_bytes(b: &[u8; DETAIL_HEADER_SIZE]) -> Self {
+        DetailHeader {
+            total_length: u32_at(b, 0),
+            event_type: u16::from_le_bytes([b[4], b[5]]),
+            flags: u16::from_le_bytes([b[6], b[7]]),
+            index_seq: u32_at(b, 8),
+            thread_id: u32_at(b, 12),
+            timestamp_ns: u64_at(b, 16),
+        }
+    }
+}
+
+#[inline(always)]
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+#[inline(always)]
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(v)
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record__bytes_at_documented_offsets__then_round_trip() {
+        let r = Record {
+            timestamp_ns: 0x0102_0304_0506_0708,
+            function_id: 0x1112_1314_1516_1718,
+            thread_id: 0x2122_2324,
+            kind: RETURN,
+            call_depth: 0x3132_3334,
+            detail_seq: NO_DETAIL,
+        };
+        let b = r.to_bytes();
+        assert_eq!(b[0], 0x08);
+        assert_eq!(b[8], 0x18);
+        assert_eq!(b[16], 0x24);
+        assert_eq!(b[20], 2);
+        assert_eq!(b[24], 0x34);
+        assert_eq!(&b[28..32], &[0xff; 4]);
+        assert_eq!(Record::from_bytes(&b), r);
+        assert_eq!(Record::iter(&[b, b].concat()).count(), 2);
+        assert_eq!(Record::iter(&b[..31]).count(), 0);
+    }
+
+    #[test]
+    fn detail_header__bytes_at_documented_offsets__then_round_trip() {
+        let h = DetailHeader {
+            total_length: 200,
+            event_type: DETAIL_RETURN,
+            flags: 0,
+            index_seq: 9,
+            thread_id: 5,
+            timestamp_ns: 77,
+        };
+        let b = h.to_bytes();
+        assert_eq!((b[0], b[4], b[8], b[12], b[16]), (200, 4, 9, 5, 77));
+        assert_eq!(DetailHeader::from_bytes(&b), h);
+    }
+}
