@@ -154,8 +154,14 @@ pub(crate) fn record(
         None => None,
     };
 
+    let mut liveness = liveness::Liveness::new();
+    if let Ok(fd) = target.pidfd.try_clone() {
+        liveness.watch(pid, fd);
+    }
     let mut recorder = Recorder {
         registry,
+        liveness,
+        died_in_write: 0,
         drain_thread: Some(drain_thread),
         drain: None,
         report: None,
@@ -365,6 +371,11 @@ pub(crate) struct Target {
 /// The recording's state through the shutdown phases.
 pub(crate) struct Recorder {
     registry: Registry<'static>,
+    /// Whether the processes and threads holding slots still run (the stop handshake does not
+    /// wait for a thread that died inside a write).
+    liveness: liveness::Liveness,
+    /// Threads that died inside a write section (their last event was never published).
+    died_in_write: usize,
     drain_thread: Option<drain::DrainThread>,
     drain: Option<drain::Drain<'static>>,
     report: Option<drain::Report>,
@@ -440,6 +451,11 @@ impl Recorder {
                 if let Some(reason) = self.reap() {
                     shutdown.request(reason);
                 }
+            }
+            // Watch every process that holds a slot while it is known to exist, so the stop can
+            // tell its death from a reused pid.
+            for slot in self.registry.slots() {
+                self.liveness.observe(slot.pid);
             }
             // Drain the wake fd first, then read the flag (no lost wake-up).
             let _ = shutdown.drain_wake();
@@ -603,8 +619,27 @@ impl Recorder {
         s
     }
 
-    fn target_dead(&self) -> bool {
-        self.target_fate.is_some()
+    /// Whether the target has ended (reaped, or seen ended through its pidfd).
+    fn target_dead(&mut self) -> bool {
+        let pid = self.child.as_ref().map(|t| t.pid);
+        self.target_fate.is_some() || pid.is_some_and(|pid| self.liveness.process_ended(pid))
+    }
+}
+
+/// What the stop handshake asks while it waits: whether a slot's thread still lives, and whether
+/// a second signal asked to stop waiting.
+struct StopWatch<'a, 'c> {
+    liveness: &'a mut liveness::Liveness,
+    ctx: &'a PhaseContext<'c>,
+}
+
+impl registry::StopWatch for StopWatch<'_, '_> {
+    fn owner_alive(&mut self, slot: &registry::SlotInfo) -> bool {
+        self.liveness.thread_alive(slot.pid, slot.tid)
+    }
+
+    fn cancelled(&mut self) -> bool {
+        self.ctx.forced()
     }
 }
 
@@ -622,25 +657,29 @@ impl Pipeline for Recorder {
         // threads only wait, so target threads preempted inside a write get the CPU to finish
         // it. Producers waiting for ring space give up when acceptance stops (a shutdown drop).
         self.take_drain();
-        // A dead target has no producer left to wait for (a thread killed inside its write
-        // section would otherwise hold us for the whole budget).
         // One call for the whole budget: each call snapshots the write sections open at that
         // moment, so calling again in slices would keep catching threads that just entered one
-        // and then wait for them too, which on an oversubscribed machine never ends. (A second
-        // signal therefore does not cut this wait short.)
-        let wait = if self.target_dead() {
-            Duration::ZERO
-        } else {
-            ctx.remaining()
+        // and then wait for them too, which on an oversubscribed machine never ends. The watch
+        // cuts it short on a second signal, and skips threads that died inside a section (a
+        // terminal's Ctrl-C kills the target with the tracer): what they published is in their
+        // lanes, and the event they were writing never was.
+        let mut watch = StopWatch {
+            liveness: &mut self.liveness,
+            ctx,
         };
-        let report = self.registry.stop_accepting(wait);
-        if !report.stragglers.is_empty() && !self.target_dead() {
-            return Err(shutdown::Error::phase(format!(
-                "{} thread(s) stayed inside a write (stopped by a debugger?)",
-                report.stragglers.len()
-            )));
+        let report = self
+            .registry
+            .stop_accepting_with(ctx.remaining(), &mut watch);
+        self.died_in_write = report.dead.len();
+        if report.complete() {
+            return Ok(());
         }
-        Ok(())
+        let n = report.stragglers.len();
+        Err(shutdown::Error::phase(if report.cancelled {
+            format!("{n} thread(s) still inside a write when the second signal came")
+        } else {
+            format!("{n} thread(s) stayed inside a write (stopped by a debugger?)")
+        }))
     }
 
     fn close_registrations(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {

@@ -76,7 +76,7 @@ pub use layout::{
 pub use region::{SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
     Handshake, Lanes, OrphanCounts, OrphanReason, Registration, Registry, SlotInfo, SlotState,
-    SlotWriter, StopReport, ThreadCounts, REGION_ALIGN,
+    SlotWriter, StopReport, StopWatch, ThreadCounts, Patient, REGION_ALIGN,
 };
 
 /// Why a region could not be created, opened or used.

@@ -142,9 +142,50 @@ pub enum OrphanReason {
 /// What the stop handshake found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StopReport {
-    /// Slots whose owner was still inside a write section when the timeout expired (a thread
-    /// stopped by a debugger, or killed mid-write: check whether its process still exists).
+    /// Slots whose owner was still inside a write section when the wait ended (the timeout, or
+    /// [`StopWatch::cancelled`]): a live thread stopped by a debugger, or one that had no CPU.
     pub stragglers: Vec<SlotInfo>,
+    /// Slots whose owner died inside a write section ([`StopWatch::owner_alive`] said so): the
+    /// section never ends, and the event it was writing was never published, so nothing
+    /// published is missing. Every event such a thread published before it died is in its lane.
+    pub dead: Vec<SlotInfo>,
+    /// The wait was cut short by [`StopWatch::cancelled`].
+    pub cancelled: bool,
+}
+
+impl StopReport {
+    /// Every section open at the stop has ended or belongs to a dead thread: the lanes now hold
+    /// every published event, and every later one is counted as a `shutdown` drop.
+    pub fn complete(&self) -> bool {
+        self.stragglers.is_empty()
+    }
+}
+
+/// What the stopper consults while it waits for the write sections open at the stop
+/// ([`Registry::stop_accepting_with`]). Called every few hundred microseconds of waiting, and
+/// only while some section is still open.
+pub trait StopWatch {
+    /// Whether the thread owning `slot` (thread `slot.tid` of process `slot.pid`) can still run.
+    /// `false` once it has ended (its process died, exec replaced it, it was killed): a write
+    /// section it left open will never close, and what it published is already in its lane.
+    fn owner_alive(&mut self, slot: &SlotInfo) -> bool;
+
+    /// Whether to stop waiting now (a second signal): the open sections become stragglers.
+    fn cancelled(&mut self) -> bool;
+}
+
+/// The [`StopWatch`] of [`Registry::stop_accepting`]: every owner alive, never cancelled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Patient;
+
+impl StopWatch for Patient {
+    fn owner_alive(&mut self, _slot: &SlotInfo) -> bool {
+        true
+    }
+
+    fn cancelled(&mut self) -> bool {
+        false
+    }
 }
 
 /// A thread's lanes, as ring pools.
@@ -778,7 +819,19 @@ impl<'a, B: Backend> Registry<'a, B> {
     /// Stops acceptance and waits (up to `timeout`) until no producer is inside a write section.
     /// When it returns without stragglers, every event a producer published is visible to the
     /// caller (the final drain) and every later event is counted as `shutdown`.
+    /// [`Self::stop_accepting_with`] also stops waiting for dead threads and on request.
     pub fn stop_accepting(&self, timeout: Duration) -> StopReport {
+        self.stop_accepting_with(timeout, &mut Patient)
+    }
+
+    /// [`Self::stop_accepting`], asking `watch` while it waits whether each thread it waits for
+    /// still lives (a dead one's open section is reported in [`StopReport::dead`], not waited
+    /// for) and whether to give up at once ([`StopReport::cancelled`]).
+    ///
+    /// One snapshot of the open sections is taken right after the stop and only those are waited
+    /// for, so calling this once with the whole budget is what terminates on a busy machine;
+    /// cancellation is how the caller cuts that one wait short.
+    pub fn stop_accepting_with(&self, timeout: Duration, watch: &mut dyn StopWatch) -> StopReport {
         // Relaxed store, then the SeqCst fence (and the membarrier): the Dekker pair of the fence
         // (or compiler barrier) in `SlotWriter::begin`.
         self.session().accepting.store(0, Relaxed);
@@ -804,18 +857,39 @@ impl<'a, B: Backend> Registry<'a, B> {
             let Some(slot) = self.slot(index) else {
                 continue;
             };
-            let mut step = 0;
+            // Acquire: as above.
+            let ended = || slot.hot.0.in_write.load(Acquire) != seen;
+            let mut step = 0u32;
             // Only the section we saw matters: one entered after the stop sees `accepting == 0`
             // and leaves at once, so a thread calling non-stop cannot keep us here.
-            // Acquire: as above.
-            while slot.hot.0.in_write.load(Acquire) == seen {
-                if !B::backoff(step, &deadline) {
-                    if let Some(info) = self.slot_info(index) {
-                        report.stragglers.push(info);
+            let left_open = loop {
+                if report.cancelled || ended() {
+                    break !ended();
+                }
+                // After the first short spin, and then every 16 waiting steps, ask about the
+                // caller and the owner: a thread that died inside its section never leaves it.
+                if step % 16 == 1 {
+                    if watch.cancelled() {
+                        report.cancelled = true;
+                        continue;
                     }
-                    break;
+                    if let Some(info) = self.slot_info(index).filter(|i| !watch.owner_alive(i)) {
+                        // The owner's death is observed through the kernel (its exit, our system
+                        // call), which orders its last stores before it: a section that ended
+                        // just before the death reads as ended here.
+                        if !ended() {
+                            report.dead.push(info);
+                        }
+                        break false;
+                    }
+                }
+                if !B::backoff(step, &deadline) {
+                    break !ended();
                 }
                 step += 1;
+            };
+            if left_open {
+                report.stragglers.extend(self.slot_info(index));
             }
         }
         report
