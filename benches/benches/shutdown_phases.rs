@@ -135,7 +135,8 @@ fn manager(c: &mut Criterion) {
         stats: Statistics {
             events_attempted: 64_012,
             events_persisted: 64_000,
-            dropped: vec![("shutdown".into(), 12)],
+            after_stop: 12,
+            dropped: Vec::new(),
             bytes_written: 64_000 * 32,
             files_synced: 3,
             threads_flushed: 64,

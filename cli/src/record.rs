@@ -601,9 +601,9 @@ impl Recorder {
             s.events_attempted = a.attempted;
             s.events_persisted = a.persisted;
             let d = &a.dropped;
+            s.after_stop = d.shutdown;
             s.dropped = [
                 ("ring full", d.ring_full),
-                ("shutdown", d.shutdown),
                 ("registry full", d.registry_full),
                 ("reentrant", d.reentrant),
                 ("thread teardown", d.thread_teardown),

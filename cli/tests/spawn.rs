@@ -66,7 +66,7 @@ fn stop_with_signal(signal: i32) {
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
     let mut child = spawn_spinning(&out, 64, std::process::Stdio::piped());
-    wait_for_events(&out);
+    wait_for_trace(&out, 1 << 20);
     // SAFETY: signalling our own child process (the tracer), not its process group.
     unsafe { libc::kill(child.child().id() as i32, signal) };
     let started = Instant::now();
@@ -86,39 +86,6 @@ fn stop_with_signal(signal: i32) {
         "ring-full drops under the waiting policy: {acc:?}"
     );
     assert!(!acc.dropped.other.contains_key("not_written"), "{acc:?}");
-}
-
-fn wait_for_events(out: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the target never recorded anything"
-        );
-        if let Ok(dir) = std::panic::catch_unwind(|| session_dir(out)) {
-            let bytes: u64 = walk(&dir);
-            if bytes > 1 << 20 {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn walk(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                walk(&e.path())
-            } else {
-                m.len()
-            }
-        })
-        .sum()
 }
 
 #[test]
@@ -225,7 +192,7 @@ fn system__tracer_killed_with_sigkill__then_session_still_readable() {
     let tmp = output_dir();
     let out = tmp.path().to_path_buf();
     let child = spawn_spinning(&out, 4, std::process::Stdio::null());
-    wait_for_events(&out);
+    wait_for_trace(&out, 1 << 20);
     let mut tracer = child.take();
     tracer.kill().unwrap();
     tracer.wait().unwrap();

@@ -172,7 +172,10 @@ mod tests {
         let mut live = Liveness::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while live.thread_alive(me, tid) {
-            assert!(std::time::Instant::now() < deadline, "thread never seen ended");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "thread never seen ended"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(!live.process_ended(me));
@@ -180,10 +183,11 @@ mod tests {
 
     #[test]
     fn task_state__comm_with_parenthesis__then_state_after_last_paren() {
-        let dir = std::env::temp_dir().join(format!("liveness-stat-{}", std::process::id()));
-        std::fs::write(&dir, b"12 (a) b) Z 1 2 3").unwrap();
-        assert_eq!(task_state(dir.to_str().unwrap()), Some(b'Z'));
-        std::fs::remove_file(&dir).unwrap();
-        assert_eq!(task_state(dir.to_str().unwrap()), None);
+        let dir = tempfile::tempdir().unwrap();
+        let stat = dir.path().join("stat");
+        std::fs::write(&stat, b"12 (a) b) Z 1 2 3").unwrap();
+        assert_eq!(task_state(stat.to_str().unwrap()), Some(b'Z'));
+        std::fs::remove_file(&stat).unwrap();
+        assert_eq!(task_state(stat.to_str().unwrap()), None);
     }
 }

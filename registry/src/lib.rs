@@ -75,8 +75,8 @@ pub use layout::{
 };
 pub use region::{SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
-    Handshake, Lanes, OrphanCounts, OrphanReason, Registration, Registry, SlotInfo, SlotState,
-    SlotWriter, StopReport, StopWatch, ThreadCounts, Patient, REGION_ALIGN,
+    Handshake, Lanes, OrphanCounts, OrphanReason, Patient, Registration, Registry, SlotInfo,
+    SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,
 };
 
 /// Why a region could not be created, opened or used.

@@ -145,6 +145,21 @@ fn registry__close_races_claim__then_no_slot_activates_after_close() {
     });
 }
 
+/// Drains every slot the tracer sees; returns the events taken.
+fn final_drain(reg: &Registry<'_, Loom>) -> u64 {
+    let mut drained = 0u64;
+    for info in reg.slots() {
+        // SAFETY: the only consumer.
+        let mut rx = unsafe { reg.lanes(info.index).unwrap().index.consumer() };
+        rx.drain(true, |c| -> Result<(), ()> {
+            drained += c.bytes.len() as u64 / 32;
+            Ok(())
+        })
+        .unwrap();
+    }
+    drained
+}
+
 /// The stop handshake: a producer registers and writes two events while the stopper stops acceptance and, if no
 /// producer is reported inside a write, drains. Every accepted event is in that final drain, and
 /// attempted = accepted + shutdown.
@@ -169,20 +184,13 @@ fn stop_handshake(fenced: bool) {
             }
         });
         let report = reg.stop_accepting(TIMEOUT);
-        let mut drained = 0u64;
-        if report.stragglers.is_empty() {
-            // The final drain covers the slots the tracer sees; a slot registered after the stop
-            // must not have accepted anything.
-            for info in reg.slots() {
-                // SAFETY: the only consumer.
-                let mut rx = unsafe { reg.lanes(info.index).unwrap().index.consumer() };
-                rx.drain(true, |c| -> Result<(), ()> {
-                    drained += c.bytes.len() as u64 / 32;
-                    Ok(())
-                })
-                .unwrap();
-            }
-        }
+        // The final drain covers the slots the tracer sees; a slot registered after the stop
+        // must not have accepted anything.
+        let drained = if report.complete() {
+            final_drain(&reg)
+        } else {
+            0
+        };
         producer.join().unwrap();
         let counts = reg.counts(slot).unwrap();
         assert!(counts.balanced(), "{counts:?}");
@@ -207,4 +215,66 @@ fn handshake__stop_races_producer__then_final_drain_has_every_accepted_event() {
 #[should_panic(expected = "published after the stopper")]
 fn handshake__producer_without_barrier__then_model_catches_late_publish() {
     stop_handshake(false);
+}
+
+/// A watch over loom's atomics: the owner is dead once it said so (the kernel's view of its exit,
+/// which comes after its last store), and the wait is never cancelled.
+struct DeathWatch(Arc<loom::sync::atomic::AtomicBool>);
+
+impl crate::StopWatch for DeathWatch {
+    fn owner_alive(&mut self, _slot: &crate::SlotInfo) -> bool {
+        // Acquire: pairs with the Release store of the producer's death, as the kernel's exit
+        // orders a dead thread's stores before anyone can see it dead.
+        !self.0.load(loom::sync::atomic::Ordering::Acquire)
+    }
+
+    fn cancelled(&mut self) -> bool {
+        false
+    }
+}
+
+/// The target dies mid-write: a producer publishes an event, enters its next write section,
+/// publishes that event too and dies before leaving the section, while the stopper stops
+/// acceptance. If the stop completes, the final drain holds every event the producer published,
+/// and a section it left open is reported dead, not waited for.
+#[test]
+fn handshake__producer_dies_inside_section__then_stop_completes_with_every_published_event() {
+    loom::model(|| {
+        let shared = Shared::new(1);
+        let died = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let (s2, d2) = (shared.clone(), died.clone());
+        let producer = thread::spawn(move || {
+            let reg = s2.view();
+            let registration = reg.register(1, 1).unwrap();
+            let mut writer = registration.writer;
+            writer.set_fenced(true);
+            // SAFETY: the only producer of the slot's index lane.
+            let mut tx = unsafe { registration.lanes.index.producer() };
+            if writer.begin() {
+                tx.push(&[0; 32]).unwrap();
+                writer.end();
+            }
+            if writer.begin() {
+                tx.push(&[1; 32]).unwrap();
+                // Killed here: no `end`.
+            }
+            d2.store(true, loom::sync::atomic::Ordering::Release);
+        });
+        let reg = shared.view();
+        let report = reg.stop_accepting_with(TIMEOUT, &mut DeathWatch(died.clone()));
+        let drained = if report.complete() {
+            final_drain(&reg)
+        } else {
+            0
+        };
+        producer.join().unwrap();
+        let counts = reg.counts(0).unwrap();
+        if report.complete() {
+            // A slot registered after the stop accepted nothing, and its lane is empty.
+            assert_eq!(
+                drained, counts.accepted,
+                "an event published before the death is missing from the final drain"
+            );
+        }
+    });
 }

@@ -198,6 +198,72 @@ fn registry__writer_inside_section__then_stop_reports_straggler_after_timeout() 
     me.writer.end();
 }
 
+/// A watch that says every owner is dead, or that the wait is cancelled.
+struct Watch {
+    alive: bool,
+    cancelled: bool,
+    asked: u32,
+}
+
+impl crate::StopWatch for Watch {
+    fn owner_alive(&mut self, _slot: &crate::SlotInfo) -> bool {
+        self.asked += 1;
+        self.alive
+    }
+
+    fn cancelled(&mut self) -> bool {
+        self.cancelled
+    }
+}
+
+#[test]
+fn registry__writer_died_inside_section__then_stop_completes_without_waiting() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let me = reg.register(1, 7).unwrap();
+    // SAFETY: the only producer of this slot.
+    let mut tx = unsafe { me.lanes.index.producer() };
+    assert!(me.writer.begin());
+    tx.push(&[1; 32]).unwrap();
+    me.writer.end();
+    // Killed inside its next section: it never leaves it.
+    assert!(me.writer.begin());
+    let mut watch = Watch {
+        alive: false,
+        cancelled: false,
+        asked: 0,
+    };
+    let report = reg.stop_accepting_with(Duration::from_secs(3600), &mut watch);
+    assert!(report.complete(), "{report:?}");
+    assert_eq!(report.dead.len(), 1);
+    assert_eq!(report.dead[0].tid, 7);
+    assert!(!report.cancelled);
+    assert!(watch.asked >= 1);
+}
+
+#[test]
+fn registry__wait_cancelled__then_open_sections_are_stragglers_at_once() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let a = reg.register(1, 7).unwrap();
+    let b = reg.register(1, 8).unwrap();
+    assert!(a.writer.begin());
+    assert!(b.writer.begin());
+    let mut watch = Watch {
+        alive: true,
+        cancelled: true,
+        asked: 0,
+    };
+    let report = reg.stop_accepting_with(Duration::from_secs(3600), &mut watch);
+    assert!(report.cancelled);
+    assert!(report.dead.is_empty());
+    let mut tids: Vec<u32> = report.stragglers.iter().map(|s| s.tid).collect();
+    tids.sort();
+    assert_eq!(tids, vec![7, 8]);
+    a.writer.end();
+    b.writer.end();
+}
+
 #[test]
 fn registry__triggers__then_published_in_order() {
     let r = region(64);

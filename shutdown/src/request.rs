@@ -114,6 +114,9 @@ pub enum Outcome {
     Escalated,
 }
 
+/// How close a signal must follow the first one from the same sender to be the same request.
+pub(crate) const DUPLICATE_WINDOW_NS: u64 = 100_000_000;
+
 /// State shared by the handle's clones, the signal handler and the manager. Every flag and counter
 /// is one atomic word of the backend.
 pub(crate) struct Shared<B: Backend> {
@@ -127,6 +130,10 @@ pub(crate) struct Shared<B: Backend> {
     signals: B::Atomic,
     /// Requests that lost to the first one (signals coalesced before the phases began included).
     ignored: B::Atomic,
+    /// Who sent the first signal ([`Shared::on_signal_from`]'s `sender`; 0 unknown).
+    first_sender: B::Atomic,
+    /// When the first signal arrived (monotonic nanoseconds).
+    first_at: B::Atomic,
     /// Current [`State`] as its discriminant (informational, for observers).
     state: B::Atomic,
     /// Text of a [`Reason::Error`]; written under the lock that also covers the winning exchange.
@@ -156,6 +163,8 @@ impl<B: Backend> Shared<B> {
             force: B::Atomic::new(0),
             signals: B::Atomic::new(0),
             ignored: B::Atomic::new(0),
+            first_sender: B::Atomic::new(0),
+            first_at: B::Atomic::new(0),
             state: B::Atomic::new(State::Running as u64),
             error: Monitor::new(None),
             wake: B::Wake::new().map_err(Error::WakeFd)?,
@@ -176,9 +185,28 @@ impl<B: Backend> Shared<B> {
     /// [`StdBackend`]: the wake is one eventfd write).
     #[inline]
     pub(crate) fn on_signal(&self, signo: i32) -> Outcome {
+        self.on_signal_from(signo, 0, 0)
+    }
+
+    /// [`Shared::on_signal`] for a signal from `sender` (0: unknown) at `now_ns` (monotonic): the
+    /// same sender's same signal again within [`DUPLICATE_WINDOW_NS`] of the first is the same
+    /// request delivered twice (`timeout` and `kill` signal the child, then its process group),
+    /// not a second one, so it does not force the shutdown.
+    #[inline]
+    pub(crate) fn on_signal_from(&self, signo: i32, sender: u64, now_ns: u64) -> Outcome {
         self.signals.fetch_add(1, Ordering::Relaxed);
+        // Relaxed: only compared by later handler runs; a race between two deliveries at the
+        // same instant at worst escalates, as without the check.
+        let duplicate = sender != 0
+            && self.first_sender.load(Ordering::Relaxed) == sender
+            && now_ns.saturating_sub(self.first_at.load(Ordering::Relaxed)) < DUPLICATE_WINDOW_NS;
         let outcome = if self.try_claim(Reason::Signal(signo).pack()) {
+            self.first_at.store(now_ns, Ordering::Relaxed);
+            self.first_sender.store(sender, Ordering::Relaxed);
             Outcome::Accepted
+        } else if duplicate {
+            self.ignored.fetch_add(1, Ordering::Relaxed);
+            Outcome::Ignored
         } else if self.started.load(Ordering::Acquire) != 0 {
             // Acquire: pairs with the Release half of the swap in `begin`.
             // Release: pairs with the Acquire load in `force_requested`.
@@ -468,6 +496,30 @@ mod tests {
         assert!(s.force_requested());
         assert_eq!(s.requested(), Some(Reason::Timer));
         assert_eq!(s.signals_received(), 2);
+    }
+
+    #[test]
+    fn shutdown_mgr__same_sender_twice_during_phases__then_one_request_not_forced() {
+        let s = Shutdown::new().unwrap();
+        let sender = 0x0200_0000_0000_1234;
+        assert_eq!(
+            s.shared.on_signal_from(libc::SIGINT, sender, 1_000),
+            Outcome::Accepted
+        );
+        assert!(s.shared.begin());
+        // `timeout` signals the tracer, then its group: the same request twice.
+        assert_eq!(
+            s.shared.on_signal_from(libc::SIGINT, sender, 2_000),
+            Outcome::Ignored
+        );
+        assert!(!s.force_requested());
+        // Another sender, or the same one much later, is a second request: forced.
+        assert_eq!(
+            s.shared
+                .on_signal_from(libc::SIGINT, sender, 1_000 + DUPLICATE_WINDOW_NS),
+            Outcome::Escalated
+        );
+        assert!(s.force_requested());
     }
 
     #[test]

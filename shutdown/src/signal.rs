@@ -25,7 +25,11 @@ static IN_HANDLER: StaticAtomicUsize = StaticAtomicUsize::new(0);
 /// The two signals that request a shutdown.
 pub const SHUTDOWN_SIGNALS: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
 
-extern "C" fn handle_signal(signo: libc::c_int) {
+extern "C" fn handle_signal(
+    signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
     // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's lifetime.
     let errno = unsafe { libc::__errno_location() };
     // SAFETY: `errno` is a valid pointer to this thread's errno (see above).
@@ -37,12 +41,38 @@ extern "C" fn handle_signal(signo: libc::c_int) {
     if !shared.is_null() {
         // SAFETY: non-null means a guard installed it from `Arc::into_raw`; `restore` nulls it and
         // then waits for IN_HANDLER to reach 0 before dropping that count, so it is alive here.
-        unsafe { (*shared).on_signal(signo) };
+        unsafe { (*shared).on_signal_from(signo, sender(signo, info), monotonic_ns()) };
     }
     // Release: pairs with the SeqCst load in `restore`'s wait (our accesses end before it frees).
     IN_HANDLER.fetch_sub(1, Ordering::Release);
     // SAFETY: as above; restores the interrupted code's errno (the eventfd write may set it).
     unsafe { *errno = saved };
+}
+
+/// Who sent a signal, as one non-zero word: the signal, its `si_code` (a terminal's `SI_KERNEL`, a
+/// `kill`'s `SI_USER`...) and the sending pid. Two deliveries with the same word close together
+/// are one gesture (`timeout` signals its child, then the child's whole group).
+fn sender(signo: libc::c_int, info: *const libc::siginfo_t) -> u64 {
+    if info.is_null() {
+        return 0;
+    }
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; `si_pid` is meaningful
+    // for the codes user space sends, and zero (or the kernel's) otherwise, which is still a key.
+    let (code, pid) = unsafe { ((*info).si_code, (*info).si_pid()) };
+    (u64::from(signo as u8) << 56)
+        | (u64::from(code as u32 & 0xff_ffff) << 32)
+        | u64::from(pid as u32)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (async-signal-safe).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; clock_gettime is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 /// The installed handlers. Dropping it restores the original ones (errors are then ignored; call
@@ -72,8 +102,8 @@ fn sigaction(signo: i32, new: Option<&libc::sigaction>) -> io::Result<libc::siga
 fn our_action() -> libc::sigaction {
     // SAFETY: sigaction is plain old data; all-zero is a valid starting value.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-    sa.sa_sigaction = handle_signal as extern "C" fn(libc::c_int) as usize;
-    sa.sa_flags = libc::SA_RESTART;
+    sa.sa_sigaction = handler_address();
+    sa.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
     // SAFETY: `sa.sa_mask` is a valid sigset_t owned by this frame.
     unsafe {
         libc::sigemptyset(&mut sa.sa_mask);
@@ -86,7 +116,7 @@ fn our_action() -> libc::sigaction {
 
 /// The handler's address as `sigaction` reports it, to recognise our installation.
 pub fn handler_address() -> usize {
-    handle_signal as extern "C" fn(libc::c_int) as usize
+    handle_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize
 }
 
 fn name(signo: i32) -> &'static str {

@@ -2,7 +2,7 @@
 //! was dropped (by reason), and whether the accounting invariant holds.
 
 use crate::phase::{PhaseStatus, Report};
-use crate::request::signal_name;
+use crate::request::{signal_name, Reason};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,7 +45,12 @@ pub struct Statistics {
     pub events_attempted: u64,
     /// Events in the files.
     pub events_persisted: u64,
-    /// Dropped events by reason name (`"shutdown"`, `"ring full"`...), in display order.
+    /// Events not recorded because the program made them after acceptance stopped (the
+    /// manifest's `shutdown` reason): the stop working as intended, not a loss. Includes an event
+    /// a thread was writing when it died (never published) or gave up waiting for ring space.
+    pub after_stop: u64,
+    /// Events lost, by reason name (`"ring full"`, `"not written"`...), in display order; those
+    /// made after the stop are [`Statistics::after_stop`], not here.
     pub dropped: Vec<(String, u64)>,
     /// Bytes written to the trace files.
     pub bytes_written: u64,
@@ -66,6 +71,7 @@ impl Default for Statistics {
         Self {
             events_attempted: 0,
             events_persisted: 0,
+            after_stop: 0,
             dropped: Vec::new(),
             bytes_written: 0,
             files_synced: 0,
@@ -78,14 +84,17 @@ impl Default for Statistics {
 }
 
 impl Statistics {
-    /// Total dropped, all reasons.
+    /// Total lost, all reasons ([`Statistics::after_stop`] not included).
     pub fn events_dropped(&self) -> u64 {
         self.dropped.iter().map(|(_, n)| n).sum()
     }
 
-    /// `attempted == persisted + dropped`.
+    /// `attempted == persisted + after the stop + dropped`.
     pub fn invariant_holds(&self) -> bool {
-        self.events_persisted.checked_add(self.events_dropped()) == Some(self.events_attempted)
+        self.events_persisted
+            .checked_add(self.after_stop)
+            .and_then(|n| n.checked_add(self.events_dropped()))
+            == Some(self.events_attempted)
     }
 }
 
@@ -178,6 +187,13 @@ impl Summary {
             "    persisted            {:>15}",
             thousands(s.events_persisted)
         );
+        if s.after_stop > 0 {
+            let _ = writeln!(
+                out,
+                "    after the stop       {:>15}  not recorded: made after acceptance stopped",
+                thousands(s.after_stop)
+            );
+        }
         let dropped = s.events_dropped();
         let by_reason: Vec<String> = s
             .dropped
@@ -195,17 +211,23 @@ impl Summary {
                 by_reason.join(", ")
             );
         }
-        let check = if s.invariant_holds() {
-            "= persisted + dropped: holds".to_string()
+        let terms = if s.after_stop > 0 {
+            "persisted + after the stop + dropped"
         } else {
-            let accounted = u128::from(s.events_persisted) + u128::from(dropped);
+            "persisted + dropped"
+        };
+        let check = if s.invariant_holds() {
+            format!("= {terms}: holds")
+        } else {
+            let accounted =
+                u128::from(s.events_persisted) + u128::from(s.after_stop) + u128::from(dropped);
             let diff = u128::from(s.events_attempted).abs_diff(accounted);
             let what = if accounted < u128::from(s.events_attempted) {
                 "unaccounted for"
             } else {
                 "counted twice"
             };
-            format!("≠ persisted + dropped: BROKEN, {diff} events {what}")
+            format!("≠ {terms}: BROKEN, {diff} events {what}")
         };
         let _ = writeln!(
             out,
@@ -232,6 +254,16 @@ impl Summary {
             TargetFate::Killed { pid, signal } if s.stop_signal_sent == Some(*signal) => {
                 format!(
                     "pid {pid} ended by {} from the tracer",
+                    signal_name(*signal)
+                )
+            }
+            TargetFate::Killed { pid, signal }
+                if s.stop_signal_sent.is_none() && r.reason == Reason::Signal(*signal) =>
+            {
+                // The tracer did not send it: the signal reached the whole process group (a
+                // terminal's Ctrl-C, `timeout`, `kill -- -PGID`).
+                format!(
+                    "pid {pid} killed by {}, which reached it too (sent to the process group)",
                     signal_name(*signal)
                 )
             }
@@ -285,7 +317,8 @@ mod tests {
         let mut s = Statistics {
             events_attempted: 10,
             events_persisted: 7,
-            dropped: vec![("shutdown".into(), 2), ("ring full".into(), 1)],
+            after_stop: 2,
+            dropped: vec![("ring full".into(), 1)],
             ..Statistics::default()
         };
         assert!(s.invariant_holds());

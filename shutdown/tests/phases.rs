@@ -257,11 +257,8 @@ fn stats(pipeline: &FakePipeline) -> Statistics {
     Statistics {
         events_attempted: pipeline.persisted + 15,
         events_persisted: pipeline.persisted,
-        dropped: vec![
-            ("shutdown".into(), 12),
-            ("ring full".into(), 3),
-            ("registry full".into(), 0),
-        ],
+        after_stop: 12,
+        dropped: vec![("ring full".into(), 3), ("registry full".into(), 0)],
         bytes_written: pipeline.persisted * 32 + 4096,
         files_synced: 3,
         threads_flushed: pipeline.buffers.len() as u64,
@@ -328,9 +325,15 @@ fn shutdown_summary__stats__then_accurate() {
         text.contains("persisted                  1,000,000\n"),
         "{text}"
     );
-    assert!(text.contains("(shutdown: 12, ring full: 3)"), "{text}");
     assert!(
-        text.contains("attempted                  1,000,015  = persisted + dropped: holds"),
+        text.contains("after the stop                    12  not recorded"),
+        "{text}"
+    );
+    assert!(text.contains("(ring full: 3)"), "{text}");
+    assert!(
+        text.contains(
+            "attempted                  1,000,015  = persisted + after the stop + dropped: holds"
+        ),
         "{text}"
     );
     assert!(

@@ -131,6 +131,13 @@ pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<(
         if unbalanced.is_empty() {
             writeln!(out, "  \u{2713} balanced for every thread and in total")?;
         }
+        if total.dropped.shutdown > 0 {
+            writeln!(
+                out,
+                "  shutdown: not recorded, made after acceptance stopped (not a loss); every other \
+                 reason is a loss"
+            )?;
+        }
         for line in unbalanced {
             writeln!(out, "  UNBALANCED: {line}")?;
         }

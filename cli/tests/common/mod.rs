@@ -165,6 +165,40 @@ pub fn spawn_spinning(out: &Path, threads: u32, stderr: std::process::Stdio) -> 
     ))
 }
 
+/// Waits until the session holds at least `bytes` of trace files.
+pub fn wait_for_trace(out: &Path, bytes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target never recorded anything"
+        );
+        if let Ok(dir) = std::panic::catch_unwind(|| session_dir(out)) {
+            if dir_bytes(&dir) >= bytes {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Bytes of the files under `dir`, subdirectories included.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(path, m)| {
+            if m.is_dir() {
+                dir_bytes(&path)
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
 /// Reads every thread, checks each stream is well nested with no gap (depths move by one, every
 /// return matches the innermost open call, timestamps never go back), and that files and the
 /// manifest agree; returns per-thread counts.
