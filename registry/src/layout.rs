@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! offset 0              ControlBlock   constants (written once), session line, heartbeat,
-//!                                      orphan counters, trigger addresses
+//!                                      orphan counters, trigger addresses, module log line
+//! modules_offset        ModuleEntry × MODULE_LOG_CAPACITY  (256 bytes each, see `modules`)
 //! slots_offset          Slot × capacity  (256 bytes each: lifecycle line + producer line)
 //! lanes_offset          Lane × capacity  (lane_stride bytes each: index RingPool, detail RingPool)
 //! ```
@@ -19,7 +20,7 @@ use crate::RegistryError;
 /// `"TRG1"`: the first four bytes of a region.
 pub const REGION_MAGIC: u32 = u32::from_le_bytes(*b"TRG1");
 /// Layout version of the region. Bumped on any change of layout or protocol.
-pub const REGION_VERSION: u32 = 1;
+pub const REGION_VERSION: u32 = 2;
 /// The most trigger addresses a region holds.
 pub const MAX_TRIGGERS: usize = 64;
 /// The most threads a region may be created for.
@@ -102,6 +103,8 @@ pub struct ControlBlock<B: Backend = StdBackend> {
     pub(crate) orphans: CachePadded<[B::AtomicU64; ORPHAN_COUNTERS]>,
     /// Trigger function addresses; `session.trigger_count` says how many are valid.
     pub(crate) triggers: [B::AtomicU64; MAX_TRIGGERS],
+    /// The module log's allocators and acknowledgement (see [`crate::modules`]).
+    pub(crate) modules: CachePadded<crate::modules::ModuleLine<B>>,
 }
 
 /// The session line.
@@ -136,7 +139,8 @@ pub(crate) struct SlotLife<B: Backend> {
     pub(crate) state: B::AtomicU32,
     pub(crate) pid: B::AtomicU32,
     pub(crate) tid: B::AtomicU32,
-    pub(crate) _reserved: u32,
+    /// The process image the owner runs in (see [`crate::Registry::new_image`]).
+    pub(crate) image: B::AtomicU32,
     pub(crate) serial: B::AtomicU64,
     /// Stack bounds `[lo, hi)` of the owning thread, for safe stack copies (agent-private meaning).
     pub(crate) stack_lo: B::AtomicU64,
@@ -169,12 +173,14 @@ const _: () = {
     assert!(offset_of!(C, heartbeat) == 384);
     assert!(offset_of!(C, orphans) == 512);
     assert!(offset_of!(C, triggers) == 640);
-    assert!(size_of::<C>() == 1152);
+    assert!(offset_of!(C, modules) == 1152);
+    assert!(size_of::<C>() == 1280);
     assert!(align_of::<C>() == 128);
     type S = Slot<StdBackend>;
     assert!(offset_of!(S, life) == 0);
     assert!(offset_of!(S, hot) == 128);
     assert!(size_of::<S>() == 256);
+    assert!(offset_of!(SlotLife<StdBackend>, image) == 12);
     assert!(offset_of!(SlotLife<StdBackend>, serial) == 16);
     assert!(offset_of!(SlotHot<StdBackend>, counters) == 8);
 };
@@ -255,6 +261,7 @@ impl RegionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
     pub(crate) capacity: u32,
+    pub(crate) modules_offset: usize,
     pub(crate) slots_offset: usize,
     pub(crate) slot_stride: usize,
     pub(crate) lanes_offset: usize,
@@ -293,7 +300,10 @@ pub(crate) fn geometry<B: Backend>(config: &RegionConfig) -> Result<Geometry, Re
     lane_ok(&config.index, "index")?;
     lane_ok(&config.detail, "detail")?;
     let capacity = config.capacity as usize;
-    let slots_offset = core::mem::size_of::<ControlBlock<B>>().next_multiple_of(PAGE);
+    let modules_offset = core::mem::size_of::<ControlBlock<B>>().next_multiple_of(PAGE);
+    let slots_offset = (modules_offset
+        + crate::modules::MODULE_LOG_CAPACITY * core::mem::size_of::<crate::modules::ModuleEntry<B>>())
+    .next_multiple_of(PAGE);
     let slot_stride = core::mem::size_of::<Slot<B>>();
     let lanes_offset = (slots_offset + capacity * slot_stride).next_multiple_of(PAGE);
     let index_len = RingPool::<B>::layout_size(&config.index_pool());
@@ -302,6 +312,7 @@ pub(crate) fn geometry<B: Backend>(config: &RegionConfig) -> Result<Geometry, Re
     let lane_stride = (detail_offset + detail_len).next_multiple_of(PAGE);
     Ok(Geometry {
         capacity: config.capacity,
+        modules_offset,
         slots_offset,
         slot_stride,
         lanes_offset,

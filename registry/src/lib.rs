@@ -1,7 +1,7 @@
 //! The control block the tracer shares with the traced process, in one memfd-backed region: a
 //! versioned header (magic, version, layout size, capacity, ring geometry, session flags, clock
-//! calibration, trigger addresses, stack-bytes setting, drain heartbeat), a table of thread slots
-//! and, per slot, two lanes (index and detail [`ring::RingPool`]s), with the counters of the
+//! calibration, trigger addresses, stack-bytes setting, drain heartbeat), the module log (which
+//! ELF objects each process image mapped, see [`modules`]), a table of thread slots and, per slot, two lanes (index and detail [`ring::RingPool`]s), with the counters of the
 //! accounting invariant.
 //!
 //! Contracts kept here (DESIGN.md contracts 3 and 4, each modelled with loom:
@@ -63,6 +63,7 @@
 pub mod clock;
 mod layout;
 pub mod membarrier;
+pub mod modules;
 #[cfg(all(test, feature = "loom"))]
 mod models;
 mod region;
@@ -72,6 +73,10 @@ pub use clock::{Clock, ClockSource};
 pub use layout::{
     layout_size, ControlBlock, LaneConfig, RegionConfig, Slot, DEFAULT_STACK_BYTES, MAX_CAPACITY,
     MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, REGION_MAGIC, REGION_VERSION,
+};
+pub use modules::{
+    image_tag, untagged, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY,
+    MODULE_MAIN, MODULE_PATH_MAX, MODULE_TRUNCATED,
 };
 pub use region::{SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{

@@ -278,3 +278,87 @@ fn handshake__producer_dies_inside_section__then_stop_completes_with_every_publi
         }
     });
 }
+fn report<'p>(pid: u32, flags: u32, path: &'p [u8]) -> crate::ModuleReport<'p> {
+    crate::ModuleReport {
+        pid,
+        image: 0,
+        flags,
+        bias: u64::from(pid) << 12,
+        dev: 1,
+        ino: u64::from(pid),
+        mtime_ns: 7,
+        path,
+    }
+}
+
+/// Two processes' agents append to the module log while the tracer reads it: claims are unique,
+/// and an entry the tracer sees published has every field as its writer wrote it.
+#[test]
+fn module_log__two_writers_and_a_reader__then_published_entries_are_whole() {
+    loom::model(|| {
+        let shared = Shared::new(1);
+        let writers: Vec<_> = [(1u32, &b"/bin/one"[..]), (2, &b"/lib/two.so"[..])]
+            .into_iter()
+            .map(|(pid, path)| {
+                let s = shared.clone();
+                thread::spawn(move || s.view().report_module(&report(pid, 0, path)))
+            })
+            .collect();
+        let reg = shared.view();
+        let check = |e: &crate::ModuleRecord| {
+            let want: &[u8] = if e.pid == 1 { b"/bin/one" } else { b"/lib/two.so" };
+            assert_eq!(e.path, want, "path of pid {}", e.pid);
+            assert_eq!((e.bias, e.ino, e.mtime_ns), (u64::from(e.pid) << 12, u64::from(e.pid), 7));
+        };
+        for i in 0..reg.modules_claimed() {
+            if let Some(e) = reg.module(i) {
+                check(&e);
+            }
+        }
+        let mut at: Vec<u32> = writers
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect();
+        at.sort();
+        assert_eq!(at, vec![0, 1], "each claim is its own entry");
+        for i in at {
+            check(&reg.module(i).expect("published after join"));
+        }
+    });
+}
+
+/// The acknowledgement: an agent that reported its objects and saw the tracer acknowledge them
+/// sees the trigger addresses the tracer published before acknowledging.
+#[test]
+fn module_log__ack_after_triggers__then_agent_sees_the_triggers() {
+    loom::model(|| {
+        let shared = Shared::new(1);
+        shared.view().set_module_wait(true);
+        let s2 = shared.clone();
+        let agent = thread::spawn(move || {
+            let reg = s2.view();
+            let at = reg
+                .report_module(&report(1, crate::MODULE_LAST, b"/bin/app"))
+                .unwrap();
+            if reg.wait_module_ack(at, 1_000) {
+                assert_eq!(reg.trigger_count(), 1, "acknowledged before the trigger");
+                assert_eq!(reg.trigger(0), 0x1234);
+            }
+        });
+        let reg = shared.view();
+        let mut step = 0;
+        loop {
+            if reg.module(0).is_some() {
+                reg.set_triggers(&[0x1234]).unwrap();
+                reg.ack_modules(1);
+                break;
+            }
+            if step > 2 {
+                break;
+            }
+            step += 1;
+            thread::yield_now();
+        }
+        agent.join().unwrap();
+    });
+}

@@ -69,6 +69,8 @@ pub struct SlotInfo {
     pub tid: u32,
     /// Registration serial: differs between successive owners of the same slot.
     pub serial: u64,
+    /// The process image the owner runs in (see [`Registry::new_image`]).
+    pub image: u32,
 }
 
 /// The accounting of one thread's index lane. Exact once the thread is outside its write section
@@ -427,17 +429,29 @@ impl<'a, B: Backend> Registry<'a, B> {
             heartbeat: CachePadded(B::AtomicU64::new(0)),
             orphans: CachePadded(core::array::from_fn(|_| B::AtomicU64::new(0))),
             triggers: core::array::from_fn(|_| B::AtomicU64::new(0)),
+            modules: CachePadded(crate::modules::ModuleLine::new()),
         };
         // SAFETY: the caller gives exclusive, aligned memory of at least layout_size bytes (checked),
         // which covers the control block at offset 0.
         unsafe { base.cast::<ControlBlock<B>>().as_ptr().write(control) };
+        let entry_size = core::mem::size_of::<crate::modules::ModuleEntry<B>>();
+        for i in 0..crate::modules::MODULE_LOG_CAPACITY {
+            // SAFETY: entry i lies inside the module log, inside the exclusive memory (the geometry
+            // reserves MODULE_LOG_CAPACITY entries from the page-aligned modules_offset).
+            unsafe {
+                base.as_ptr()
+                    .add(g.modules_offset + i * entry_size)
+                    .cast::<crate::modules::ModuleEntry<B>>()
+                    .write(crate::modules::ModuleEntry::new())
+            };
+        }
         for i in 0..g.capacity as usize {
             let slot = Slot::<B> {
                 life: CachePadded(SlotLife {
                     state: B::AtomicU32::new(FREE),
                     pid: B::AtomicU32::new(0),
                     tid: B::AtomicU32::new(0),
-                    _reserved: 0,
+                    image: B::AtomicU32::new(0),
                     serial: B::AtomicU64::new(0),
                     stack_lo: B::AtomicU64::new(0),
                     stack_hi: B::AtomicU64::new(0),
@@ -567,7 +581,15 @@ impl<'a, B: Backend> Registry<'a, B> {
         })
     }
 
-    fn control(&self) -> &'a ControlBlock<B> {
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.k.geometry
+    }
+
+    pub(crate) fn base_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    pub(crate) fn control(&self) -> &'a ControlBlock<B> {
         // SAFETY: validated by attach; valid for 'a; only atomics are accessed through it after
         // attach copied the constants.
         unsafe { self.base.cast::<ControlBlock<B>>().as_ref() }
@@ -730,6 +752,7 @@ impl<'a, B: Backend> Registry<'a, B> {
             pid: slot.life.0.pid.load(Relaxed),
             tid: slot.life.0.tid.load(Relaxed),
             serial: slot.life.0.serial.load(Relaxed),
+            image: slot.life.0.image.load(Relaxed),
         })
     }
 
@@ -924,6 +947,16 @@ impl<'a, B: Backend> Registry<'a, B> {
     /// [`RegistryError::RegistryFull`]: no slot free now (retry when [`Self::recycled_count`]
     /// changes); [`RegistryError::RegistrationsClosed`]: the session is stopping.
     pub fn register(&self, pid: u32, tid: u32) -> Result<Registration<'a, B>, RegistryError> {
+        self.register_in(pid, tid, 0)
+    }
+
+    /// [`Self::register`] for a thread of process image `image` (see [`Self::new_image`]).
+    pub fn register_in(
+        &self,
+        pid: u32,
+        tid: u32,
+        image: u32,
+    ) -> Result<Registration<'a, B>, RegistryError> {
         let s = self.session();
         if s.registrations_open.load(Relaxed) == 0 {
             return Err(RegistryError::RegistrationsClosed);
@@ -982,6 +1015,7 @@ impl<'a, B: Backend> Registry<'a, B> {
         let life = &slot.life.0;
         life.pid.store(pid, Relaxed);
         life.tid.store(tid, Relaxed);
+        life.image.store(image, Relaxed);
         life.serial.store(serial, Relaxed);
         let hot = &slot.hot.0;
         hot.in_write.store(0, Relaxed);

@@ -344,3 +344,42 @@ fn registry__four_producers_and_a_drain__then_accounting_exact() {
         assert_eq!(drained.get(&slot).copied().unwrap_or(0), c.accepted);
     }
 }
+
+#[test]
+fn module_log__more_reports_than_entries__then_the_excess_is_counted_lost() {
+    let region = region(64);
+    let reg = region.registry().unwrap();
+    let report = crate::ModuleReport {
+        pid: 9,
+        image: reg.new_image(),
+        flags: crate::MODULE_MAIN,
+        bias: 0x1000,
+        dev: 1,
+        ino: 2,
+        mtime_ns: 3,
+        path: &[b'x'; 300],
+    };
+    let first = reg.report_module(&report).unwrap();
+    let e = reg.module(first).unwrap();
+    assert_eq!(e.path.len(), crate::MODULE_PATH_MAX);
+    assert_eq!(e.flags, crate::MODULE_MAIN | crate::MODULE_TRUNCATED);
+    for _ in 1..crate::MODULE_LOG_CAPACITY {
+        assert!(reg.report_module(&report).is_some());
+    }
+    assert_eq!(reg.modules_lost(), 0);
+    assert!(reg.report_module(&report).is_none());
+    assert_eq!(reg.modules_lost(), 1);
+    assert_eq!(reg.modules_claimed() as usize, crate::MODULE_LOG_CAPACITY);
+    assert_eq!(reg.new_image(), 1, "image serials count up from 0");
+}
+
+#[test]
+fn module_log__no_wait_asked__then_wait_returns_at_once() {
+    let region = region(64);
+    let reg = region.registry().unwrap();
+    assert!(reg.wait_module_ack(0, 10_000_000));
+    reg.set_module_wait(true);
+    assert!(!reg.wait_module_ack(0, 1_000), "nobody acknowledges: bounded");
+    reg.ack_modules(1);
+    assert!(reg.wait_module_ack(0, 1_000));
+}
