@@ -150,6 +150,7 @@ fn event(kind: u32, function: u64, regs: *const u64) {
     // SAFETY: a non-null state pointer is this thread's entry of the agent's array, used only by
     // this thread (a signal handler on this thread is kept out by `busy`).
     let st = unsafe { &mut *state };
+    let (raw, function) = (function, function | st.tag);
     if st.busy != 0 {
         st.writer.count_reentrant();
         return;
@@ -217,7 +218,7 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         if let Some(state) = slow_state() {
             // SAFETY: a fresh state of the current attachment, this thread's own.
             if unsafe { (*state).agent.generation } != st.agent.generation {
-                event_again(kind, function, regs);
+                event_again(kind, raw, regs);
             }
         }
         return;

@@ -37,6 +37,11 @@
 //!   environment keeps `LD_PRELOAD` and `TRACER_REGION_FD`, so an exec'd instrumented program is
 //!   traced too, its threads keyed by (pid, tid) in their own slots. A new image first retires the
 //!   slots its previous image of the same pid left active.
+//! - **Images and names.** Each agent start takes a new image serial from the region, reports the
+//!   objects the loader has mapped into the region's module log (and, after each `dlopen`, the
+//!   objects it added; see `modules`), and tags every function id it records with the serial
+//!   (`registry::image_tag`): an exec'd program's functions never share ids with its parent's,
+//!   even at the same addresses (`-no-pie`). A fork child keeps its parent's image.
 //!
 //! The example below is what the tracer does (the `cli` crate); the agent itself has no Rust API:
 //!
@@ -48,6 +53,7 @@
 
 mod attach;
 mod hook;
+mod modules;
 mod thread;
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -91,6 +97,8 @@ pub(crate) struct Agent {
     /// Which attachment this agent serves: 1 for the first, one more for each later attach.
     /// Threads registered under an older one re-register (see `thread::acquire_state`).
     pub(crate) generation: u32,
+    /// This process image's serial in the region (see `registry::modules`).
+    pub(crate) image: u32,
 }
 
 // SAFETY: `threads` is only dereferenced for the slot the calling thread owns.
@@ -229,12 +237,17 @@ fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
     // A fresh image of a pid that had slots (exec): those threads are gone.
     reg.retire_pid(pid);
     hook::set_detail(reg.detail_enabled());
+    // The objects this image has mapped, for the tracer to name its functions from the files.
+    let image = reg.new_image();
+    modules::forget();
+    modules::report_new(&reg, pid, image);
     Ok(Agent {
         reg,
         threads: threads.cast(),
         pid: AtomicU32::new(pid),
         key,
         generation,
+        image,
     })
 }
 

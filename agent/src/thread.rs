@@ -82,6 +82,8 @@ pub(crate) struct ThreadState {
     pub(crate) stack_lo: u64,
     pub(crate) stack_hi: u64,
     pub(crate) stack_bytes: u32,
+    /// The image tag ORed into every function id (see `registry::image_tag`).
+    pub(crate) tag: u64,
     pub(crate) clock: Clock,
     pub(crate) writer: SlotWriter<'static>,
     pub(crate) index: PoolProducer<'static>,
@@ -174,7 +176,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
     tl.status = REGISTERING;
     let pid = agent.pid.load(Relaxed);
     let tid = gettid();
-    match reg.register(pid, tid) {
+    match reg.register_in(pid, tid, agent.image) {
         Ok(r) => {
             let (lo, hi) = stack_bounds();
             reg.set_stack_bounds(r.slot, lo, hi);
@@ -191,6 +193,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                 stack_lo: lo,
                 stack_hi: hi,
                 stack_bytes: reg.stack_bytes(),
+                tag: registry::image_tag(agent.image),
                 clock: reg.clock(),
                 writer,
                 // SAFETY: the registration made this thread the lanes' only producer.

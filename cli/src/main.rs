@@ -7,6 +7,7 @@
 mod args;
 mod attach;
 mod error;
+mod names;
 mod read;
 mod record;
 mod symbols;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use registry::{RegionConfig, Registry, SharedRegion};
 use shutdown::{Budgets, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Summary};
 
-use crate::args::{RecordOptions, SpawnArgs, Trigger};
+use crate::args::{RecordOptions, SpawnArgs};
 use crate::error::CliError;
 use crate::symbols;
 
@@ -30,10 +30,6 @@ const THREAD_CAPACITY: u32 = 1024;
 const STOP_GRACE: Duration = Duration::from_millis(1000);
 /// How often the main loop wakes when nothing happens (the live status line).
 const TICK: Duration = Duration::from_millis(250);
-/// How often it wakes until the target's modules were first captured.
-const STARTUP_TICK: Duration = Duration::from_millis(1);
-/// How often the target's mappings are rescanned for libraries loaded with `dlopen`.
-const RESCAN: Duration = Duration::from_secs(1);
 
 /// `tracer spawn`.
 pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
@@ -60,6 +56,8 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let registry = region
         .leak()
         .map_err(|e| CliError::runtime(format!("the shared region is unusable: {e}")))?;
+    // Before the target starts: its agent then waits for the trigger addresses.
+    let names = crate::names::Names::new(&opts.trigger, &registry, true);
 
     // Signals first, so a Ctrl-C during start-up is a clean stop, not a dead tracer.
     let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
@@ -84,9 +82,9 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         pid,
         pidfd,
     };
-    let (recorder, _) = record(opts, target, registry, shutdown, signals, manifest, false)?;
+    let (recorder, _) = record(opts, target, registry, shutdown, signals, manifest, names)?;
     if recorder.attempted == 0 {
-        let instrumented = recorder.symbols.as_ref().is_some_and(|c| c.instrumented());
+        let instrumented = recorder.names.images.instrumented();
         eprintln!(
             "tracer: {}",
             no_events_reason(&args.executable, exe_info.as_ref(), instrumented)
@@ -112,9 +110,9 @@ pub(crate) fn region_config(opts: &RecordOptions) -> RegionConfig {
     }
 }
 
-/// Records `target` (spawned, or attached when `attached`) from a running agent until a stop
+/// Records `target` (spawned, or attached when it has no child handle) from a running agent until a stop
 /// trigger, then runs the shutdown phases and prints the summary. Returns the recorder (its
-/// symbols, error and event count) and where the session went.
+/// names, error and event count) and where the session went.
 pub(crate) fn record(
     opts: &RecordOptions,
     target: Target,
@@ -122,8 +120,10 @@ pub(crate) fn record(
     shutdown: Shutdown,
     signals: shutdown::SignalGuard,
     manifest: atf::Manifest,
-    attached: bool,
+    names: crate::names::Names,
 ) -> Result<(Recorder, PathBuf), CliError> {
+    // Attached targets are not our children.
+    let attached = target.child.is_none();
     let pid = target.pid;
     let duration = timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
@@ -170,9 +170,7 @@ pub(crate) fn record(
         attempted: 0,
         target_fate: None,
         crashed: false,
-        symbols: None,
-        triggers: opts.trigger.clone(),
-        unresolved_reported: Vec::new(),
+        names,
         stop_signal: None,
         stop_signal_sent: None,
         reason: None,
@@ -386,11 +384,8 @@ pub(crate) struct Recorder {
     pub(crate) attempted: u64,
     target_fate: Option<atf::TargetFate>,
     crashed: bool,
-    /// Modules and names of the target, captured once its agent runs and kept after it exits.
-    pub(crate) symbols: Option<symbols::Capture>,
-    triggers: Vec<Trigger>,
-    /// Trigger names already reported as unknown (said once each).
-    unresolved_reported: Vec<String>,
+    /// Modules and names of every process image, from the module log, and the triggers.
+    pub(crate) names: crate::names::Names,
     stop_signal: Option<i32>,
     stop_signal_sent: Option<i32>,
     reason: Option<Reason>,
@@ -406,25 +401,15 @@ impl Recorder {
         status: &StatusLine,
         started: Instant,
     ) -> Reason {
-        let mut seen_threads = 0;
-        let mut last_rescan = Instant::now();
         loop {
             if let Some(reason) = shutdown.requested() {
                 return reason;
             }
-            let threads = self.registry.high_water();
-            if threads != seen_threads || last_rescan.elapsed() >= RESCAN {
-                // New threads (the first one means the agent is in and the libraries are
-                // mapped), or time for the periodic rescan (libraries loaded with dlopen):
-                // capture modules and symbols, and set trigger addresses.
-                seen_threads = threads;
-                last_rescan = Instant::now();
-                self.capture_symbols();
-            }
-            // Until the first capture, wake often: a short-lived target must not exit before its
-            // mappings were read (they are gone once it has).
-            let tick = if self.symbols.is_none() {
-                STARTUP_TICK
+            // New objects reported by the agents: read their files, arm the triggers they
+            // resolve, acknowledge them (an agent may be waiting).
+            self.names.poll(&self.registry, false);
+            let tick = if self.names.has_triggers() {
+                crate::names::TRIGGER_TICK
             } else {
                 TICK
             };
@@ -504,38 +489,6 @@ impl Recorder {
         }
         self.reap();
         self.target_fate.is_none()
-    }
-
-    fn capture_symbols(&mut self) {
-        let Some(target) = self.child.as_ref() else {
-            return;
-        };
-        let pid = target.pid;
-        // A late rescan may fail (the target is gone): what was captured stays.
-        match self.symbols.as_mut() {
-            Some(capture) => {
-                let _ = capture.rescan();
-            }
-            None => self.symbols = symbols::capture(pid).ok(),
-        }
-        let Some(capture) = self.symbols.as_ref() else {
-            return;
-        };
-        let mut addresses = Vec::new();
-        for Trigger::Symbol(name) in &self.triggers {
-            let found = capture.resolve(name);
-            if found.is_empty() && !self.unresolved_reported.contains(name) {
-                eprintln!(
-                    "tracer: warning: no function named {name} in the traced program yet; check \
-                     the name with `nm`"
-                );
-                self.unresolved_reported.push(name.clone());
-            }
-            addresses.extend(found);
-        }
-        if !addresses.is_empty() {
-            let _ = self.registry.set_triggers(&addresses);
-        }
     }
 
     /// Stops the target if it still runs: the stop signal, a grace period, then SIGKILL.
@@ -736,9 +689,16 @@ impl Pipeline for Recorder {
                 "nothing to sync: the drain thread ended abnormally",
             ));
         };
-        self.capture_symbols();
-        if let Some(capture) = &self.symbols {
-            capture.fill_manifest(drain.manifest_mut());
+        // Acceptance has stopped: no agent writes the log any more, except one still starting;
+        // an entry claimed and never published is given up.
+        self.names.poll(&self.registry, true);
+        let images: std::collections::BTreeSet<u32> =
+            self.names.images.images.keys().copied().collect();
+        self.names
+            .images
+            .fill_manifest(&images, drain.manifest_mut());
+        for note in self.names.notes(&self.registry) {
+            eprintln!("tracer: warning: {note}");
         }
         let outcome = drain::Outcome {
             stop_reason: match &self.reason {

@@ -302,7 +302,8 @@ pub(crate) fn geometry<B: Backend>(config: &RegionConfig) -> Result<Geometry, Re
     let capacity = config.capacity as usize;
     let modules_offset = core::mem::size_of::<ControlBlock<B>>().next_multiple_of(PAGE);
     let slots_offset = (modules_offset
-        + crate::modules::MODULE_LOG_CAPACITY * core::mem::size_of::<crate::modules::ModuleEntry<B>>())
+        + crate::modules::MODULE_LOG_CAPACITY
+            * core::mem::size_of::<crate::modules::ModuleEntry<B>>())
     .next_multiple_of(PAGE);
     let slot_stride = core::mem::size_of::<Slot<B>>();
     let lanes_offset = (slots_offset + capacity * slot_stride).next_multiple_of(PAGE);

@@ -306,9 +306,16 @@ fn module_log__two_writers_and_a_reader__then_published_entries_are_whole() {
             .collect();
         let reg = shared.view();
         let check = |e: &crate::ModuleRecord| {
-            let want: &[u8] = if e.pid == 1 { b"/bin/one" } else { b"/lib/two.so" };
+            let want: &[u8] = if e.pid == 1 {
+                b"/bin/one"
+            } else {
+                b"/lib/two.so"
+            };
             assert_eq!(e.path, want, "path of pid {}", e.pid);
-            assert_eq!((e.bias, e.ino, e.mtime_ns), (u64::from(e.pid) << 12, u64::from(e.pid), 7));
+            assert_eq!(
+                (e.bias, e.ino, e.mtime_ns),
+                (u64::from(e.pid) << 12, u64::from(e.pid), 7)
+            );
         };
         for i in 0..reg.modules_claimed() {
             if let Some(e) = reg.module(i) {

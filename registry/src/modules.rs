@@ -318,8 +318,8 @@ impl<'a, B: Backend> Registry<'a, B> {
         if index as usize >= MODULE_LOG_CAPACITY {
             return None;
         }
-        let offset =
-            self.geometry().modules_offset + index as usize * core::mem::size_of::<ModuleEntry<B>>();
+        let offset = self.geometry().modules_offset
+            + index as usize * core::mem::size_of::<ModuleEntry<B>>();
         // SAFETY: index < capacity, so the entry lies inside the validated log, which `init`
         // wrote; aligned since the log is page-aligned and the stride is the entry's size.
         Some(unsafe { &*self.base_ptr().add(offset).cast::<ModuleEntry<B>>() })

@@ -379,7 +379,10 @@ fn module_log__no_wait_asked__then_wait_returns_at_once() {
     let reg = region.registry().unwrap();
     assert!(reg.wait_module_ack(0, 10_000_000));
     reg.set_module_wait(true);
-    assert!(!reg.wait_module_ack(0, 1_000), "nobody acknowledges: bounded");
+    assert!(
+        !reg.wait_module_ack(0, 1_000),
+        "nobody acknowledges: bounded"
+    );
     reg.ack_modules(1);
     assert!(reg.wait_module_ack(0, 1_000));
 }

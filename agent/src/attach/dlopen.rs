@@ -124,15 +124,19 @@ fn shadow_stack_active() -> bool {
 }
 
 /// K's call, on the thread that called `dlopen`/`dlmopen`, before the handle goes back to the
-/// program: redirects the entries of what the call loaded (if the GOT is still redirected),
-/// leaving `errno` and the thread's dlerror state as the call left them.
+/// program: redirects the entries of what the call loaded (if the GOT is still redirected) and
+/// reports the new objects into the module log, leaving `errno` and the thread's dlerror state as the call left them.
 extern "C" fn loaded(handle: *mut c_void) {
-    if handle.is_null() || !got::redirected() {
+    if handle.is_null() {
         return;
     }
     // SAFETY: this thread's errno.
     let errno = unsafe { *libc::__errno_location() };
-    got::run(Pass::Loaded);
+    if got::redirected() {
+        got::run(Pass::Loaded);
+    }
+    // The new objects go into the module log, so their functions get names.
+    crate::modules::after_dlopen();
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }

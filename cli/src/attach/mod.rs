@@ -87,7 +87,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
         pidfd,
     };
     let region_len = registry.layout_size();
-    let recorded = record::record(opts, target, registry, shutdown, signals, manifest, true);
+    let names = crate::names::Names::new(&opts.trigger, &registry, false);
+    let recorded = record::record(opts, target, registry, shutdown, signals, manifest, names);
     release_region(fd, region_len);
     let (recorder, _) = recorded?;
     if recorder.attempted == 0 {

@@ -17,6 +17,7 @@
 //! ```
 
 mod elf;
+mod images;
 mod maps;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use self::elf::{Magic, Want};
+pub use self::images::Images;
 
 /// A failure to read a process's mappings or an executable, as one line naming the thing and the
 /// fix.
@@ -333,6 +335,7 @@ impl Capture {
             .collect()
     }
 
+    #[cfg(test)]
     /// Replaces `manifest.modules` and `manifest.symbols` with this capture's.
     pub fn fill_manifest(&self, manifest: &mut atf::Manifest) {
         manifest.modules = self.manifest_modules();
@@ -415,45 +418,60 @@ fn scan(pid: u32, mappings: &[maps::Mapping], known: impl Fn(&str, u64) -> bool)
         if biases.is_empty() {
             continue;
         }
-        let object = if headers.imports_hook {
-            match elf::read(Path::new(path), &file, Want::FunctionsIfInstrumented) {
-                Ok(o) => o,
-                Err(e) => {
-                    out.skipped.push(Skipped {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    });
-                    headers
-                }
-            }
-        } else {
-            headers
-        };
-        let module_id = atf::module_id(path);
-        for bias in biases {
-            let (base, size) = maps::extent(&object.loads, bias, page);
-            out.modules.push(LoadedModule {
-                path: path.to_owned(),
-                module_id,
-                base,
-                size,
-                bias,
-                build_id: object.build_id.clone(),
-                instrumented: object.imports_hook,
-                functions: functions_at(&object.functions, &object.canonical_plt, bias),
-            });
+        match read_object(path, &file, headers, &biases, 0, page) {
+            Ok(modules) => out.modules.extend(modules),
+            Err(skipped) => out.skipped.push(skipped),
         }
     }
     out.modules.sort_by_key(|m| m.base);
     out
 }
 
+/// The instances of one object at `biases`, its addresses ORed with `tag` (a process image's tag,
+/// see `registry::image_tag`). Reads the function symbols if the object is instrumented; the
+/// headers are already read. `Err`: the symbols cannot be read.
+fn read_object(
+    path: &str,
+    file: &File,
+    headers: elf::ElfObject,
+    biases: &[u64],
+    tag: u64,
+    page: u64,
+) -> Result<Vec<LoadedModule>, Skipped> {
+    let object = if headers.imports_hook {
+        elf::read(Path::new(path), file, Want::FunctionsIfInstrumented).map_err(|e| Skipped {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?
+    } else {
+        headers
+    };
+    let module_id = atf::module_id(path);
+    Ok(biases
+        .iter()
+        .map(|&bias| {
+            let (base, size) = maps::extent(&object.loads, bias, page);
+            LoadedModule {
+                path: path.to_owned(),
+                module_id,
+                base: base | tag,
+                size,
+                bias,
+                build_id: object.build_id.clone(),
+                instrumented: object.imports_hook,
+                functions: functions_at(&object.functions, &object.canonical_plt, bias, tag),
+            }
+        })
+        .collect())
+}
+
 /// `functions` (sorted by address, preferred name first) and the canonical PLT entries at
-/// runtime addresses, one per address.
+/// runtime addresses (ORed with `tag`), one per address.
 fn functions_at(
     functions: &[elf::RawFunction],
     canonical_plt: &[elf::RawFunction],
     bias: u64,
+    tag: u64,
 ) -> Vec<Function> {
     let mut all: Vec<&elf::RawFunction> = functions.iter().chain(canonical_plt).collect();
     if !canonical_plt.is_empty() {
@@ -462,7 +480,7 @@ fn functions_at(
     }
     let mut out: Vec<Function> = Vec::new();
     for f in all {
-        let address = f.value.wrapping_add(bias);
+        let address = f.value.wrapping_add(bias) | tag;
         match out.last_mut() {
             Some(last) if last.address == address => {
                 if !last.mangled.contains(&f.name) {
