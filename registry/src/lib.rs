@@ -75,8 +75,8 @@ pub use layout::{
     MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, REGION_MAGIC, REGION_VERSION,
 };
 pub use modules::{
-    image_tag, untagged, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY, MODULE_MAIN,
-    MODULE_PATH_MAX, MODULE_TRUNCATED,
+    image_tag, untagged, Module, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY,
+    MODULE_MAIN, MODULE_PATH_MAX, MODULE_TRUNCATED,
 };
 pub use region::{SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{

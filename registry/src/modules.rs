@@ -153,14 +153,14 @@ const _: () = {
     assert!(size_of::<ModuleLine<StdBackend>>() == 16);
 };
 
-/// What an agent reports about one mapped object.
+/// One mapped object as the log holds it; `P` is its path bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModuleReport<'p> {
-    /// The process.
+pub struct Module<P> {
+    /// The process that reported it.
     pub pid: u32,
     /// Its image serial ([`Registry::new_image`]).
     pub image: u32,
-    /// [`MODULE_MAIN`], [`MODULE_LAST`] ([`MODULE_TRUNCATED`] is set by the log).
+    /// [`MODULE_MAIN`], [`MODULE_LAST`]; [`MODULE_TRUNCATED`] is set by the log.
     pub flags: u32,
     /// Load bias: runtime address − link-time address (`dlpi_addr`).
     pub bias: u64,
@@ -170,30 +170,15 @@ pub struct ModuleReport<'p> {
     pub ino: u64,
     /// Its modification time in nanoseconds since the epoch, 0 if unknown.
     pub mtime_ns: u64,
-    /// Its path as the loader opened it.
-    pub path: &'p [u8],
+    /// Its path as the loader opened it (cut at [`MODULE_PATH_MAX`] in the log).
+    pub path: P,
 }
 
+/// What an agent reports about one mapped object.
+pub type ModuleReport<'p> = Module<&'p [u8]>;
+
 /// A published entry, as the tracer reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleRecord {
-    /// The process that reported it.
-    pub pid: u32,
-    /// Its image serial.
-    pub image: u32,
-    /// `MODULE_*` flags.
-    pub flags: u32,
-    /// Load bias.
-    pub bias: u64,
-    /// Device, inode and modification time of the file as the agent saw it (0 if unknown).
-    pub dev: u64,
-    /// See `dev`.
-    pub ino: u64,
-    /// See `dev`.
-    pub mtime_ns: u64,
-    /// Path bytes (cut at [`MODULE_PATH_MAX`] if flagged [`MODULE_TRUNCATED`]).
-    pub path: Vec<u8>,
-}
+pub type ModuleRecord = Module<Vec<u8>>;
 
 impl<'a, B: Backend> Registry<'a, B> {
     fn module_line(&self) -> &'a ModuleLine<B> {

@@ -120,18 +120,10 @@ impl Images {
         };
         let tag = registry::image_tag(r.image);
         match read_object(&path, &file, headers, &[r.bias], tag, page_size()) {
-            Ok(modules) => {
-                for m in modules {
-                    if !capture
-                        .modules
-                        .iter()
-                        .any(|k| k.path == m.path && k.base == m.base)
-                    {
-                        capture.modules.push(m);
-                    }
-                }
-                capture.modules.sort_by_key(|m| m.base);
-            }
+            Ok(modules) => capture.merge(Capture {
+                modules,
+                ..Capture::default()
+            }),
             Err(skipped) => capture.skipped.push(skipped),
         }
     }
