@@ -54,6 +54,27 @@ impl<'a> ChunkReader<'a> {
         Ok(Some(out))
     }
 
+    /// Passes the rest of the range to `f` in chunks, each with its file offset.
+    pub(crate) fn each(&mut self, mut f: impl FnMut(u64, &[u8])) -> io::Result<()> {
+        loop {
+            let n = (self.remaining() as usize).min(CHUNK);
+            if n == 0 {
+                return Ok(());
+            }
+            let at = self.offset();
+            if let Some(bytes) = self.take(n)? {
+                f(at, bytes);
+            }
+        }
+    }
+
+    /// CRC-32C of the rest of the range.
+    pub(crate) fn crc32c(&mut self) -> io::Result<u32> {
+        let mut crc = 0u32;
+        self.each(|_, bytes| crc = crc32c::crc32c_append(crc, bytes))?;
+        Ok(crc)
+    }
+
     /// Makes at least `n` bytes available in `buf[start..]` (the caller checked they exist).
     fn refill(&mut self, n: usize) -> io::Result<()> {
         self.buf.drain(..self.start);

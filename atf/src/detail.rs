@@ -4,11 +4,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::chunk::{ChunkReader, CHUNK};
+use crate::chunk::ChunkReader;
 use crate::error::{Error, Result};
 use crate::index::{check_common_header, open_with_header, SYNC_FAILED};
 use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
 use crate::sink::{self, FileSink, FileSystem, RealFs};
+use crate::verify::{self, field_matches, Damage};
 use crate::{
     current_arch, DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, ENDIAN_LITTLE, FILE_VERSION, FOOTER_SIZE,
     HEADER_SIZE, OS_LINUX, RECORD_HEADER_SIZE,
@@ -643,19 +644,9 @@ impl DetailReader {
             Some(f) if f.checksum != 0 => f.checksum,
             _ => return Ok(false),
         };
-        let mut chunks = ChunkReader::new(&self.file, HEADER_SIZE as u64, self.records_end);
-        let mut actual = 0u32;
-        loop {
-            let n = (chunks.remaining() as usize).min(CHUNK);
-            if n == 0 {
-                break;
-            }
-            let bytes = chunks
-                .take(n)
-                .map_err(|e| Error::io(&self.path, "read the detail records", e))?
-                .unwrap_or_default();
-            actual = crc32c::crc32c_append(actual, bytes);
-        }
+        let actual = ChunkReader::new(&self.file, HEADER_SIZE as u64, self.records_end)
+            .crc32c()
+            .map_err(|e| Error::io(&self.path, "read the detail records", e))?;
         if actual != expected {
             return Err(Error::Checksum {
                 path: self.path.clone(),
@@ -664,6 +655,230 @@ impl DetailReader {
             });
         }
         Ok(true)
+    }
+}
+
+impl DetailReader {
+    /// Checks the file against itself, like [`crate::IndexReader::verify`]: the header's thread
+    /// id against `thread_id` (its directory's), reserved bytes, the header's copies of the
+    /// footer's counts, the footer's time range, the CRC-32C of the records, and each record: its
+    /// thread, its event type, and its `index_seq` against the `index_events` events of the
+    /// thread's index file. Returns every damaged range found; an error only if the file cannot
+    /// be read.
+    pub fn verify(&self, thread_id: u32, index_events: u64) -> Result<Vec<Damage>> {
+        let path = &self.path;
+        let mut out = Vec::new();
+        let mut raw = [0u8; HEADER_SIZE];
+        self.file
+            .read_exact_at(&mut raw, 0)
+            .map_err(|e| Error::io(path, "read the detail header", e))?;
+        let h = &self.header;
+        field_matches(
+            path,
+            12..16,
+            "the header's thread id",
+            h.thread_id.into(),
+            thread_id.into(),
+            &mut out,
+        );
+        field_matches(
+            path,
+            8..12,
+            "the header's flags",
+            h.flags.into(),
+            0,
+            &mut out,
+        );
+        verify::reserved_zero(path, 16, &raw[16..20], "header", &mut out);
+        verify::reserved_zero(path, 60, &raw[60..64], "header", &mut out);
+        verify::platform(path, h.arch, h.os, &mut out);
+
+        let crc = ChunkReader::new(&self.file, HEADER_SIZE as u64, self.records_end)
+            .crc32c()
+            .map_err(|e| Error::io(path, "read the detail records", e))?;
+
+        let (mut count, mut at) = (0u64, HEADER_SIZE as u64);
+        let mut seqs = None;
+        let mut times = None;
+        // Per kind of bad record (other thread, unknown type, past the index, out of order):
+        // how many, and the first one.
+        let mut bad: [(u64, Option<Damage>); 4] = Default::default();
+        let mut last_ts = None;
+        for record in self.records() {
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    out.push(Damage::new(path, at..self.records_end, e.to_string()));
+                    break;
+                }
+            };
+            let r = record.header;
+            let range = at..at + u64::from(r.total_length);
+            count += 1;
+            let first_seq = seqs.map_or(r.index_seq, |(f, _)| f);
+            seqs = Some((first_seq, r.index_seq));
+            let first_ts = times.map_or(r.timestamp_ns, |(f, _)| f);
+            times = Some((first_ts, r.timestamp_ns));
+            let problems = [
+                (r.thread_id != thread_id).then(|| {
+                    format!(
+                        "a record of thread {} in the file of thread {thread_id}",
+                        r.thread_id
+                    )
+                }),
+                (r.event_type != crate::DETAIL_CALL && r.event_type != crate::DETAIL_RETURN)
+                    .then(|| format!("a record of unknown event type {}", r.event_type)),
+                (u64::from(r.index_seq) >= index_events).then(|| {
+                    format!(
+                        "a record for index event {}, past the {index_events} events of the \
+                         index file",
+                        r.index_seq
+                    )
+                }),
+                last_ts
+                    .filter(|l| r.timestamp_ns < *l)
+                    .map(|l| format!("a record at {} ns after one at {l} ns", r.timestamp_ns)),
+            ];
+            for (slot, problem) in bad.iter_mut().zip(problems) {
+                if let Some(problem) = problem {
+                    slot.0 += 1;
+                    slot.1
+                        .get_or_insert_with(|| Damage::new(path, range.clone(), problem));
+                }
+            }
+            last_ts = Some(r.timestamp_ns);
+            at = range.end;
+        }
+        for (n, damage) in bad {
+            if let Some(mut damage) = damage {
+                if n > 1 {
+                    damage
+                        .problem
+                        .push_str(&format!(" (and {} more records like it)", n - 1));
+                }
+                out.push(damage);
+            }
+        }
+
+        let (seq_first, seq_last) = seqs.unwrap_or((0, 0));
+        let (t_first, t_last) = times.unwrap_or((0, 0));
+        let bytes = self.records_end - HEADER_SIZE as u64;
+        match self.footer {
+            Some(f) => {
+                let fo = self.records_end;
+                let mut raw_footer = [0u8; FOOTER_SIZE];
+                self.file
+                    .read_exact_at(&mut raw_footer, fo)
+                    .map_err(|e| Error::io(path, "read the detail footer", e))?;
+                field_matches(
+                    path,
+                    28..36,
+                    "the header's record count",
+                    h.event_count,
+                    f.event_count,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    36..44,
+                    "the header's byte count",
+                    h.bytes_length,
+                    bytes,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    44..52,
+                    "the header's first index_seq",
+                    h.index_seq_start,
+                    seq_first.into(),
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    52..60,
+                    "the header's last index_seq",
+                    h.index_seq_end,
+                    seq_last.into(),
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    fo + 8..fo + 16,
+                    "the footer's record count",
+                    f.event_count,
+                    count,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    fo + 24..fo + 32,
+                    "the footer's first timestamp",
+                    f.time_start_ns,
+                    t_first,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    fo + 32..fo + 40,
+                    "the footer's last timestamp",
+                    f.time_end_ns,
+                    t_last,
+                    &mut out,
+                );
+                verify::reserved_zero(path, fo + 40, &raw_footer[40..], "footer", &mut out);
+                if f.checksum == 0 && bytes > 0 {
+                    out.push(Damage::new(path, fo + 4..fo + 8, "the footer records no checksum for records that exist; they cannot be verified"));
+                } else if f.checksum != crc {
+                    out.push(Damage::new(
+                        path,
+                        HEADER_SIZE as u64..self.records_end,
+                        format!(
+                            "checksum mismatch: the footer (bytes {}..{}) records {:#010x} but the \
+                             records hash to {crc:#010x}; records read from here may be damaged",
+                            fo + 4,
+                            fo + 8,
+                            f.checksum
+                        ),
+                    ));
+                }
+            }
+            None => {
+                field_matches(
+                    path,
+                    28..36,
+                    "the header's record count (recording state)",
+                    h.event_count,
+                    0,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    36..44,
+                    "the header's byte count (recording state)",
+                    h.bytes_length,
+                    0,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    44..52,
+                    "the header's first index_seq (recording state)",
+                    h.index_seq_start,
+                    0,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    52..60,
+                    "the header's last index_seq (recording state)",
+                    h.index_seq_end,
+                    0,
+                    &mut out,
+                );
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -743,6 +958,7 @@ fn unreachable_short(records: &mut Records<'_>, at: u64) -> Option<Result<Detail
 #[allow(non_snake_case)]
 mod tests {
     use super::*;
+    use crate::chunk::CHUNK;
     use crate::{DETAIL_CALL, DETAIL_RETURN};
     use proptest::prelude::*;
 

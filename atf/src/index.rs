@@ -4,11 +4,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::chunk::{ChunkReader, CHUNK};
+use crate::chunk::ChunkReader;
 use crate::error::{Error, Result};
 use crate::le::{put_u32, put_u64, u32_at, u64_at};
 use crate::manifest::TscCalibration;
 use crate::sink::{self, FileSink, FileSystem, RealFs};
+use crate::verify::{self, field_matches, Damage, EventCheck};
 use crate::{
     current_arch, ClockType, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL,
     FOOTER_SIZE, HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC, OS_LINUX,
@@ -754,23 +755,10 @@ impl IndexReader {
             Some(f) if f.checksum != 0 => f.checksum,
             _ => return Ok(false),
         };
-        let mut chunks = ChunkReader::new(
-            &self.file,
-            HEADER_SIZE as u64,
-            HEADER_SIZE as u64 + self.event_count * 32,
-        );
-        let mut actual = 0u32;
-        loop {
-            let n = (chunks.remaining() as usize).min(CHUNK);
-            if n == 0 {
-                break;
-            }
-            let bytes = chunks
-                .take(n)
-                .map_err(|e| Error::io(&self.path, "read the index events", e))?
-                .unwrap_or_default();
-            actual = crc32c::crc32c_append(actual, bytes);
-        }
+        let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
+        let actual = ChunkReader::new(&self.file, HEADER_SIZE as u64, end)
+            .crc32c()
+            .map_err(|e| Error::io(&self.path, "read the index events", e))?;
         if actual != expected {
             return Err(Error::Checksum {
                 path: self.path.clone(),
@@ -779,6 +767,171 @@ impl IndexReader {
             });
         }
         Ok(true)
+    }
+}
+
+impl IndexReader {
+    /// Checks everything the file says against everything else it says, in one pass over the
+    /// events: the header's thread id against `thread_id` (the one its directory names), its
+    /// clock, flags and reserved bytes, the header's copies of the footer's fields, the footer's
+    /// time range and length against the events, the CRC-32C of the events, and each event (see
+    /// [`EventCheck`]). Returns every damaged range found; an error only if the file cannot be
+    /// read.
+    pub fn verify(&self, thread_id: u32) -> Result<Vec<Damage>> {
+        let path = &self.path;
+        let mut out = Vec::new();
+        let mut raw = [0u8; HEADER_SIZE];
+        self.file
+            .read_exact_at(&mut raw, 0)
+            .map_err(|e| Error::io(path, "read the index header", e))?;
+        let h = &self.header;
+        field_matches(
+            path,
+            12..16,
+            "the header's thread id",
+            h.thread_id.into(),
+            thread_id.into(),
+            &mut out,
+        );
+        if ClockType::from_raw(h.clock_type).is_none() {
+            out.push(Damage::new(
+                path,
+                16..17,
+                format!("the header names an unknown clock type {}", h.clock_type),
+            ));
+        }
+        if h.flags & !FLAG_HAS_DETAIL != 0 {
+            out.push(Damage::new(
+                path,
+                8..12,
+                format!("the header's flags {:#x} set undefined bits", h.flags),
+            ));
+        }
+        verify::reserved_zero(path, 17, &raw[17..24], "header", &mut out);
+        verify::platform(path, h.arch, h.os, &mut out);
+        let n = self.event_count;
+        let events_end = HEADER_SIZE as u64 + n * EVENT_SIZE as u64;
+        let mut first_last = None;
+        let mut check = EventCheck::new(path, thread_id);
+        let mut crc = 0u32;
+        ChunkReader::new(&self.file, HEADER_SIZE as u64, events_end)
+            .each(|at, bytes| {
+                crc = crc32c::crc32c_append(crc, bytes);
+                for (i, raw) in bytes.chunks_exact(EVENT_SIZE).enumerate() {
+                    let mut b = [0u8; EVENT_SIZE];
+                    b.copy_from_slice(raw);
+                    let event = IndexEvent::decode(&b);
+                    let start = at + (i * EVENT_SIZE) as u64;
+                    check.event(start..start + EVENT_SIZE as u64, &event);
+                    let first = first_last.map_or(event.timestamp_ns, |(f, _)| f);
+                    first_last = Some((first, event.timestamp_ns));
+                }
+            })
+            .map_err(|e| Error::io(path, "read the index events (did the file shrink?)", e))?;
+        let (first, last) = first_last.unwrap_or((0, 0));
+        match self.footer {
+            Some(f) => {
+                let fo = h.footer_offset;
+                let mut raw_footer = [0u8; FOOTER_SIZE];
+                self.file
+                    .read_exact_at(&mut raw_footer, fo)
+                    .map_err(|e| Error::io(path, "read the index footer", e))?;
+                let stored = u32::try_from(n).unwrap_or(u32::MAX);
+                field_matches(
+                    path,
+                    28..32,
+                    "the header's event count",
+                    h.event_count.into(),
+                    stored.into(),
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    48..56,
+                    "the header's first timestamp",
+                    h.time_start_ns,
+                    f.time_start_ns,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    56..64,
+                    "the header's last timestamp",
+                    h.time_end_ns,
+                    f.time_end_ns,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    fo + 16..fo + 24,
+                    "the footer's first timestamp",
+                    f.time_start_ns,
+                    first,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    fo + 24..fo + 32,
+                    "the footer's last timestamp",
+                    f.time_end_ns,
+                    last,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    fo + 32..fo + 40,
+                    "the footer's byte count",
+                    f.bytes_written,
+                    n * EVENT_SIZE as u64,
+                    &mut out,
+                );
+                verify::reserved_zero(path, fo + 40, &raw_footer[40..], "footer", &mut out);
+                if f.checksum == 0 && n > 0 {
+                    out.push(Damage::new(path, fo + 4..fo + 8, "the footer records no checksum for events that exist; they cannot be verified"));
+                } else if f.checksum != crc {
+                    out.push(Damage::new(
+                        path,
+                        HEADER_SIZE as u64..events_end,
+                        format!(
+                            "checksum mismatch: the footer (bytes {}..{}) records {:#010x} but the \
+                             events hash to {crc:#010x}; events read from here may be damaged",
+                            fo + 4,
+                            fo + 8,
+                            f.checksum
+                        ),
+                    ));
+                }
+            }
+            None => {
+                // The recording state: the fields the writer fills in at the end are still zero.
+                field_matches(
+                    path,
+                    28..32,
+                    "the header's event count (recording state)",
+                    h.event_count.into(),
+                    0,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    48..56,
+                    "the header's first timestamp (recording state)",
+                    h.time_start_ns,
+                    0,
+                    &mut out,
+                );
+                field_matches(
+                    path,
+                    56..64,
+                    "the header's last timestamp (recording state)",
+                    h.time_end_ns,
+                    0,
+                    &mut out,
+                );
+            }
+        }
+        out.extend(check.finish());
+        Ok(out)
     }
 }
 
@@ -835,7 +988,7 @@ pub(crate) fn open_with_header(
     what: &str,
     magic: [u8; 4],
 ) -> Result<(File, u64, [u8; HEADER_SIZE])> {
-    let file = File::open(path).map_err(|e| Error::io(path, "open the trace file", e))?;
+    let file = crate::verify::open_regular(path)?;
     let len = file
         .metadata()
         .map_err(|e| Error::io(path, "stat the trace file", e))?

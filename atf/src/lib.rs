@@ -50,6 +50,7 @@ mod le;
 mod manifest;
 mod session;
 mod sink;
+mod verify;
 
 pub use detail::{
     DetailFooter, DetailHeader, DetailReader, DetailRecord, DetailRecordHeader, DetailSummary,
@@ -65,6 +66,7 @@ pub use manifest::{
 };
 pub use session::{fsync_dir, Session, SessionLayout, SessionThread, Warning};
 pub use sink::{FileSink, FileSystem, RealFs};
+pub use verify::{open_regular, Damage, EventCheck};
 
 /// Size of the header of both files.
 pub const HEADER_SIZE: usize = 64;

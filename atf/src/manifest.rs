@@ -1,7 +1,6 @@
 //! `manifest.json`: the session's metadata, the keys the original readers need plus ours.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -360,7 +359,9 @@ impl Manifest {
     /// Reads and parses `path`.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = fs::read(path).map_err(|e| Error::io(path, "read the manifest", e))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut crate::verify::open_regular(path)?, &mut bytes)
+            .map_err(|e| Error::io(path, "read the manifest", e))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
             path: path.to_path_buf(),
             source,
@@ -456,6 +457,7 @@ impl Manifest {
 #[allow(non_snake_case)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn full_manifest() -> Manifest {
         let mut m = Manifest::new(ClockType::Boottime);

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::index::{IndexReader, IndexWriter};
 use crate::manifest::Manifest;
 use crate::sink::{self, FileSystem, RealFs};
+use crate::verify::Damage;
 use crate::ClockType;
 
 /// File name of the manifest inside a pid directory.
@@ -249,6 +250,10 @@ pub enum Warning {
         /// The thread.
         thread_id: u32,
     },
+    /// Bytes of a file contradict the format or the rest of the file (a checksum mismatch, a
+    /// header that disagrees with its footer or its directory, an event of unknown kind): what is
+    /// read from that range may be wrong.
+    Damaged(Damage),
     /// A file was not finished; its complete events were recovered.
     FileRecovered {
         /// The file.
@@ -281,6 +286,7 @@ impl fmt::Display for Warning {
                 f,
                 "thread {thread_id} has files but is not in the manifest; read it anyway"
             ),
+            Warning::Damaged(damage) => write!(f, "damaged: {damage}"),
             Warning::FileRecovered { path, note } => write!(f, "{}: {note}", path.display()),
         }
     }
@@ -315,6 +321,7 @@ impl Session {
             if seen.insert(entry.id) {
                 open_thread(
                     &dir,
+                    manifest.clock_type,
                     entry.id,
                     entry.has_detail,
                     &mut threads,
@@ -331,7 +338,14 @@ impl Session {
         unlisted.sort_unstable();
         for id in unlisted {
             warnings.push(Warning::UnlistedThread { thread_id: id });
-            open_thread(&dir, id, false, &mut threads, &mut warnings);
+            open_thread(
+                &dir,
+                manifest.clock_type,
+                id,
+                false,
+                &mut threads,
+                &mut warnings,
+            );
         }
         Ok(Session {
             dir,
@@ -349,6 +363,7 @@ impl Session {
 
 fn open_thread(
     dir: &Path,
+    clock_type: u8,
     id: u32,
     has_detail: bool,
     threads: &mut Vec<SessionThread>,
@@ -372,7 +387,8 @@ fn open_thread(
         });
     }
     let detail_path = thread_dir.join("detail.atf");
-    let detail = if detail_path.exists() {
+    // `symlink_metadata`: a symlink or FIFO in its place is reported by the reader, not skipped.
+    let detail = if fs::symlink_metadata(&detail_path).is_ok() {
         match DetailReader::open(&detail_path) {
             Ok(detail) => {
                 if let Some(note) = detail.recovery_note() {
@@ -400,11 +416,58 @@ fn open_thread(
         }
         None
     };
+    let mut damage = match index.verify(id) {
+        Ok(damage) => damage,
+        Err(error) => {
+            warnings.push(Warning::ThreadUnreadable {
+                thread_id: id,
+                error,
+            });
+            return;
+        }
+    };
+    if index.finished() && index.header().has_detail() != detail.is_some() {
+        damage.push(Damage::new(
+            index.path(),
+            8..12,
+            if detail.is_some() {
+                "the header says the thread has no detail records, but it has a detail file"
+            } else {
+                "the header says the thread has detail records, but no detail file is readable"
+            },
+        ));
+    }
+    if index.header().clock_type != clock_type {
+        damage.push(Damage::new(
+            index.path(),
+            16..17,
+            format!(
+                "the header's clock type {} differs from the manifest's {clock_type}",
+                index.header().clock_type
+            ),
+        ));
+    }
+    let detail = detail.and_then(|d| match d.verify(id, index.event_count()) {
+        Ok(found) => {
+            damage.extend(found);
+            Some(d)
+        }
+        Err(error) => {
+            warnings.push(Warning::DetailUnreadable {
+                thread_id: id,
+                error,
+            });
+            None
+        }
+    });
+    warnings.extend(damage.into_iter().map(Warning::Damaged));
     threads.push(SessionThread { id, index, detail });
 }
 
 fn resolve_pid_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.join(MANIFEST).is_file() {
+    // Whatever is named manifest.json marks the directory; `Manifest::read` refuses it if it is
+    // not a regular file, with a message naming it.
+    if fs::symlink_metadata(dir.join(MANIFEST)).is_ok() {
         return Ok(dir.to_path_buf());
     }
     let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, "open the session directory", e))?;
@@ -555,6 +618,7 @@ mod tests {
         for (tid, n) in [(11u32, 100u64), (12, 5)] {
             let mut w = layout.create_index(tid, ClockType::Boottime).unwrap();
             w.append(&batch(tid, n)).unwrap();
+            w.set_has_detail(tid == 11).unwrap();
             w.finish().unwrap();
         }
         let mut d = layout.create_detail(11).unwrap();
@@ -706,6 +770,7 @@ mod tests {
         layout.write_manifest(&mut m).unwrap();
         let mut w = layout.create_index(11, ClockType::Boottime).unwrap();
         w.append(&batch(11, 5000)).unwrap();
+        w.set_has_detail(true).unwrap();
         w.finish_unsynced().unwrap();
         let mut d = layout.create_detail(11).unwrap();
         let header = crate::DetailRecordHeader {

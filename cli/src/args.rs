@@ -104,7 +104,7 @@ pub struct AttachArgs {
 }
 
 /// A session directory argument.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SessionArg {
     /// A session directory (session_<...> or its pid_<pid> directory).
     #[arg(value_name = "SESSION")]

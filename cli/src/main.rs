@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tracer: {e}");
+            eprintln!("tracer: {}", read::clean(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

@@ -187,6 +187,8 @@ struct ThreadFiles {
     /// without being written.
     detail_failed: bool,
     windows: Vec<DetailWindow>,
+    /// First and last timestamps of the finished index file, if it holds events.
+    time_range: Option<(u64, u64)>,
 }
 
 /// The live owner of a slot, with the consumer side of its lanes.
@@ -399,6 +401,12 @@ impl<'r, B: Backend> Drain<'r, B> {
         m.stop_reason = Some(outcome.stop_reason.clone());
         m.target_fate = Some(outcome.target_fate.clone());
         m.wall_end_unix_ns = Some(outcome.wall_end_unix_ns);
+        // The session's first and last event, over every thread's finished file.
+        let ranges = self.files.values().filter_map(|f| f.time_range);
+        let (start, end) = ranges.fold((u64::MAX, 0), |(s, e), (fs, fe)| (s.min(fs), e.max(fe)));
+        if start <= end {
+            (m.time_start_ns, m.time_end_ns) = (start, end);
+        }
         m.detail_windows = self
             .files
             .values()
@@ -579,6 +587,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 detail_written: 0,
                 detail_taken: 0,
                 detail_failed: false,
+                time_range: None,
                 windows: Vec::new(),
             },
         );
@@ -773,7 +782,13 @@ fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
     if let Some(index) = files.index.take() {
         files.written = index.event_count();
         let path = index.path().to_owned();
-        if let Err(e) = index.finish_unsynced() {
+        let finished = index.finish_unsynced();
+        if let Ok(summary) = &finished {
+            if summary.event_count > 0 {
+                files.time_range = Some((summary.time_start_ns, summary.time_end_ns));
+            }
+        }
+        if let Err(e) = finished {
             // Either the last events or the footer were cut short: at most what was appended,
             // at most what a reader finds (a torn footer must not pass for an event).
             files.written = files.written.min(events_in_file(&path));

@@ -93,6 +93,11 @@ fn drain_thread__final_drain__then_all_data_written() {
     // The reader opens what was written: every event, in order, per thread.
     let session = Session::open(&pid_dir).unwrap();
     assert!(session.manifest.finished);
+    // Every thread's timestamps run 1..=EVENTS: the manifest spans the first to the last event.
+    assert_eq!(
+        (session.manifest.time_start_ns, session.manifest.time_end_ns),
+        (1, EVENTS)
+    );
     assert!(session.warnings.is_empty(), "{:?}", session.warnings);
     assert_eq!(session.threads.len(), THREADS as usize);
     for thread in &session.threads {

@@ -120,7 +120,7 @@ pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<u
         "clock": m.clock.as_ref().map(|c| c.name.as_str()).unwrap_or("CLOCK_BOOTTIME"),
         "time_origin_ns": origin,
         "wall_start_unix_ns": m.wall_start_unix_ns,
-        "warnings": session.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "warnings": super::warnings(session).collect::<Vec<_>>(),
     });
     write!(
         out,

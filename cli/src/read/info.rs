@@ -7,6 +7,7 @@ use std::path::Path;
 
 use atf::{Counts, Drops, TargetFate};
 
+use super::text::clean;
 use super::time::{bytes, short, wall, Duration};
 use super::time_span;
 
@@ -14,7 +15,11 @@ use super::time_span;
 pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<()> {
     let m = &session.manifest;
     let unknown = "not recorded";
-    writeln!(out, "Session       {}", session.dir.display())?;
+    writeln!(
+        out,
+        "Session       {}",
+        clean(&session.dir.to_string_lossy())
+    )?;
     let mut target = if m.executable.is_empty() {
         unknown.to_owned()
     } else {
@@ -73,7 +78,7 @@ pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<(
 
     if !session.warnings.is_empty() {
         writeln!(out, "\nWarnings ({})", session.warnings.len())?;
-        for w in &session.warnings {
+        for w in super::warnings(session) {
             writeln!(out, "  ! {w}")?;
         }
     }
@@ -174,6 +179,7 @@ pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<(
     let total: u64 = files.iter().map(|f| f.1).sum();
     writeln!(out, "\nFiles ({}, {})", files.len(), bytes(total))?;
     for (name, size) in &files {
+        let name = clean(name);
         writeln!(out, "  {name:<28} {size:>14}  {}", bytes(*size))?;
     }
     Ok(())

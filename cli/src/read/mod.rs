@@ -12,13 +12,18 @@ mod info;
 mod names;
 mod replay;
 mod report;
+mod text;
 mod time;
 
+#[cfg(test)]
+mod corruption;
 #[cfg(test)]
 mod testing;
 
 use std::io::{self, Write};
+
 use std::path::Path;
+pub(crate) use text::clean;
 
 use crate::args::{ExportArgs, ReplayArgs, ReportArgs, SessionArg};
 use crate::error::CliError;
@@ -57,7 +62,7 @@ pub fn report(args: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
 pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let crate::args::ExportFormat::Chrome = args.format;
     let session = open(&args.session.session)?;
-    for warning in &session.warnings {
+    for warning in warnings(&session) {
         eprintln!("tracer: warning: {warning}");
     }
     match &args.output {
@@ -107,7 +112,7 @@ fn open(path: &Path) -> Result<atf::Session, CliError> {
             path.display()
         )));
     }
-    atf::Session::open(path).map_err(|e| {
+    let mut session = atf::Session::open(path).map_err(|e| {
         if let atf::Error::NotASession { .. } = e {
             if let Some(latest) = latest_session_in(path) {
                 return CliError::usage(format!(
@@ -119,7 +124,17 @@ fn open(path: &Path) -> Result<atf::Session, CliError> {
             }
         }
         CliError::usage(e.to_string())
-    })
+    })?;
+    session.manifest = text::clean_manifest(&session.manifest);
+    Ok(session)
+}
+
+/// The session's warnings as lines safe to print (a path may hold any byte).
+fn warnings(session: &atf::Session) -> impl Iterator<Item = String> + '_ {
+    session
+        .warnings
+        .iter()
+        .map(|w| text::clean(&w.to_string()).into_owned())
 }
 
 /// The newest `session_<...>` directory inside `dir` (names sort by time).

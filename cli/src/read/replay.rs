@@ -10,6 +10,9 @@
 //! A call is printed once the next event is known, so a call followed by its own return is one
 //! line (`foo();`). A return whose call precedes the recording is printed as `} /* name */` at depth
 //! 0 without a duration; frames without a recorded return are closed with a comment saying so.
+//! Past a depth of 32 the indentation stops growing and each line says its depth
+//! (`[depth 40000] leaf();`), so the output grows with the number of events, not with the
+//! square of the depth.
 
 use std::io::{self, Write};
 
@@ -37,7 +40,7 @@ pub(crate) fn write(
 ) -> io::Result<()> {
     let (_, end) = time_span(session);
     let mut names = Names::new(&session.manifest);
-    for warning in &session.warnings {
+    for warning in super::warnings(session) {
         writeln!(out, "# warning: {warning}")?;
     }
     writeln!(out, "# DURATION      TID     FUNCTION")?;
@@ -181,6 +184,10 @@ impl Printer<'_, '_> {
     }
 }
 
+/// Nesting shown by indentation; deeper frames are indented as at this depth and carry their
+/// depth as a number, so a line's length, and the output's, stays linear at any depth.
+const MAX_INDENT_DEPTH: usize = 32;
+
 fn line(
     out: &mut dyn Write,
     duration: Option<Duration>,
@@ -192,7 +199,15 @@ fn line(
         Some(d) => write!(out, "{d} ")?,
         None => out.write_all(b"           ")?,
     }
-    writeln!(out, "[{tid:>6}] | {:indent$}{text}", "", indent = depth * 2)
+    write!(out, "[{tid:>6}] | ")?;
+    let indent = depth.min(MAX_INDENT_DEPTH);
+    for _ in 0..indent {
+        out.write_all(b"  ")?;
+    }
+    if depth > MAX_INDENT_DEPTH {
+        write!(out, "[depth {depth}] ")?;
+    }
+    writeln!(out, "{text}")
 }
 
 #[cfg(test)]
@@ -341,6 +356,37 @@ mod tests {
                 "  } /* foo: return not recorded */",
                 "} /* main */"
             ]
+        );
+    }
+
+    #[test]
+    fn replay__recursion_40000_deep__then_no_panic_and_output_linear_in_events() {
+        let depth = 40_000u64;
+        let mut events: Vec<Ev> = (0..depth).map(|i| (Call, FIB, i)).collect();
+        events.extend((0..depth).map(|i| (Return, FIB, depth + i)));
+        let s = TestSession::build(&[(7, events)], true);
+        let text = replay_text(&s, &all());
+        // One line per call and per return, none longer than the capped indent plus the depth.
+        assert_eq!(text.lines().count(), 1 + 2 * depth as usize - 1);
+        let longest = text.lines().map(str::len).max().unwrap();
+        assert!(longest < 140, "a line of {longest} bytes");
+        assert!(
+            text.contains("[depth 39999] fib();"),
+            "the leaf shows its depth"
+        );
+        let deep = text
+            .lines()
+            .find(|l| l.contains("[depth 33] fib() {"))
+            .unwrap();
+        let deepest = text.lines().find(|l| l.contains("[depth 39999]")).unwrap();
+        assert_eq!(
+            deep.find("[depth"),
+            deepest.find("[depth"),
+            "the indent stops growing"
+        );
+        assert_eq!(
+            deep.split("| ").nth(1).unwrap().find("[depth"),
+            Some(2 * MAX_INDENT_DEPTH)
         );
     }
 }

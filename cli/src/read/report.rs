@@ -135,7 +135,7 @@ pub(crate) fn write(
         .collect();
     sort(&mut rows, key);
 
-    for warning in &session.warnings {
+    for warning in super::warnings(session) {
         writeln!(out, "# warning: {warning}")?;
     }
     writeln!(
