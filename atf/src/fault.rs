@@ -128,7 +128,8 @@ impl FaultPlan {
         self
     }
 
-    /// Every `syncfs` fails with `errno` without syncing.
+    /// Every session-wide sync fails with `errno` without syncing: `syncfs`, and the
+    /// end-of-session fsync of each finished file by its path ([`FileSystem::sync_file`]).
     pub fn fail_sync_fs(mut self, errno: i32) -> Self {
         self.fail_sync_fs = Some(errno);
         self
@@ -338,6 +339,14 @@ impl FileSystem for FaultyFs {
             return RealFs.sync_fs(dir);
         }
         self.shared.sync(true, || RealFs.sync_fs(dir))
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        if !self.applies_to(path) {
+            return RealFs.sync_file(path);
+        }
+        // The end-of-session syncs of finished files: `fail_sync_fs` fails them all.
+        self.shared.sync(true, || RealFs.sync_file(path))
     }
 }
 

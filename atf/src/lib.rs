@@ -64,7 +64,7 @@ pub use manifest::{
     Accounting, ClockInfo, Counts, DetailWindow, Drops, Manifest, Module, Symbol, TargetFate,
     ThreadEntry, TscCalibration,
 };
-pub use session::{fsync_dir, Session, SessionLayout, SessionThread, Warning};
+pub use session::{fsync_dir, Session, SessionLayout, SessionThread, Warning, SYNC_WORKERS};
 pub use sink::{FileSink, FileSystem, RealFs};
 pub use verify::{open_regular, Damage, EventCheck};
 

@@ -24,6 +24,40 @@ pub fn fsync_dir(dir: impl AsRef<Path>) -> Result<()> {
     sync_dir_with(&RealFs, dir.as_ref())
 }
 
+/// The most fsyncs [`SessionLayout::sync_session`] runs at once.
+pub const SYNC_WORKERS: usize = 8;
+
+/// Runs `job` on every item, on up to [`SYNC_WORKERS`] threads; every item is tried, the first
+/// error (in item order) is returned.
+fn in_parallel<T: Sync>(items: &[T], job: &(dyn Fn(&T) -> Result<()> + Sync)) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let next = AtomicUsize::new(0);
+    let mut errors: Vec<(usize, Error)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..SYNC_WORKERS.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut errors = Vec::new();
+                    // Relaxed: only hands out indices; the scope's join publishes the results.
+                    loop {
+                        let at = next.fetch_add(1, Relaxed);
+                        let Some(item) = items.get(at) else { break };
+                        if let Err(e) = job(item) {
+                            errors.push((at, e));
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    errors.sort_by_key(|(at, _)| *at);
+    errors.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
+}
+
 fn sync_dir_with(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     sink::sync_retrying(|| fs.sync_dir(dir)).map_err(|e| {
         Error::io(
@@ -183,6 +217,44 @@ impl SessionLayout {
                 e,
             )
         })
+    }
+
+    /// Makes the session durable, and only the session: each of `files` (finished trace files, by
+    /// path) and then every directory (thread, process, session) is fsynced. Unlike `syncfs`, it
+    /// never waits for other programs' dirty data on the same file system. The fsyncs run on up
+    /// to [`SYNC_WORKERS`] threads at once, so the file system can commit them together (one
+    /// journal commit for many files) instead of one after another.
+    ///
+    /// A failure is final (see [`Self::sync_filesystem`]); the first one is returned, naming its
+    /// file, after every other sync was tried.
+    pub fn sync_session(&self, files: &[PathBuf]) -> Result<()> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&self.pid_dir)
+            .map_err(|e| Error::io(&self.pid_dir, "list the process directory", e))?
+            .flatten()
+            .filter(|e| thread_id_of(&e.file_name().to_string_lossy()).is_some())
+            .map(|e| e.path())
+            .collect();
+        let fs = &*self.fs;
+        let sync_file = |path: &PathBuf| {
+            sink::sync_retrying(|| fs.sync_file(path)).map_err(|e| {
+                Error::io(
+                    path,
+                    "fsync the trace file (is the disk failing?); after a failed fsync what reached \
+                     the disk is unknown: the session reads back now but may not survive a crash",
+                    e,
+                )
+            })
+        };
+        let sync_dir = |dir: &PathBuf| sync_dir_with(fs, dir);
+        let mut first = in_parallel(files, &sync_file).err();
+        first = first.or(in_parallel(&dirs, &sync_dir).err());
+        dirs = vec![self.pid_dir.clone(), self.session_dir.clone()];
+        for dir in &dirs {
+            if let Err(e) = sync_dir(dir) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// fsyncs the session's directories: the session, process and thread directories.

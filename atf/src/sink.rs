@@ -58,6 +58,10 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
 
     /// Makes everything on the file system holding `dir` durable (`syncfs(2)`).
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
+
+    /// Makes a written file's data and metadata durable by its path (opened read-only without
+    /// following a symbolic link, then `fsync`): for files whose writer is already closed.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
 }
 
 /// The operating system's file system: [`File`]s, `rename(2)`, `fsync(2)`, `syncfs(2)`.
@@ -116,6 +120,15 @@ impl FileSystem for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?
+            .sync_all()
     }
 
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {

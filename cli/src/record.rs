@@ -606,9 +606,11 @@ fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
 
 impl Pipeline for Recorder {
     fn stop_acceptance(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
-        // The drain thread stops first (after its current pass): from here on the tracer's
-        // threads only wait, so target threads preempted inside a write get the CPU to finish
-        // it. Producers waiting for ring space give up when acceptance stops (a shutdown drop).
+        // Acceptance stops at once: every event begun from here on is counted as made after the
+        // stop, and producers waiting for ring space give up (a shutdown drop).
+        let open = self.registry.stop_now();
+        // Then the drain thread stops (after the slot it is on): from here on the tracer's
+        // threads only wait, so target threads preempted inside a write get the CPU to finish it.
         self.take_drain();
         // One call for the whole budget: each call snapshots the write sections open at that
         // moment, so calling again in slices would keep catching threads that just entered one
@@ -622,7 +624,7 @@ impl Pipeline for Recorder {
         };
         let report = self
             .registry
-            .stop_accepting_with(ctx.remaining(), &mut watch);
+            .wait_stopped(open, ctx.remaining(), &mut watch);
         self.died_in_write = report.dead.len();
         if report.complete() {
             return Ok(());

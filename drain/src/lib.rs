@@ -414,17 +414,19 @@ impl<'r, B: Backend> Drain<'r, B> {
             .collect();
         m.finished = true;
         self.layout.write_manifest(&mut self.manifest)?;
-        // One syncfs makes every trace file (finished unsynced), every directory and the manifest
-        // durable in one journal commit; writeback started during the recording leaves it little
-        // to write.
-        self.layout.sync_filesystem()?;
-        let files: u64 = self
+        // The session's own trace files (finished unsynced) and directories, fsynced in parallel
+        // (the manifest was fsynced as it was written): never other programs' dirty data, as a
+        // syncfs would. Writeback started during the recording leaves them little to write.
+        let paths: Vec<PathBuf> = self
             .files
-            .values()
-            .map(|f| 1 + u64::from(f.detail_written > 0))
-            .sum();
+            .keys()
+            .flat_map(|&tid| [self.layout.index_path(tid), self.layout.detail_path(tid)])
+            // A file that could not be created has nothing to sync (its events are `not_written`).
+            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+            .collect();
+        self.layout.sync_session(&paths)?;
         // The trace files, the manifest, and the session, process and thread directories.
-        self.stats.files_synced += files + 1 + 2 + self.files.len() as u64;
+        self.stats.files_synced += paths.len() as u64 + 1 + 2 + self.files.len() as u64;
         self.stats.busy += started.elapsed();
         if let Some(e) = first {
             return Err(e);

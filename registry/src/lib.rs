@@ -80,8 +80,8 @@ pub use modules::{
 };
 pub use region::{SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
-    Handshake, Lanes, OrphanCounts, OrphanReason, Patient, Registration, Registry, SlotInfo,
-    SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,
+    Handshake, Lanes, OpenSections, OrphanCounts, OrphanReason, Patient, Registration, Registry,
+    SlotInfo, SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,
 };
 
 /// Why a region could not be created, opened or used.

@@ -163,6 +163,22 @@ impl StopReport {
     }
 }
 
+/// The write sections open when acceptance stopped ([`Registry::stop_now`]): `(slot, sequence)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenSections(Vec<(u32, u32)>);
+
+impl OpenSections {
+    /// How many sections were open.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What the stopper consults while it waits for the write sections open at the stop
 /// ([`Registry::stop_accepting_with`]). Called every few hundred microseconds of waiting, and
 /// only while some section is still open.
@@ -855,6 +871,16 @@ impl<'a, B: Backend> Registry<'a, B> {
     /// for, so calling this once with the whole budget is what terminates on a busy machine;
     /// cancellation is how the caller cuts that one wait short.
     pub fn stop_accepting_with(&self, timeout: Duration, watch: &mut dyn StopWatch) -> StopReport {
+        let stop = self.stop_now();
+        self.wait_stopped(stop, timeout, watch)
+    }
+
+    /// The first half of [`Self::stop_accepting_with`]: stops acceptance now (the flag and the
+    /// barrier) and notes the write sections open at that instant, without waiting. Every event
+    /// a producer begins after this is counted as `shutdown`; the events of the sections noted
+    /// are accepted or not once [`Self::wait_stopped`] has seen those sections end. Lets the
+    /// caller do something between the stop and the wait (stop its drain thread).
+    pub fn stop_now(&self) -> OpenSections {
         // Relaxed store, then the SeqCst fence (and the membarrier): the Dekker pair of the fence
         // (or compiler barrier) in `SlotWriter::begin`.
         self.session().accepting.store(0, Relaxed);
@@ -862,25 +888,40 @@ impl<'a, B: Backend> Registry<'a, B> {
         if self.k.handshake == Handshake::Membarrier {
             crate::membarrier::global_barrier();
         }
-        let mut report = StopReport::default();
-        let deadline = B::deadline_after(timeout.as_micros() as u64);
         // Snapshot every slot's section sequence first, then wait for the sections that were
         // open at the snapshot. Sampling slot by slot after waiting for the previous one would let
         // threads re-enter (post-stop, bail-out) sections and be preempted inside them, turning
         // one scheduler period of waiting into one per slot.
-        let open: Vec<(u32, u32)> = (0..self.high_water())
-            .filter_map(|index| {
-                // Acquire: pairs with the Release stores of `in_write` in `SlotWriter` (entry,
-                // exit and bail-out): once a section we saw open has ended, its event is visible.
-                let seen = self.slot(index)?.hot.0.in_write.load(Acquire);
-                (seen & 1 == 1).then_some((index, seen))
-            })
-            .collect();
+        OpenSections(
+            (0..self.high_water())
+                .filter_map(|index| {
+                    // Acquire: pairs with the Release stores of `in_write` in `SlotWriter` (entry,
+                    // exit and bail-out): once a section we saw open has ended, its event is
+                    // visible.
+                    let seen = self.slot(index)?.hot.0.in_write.load(Acquire);
+                    (seen & 1 == 1).then_some((index, seen))
+                })
+                .collect(),
+        )
+    }
+
+    /// The second half of [`Self::stop_accepting_with`]: waits (up to `timeout`) for the sections
+    /// [`Self::stop_now`] saw open, asking `watch` about dead owners and cancellation.
+    pub fn wait_stopped(
+        &self,
+        open: OpenSections,
+        timeout: Duration,
+        watch: &mut dyn StopWatch,
+    ) -> StopReport {
+        let mut report = StopReport::default();
+        let deadline = B::deadline_after(timeout.as_micros() as u64);
+        let open = open.0;
         for (index, seen) in open {
             let Some(slot) = self.slot(index) else {
                 continue;
             };
-            // Acquire: as above.
+            // Acquire: pairs with the Release stores of `in_write` in `SlotWriter`, so a section
+            // seen ended has its event visible.
             let ended = || slot.hot.0.in_write.load(Acquire) != seen;
             let mut step = 0u32;
             // Only the section we saw matters: one entered after the stop sees `accepting == 0`
