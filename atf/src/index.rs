@@ -434,6 +434,21 @@ impl IndexWriter {
         Ok(())
     }
 
+    /// Bytes of the file its events reach (header and events, buffered ones included).
+    pub fn bytes_written(&self) -> u64 {
+        HEADER_SIZE as u64 + self.count * EVENT_SIZE as u64
+    }
+
+    /// Flushes, then starts the disk write of bytes `offset..offset + len` and, with `wait`,
+    /// waits for it (see [`FileSink::writeback`]). Called as a long recording goes, behind the
+    /// write position, it keeps the data not yet on its way to the disk small, so the final
+    /// fsync is short and the page cache never holds a large backlog of this file.
+    pub fn writeback(&mut self, offset: u64, len: u64, wait: bool) -> Result<()> {
+        self.flush()?;
+        self.file.writeback(offset, len, wait);
+        Ok(())
+    }
+
     /// Flushes, patches the header (count, footer offset, time range), appends the footer with the
     /// CRC-32C of the events, and fsyncs. The header is patched first: a crash in between leaves a
     /// header whose footer offset is the end of the file, which every reader recovers.

@@ -34,6 +34,15 @@ pub trait FileSink: Send + Sync + fmt::Debug {
     /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). A hint: it never fails, and by default does
     /// nothing.
     fn start_writeback(&mut self) {}
+
+    /// Starts writing bytes `offset..offset + len` back to the disk (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`), and with `wait` first waits for any writeback of that range
+    /// already under way and then for this one (`WAIT_BEFORE | WRITE | WAIT_AFTER`): the data is
+    /// on its way to the disk, but not durable (no metadata, no cache flush). A hint: it never
+    /// fails, and by default does nothing.
+    fn writeback(&mut self, offset: u64, len: u64, wait: bool) {
+        let _ = (offset, len, wait);
+    }
 }
 
 /// Where the writers create their files, and how they rename and make them durable.
@@ -83,6 +92,23 @@ impl FileSink for File {
 
     fn sync_all(&mut self) -> io::Result<()> {
         File::sync_all(self)
+    }
+
+    fn writeback(&mut self, offset: u64, len: u64, wait: bool) {
+        use std::os::fd::AsRawFd;
+        let flags = if wait {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        } else {
+            libc::SYNC_FILE_RANGE_WRITE
+        };
+        let (offset, len) = (offset as libc::off64_t, len as libc::off64_t);
+        // SAFETY: sync_file_range on our own open descriptor; no memory is passed. A file system
+        // that does not support it returns an error, which a hint ignores.
+        unsafe {
+            libc::sync_file_range(self.as_raw_fd(), offset, len, flags);
+        }
     }
 
     fn start_writeback(&mut self) {

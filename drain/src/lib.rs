@@ -61,8 +61,14 @@ use ring::{frames, PoolConsumer, StdBackend};
 pub use thread::DrainThread;
 pub use waker::Waker;
 
-/// Events (32 bytes each) a thread's file may gain before the drain starts its writeback: 4 MiB.
-const WRITEBACK_EVENTS: u64 = (4 << 20) / atf::EVENT_SIZE as u64;
+/// Bytes written to the page cache, over all files, before the drain starts their writeback.
+const WRITEBACK_BATCH: u64 = 4 << 20;
+/// The most bytes whose writeback was started and not seen finished, over all files. Past it the
+/// drain waits for the oldest writeback (the disk sets the pace, and producers wait for ring
+/// space, losing nothing): so the final fsync has at most this much plus one batch to write,
+/// whatever the recording's length, and the session never fills the page cache with dirty data
+/// (which would also slow everyone else's writes).
+pub const DIRTY_BUDGET: u64 = 16 << 20;
 
 /// Why the drain stopped.
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +182,8 @@ struct ThreadFiles {
     detail_counts: Counts,
     /// Index events written (after a write error: the whole events the file holds).
     written: u64,
-    /// `written` when writeback was last started (see `flush_all`).
-    written_at_writeback: u64,
+    /// Bytes of the index file whose writeback was started (see `flush_all`).
+    submitted: u64,
     /// Detail records written (after a write error: the whole records the file holds).
     detail_written: u64,
     /// Records of marked windows taken from the lanes, written or not: those not written (an
@@ -215,6 +221,10 @@ pub struct Drain<'r, B: Backend = StdBackend> {
     stats: DrainStats,
     live: Arc<LiveStats>,
     manifest_dirty: bool,
+    /// Writebacks started and not yet waited for, oldest first: `(tid, offset, len)`.
+    in_flight: std::collections::VecDeque<(u32, u64, u64)>,
+    /// Their bytes.
+    in_flight_bytes: u64,
     /// Set by [`Drain::final_drain`] and [`Drain::finish`]: acceptance has stopped, so counts read
     /// from now on are post-stop snapshots (see `reconcile_after_stop`).
     stopped: bool,
@@ -252,6 +262,8 @@ impl<'r, B: Backend> Drain<'r, B> {
             stats: DrainStats::default(),
             live: Arc::new(LiveStats::default()),
             manifest_dirty: false,
+            in_flight: Default::default(),
+            in_flight_bytes: 0,
             stopped: false,
         })
     }
@@ -447,20 +459,14 @@ impl<'r, B: Backend> Drain<'r, B> {
     }
 
     fn flush_all(&mut self) -> Result<(), DrainError> {
+        let mut unsubmitted = 0;
         for files in self.files.values_mut() {
             if let Some(w) = files.index.as_mut() {
-                // Every few MiB, start the disk write of what is in the page cache, so the fsync
-                // of the final drain finds little left to do (it must finish fast).
-                let r = if files.written - files.written_at_writeback >= WRITEBACK_EVENTS {
-                    files.written_at_writeback = files.written;
-                    w.start_writeback()
-                } else {
-                    w.flush()
-                };
-                if let Err(e) = r {
+                if let Err(e) = w.flush() {
                     fail_index(files);
                     return Err(e.into());
                 }
+                unsubmitted += w.bytes_written().saturating_sub(files.submitted);
             }
             if let Some(w) = files.detail.as_mut() {
                 if let Err(e) = w.flush() {
@@ -469,7 +475,40 @@ impl<'r, B: Backend> Drain<'r, B> {
                 }
             }
         }
+        if unsubmitted >= WRITEBACK_BATCH {
+            self.start_writeback();
+        }
         Ok(())
+    }
+
+    /// Starts the writeback of every index file's bytes written since the last call, then waits
+    /// for the oldest writebacks until at most [`DIRTY_BUDGET`] bytes are in flight. Writeback is
+    /// a hint: its errors show at the final fsync, which reports them.
+    fn start_writeback(&mut self) {
+        for files in self.files.values_mut() {
+            let Some(w) = files.index.as_mut() else {
+                continue;
+            };
+            let end = w.bytes_written();
+            if end > files.submitted {
+                let range = (files.tid, files.submitted, end - files.submitted);
+                if w.writeback(range.1, range.2, false).is_ok() {
+                    self.in_flight_bytes += range.2;
+                    self.in_flight.push_back(range);
+                    files.submitted = end;
+                }
+            }
+        }
+        while self.in_flight_bytes > DIRTY_BUDGET {
+            let Some((tid, offset, len)) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.in_flight_bytes -= len;
+            // A file already finished (its thread exited) is left to the final fsync.
+            if let Some(w) = self.files.get_mut(&tid).and_then(|f| f.index.as_mut()) {
+                let _ = w.writeback(offset, len, true);
+            }
+        }
     }
 
     /// Drains one slot's lanes; retires (finishes and recycles) it when its thread has exited.
@@ -585,7 +624,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 counts: Counts::default(),
                 detail_counts: Counts::default(),
                 written: 0,
-                written_at_writeback: 0,
+                submitted: 0,
                 detail_written: 0,
                 detail_taken: 0,
                 detail_failed: false,
