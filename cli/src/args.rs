@@ -126,6 +126,18 @@ pub struct ReplayArgs {
     /// Do not print calls deeper than this.
     #[arg(long, short = 'D', value_name = "N")]
     pub depth: Option<u32>,
+    /// Name display.
+    #[command(flatten)]
+    pub names: NameArgs,
+}
+
+/// How function names are shown.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NameArgs {
+    /// Show whole signatures (`ns::Box<int>::get() const`) instead of short names
+    /// (`ns::Box::get`).
+    #[arg(long)]
+    pub full_names: bool,
 }
 
 /// `tracer report`.
@@ -140,6 +152,9 @@ pub struct ReportArgs {
     /// Only these threads (tids; repeatable).
     #[arg(long = "tid", value_name = "TID")]
     pub tids: Vec<u32>,
+    /// Name display.
+    #[command(flatten)]
+    pub names: NameArgs,
 }
 
 /// Columns `tracer report` can sort by.
@@ -170,6 +185,9 @@ pub struct ExportArgs {
     /// Write here instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Name display.
+    #[command(flatten)]
+    pub names: NameArgs,
 }
 
 /// Export formats.

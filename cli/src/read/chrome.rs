@@ -27,7 +27,11 @@ impl fmt::Display for Micros {
 }
 
 /// Writes the whole document; returns the number of complete events.
-pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<u64> {
+pub(crate) fn write(
+    session: &atf::Session,
+    full_names: bool,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
     let m = &session.manifest;
     let (origin, end) = time_span(session);
     let pid = if m.target_pid != 0 {
@@ -56,7 +60,7 @@ pub(crate) fn write(session: &atf::Session, out: &mut dyn Write) -> io::Result<u
         )?;
     }
 
-    let mut names = Names::new(m);
+    let mut names = Names::new(m, full_names);
     let mut escaped: HashMap<u64, String> = HashMap::new();
     let mut count = 0u64;
     for thread in &session.threads {
@@ -153,7 +157,7 @@ mod tests {
 
     fn export(s: &TestSession) -> (Value, u64) {
         let mut out = Vec::new();
-        let n = write(&s.open(), &mut out).unwrap();
+        let n = write(&s.open(), false, &mut out).unwrap();
         let doc: Value = serde_json::from_slice(&out).expect("the export is valid JSON");
         (doc, n)
     }
@@ -219,7 +223,7 @@ mod tests {
         ];
         let s = TestSession::build(&[(7, events)], true);
         let mut out = Vec::new();
-        write(&s.open(), &mut out).unwrap();
+        write(&s.open(), false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\"ts\":1.234,\"dur\":1.001"), "{text}");
         assert!(text.contains("\"ts\":0.000,\"dur\":9.899"), "{text}");

@@ -118,18 +118,21 @@ fn read_all(dir: &Path, case: &str) -> Outcome {
             tids: vec![],
             filter: None,
             depth: None,
+            names: Default::default(),
         };
         let replayed = super::replay(&replay, &mut sink);
         let report = ReportArgs {
             session: session.clone(),
             sort: SortKey::Total,
             tids: vec![],
+            names: Default::default(),
         };
         let _ = super::report(&report, &mut sink);
         let export = ExportArgs {
             session,
             format: ExportFormat::Chrome,
             output: None,
+            names: Default::default(),
         };
         let _ = super::export(&export, &mut sink);
         let _ = tx.send((

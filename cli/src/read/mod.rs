@@ -47,6 +47,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         tids: &args.tids,
         filter: args.filter.as_deref().filter(|f| !f.is_empty()),
         depth: args.depth.map(|d| d as usize),
+        full_names: args.names.full_names,
     };
     finish(replay::write(&session, &options, out))
 }
@@ -55,7 +56,13 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
 pub fn report(args: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let session = open(&args.session.session)?;
     check_tids(&session, &args.tids)?;
-    finish(report::write(&session, &args.tids, args.sort, out))
+    finish(report::write(
+        &session,
+        &args.tids,
+        args.sort,
+        args.names.full_names,
+        out,
+    ))
 }
 
 /// `tracer export`: Chrome trace-event JSON, to `args.output` if given, else to `out`.
@@ -66,7 +73,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
         eprintln!("tracer: warning: {warning}");
     }
     match &args.output {
-        None => finish(chrome::write(&session, out).map(|_| ())),
+        None => finish(chrome::write(&session, args.names.full_names, out).map(|_| ())),
         Some(path) => {
             let file = std::fs::File::create(path).map_err(|e| {
                 CliError::usage(format!(
@@ -76,7 +83,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 ))
             })?;
             let mut file = io::BufWriter::with_capacity(1 << 20, file);
-            let written = chrome::write(&session, &mut file).and_then(|n| {
+            let written = chrome::write(&session, args.names.full_names, &mut file).and_then(|n| {
                 file.flush()?;
                 Ok(n)
             });
@@ -245,6 +252,7 @@ mod tests {
             },
             sort: SortKey::Total,
             tids: vec![],
+            names: Default::default(),
         };
         let err = report(&args, &mut Vec::new()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
@@ -275,6 +283,7 @@ mod tests {
             tids: vec![8],
             filter: None,
             depth: None,
+            names: Default::default(),
         };
         let err = replay(&args, &mut Vec::new()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
@@ -289,6 +298,7 @@ mod tests {
             tids: vec![],
             filter: None,
             depth: Some(0),
+            names: Default::default(),
         };
         assert_eq!(replay(&args, &mut Vec::new()).unwrap_err().exit_code(), 2);
     }
@@ -301,6 +311,7 @@ mod tests {
             tids: vec![],
             filter: None,
             depth: None,
+            names: Default::default(),
         };
         let mut closed = ClosedPipe::default();
         replay(&args, &mut closed).unwrap();
@@ -309,6 +320,7 @@ mod tests {
             session: s.arg(),
             sort: SortKey::Total,
             tids: vec![],
+            names: Default::default(),
         };
         report(&args, &mut ClosedPipe::default()).unwrap();
         info(&s.arg(), &mut ClosedPipe::default()).unwrap();
@@ -316,6 +328,7 @@ mod tests {
             session: s.arg(),
             format: ExportFormat::Chrome,
             output: None,
+            names: Default::default(),
         };
         export(&args, &mut ClosedPipe::default()).unwrap();
     }
@@ -328,6 +341,7 @@ mod tests {
             session: s.arg(),
             format: ExportFormat::Chrome,
             output: Some(file.clone()),
+            names: Default::default(),
         };
         let mut out = Vec::new();
         export(&args, &mut out).unwrap();
@@ -348,6 +362,7 @@ mod tests {
             session: s.arg(),
             format: ExportFormat::Chrome,
             output: Some(s.dir.path().join("nope/trace.json")),
+            names: Default::default(),
         };
         let err = export(&args, &mut Vec::new()).unwrap_err();
         assert_eq!(err.exit_code(), 2);

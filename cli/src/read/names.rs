@@ -1,4 +1,5 @@
-//! Function ids to names: the manifest's `symbols` first, then `<module file>+0x<offset>` for an
+//! Function ids to names: the manifest's `symbols` first (short by default, see
+//! [`crate::symbols::short_name`]), then `<module file>+0x<offset>` for an
 //! address inside a listed module, else `0x<hex>`.
 
 use std::collections::HashMap;
@@ -14,12 +15,19 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    /// The names `manifest` gives.
-    pub fn new(manifest: &Manifest) -> Self {
+    /// The names `manifest` gives: short (`ns::Class::method`) unless `full`, then the whole
+    /// signature as recorded.
+    pub fn new(manifest: &Manifest, full: bool) -> Self {
         let mut known = HashMap::with_capacity(manifest.symbols.len());
         for symbol in &manifest.symbols {
             if let Some(id) = symbol.function_id() {
-                known.entry(id).or_insert_with(|| symbol.name.clone());
+                known.entry(id).or_insert_with(|| {
+                    if full {
+                        symbol.name.clone()
+                    } else {
+                        crate::symbols::short_name(&symbol.name)
+                    }
+                });
             }
         }
         let mut modules: Vec<(u64, u64, String)> = manifest
@@ -80,7 +88,7 @@ mod tests {
             size: 0x1000,
             uuid: String::new(),
         });
-        let mut names = Names::new(&m);
+        let mut names = Names::new(&m, false);
         assert_eq!(names.get(atf::function_id(1, 2)), "main");
         assert_eq!(names.get(0x401000), "compute");
         assert_eq!(names.get(0x7f00_0000_0123), "libfoo.so.1+0x123");

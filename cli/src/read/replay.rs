@@ -30,6 +30,8 @@ pub(crate) struct Options<'a> {
     pub filter: Option<&'a str>,
     /// Only frames shallower than this (relative to the filtered call, if any).
     pub depth: Option<usize>,
+    /// Whole signatures instead of short names.
+    pub full_names: bool,
 }
 
 /// Writes the call trees of the selected threads.
@@ -39,7 +41,7 @@ pub(crate) fn write(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let (_, end) = time_span(session);
-    let mut names = Names::new(&session.manifest);
+    let mut names = Names::new(&session.manifest, options.full_names);
     for warning in super::warnings(session) {
         writeln!(out, "# warning: {warning}")?;
     }
@@ -140,10 +142,11 @@ impl Printer<'_, '_> {
                 };
                 if self.pending.take().is_some() {
                     let name = self.names.get(frame.function);
+                    let call = called(name, self.options.full_names);
                     let text = if note.is_empty() {
-                        format!("{name}();")
+                        format!("{call};")
                     } else {
-                        format!("{name}(); /* {} */", &note[2..])
+                        format!("{call}; /* {} */", &note[2..])
                     };
                     line(self.out, duration, self.tid, shown, &text)
                 } else {
@@ -177,10 +180,20 @@ impl Printer<'_, '_> {
 
     fn flush_pending(&mut self) -> io::Result<()> {
         if let Some((function, shown)) = self.pending.take() {
-            let text = format!("{}() {{", self.names.get(function));
+            let full = self.options.full_names;
+            let text = format!("{} {{", called(self.names.get(function), full));
             line(self.out, None, self.tid, shown, &text)?;
         }
         Ok(())
+    }
+}
+
+/// A call as shown: `name()`, but a full C++ signature as it is (it has its parameter list).
+fn called(name: &str, full_names: bool) -> std::borrow::Cow<'_, str> {
+    if full_names && name.contains('(') {
+        name.into()
+    } else {
+        format!("{name}()").into()
     }
 }
 
@@ -228,6 +241,7 @@ mod tests {
             tids: &[],
             filter: None,
             depth: None,
+            full_names: false,
         }
     }
 
@@ -388,5 +402,26 @@ mod tests {
             deep.split("| ").nth(1).unwrap().find("[depth"),
             Some(2 * MAX_INDENT_DEPTH)
         );
+    }
+
+    #[test]
+    fn replay__cpp_names__then_short_by_default_and_whole_signature_with_full_names() {
+        let s = TestSession::with(&[(7, simple_tree(0))], true, |m| {
+            m.symbols[1].name = "ns::Box<int>::get() const".into();
+            m.symbols[2].name = "std::enable_if<true, void>::type ns::swap<int>(int&, int&)".into();
+        });
+        let short = replay_text(&s, &all());
+        assert!(short.contains("|   ns::Box::get();"), "{short}");
+        assert!(short.contains("|   ns::swap();"), "{short}");
+        let full = replay_text(
+            &s,
+            &Options {
+                full_names: true,
+                ..all()
+            },
+        );
+        assert!(full.contains("|   ns::Box<int>::get() const;"), "{full}");
+        assert!(full.contains("ns::swap<int>(int&, int&);"), "{full}");
+        assert!(full.contains("| main() {"), "{full}");
     }
 }

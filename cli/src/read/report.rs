@@ -124,10 +124,11 @@ pub(crate) fn write(
     session: &atf::Session,
     tids: &[u32],
     key: SortKey,
+    full_names: bool,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let stats = compute(session, tids)?;
-    let mut names = Names::new(&session.manifest);
+    let mut names = Names::new(&session.manifest, full_names);
     let mut rows: Vec<(String, Row)> = stats
         .rows
         .into_iter()
@@ -189,7 +190,7 @@ mod tests {
     fn report_text(s: &TestSession, tids: &[u32], key: SortKey) -> String {
         let session = s.open();
         let mut out = Vec::new();
-        write(&session, tids, key, &mut out).unwrap();
+        write(&session, tids, key, false, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 

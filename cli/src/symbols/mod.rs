@@ -16,6 +16,7 @@
 //! let addresses = capture.resolve("ns::bar(int)"); // for --trigger symbol=ns::bar(int)
 //! ```
 
+mod demangle;
 mod elf;
 mod images;
 mod maps;
@@ -29,6 +30,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub use self::demangle::{demangle, short_name};
 use self::elf::{Magic, Want};
 pub use self::images::Images;
 
@@ -268,7 +270,8 @@ impl Capture {
 
     /// Runtime addresses of the functions called `name`: the symbol as in the file (`_ZN2ns3barEi`,
     /// any alias), its demangled name (`ns::bar(int)`), or the demangled name without its
-    /// parameter list (`ns::bar`, every overload). Sorted, without duplicates; empty if none.
+    /// parameter list (`ns::bar`, every overload), or its short name as the readers show it
+    /// (`ns::Box::get` for `ns::Box<int>::get() const`). Sorted, without duplicates; empty if none.
     pub fn resolve(&self, name: &str) -> Vec<u64> {
         let mut out: Vec<u64> = self
             .functions()
@@ -276,6 +279,7 @@ impl Capture {
                 f.name == name
                     || f.mangled.iter().any(|m| m == name)
                     || strip_params(&f.name) == Some(name)
+                    || short_name(&f.name) == name
             })
             .map(|f| f.address)
             .collect();
@@ -533,29 +537,6 @@ fn open_mapped(pid: u32, path: &str, mapping: &maps::Mapping) -> Option<Result<F
         return None;
     }
     Some(Ok(file))
-}
-
-/// A demangled symbol name: Rust (legacy `_ZN..17h<hash>E` and v0 `_R..`, printed without the
-/// hash), then C++ (`_Z..`); anything else as it is.
-pub fn demangle(name: &str) -> String {
-    if let Ok(d) = rustc_demangle::try_demangle(name) {
-        // C++ names also start with `_ZN`; the Rust demangler accepts only Rust's own forms
-        // (a v0 name, or a legacy path whose last segment is the hash).
-        let rust_v0 = name.starts_with("_R");
-        let with_hash = format!("{d}");
-        let without_hash = format!("{d:#}");
-        if rust_v0 || with_hash != without_hash {
-            return without_hash;
-        }
-    }
-    if name.starts_with("_Z") {
-        if let Ok(sym) = cpp_demangle::Symbol::new(name.as_bytes()) {
-            if let Ok(s) = sym.demangle(&cpp_demangle::DemangleOptions::default()) {
-                return s;
-            }
-        }
-    }
-    name.to_owned()
 }
 
 /// How an executable would fare under the tracer.

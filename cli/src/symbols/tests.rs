@@ -707,3 +707,132 @@ fn capture__timing() {
     );
     run.finish();
 }
+
+#[test]
+fn short_name__cpp_signatures__then_qualified_name_only_like_uftrace() {
+    for (full, short) in [
+        ("ns::Widget::frob(int)", "ns::Widget::frob"),
+        ("Thrower::level1(int)", "Thrower::level1"),
+        ("ns::bar()", "ns::bar"),
+        ("main", "main"),
+        ("mycrate::module::func", "mycrate::module::func"),
+        ("<alloc::vec::Vec<T> as core::ops::Drop>::drop", "<alloc::vec::Vec<T> as core::ops::Drop>::drop"),
+        ("0x401000", "0x401000"),
+        ("libx.so+0x40", "libx.so+0x40"),
+        ("ns::Box<int>::get() const", "ns::Box::get"),
+        ("ns::Box<int>::operator<(ns::Box<int> const&) const", "ns::Box::operator<"),
+        ("bool operator< <int>(ns::Box<int> const&, ns::Box<int> const&)", "operator<"),
+        ("std::vector<int, std::allocator<int> >::operator[](unsigned long)", "std::vector::operator[]"),
+        ("main::{lambda(int)#1}::operator()(int) const", "main::{lambda(int)#1}::operator()"),
+        ("X::operator<<(int)", "X::operator<<"),
+        ("X::operator->() &&", "X::operator->"),
+        ("X::operator unsigned int() const", "X::operator unsigned int"),
+        ("operator new(unsigned long)", "operator new"),
+        ("(anonymous namespace)::helper(int)", "(anonymous namespace)::helper"),
+        ("ns::Thrower::level1(int) [clone .cold]", "ns::Thrower::level1"),
+        ("ns::foo(int) [clone .constprop.0] [clone .isra.0]", "ns::foo"),
+        ("std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >::_M_data[abi:cxx11]() const", "std::__cxx11::basic_string::_M_data"),
+        (
+            "std::enable_if<std::__and_<std::__not_<std::__is_tuple_like<int> >, \
+             std::is_move_constructible<int>, std::is_move_assignable<int> >::value, void>::type \
+             std::swap<int>(int&, int&)",
+            "std::swap",
+        ),
+        ("void std::__new_allocator<char>::construct<char, char const&>(char*, char const&)", "std::__new_allocator::construct"),
+        ("int (*ns::pick(int))(int)", "int (*ns::pick(int))(int)"),
+    ] {
+        assert_eq!(short_name(full), short, "{full}");
+    }
+}
+
+/// A C++ program whose symbols exercise the demangler: variadic templates, `enable_if` in a
+/// return type, lambdas, operators, the standard containers.
+const CPP_NAMES: &str = r#"
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+namespace ns {
+struct Thrower { int level1(int x) { if (x > 5) throw std::runtime_error("x"); return x + 1; } };
+template <class T> struct Box {
+    T v;
+    T get() const { return v; }
+    bool operator<(const Box& o) const { return v < o.v; }
+};
+}
+int main(int argc, char**) {
+    int a = 1, b = 2;
+    std::swap(a, b);
+    std::vector<std::string> v;
+    v.push_back("x");
+    std::map<int, std::string> m;
+    m[1] = "y";
+    ns::Thrower t;
+    ns::Box<int> x{a}, y{b};
+    auto l = [&](int q) { return q + argc; };
+    try { t.level1(argc + l(3)); } catch (...) {}
+    return (x < y) + x.get();
+}
+"#;
+
+#[test]
+fn demangle__every_symbol_of_a_real_cpp_program__then_same_as_cxxfilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = match try_build(dir.path(), "names", CPP_NAMES, true, &["-O0"]) {
+        Ok(exe) => exe,
+        Err(e) if e.starts_with("cannot run the compiler") => {
+            eprintln!("skipped: g++ is not installed ({e})");
+            return;
+        }
+        Err(e) => panic!("g++: {e}"),
+    };
+    let data = std::fs::read(&exe).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    use object::{Object, ObjectSymbol};
+    let mut names: Vec<String> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .filter(|n| n.starts_with("_Z"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("_ZSt4swapIiENSt9enable_if")),
+        "{names:?}"
+    );
+    let filt = Command::new("c++filt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let Ok(mut filt) = filt else {
+        eprintln!("skipped the comparison: c++filt is not installed");
+        return;
+    };
+    let mut input = filt.stdin.take().unwrap();
+    input.write_all(names.join("\n").as_bytes()).unwrap();
+    input.write_all(b"\n").unwrap();
+    drop(input);
+    let output = filt.wait_with_output().unwrap();
+    let expected: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(expected.len(), names.len());
+    let differ: Vec<String> = names
+        .iter()
+        .zip(&expected)
+        .filter(|(n, e)| demangle(n) != **e)
+        .map(|(n, e)| format!("{n}\n  ours:     {}\n  c++filt:  {e}", demangle(n)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {} differ:\n{}",
+        differ.len(),
+        names.len(),
+        differ.join("\n")
+    );
+}
