@@ -147,6 +147,7 @@ fn readers(c: &mut Criterion) {
             session: session_arg(&dir),
             sort: args::SortKey::Total,
             tids: vec![],
+            names: Default::default(),
         };
         b.iter(|| read::report(&a, &mut io::sink()).unwrap())
     });
@@ -156,6 +157,7 @@ fn readers(c: &mut Criterion) {
             tids: vec![],
             filter: None,
             depth: None,
+            names: Default::default(),
         };
         b.iter(|| read::replay(&a, &mut io::sink()).unwrap())
     });
@@ -164,6 +166,7 @@ fn readers(c: &mut Criterion) {
             session: session_arg(&dir),
             format: args::ExportFormat::Chrome,
             output: None,
+            names: Default::default(),
         };
         b.iter(|| read::export(&a, &mut io::sink()).unwrap())
     });

@@ -1,5 +1,5 @@
 //! Function ids to names: the manifest's `symbols` first (short by default, see
-//! [`crate::symbols::short_name`]), then `<module file>+0x<offset>` for an
+//! [`symname::short_name`]), then `<module file>+0x<offset>` for an
 //! address inside a listed module, else `0x<hex>`.
 
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ impl Names {
                     if full {
                         symbol.name.clone()
                     } else {
-                        crate::symbols::short_name(&symbol.name)
+                        symname::short_name(&symbol.name)
                     }
                 });
             }

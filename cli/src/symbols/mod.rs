@@ -16,7 +16,6 @@
 //! let addresses = capture.resolve("ns::bar(int)"); // for --trigger symbol=ns::bar(int)
 //! ```
 
-mod demangle;
 mod elf;
 mod images;
 mod maps;
@@ -30,9 +29,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub use self::demangle::{demangle, short_name};
 use self::elf::{Magic, Want};
 pub use self::images::Images;
+pub use symname::{demangle, short_name};
 
 /// A failure to read a process's mappings or an executable, as one line naming the thing and the
 /// fix.

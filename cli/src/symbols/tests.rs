@@ -708,43 +708,6 @@ fn capture__timing() {
     run.finish();
 }
 
-#[test]
-fn short_name__cpp_signatures__then_qualified_name_only_like_uftrace() {
-    for (full, short) in [
-        ("ns::Widget::frob(int)", "ns::Widget::frob"),
-        ("Thrower::level1(int)", "Thrower::level1"),
-        ("ns::bar()", "ns::bar"),
-        ("main", "main"),
-        ("mycrate::module::func", "mycrate::module::func"),
-        ("<alloc::vec::Vec<T> as core::ops::Drop>::drop", "<alloc::vec::Vec<T> as core::ops::Drop>::drop"),
-        ("0x401000", "0x401000"),
-        ("libx.so+0x40", "libx.so+0x40"),
-        ("ns::Box<int>::get() const", "ns::Box::get"),
-        ("ns::Box<int>::operator<(ns::Box<int> const&) const", "ns::Box::operator<"),
-        ("bool operator< <int>(ns::Box<int> const&, ns::Box<int> const&)", "operator<"),
-        ("std::vector<int, std::allocator<int> >::operator[](unsigned long)", "std::vector::operator[]"),
-        ("main::{lambda(int)#1}::operator()(int) const", "main::{lambda(int)#1}::operator()"),
-        ("X::operator<<(int)", "X::operator<<"),
-        ("X::operator->() &&", "X::operator->"),
-        ("X::operator unsigned int() const", "X::operator unsigned int"),
-        ("operator new(unsigned long)", "operator new"),
-        ("(anonymous namespace)::helper(int)", "(anonymous namespace)::helper"),
-        ("ns::Thrower::level1(int) [clone .cold]", "ns::Thrower::level1"),
-        ("ns::foo(int) [clone .constprop.0] [clone .isra.0]", "ns::foo"),
-        ("std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >::_M_data[abi:cxx11]() const", "std::__cxx11::basic_string::_M_data"),
-        (
-            "std::enable_if<std::__and_<std::__not_<std::__is_tuple_like<int> >, \
-             std::is_move_constructible<int>, std::is_move_assignable<int> >::value, void>::type \
-             std::swap<int>(int&, int&)",
-            "std::swap",
-        ),
-        ("void std::__new_allocator<char>::construct<char, char const&>(char*, char const&)", "std::__new_allocator::construct"),
-        ("int (*ns::pick(int))(int)", "int (*ns::pick(int))(int)"),
-    ] {
-        assert_eq!(short_name(full), short, "{full}");
-    }
-}
-
 /// A C++ program whose symbols exercise the demangler: variadic templates, `enable_if` in a
 /// return type, lambdas, operators, the standard containers.
 const CPP_NAMES: &str = r#"

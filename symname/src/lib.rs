@@ -1,4 +1,4 @@
-//! Symbol names as people read them. [`demangle`] decodes a symbol completely (Rust's legacy and
+//! Symbol names as people read them, for a tracer's output. [`demangle`] decodes a symbol completely (Rust's legacy and
 //! v0 forms, C++'s Itanium form with clone suffixes such as `.cold` or `.isra.0`), giving the full
 //! signature that goes into the manifest; [`short_name`] turns such a signature into the short
 //! form the readers show by default, like uftrace: `ns::Class::method`, without return type,
@@ -9,6 +9,12 @@
 //! `cpp_demangle` crate rejects some valid names (an unresolved name such as
 //! `std::enable_if<...>::type` in a return type) and drops the parameters of expanded parameter
 //! packs; `cpp_demangle` is the fallback where the runtime is missing.
+//!
+//! ```
+//! assert_eq!(symname::demangle("_ZN2ns6Widget4frobEi"), "ns::Widget::frob(int)");
+//! assert_eq!(symname::short_name(&symname::demangle("_ZN2ns6Widget4frobEi")), "ns::Widget::frob");
+//! assert_eq!(symname::demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+//! ```
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::OnceLock;
@@ -100,9 +106,11 @@ fn cxa_demangle(name: &str) -> Option<String> {
 /// `std::enable_if<true, void>::type ns::Class<int>::method<char>(int, char) const [clone .cold]`.
 /// Names that are not C++ signatures (C, Rust, an address) come back unchanged.
 ///
-/// ```ignore
+/// ```
+/// use symname::short_name;
 /// assert_eq!(short_name("ns::Widget::frob(int)"), "ns::Widget::frob");
-/// assert_eq!(short_name("bool ns::Box<int>::operator< <int>(ns::Box<int> const&) const"), "ns::Box::operator<");
+/// assert_eq!(short_name("ns::Box<int>::operator<(ns::Box<int> const&) const"), "ns::Box::operator<");
+/// assert_eq!(short_name("main"), "main");
 /// ```
 pub fn short_name(full: &str) -> String {
     let mut s = full.trim_end();
@@ -249,4 +257,66 @@ fn matching_open(s: &str) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_name__cpp_signatures__then_qualified_name_only_like_uftrace() {
+        for (full, short) in [
+            ("ns::Widget::frob(int)", "ns::Widget::frob"),
+            ("Thrower::level1(int)", "Thrower::level1"),
+            ("ns::bar()", "ns::bar"),
+            ("main", "main"),
+            ("mycrate::module::func", "mycrate::module::func"),
+            ("<alloc::vec::Vec<T> as core::ops::Drop>::drop", "<alloc::vec::Vec<T> as core::ops::Drop>::drop"),
+            ("0x401000", "0x401000"),
+            ("libx.so+0x40", "libx.so+0x40"),
+            ("ns::Box<int>::get() const", "ns::Box::get"),
+            ("ns::Box<int>::operator<(ns::Box<int> const&) const", "ns::Box::operator<"),
+            ("bool operator< <int>(ns::Box<int> const&, ns::Box<int> const&)", "operator<"),
+            ("std::vector<int, std::allocator<int> >::operator[](unsigned long)", "std::vector::operator[]"),
+            ("main::{lambda(int)#1}::operator()(int) const", "main::{lambda(int)#1}::operator()"),
+            ("X::operator<<(int)", "X::operator<<"),
+            ("X::operator->() &&", "X::operator->"),
+            ("X::operator unsigned int() const", "X::operator unsigned int"),
+            ("operator new(unsigned long)", "operator new"),
+            ("(anonymous namespace)::helper(int)", "(anonymous namespace)::helper"),
+            ("ns::Thrower::level1(int) [clone .cold]", "ns::Thrower::level1"),
+            ("ns::foo(int) [clone .constprop.0] [clone .isra.0]", "ns::foo"),
+            ("std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >::_M_data[abi:cxx11]() const", "std::__cxx11::basic_string::_M_data"),
+            (
+                "std::enable_if<std::__and_<std::__not_<std::__is_tuple_like<int> >, \
+                 std::is_move_constructible<int>, std::is_move_assignable<int> >::value, void>::type \
+                 std::swap<int>(int&, int&)",
+                "std::swap",
+            ),
+            ("void std::__new_allocator<char>::construct<char, char const&>(char*, char const&)", "std::__new_allocator::construct"),
+            ("int (*ns::pick(int))(int)", "int (*ns::pick(int))(int)"),
+        ] {
+            assert_eq!(short_name(full), short, "{full}");
+        }
+    }
+
+    #[test]
+    fn demangle__rust_cpp_and_c__then_decoded_or_unchanged() {
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(demangle("_ZN2ns6Widget4frobEi"), "ns::Widget::frob(int)");
+        assert_eq!(
+            demangle("_ZN2ns3fooEi.isra.0"),
+            "ns::foo(int) [clone .isra.0]"
+        );
+        assert_eq!(
+            demangle("_ZTISt13runtime_error@GLIBCXX_3.4"),
+            "typeinfo for std::runtime_error@GLIBCXX_3.4"
+        );
+        assert_eq!(demangle("main"), "main");
+        assert_eq!(demangle("_Zgarbage"), "_Zgarbage");
+    }
 }
