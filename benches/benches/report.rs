@@ -157,6 +157,7 @@ fn readers(c: &mut Criterion) {
             tids: vec![],
             filter: None,
             depth: None,
+            no_detail: false,
             names: Default::default(),
         };
         b.iter(|| read::replay(&a, &mut io::sink()).unwrap())

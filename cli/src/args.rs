@@ -126,6 +126,9 @@ pub struct ReplayArgs {
     /// Do not print calls deeper than this.
     #[arg(long, short = 'D', value_name = "N")]
     pub depth: Option<u32>,
+    /// Do not show detail records (registers and stack bytes) under their calls.
+    #[arg(long)]
+    pub no_detail: bool,
     /// Name display.
     #[command(flatten)]
     pub names: NameArgs,

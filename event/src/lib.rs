@@ -178,6 +178,51 @@ impl DetailHeader {
     }
 }
 
+/// The registers at the start of a detail payload on x86_64, in order: the argument registers,
+/// the others the hook saves, `rsp` at hook entry (pointing at the hook's return address) and
+/// `ret`, that return address (inside the instrumented function).
+pub const DETAIL_REGISTERS: [&str; 17] = [
+    "rdi", "rsi", "rdx", "rcx", "r8", "r9", "rax", "rbx", "rbp", "r10", "r11", "r12", "r13", "r14",
+    "r15", "rsp", "ret",
+];
+/// Detail payload flag: the stack copy was clamped to the thread's stack bounds.
+pub const DETAIL_STACK_CLAMPED: u32 = 1;
+
+/// A detail record's payload: the registers ([`DETAIL_REGISTERS`], u64 each), then a u32 count
+/// of stack bytes, a u32 of flags ([`DETAIL_STACK_CLAMPED`]) and the stack bytes copied upwards
+/// from `rsp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetailPayload<'a> {
+    /// Register values, in [`DETAIL_REGISTERS`] order.
+    pub registers: [u64; DETAIL_REGISTERS.len()],
+    /// Payload flags.
+    pub flags: u32,
+    /// The stack bytes, from `rsp` upwards.
+    pub stack: &'a [u8],
+}
+
+impl<'a> DetailPayload<'a> {
+    /// The payload in `bytes` (after the record header), or `None` if it is too short for the
+    /// registers or for the stack bytes it announces.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let regs = DETAIL_REGISTERS.len() * 8;
+        if bytes.len() < regs + 8 {
+            return None;
+        }
+        let mut registers = [0u64; DETAIL_REGISTERS.len()];
+        for (i, r) in registers.iter_mut().enumerate() {
+            *r = u64_at(bytes, i * 8);
+        }
+        let len = u32_at(bytes, regs) as usize;
+        let stack = bytes.get(regs + 8..)?.get(..len)?;
+        Some(DetailPayload {
+            registers,
+            flags: u32_at(bytes, regs + 4),
+            stack,
+        })
+    }
+}
+
 #[inline(always)]
 fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])

@@ -118,6 +118,7 @@ fn read_all(dir: &Path, case: &str) -> Outcome {
             tids: vec![],
             filter: None,
             depth: None,
+            no_detail: false,
             names: Default::default(),
         };
         let replayed = super::replay(&replay, &mut sink);

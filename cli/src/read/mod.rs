@@ -7,6 +7,7 @@
 //! ends the command quietly.
 
 mod chrome;
+mod detail;
 mod frames;
 mod info;
 mod names;
@@ -48,6 +49,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         filter: args.filter.as_deref().filter(|f| !f.is_empty()),
         depth: args.depth.map(|d| d as usize),
         full_names: args.names.full_names,
+        details: !args.no_detail,
     };
     finish(replay::write(&session, &options, out))
 }
@@ -283,6 +285,7 @@ mod tests {
             tids: vec![8],
             filter: None,
             depth: None,
+            no_detail: false,
             names: Default::default(),
         };
         let err = replay(&args, &mut Vec::new()).unwrap_err();
@@ -298,6 +301,7 @@ mod tests {
             tids: vec![],
             filter: None,
             depth: Some(0),
+            no_detail: false,
             names: Default::default(),
         };
         assert_eq!(replay(&args, &mut Vec::new()).unwrap_err().exit_code(), 2);
@@ -311,6 +315,7 @@ mod tests {
             tids: vec![],
             filter: None,
             depth: None,
+            no_detail: false,
             names: Default::default(),
         };
         let mut closed = ClosedPipe::default();

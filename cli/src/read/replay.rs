@@ -16,6 +16,9 @@
 
 use std::io::{self, Write};
 
+use atf::DetailRecord;
+
+use super::detail::Details;
 use super::frames::{End, Step, Walker};
 use super::names::Names;
 use super::time::{plural, Duration};
@@ -32,6 +35,8 @@ pub(crate) struct Options<'a> {
     pub depth: Option<usize>,
     /// Whole signatures instead of short names.
     pub full_names: bool,
+    /// Detail records (registers, stack bytes) under their events.
+    pub details: bool,
 }
 
 /// Writes the call trees of the selected threads.
@@ -56,6 +61,11 @@ pub(crate) fn write(
             writeln!(out)?;
         }
         first = false;
+        let details = if options.details {
+            Details::new(thread, &session.manifest.detail_windows)
+        } else {
+            None
+        };
         let mut printer = Printer {
             out: &mut *out,
             names: &mut names,
@@ -64,14 +74,29 @@ pub(crate) fn write(
             pending: None,
             filter_base: None,
             orphans: 0,
+            details,
+            current: Vec::new(),
         };
         let mut walker = Walker::new();
-        let mut sink = |step: Step| printer.step(step);
-        for event in thread.index.events() {
-            walker.event(&event.map_err(input_error)?, &mut sink)?;
+        for (seq, event) in thread.index.events().enumerate() {
+            let event = event.map_err(input_error)?;
+            if let Some(details) = printer.details.as_mut() {
+                printer.current = details.take(seq as u64)?;
+            }
+            walker.event(&event, &mut |step: Step| printer.step(step))?;
         }
-        walker.finish(end, &mut sink)?;
+        printer.current.clear();
+        walker.finish(end, &mut |step: Step| printer.step(step))?;
         let orphans = printer.orphans;
+        let unmatched = printer.details.as_mut().map_or(0, |d| d.rest());
+        if unmatched > 0 {
+            writeln!(
+                out,
+                "# thread {}: {} of no event in the index file, not shown",
+                thread.id,
+                plural(unmatched, "detail record", "detail records")
+            )?;
+        }
         if orphans > 0 {
             writeln!(
                 out,
@@ -91,11 +116,15 @@ struct Printer<'a, 'o> {
     names: &'a mut Names,
     options: &'a Options<'o>,
     tid: u32,
-    /// A visible call not printed yet: `(function, display depth)`.
-    pending: Option<(u64, usize)>,
+    /// A visible call not printed yet: `(function, display depth, its detail records)`.
+    pending: Option<(u64, usize, Vec<DetailRecord>)>,
     /// Walker depth of the frame that matched `--filter`, while one is open.
     filter_base: Option<usize>,
     orphans: u64,
+    /// The thread's detail records, if shown.
+    details: Option<Details<'a>>,
+    /// Detail records of the event being walked.
+    current: Vec<DetailRecord>,
 }
 
 impl Printer<'_, '_> {
@@ -116,7 +145,7 @@ impl Printer<'_, '_> {
                     return Ok(());
                 };
                 self.flush_pending()?;
-                self.pending = Some((function, shown));
+                self.pending = Some((function, shown, std::mem::take(&mut self.current)));
                 Ok(())
             }
             Step::Exit {
@@ -140,7 +169,12 @@ impl Printer<'_, '_> {
                     End::Unwound => ": return not recorded",
                     End::Unfinished => ": unfinished",
                 };
-                if self.pending.take().is_some() {
+                let returned = if how == End::Returned {
+                    std::mem::take(&mut self.current)
+                } else {
+                    Vec::new()
+                };
+                if let Some((_, _, call_records)) = self.pending.take() {
                     let name = self.names.get(frame.function);
                     let call = called(name, self.options.full_names);
                     let text = if note.is_empty() {
@@ -148,12 +182,14 @@ impl Printer<'_, '_> {
                     } else {
                         format!("{call}; /* {} */", &note[2..])
                     };
-                    line(self.out, duration, self.tid, shown, &text)
+                    line(self.out, duration, self.tid, shown, &text)?;
+                    self.detail_lines(call_records, shown + 1)?;
                 } else {
                     let name = self.names.get(frame.function);
                     let text = format!("}} /* {name}{note} */");
-                    line(self.out, duration, self.tid, shown, &text)
+                    line(self.out, duration, self.tid, shown, &text)?;
                 }
+                self.detail_lines(returned, shown + 1)
             }
             Step::Orphan { function, .. } => {
                 let name = self.names.get(function);
@@ -164,7 +200,9 @@ impl Printer<'_, '_> {
                 }
                 self.orphans += 1;
                 let text = format!("}} /* {name} */");
-                line(self.out, None, self.tid, 0, &text)
+                line(self.out, None, self.tid, 0, &text)?;
+                let returned = std::mem::take(&mut self.current);
+                self.detail_lines(returned, 1)
             }
         }
     }
@@ -179,10 +217,24 @@ impl Printer<'_, '_> {
     }
 
     fn flush_pending(&mut self) -> io::Result<()> {
-        if let Some((function, shown)) = self.pending.take() {
+        if let Some((function, shown, records)) = self.pending.take() {
             let full = self.options.full_names;
             let text = format!("{} {{", called(self.names.get(function), full));
             line(self.out, None, self.tid, shown, &text)?;
+            self.detail_lines(records, shown + 1)?;
+        }
+        Ok(())
+    }
+
+    /// The comment blocks of `records`, at display depth `depth`.
+    fn detail_lines(&mut self, records: Vec<DetailRecord>, depth: usize) -> io::Result<()> {
+        let Some(details) = self.details.as_ref() else {
+            return Ok(());
+        };
+        for record in &records {
+            for text in details.describe(record) {
+                line(self.out, None, self.tid, depth, &text)?;
+            }
         }
         Ok(())
     }
@@ -242,6 +294,7 @@ mod tests {
             filter: None,
             depth: None,
             full_names: false,
+            details: true,
         }
     }
 
@@ -423,5 +476,28 @@ mod tests {
         assert!(full.contains("|   ns::Box<int>::get() const;"), "{full}");
         assert!(full.contains("ns::swap<int>(int&, int&);"), "{full}");
         assert!(full.contains("| main() {"), "{full}");
+    }
+
+    #[test]
+    fn replay__detail_records__then_registers_and_stack_under_their_call_and_return_snapshot() {
+        let detail = vec![
+            (1, atf::DETAIL_CALL),
+            (2, atf::DETAIL_RETURN),
+            (3, atf::DETAIL_CALL),
+            (40, atf::DETAIL_CALL),
+        ];
+        let s = TestSession::with_detail(&[(7, simple_tree(1_000))], true, &[(7, detail)], |_| {});
+        let text = replay_text(&s, &all());
+        insta::with_settings!({filters => path_filters()}, {
+            insta::assert_snapshot!("replay_detail", text);
+        });
+        let hidden = replay_text(
+            &s,
+            &Options {
+                details: false,
+                ..all()
+            },
+        );
+        assert!(!hidden.contains("/* detail of"), "{hidden}");
     }
 }

@@ -69,6 +69,18 @@ impl TestSession {
         finished: bool,
         edit: impl FnOnce(&mut Manifest),
     ) -> Self {
+        Self::with_detail(threads, finished, &[], edit)
+    }
+
+    /// As [`with`](Self::with), plus detail records: for a thread, `(index_seq, event type)` of
+    /// each, with 17 registers numbered 0x11.. and 40 stack bytes, in one window whose reason
+    /// is `trigger:foo`.
+    pub fn with_detail(
+        threads: &[(u32, Vec<Ev>)],
+        finished: bool,
+        detail: &[(u32, Vec<(u32, u16)>)],
+        edit: impl FnOnce(&mut Manifest),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let layout = SessionLayout::create(dir.path(), 4242).unwrap();
         let mut m = Manifest::new(ClockType::Boottime);
@@ -116,6 +128,37 @@ impl TestSession {
                 })
                 .unwrap();
             }
+            let records = detail.iter().find(|(t, _)| t == tid).map(|(_, r)| r);
+            if let Some(records) = records {
+                let mut d = layout.create_detail(*tid).unwrap();
+                for &(seq, event_type) in records {
+                    let mut payload = Vec::new();
+                    for r in 0..17u64 {
+                        payload.extend_from_slice(&(0x11 * (r + 1)).to_le_bytes());
+                    }
+                    payload.extend_from_slice(&40u32.to_le_bytes());
+                    payload.extend_from_slice(&0u32.to_le_bytes());
+                    payload.extend(b"stack: \x01\x02 hello, detail! ".iter().cycle().take(40));
+                    let header = atf::DetailRecordHeader {
+                        total_length: (24 + payload.len()) as u32,
+                        event_type,
+                        flags: 0,
+                        index_seq: seq,
+                        thread_id: *tid,
+                        timestamp_ns: events.get(seq as usize).map_or(0, |e| e.2),
+                    };
+                    d.append_record(&header, &payload).unwrap();
+                }
+                d.finish().unwrap();
+                w.set_has_detail(true).unwrap();
+                m.detail_windows.push(atf::DetailWindow {
+                    thread_id: *tid,
+                    reason: "trigger:foo".into(),
+                    index_seq_start: records.first().map_or(0, |r| r.0.into()),
+                    index_seq_end: records.last().map_or(0, |r| r.0.into()),
+                    records: records.len() as u64,
+                });
+            }
             let n = events.len() as u64;
             let mut index = Counts {
                 attempted: n + 2,
@@ -125,7 +168,7 @@ impl TestSession {
             index.dropped.shutdown = 2;
             m.threads.push(ThreadEntry {
                 id: *tid,
-                has_detail: false,
+                has_detail: records.is_some(),
                 index,
                 detail: Counts::default(),
             });
