@@ -8,7 +8,7 @@ use crate::chunk::ChunkReader;
 use crate::error::{Error, Result};
 use crate::index::{check_common_header, open_with_header, SYNC_FAILED};
 use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
-use crate::sink::{self, FileSink, FileSystem, RealFs};
+use crate::sink::{self, Dir, FileSink, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage};
 use crate::{
     current_arch, DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, ENDIAN_LITTLE, FILE_VERSION, FOOTER_SIZE,
@@ -258,34 +258,28 @@ impl DetailWriter {
         Self::create_with(&RealFs, path, thread_id)
     }
 
-    /// [`create`](Self::create) on the file system `fs`. If the header cannot be written whole,
-    /// the file is removed again.
+    /// [`create`](Self::create) on the file system `fs`: the directory holding `path` is opened
+    /// (as given) and the file created in it with [`create_in`](Self::create_in).
     pub fn create_with(
         fs: &dyn FileSystem,
         path: impl AsRef<Path>,
         thread_id: u32,
     ) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = fs.create_new(path).map_err(|e| {
-            Error::io(
-                path,
-                "create the detail file (is the directory writable, the name unused?)",
-                e,
-            )
-        })?;
+        let (dir, name) = sink::parent_and_name(path)
+            .map_err(|e| Error::io(path, "open the directory of the detail file", e))?;
+        Self::create_in(fs, &dir, &name, thread_id)
+    }
+
+    /// Creates `name` in `dir` on the file system `fs` (new, never an existing file or a link;
+    /// mode 0600) and writes the recording header. If the header cannot be written whole, the
+    /// file is removed again.
+    pub fn create_in(fs: &dyn FileSystem, dir: &Dir, name: &str, thread_id: u32) -> Result<Self> {
         let header = DetailHeader::recording(thread_id);
-        if let Err(e) = sink::write_all(&mut *file, &header.encode()) {
-            drop(file);
-            let _ = fs.remove_file(path);
-            return Err(Error::io(
-                path,
-                "write the detail header (is the disk full or failing?); the file was removed",
-                e,
-            ));
-        }
+        let (file, path) = sink::create_with_header(fs, dir, name, &header.encode(), "detail")?;
         Ok(DetailWriter {
             file,
-            path: path.to_path_buf(),
+            path,
             header,
             buf: Vec::with_capacity(WRITE_BUFFER),
             totals: Totals::default(),

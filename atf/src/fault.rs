@@ -29,14 +29,14 @@
 //! ```
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::sink::{FileSink, FileSystem, RealFs};
+use crate::sink::{Dir, FileSink, FileSystem, RealFs};
 
 /// Which faults a [`FaultyFs`] injects, built with the methods below (none by default).
 ///
@@ -280,12 +280,13 @@ impl FaultyFs {
         self.shared.lock().injected
     }
 
-    fn open(&self, path: &Path, options: &OpenOptions) -> io::Result<Box<dyn FileSink>> {
-        let file = options.open(path)?;
+    fn open(&self, dir: &Dir, name: &str) -> io::Result<Box<dyn FileSink>> {
+        let file = dir.create_file(name, safedir::PRIVATE_FILE)?;
+        let path = dir.join(name);
         Ok(Box::new(FaultyFile {
             file,
-            path: path.to_path_buf(),
-            faulty: self.shared.lock().plan.applies_to(path),
+            faulty: self.shared.lock().plan.applies_to(&path),
+            path,
             pos: 0,
             len: 0,
             shared: self.shared.clone(),
@@ -308,34 +309,27 @@ impl fmt::Debug for FaultyFs {
 }
 
 impl FileSystem for FaultyFs {
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FileSink>> {
-        self.open(path, OpenOptions::new().write(true).create_new(true))
+    fn create_new(&self, dir: &Dir, name: &str) -> io::Result<Box<dyn FileSink>> {
+        self.open(dir, name)
     }
 
-    fn create(&self, path: &Path) -> io::Result<Box<dyn FileSink>> {
-        self.open(
-            path,
-            OpenOptions::new().write(true).create(true).truncate(true),
-        )
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+        RealFs.rename(dir, from, to)
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
+    fn remove_file(&self, dir: &Dir, name: &str) -> io::Result<()> {
+        RealFs.remove_file(dir, name)
     }
 
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove_file(path)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if !self.applies_to(dir) {
+    fn sync_dir(&self, dir: &Dir) -> io::Result<()> {
+        if !self.applies_to(dir.path()) {
             return RealFs.sync_dir(dir);
         }
         self.shared.sync(false, || RealFs.sync_dir(dir))
     }
 
-    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        if !self.applies_to(dir) {
+    fn sync_fs(&self, dir: &Dir) -> io::Result<()> {
+        if !self.applies_to(dir.path()) {
             return RealFs.sync_fs(dir);
         }
         self.shared.sync(true, || RealFs.sync_fs(dir))
@@ -493,9 +487,10 @@ mod tests {
     #[test]
     fn faulty_fs__full_after__then_crossing_write_is_short_and_the_next_fails() {
         let dir = tempfile::tempdir().unwrap();
+        let d = Dir::open(dir.path()).unwrap();
         let fs = FaultyFs::new(FaultPlan::new().full_after(10, libc::ENOSPC));
         let path = dir.path().join("a");
-        let mut f = fs.create_new(&path).unwrap();
+        let mut f = fs.create_new(&d, "a").unwrap();
         assert_eq!(f.write(b"0123456").unwrap(), 7);
         assert_eq!(f.write(b"789abcdef").unwrap(), 3);
         assert_eq!(errno(f.write(b"x")), Some(libc::ENOSPC));
@@ -505,7 +500,7 @@ mod tests {
         assert_eq!(f.write_at(b"xyz", 9).unwrap(), 1);
         assert_eq!(std::fs::read(&path).unwrap(), b"AB2345678x");
         // The space is the file system's: another file finds it full too.
-        let mut g = fs.create_new(&dir.path().join("b")).unwrap();
+        let mut g = fs.create_new(&d, "b").unwrap();
         assert_eq!(errno(g.write(b"x")), Some(libc::ENOSPC));
         let injected = fs.injected();
         assert_eq!(injected.bytes_added, 10);
@@ -516,13 +511,14 @@ mod tests {
     #[test]
     fn faulty_fs__nth_write_and_sticky_failures__then_fail_on_those_calls_only() {
         let dir = tempfile::tempdir().unwrap();
+        let d = Dir::open(dir.path()).unwrap();
         let fs = FaultyFs::new(FaultPlan::new().fail_write(2, libc::EIO));
-        let mut f = fs.create_new(&dir.path().join("a")).unwrap();
+        let mut f = fs.create_new(&d, "a").unwrap();
         let results: Vec<Option<i32>> = (0..4).map(|_| errno(f.write(b"x"))).collect();
         assert_eq!(results, [None, Some(libc::EIO), None, None]);
 
         let fs = FaultyFs::new(FaultPlan::new().fail_writes_from(2, libc::EIO));
-        let mut f = fs.create_new(&dir.path().join("b")).unwrap();
+        let mut f = fs.create_new(&d, "b").unwrap();
         let results: Vec<Option<i32>> = (0..4).map(|_| errno(f.write(b"x"))).collect();
         assert_eq!(
             results,
@@ -533,13 +529,14 @@ mod tests {
     #[test]
     fn faulty_fs__interrupts_and_short_writes__then_write_all_puts_every_byte_once() {
         let dir = tempfile::tempdir().unwrap();
+        let d = Dir::open(dir.path()).unwrap();
         let fs = FaultyFs::new(
             FaultPlan::new()
                 .interrupt_writes_every(2)
                 .short_writes_every(1, 3),
         );
         let path = dir.path().join("a");
-        let mut f = fs.create_new(&path).unwrap();
+        let mut f = fs.create_new(&d, "a").unwrap();
         let bytes: Vec<u8> = (0..=255).collect();
         write_all(&mut *f, &bytes).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -547,13 +544,14 @@ mod tests {
         assert_eq!(injected.interrupts, injected.write_calls / 2);
         // `every` 1 would never make progress: taken as 2.
         let fs = FaultyFs::new(FaultPlan::new().interrupt_writes_every(1));
-        let mut f = fs.create_new(&dir.path().join("b")).unwrap();
+        let mut f = fs.create_new(&d, "b").unwrap();
         write_all(&mut *f, b"abc").unwrap();
     }
 
     #[test]
     fn faulty_fs__paths_not_matching__then_untouched_and_uncounted() {
         let dir = tempfile::tempdir().unwrap();
+        let d = Dir::open(dir.path()).unwrap();
         let fs = FaultyFs::new(
             FaultPlan::new()
                 .only_paths_containing("index.atf")
@@ -561,13 +559,13 @@ mod tests {
                 .fail_sync(1, libc::EIO)
                 .fail_sync_fs(libc::EIO),
         );
-        let mut other = fs.create(&dir.path().join("manifest.json.tmp")).unwrap();
+        let mut other = fs.create_new(&d, "manifest.json.tmp").unwrap();
         assert_eq!(other.write(b"{}").unwrap(), 2);
         other.sync_all().unwrap();
-        fs.sync_dir(dir.path()).unwrap();
-        fs.sync_fs(dir.path()).unwrap();
+        fs.sync_dir(&d).unwrap();
+        fs.sync_fs(&d).unwrap();
         assert_eq!(fs.injected(), Injected::default());
-        let mut index = fs.create_new(&dir.path().join("index.atf")).unwrap();
+        let mut index = fs.create_new(&d, "index.atf").unwrap();
         assert_eq!(errno(index.write(b"x")), Some(libc::EIO));
         assert_eq!(
             index.sync_all().unwrap_err().raw_os_error(),
@@ -578,6 +576,7 @@ mod tests {
     #[test]
     fn faulty_fs__syncs__then_nth_fails_syncfs_fails_and_slow_ones_call_the_stall_hook() {
         let dir = tempfile::tempdir().unwrap();
+        let d = Dir::open(dir.path()).unwrap();
         let stalls = Arc::new(Mutex::new(Vec::new()));
         let seen = stalls.clone();
         let plan = FaultPlan::new()
@@ -585,11 +584,11 @@ mod tests {
             .fail_sync_fs(libc::EROFS)
             .slow_sync(Duration::from_secs(60));
         let fs = FaultyFs::with_stall(plan, move |d| seen.lock().unwrap().push(d));
-        let mut f = fs.create_new(&dir.path().join("a")).unwrap();
+        let mut f = fs.create_new(&d, "a").unwrap();
         f.sync_data().unwrap();
         assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(libc::EIO));
-        fs.sync_dir(dir.path()).unwrap();
-        let err = fs.sync_fs(dir.path()).unwrap_err();
+        fs.sync_dir(&d).unwrap();
+        let err = fs.sync_fs(&d).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         assert_eq!(*stalls.lock().unwrap(), [Duration::from_secs(60); 4]);
         let injected = fs.injected();

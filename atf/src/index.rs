@@ -8,7 +8,7 @@ use crate::chunk::ChunkReader;
 use crate::error::{Error, Result};
 use crate::le::{put_u32, put_u64, u32_at, u64_at};
 use crate::manifest::TscCalibration;
-use crate::sink::{self, FileSink, FileSystem, RealFs};
+use crate::sink::{self, Dir, FileSink, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage, EventCheck};
 use crate::{
     current_arch, ClockType, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL,
@@ -270,8 +270,8 @@ impl IndexWriter {
         Self::create_with(&RealFs, path, thread_id, clock)
     }
 
-    /// [`create`](Self::create) on the file system `fs`. If the header cannot be written whole,
-    /// the file is removed again: no file is better than one no reader opens.
+    /// [`create`](Self::create) on the file system `fs`: the directory holding `path` is opened
+    /// (as given) and the file created in it with [`create_in`](Self::create_in).
     pub fn create_with(
         fs: &dyn FileSystem,
         path: impl AsRef<Path>,
@@ -279,26 +279,26 @@ impl IndexWriter {
         clock: ClockType,
     ) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = fs.create_new(path).map_err(|e| {
-            Error::io(
-                path,
-                "create the index file (is the directory writable, the name unused?)",
-                e,
-            )
-        })?;
+        let (dir, name) = sink::parent_and_name(path)
+            .map_err(|e| Error::io(path, "open the directory of the index file", e))?;
+        Self::create_in(fs, &dir, &name, thread_id, clock)
+    }
+
+    /// Creates `name` in `dir` on the file system `fs` (new, never an existing file or a link;
+    /// mode 0600) and writes the recording header. If the header cannot be written whole, the
+    /// file is removed again.
+    pub fn create_in(
+        fs: &dyn FileSystem,
+        dir: &Dir,
+        name: &str,
+        thread_id: u32,
+        clock: ClockType,
+    ) -> Result<Self> {
         let header = IndexHeader::recording(thread_id, clock);
-        if let Err(e) = sink::write_all(&mut *file, &header.encode()) {
-            drop(file);
-            let _ = fs.remove_file(path);
-            return Err(Error::io(
-                path,
-                "write the index header (is the disk full or failing?); the file was removed",
-                e,
-            ));
-        }
+        let (file, path) = sink::create_with_header(fs, dir, name, &header.encode(), "index")?;
         Ok(IndexWriter {
             file,
-            path: path.to_path_buf(),
+            path,
             header,
             buf: Vec::with_capacity(WRITE_BUFFER),
             count: 0,

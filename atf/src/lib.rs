@@ -65,7 +65,7 @@ pub use manifest::{
     ThreadEntry, TscCalibration,
 };
 pub use session::{fsync_dir, Session, SessionLayout, SessionThread, Warning, SYNC_WORKERS};
-pub use sink::{FileSink, FileSystem, RealFs};
+pub use sink::{Dir, FileSink, FileSystem, RealFs};
 pub use verify::{open_regular, Damage, EventCheck};
 
 /// Size of the header of both files.

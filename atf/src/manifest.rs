@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sink::{self, FileSystem, RealFs};
+use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::ClockType;
 
 /// The session manifest. The first seven keys are the original format's; everything else is ours and
@@ -359,8 +359,13 @@ impl Manifest {
     /// Reads and parses `path`.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        Self::from_reader(crate::verify::open_regular(path)?, path)
+    }
+
+    /// Reads and parses a manifest from an open file; `path` names it in errors.
+    pub fn from_reader(mut file: std::fs::File, path: &Path) -> Result<Self> {
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut crate::verify::open_regular(path)?, &mut bytes)
+        std::io::Read::read_to_end(&mut file, &mut bytes)
             .map_err(|e| Error::io(path, "read the manifest", e))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
             path: path.to_path_buf(),
@@ -375,11 +380,24 @@ impl Manifest {
         self.write_atomic_with(&RealFs, path)
     }
 
-    /// [`write_atomic`](Self::write_atomic) on the file system `fs`. If writing or syncing the
-    /// temporary file fails, it is removed and `path` keeps the previous manifest; a failed sync
-    /// is never retried (what reached the disk is unknown).
+    /// [`write_atomic`](Self::write_atomic) on the file system `fs`: the directory holding `path`
+    /// is opened (as given) and the manifest replaced in it with
+    /// [`write_atomic_in`](Self::write_atomic_in).
     pub fn write_atomic_with(&mut self, fs: &dyn FileSystem, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
+        let (dir, name) = sink::parent_and_name(path)
+            .map_err(|e| Error::io(path, "open the manifest's directory", e))?;
+        self.write_atomic_in(fs, &dir, &name)
+    }
+
+    /// Replaces `name` in `dir` atomically on the file system `fs`: writes `<name>.tmp` as a new
+    /// file (mode 0600; a temporary left by an earlier failure is removed first, never reused),
+    /// fsyncs it, renames it over `name` with `renameat` in the same directory handle, and fsyncs
+    /// the directory. If writing or syncing the temporary file fails, it is removed and `name`
+    /// keeps the previous manifest; a failed sync is never retried (what reached the disk is
+    /// unknown).
+    pub fn write_atomic_in(&mut self, fs: &dyn FileSystem, dir: &Dir, name: &str) -> Result<()> {
+        let path = dir.join(name);
         self.format_version = if self.modules.is_empty() && self.symbols.is_empty() {
             "2.0"
         } else {
@@ -387,15 +405,21 @@ impl Manifest {
         }
         .to_owned();
         let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Manifest {
-            path: path.to_path_buf(),
+            path: path.clone(),
             source,
         })?;
-        let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = Path::new(&tmp_name);
-        let mut file = fs.create(tmp).map_err(|e| {
+        let tmp_name = format!("{name}.tmp");
+        let tmp = dir.join(&tmp_name);
+        let created = match fs.create_new(dir, &tmp_name) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = fs.remove_file(dir, &tmp_name);
+                fs.create_new(dir, &tmp_name)
+            }
+            other => other,
+        };
+        let mut file = created.map_err(|e| {
             Error::io(
-                tmp,
+                &tmp,
                 "create the temporary manifest (is the directory writable?)",
                 e,
             )
@@ -404,7 +428,7 @@ impl Manifest {
             .and_then(|()| sink::write_all(&mut *file, b"\n"))
             .map_err(|e| {
                 Error::io(
-                    tmp,
+                    &tmp,
                     "write the temporary manifest (is the disk full or failing?); the manifest was \
                      left as it was",
                     e,
@@ -413,7 +437,7 @@ impl Manifest {
             .and_then(|()| {
                 sink::sync_retrying(|| file.sync_all()).map_err(|e| {
                     Error::io(
-                        tmp,
+                        &tmp,
                         "fsync the temporary manifest; after a failed fsync what reached the disk \
                          is unknown, so it was not renamed over the manifest, which was left as \
                          it was",
@@ -423,18 +447,14 @@ impl Manifest {
             });
         drop(file);
         if let Err(e) = written {
-            let _ = fs.remove_file(tmp);
+            let _ = fs.remove_file(dir, &tmp_name);
             return Err(e);
         }
-        fs.rename(tmp, path)
-            .map_err(|e| Error::io(path, "replace the manifest", e))?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        fs.rename(dir, &tmp_name, name)
+            .map_err(|e| Error::io(&path, "replace the manifest", e))?;
         sink::sync_retrying(|| fs.sync_dir(dir)).map_err(|e| {
             Error::io(
-                dir,
+                dir.path(),
                 "fsync the directory after replacing the manifest; after a failed fsync whether \
                  the new manifest survives a crash is unknown",
                 e,

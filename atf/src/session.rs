@@ -12,7 +12,7 @@ use crate::detail::{DetailReader, DetailWriter};
 use crate::error::{Error, Result};
 use crate::index::{IndexReader, IndexWriter};
 use crate::manifest::Manifest;
-use crate::sink::{self, FileSystem, RealFs};
+use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::Damage;
 use crate::ClockType;
 
@@ -21,7 +21,9 @@ const MANIFEST: &str = "manifest.json";
 
 /// fsyncs a directory, so the entries created or renamed in it survive a crash.
 pub fn fsync_dir(dir: impl AsRef<Path>) -> Result<()> {
-    sync_dir_with(&RealFs, dir.as_ref())
+    let dir = dir.as_ref();
+    let handle = Dir::open(dir).map_err(|e| Error::io(dir, "open the directory", e))?;
+    sync_dir_with(&RealFs, &handle)
 }
 
 /// The most fsyncs [`SessionLayout::sync_session`] runs at once.
@@ -58,10 +60,10 @@ fn in_parallel<T: Sync>(items: &[T], job: &(dyn Fn(&T) -> Result<()> + Sync)) ->
     errors.into_iter().next().map_or(Ok(()), |(_, e)| Err(e))
 }
 
-fn sync_dir_with(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+fn sync_dir_with(fs: &dyn FileSystem, dir: &Dir) -> Result<()> {
     sink::sync_retrying(|| fs.sync_dir(dir)).map_err(|e| {
         Error::io(
-            dir,
+            dir.path(),
             "fsync the directory; after a failed fsync whether its entries survive a crash is \
              unknown",
             e,
@@ -69,75 +71,88 @@ fn sync_dir_with(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     })
 }
 
-/// Where a recording puts its files. Creating one makes the directories; the writers and the manifest
-/// go where its paths say, through its [`FileSystem`] ([`RealFs`] unless replaced with
+/// Where a recording puts its files. Creating one makes the directories; the writers and the
+/// manifest go where its paths say, through its [`FileSystem`] ([`RealFs`] unless replaced with
 /// [`with_fs`](Self::with_fs)). Two layouts are equal when their directories are.
+///
+/// Everything is created through directory handles ([`Dir`]): the session and process
+/// directories with `mkdirat` (mode 0700) and opened without following links, the thread
+/// directories inside the process directory's handle, the files new (`O_EXCL | O_NOFOLLOW`, mode
+/// 0600). Once created, the session cannot be redirected by renaming or replacing a directory on
+/// its path: the handles keep pointing at the directories that were made.
 #[derive(Clone, Debug)]
 pub struct SessionLayout {
-    session_dir: PathBuf,
-    pid_dir: PathBuf,
+    session: Arc<Dir>,
+    pid: Arc<Dir>,
     fs: Arc<dyn FileSystem>,
 }
 
 impl PartialEq for SessionLayout {
     fn eq(&self, other: &Self) -> bool {
-        self.session_dir == other.session_dir && self.pid_dir == other.pid_dir
+        self.session.path() == other.session.path() && self.pid.path() == other.pid.path()
     }
 }
 
 impl Eq for SessionLayout {}
 
 impl SessionLayout {
-    /// Creates `<output>/session_<local YYYYmmdd_HHMMSS>/pid_<pid>/` (and `output` if needed). If a
-    /// session directory of that second exists, the name gets a suffix `_2`, `_3`, ...
+    /// Creates `<output>/session_<local YYYYmmdd_HHMMSS>/pid_<pid>/`, and `output` if needed (the
+    /// parts of it that do not exist are made private, through their parents' handles; the parts
+    /// that exist are followed as given). If a session directory of that second exists, the name
+    /// gets a suffix `_2`, `_3`, ...
     pub fn create(output: impl AsRef<Path>, pid: u32) -> Result<Self> {
         let output = output.as_ref();
-        fs::create_dir_all(output).map_err(|e| {
+        let dir = Dir::create_all(output, safedir::PRIVATE_DIR).map_err(|e| {
             Error::io(
                 output,
                 "create the output directory (is its parent writable?)",
                 e,
             )
         })?;
+        Self::create_in(&dir, pid)
+    }
+
+    /// Creates `session_<local YYYYmmdd_HHMMSS>/pid_<pid>/` in the open directory `output`.
+    pub fn create_in(output: &Dir, pid: u32) -> Result<Self> {
         let stamp = local_timestamp();
-        let mut session_dir = None;
+        let mut session = None;
         for n in 1..=1000u32 {
             let name = if n == 1 {
                 format!("session_{stamp}")
             } else {
                 format!("session_{stamp}_{n}")
             };
-            let candidate = output.join(name);
-            match fs::create_dir(&candidate) {
-                Ok(()) => {
-                    session_dir = Some(candidate);
+            match output.create_dir(&name, safedir::PRIVATE_DIR) {
+                Ok(dir) => {
+                    session = Some(dir);
                     break;
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => {
                     return Err(Error::io(
-                        &candidate,
+                        &output.join(&name),
                         "create the session directory (is the output directory writable?)",
                         e,
                     ))
                 }
             }
         }
-        let session_dir = session_dir.ok_or_else(|| {
+        let session = session.ok_or_else(|| {
             Error::io(
-                output,
+                output.path(),
                 "find a free session directory name (1000 sessions this second; clean up)",
                 ErrorKind::AlreadyExists.into(),
             )
         })?;
-        let pid_dir = session_dir.join(format!("pid_{pid}"));
-        fs::create_dir(&pid_dir)
-            .map_err(|e| Error::io(&pid_dir, "create the process directory", e))?;
-        fsync_dir(&session_dir)?;
-        fsync_dir(output)?;
+        let name = format!("pid_{pid}");
+        let pid = session
+            .create_dir(&name, safedir::PRIVATE_DIR)
+            .map_err(|e| Error::io(&session.join(&name), "create the process directory", e))?;
+        sync_dir_with(&RealFs, &session)?;
+        sync_dir_with(&RealFs, output)?;
         Ok(SessionLayout {
-            session_dir,
-            pid_dir,
+            session: Arc::new(session),
+            pid: Arc::new(pid),
             fs: Arc::new(RealFs),
         })
     }
@@ -156,49 +171,65 @@ impl SessionLayout {
 
     /// `<output>/session_<...>`.
     pub fn session_dir(&self) -> &Path {
-        &self.session_dir
+        self.session.path()
     }
 
     /// `<session>/pid_<pid>`, the directory readers open.
     pub fn pid_dir(&self) -> &Path {
-        &self.pid_dir
+        self.pid.path()
+    }
+
+    /// The open process directory, which the manifest and the thread directories are made in.
+    pub fn pid_handle(&self) -> &Dir {
+        &self.pid
     }
 
     /// `<pid dir>/manifest.json`.
     pub fn manifest_path(&self) -> PathBuf {
-        self.pid_dir.join(MANIFEST)
+        self.pid.join(MANIFEST)
     }
 
     /// `<pid dir>/thread_<tid>`.
     pub fn thread_dir(&self, tid: u32) -> PathBuf {
-        self.pid_dir.join(format!("thread_{tid}"))
+        self.pid.join(&thread_name(tid))
     }
 
     /// `<pid dir>/thread_<tid>/index.atf`.
     pub fn index_path(&self, tid: u32) -> PathBuf {
-        self.thread_dir(tid).join("index.atf")
+        self.thread_dir(tid).join(INDEX)
     }
 
     /// `<pid dir>/thread_<tid>/detail.atf`.
     pub fn detail_path(&self, tid: u32) -> PathBuf {
-        self.thread_dir(tid).join("detail.atf")
+        self.thread_dir(tid).join(DETAIL)
     }
 
     /// Creates the thread's directory if needed and its `index.atf`.
     pub fn create_index(&self, tid: u32, clock: ClockType) -> Result<IndexWriter> {
-        self.ensure_thread_dir(tid)?;
-        IndexWriter::create_with(&*self.fs, self.index_path(tid), tid, clock)
+        let dir = self.ensure_thread_dir(tid)?;
+        IndexWriter::create_in(&*self.fs, &dir, INDEX, tid, clock)
     }
 
     /// Creates the thread's directory if needed and its `detail.atf`.
     pub fn create_detail(&self, tid: u32) -> Result<DetailWriter> {
-        self.ensure_thread_dir(tid)?;
-        DetailWriter::create_with(&*self.fs, self.detail_path(tid), tid)
+        let dir = self.ensure_thread_dir(tid)?;
+        DetailWriter::create_in(&*self.fs, &dir, DETAIL, tid)
     }
 
-    /// Writes `manifest` atomically to [`manifest_path`](Self::manifest_path).
+    /// Writes `manifest` atomically to [`manifest_path`](Self::manifest_path), renaming within
+    /// the process directory's handle.
     pub fn write_manifest(&self, manifest: &mut Manifest) -> Result<()> {
-        manifest.write_atomic_with(&*self.fs, self.manifest_path())
+        manifest.write_atomic_in(&*self.fs, &self.pid, MANIFEST)
+    }
+
+    /// Reads the manifest back through the process directory's handle.
+    pub fn read_manifest(&self) -> Result<Manifest> {
+        let path = self.manifest_path();
+        let file = self
+            .pid
+            .open_file(MANIFEST)
+            .map_err(|e| Error::io(&path, "read the manifest", e))?;
+        Manifest::from_reader(file, &path)
     }
 
     /// Makes everything on the session's file system durable with one `syncfs(2)`: every trace
@@ -209,9 +240,9 @@ impl SessionLayout {
     /// A failure is final: the kernel may have dropped pages it could not write, and a later sync
     /// that succeeds does not bring them back, so the session's durability is then unknown.
     pub fn sync_filesystem(&self) -> Result<()> {
-        sink::sync_retrying(|| self.fs.sync_fs(&self.session_dir)).map_err(|e| {
+        sink::sync_retrying(|| self.fs.sync_fs(&self.session)).map_err(|e| {
             Error::io(
-                &self.session_dir,
+                self.session.path(),
                 "sync the file system (is the disk failing?); after a failed sync what reached \
                  the disk is unknown: the session reads back now but may not survive a crash",
                 e,
@@ -228,12 +259,7 @@ impl SessionLayout {
     /// A failure is final (see [`Self::sync_filesystem`]); the first one is returned, naming its
     /// file, after every other sync was tried.
     pub fn sync_session(&self, files: &[PathBuf]) -> Result<()> {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(&self.pid_dir)
-            .map_err(|e| Error::io(&self.pid_dir, "list the process directory", e))?
-            .flatten()
-            .filter(|e| thread_id_of(&e.file_name().to_string_lossy()).is_some())
-            .map(|e| e.path())
-            .collect();
+        let dirs = self.thread_dirs()?;
         let fs = &*self.fs;
         let sync_file = |path: &PathBuf| {
             sink::sync_retrying(|| fs.sync_file(path)).map_err(|e| {
@@ -245,11 +271,10 @@ impl SessionLayout {
                 )
             })
         };
-        let sync_dir = |dir: &PathBuf| sync_dir_with(fs, dir);
+        let sync_dir = |dir: &Dir| sync_dir_with(fs, dir);
         let mut first = in_parallel(files, &sync_file).err();
         first = first.or(in_parallel(&dirs, &sync_dir).err());
-        dirs = vec![self.pid_dir.clone(), self.session_dir.clone()];
-        for dir in &dirs {
+        for dir in [&*self.pid, &*self.session] {
             if let Err(e) = sync_dir(dir) {
                 first.get_or_insert(e);
             }
@@ -257,27 +282,47 @@ impl SessionLayout {
         first.map_or(Ok(()), Err)
     }
 
-    /// fsyncs the session's directories: the session, process and thread directories.
-    pub fn sync_dirs(&self) -> Result<()> {
-        let entries = fs::read_dir(&self.pid_dir)
-            .map_err(|e| Error::io(&self.pid_dir, "list the process directory", e))?;
-        for entry in entries.flatten() {
-            if thread_id_of(&entry.file_name().to_string_lossy()).is_some() {
-                sync_dir_with(&*self.fs, &entry.path())?;
-            }
-        }
-        sync_dir_with(&*self.fs, &self.pid_dir)?;
-        sync_dir_with(&*self.fs, &self.session_dir)
+    /// The thread directories of the process directory, opened through its handle.
+    fn thread_dirs(&self) -> Result<Vec<Dir>> {
+        let names = self
+            .pid
+            .names()
+            .map_err(|e| Error::io(self.pid.path(), "list the process directory", e))?;
+        names
+            .iter()
+            .filter(|name| thread_id_of(name).is_some())
+            .map(|name| {
+                self.pid
+                    .open_own_dir(name)
+                    .map_err(|e| Error::io(&self.pid.join(name), "open the thread directory", e))
+            })
+            .collect()
     }
 
-    fn ensure_thread_dir(&self, tid: u32) -> Result<()> {
-        let dir = self.thread_dir(tid);
-        match fs::create_dir(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io(&dir, "create the thread directory", e)),
+    /// fsyncs the session's directories: the session, process and thread directories.
+    pub fn sync_dirs(&self) -> Result<()> {
+        for dir in self.thread_dirs()? {
+            sync_dir_with(&*self.fs, &dir)?;
         }
+        sync_dir_with(&*self.fs, &self.pid)?;
+        sync_dir_with(&*self.fs, &self.session)
     }
+
+    fn ensure_thread_dir(&self, tid: u32) -> Result<Dir> {
+        let name = thread_name(tid);
+        self.pid
+            .ensure_dir(&name, safedir::PRIVATE_DIR)
+            .map_err(|e| Error::io(&self.pid.join(&name), "create the thread directory", e))
+    }
+}
+
+/// File name of a thread's index file.
+const INDEX: &str = "index.atf";
+/// File name of a thread's detail file.
+const DETAIL: &str = "detail.atf";
+
+fn thread_name(tid: u32) -> String {
+    format!("thread_{tid}")
 }
 
 /// One thread of an opened session.
@@ -887,6 +932,93 @@ mod tests {
         assert_eq!(path, layout.session_dir());
         assert_eq!(source.raw_os_error(), Some(libc::EIO));
         assert!(err.to_string().contains("unknown"), "{err}");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn session_layout__umask_zero__then_dirs_0700_and_files_0600() {
+        let out = tempfile::tempdir().unwrap();
+        // SAFETY: umask only swaps the process's mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let layout = SessionLayout::create(out.path().join("new"), 99);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let layout = layout.unwrap();
+        let mut m = manifest_for(&[7]);
+        layout.write_manifest(&mut m).unwrap();
+        layout
+            .create_index(7, ClockType::Boottime)
+            .unwrap()
+            .finish()
+            .unwrap();
+        layout.create_detail(7).unwrap().finish().unwrap();
+        for dir in [
+            out.path().join("new"),
+            layout.session_dir().to_path_buf(),
+            layout.pid_dir().to_path_buf(),
+            layout.thread_dir(7),
+        ] {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        }
+        for file in [
+            layout.manifest_path(),
+            layout.index_path(7),
+            layout.detail_path(7),
+        ] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn session_layout__session_swapped_for_a_link__then_files_still_land_in_the_session() {
+        let out = tempfile::tempdir().unwrap();
+        let victim_dir = out.path().join("victim");
+        fs::create_dir(&victim_dir).unwrap();
+        fs::write(victim_dir.join(MANIFEST), b"precious").unwrap();
+        let layout = SessionLayout::create(out.path().join("traces"), 99).unwrap();
+        // Someone renames the fresh session away and puts a link to the victim in its place.
+        let moved = out.path().join("traces/moved");
+        fs::rename(layout.session_dir(), &moved).unwrap();
+        std::os::unix::fs::symlink(&victim_dir, layout.session_dir()).unwrap();
+        std::os::unix::fs::symlink(&victim_dir, moved.join("pid_other")).unwrap();
+        let mut m = manifest_for(&[5]);
+        layout.write_manifest(&mut m).unwrap();
+        layout
+            .create_index(5, ClockType::Boottime)
+            .unwrap()
+            .finish()
+            .unwrap();
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        layout.sync_dirs().unwrap();
+        assert_eq!(fs::read(victim_dir.join(MANIFEST)).unwrap(), b"precious");
+        assert_eq!(fs::read_dir(&victim_dir).unwrap().count(), 1);
+        let s = Session::open(moved.join("pid_99")).unwrap();
+        assert!(s.manifest.finished);
+        assert_eq!(s.threads.len(), 1);
+        assert_eq!(layout.read_manifest().unwrap(), s.manifest);
+    }
+
+    #[test]
+    fn write_manifest__temporary_name_is_a_planted_link__then_link_removed_not_followed() {
+        let out = tempfile::tempdir().unwrap();
+        let victim = out.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let layout = SessionLayout::create(out.path().join("traces"), 99).unwrap();
+        let tmp = layout.pid_dir().join("manifest.json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let mut m = manifest_for(&[]);
+        layout.write_manifest(&mut m).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(!tmp.exists());
+        assert!(!fs::symlink_metadata(layout.manifest_path())
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

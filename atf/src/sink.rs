@@ -9,10 +9,12 @@
 //! their paths, so a file system's files must be real files there.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+pub use safedir::Dir;
 
 /// An open file the writers append to and patch in place, as `write(2)`, `pwrite(2)` and
 /// `fsync(2)` see it: a write may be short (it returns the count written) or fail with
@@ -47,29 +49,31 @@ pub trait FileSink: Send + Sync + fmt::Debug {
 
 /// Where the writers create their files, and how they rename and make them durable.
 ///
-/// Directory creation and the readers use `std::fs` directly: a file system here decides what
-/// happens to the bytes written and to the syncs, not where files live.
+/// Every operation names a file by a single name inside an open directory handle ([`Dir`]), so a
+/// path component swapped for a link after the directory was opened cannot redirect it, and files
+/// are only ever created new (`O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600 whatever the umask): an
+/// existing file or a planted link is never truncated or written through. Directory creation and
+/// the readers use [`Dir`] and `std::fs` directly: a file system here decides what happens to the
+/// bytes written and to the syncs, not where files live.
 pub trait FileSystem: Send + Sync + fmt::Debug {
-    /// Creates `path`, which must not exist, for writing (`O_CREAT | O_EXCL`).
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FileSink>>;
+    /// Creates `name` in `dir`, which must not exist, for writing, with mode 0600.
+    fn create_new(&self, dir: &Dir, name: &str) -> io::Result<Box<dyn FileSink>>;
 
-    /// Creates or truncates `path` for writing (`O_CREAT | O_TRUNC`).
-    fn create(&self, path: &Path) -> io::Result<Box<dyn FileSink>>;
+    /// Renames `from` over `to`, both in `dir`, atomically (`renameat(2)`).
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()>;
 
-    /// Renames `from` over `to` atomically (`rename(2)`).
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-
-    /// Removes the file `path`.
-    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes the file `name` from `dir`.
+    fn remove_file(&self, dir: &Dir, name: &str) -> io::Result<()>;
 
     /// Makes the entries of the directory `dir` durable (`fsync` of the directory).
-    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Dir) -> io::Result<()>;
 
     /// Makes everything on the file system holding `dir` durable (`syncfs(2)`).
-    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
+    fn sync_fs(&self, dir: &Dir) -> io::Result<()>;
 
     /// Makes a written file's data and metadata durable by its path (opened read-only without
-    /// following a symbolic link, then `fsync`): for files whose writer is already closed.
+    /// following a symbolic link, then `fsync`): for files whose writer is already closed. It
+    /// writes nothing, so a path that no longer names the file can at worst sync another one.
     fn sync_file(&self, path: &Path) -> io::Result<()>;
 }
 
@@ -122,50 +126,81 @@ impl FileSink for File {
 }
 
 impl FileSystem for RealFs {
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FileSink>> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        Ok(Box::new(file))
+    fn create_new(&self, dir: &Dir, name: &str) -> io::Result<Box<dyn FileSink>> {
+        Ok(Box::new(dir.create_file(name, safedir::PRIVATE_FILE)?))
     }
 
-    fn create(&self, path: &Path) -> io::Result<Box<dyn FileSink>> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        Ok(Box::new(file))
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+        dir.rename(from, to)
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(from, to)
+    fn remove_file(&self, dir: &Dir, name: &str) -> io::Result<()> {
+        dir.remove_file(name)
     }
 
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+    fn sync_dir(&self, dir: &Dir) -> io::Result<()> {
+        dir.sync()
     }
 
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+    fn sync_fs(&self, dir: &Dir) -> io::Result<()> {
+        dir.sync_fs()
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
-        OpenOptions::new()
+        std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?
             .sync_all()
     }
+}
 
-    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let dir = File::open(dir)?;
-        // SAFETY: syncfs on a descriptor we own; no memory is passed.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+/// Opens the directory holding `path` (as given, links followed: the caller's path) and returns
+/// it with the file's name, for the path-taking conveniences of the writers.
+pub(crate) fn parent_and_name(path: &Path) -> io::Result<(Dir, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "not a UTF-8 file name"))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((Dir::open(parent)?, name.to_owned()))
+}
+
+/// Creates the trace file `name` in `dir` and writes its `header` whole; `what` names the kind of
+/// file in messages (`"index"` or `"detail"`). If the header cannot be written whole, the file is removed
+/// again: no file is better than one no reader opens.
+pub(crate) fn create_with_header(
+    fs: &dyn FileSystem,
+    dir: &Dir,
+    name: &str,
+    header: &[u8],
+    what: &str,
+) -> crate::Result<(Box<dyn FileSink>, std::path::PathBuf)> {
+    let (create, write) = if what == "index" {
+        (
+            "create the index file (is the directory writable, the name unused?)",
+            "write the index header (is the disk full or failing?); the file was removed",
+        )
+    } else {
+        (
+            "create the detail file (is the directory writable, the name unused?)",
+            "write the detail header (is the disk full or failing?); the file was removed",
+        )
+    };
+    let path = dir.join(name);
+    let mut file = fs
+        .create_new(dir, name)
+        .map_err(|e| crate::Error::io(&path, create, e))?;
+    if let Err(e) = write_all(&mut *file, header) {
+        drop(file);
+        let _ = fs.remove_file(dir, name);
+        return Err(crate::Error::io(&path, write, e));
     }
+    Ok((file, path))
 }
 
 /// Writes all of `bytes` at the sink's position: a short write is continued from where it

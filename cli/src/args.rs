@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// The default output directory (seed 001).
+/// The default output directory, shared by the users of the machine: each records into a private
+/// `<user>` directory under it.
 pub const DEFAULT_OUTPUT: &str = "/tmp/ada_traces";
 /// The default number of stack bytes captured per detail event (seed 001).
 pub const DEFAULT_STACK_BYTES: u16 = 128;
@@ -48,9 +49,10 @@ pub enum Command {
 /// Options shared by the recording subcommands.
 #[derive(Debug, Clone, Args)]
 pub struct RecordOptions {
-    /// Directory the session is written under (as session_<date>_<time>/pid_<pid>/).
-    #[arg(long, short, value_name = "DIR", default_value = DEFAULT_OUTPUT)]
-    pub output: PathBuf,
+    /// Directory the session is written under (as session_<date>_<time>/pid_<pid>/)
+    /// [default: /tmp/ada_traces/<user>, private to you].
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
 
     /// Stop recording after this many seconds (fractions allowed); 0 records until the target
     /// ends or you press Ctrl-C.

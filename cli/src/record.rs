@@ -34,7 +34,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// `tracer spawn`.
 pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
-    check_output_dir(&opts.output)?;
+    let output = open_output(opts)?;
     timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     let exe_info = symbols::inspect_executable(&args.executable).ok();
@@ -82,7 +82,9 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         pid,
         pidfd,
     };
-    let (recorder, _) = record(opts, target, registry, shutdown, signals, manifest, names)?;
+    let (recorder, _) = record(
+        opts, &output, target, registry, shutdown, signals, manifest, names,
+    )?;
     if recorder.attempted == 0 {
         let instrumented = recorder.names.images.instrumented();
         eprintln!(
@@ -113,8 +115,10 @@ pub(crate) fn region_config(opts: &RecordOptions) -> RegionConfig {
 /// Records `target` (spawned, or attached when it has no child handle) from a running agent until a stop
 /// trigger, then runs the shutdown phases and prints the summary. Returns the recorder (its
 /// names, error and event count) and where the session went.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
     opts: &RecordOptions,
+    output: &atf::Dir,
     target: Target,
     registry: Registry<'static>,
     shutdown: Shutdown,
@@ -127,9 +131,10 @@ pub(crate) fn record(
     let pid = target.pid;
     let duration = timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-    let layout = atf::SessionLayout::create(&opts.output, pid)
+    let layout = atf::SessionLayout::create_in(output, pid)
         .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?;
     let output_dir = layout.pid_dir().to_path_buf();
+    let session = layout.clone();
     let drain = drain::Drain::new(registry, layout, manifest)
         .map_err(|e| CliError::runtime(e.to_string()))?;
     let live = drain.live();
@@ -165,6 +170,7 @@ pub(crate) fn record(
         drain_thread: Some(drain_thread),
         drain: None,
         report: None,
+        layout: session,
         child: Some(target),
         attached,
         attempted: 0,
@@ -234,22 +240,47 @@ fn no_events_reason(exe: &Path, info: Option<&symbols::ExeInfo>, instrumented: b
     )
 }
 
-/// The output directory must exist (or be creatable) and accept new files.
-pub(crate) fn check_output_dir(dir: &Path) -> Result<(), CliError> {
-    let shown = dir.display();
-    std::fs::create_dir_all(dir).map_err(|e| {
-        CliError::usage(format!(
-            "cannot create the output directory {shown}: {e}; choose another with --output"
-        ))
-    })?;
-    let probe = dir.join(format!(".tracer-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| {
-        CliError::usage(format!(
-            "cannot write to the output directory {shown}: {e}; choose another with --output"
-        ))
-    })?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+/// Opens the directory sessions are created in, before anything starts: `--output` (its missing
+/// parts created private, through their parents' handles), or by default the user's private
+/// directory under [`crate::args::DEFAULT_OUTPUT`], which is refused when it could be swapped by
+/// another user. It must accept new entries; nothing is written to find out.
+pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
+    let dir = match &opts.output {
+        Some(path) => atf::Dir::create_all(path, safedir::PRIVATE_DIR).map_err(|e| {
+            CliError::usage(format!(
+                "cannot create the output directory {}: {e}; choose another with --output",
+                path.display()
+            ))
+        })?,
+        None => safedir::private_dir_under_shared(
+            Path::new(crate::args::DEFAULT_OUTPUT),
+            &safedir::user_dir_name(),
+        )
+        .map_err(|e| match e {
+            safedir::Error::Io { .. } => {
+                CliError::usage(format!("{e}; choose another directory with --output"))
+            }
+            refused => CliError::usage(format!("{refused} with --output")),
+        })?,
+    };
+    // SAFETY: faccessat on a directory descriptor we hold, with a NUL-terminated "."; no memory
+    // is written.
+    let writable = unsafe {
+        libc::faccessat(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            c".".as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    } == 0;
+    if !writable {
+        let e = std::io::Error::last_os_error();
+        return Err(CliError::usage(format!(
+            "cannot write to the output directory {}: {e}; choose another with --output",
+            dir.path().display()
+        )));
+    }
+    Ok(dir)
 }
 
 /// The agent library: next to the tracer, or in `deps/` beside it (where `cargo build -p cli`
@@ -377,6 +408,8 @@ pub(crate) struct Recorder {
     drain_thread: Option<drain::DrainThread>,
     drain: Option<drain::Drain<'static>>,
     report: Option<drain::Report>,
+    /// The session's directories, for rewriting the manifest after the drain is gone.
+    layout: atf::SessionLayout,
     child: Option<Target>,
     /// Attach mode: the target is never signalled, and is left running.
     attached: bool,
@@ -730,11 +763,11 @@ impl Pipeline for Recorder {
         self.stop_target(ctx.deadline());
         // The manifest was written while the target still ran: record how it ended.
         if was_running {
-            if let (Some(report), Some(fate)) = (&self.report, &self.target_fate) {
-                let mut manifest = atf::Manifest::read(&report.manifest).map_err(phase_error)?;
+            if let (Some(_), Some(fate)) = (&self.report, &self.target_fate) {
+                let mut manifest = self.layout.read_manifest().map_err(phase_error)?;
                 manifest.target_fate = Some(fate.clone());
-                manifest
-                    .write_atomic(&report.manifest)
+                self.layout
+                    .write_manifest(&mut manifest)
                     .map_err(phase_error)?;
             }
         }

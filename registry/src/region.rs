@@ -89,6 +89,14 @@ impl SharedRegion {
         }
         // SAFETY: memfd_create returned a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // A memfd is created 0777; the region is reachable as /proc/<pid>/fd/<n> only, but it
+        // holds the target's call stream and stack bytes, so it is the owner's alone.
+        // SAFETY: fchmod on our own fd; no memory is passed.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
+            return Err(io("making the region private (fchmod 0600)")(
+                std::io::Error::last_os_error(),
+            ));
+        }
         // SAFETY: ftruncate on our own fd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
             return Err(io(format!("sizing the region to {len} bytes"))(

@@ -41,6 +41,19 @@ fn region__create_then_open_fd__then_same_config_and_memory() {
 }
 
 #[test]
+fn region__created__then_memfd_is_the_owners_alone() {
+    use std::os::fd::AsRawFd;
+    let tracer = region(64);
+    let fd = tracer.fd().unwrap().as_raw_fd();
+    // SAFETY: a zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat on the region's own open fd, writing into `st`.
+    let rc = unsafe { libc::fstat(fd, &mut st) };
+    assert_eq!(rc, 0);
+    assert_eq!(st.st_mode & 0o777, 0o600);
+}
+
+#[test]
 fn region__capacity_below_floor__then_bad_config_names_the_minimum() {
     let err = SharedRegion::create_with_clock(&small(8), &Clock::boottime()).unwrap_err();
     assert!(err.to_string().contains("at least 64"), "{err}");

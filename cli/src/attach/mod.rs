@@ -35,7 +35,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     check_target(pid)?;
-    record::check_output_dir(&opts.output)?;
+    let output = record::open_output(opts)?;
     let agent = record::find_agent()?;
 
     let region = SharedRegion::create(&record::region_config(opts))
@@ -88,7 +88,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     };
     let region_len = registry.layout_size();
     let names = crate::names::Names::new(&opts.trigger, &registry, false);
-    let recorded = record::record(opts, target, registry, shutdown, signals, manifest, names);
+    let recorded = record::record(
+        opts, &output, target, registry, shutdown, signals, manifest, names,
+    );
     release_region(fd, region_len);
     let (recorder, _) = recorded?;
     if recorder.attempted == 0 {

@@ -117,7 +117,7 @@ fn open(path: &Path) -> Result<atf::Session, CliError> {
     if !path.exists() {
         return Err(CliError::usage(format!(
             "{}: no such session directory; pass a session_<...> or pid_<pid> directory written by \
-             `tracer spawn` (default under /tmp/ada_traces)",
+             `tracer spawn` (default under /tmp/ada_traces/<user>)",
             path.display()
         )));
     }
