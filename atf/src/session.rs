@@ -85,6 +85,9 @@ pub struct SessionLayout {
     session: Arc<Dir>,
     pid: Arc<Dir>,
     fs: Arc<dyn FileSystem>,
+    /// Whether [`RESERVE`] holds space for the final manifest (see
+    /// [`with_manifest_reserve`](SessionLayout::with_manifest_reserve)).
+    reserve: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PartialEq for SessionLayout {
@@ -154,7 +157,51 @@ impl SessionLayout {
             session: Arc::new(session),
             pid: Arc::new(pid),
             fs: Arc::new(RealFs),
+            reserve: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// Sets `bytes` of disk space aside in the process directory (a hidden file, allocated now),
+    /// so the final manifest can still be written when the disk fills up during the recording:
+    /// if writing a [finished](Manifest::finished) manifest fails for lack of space, the reserve
+    /// is given back and the write tried once more. Best effort: without the space (or under a
+    /// smaller file-size limit) there is no reserve, and the session is recorded all the same.
+    pub fn with_manifest_reserve(self, bytes: u64) -> Self {
+        let made = self
+            .pid
+            .create_file(RESERVE, safedir::PRIVATE_FILE)
+            .and_then(|file| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: posix_fallocate on the file we just created; no memory is passed.
+                let rc =
+                    unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::from_raw_os_error(rc))
+                }
+            });
+        match made {
+            Ok(()) => self
+                .reserve
+                .store(true, std::sync::atomic::Ordering::Relaxed),
+            Err(_) => {
+                let _ = self.pid.remove_file(RESERVE);
+            }
+        }
+        self
+    }
+
+    /// Gives the manifest reserve back (removes its file). Returns whether there was one.
+    fn release_reserve(&self) -> bool {
+        // Relaxed: the flag only guards the unlink, which the directory handle serializes.
+        if !self
+            .reserve
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.pid.remove_file(RESERVE).is_ok()
     }
 
     /// The same layout, its files written through `fs` from now on: the trace files, the
@@ -217,9 +264,25 @@ impl SessionLayout {
     }
 
     /// Writes `manifest` atomically to [`manifest_path`](Self::manifest_path), renaming within
-    /// the process directory's handle.
+    /// the process directory's handle. The final manifest (`finished`) uses the reserve if the
+    /// disk is full (see [`with_manifest_reserve`](Self::with_manifest_reserve)), and the reserve
+    /// is given back once it is written.
     pub fn write_manifest(&self, manifest: &mut Manifest) -> Result<()> {
-        manifest.write_atomic_in(&*self.fs, &self.pid, MANIFEST)
+        let written = manifest.write_atomic_in(&*self.fs, &self.pid, MANIFEST);
+        if !manifest.finished {
+            return written;
+        }
+        let written = match written {
+            Err(Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                    && self.release_reserve() =>
+            {
+                manifest.write_atomic_in(&*self.fs, &self.pid, MANIFEST)
+            }
+            other => other,
+        };
+        self.release_reserve();
+        written
     }
 
     /// Reads the manifest back through the process directory's handle.
@@ -316,6 +379,8 @@ impl SessionLayout {
     }
 }
 
+/// File name of the space set aside for the final manifest.
+const RESERVE: &str = ".manifest-reserve";
 /// File name of a thread's index file.
 const INDEX: &str = "index.atf";
 /// File name of a thread's detail file.

@@ -26,6 +26,9 @@ use crate::symbols;
 const PRODUCER_WAIT_US: u32 = 30_000_000;
 /// Thread slots in the region (threads alive at once; exited threads' slots are reused).
 const THREAD_CAPACITY: u32 = 1024;
+/// Disk space set aside for the final manifest, so a full disk still gets a true one (a manifest
+/// with a large program's symbols is a few hundred kilobytes).
+const MANIFEST_RESERVE: u64 = 1 << 20;
 /// How long a target that got the stop signal may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_millis(1000);
 /// How often the main loop wakes when nothing happens (the live status line).
@@ -34,6 +37,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// `tracer spawn`.
 pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
+    ignore_file_size_signal();
     let output = open_output(opts)?;
     timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
@@ -47,7 +51,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     }
     let agent = find_agent()?;
 
-    let config = region_config(opts);
+    let config = region_config(opts)?;
     let region = SharedRegion::create(&config)
         .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
     let fd = region
@@ -85,7 +89,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let (recorder, _) = record(
         opts, &output, target, registry, shutdown, signals, manifest, names,
     )?;
-    if recorder.attempted == 0 {
+    if recorder.attempted == 0 && recorder.persisted == 0 {
         let instrumented = recorder.names.images.instrumented();
         eprintln!(
             "tracer: {}",
@@ -98,8 +102,54 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-/// The region configuration both modes record with.
-pub(crate) fn region_config(opts: &RecordOptions) -> RegionConfig {
+/// The region configuration both modes record with, fitted to the file-size limit (a memfd's
+/// size counts against `ulimit -f`): with a limit smaller than the full region, fewer threads
+/// get a slot at once (the others' events are dropped as `registry full`) or the rings are
+/// smaller, and one note says so.
+pub(crate) fn region_config(opts: &RecordOptions) -> Result<RegionConfig, CliError> {
+    let full = full_region_config(opts);
+    let Some(limit) = registry::file_size_limit() else {
+        return Ok(full);
+    };
+    let kib = |n: u64| n >> 10;
+    let Some(fitted) = full.fit_to(limit) else {
+        let smallest = registry::layout_size(&RegionConfig {
+            capacity: registry::MIN_CAPACITY,
+            index: registry::LaneConfig {
+                rings: 2,
+                ring_capacity: registry::MIN_FIT_RING,
+            },
+            detail: registry::LaneConfig {
+                rings: 2,
+                ring_capacity: registry::MIN_FIT_RING,
+            },
+            ..full.clone()
+        })
+        .unwrap_or(0) as u64;
+        return Err(CliError::runtime(format!(
+            "the file-size limit (ulimit -f) of {} KiB is below the {} KiB the smallest shared \
+             region needs; raise it with `ulimit -f`",
+            kib(limit),
+            kib(smallest)
+        )));
+    };
+    if fitted != full {
+        eprintln!(
+            "tracer: note: the file-size limit (ulimit -f) of {} KiB fits a shared region for {} \
+             threads at once with {}x{} KiB rings each (instead of {} with {}x{} KiB)",
+            kib(limit),
+            fitted.capacity,
+            fitted.index.rings,
+            fitted.index.ring_capacity >> 10,
+            full.capacity,
+            full.index.rings,
+            full.index.ring_capacity >> 10
+        );
+    }
+    Ok(fitted)
+}
+
+fn full_region_config(opts: &RecordOptions) -> RegionConfig {
     RegionConfig {
         stack_bytes: u32::from(opts.stack_bytes),
         detail_enabled: opts.detail || !opts.trigger.is_empty(),
@@ -132,7 +182,8 @@ pub(crate) fn record(
     let duration = timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     let layout = atf::SessionLayout::create_in(output, pid)
-        .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?;
+        .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?
+        .with_manifest_reserve(MANIFEST_RESERVE);
     let output_dir = layout.pid_dir().to_path_buf();
     let session = layout.clone();
     let drain = drain::Drain::new(registry, layout, manifest)
@@ -174,6 +225,7 @@ pub(crate) fn record(
         child: Some(target),
         attached,
         attempted: 0,
+        persisted: 0,
         target_fate: None,
         crashed: false,
         names,
@@ -207,6 +259,7 @@ pub(crate) fn record(
 
     let stats = recorder.statistics(&output_dir);
     recorder.attempted = stats.events_attempted;
+    recorder.persisted = stats.events_persisted;
     Summary { report, stats }.print();
     Ok((recorder, output_dir))
 }
@@ -315,25 +368,44 @@ fn start_target(args: &SpawnArgs, agent: &Path, fd: i32) -> Result<Child, CliErr
         preload.push(":");
         preload.push(existing);
     }
-    Command::new(&args.executable)
+    let mut command = Command::new(&args.executable);
+    command
         .args(&args.args)
         .env("LD_PRELOAD", preload)
-        .env(registry::ENV_REGION_FD, fd.to_string())
-        .spawn()
-        .map_err(|e| {
-            let shown = args.executable.display();
-            match e.raw_os_error() {
-                Some(libc::ENOEXEC) => CliError::usage(format!(
-                    "{shown} is not a program this system can run (exec format error); give an \
+        .env(registry::ENV_REGION_FD, fd.to_string());
+    // The tracer ignores SIGXFSZ (see `ignore_file_size_signal`), and an ignored signal stays
+    // ignored across exec: give the target the default back, so it runs as without the tracer.
+    // SAFETY: the closure runs in the forked child before exec and only calls signal(2), which
+    // is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|e| {
+        let shown = args.executable.display();
+        match e.raw_os_error() {
+            Some(libc::ENOEXEC) => CliError::usage(format!(
+                "{shown} is not a program this system can run (exec format error); give an \
                      executable built for this machine"
-                )),
-                Some(libc::EACCES) => CliError::usage(format!(
-                    "{shown} cannot be executed (permission denied); check its mode and its \
+            )),
+            Some(libc::EACCES) => CliError::usage(format!(
+                "{shown} cannot be executed (permission denied); check its mode and its \
                      file system's noexec flag"
-                )),
-                _ => CliError::runtime(format!("cannot start {shown}: {e}")),
-            }
-        })
+            )),
+            _ => CliError::runtime(format!("cannot start {shown}: {e}")),
+        }
+    })
+}
+
+/// Ignores SIGXFSZ in the tracer: a trace file that reaches the file-size limit (`ulimit -f`)
+/// then fails with `EFBIG`, which the drain counts and reports in one line, instead of the signal
+/// killing the tracer without a word and leaving the session unfinished.
+pub(crate) fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN takes no handler code and no memory.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
 pub(crate) fn raise_priority() {
@@ -415,6 +487,8 @@ pub(crate) struct Recorder {
     attached: bool,
     /// Events the agent attempted (known once the session is written).
     pub(crate) attempted: u64,
+    /// Events written to the trace files.
+    pub(crate) persisted: u64,
     target_fate: Option<atf::TargetFate>,
     crashed: bool,
     /// Modules and names of every process image, from the module log, and the triggers.
@@ -746,12 +820,12 @@ impl Pipeline for Recorder {
             target_fate: self.target_fate.clone().unwrap_or(atf::TargetFate::Running),
             wall_end_unix_ns: drain::wall_now_ns(),
         };
-        match drain.finish(&outcome) {
-            Ok(report) => {
-                self.report = Some(report);
-                Ok(())
-            }
-            Err(e) => {
+        // The counts are reported even when files failed (their events are `not_written`).
+        let (report, error) = drain.finish_counted(&outcome);
+        self.report = Some(report);
+        match error {
+            None => Ok(()),
+            Some(e) => {
                 self.error = Some(e.to_string());
                 Err(phase_error(e))
             }

@@ -375,7 +375,16 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// are counted as `not_written`, and the files stay readable. A trace file that fails to
     /// finish is left as written (readable up to its last whole event, the rest `not_written`):
     /// the manifest is written all the same, then the file's error is returned.
-    pub fn finish(mut self, outcome: &Outcome) -> Result<Report, DrainError> {
+    pub fn finish(self, outcome: &Outcome) -> Result<Report, DrainError> {
+        let (report, error) = self.finish_counted(outcome);
+        error.map_or(Ok(report), Err)
+    }
+
+    /// [`Drain::finish`], returning the report whatever failed: the accounting comes from the
+    /// region's counters and what the drain wrote, so it is true even when files, the manifest
+    /// or the sync failed (events that did not reach a file are `not_written`). The first error,
+    /// if any, comes with it.
+    pub fn finish_counted(mut self, outcome: &Outcome) -> (Report, Option<DrainError>) {
         let started = Instant::now();
         self.stopped = true;
         let mut first = None;
@@ -425,7 +434,17 @@ impl<'r, B: Backend> Drain<'r, B> {
             .flat_map(|f| f.windows.clone())
             .collect();
         m.finished = true;
-        self.layout.write_manifest(&mut self.manifest)?;
+        // A failed manifest write or sync is the error returned, over a file's: it says the
+        // manifest on disk is the previous one, or that durability is unknown. Either way the
+        // report carries the true accounting.
+        let mut synced = false;
+        let manifest_written = match self.layout.write_manifest(&mut self.manifest) {
+            Ok(()) => true,
+            Err(e) => {
+                first = Some(e.into());
+                false
+            }
+        };
         // The session's own trace files (finished unsynced) and directories, fsynced in parallel
         // (the manifest was fsynced as it was written): never other programs' dirty data, as a
         // syncfs would. Writeback started during the recording leaves them little to write.
@@ -436,19 +455,24 @@ impl<'r, B: Backend> Drain<'r, B> {
             // A file that could not be created has nothing to sync (its events are `not_written`).
             .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
             .collect();
-        self.layout.sync_session(&paths)?;
-        // The trace files, the manifest, and the session, process and thread directories.
-        self.stats.files_synced += paths.len() as u64 + 1 + 2 + self.files.len() as u64;
-        self.stats.busy += started.elapsed();
-        if let Some(e) = first {
-            return Err(e);
+        if manifest_written {
+            match self.layout.sync_session(&paths) {
+                Ok(()) => synced = true,
+                Err(e) => first = Some(e.into()),
+            }
         }
-        Ok(Report {
+        // The trace files, the manifest, and the session, process and thread directories.
+        if synced {
+            self.stats.files_synced += paths.len() as u64 + 1 + 2 + self.files.len() as u64;
+        }
+        self.stats.busy += started.elapsed();
+        let report = Report {
             manifest: self.layout.manifest_path(),
             accounting,
             threads,
             stats: self.stats,
-        })
+        };
+        (report, first)
     }
 
     fn write_manifest(&mut self) -> Result<(), DrainError> {

@@ -25,6 +25,8 @@ pub const REGION_VERSION: u32 = 2;
 pub const MAX_TRIGGERS: usize = 64;
 /// The most threads a region may be created for.
 pub const MAX_CAPACITY: u32 = 4096;
+/// The smallest ring [`RegionConfig::fit_to`] shrinks to (128 index events).
+pub const MIN_FIT_RING: usize = 4 << 10;
 /// The fewest threads a production region ([`crate::SharedRegion::create`]) is created for.
 pub const MIN_CAPACITY: u32 = 64;
 /// The most stack bytes a detail record may copy.
@@ -243,6 +245,61 @@ impl RegionConfig {
             policy: FullPolicy::Wait {
                 timeout_us: self.wait_timeout_us,
             },
+        }
+    }
+
+    /// This configuration shrunk to fit a region of at most `max_bytes` (a file-size limit: a
+    /// memfd's size counts against `RLIMIT_FSIZE`): first fewer thread slots, down to
+    /// [`MIN_CAPACITY`], then smaller rings, down to [`MIN_FIT_RING`], then two rings per lane.
+    /// Unchanged when it fits;
+    /// `None` when even the smallest does not.
+    pub fn fit_to(&self, max_bytes: u64) -> Option<RegionConfig> {
+        let fits = |c: &RegionConfig| layout_size(c).is_ok_and(|n| n as u64 <= max_bytes);
+        let mut config = self.clone();
+        if fits(&config) {
+            return Some(config);
+        }
+        loop {
+            // The most slots that fit with these rings (the size grows with the slot count).
+            let (mut lo, mut hi) = (MIN_CAPACITY.min(config.capacity), config.capacity);
+            config.capacity = lo;
+            if fits(&config) {
+                while lo < hi {
+                    let mid = lo + (hi - lo).div_ceil(2);
+                    config.capacity = mid;
+                    if fits(&config) {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                config.capacity = lo;
+                return Some(config);
+            }
+            config.capacity = self.capacity;
+            let smaller = |lane: &mut LaneConfig| {
+                if lane.ring_capacity > MIN_FIT_RING {
+                    lane.ring_capacity /= 2;
+                    true
+                } else {
+                    false
+                }
+            };
+            let shrunk_index = smaller(&mut config.index);
+            let shrunk_detail = smaller(&mut config.detail);
+            if !shrunk_index && !shrunk_detail {
+                // Last, fewer rings per lane (two keep one filling while one drains).
+                let fewer = |lane: &mut LaneConfig| {
+                    let had = lane.rings;
+                    lane.rings = lane.rings.min(2);
+                    had != lane.rings
+                };
+                let fewer_index = fewer(&mut config.index);
+                let fewer_detail = fewer(&mut config.detail);
+                if !fewer_index && !fewer_detail {
+                    return None;
+                }
+            }
         }
     }
 

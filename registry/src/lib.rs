@@ -72,13 +72,13 @@ mod registry;
 pub use clock::{Clock, ClockSource};
 pub use layout::{
     layout_size, ControlBlock, LaneConfig, RegionConfig, Slot, DEFAULT_STACK_BYTES, MAX_CAPACITY,
-    MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, REGION_MAGIC, REGION_VERSION,
+    MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, MIN_FIT_RING, REGION_MAGIC, REGION_VERSION,
 };
 pub use modules::{
     image_tag, untagged, Module, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY,
     MODULE_MAIN, MODULE_PATH_MAX, MODULE_TRUNCATED,
 };
-pub use region::{SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
+pub use region::{file_size_limit, SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
     Handshake, Lanes, OpenSections, OrphanCounts, OrphanReason, Patient, Registration, Registry,
     SlotInfo, SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,

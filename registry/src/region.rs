@@ -36,6 +36,21 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RegistryError {
     move |source| RegistryError::Io { what, source }
 }
 
+/// This process's file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) in bytes, `None` when unlimited.
+/// A memfd's size counts against it: a region larger than the limit cannot be created (see
+/// [`RegionConfig::fit_to`]).
+pub fn file_size_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `limit`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
 fn map(fd: BorrowedFd<'_>, len: usize) -> Result<NonNull<u8>, std::io::Error> {
     // SAFETY: a fresh shared mapping of `len` bytes of `fd`; no existing memory is affected.
     let ptr = unsafe {

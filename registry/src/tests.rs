@@ -54,6 +54,33 @@ fn region__created__then_memfd_is_the_owners_alone() {
 }
 
 #[test]
+fn region_config__fit_to_file_size_limits__then_largest_that_fits_or_none() {
+    let full = RegionConfig {
+        capacity: 1024,
+        ..RegionConfig::default()
+    };
+    let size = |c: &RegionConfig| layout_size(c).unwrap() as u64;
+    assert_eq!(full.fit_to(size(&full)), Some(full.clone()));
+    // Fewer slots first, as many as fit.
+    let limit = size(&full) / 3;
+    let fitted = full.fit_to(limit).unwrap();
+    assert!(size(&fitted) <= limit);
+    assert!(fitted.capacity < 1024 && fitted.capacity >= MIN_CAPACITY);
+    assert_eq!(fitted.index, full.index);
+    let one_more = RegionConfig {
+        capacity: fitted.capacity + 1,
+        ..fitted.clone()
+    };
+    assert!(size(&one_more) > limit);
+    // Then smaller and fewer rings: `ulimit -f 2048` still records.
+    let fitted = full.fit_to(2048 << 10).unwrap();
+    assert!(size(&fitted) <= 2048 << 10);
+    assert!(fitted.index.ring_capacity < full.index.ring_capacity);
+    SharedRegion::create_with_clock(&fitted, &Clock::boottime()).unwrap();
+    assert_eq!(full.fit_to(64 << 10), None);
+}
+
+#[test]
 fn region__capacity_below_floor__then_bad_config_names_the_minimum() {
     let err = SharedRegion::create_with_clock(&small(8), &Clock::boottime()).unwrap_err();
     assert!(err.to_string().contains("at least 64"), "{err}");

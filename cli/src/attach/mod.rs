@@ -35,10 +35,11 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     check_target(pid)?;
+    record::ignore_file_size_signal();
     let output = record::open_output(opts)?;
     let agent = record::find_agent()?;
 
-    let region = SharedRegion::create(&record::region_config(opts))
+    let region = SharedRegion::create(&record::region_config(opts)?)
         .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
     let fd = region
         .fd()
