@@ -29,8 +29,9 @@ static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// `tracer_agent_attach(path)`: maps the region at `path` (NUL-terminated), makes it the current
 /// attachment and redirects the program's hook calls to the agent. Returns the number of GOT
 /// entries that now point at the agent (0: nothing calls the hooks), -1 if the region cannot be
-/// used (said on stderr), or -2 if a live tracer is recording the process already (nothing
-/// changes).
+/// opened or mapped, -3 if it is not a usable region, or -2 if a live tracer is recording the
+/// process already. On any failure nothing changes and nothing is written to the program's
+/// stdout or stderr (they are the program's, not ours): the tracer reports the code.
 ///
 /// # Safety
 /// `path` is a valid NUL-terminated string. Called by the tracer from one thread of the target,
@@ -44,20 +45,12 @@ pub unsafe extern "C" fn tracer_agent_attach(path: *const c_char) -> c_int {
     let path = unsafe { CStr::from_ptr(path) };
     let path =
         Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()));
-    let region = match SharedRegion::open_path(path) {
-        Ok(r) => r,
-        Err(e) => {
-            crate::say(&format!("cannot attach: {e}"));
-            return -1;
-        }
+    let Ok(region) = SharedRegion::open_path(path) else {
+        return -1;
     };
     let generation = GENERATION.load(Relaxed).max(1) + 1;
-    let agent = match crate::build_from(region, generation) {
-        Ok(a) => a,
-        Err(e) => {
-            crate::say(&format!("cannot attach: {e}"));
-            return -1;
-        }
+    let Ok(agent) = crate::build_from(region, generation) else {
+        return -3;
     };
     // Acquire: pairs with the Release store of READY in `init_slow` / below.
     if STATE.load(Acquire) == READY {

@@ -38,10 +38,13 @@ const TICK: Duration = Duration::from_millis(250);
 pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
     ignore_file_size_signal();
-    let output = open_output(opts)?;
     timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     let exe_info = symbols::inspect_executable(&args.executable).ok();
+    if let Some(reason) = exe_info.as_ref().and_then(|i| i.unsupported()) {
+        return Err(CliError::usage(reason));
+    }
+    let output = open_output(opts)?;
     if let Some(problem) = exe_info
         .as_ref()
         .filter(|i| !i.traceable())

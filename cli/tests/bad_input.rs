@@ -35,6 +35,33 @@ fn cli__non_executable_file__then_exit_2() {
 }
 
 #[test]
+fn cli__32_bit_x86_program__then_exit_2_naming_the_reason_before_anything_is_written() {
+    // An i386 ELF executable's header: class 32, little-endian, ET_EXEC, EM_386.
+    let mut elf = vec![0u8; 64];
+    elf[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
+    elf[16] = 2;
+    elf[18] = 3;
+    let exe = workdir().join("d32");
+    std::fs::write(&exe, &elf).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = workdir().join("d32-out");
+    assert_one_line_error(
+        &[
+            "spawn",
+            "--output",
+            out.to_str().unwrap(),
+            exe.to_str().unwrap(),
+        ],
+        2,
+        "32-bit x86 programs are not supported",
+    );
+    assert!(
+        !out.exists(),
+        "the output directory was created for a program that cannot run"
+    );
+}
+
+#[test]
 fn cli__negative_or_non_numeric_duration__then_exit_2() {
     assert_one_line_error(&["spawn", "--duration", "-1", "/bin/true"], 2, "seconds");
     assert_one_line_error(&["spawn", "--duration", "soon", "/bin/true"], 2, "seconds");

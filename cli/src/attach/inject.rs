@@ -485,9 +485,18 @@ impl Tracer {
         if hooks == -2 {
             return Err(InjectError::AlreadyRecorded);
         }
+        if hooks == -1 {
+            return Err(InjectError::Other(format!(
+                "the agent could not open the tracer's region {} from inside the target (can \
+                 it read the tracer's /proc/<pid>/fd? both must run as the same user)",
+                region_path.display()
+            )));
+        }
         if hooks < 0 {
             return Err(InjectError::Other(
-                "the agent could not open the tracer's region (see the target's stderr)".into(),
+                "the agent found the tracer's region unusable (a tracer and agent of different \
+                 versions?); rebuild the tracer"
+                    .into(),
             ));
         }
         Ok(hooks)

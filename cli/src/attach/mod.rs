@@ -223,6 +223,9 @@ fn check_target(pid: i32) -> Result<(), CliError> {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let info = symbols::inspect_executable(&exe)
         .map_err(|e| CliError::usage(format!("cannot read the executable of pid {pid}: {e}")))?;
+    if let Some(reason) = info.unsupported() {
+        return Err(CliError::usage(format!("pid {pid}: {reason}")));
+    }
     if let symbols::ExeKind::Elf {
         interpreter: None, ..
     } = info.kind

@@ -598,6 +598,45 @@ impl ExeInfo {
         )
     }
 
+    /// Why the tracer cannot run this program at all, as one line naming the reason and the fix:
+    /// an ELF for another machine or class ("32-bit x86 programs are not supported"), or an ELF
+    /// that is not an executable. `None` for anything it can start (which may still record
+    /// nothing: see [`problem`](Self::problem)).
+    pub fn unsupported(&self) -> Option<String> {
+        let exe = self.path.display();
+        match &self.kind {
+            ExeKind::OtherElf {
+                e_type: Some(_), ..
+            } => self.problem(),
+            ExeKind::OtherElf {
+                class_bits: 32,
+                machine: object::elf::EM_386,
+                ..
+            } => Some(format!(
+                "{exe}: 32-bit x86 programs are not supported; rebuild it for x86-64 (without \
+                 -m32)"
+            )),
+            ExeKind::OtherElf {
+                class_bits: 32,
+                machine: object::elf::EM_X86_64,
+                ..
+            } => Some(format!(
+                "{exe}: x32 programs (32-bit pointers on x86-64) are not supported; rebuild it \
+                 for x86-64 (without -mx32)"
+            )),
+            ExeKind::OtherElf {
+                class_bits,
+                machine,
+                ..
+            } => Some(format!(
+                "{exe}: {class_bits}-bit {} programs are not supported; the tracer records \
+                 x86-64 programs only, rebuild it for x86-64",
+                machine_name(*class_bits, *machine)
+            )),
+            _ => None,
+        }
+    }
+
     /// Why tracing this program records nothing, as one line naming the fix; `None` if it can
     /// be traced. Meant to follow "recorded no events: " or "warning: ".
     pub fn problem(&self) -> Option<String> {

@@ -515,7 +515,22 @@ fn inspect_executable__other_machine_or_object_file__then_other_elf() {
         }
     );
 
+    let reason = inspect_executable(&path).unwrap().unsupported().unwrap();
+    assert!(
+        reason.ends_with(
+            "32-bit x86 programs are not supported; rebuild it for x86-64 (without -m32)"
+        ),
+        "{reason}"
+    );
+    fs::write(&path, &arm).unwrap();
+    let reason = inspect_executable(&path).unwrap().unsupported().unwrap();
+    assert!(
+        reason.contains("64-bit arm64 (aarch64) programs are not supported"),
+        "{reason}"
+    );
+
     let obj = build(dir.path(), "unit.o", PLAIN, &["-c"]);
+    assert!(inspect_executable(&obj).unwrap().unsupported().is_some());
     assert_eq!(
         inspect_kind(&obj),
         ExeKind::OtherElf {
