@@ -71,20 +71,24 @@ fn in_private_tmp(name: &str) -> bool {
     false
 }
 
+/// `sh -c script` as the user nobody.
+fn nobody_command(script: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    command
+}
+
 /// Runs `script` with `sh -c` as the user nobody.
 fn as_nobody(script: &str) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .expect("setpriv runs")
+    nobody_command(script).output().expect("setpriv runs")
 }
 
 fn nobody_ok(script: &str) {
@@ -243,23 +247,14 @@ fn safety__sessions_swapped_for_links_while_recording__then_no_victim_changes() 
     // nobody owns a sticky shared output directory, so nobody may rename root's entries in it.
     nobody_ok("mkdir -m 1777 /tmp/shared");
     plant_write_test_links("/tmp/shared");
-    let swapper = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "n=0; while true; do for d in /tmp/shared/session_*; do \
+    let swapper = nobody_command(&format!(
+        "n=0; while true; do for d in /tmp/shared/session_*; do \
              [ -d \"$d\" ] && [ ! -L \"$d\" ] || continue; \
              n=$((n+1)); mv \"$d\" /tmp/shared/moved_$n 2>/dev/null && \
              ln -s {VICTIM_DIR} \"$d\"; done; done"
-        ))
-        .spawn()
-        .expect("the swapper starts");
+    ))
+    .spawn()
+    .expect("the swapper starts");
     let mut swapper = KillOnDrop(swapper);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut runs = 0;
