@@ -94,7 +94,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     );
     release_region(fd, region_len);
     let (recorder, _) = recorded?;
-    if recorder.attempted == 0 {
+    if recorder.attempted == 0 && recorder.persisted == 0 {
         eprintln!(
             "tracer: recorded no events: pid {pid} called no instrumented function while attached"
         );
