@@ -25,8 +25,9 @@ pub const REGION_VERSION: u32 = 2;
 pub const MAX_TRIGGERS: usize = 64;
 /// The most threads a region may be created for.
 pub const MAX_CAPACITY: u32 = 4096;
-/// The smallest ring [`RegionConfig::fit_to`] shrinks to (128 index events).
-pub const MIN_FIT_RING: usize = 4 << 10;
+/// The smallest ring [`RegionConfig::fit_to`] shrinks to: 64 index events, and room for the
+/// largest detail record (a variable ring takes records up to half its size).
+pub const MIN_FIT_RING: usize = 2 << 10;
 /// The fewest threads a production region ([`crate::SharedRegion::create`]) is created for.
 pub const MIN_CAPACITY: u32 = 64;
 /// The most stack bytes a detail record may copy.
