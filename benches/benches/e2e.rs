@@ -10,13 +10,20 @@
 //!   CPU ns per pair over a window of each phase (before, attached, after the tracer left, spawn),
 //!   1 and 4 threads, and the ratio of the attached overhead to spawn's (both minus the no-op
 //!   hooks): attach should cost what spawn costs.
-//! - **Shutdown latency**: `tracer spawn` on 64 threads calling instrumented functions non-stop,
-//!   SIGINT to the tracer alone once it records, time until the tracer has exited; p50 and p99
-//!   over the runs, and the shutdown manager's own total from the summary.
+//! - **Shutdown latency** (the seeds' `shutdown__64_threads__then_under_100ms`): `tracer spawn` on
+//!   64 threads calling instrumented functions non-stop, SIGINT once it records — to the tracer
+//!   alone, then to the process group of the tracer and its target (a terminal's Ctrl-C) — and the
+//!   time until the tracer has exited; p50 and p99 over the runs, with the summary's total and
+//!   its syncing phase.
+//! - **Oversubscribed**: 256 spinning threads (on a 2-CPU machine) recorded 2 s, then SIGINT:
+//!   events persisted per second, ring-full drops, the stop's time and whether it was clean; the
+//!   same with 4 threads, and the ratio of the two rates.
 //!
-//! `cargo bench -p benches --bench e2e` runs 10 M calls per thread and 20 shutdowns (of 64
-//! threads; `E2E_SHUTDOWN_THREADS=<n>` for another count); `cargo test --benches` runs one short
-//! pass of each (2 shutdowns of 8 threads). A shutdown that was forced is listed, not counted.
+//! `cargo bench -p benches --bench e2e` runs 10 M calls per thread, 20 shutdowns of 64 threads per
+//! gesture (`E2E_SHUTDOWN_THREADS=<n>` for another count) and 5 oversubscribed runs of 256
+//! (`E2E_BUSY_THREADS=<n>`); `cargo test --benches` runs one short pass of each (2 shutdowns of
+//! 8 threads, one run of 16). A shutdown that was not clean is listed, not counted.
+//! `E2E_ONLY=shutdown` runs the shutdown and oversubscribed parts alone.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,9 +38,12 @@ fn main() {
     let full = full_run();
     let dir = tempfile::tempdir().expect("temp dir");
     let tracer = build_tracer();
-    overhead(dir.path(), &tracer, full);
-    attach_overhead(dir.path(), &tracer, full);
+    if std::env::var("E2E_ONLY").as_deref() != Ok("shutdown") {
+        overhead(dir.path(), &tracer, full);
+        attach_overhead(dir.path(), &tracer, full);
+    }
     shutdown_latency(dir.path(), &tracer, full);
+    oversubscribed(dir.path(), &tracer, full);
 }
 
 /// Runs `cmd` (the workload, possibly wrapped) and parses the workload's "<cpu ns> <wall ns>".
@@ -263,8 +273,18 @@ fn attach_overhead(dir: &Path, tracer: &Path, full: bool) {
     println!("attach; ratio = (attached - before) / (spawn - before): the overhead, not the total");
 }
 
+/// Who gets the stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gesture {
+    /// `kill -INT <tracer pid>`.
+    Tracer,
+    /// A terminal's Ctrl-C: SIGINT to the process group of the tracer and its target.
+    Group,
+}
+
+/// The seeds' `shutdown__64_threads__then_under_100ms`, as figures: signal to exit, p50 and p99,
+/// with the signal to the tracer alone and to the whole process group.
 fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
-    let spin = build_c(dir, "spin", SPIN_C, true);
     let runs = if full { 20 } else { 2 };
     // The one-pass check only proves the driver works: few threads, so a loaded CI machine does
     // not turn it into a scheduling test.
@@ -272,57 +292,109 @@ fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 64 } else { 8 });
+    for gesture in [Gesture::Tracer, Gesture::Group] {
+        shutdowns(dir, tracer, threads, runs, gesture);
+    }
+}
+
+/// One stop: the recording's summary, the time from signal to exit, whether it was clean.
+struct Stop {
+    wall_ms: f64,
+    stderr: String,
+    clean: bool,
+}
+
+/// Runs `tracer spawn spin <threads>` until it has recorded `after` (1 MiB of events, or a
+/// time), signals it as `gesture` says, and times the exit.
+fn stop_once(
+    dir: &Path,
+    tracer: &Path,
+    threads: u32,
+    gesture: Gesture,
+    after: Option<Duration>,
+) -> Stop {
+    let spin = build_c(dir, "spin", SPIN_C, true);
+    let out = dir.join("spin-traces");
+    let mut cmd = Command::new(tracer);
+    cmd.arg("spawn")
+        .arg("--output")
+        .arg(&out)
+        .arg(&spin)
+        .arg("--")
+        .arg(threads.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if gesture == Gesture::Group {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    // Stopped on drop too (SIGTERM: the tracer stops the workload it spawned).
+    let mut child = cmd.spawn().map(KillOnDrop).expect("the tracer starts");
+    wait_until_recording(&out);
+    if let Some(time) = after {
+        std::thread::sleep(time);
+    }
+    let started = Instant::now();
+    let pid = child.pid() as i32;
+    let target = if gesture == Gesture::Group { -pid } else { pid };
+    // SAFETY: signalling the tracer we started, or the process group it leads (itself and its
+    // target).
+    unsafe { libc::kill(target, libc::SIGINT) };
+    let status = child.0.wait().expect("the tracer exits");
+    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.0.stderr.take().unwrap().read_to_string(&mut stderr);
+    let _ = std::fs::remove_dir_all(&out);
+    let clean = status.success()
+        && stderr.contains("shutdown complete")
+        && !["failed", "forced", "skipped", "overran"]
+            .iter()
+            .any(|bad| stderr.contains(bad));
+    Stop {
+        wall_ms,
+        stderr,
+        clean,
+    }
+}
+
+/// `runs` stops of `threads` spinning threads: p50/p99 of signal to exit and of the summary's
+/// total; unclean ones are listed and left out of the figures.
+fn shutdowns(dir: &Path, tracer: &Path, threads: u32, runs: u32, gesture: Gesture) {
     let mut wall = Vec::new();
     let mut managed = Vec::new();
+    let mut syncing = Vec::new();
     let mut unclean = Vec::new();
     for run in 0..runs {
-        let out = dir.join("spin-traces");
-        // Stopped on drop too (SIGTERM: the tracer stops the workload it spawned).
-        let mut child = Command::new(tracer)
-            .arg("spawn")
-            .arg("--output")
-            .arg(&out)
-            .arg(&spin)
-            .arg("--")
-            .arg(threads.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map(KillOnDrop)
-            .expect("the tracer starts");
-        wait_until_recording(&out);
-        let started = Instant::now();
-        // SAFETY: signalling the tracer we started, by pid (not its process group).
-        unsafe { libc::kill(child.pid() as i32, libc::SIGINT) };
-        let status = child.0.wait().expect("the tracer exits");
-        let elapsed = started.elapsed().as_secs_f64() * 1e3;
-        let mut stderr = String::new();
-        use std::io::Read;
-        let _ = child.0.stderr.take().unwrap().read_to_string(&mut stderr);
-        let _ = std::fs::remove_dir_all(&out);
-        // A forced shutdown (threads preempted past the stop's timeout on an overloaded
-        // machine) is said, and kept out of the percentiles: they describe clean shutdowns.
-        if !status.success() || !stderr.contains("shutdown complete") {
-            let reason = stderr
+        let stop = stop_once(dir, tracer, threads, gesture, None);
+        if !stop.clean {
+            let reason = stop
+                .stderr
                 .lines()
-                .find(|l| l.contains("failed") || l.contains("forced"))
+                .find(|l| {
+                    ["failed", "forced", "overran"]
+                        .iter()
+                        .any(|b| l.contains(b))
+                })
                 .unwrap_or("the tracer failed")
                 .trim()
                 .to_owned();
             unclean.push(format!("run {run}: {reason}"));
             continue;
         }
-        wall.push(elapsed);
-        if let Some(ms) = summary_total_ms(&stderr) {
-            managed.push(ms);
-        }
+        wall.push(stop.wall_ms);
+        managed.extend(summary_ms(&stop.stderr, "total"));
+        syncing.extend(summary_ms(&stop.stderr, "syncing"));
     }
-    wall.sort_by(f64::total_cmp);
-    managed.sort_by(f64::total_cmp);
+    for v in [&mut wall, &mut managed, &mut syncing] {
+        v.sort_by(f64::total_cmp);
+    }
+    let who = match gesture {
+        Gesture::Tracer => "SIGINT to the tracer alone",
+        Gesture::Group => "SIGINT to the process group (Ctrl-C)",
+    };
     println!();
-    println!(
-        "shutdown latency, {threads} threads calling non-stop, SIGINT to the tracer, {runs} runs"
-    );
+    println!("shutdown latency, {threads} threads calling non-stop, {who}, {runs} runs");
     println!(
         "  signal to tracer exit:      p50 {:8.2} ms   p99 {:8.2} ms   max {:8.2} ms",
         percentile(&wall, 50.0),
@@ -334,12 +406,70 @@ fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
         percentile(&managed, 50.0),
         percentile(&managed, 99.0)
     );
+    println!(
+        "  of which syncing:           p50 {:8.2} ms   p99 {:8.2} ms",
+        percentile(&syncing, 50.0),
+        percentile(&syncing, 99.0)
+    );
     if !unclean.is_empty() {
         println!("  not clean, left out of the figures above:");
         for line in &unclean {
             println!("    {line}");
         }
     }
+}
+
+/// Many busy threads on few CPUs: `threads` spinning threads recorded for a while, then SIGINT to
+/// the tracer. Events persisted per second of recording, ring-full drops, the stop's time and
+/// whether it was clean; and the same for 4 threads, for the ratio.
+fn oversubscribed(dir: &Path, tracer: &Path, full: bool) {
+    let threads: u32 = std::env::var("E2E_BUSY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 256 } else { 16 });
+    let record = Duration::from_millis(if full { 2000 } else { 300 });
+    let runs = if full { 5 } else { 1 };
+    println!();
+    println!(
+        "oversubscribed: spinning threads recorded {} ms, then SIGINT to the tracer, {runs} runs",
+        record.as_millis()
+    );
+    println!(
+        "{:>8} {:>16} {:>10} {:>10} {:>10} {:>7}",
+        "threads", "persisted/s", "ring full", "stop p50", "stop max", "clean"
+    );
+    let mut rates = Vec::new();
+    for n in [4, threads] {
+        let (mut rate, mut stop_ms, mut ring_full, mut clean) = (Vec::new(), Vec::new(), 0, 0);
+        for _ in 0..runs {
+            let started = Instant::now();
+            let stop = stop_once(dir, tracer, n, Gesture::Tracer, Some(record));
+            let recorded = started.elapsed().as_secs_f64() - stop.wall_ms / 1e3;
+            clean += u32::from(stop.clean);
+            ring_full += summary_count(&stop.stderr, "ring full: ").unwrap_or(0);
+            if let Some(persisted) = summary_count(&stop.stderr, "persisted") {
+                rate.push(persisted as f64 / recorded);
+            }
+            stop_ms.extend(summary_ms(&stop.stderr, "total"));
+        }
+        rate.sort_by(f64::total_cmp);
+        stop_ms.sort_by(f64::total_cmp);
+        let median = percentile(&rate, 50.0);
+        rates.push(median);
+        println!(
+            "{n:>8} {:>14.2} M {:>10} {:>7.1} ms {:>7.1} ms {:>4}/{runs}",
+            median / 1e6,
+            ring_full,
+            percentile(&stop_ms, 50.0),
+            stop_ms.last().copied().unwrap_or(f64::NAN),
+            clean
+        );
+    }
+    println!(
+        "  {threads} threads persist {:.0} % of what 4 threads do (median rates; the recording \
+         time includes the start-up)",
+        100.0 * rates[1] / rates[0]
+    );
 }
 
 /// Waits until the session under `out` holds 1 MiB of events: the target is recording.
@@ -367,10 +497,22 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The `total  <x> ms` line of the shutdown summary.
-fn summary_total_ms(stderr: &str) -> Option<f64> {
-    let line = stderr
-        .lines()
-        .find(|l| l.trim_start().starts_with("total"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// The milliseconds on the summary line starting with `label` (`total`, `syncing`...).
+fn summary_ms(stderr: &str, label: &str) -> Option<f64> {
+    let line = stderr.lines().find(|l| l.trim_start().starts_with(label))?;
+    let at = line.split_whitespace().position(|w| w == "ms")?;
+    line.split_whitespace().nth(at - 1)?.parse().ok()
+}
+
+/// The number after `label` in the summary (`persisted`, `ring full: `), commas removed.
+fn summary_count(stderr: &str, label: &str) -> Option<u64> {
+    let line = stderr.lines().find(|l| l.contains(label))?;
+    let rest = &line[line.find(label)? + label.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(|c| *c != ',')
+        .collect();
+    digits.parse().ok()
 }
