@@ -227,6 +227,10 @@ fn event(kind: u32, function: u64, regs: *const u64) {
         // Attach mode: the first thread to see the stop puts the program's hooks back.
         crate::attach::restore_hooks(st.agent);
         step_aside();
+    } else if st.settle_pauses < MAX_SETTLE_PAUSES && st.writer.stop_settling() {
+        // The tracer still waits for threads preempted inside a write: leave them the CPU.
+        st.settle_pauses += 1;
+        step_aside();
     }
     compiler_fence(SeqCst);
     st.busy = 0;
@@ -247,7 +251,11 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// The first time a thread finds acceptance stopped, it sleeps 1 ms, once. The stopper waits for
+/// The most 1 ms pauses a thread takes while the tracer settles a stop.
+const MAX_SETTLE_PAUSES: u8 = 100;
+
+/// The first time a thread finds acceptance stopped, it sleeps 1 ms, and again on each event
+/// while the tracer is still waiting (`SlotWriter::stop_settling`). The stopper waits for
 /// threads that were preempted inside a write when it stopped acceptance; on a machine with more
 /// busy threads than CPUs, threads that keep calling would otherwise hold the CPUs for whole
 /// scheduler slices while those wait for their turn (measured with 64 threads on 2 CPUs: the

@@ -73,6 +73,9 @@ pub(crate) struct ThreadState {
     pub(crate) depth: u32,
     /// Whether this thread has seen acceptance stopped (it steps aside once, see `hook`).
     pub(crate) stop_seen: bool,
+    /// Pauses taken while the tracer settled the stop (bounded: a tracer that dies mid-stop must
+    /// not slow the program for ever).
+    pub(crate) settle_pauses: u8,
     pub(crate) tid: u32,
     pub(crate) slot: u32,
     /// Index events accepted so far: the position the next one takes in index.atf.
@@ -185,6 +188,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             let state = ThreadState {
                 busy: 0,
                 stop_seen: false,
+                settle_pauses: 0,
                 depth: tl.pending_depth,
                 tid,
                 slot: r.slot,

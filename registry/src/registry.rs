@@ -13,6 +13,13 @@ use crate::clock::{Clock, ClockSource};
 use crate::layout::*;
 use crate::RegistryError;
 
+/// The session's `accepting` word: events are accepted.
+const ACCEPTING: u32 = 1;
+/// Not accepting, and the tracer is waiting for the write sections open at the stop.
+const SETTLING: u32 = 2;
+/// Not accepting, and the tracer no longer waits.
+const STOPPED: u32 = 0;
+
 /// How the stop handshake orders a producer's "I am writing" against the stopper's "stop".
 ///
 /// Both are the same Dekker pattern (producer: store `in_write`, barrier, load `accepting`;
@@ -274,7 +281,7 @@ impl<B: Backend> SlotWriter<'_, B> {
             // every CPU running this process (see `Handshake::Membarrier`).
             core::sync::atomic::compiler_fence(SeqCst);
         }
-        if self.accepting.load(Relaxed) != 0 {
+        if self.accepting.load(Relaxed) == ACCEPTING {
             return true;
         }
         bump(&self.hot.counters[C_SHUTDOWN]);
@@ -289,7 +296,16 @@ impl<B: Backend> SlotWriter<'_, B> {
     /// from `begin`/`end`.
     #[inline(always)]
     pub fn still_accepting(&self) -> bool {
-        self.accepting.load(Relaxed) != 0
+        self.accepting.load(Relaxed) == ACCEPTING
+    }
+
+    /// Whether the tracer is waiting, right now, for the write sections open when acceptance
+    /// stopped. A thread whose event was refused should then step aside for a moment (sleep):
+    /// on a machine with more busy threads than CPUs, the threads the tracer waits for are
+    /// preempted ones, and they finish only once they get a CPU. Relaxed: a hint.
+    #[inline(always)]
+    pub fn stop_settling(&self) -> bool {
+        self.accepting.load(Relaxed) == SETTLING
     }
 
     /// Counts the current event, which the producer gave up inside its write section because
@@ -435,7 +451,7 @@ impl<'a, B: Backend> Registry<'a, B> {
             tsc_base: clock.tsc_base,
             ns_base: clock.ns_base,
             session: CachePadded(Session {
-                accepting: B::AtomicU32::new(1),
+                accepting: B::AtomicU32::new(ACCEPTING),
                 registrations_open: B::AtomicU32::new(1),
                 trigger_count: B::AtomicU32::new(0),
                 high_water: B::AtomicU32::new(0),
@@ -693,7 +709,7 @@ impl<'a, B: Backend> Registry<'a, B> {
 
     /// Whether events are accepted (a snapshot).
     pub fn is_accepting(&self) -> bool {
-        self.session().accepting.load(Relaxed) != 0
+        self.session().accepting.load(Relaxed) == ACCEPTING
     }
 
     /// Whether threads may still claim slots (a snapshot).
@@ -883,7 +899,7 @@ impl<'a, B: Backend> Registry<'a, B> {
     pub fn stop_now(&self) -> OpenSections {
         // Relaxed store, then the SeqCst fence (and the membarrier): the Dekker pair of the fence
         // (or compiler barrier) in `SlotWriter::begin`.
-        self.session().accepting.store(0, Relaxed);
+        self.session().accepting.store(SETTLING, Relaxed);
         B::fence(SeqCst);
         if self.k.handshake == Handshake::Membarrier {
             crate::membarrier::global_barrier();
@@ -956,6 +972,8 @@ impl<'a, B: Backend> Registry<'a, B> {
                 report.stragglers.extend(self.slot_info(index));
             }
         }
+        // Relaxed: a hint for producers (see `SlotWriter::stop_settling`); still not accepting.
+        self.session().accepting.store(STOPPED, Relaxed);
         report
     }
 

@@ -81,6 +81,9 @@ pub trait Backend: Send + Sync + 'static {
     fn backoff(step: u32, deadline: &Self::Deadline) -> bool;
 }
 
+/// The longest single sleep of [`StdBackend`]'s backoff.
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The production backend: `core::sync::atomic`, no tracking, a time-based backoff.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdBackend;
@@ -152,14 +155,18 @@ impl Backend for StdBackend {
     }
 
     fn backoff(step: u32, deadline: &std::time::Instant) -> bool {
-        // Spin briefly (the other side is usually mid-operation), then sleep in short steps. No
-        // `sched_yield`: with many runnable threads per CPU a yield can cost a whole scheduler
-        // period, while a short sleep wakes with the CFS sleeper credit and costs no CPU.
+        // Spin briefly (the other side is usually mid-operation), then sleep, 20 µs at first and
+        // twice as long every 16 steps up to 1 ms. No `sched_yield`: with many runnable threads
+        // per CPU a yield can cost a whole scheduler period, while a sleep wakes with the CFS
+        // sleeper credit and costs no CPU. The growing sleep matters when hundreds of threads
+        // wait at once (every ring full, the drain behind): waking each every 20 µs would take
+        // the CPUs from the drain they wait for.
         if step < 64 {
             core::hint::spin_loop();
             return true;
         }
-        std::thread::sleep(std::time::Duration::from_micros(20));
+        let doublings = ((step - 64) / 16).min(6);
+        std::thread::sleep(std::time::Duration::from_micros(20 << doublings).min(MAX_SLEEP));
         std::time::Instant::now() < *deadline
     }
 }
