@@ -18,7 +18,10 @@ pub const ENV_REGION_PATH: &str = "TRACER_REGION_PATH";
 /// owning the memfd) or the agent's (from [`SharedRegion::open_fd`]/[`SharedRegion::open_path`]).
 ///
 /// Like `memmap2::MmapRaw`, it hands out raw memory only: everything inside is reached through
-/// [`Registry`], which uses atomics for all shared state.
+/// [`Registry`], which uses atomics for all shared state. It maps with `mmap(2)` itself rather
+/// than through `memmap2` because the agent, preloaded into every traced program, uses this type
+/// too and stays free of third-party dependencies; the mapping it needs (one shared read-write
+/// map of a whole descriptor, unmapped on drop) is a dozen lines.
 #[derive(Debug)]
 pub struct SharedRegion {
     ptr: NonNull<u8>,
