@@ -110,8 +110,25 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
 /// get a slot at once (the others' events are dropped as `registry full`) or the rings are
 /// smaller, and one note says so.
 pub(crate) fn region_config(opts: &RecordOptions) -> Result<RegionConfig, CliError> {
-    let full = full_region_config(opts);
-    let Some(limit) = registry::file_size_limit() else {
+    let limit = registry::file_size_limit().map(|bytes| {
+        (
+            bytes,
+            "the file-size limit (ulimit -f)".to_owned(),
+            "ulimit -f".to_owned(),
+        )
+    });
+    fit_region(full_region_config(opts), limit)
+}
+
+/// `full` fitted to `limit` (the bytes it leaves the region, what the limit is, and the command
+/// that raises it): the
+/// largest configuration that fits, with a one-line note when it is smaller than `full`, or a
+/// one-line error when even the smallest does not fit.
+pub(crate) fn fit_region(
+    full: RegionConfig,
+    limit: Option<(u64, String, String)>,
+) -> Result<RegionConfig, CliError> {
+    let Some((limit, what, raise)) = limit else {
         return Ok(full);
     };
     let kib = |n: u64| n >> 10;
@@ -130,16 +147,16 @@ pub(crate) fn region_config(opts: &RecordOptions) -> Result<RegionConfig, CliErr
         })
         .unwrap_or(0) as u64;
         return Err(CliError::runtime(format!(
-            "the file-size limit (ulimit -f) of {} KiB is below the {} KiB the smallest shared \
-             region needs; raise it with `ulimit -f`",
+            "{what} leaves the shared region {} KiB, below the {} KiB the smallest one needs; raise \
+             it with `{raise}`",
             kib(limit),
             kib(smallest)
         )));
     };
     if fitted != full {
         eprintln!(
-            "tracer: note: the file-size limit (ulimit -f) of {} KiB fits a shared region for {} \
-             threads at once with {}x{} KiB rings each (instead of {} with {}x{} KiB)",
+            "tracer: note: {what} leaves the shared region {} KiB: room for {} threads at once \
+             with {}x{} KiB rings each (instead of {} with {}x{} KiB)",
             kib(limit),
             fitted.capacity,
             fitted.index.rings,

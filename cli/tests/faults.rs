@@ -81,7 +81,7 @@ fn faults__file_size_limit__then_region_fits_efbig_counted_and_one_line() {
         err.lines()
             .next()
             .unwrap_or_default()
-            .contains("note: the file-size limit (ulimit -f) of 2048 KiB fits a shared region"),
+            .contains("note: the file-size limit (ulimit -f) leaves the shared region 2048 KiB"),
         "{err}"
     );
     check_counted_failure(&out, &session_dir(tmp.path()), "File too large");

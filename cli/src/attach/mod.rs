@@ -39,7 +39,9 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let output = record::open_output(opts)?;
     let agent = record::find_agent()?;
 
-    let region = SharedRegion::create(&record::region_config(opts)?)
+    let config = record::region_config(opts)?;
+    let config = record::fit_region(config, address_space_headroom(pid))?;
+    let region = SharedRegion::create(&config)
         .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
     let fd = region
         .fd()
@@ -146,6 +148,35 @@ fn release_region(fd: i32, len: usize) {
             len as libc::off_t,
         )
     };
+}
+
+/// The part of the target's address-space limit (`ulimit -v`, `RLIMIT_AS`) the region may take:
+/// half of what the target has not mapped yet, so the target keeps room to grow. `None` when the
+/// target has no such limit. The agent keeps each attachment's region mapped (see
+/// `docs/attach-detach.md`), so a limited target must not be given one larger than this.
+fn address_space_headroom(pid: i32) -> Option<(u64, String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse::<u64>()
+        .ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let used_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let headroom = soft.saturating_sub(used_kib << 10) / 2;
+    Some((
+        headroom,
+        format!("pid {pid}'s address-space limit (ulimit -v), half of its free part,"),
+        format!("prlimit --pid {pid} --as=<bytes>"),
+    ))
 }
 
 fn no_process(pid: i32) -> CliError {
