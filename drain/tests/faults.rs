@@ -45,6 +45,8 @@ struct Run {
     /// Errors of the passes and of the final drain, in order.
     errors: Vec<DrainError>,
     finished: Result<Report, DrainError>,
+    /// The report `finish_counted` returned, failure or not.
+    counted: Report,
 }
 
 /// Records `threads` × `events` with the drain passing on this thread, on `fs`. A pass that fails
@@ -85,7 +87,7 @@ fn record_on(fs: Arc<FaultyFs>, threads: u32, events: u64) -> Run {
     if let Err(e) = drain.final_drain(false) {
         errors.push(e);
     }
-    let finished = drain.finish(&Outcome {
+    let (counted, error) = drain.finish_counted(&Outcome {
         stop_reason: "target exited".into(),
         target_fate: atf::TargetFate::Exited { code: 0 },
         ..Outcome::default()
@@ -94,7 +96,8 @@ fn record_on(fs: Arc<FaultyFs>, threads: u32, events: u64) -> Run {
         _out: out,
         pid_dir,
         errors,
-        finished,
+        finished: error.map_or_else(|| Ok(counted.clone()), Err),
+        counted,
     }
 }
 
@@ -255,6 +258,38 @@ fn drain__eio_mid_run__then_error_names_the_file_and_cause_and_session_readable_
     assert!(path.ends_with("index.atf"), "{}", path.display());
     let (not_written, _) = check_session(&run.pid_dir, THREADS, EVENTS);
     assert!(not_written > 0);
+}
+
+#[test]
+fn drain__final_manifest_cannot_be_written__then_finish_counted_still_reports_the_true_accounting()
+{
+    const THREADS: u32 = 3;
+    const EVENTS: u64 = 20_000;
+    // The initial manifest's two writes pass; every later manifest write fails.
+    let fs = Arc::new(FaultyFs::new(
+        FaultPlan::new()
+            .only_paths_containing("manifest")
+            .fail_writes_from(3, libc::EIO),
+    ));
+    let run = record_on(fs, THREADS, EVENTS);
+    let err = run
+        .finished
+        .as_ref()
+        .expect_err("the final manifest failed");
+    let (path, errno) = file_and_cause(err);
+    assert_eq!(errno, libc::EIO);
+    assert!(
+        path.to_string_lossy().contains("manifest"),
+        "{}",
+        path.display()
+    );
+    let acc = &run.counted.accounting.index;
+    assert!(acc.balanced(), "{acc:?}");
+    // Every event reached its file: the accounting says so although the manifest could not.
+    assert_eq!(acc.attempted, u64::from(THREADS) * EVENTS);
+    assert_eq!(acc.persisted, acc.attempted);
+    let on_disk = atf::Session::open(&run.pid_dir).unwrap().event_count();
+    assert_eq!(on_disk, acc.persisted);
 }
 
 #[test]
