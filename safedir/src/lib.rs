@@ -396,16 +396,55 @@ impl Dir {
         check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
     }
 
-    /// The names in this directory (without `.` and `..`).
+    /// The names in this directory (without `.` and `..`), read through the handle: the
+    /// directory that was opened, wherever it is now.
     pub fn names(&self) -> io::Result<Vec<String>> {
-        // /proc/self/fd/<n> resolves to the open directory itself, wherever it is now: listing it
-        // lists this handle's directory, not whatever its path names today.
-        let proc = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(proc)? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
+        // A second descriptor for the stream: closedir closes it, and its read position is its
+        // own (reopened through "." rather than dup'ed, which would share the position).
+        let fd = self.open_dir_nofollow_raw(c".")?;
+        // SAFETY: `fd` is an open directory descriptor we own; on success the stream owns it.
+        let stream = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+        if stream.is_null() {
+            return Err(io::Error::last_os_error());
         }
-        Ok(names)
+        std::mem::forget(fd);
+        let mut names = Vec::new();
+        let mut failed = None;
+        loop {
+            // readdir returns null both at the end and on an error; errno tells them apart.
+            // SAFETY: this thread's errno.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `stream` is a valid open directory stream used by this thread only.
+            let entry = unsafe { libc::readdir(stream) };
+            if entry.is_null() {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(0) {
+                    failed = Some(e);
+                }
+                break;
+            }
+            // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated; it stays
+            // valid until the next readdir on this stream.
+            let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let name = name.to_string_lossy();
+            if name != "." && name != ".." {
+                names.push(name.into_owned());
+            }
+        }
+        // SAFETY: closes the stream (and the descriptor it owns) once.
+        unsafe { libc::closedir(stream) };
+        failed.map_or(Ok(names), Err)
+    }
+
+    fn open_dir_nofollow_raw(&self, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+        // SAFETY: valid directory fd and NUL-terminated name; the result is checked.
+        owned(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })
     }
 
     /// Makes this directory's entries durable (`fsync`).
