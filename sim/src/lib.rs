@@ -501,6 +501,26 @@ mod tests {
     }
 
     #[test]
+    fn managed__target_dies_mid_write__then_stop_completes_and_every_published_event_persisted() {
+        check_random(
+            &Scenario::managed_dying(),
+            iterations(DEFAULT_ITERATIONS / 2),
+        );
+        check_pct(
+            &Scenario::managed_dying(),
+            iterations(DEFAULT_ITERATIONS / 2),
+            PCT_DEPTH,
+        );
+        use std::sync::atomic::Ordering::Relaxed;
+        let deaths = managed::DEATHS.load(Relaxed);
+        assert!(deaths > 0, "no schedule killed a thread inside a write");
+        assert!(
+            managed::STOPPED_AFTER_DEATH.load(Relaxed) > 0,
+            "the stop never completed after a death ({deaths} deaths)"
+        );
+    }
+
+    #[test]
     fn managed__pct_schedules__then_one_shutdown_and_every_event_accounted() {
         managed_reaching_every_path(false, |n| check_pct(&Scenario::managed(), n, PCT_DEPTH));
     }

@@ -11,6 +11,13 @@
 //! few milliseconds, so phases overrun or give up and the shutdown turns forced; the drain's fsync
 //! is sometimes slow.
 //!
+//! With [`Scenario::dies_mid_write`] ([`Scenario::managed_dying`]), one thread is killed inside a
+//! write section at a random event (the target dying of a terminal's Ctrl-C): it never leaves
+//! the section, the other threads stop before their next event, and the target's crash requests
+//! the shutdown. Stopping acceptance asks a watch whether each thread it waits for still lives,
+//! as `tracer record` does, so the dead thread's section is not waited for and the full
+//! invariants hold: every event published before the death is persisted.
+//!
 //! The phases do what `tracer record`'s do (`cli/src/record.rs`): stopping acceptance stops the
 //! drain's passes, then runs the registry's stop handshake until no thread is inside a write or the
 //! budget is spent (an error: the shutdown turns forced); closing registrations likewise. These
@@ -302,7 +309,13 @@ impl Pipeline<SimShutdown> for SimPipeline {
             .ok_or_else(|| phase_error("the drain thread ended abnormally"))?;
         let reg = self.shared.view();
         loop {
-            let report = reg.stop_accepting(POLL);
+            // As `tracer record`, a thread that died inside its write section is not waited for.
+            let report = reg.stop_accepting_with(
+                POLL,
+                &mut DeathWatch {
+                    shared: &self.shared,
+                },
+            );
             if report.stragglers.is_empty() {
                 return Ok(());
             }
@@ -387,6 +400,32 @@ impl Pipeline<SimShutdown> for SimPipeline {
         self.called(ctx);
         self.killed.store(true, Relaxed);
         Ok(())
+    }
+}
+
+/// Schedules in which a thread died inside a write section (all tests of the process).
+pub(crate) static DEATHS: AtomicU64 = AtomicU64::new(0);
+/// Of those, schedules whose stop handshake completed.
+pub(crate) static STOPPED_AFTER_DEATH: AtomicU64 = AtomicU64::new(0);
+
+/// The stop handshake's view of the simulated target: a thread is dead once it said so (the
+/// kernel's exit comes after the thread's last store); never cancelled (the phase polls).
+struct DeathWatch<'a> {
+    shared: &'a Shared,
+}
+
+impl registry::StopWatch for DeathWatch<'_> {
+    fn owner_alive(&mut self, slot: &registry::SlotInfo) -> bool {
+        !self
+            .shared
+            .dead
+            .lock()
+            .expect("dead lock")
+            .contains(&slot.tid)
+    }
+
+    fn cancelled(&mut self) -> bool {
+        false
     }
 }
 
@@ -619,13 +658,38 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
                 (progress.clone(), killed.clone(), target_done.clone());
             let (alive, shutdown, log) = (alive.clone(), shutdown.clone(), log.clone());
             thread::spawn(move || {
+                // The dying scenario: the first producer's first thread is killed inside the
+                // write section of an event drawn at random.
+                let die_at = (scenario.dies_mid_write && p == 0)
+                    .then(|| shuttle::rand::thread_rng().gen_range(0..scenario.events));
                 for life in 0..scenario.lives {
                     if killed.load(Relaxed) {
                         break;
                     }
                     let tid = pipeline::tid_of(p, life);
-                    let ledger = pipeline::producer(&shared, &scenario, tid, &progress, &killed);
+                    let die = die_at.filter(|_| life == 0);
+                    let ledger =
+                        pipeline::producer(&shared, &scenario, tid, &progress, &killed, die);
+                    let died = shared.dead.lock().expect("dead lock").contains(&tid);
                     ledgers.lock().expect("ledger lock").insert(tid, ledger);
+                    if died {
+                        // The signal kills the whole target: the other threads stop before their
+                        // next event, and the tracer learns of it.
+                        killed.store(true, Relaxed);
+                        clock::target_ended();
+                        let reason = Reason::TargetCrashed(libc::SIGINT);
+                        let outcome = shutdown.request(reason.clone());
+                        let after = shutdown.state();
+                        record(
+                            &log,
+                            Made {
+                                reason,
+                                outcome,
+                                after,
+                            },
+                        );
+                        break;
+                    }
                 }
                 // The target exits with its last thread (`tracer record` reaps it).
                 if alive.fetch_sub(1, Relaxed) == 1 {
@@ -693,6 +757,12 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
         check_errors_reported(drawn, &end, &errors, &log);
     }
     check_recording(&end, &errors, &ledgers, scenario, drawn.is_some(), out);
+    if !shared.dead.lock().expect("dead lock").is_empty() {
+        DEATHS.fetch_add(1, Relaxed);
+        if matches!(end.report.phases[0].status, PhaseStatus::Completed) {
+            STOPPED_AFTER_DEATH.fetch_add(1, Relaxed);
+        }
+    }
     tally(&end, &log);
     if let Some(drawn) = &drawn {
         crate::faults::count(drawn);

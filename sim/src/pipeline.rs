@@ -50,6 +50,11 @@ pub struct Scenario {
     /// that every drop the manifest counts is one its thread saw (see [`crate::managed`]; the
     /// default leaves it out).
     pub strict_forced_drops: bool,
+    /// Managed only: the target dies of a signal while one of its threads is inside a write
+    /// section (it published its event, or not, and never leaves the section); the others stop
+    /// before their next event. The stop must not wait for the dead thread, and every event
+    /// published before the death must be persisted.
+    pub dies_mid_write: bool,
 }
 
 impl Default for Scenario {
@@ -67,6 +72,7 @@ impl Default for Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
+            dies_mid_write: false,
         }
     }
 }
@@ -93,6 +99,7 @@ impl Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
+            dies_mid_write: false,
         }
     }
 
@@ -112,6 +119,7 @@ impl Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
+            dies_mid_write: false,
         }
     }
 
@@ -131,6 +139,7 @@ impl Scenario {
             fs_faults: true,
             managed: false,
             strict_forced_drops: false,
+            dies_mid_write: false,
         }
     }
 
@@ -157,6 +166,7 @@ impl Scenario {
             fs_faults: false,
             managed: false,
             strict_forced_drops: false,
+            dies_mid_write: false,
         }
     }
 
@@ -166,6 +176,15 @@ impl Scenario {
         Scenario {
             managed: true,
             ..Scenario::default()
+        }
+    }
+
+    /// [`Scenario::managed`] with the target killed while a thread is inside a write section
+    /// (a terminal's Ctrl-C reaching the target too).
+    pub fn managed_dying() -> Self {
+        Scenario {
+            dies_mid_write: true,
+            ..Scenario::managed()
         }
     }
 
@@ -209,6 +228,8 @@ pub struct Ledger {
 /// The region, on heap memory, shared by the simulated threads.
 pub(crate) struct Shared {
     region: HeapRegion,
+    /// Threads that died inside a write section (their tids), as the kernel would report them.
+    pub(crate) dead: std::sync::Mutex<Vec<u32>>,
 }
 
 impl Shared {
@@ -240,7 +261,10 @@ impl Shared {
         // SAFETY: fresh, page-aligned memory of the size the layout needs, used by nobody else.
         unsafe { Registry::<Shuttle>::init(region.as_non_null(), &config, &Clock::boottime()) }
             .expect("initialising the simulated region");
-        Shared { region }
+        Shared {
+            region,
+            dead: Default::default(),
+        }
     }
 
     pub(crate) fn view(&self) -> Registry<'_, Shuttle> {
@@ -284,6 +308,7 @@ pub(crate) fn producer(
     tid: u32,
     progress: &AtomicU64,
     killed: &std::sync::atomic::AtomicBool,
+    die_at: Option<u32>,
 ) -> Ledger {
     let reg = shared.view();
     let mut ledger = Ledger::default();
@@ -343,6 +368,13 @@ pub(crate) fn producer(
             }
             Err(ring::PushError::Full) => Fate::RingFull,
         };
+        if die_at == Some(seq) {
+            // Killed here, inside the section: no `end`, no `exit`. The kernel reports the death
+            // only after the thread's last store.
+            ledger.fates.push(fate);
+            shared.dead.lock().expect("dead lock").push(tid);
+            return ledger;
+        }
         writer.end();
         ledger.fates.push(fate);
     }
@@ -449,7 +481,7 @@ pub fn run(scenario: &Scenario, out: &Path) {
                 let never = std::sync::atomic::AtomicBool::new(false);
                 for life in 0..scenario.lives {
                     let tid = tid_of(p, life);
-                    let ledger = producer(&shared, &scenario, tid, &progress, &never);
+                    let ledger = producer(&shared, &scenario, tid, &progress, &never, None);
                     ledgers.lock().expect("ledger lock").insert(tid, ledger);
                 }
             })
