@@ -170,15 +170,27 @@ pub(crate) fn fit_region(
 }
 
 fn full_region_config(opts: &RecordOptions) -> RegionConfig {
+    let detail_enabled = opts.detail || !opts.trigger.is_empty();
+    let defaults = RegionConfig::default();
     RegionConfig {
         stack_bytes: u32::from(opts.stack_bytes),
-        detail_enabled: opts.detail || !opts.trigger.is_empty(),
+        detail_enabled,
+        // Without detail records the detail lanes stay empty: the smallest ones do, and the
+        // region (its address space in the target, and its size against `ulimit -f`) halves.
+        detail: if detail_enabled {
+            defaults.detail
+        } else {
+            registry::LaneConfig {
+                rings: 2,
+                ring_capacity: registry::MIN_FIT_RING,
+            }
+        },
         // Lossless while the drain lives: a producer whose rings are all full waits up to this
         // long for the drain (on a loaded 2-core machine the drain can be off-CPU for tens of
         // milliseconds); a drain that is gone costs each thread one such wait, then drops.
         wait_timeout_us: PRODUCER_WAIT_US,
         capacity: THREAD_CAPACITY,
-        ..RegionConfig::default()
+        ..defaults
     }
 }
 

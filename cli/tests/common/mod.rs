@@ -182,12 +182,14 @@ pub fn wait_for_trace(out: &Path, bytes: u64) {
     }
 }
 
-/// Bytes of the files under `dir`, subdirectories included.
+/// Bytes of the files under `dir`, subdirectories included; hidden files (the space the session
+/// sets aside for its final manifest) are not trace data and are left out.
 pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
         .map(|(path, m)| {
             if m.is_dir() {
