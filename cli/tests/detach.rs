@@ -62,8 +62,17 @@ impl Target {
             .stdin(Stdio::null())
             .spawn()
             .expect("the target starts");
-        // Until its agent-free start-up is over (the workers run).
-        std::thread::sleep(Duration::from_millis(300));
+        // Until the shell and `setpriv` have exec'ed the program, and its workers run.
+        let exe_link = format!("/proc/{}/exe", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_link(&exe_link).ok().as_deref() != Some(exe) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the target never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         Target { child, out, err }
     }
 
