@@ -368,28 +368,43 @@ pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
     Ok(dir)
 }
 
-/// The agent library: next to the tracer, or in `deps/` beside it (where `cargo build -p cli`
-/// puts it).
+/// The agent library, built and embedded in this binary by `build.rs`.
+static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libagent.so"));
+
+/// A path to the agent library that the target (and its children, and an injected `dlopen`)
+/// can load: the embedded library written once to the user's private cache
+/// (`~/.cache/tracer/agent-<hash>/libagent.so`, see [`privcache`]), checked byte for byte
+/// before each use. The tracer binary therefore works alone, wherever it is copied.
 pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::runtime(format!("cannot locate the tracer executable: {e}")))?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    // Both may exist in a Cargo target directory (`cargo build -p agent` leaves a copy next to the
-    // tracer that a later `cargo build -p cli` does not refresh): take the newer one.
-    let newest = [
-        dir.join("libagent.so"),
-        dir.join("deps").join("libagent.so"),
-    ]
-    .into_iter()
-    .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-    .max_by_key(|(modified, _)| *modified);
-    if let Some((_, path)) = newest {
-        return Ok(path);
+    let key = concat!("agent-", env!("TRACER_AGENT_HASH"));
+    let path = privcache::materialize("tracer", key, "libagent.so", AGENT).map_err(|e| {
+        CliError::runtime(format!(
+            "cannot write the agent library to the cache: {e}; point XDG_CACHE_HOME at a \
+             writable directory"
+        ))
+    })?;
+    if on_noexec_mount(&path) {
+        return Err(CliError::runtime(format!(
+            "{}: the cache is on a file system mounted noexec, where the program cannot load the \
+             agent; point XDG_CACHE_HOME at a directory on another file system",
+            path.display()
+        )));
     }
-    Err(CliError::runtime(format!(
-        "the agent library libagent.so is not next to {}; rebuild with `cargo build -p cli`",
-        exe.display()
-    )))
+    Ok(path)
+}
+
+/// Whether `path` lies on a file system mounted `noexec` (shared libraries cannot be mapped
+/// executable there).
+fn on_noexec_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: all-zero bytes are a valid `statvfs`; `c` is NUL-terminated and `st` writable.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let ok = unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0;
+    ok && st.f_flag & libc::ST_NOEXEC != 0
 }
 
 /// Starts the target with the agent preloaded (added to the user's LD_PRELOAD, not replacing it)
