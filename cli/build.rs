@@ -12,7 +12,10 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("cli sits in the workspace").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("cli sits in the workspace")
+        .to_path_buf();
     let out = PathBuf::from(env("OUT_DIR"));
     let release = env("PROFILE") == "release";
     let target_dir = out.join("agent-target");
@@ -20,7 +23,10 @@ fn main() {
     for dir in ["agent", "registry", "ring", "event"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     println!("cargo:rerun-if-changed=build.rs");
 
     let mut cargo = Command::new(env("CARGO"));

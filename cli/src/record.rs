@@ -373,16 +373,25 @@ static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libagent.so"));
 
 /// A path to the agent library that the target (and its children, and an injected `dlopen`)
 /// can load: the embedded library written once to the user's private cache
-/// (`~/.cache/tracer/agent-<hash>/libagent.so`, see [`privcache`]), checked byte for byte
-/// before each use. The tracer binary therefore works alone, wherever it is copied.
+/// (`~/.cache/tracer/agent-<hash>/libagent.so`, see [`privcache`]; for root
+/// `/var/cache/tracer/...`, readable by the other users whose programs root traces), checked
+/// byte for byte before each use. The tracer binary therefore works alone, wherever it is copied.
 pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
     let key = concat!("agent-", env!("TRACER_AGENT_HASH"));
-    let path = privcache::materialize("tracer", key, "libagent.so", AGENT).map_err(|e| {
-        CliError::runtime(format!(
-            "cannot write the agent library to the cache: {e}; point XDG_CACHE_HOME at a \
+    // Root may load it into another user's program (attach, or a program that changes user),
+    // which must be able to read it: then it goes to a shared, root-only-writable cache.
+    let access = if safedir::euid() == 0 {
+        privcache::Access::Shared
+    } else {
+        privcache::Access::Private
+    };
+    let path =
+        privcache::materialize_as(access, "tracer", key, "libagent.so", AGENT).map_err(|e| {
+            CliError::runtime(format!(
+                "cannot write the agent library to the cache: {e}; point XDG_CACHE_HOME at a \
              writable directory"
-        ))
-    })?;
+            ))
+        })?;
     if on_noexec_mount(&path) {
         return Err(CliError::runtime(format!(
             "{}: the cache is on a file system mounted noexec, where the program cannot load the \

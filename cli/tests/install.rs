@@ -28,13 +28,21 @@ fn trace_with(exe: &Path, cwd: &Path, cache: &Path, out: &Path) {
     let (_, traces) = check_session(&session_dir(out));
     let workers = traces.iter().filter(|t| t.by_name.contains_key("worker"));
     assert_eq!(workers.count(), 2, "{traces:?}");
-    // The agent was written to the private cache, and nothing else was needed.
-    let cached: Vec<_> = std::fs::read_dir(cache.join("tracer"))
+    // The agent was written to the cache (root's is shared, so other users' programs can load
+    // it), and nothing else was needed.
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = if root {
+        std::path::PathBuf::from("/var/cache/tracer")
+    } else {
+        cache.join("tracer")
+    };
+    let cached: Vec<_> = std::fs::read_dir(&dir)
         .expect("the agent's cache directory")
         .map(|e| e.unwrap().path().join("libagent.so"))
+        .filter(|p| p.is_file())
         .collect();
-    assert_eq!(cached.len(), 1, "{cached:?}");
-    assert!(cached[0].is_file());
+    assert!(!cached.is_empty(), "nothing in {}", dir.display());
 }
 
 #[test]

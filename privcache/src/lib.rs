@@ -28,6 +28,29 @@ use safedir::{Dir, PRIVATE_DIR};
 /// Writes `bytes` to `<cache>/<app>/<key>/<name>` unless that file already holds them, and
 /// returns its path. `app`, `key` and `name` must be single path components.
 pub fn materialize(app: &str, key: &str, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    materialize_as(Access::Private, app, key, name, bytes)
+}
+
+/// Who may read the cached file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The owner only: directories 0700 under the user's cache ([`materialize`]).
+    Private,
+    /// Every user may read it, only the owner may change it: directories and file 0755 under
+    /// `/var/cache/<app>`, else `/tmp/<app>-<uid>` — for a privileged program whose file
+    /// processes of other users must open (a library root loads into another user's program).
+    Shared,
+}
+
+/// [`materialize`] with the given [`Access`]. A [`Access::Shared`] directory is accepted only if
+/// it is ours and nobody else can write to it.
+pub fn materialize_as(
+    access: Access,
+    app: &str,
+    key: &str,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<PathBuf> {
     for part in [app, key, name] {
         if part.is_empty() || part.contains('/') || part == "." || part == ".." {
             return Err(io::Error::new(
@@ -37,8 +60,15 @@ pub fn materialize(app: &str, key: &str, name: &str, bytes: &[u8]) -> io::Result
         }
     }
     let mut first_error = None;
-    for (base, app_dir_name) in cache_bases(app) {
-        match materialize_in(&base, &app_dir_name, key, name, bytes) {
+    let bases = match access {
+        Access::Private => cache_bases(app),
+        Access::Shared => vec![
+            (PathBuf::from("/var/cache"), app.to_owned()),
+            (PathBuf::from("/tmp"), format!("{app}-{}", safedir::euid())),
+        ],
+    };
+    for (base, app_dir_name) in bases {
+        match materialize_in(access, &base, &app_dir_name, key, name, bytes) {
             Ok(path) => return Ok(path),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -50,20 +80,26 @@ pub fn materialize(app: &str, key: &str, name: &str, bytes: &[u8]) -> io::Result
 
 /// [`materialize`] under one cache directory.
 fn materialize_in(
+    access: Access,
     base: &Path,
     app_dir_name: &str,
     key: &str,
     name: &str,
     bytes: &[u8],
 ) -> io::Result<PathBuf> {
-    let base_dir = Dir::create_all(base, PRIVATE_DIR).map_err(|e| with_path(e, base))?;
-    let app_dir = private_dir(&base_dir, app_dir_name)?;
-    let key_dir = private_dir(&app_dir, key)?;
+    let base_dir = match access {
+        Access::Private => Dir::create_all(base, PRIVATE_DIR),
+        // A shared base is the system's (`/var/cache`, `/tmp`): used as it is, never created.
+        Access::Shared => Dir::open(base),
+    }
+    .map_err(|e| with_path(e, base))?;
+    let app_dir = own_dir(access, &base_dir, app_dir_name)?;
+    let key_dir = own_dir(access, &app_dir, key)?;
     let path = key_dir.join(name);
     if holds(&key_dir, name, bytes)? {
         return Ok(path);
     }
-    write_new(&key_dir, name, bytes).map_err(|e| with_path(e, &path))?;
+    write_new(access, &key_dir, name, bytes).map_err(|e| with_path(e, &path))?;
     if holds(&key_dir, name, bytes)? {
         Ok(path)
     } else {
@@ -87,19 +123,24 @@ fn cache_bases(app: &str) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// The directory `name` in `parent`, made mode 0700 if missing; it must be ours (not a link)
-/// with no access for group or others.
-fn private_dir(parent: &Dir, name: &str) -> io::Result<Dir> {
+/// The directory `name` in `parent`, made if missing (0700, or 0755 when shared); it must be
+/// ours (not a link), with no access for group or others (private) or no write access for them
+/// (shared).
+fn own_dir(access: Access, parent: &Dir, name: &str) -> io::Result<Dir> {
     let path = parent.join(name);
+    let (mode, forbidden, what) = match access {
+        Access::Private => (PRIVATE_DIR, 0o077, "a private"),
+        Access::Shared => (0o755, 0o022, "an owner-only writable"),
+    };
     let dir = parent
-        .ensure_dir(name, PRIVATE_DIR)
+        .ensure_dir(name, mode)
         .map_err(|e| with_path(e, &path))?;
     let st = dir.stat().map_err(|e| with_path(e, &path))?;
-    if st.mode & 0o077 != 0 {
+    if st.mode & forbidden != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{}: not a private directory (mode {:o}); remove it",
+                "{}: not {what} directory (mode {:o}); remove it",
                 path.display(),
                 st.mode & 0o7777
             ),
@@ -123,10 +164,14 @@ fn holds(dir: &Dir, name: &str, bytes: &[u8]) -> io::Result<bool> {
 }
 
 /// Writes `bytes` to a fresh temporary file in `dir`, syncs it and renames it to `name`.
-fn write_new(dir: &Dir, name: &str, bytes: &[u8]) -> io::Result<()> {
+fn write_new(access: Access, dir: &Dir, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = format!(".{name}.{}.tmp", std::process::id());
     let _ = dir.remove_file(&tmp);
-    let mut file = dir.create_file(&tmp, 0o700)?;
+    let mode = match access {
+        Access::Private => 0o700,
+        Access::Shared => 0o755,
+    };
+    let mut file = dir.create_file(&tmp, mode)?;
     let done = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -202,7 +247,7 @@ mod tests {
             std::fs::create_dir(cache.join("app")).unwrap();
             std::fs::set_permissions(cache.join("app"), std::fs::Permissions::from_mode(0o755))
                 .unwrap();
-            let e = materialize_in(cache, "app", "k", "lib.so", b"x")
+            let e = materialize_in(Access::Private, cache, "app", "k", "lib.so", b"x")
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -211,7 +256,18 @@ mod tests {
             );
             std::fs::create_dir(cache.join("target")).unwrap();
             std::os::unix::fs::symlink(cache.join("target"), cache.join("app2")).unwrap();
-            assert!(materialize_in(cache, "app2", "k", "lib.so", b"x").is_err());
+            assert!(materialize_in(Access::Private, cache, "app2", "k", "lib.so", b"x").is_err());
+            // Shared: readable by all, writable by the owner only.
+            let p = materialize_in(Access::Shared, cache, "app3", "k", "lib.so", b"x").unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&p), 0o755);
+            assert_eq!(mode(&cache.join("app3/k")), 0o755);
+            std::fs::set_permissions(cache.join("app3"), std::fs::Permissions::from_mode(0o777))
+                .unwrap();
+            let e = materialize_in(Access::Shared, cache, "app3", "k", "lib.so", b"x")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not an owner-only writable directory"), "{e}");
         });
     }
 
