@@ -342,6 +342,15 @@ pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
             &safedir::user_dir_name(),
         )
         .map_err(|e| match e {
+            safedir::Error::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                CliError::usage(format!(
+                    "{e}; ask the owner of {shared} to let every user make a directory in it \
+                     (`chmod 1777 {shared}`), or choose another directory with --output",
+                    shared = crate::args::DEFAULT_OUTPUT
+                ))
+            }
             safedir::Error::Io { .. } => {
                 CliError::usage(format!("{e}; choose another directory with --output"))
             }

@@ -217,7 +217,34 @@ fn safety__hostile_default_directory__then_refused_or_private_and_no_victim_chan
     let unreadable = as_nobody(&format!("cat {}/*/*/manifest.json", own.display()));
     assert!(!unreadable.status.success(), "nobody read root's manifest");
 
-    // 5. The shared directory itself a link: refused, nothing created where it points.
+    // 5. Another user records too: nobody gets a private directory of their own next to root's.
+    let tracer = env!("CARGO_BIN_EXE_tracer");
+    if as_nobody(&format!("{tracer} --version")).status.success() {
+        std::fs::create_dir_all("/tmp/pub").unwrap();
+        std::fs::copy(&app, "/tmp/pub/app").unwrap();
+        std::fs::set_permissions("/tmp/pub", std::fs::Permissions::from_mode(0o755)).unwrap();
+        nobody_ok(&format!("{tracer} spawn /tmp/pub/app -- 1 100 exit"));
+        let theirs = Path::new("/tmp/ada_traces/nobody");
+        assert_eq!(mode_of(theirs), 0o700);
+        assert_eq!(std::fs::metadata(theirs).unwrap().uid(), 65534);
+        assert!(check_session(&session_dir(theirs)).0.manifest.finished);
+        // A shared directory nobody may add to (root's, 0755): one line saying what to do.
+        std::fs::remove_dir_all(theirs).unwrap();
+        std::os::unix::fs::chown("/tmp/ada_traces", Some(0), Some(0)).unwrap();
+        std::fs::set_permissions("/tmp/ada_traces", std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let out = as_nobody(&format!("{tracer} spawn /tmp/pub/app -- 1 100 exit"));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("chmod 1777 /tmp/ada_traces"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    } else {
+        eprintln!(
+            "step 5 skipped: nobody cannot run {tracer} (a directory on its path is private)"
+        );
+    }
+
+    // 6. The shared directory itself a link: refused, nothing created where it points.
     std::fs::remove_dir_all("/tmp/ada_traces").unwrap();
     nobody_ok("mkdir -m 777 /tmp/elsewhere && ln -s /tmp/elsewhere /tmp/ada_traces");
     let out = spawn_default(&app);
