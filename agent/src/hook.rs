@@ -230,7 +230,7 @@ fn event(kind: u32, function: u64, regs: *const u64) {
     } else if st.settle_pauses < MAX_SETTLE_PAUSES && st.writer.stop_settling() {
         // The tracer still waits for threads preempted inside a write: leave them the CPU.
         st.settle_pauses += 1;
-        step_aside();
+        pause(SETTLE_PAUSE_NS);
     }
     compiler_fence(SeqCst);
     st.busy = 0;
@@ -251,11 +251,12 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// The most 1 ms pauses a thread takes while the tracer settles a stop.
-const MAX_SETTLE_PAUSES: u8 = 100;
+/// The most pauses a thread takes while the tracer stops (1 ms, then 5 ms each: at most about a
+/// second, so a tracer that died while stopping does not slow the program for ever).
+const MAX_SETTLE_PAUSES: u8 = 200;
 
-/// The first time a thread finds acceptance stopped, it sleeps 1 ms, and again on each event
-/// while the tracer is still waiting (`SlotWriter::stop_settling`). The stopper waits for
+/// The first time a thread finds acceptance stopped, it sleeps 1 ms, and 5 ms on each later event
+/// while the tracer is still stopping (`SlotWriter::stop_settling`). The stopper waits for
 /// threads that were preempted inside a write when it stopped acceptance; on a machine with more
 /// busy threads than CPUs, threads that keep calling would otherwise hold the CPUs for whole
 /// scheduler slices while those wait for their turn (measured with 64 threads on 2 CPUs: the
@@ -263,9 +264,20 @@ const MAX_SETTLE_PAUSES: u8 = 100;
 #[cold]
 #[inline(never)]
 fn step_aside() {
+    pause(1_000_000);
+}
+
+/// Each later pause while the tracer is still stopping: long enough that hundreds of refused
+/// threads cost the CPUs little (few wake-ups), short next to the stop's budget.
+const SETTLE_PAUSE_NS: i64 = 5_000_000;
+
+/// Sleeps `ns` nanoseconds (less if a signal interrupts it).
+#[cold]
+#[inline(never)]
+fn pause(ns: i64) {
     let pause = libc::timespec {
         tv_sec: 0,
-        tv_nsec: 1_000_000,
+        tv_nsec: ns,
     };
     // SAFETY: a valid timespec; an interrupted sleep (EINTR) is simply shorter.
     unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };

@@ -898,6 +898,8 @@ impl Pipeline for Recorder {
     }
 
     fn cleanup(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+        // The trace is written: the target's threads stop pausing on their refused events.
+        self.registry.end_stop();
         let was_running = self.target_fate.is_none();
         self.stop_target(ctx.deadline());
         // The manifest was written while the target still ran: record how it ended.

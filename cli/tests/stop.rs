@@ -225,3 +225,28 @@ fn stop__group_sigint_target_handles_it__then_clean_and_its_cleanup_counted_afte
         session.manifest.accounting.index
     );
 }
+
+/// 256 threads calling non-stop on a machine with a few CPUs, SIGINT to the tracer alone: no
+/// ring-full drop while the tracer lives (producers wait for the drain), the stop is clean, and
+/// nothing published is lost.
+#[test]
+fn stop__256_busy_threads_sigint_to_tracer__then_clean_no_ring_full_and_nothing_published_lost() {
+    let _heavy = heavy();
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let mut tracer = spawn_in_own_group(&out, &app(), &["256", "0", "spin"]);
+    wait_for_trace(&out, 4 << 20);
+    let pid = tracer.child().id() as i32;
+    // SAFETY: signalling the tracer this test started, not its group.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let result = tracer.take().wait_with_output().expect("the tracer ends");
+    let err = assert_clean_stop(&result);
+    assert!(err.contains("from the tracer"), "{err}");
+    let session = assert_nothing_published_lost(&out);
+    assert_eq!(session.manifest.accounting.index.dropped.ring_full, 0);
+    assert!(
+        session.manifest.threads.len() >= 200,
+        "{} threads recorded",
+        session.manifest.threads.len()
+    );
+}

@@ -15,7 +15,8 @@ use crate::RegistryError;
 
 /// The session's `accepting` word: events are accepted.
 const ACCEPTING: u32 = 1;
-/// Not accepting, and the tracer is waiting for the write sections open at the stop.
+/// Not accepting, and the tracer is still stopping (waiting for the sections open at the stop,
+/// draining, syncing).
 const SETTLING: u32 = 2;
 /// Not accepting, and the tracer no longer waits.
 const STOPPED: u32 = 0;
@@ -299,10 +300,11 @@ impl<B: Backend> SlotWriter<'_, B> {
         self.accepting.load(Relaxed) == ACCEPTING
     }
 
-    /// Whether the tracer is waiting, right now, for the write sections open when acceptance
-    /// stopped. A thread whose event was refused should then step aside for a moment (sleep):
-    /// on a machine with more busy threads than CPUs, the threads the tracer waits for are
-    /// preempted ones, and they finish only once they get a CPU. Relaxed: a hint.
+    /// Whether the tracer is still stopping: acceptance stopped, and it is waiting for the write
+    /// sections open at the stop, draining and syncing ([`Registry::end_stop`] ends it). A thread
+    /// whose event was refused should then step aside for a moment (sleep): on a machine with
+    /// more busy threads than CPUs, the threads the tracer waits for are preempted ones, which
+    /// finish only once they get a CPU, and the tracer itself needs one. Relaxed: a hint.
     #[inline(always)]
     pub fn stop_settling(&self) -> bool {
         self.accepting.load(Relaxed) == SETTLING
@@ -888,7 +890,18 @@ impl<'a, B: Backend> Registry<'a, B> {
     /// cancellation is how the caller cuts that one wait short.
     pub fn stop_accepting_with(&self, timeout: Duration, watch: &mut dyn StopWatch) -> StopReport {
         let stop = self.stop_now();
-        self.wait_stopped(stop, timeout, watch)
+        let report = self.wait_stopped(stop, timeout, watch);
+        self.end_stop();
+        report
+    }
+
+    /// Tells the target's threads that the tracer's stop is over: threads whose events are
+    /// refused stop pausing ([`SlotWriter::stop_settling`]). Until then, after [`Self::stop_now`],
+    /// they pause on each refused event, leaving the CPUs to the tracer (which still drains and
+    /// syncs) and to threads it waits for. [`Self::stop_accepting`] calls it itself.
+    pub fn end_stop(&self) {
+        // Relaxed: a hint for producers; acceptance stays stopped either way.
+        self.session().accepting.store(STOPPED, Relaxed);
     }
 
     /// The first half of [`Self::stop_accepting_with`]: stops acceptance now (the flag and the
@@ -972,8 +985,6 @@ impl<'a, B: Backend> Registry<'a, B> {
                 report.stragglers.extend(self.slot_info(index));
             }
         }
-        // Relaxed: a hint for producers (see `SlotWriter::stop_settling`); still not accepting.
-        self.session().accepting.store(STOPPED, Relaxed);
         report
     }
 
