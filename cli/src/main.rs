@@ -77,7 +77,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .take_while(|l| !l.is_empty())
                 .collect();
             let joined = message.join(" ");
-            let line = joined.trim_start_matches("error: ").to_owned();
+            let line = read::clean(joined.trim_start_matches("error: ")).into_owned();
             match e.kind() {
                 ErrorKind::ValueValidation | ErrorKind::InvalidValue => eprintln!("tracer: {line}"),
                 _ => eprintln!("tracer: {line}; see `tracer --help`"),

@@ -50,7 +50,10 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         .filter(|i| !i.traceable())
         .and_then(|i| i.problem())
     {
-        eprintln!("tracer: warning: {problem}");
+        eprintln!(
+            "tracer: warning: {}",
+            crate::read::clean(&problem.to_string())
+        );
     }
     let agent = find_agent()?;
 
@@ -94,10 +97,8 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     )?;
     if recorder.attempted == 0 && recorder.persisted == 0 {
         let instrumented = recorder.names.images.instrumented();
-        eprintln!(
-            "tracer: {}",
-            no_events_reason(&args.executable, exe_info.as_ref(), instrumented)
-        );
+        let reason = no_events_reason(&args.executable, exe_info.as_ref(), instrumented);
+        eprintln!("tracer: {}", crate::read::clean(&reason));
     }
     match recorder.error {
         Some(e) => Err(CliError::runtime(e)),
@@ -872,7 +873,8 @@ impl Pipeline for Recorder {
             .images
             .fill_manifest(&images, drain.manifest_mut());
         for note in self.names.notes(&self.registry) {
-            eprintln!("tracer: warning: {note}");
+            // Object paths and symbol names come from the program's files: escaped.
+            eprintln!("tracer: warning: {}", crate::read::clean(&note.to_string()));
         }
         let outcome = drain::Outcome {
             stop_reason: match &self.reason {

@@ -373,4 +373,34 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("nope/trace.json"), "{err}");
     }
+
+    #[test]
+    fn readers__recursion_40000_deep__then_report_and_export_complete_without_panic() {
+        use atf::EventKind::{Call, Return};
+        let depth = 40_000u64;
+        let mut events: Vec<Ev> = (0..depth).map(|i| (Call, FIB, i)).collect();
+        events.extend((0..depth).map(|i| (Return, FIB, depth + i)));
+        let s = TestSession::build(&[(7, events)], true);
+        let mut out = Vec::new();
+        let args = ReportArgs {
+            session: s.arg(),
+            sort: SortKey::Total,
+            tids: vec![],
+            names: Default::default(),
+        };
+        report(&args, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("40000"), "every call counted: {text}");
+        let mut out = Vec::new();
+        let args = ExportArgs {
+            session: s.arg(),
+            format: ExportFormat::Chrome,
+            output: None,
+            names: Default::default(),
+        };
+        export(&args, &mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let events = json["traceEvents"].as_array().unwrap();
+        assert!(events.len() as u64 >= depth, "{}", events.len());
+    }
 }
