@@ -395,13 +395,21 @@ pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
     } else {
         privcache::Access::Private
     };
-    let path =
-        privcache::materialize_as(access, "tracer", key, "libagent.so", AGENT).map_err(|e| {
-            CliError::runtime(format!(
-                "cannot write the agent library to the cache: {e}; point XDG_CACHE_HOME at a \
+    let path = with_file_size_allowance(AGENT.len() as u64, || {
+        privcache::materialize_as(access, "tracer", key, "libagent.so", AGENT)
+    })
+    .map_err(|e| match registry::file_size_limit() {
+        Some(limit) if limit < AGENT.len() as u64 => CliError::runtime(format!(
+            "the file-size limit (ulimit -f) of {} KiB is below the agent library's {} KiB, which \
+             the tracer writes once to its cache; run it once without the limit, or raise it",
+            limit >> 10,
+            AGENT.len() >> 10
+        )),
+        _ => CliError::runtime(format!(
+            "cannot write the agent library to the cache: {e}; point XDG_CACHE_HOME at a \
              writable directory"
-            ))
-        })?;
+        )),
+    })?;
     if on_noexec_mount(&path) {
         return Err(CliError::runtime(format!(
             "{}: the cache is on a file system mounted noexec, where the program cannot load the \
@@ -410,6 +418,41 @@ pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
         )));
     }
     Ok(path)
+}
+
+/// Runs `write` (the tracer's own write of its agent to its cache) with the file-size limit
+/// (`ulimit -f`) raised to at least `bytes` when it is lower and may be raised (up to the hard
+/// limit, or beyond it with the privilege), then puts the limit back. Called before any other
+/// thread or the target starts, so nothing else runs under the raised limit.
+fn with_file_size_allowance<T>(bytes: u64, write: impl FnOnce() -> T) -> T {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `old`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut old) } != 0 || old.rlim_cur >= bytes {
+        return write();
+    }
+    let raised = [
+        libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: old.rlim_max.max(bytes),
+        },
+        libc::rlimit {
+            rlim_cur: bytes.min(old.rlim_max),
+            rlim_max: old.rlim_max,
+        },
+    ];
+    // SAFETY: setrlimit reads a valid rlimit; a refusal leaves the limit as it was.
+    let changed = raised
+        .iter()
+        .any(|r| unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, r) } == 0);
+    let out = write();
+    if changed {
+        // SAFETY: as above; lowering a limit is always allowed.
+        unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &old) };
+    }
+    out
 }
 
 /// Whether `path` lies on a file system mounted `noexec` (shared libraries cannot be mapped

@@ -66,10 +66,23 @@ fn check_counted_failure(out: &Output, pid_dir: &Path, cause: &str) {
     assert_eq!(session.event_count(), acc.persisted);
 }
 
+/// Runs the tracer once without a limit, so the agent library is in its cache (the tracer
+/// writes it there on first use, and a hard `ulimit -f` below its size forbids that write).
+fn warm_agent_cache() {
+    let out = run(&[
+        "spawn",
+        "--output",
+        output_dir().path().to_str().unwrap(),
+        "/bin/true",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn faults__file_size_limit__then_region_fits_efbig_counted_and_one_line() {
     let tmp = output_dir();
     let app = app();
+    warm_agent_cache();
     let out = sh(&format!(
         "ulimit -f 2048 && exec {} spawn --output {} {} -- 4 400000 exit",
         env!("CARGO_BIN_EXE_tracer"),
@@ -88,9 +101,42 @@ fn faults__file_size_limit__then_region_fits_efbig_counted_and_one_line() {
 }
 
 #[test]
+fn faults__soft_file_size_limit_and_no_agent_cache__then_cache_written_and_recorded() {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: emptying root's agent cache (a private /var/cache) needs root");
+        return;
+    }
+    let tmp = output_dir();
+    let app = app();
+    // A fresh /var/cache, where root's tracer caches its agent: the first run must write it,
+    // under a soft limit far below its size (the tracer raises it for that write only).
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "bash", "-c"])
+        .arg(format!(
+            "mount -t tmpfs tmpfs /var/cache && ulimit -S -f 2048 && exec {} spawn --output {} \
+             {} -- 1 1000 exit",
+            env!("CARGO_BIN_EXE_tracer"),
+            tmp.path().display(),
+            app.display()
+        ))
+        .output()
+        .expect("unshare runs");
+    let err = stderr(&out);
+    if err.contains("unshare failed") || err.starts_with("mount:") {
+        eprintln!("skipped: no private mount namespace: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let session = atf::Session::open(session_dir(tmp.path())).unwrap();
+    assert!(session.manifest.finished && session.event_count() > 0);
+}
+
+#[test]
 fn faults__file_size_limit__then_target_still_gets_sigxfsz() {
     let tmp = output_dir();
     let writer = build("writer", WRITER_C, &["-O1"]);
+    warm_agent_cache();
     let out = sh(&format!(
         "ulimit -f 4096 && exec {} spawn --output {} {} -- 6 {}/big",
         env!("CARGO_BIN_EXE_tracer"),
