@@ -37,9 +37,14 @@ fn main() {
         .arg(root.join("agent").join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
-        // The outer build's target settings must not redirect or re-target the nested one.
+        // The outer build's target settings must not redirect or re-target the nested one, and
+        // under `cargo clippy` the library is built, not linted a second time.
         .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET");
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
+        // Anything on its standard output would be read as this script's instructions.
+        .stdout(std::process::Stdio::null());
     if release {
         cargo.arg("--release");
     }
