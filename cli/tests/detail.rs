@@ -64,6 +64,7 @@ fn replay__trigger_on_a_real_program__then_registers_and_stack_under_the_trigger
     assert!(text.contains("/* detail of the call ("), "{text}");
     let want = rdi_of(&dir, "mid");
     assert!(text.contains(&want), "{want} in {text}");
+    assert!(text.contains("in mid, called from top+0x"), "{text}");
     assert!(text.contains("stack: "), "{text}");
     assert!(text.contains("ret "), "{text}");
 }

@@ -35,10 +35,44 @@ fn why(reason: &str) -> String {
     }
 }
 
+/// Code addresses to `function+0xoffset`, from the manifest's symbols.
+pub(crate) struct Code {
+    /// `(address, short name)`, sorted by address.
+    symbols: Vec<(u64, String)>,
+}
+
+impl Code {
+    /// The symbols of `manifest` (already cleaned of control characters).
+    pub fn new(manifest: &atf::Manifest) -> Self {
+        let mut symbols: Vec<(u64, String)> = manifest
+            .symbols
+            .iter()
+            .filter_map(|s| Some((s.function_id()?, symname::short_name(&s.name))))
+            .collect();
+        symbols.sort();
+        symbols.dedup_by_key(|s| s.0);
+        Code { symbols }
+    }
+
+    /// `name` or `name+0x1d` for an address inside a named function (within 64 KiB of its
+    /// start, the symbols carrying no sizes), else the address in hex.
+    fn describe(&self, address: u64) -> String {
+        let i = self.symbols.partition_point(|s| s.0 <= address);
+        match i.checked_sub(1).map(|i| &self.symbols[i]) {
+            Some((start, name)) if address == *start => name.clone(),
+            Some((start, name)) if address - start < 0x1_0000 => {
+                format!("{name}+{:#x}", address - start)
+            }
+            _ => format!("{address:#x}"),
+        }
+    }
+}
+
 /// One thread's detail records, handed out with the events they belong to.
 pub(crate) struct Details<'a> {
     records: std::iter::Peekable<Records<'a>>,
     windows: Vec<&'a DetailWindow>,
+    code: &'a Code,
     /// Records whose event was never reached (their `index_seq` lies past the index, or they
     /// are out of order).
     pub unmatched: u64,
@@ -46,7 +80,11 @@ pub(crate) struct Details<'a> {
 
 impl<'a> Details<'a> {
     /// The records of `thread`, with the windows the manifest lists for it.
-    pub fn new(thread: &'a atf::SessionThread, windows: &'a [DetailWindow]) -> Option<Self> {
+    pub fn new(
+        thread: &'a atf::SessionThread,
+        windows: &'a [DetailWindow],
+        code: &'a Code,
+    ) -> Option<Self> {
         let detail = thread.detail.as_ref()?;
         Some(Details {
             records: detail.records().peekable(),
@@ -54,6 +92,7 @@ impl<'a> Details<'a> {
                 .iter()
                 .filter(|w| w.thread_id == thread.id)
                 .collect(),
+            code,
             unmatched: 0,
         })
     }
@@ -132,6 +171,12 @@ impl<'a> Details<'a> {
             }
             lines.push(line.trim_end().to_owned());
         }
+        // At the hook's entry rdi is the instrumented function, rsi the call site in its caller.
+        lines.push(format!(
+            " *   in {}, called from {}",
+            self.code.describe(payload.registers[0]),
+            self.code.describe(payload.registers[1])
+        ));
         let rsp = payload.registers[DETAIL_REGISTERS.len() - 2];
         lines.push(format!(
             " *   stack: {} bytes from rsp {rsp:#x}{}",

@@ -18,7 +18,7 @@ use std::io::{self, Write};
 
 use atf::DetailRecord;
 
-use super::detail::Details;
+use super::detail::{Code, Details};
 use super::frames::{End, Step, Walker};
 use super::names::Names;
 use super::time::{plural, Duration};
@@ -47,6 +47,7 @@ pub(crate) fn write(
 ) -> io::Result<()> {
     let (_, end) = time_span(session);
     let mut names = Names::new(&session.manifest, options.full_names);
+    let code = Code::new(&session.manifest);
     for warning in super::warnings(session) {
         writeln!(out, "# warning: {warning}")?;
     }
@@ -62,7 +63,7 @@ pub(crate) fn write(
         }
         first = false;
         let details = if options.details {
-            Details::new(thread, &session.manifest.detail_windows)
+            Details::new(thread, &session.manifest.detail_windows, &code)
         } else {
             None
         };

@@ -73,7 +73,8 @@ impl TestSession {
     }
 
     /// As [`with`](Self::with), plus detail records: for a thread, `(index_seq, event type)` of
-    /// each, with 17 registers numbered 0x11.. and 40 stack bytes, in one window whose reason
+    /// each, with the function in `rdi`, a call site in `main` in `rsi`, the other registers
+    /// numbered 0x33.. and 40 stack bytes, in one window whose reason
     /// is `trigger:foo`.
     pub fn with_detail(
         threads: &[(u32, Vec<Ev>)],
@@ -133,8 +134,15 @@ impl TestSession {
                 let mut d = layout.create_detail(*tid).unwrap();
                 for &(seq, event_type) in records {
                     let mut payload = Vec::new();
+                    // rdi: the function; rsi: a call site in main; the others numbered.
+                    let function = events.get(seq as usize).map_or(NOWHERE, |e| e.1);
                     for r in 0..17u64 {
-                        payload.extend_from_slice(&(0x11 * (r + 1)).to_le_bytes());
+                        let value = match r {
+                            0 => function,
+                            1 => MAIN + 0x1d,
+                            _ => 0x11 * (r + 1),
+                        };
+                        payload.extend_from_slice(&value.to_le_bytes());
                     }
                     payload.extend_from_slice(&40u32.to_le_bytes());
                     payload.extend_from_slice(&0u32.to_le_bytes());
