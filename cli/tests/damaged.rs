@@ -1,0 +1,106 @@
+//! The readers on a real recording that was damaged afterwards: a flipped byte is reported with
+//! the file and the byte range before anything is shown, and a FIFO in place of a trace file is
+//! refused at once instead of blocking the reader.
+#![allow(non_snake_case)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Records the workload (one worker) and returns the session and the worker's index file.
+fn recorded(out: &Path) -> (PathBuf, PathBuf) {
+    let result = run(&[
+        "spawn",
+        "--output",
+        out.to_str().unwrap(),
+        app().to_str().unwrap(),
+        "--",
+        "1",
+        "50",
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    let dir = session_dir(out);
+    let session = atf::Session::open(&dir).unwrap();
+    assert!(session.warnings.is_empty(), "{:?}", session.warnings);
+    let worker = session
+        .threads
+        .iter()
+        .max_by_key(|t| t.index.event_count())
+        .unwrap();
+    (dir.clone(), worker.index.path().to_path_buf())
+}
+
+/// Runs the tracer with `args`, killing it if it takes longer than 20 s.
+fn run_with_watchdog(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = tracer()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("tracer {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn replay__one_byte_of_an_event_flipped__then_warning_names_file_and_range_before_the_tree() {
+    let tmp = output_dir();
+    let (dir, index) = recorded(tmp.path());
+    let mut bytes = std::fs::read(&index).unwrap();
+    let n = (bytes.len() - 128) / 32;
+    // The function id of an event in the middle: a phantom name if nothing checked.
+    bytes[64 + 32 * (n / 2) + 9] ^= 0x40;
+    std::fs::write(&index, &bytes).unwrap();
+    let (code, stdout, stderr) = run_with_watchdog(&["replay", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("# warning: damaged: "), "{stdout}");
+    assert!(first.contains(&*index.to_string_lossy()), "{first}");
+    assert!(
+        first.contains(&format!("bytes 64..{}", 64 + 32 * n)),
+        "{first}"
+    );
+    assert!(first.contains("checksum mismatch"), "{first}");
+    let (code, info, _) = run_with_watchdog(&["info", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    assert!(info.contains("checksum mismatch"), "{info}");
+}
+
+#[test]
+fn readers__fifo_in_place_of_a_trace_file__then_refused_at_once_naming_it() {
+    let tmp = output_dir();
+    let (dir, index) = recorded(tmp.path());
+    std::fs::remove_file(&index).unwrap();
+    let c = std::ffi::CString::new(index.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for command in ["info", "replay", "report", "export"] {
+        let (code, stdout, stderr) = run_with_watchdog(&[command, dir.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{command}: {stderr}");
+        let said = format!("{stdout}{stderr}");
+        assert!(
+            said.contains("is a FIFO, not a regular file"),
+            "{command}: {said}"
+        );
+        assert!(
+            said.contains(&*index.to_string_lossy()),
+            "{command}: {said}"
+        );
+    }
+}
