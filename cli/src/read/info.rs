@@ -1,6 +1,7 @@
 //! `tracer info`: what a session holds — target, recording times, stop reason, threads, the
 //! accounting invariant (attempted = persisted + dropped) per thread and in total, and the files.
-//! It reads the manifest and file headers only, never the events.
+//! Besides the manifest and the file headers it reads only what opening a session verifies (every
+//! file's checksum and events, see `docs/format.md`); its warnings list what that found.
 
 use std::io::{self, Write};
 use std::path::Path;

@@ -1,7 +1,10 @@
 //! Reading sessions back: `info`, `replay`, `report` and `export`, in the spirit of uftrace's commands.
 //!
-//! Every reader streams: it walks each thread's `index.atf` once, front to back, holding only the
-//! open call stack of that thread (and, for `report`, one row per function). Streams that start or
+//! Opening a session verifies it (checksums, headers, every event: `atf::Session::open`), and the
+//! warnings come first in every output. Then every reader streams: it walks each thread's events
+//! once, front to back, holding only the open call stack of that thread (and, for `report`, one
+//! row per function). Every string from the session is printed with its control characters
+//! escaped ([`text`]). Streams that start or
 //! end mid-call are normal (attach, a stop signal): [`frames::Walker`] pairs calls with returns and
 //! says which frames have no call or no return. A closed standard output (`tracer replay s | head`)
 //! ends the command quietly.
