@@ -708,7 +708,8 @@ impl Recorder {
     }
 
     /// Stops the target if it still runs: the stop signal, a grace period, then SIGKILL.
-    fn stop_target(&mut self, deadline: Instant) {
+    /// A second signal (`forced`) cuts the grace period short.
+    fn stop_target(&mut self, deadline: Instant, forced: &dyn Fn() -> bool) {
         if self.attached || !self.target_alive() {
             return;
         }
@@ -726,9 +727,11 @@ impl Recorder {
                 return;
             }
             let left = grace_end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || forced() {
                 break;
             }
+            // In slices, so a second signal is seen within one.
+            let left = left.min(PHASE_POLL);
             let Some(target) = self.child.as_ref() else {
                 return;
             };
@@ -946,7 +949,7 @@ impl Pipeline for Recorder {
         // The trace is written: the target's threads stop pausing on their refused events.
         self.registry.end_stop();
         let was_running = self.target_fate.is_none();
-        self.stop_target(ctx.deadline());
+        self.stop_target(ctx.deadline(), &|| ctx.forced());
         // The manifest was written while the target still ran: record how it ended.
         if was_running {
             if let (Some(_), Some(fate)) = (&self.report, &self.target_fate) {
