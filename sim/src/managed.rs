@@ -403,6 +403,22 @@ impl Pipeline<SimShutdown> for SimPipeline {
     }
 }
 
+/// The target ended (`reason`): the virtual clock learns it, the shutdown is requested as
+/// `tracer record` requests it on the target's exit, and the request is logged.
+fn target_ended(shutdown: &Shutdown<SimShutdown>, log: &SharedLog, reason: Reason) {
+    clock::target_ended();
+    let outcome = shutdown.request(reason.clone());
+    let after = shutdown.state();
+    record(
+        log,
+        Made {
+            reason,
+            outcome,
+            after,
+        },
+    );
+}
+
 /// Schedules in which a thread died inside a write section (all tests of the process).
 pub(crate) static DEATHS: AtomicU64 = AtomicU64::new(0);
 /// Of those, schedules whose stop handshake completed.
@@ -676,36 +692,14 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
                         // The signal kills the whole target: the other threads stop before their
                         // next event, and the tracer learns of it.
                         killed.store(true, Relaxed);
-                        clock::target_ended();
-                        let reason = Reason::TargetCrashed(libc::SIGINT);
-                        let outcome = shutdown.request(reason.clone());
-                        let after = shutdown.state();
-                        record(
-                            &log,
-                            Made {
-                                reason,
-                                outcome,
-                                after,
-                            },
-                        );
+                        target_ended(&shutdown, &log, Reason::TargetCrashed(libc::SIGINT));
                         break;
                     }
                 }
                 // The target exits with its last thread (`tracer record` reaps it).
                 if alive.fetch_sub(1, Relaxed) == 1 {
                     target_done.store(true, Relaxed);
-                    clock::target_ended();
-                    let reason = Reason::TargetExited(0);
-                    let outcome = shutdown.request(reason.clone());
-                    let after = shutdown.state();
-                    record(
-                        &log,
-                        Made {
-                            reason,
-                            outcome,
-                            after,
-                        },
-                    );
+                    target_ended(&shutdown, &log, Reason::TargetExited(0));
                 }
             })
         })
