@@ -873,17 +873,21 @@ impl Pipeline for Recorder {
         }
     }
 
-    fn flush(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
+    fn flush(&mut self, ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
         // One pass over every thread: submitted rings and each active ring's committed prefix
         // (the drain reads it in place, so no producer has to submit anything).
         self.take_drain(); // normally already done by stop_acceptance
         let Some(drain) = self.drain.as_mut() else {
             return Err(phase_error("the drain thread ended abnormally"));
         };
-        drain.pass().map(|_| ()).map_err(|e| {
-            self.error = Some(e.to_string());
-            phase_error(e)
-        })
+        // A second signal ends the pass between two threads (the shutdown is then forced).
+        drain
+            .pass_unless(&|| ctx.forced())
+            .map(|_| ())
+            .map_err(|e| {
+                self.error = Some(e.to_string());
+                phase_error(e)
+            })
     }
 
     fn final_drain(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {

@@ -304,13 +304,19 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// [`Drain::pass`], ending early (between two slots) once `stop` is set: a pass can move tens
     /// of megabytes, and whoever stops the drain thread should not wait for all of it.
     pub fn pass_until(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<Pass, DrainError> {
+        // Relaxed: a hint to return early; the caller synchronises through the join.
+        self.pass_unless(&|| stop.load(Relaxed))
+    }
+
+    /// [`Drain::pass`], ending early (between two slots) once `stop()` says so: the shutdown's
+    /// flush phase gives up its pass on a second signal this way.
+    pub fn pass_unless(&mut self, stop: &dyn Fn() -> bool) -> Result<Pass, DrainError> {
         let started = Instant::now();
         self.registry.beat(registry::clock::boottime_ns());
         let mut moved = 0;
         let slots: Vec<SlotInfo> = self.registry.slots().collect();
         for info in slots {
-            // Relaxed: a hint to return early; the caller synchronises through the join.
-            if stop.load(Relaxed) {
+            if stop() {
                 break;
             }
             // Producers waiting for ring space keep waiting while this beat is fresh.
