@@ -16,7 +16,8 @@ use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::thread::{tls, ThreadState};
 
-use ::event::{CALL, NO_DETAIL, RETURN};
+pub(crate) use ::event::{CALL, RETURN};
+use ::event::NO_DETAIL;
 /// Registers saved by the naked hooks, in this order (the detail payload's register block).
 /// `rsp` is the stack pointer at hook entry (it points at the return address); `ret` is the
 /// return address, inside the instrumented function.
@@ -138,7 +139,7 @@ extern "C" fn with_registers(this_fn: usize, _call_site: usize, kind: u32, regs:
 }
 
 #[inline(always)]
-fn event(kind: u32, function: u64, regs: *const u64) {
+pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
     let mut state = unsafe { (*tls()).state };
     if state.is_null() {
@@ -292,7 +293,7 @@ fn event_again(kind: u32, function: u64, regs: *const u64) {
 
 #[cold]
 #[inline(never)]
-fn slow_state() -> Option<*mut ThreadState> {
+pub(crate) fn slow_state() -> Option<*mut ThreadState> {
     let agent = crate::agent()?;
     crate::thread::acquire_state(agent)
 }

@@ -26,7 +26,7 @@
 //!   drop the fence on their next event. Registration is per process and permanent: later
 //!   attachments find it done.
 //! - **Threads.** Per-thread state lives in the region's slot and in an agent-private array indexed
-//!   by slot; the only thread-local storage is a 32-byte initial-exec TLS block reached with one
+//!   by slot; the only thread-local storage is a 40-byte initial-exec TLS block reached with one
 //!   `fs`-relative load (no `__tls_get_addr`). A pthread key destructor (run in the last rounds)
 //!   marks the slot exited; later events of that thread count as `thread_teardown`.
 //! - **Reentrancy.** A hook that runs while the same thread is inside a hook (a signal handler
@@ -52,6 +52,7 @@
 //! ```
 
 mod attach;
+mod entry;
 mod hook;
 mod modules;
 mod thread;

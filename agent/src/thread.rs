@@ -1,4 +1,4 @@
-//! Per-thread state: the 32-byte initial-exec TLS block, the slot-indexed [`ThreadState`],
+//! Per-thread state: the 40-byte initial-exec TLS block, the slot-indexed [`ThreadState`],
 //! lazy registration, teardown and fork.
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -32,9 +32,12 @@ pub(crate) struct Tls {
     pub(crate) pending_depth: u32,
     /// The agent generation this thread's status and state belong to (0: none yet).
     pub(crate) generation: u32,
+    /// The thread's shadow stack of hooked returns (entry-only hooks), made on first use and kept
+    /// across attachments: a frame hooked under one attachment returns through it after the next.
+    pub(crate) shadow: *mut retstack::ShadowStack,
 }
 
-const _: () = assert!(core::mem::size_of::<Tls>() == 32);
+const _: () = assert!(core::mem::size_of::<Tls>() == 40);
 
 core::arch::global_asm!(
     ".section .tbss,\"awT\",@nobits",
@@ -42,9 +45,9 @@ core::arch::global_asm!(
     ".globl agent_tls_block",
     ".hidden agent_tls_block",
     ".type agent_tls_block,@object",
-    ".size agent_tls_block, 32",
+    ".size agent_tls_block, 40",
     "agent_tls_block:",
-    ".zero 32",
+    ".zero 40",
     ".text",
 );
 
@@ -278,6 +281,7 @@ pub(crate) extern "C" fn teardown(_value: *mut libc::c_void) {
     } else if tl.status == WAITING {
         agent.reg.waiting(-1);
     }
+    crate::entry::release_shadow(tl);
     tl.status = TORN_DOWN;
 }
 

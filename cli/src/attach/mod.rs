@@ -263,7 +263,7 @@ fn check_target(pid: i32) -> Result<(), CliError> {
     {
         return Err(CliError::usage(format!(
             "pid {pid} is statically linked, so the agent cannot be loaded into it; rebuild it \
-             dynamically linked and with -finstrument-functions"
+             dynamically linked"
         )));
     }
     if !info.traceable() {
@@ -272,9 +272,10 @@ fn check_target(pid: i32) -> Result<(), CliError> {
         if !instrumented {
             let exe_name = std::fs::read_link(&exe).unwrap_or(exe);
             return Err(CliError::usage(format!(
-                "pid {pid} ({}) has no instrumentation hooks; rebuild it with \
-                 `-finstrument-functions` (gcc/clang) and start it again",
-                exe_name.display()
+                "pid {pid} ({}) has no instrumentation hooks; rebuild it with {} and start it \
+                 again",
+                exe_name.display(),
+                symbols::BUILD_MODES
             )));
         }
     }

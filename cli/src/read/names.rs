@@ -1,15 +1,22 @@
 //! Function ids to names: the manifest's `symbols` first (short by default, see
-//! [`symname::short_name`]), then `<module file>+0x<offset>` for an
-//! address inside a listed module, else `0x<hex>`.
+//! [`symname::short_name`]); then, for an address a little past a symbol in the same module (the
+//! id an `mcount` hook reports: its return address, just after the function's prologue), that
+//! symbol; then `<module file>+0x<offset>` for an address inside a listed module, else `0x<hex>`.
 
 use std::collections::HashMap;
 
 use atf::Manifest;
 
+/// How far past its function's first byte an `mcount` call can return (the prologue: frame
+/// setup, saved registers, stack allocation).
+const PROLOGUE_MAX: u64 = 512;
+
 /// Names of a session's functions, resolved once per id.
 #[derive(Debug)]
 pub(crate) struct Names {
     known: HashMap<u64, String>,
+    /// The symbols' addresses, sorted.
+    starts: Vec<u64>,
     /// `(base, size, file name)`, sorted by base.
     modules: Vec<(u64, u64, String)>,
 }
@@ -40,7 +47,13 @@ impl Names {
             })
             .collect();
         modules.sort_by_key(|m| m.0);
-        Names { known, modules }
+        let mut starts: Vec<u64> = known.keys().copied().collect();
+        starts.sort_unstable();
+        Names {
+            known,
+            starts,
+            modules,
+        }
     }
 
     /// The name of `id`.
@@ -54,6 +67,17 @@ impl Names {
 
     /// A name for an id the symbols do not list.
     fn fallback(&self, id: u64) -> String {
+        let module = |a: u64| {
+            let i = self.modules.partition_point(|m| m.0 <= a);
+            i.checked_sub(1)
+                .filter(|&i| a - self.modules[i].0 < self.modules[i].1)
+        };
+        let s = self.starts.partition_point(|&a| a <= id);
+        if let Some(&start) = s.checked_sub(1).and_then(|s| self.starts.get(s)) {
+            if id - start <= PROLOGUE_MAX && module(start) == module(id) {
+                return self.known[&start].clone();
+            }
+        }
         let i = self.modules.partition_point(|m| m.0 <= id);
         if i > 0 {
             let (base, size, file) = &self.modules[i - 1];
@@ -94,5 +118,15 @@ mod tests {
         assert_eq!(names.get(0x7f00_0000_0123), "libfoo.so.1+0x123");
         assert_eq!(names.get(0x7f00_0000_1000), "0x7f0000001000");
         assert_eq!(names.get(0x10), "0x10");
+        assert_eq!(
+            names.get(0x401000 + 0x1c),
+            "compute",
+            "an mcount return address"
+        );
+        assert_eq!(
+            names.get(0x401000 + 0x1000),
+            "0x402000",
+            "too far past any symbol"
+        );
     }
 }

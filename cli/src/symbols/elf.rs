@@ -18,8 +18,19 @@ use super::SymbolError;
 type Header = elf::FileHeader64<Endianness>;
 type Sym64 = elf::Sym64<Endianness>;
 
-/// The hook `-finstrument-functions` makes every instrumented function call on entry.
-pub(super) const HOOK: &[u8] = b"__cyg_profile_func_enter";
+/// The entry hooks of the build modes the agent serves: `-finstrument-functions`, `-pg`
+/// (`mcount`, or `_mcount`) and `-pg -mfentry` (`__fentry__`). Importing one makes an object
+/// instrumented.
+pub(super) const HOOKS: [&[u8]; 4] = [
+    b"__cyg_profile_func_enter",
+    b"mcount",
+    b"_mcount",
+    b"__fentry__",
+];
+
+fn is_hook(name: &[u8]) -> bool {
+    HOOKS.contains(&name)
+}
 
 /// What the first bytes of a file say it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,7 +210,7 @@ pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, Sy
         for (index, sym) in syms.iter().enumerate() {
             let undefined = sym.st_shndx(endian) == elf::SHN_UNDEF;
             let name = strings.get(sym.st_name(endian)).unwrap_or_default();
-            if name == HOOK {
+            if is_hook(name) {
                 out.mentions_hook = true;
                 out.imports_hook |= undefined;
             } else if undefined
@@ -230,7 +241,7 @@ pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, Sy
     if let Some((syms, strings)) = &symtab {
         out.mentions_hook |= syms
             .iter()
-            .any(|s| strings.get(s.st_name(endian)) == Ok(HOOK));
+            .any(|s| strings.get(s.st_name(endian)).is_ok_and(is_hook));
     }
     if want == Want::FunctionsIfInstrumented {
         // `.symtab` has the static functions too; a stripped object keeps only `.dynsym`.

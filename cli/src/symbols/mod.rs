@@ -557,8 +557,8 @@ pub enum ExeKind {
         interpreter: Option<String>,
         /// Position independent (`ET_DYN`).
         pie: bool,
-        /// Built with `-finstrument-functions`: a dynamic executable imports
-        /// `__cyg_profile_func_enter`; a static one has it in its symbol table.
+        /// Built for call tracing (`-finstrument-functions`, `-pg`, `-pg -mfentry`): a dynamic
+        /// executable imports one of their entry hooks; a static one has it in its symbol table.
         instrumented: bool,
         /// GNU build id (hex), or empty.
         build_id: String,
@@ -582,6 +582,10 @@ pub enum ExeKind {
     /// Neither an ELF nor a script.
     Unknown,
 }
+
+/// The build modes the tracer records, as the fix in its messages.
+pub const BUILD_MODES: &str = "`-finstrument-functions`, `-pg` or `-pg -mfentry` (gcc/clang), \
+                               or `-Z instrument-mcount` (Rust nightly)";
 
 impl ExeInfo {
     /// Whether the agent can record this program's calls: a dynamically linked x86-64 executable
@@ -652,8 +656,7 @@ impl ExeInfo {
                 instrumented: false,
                 ..
             } => Some(format!(
-                "{exe} was not built with -finstrument-functions; rebuild it with \
-                 `-finstrument-functions` (gcc/clang)"
+                "{exe} was not built for call tracing; rebuild it with {BUILD_MODES}"
             )),
             ExeKind::Elf {
                 interpreter: None,
@@ -665,7 +668,7 @@ impl ExeInfo {
                 if *instrumented {
                     ""
                 } else {
-                    " and with `-finstrument-functions` (gcc/clang)"
+                    " and with `-finstrument-functions`, `-pg` or `-pg -mfentry` (gcc/clang)"
                 }
             )),
             ExeKind::OtherElf {

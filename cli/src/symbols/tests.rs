@@ -408,8 +408,7 @@ fn inspect_executable__plain_binary__then_not_instrumented_with_the_fix() {
     assert_eq!(
         info.problem().unwrap(),
         format!(
-            "{} was not built with -finstrument-functions; rebuild it with \
-             `-finstrument-functions` (gcc/clang)",
+            "{} was not built for call tracing; rebuild it with {BUILD_MODES}",
             exe.display()
         )
     );

@@ -1,0 +1,269 @@
+//! Entry-only hooks: `mcount` / `_mcount` (`-pg`: called after the prologue, the caller's return
+//! address at `8(%rbp)`) and `__fentry__` (`-pg -mfentry`: the first instruction, the return
+//! address at `8(%rsp)` on entry). Each records the call and hooks the function's return through
+//! the thread's [`retstack::ShadowStack`]; [`tracer_return_hook`] records the return.
+//!
+//! The naked hooks save every register an instrumented function may still need (the six integer
+//! argument registers, `rax` for variadic calls, `r10` for a static chain, `xmm0`–`xmm7`) around
+//! the Rust hot path. Function ids: `__fentry__` knows the function's first byte (its own call
+//! site, less a leading `endbr64`); `mcount` is called after a prologue of unknown length, so its
+//! id is its return address, an address inside the function that the readers resolve to the
+//! enclosing symbol.
+
+use std::sync::Mutex;
+
+use crate::hook::{event, CALL, RETURN};
+use crate::thread::{tls, Tls};
+
+/// Frames one thread can have hooked at once; deeper calls are not recorded (counted, said once).
+const SHADOW_CAPACITY: usize = 4096;
+
+/// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc)` with the address
+/// of the instrumented function's return-address word (`$slot`, an address expression over the
+/// hook's own frame) and the hook's return address, restores them, returns.
+macro_rules! entry_hook {
+    ($(#[$meta:meta])* $name:ident, frame = $frame:literal, slot = $slot:literal, entry = $entry:path) => {
+        $(#[$meta])*
+        ///
+        /// # Safety
+        /// Only called by compiler-generated code at a function's entry.
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                // `$frame` bytes: 192 of saved registers, plus what aligns the Rust callee's
+                // stack (an `mcount` call site is aligned like any call; `__fentry__` is called
+                // before the function's own frame exists, one word off).
+                "sub rsp, {frame}",
+                "mov [rsp], rdi",
+                "mov [rsp + 8], rsi",
+                "mov [rsp + 16], rdx",
+                "mov [rsp + 24], rcx",
+                "mov [rsp + 32], r8",
+                "mov [rsp + 40], r9",
+                "mov [rsp + 48], rax",
+                "mov [rsp + 56], r10",
+                "movdqu [rsp + 64], xmm0",
+                "movdqu [rsp + 80], xmm1",
+                "movdqu [rsp + 96], xmm2",
+                "movdqu [rsp + 112], xmm3",
+                "movdqu [rsp + 128], xmm4",
+                "movdqu [rsp + 144], xmm5",
+                "movdqu [rsp + 160], xmm6",
+                "movdqu [rsp + 176], xmm7",
+                $slot,
+                "mov rsi, [rsp + {frame}]",
+                "call {entry}",
+                "mov rdi, [rsp]",
+                "mov rsi, [rsp + 8]",
+                "mov rdx, [rsp + 16]",
+                "mov rcx, [rsp + 24]",
+                "mov r8, [rsp + 32]",
+                "mov r9, [rsp + 40]",
+                "mov rax, [rsp + 48]",
+                "mov r10, [rsp + 56]",
+                "movdqu xmm0, [rsp + 64]",
+                "movdqu xmm1, [rsp + 80]",
+                "movdqu xmm2, [rsp + 96]",
+                "movdqu xmm3, [rsp + 112]",
+                "movdqu xmm4, [rsp + 128]",
+                "movdqu xmm5, [rsp + 144]",
+                "movdqu xmm6, [rsp + 160]",
+                "movdqu xmm7, [rsp + 176]",
+                "add rsp, {frame}",
+                "ret",
+                entry = sym $entry,
+                frame = const $frame,
+            )
+        }
+    };
+}
+
+entry_hook!(
+    /// The `-pg` hook (the name x86-64 gcc and clang call).
+    mcount, frame = 200, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
+);
+entry_hook!(
+    /// The `-pg` hook under its other name (some toolchains call `_mcount`).
+    _mcount, frame = 200, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
+);
+entry_hook!(
+    /// The `-pg -mfentry` hook, the function's first instruction.
+    __fentry__, frame = 208, slot = "lea rdi, [rsp + 216]", entry = fentry_entry
+);
+
+retstack::return_trampoline!(
+    /// Where a hooked function returns to: records the return and goes on to the real caller.
+    tracer_return_hook => on_return
+);
+
+extern "C" fn mcount_entry(slot: *mut u64, pc: u64) {
+    enter(slot, pc);
+}
+
+extern "C" fn fentry_entry(slot: *mut u64, pc: u64) {
+    enter(slot, fentry_function(pc));
+}
+
+/// The first byte of the function whose `__fentry__` call returns to `pc`: the call is `e8 rel32`
+/// (5 bytes) or `ff 15 disp32` (6, through the GOT), possibly after an `endbr64`.
+#[inline(always)]
+fn fentry_function(pc: u64) -> u64 {
+    let at = |a: u64| {
+        // SAFETY: the bytes read lie within the call instruction that just ran and the 4 bytes
+        // before it; those are either an `endbr64` of the same function or, when the call is the
+        // function's first instruction, the previous function's code or padding of the same
+        // executable mapping (a function never starts a mapping: the ELF header and `.init` come
+        // first).
+        unsafe { core::ptr::read_unaligned(a as *const [u8; 2]) }
+    };
+    let call = if at(pc - 6) == [0xff, 0x15] {
+        pc - 6
+    } else {
+        pc - 5
+    };
+    // SAFETY: as above.
+    let before = unsafe { core::ptr::read_unaligned((call - 4) as *const [u8; 4]) };
+    if before == [0xf3, 0x0f, 0x1e, 0xfa] {
+        call - 4
+    } else {
+        call
+    }
+}
+
+#[inline(always)]
+fn enter(slot: *mut u64, function: u64) {
+    let t = tls();
+    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
+    let mut state = unsafe { (*t).state };
+    if state.is_null() {
+        match crate::hook::slow_state() {
+            Some(s) => state = s,
+            None => return,
+        }
+    }
+    // SAFETY: this thread's own state entry (see `hook::event`).
+    let st = unsafe { &mut *state };
+    if st.busy != 0 {
+        st.writer.count_reentrant();
+        return;
+    }
+    // SAFETY: as above.
+    let mut shadow = unsafe { (*t).shadow };
+    if shadow.is_null() {
+        shadow = make_shadow(t, st);
+        if shadow.is_null() {
+            return;
+        }
+    }
+    // SAFETY: this thread's own shadow stack (made by it, never freed while it runs).
+    let sh = unsafe { &mut *shadow };
+    if !sh.try_enter() {
+        // A signal handler interrupted this thread's own shadow-stack work.
+        st.writer.count_reentrant();
+        return;
+    }
+    let trampoline = tracer_return_hook as *const () as u64;
+    // SAFETY: `slot` is the entered function's return-address word (the naked hook computed it
+    // from the frame the compiler set up), on this thread's stack.
+    let hooked = unsafe {
+        sh.hook(slot, function, trampoline, |dead| {
+            event(RETURN, dead.function, core::ptr::null())
+        })
+    };
+    sh.leave();
+    if hooked == retstack::Hooked::Yes {
+        event(CALL, function, core::ptr::null());
+    } else if sh.overflows() == 1 {
+        overflow_notice();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn overflow_notice() {
+    crate::say(&format!(
+        "a thread is more than {SHADOW_CAPACITY} hooked calls deep; deeper calls are not \
+         recorded until it returns"
+    ));
+}
+
+/// Shadow stacks of threads that ended, for reuse (thread start and end only).
+static SPARE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Gives the calling thread a shadow stack (a spare one, or a new one).
+#[cold]
+#[inline(never)]
+fn make_shadow(t: *mut Tls, st: &mut crate::thread::ThreadState) -> *mut retstack::ShadowStack {
+    // Held busy: a signal handler arriving meanwhile records nothing (counted as reentrant)
+    // instead of taking the lock again.
+    st.busy = 1;
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    let bounds = (st.stack_lo, st.stack_hi);
+    let spare = SPARE.lock().ok().and_then(|mut s| s.pop());
+    let shadow = match spare {
+        Some(p) => {
+            let p = p as *mut retstack::ShadowStack;
+            // SAFETY: a spare stack is owned by nobody until taken here.
+            unsafe { (*p).reset(bounds) };
+            p
+        }
+        None => Box::into_raw(retstack::ShadowStack::boxed(SHADOW_CAPACITY, bounds)),
+    };
+    // SAFETY: only this thread touches its TLS block.
+    unsafe { (*t).shadow = shadow };
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    st.busy = 0;
+    shadow
+}
+
+/// At thread teardown (after every frame it hooked has returned or been abandoned): its shadow
+/// stack goes back to the spares.
+pub(crate) fn release_shadow(t: &mut Tls) {
+    if t.shadow.is_null() {
+        return;
+    }
+    let p = core::mem::replace(&mut t.shadow, core::ptr::null_mut());
+    if let Ok(mut spare) = SPARE.lock() {
+        spare.push(p as usize);
+    }
+}
+
+/// The return trampoline's handler: pops the frame entered from `slot`, records its return (and
+/// those of frames skipped by a `longjmp`), and gives back where to return to.
+extern "C" fn on_return(slot: u64) -> u64 {
+    let t = tls();
+    // SAFETY: only this thread touches its TLS block; a hooked frame implies a shadow stack.
+    let shadow = unsafe { (*t).shadow };
+    if shadow.is_null() {
+        lost(slot);
+    }
+    // SAFETY: this thread's own shadow stack.
+    let sh = unsafe { &mut *shadow };
+    // Never taken here in practice (a handler's frames are only hooked while the stack is free,
+    // and return before the handler does); the frame must be popped regardless.
+    let entered = sh.try_enter();
+    let frame = sh.unhook(slot, |skipped| {
+        event(RETURN, skipped.function, core::ptr::null())
+    });
+    if entered {
+        sh.leave();
+    }
+    match frame {
+        Some(f) => {
+            event(RETURN, f.function, core::ptr::null());
+            f.ret
+        }
+        None => lost(slot),
+    }
+}
+
+/// A return through the trampoline with no frame to go back to: the shadow stack was corrupted.
+/// Continuing would jump somewhere arbitrary.
+#[cold]
+fn lost(slot: u64) -> ! {
+    crate::say(&format!(
+        "a hooked return at stack address {slot:#x} has no saved return address; aborting"
+    ));
+    std::process::abort()
+}

@@ -1,0 +1,214 @@
+//! Programs built for call tracing other than with `-finstrument-functions`: `-pg` (`mcount`
+//! after the prologue) and `-pg -mfentry` (`__fentry__` first), whose returns the agent
+//! intercepts, and a `-finstrument-functions` library inside a `-pg` executable. Each is traced
+//! by a plain `tracer spawn`, with exact counts in every thread and properly nested returns.
+
+#![allow(non_snake_case)]
+
+mod common;
+
+use common::*;
+
+/// `rec <threads> <depth> <mode>`: every worker calls `fib(15)` (1973 calls) and then, by mode,
+/// `deep(depth)` (depth + 1 calls), `jump` (a `longjmp` out of 10 hooked frames, twice), or
+/// `sig` (a signal handler running on an alternate stack calls `fib(5)`, 15 calls).
+const REC_C: &str = r#"
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static long depth;
+static const char *mode;
+static volatile long sink;
+
+int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+long deep(long n) { return n == 0 ? 0 : 1 + deep(n - 1); }
+
+static __thread jmp_buf where;
+void dive(int n) { if (n == 0) longjmp(where, 1); dive(n - 1); sink++; }
+void jump(void) { if (setjmp(where) == 0) dive(9); }
+
+void on_signal(int s) { (void)s; sink += fib(5); }
+
+void *worker(void *arg) {
+    (void)arg;
+    sink += fib(15);
+    if (strcmp(mode, "deep") == 0) sink += deep(depth);
+    if (strcmp(mode, "jump") == 0) { jump(); jump(); }
+    if (strcmp(mode, "sig") == 0) {
+        stack_t ss = { .ss_sp = malloc(1 << 16), .ss_size = 1 << 16 };
+        sigaltstack(&ss, NULL);
+        struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_ONSTACK };
+        sigaction(SIGUSR1, &sa, NULL);
+        pthread_kill(pthread_self(), SIGUSR1);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 1;
+    depth = argc > 2 ? atol(argv[2]) : 0;
+    mode = argc > 3 ? argv[3] : "plain";
+    pthread_t t[256];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, NULL);
+    for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    printf("done %ld\n", sink);
+    return 0;
+}
+"#;
+
+/// Calls per function id of one thread.
+fn calls_by_id(session: &atf::Session, tid: u32) -> std::collections::HashMap<u64, u64> {
+    let thread = session.threads.iter().find(|t| t.id == tid).unwrap();
+    let mut by = std::collections::HashMap::new();
+    for e in thread.index.events() {
+        let e = e.unwrap();
+        if e.kind == atf::EventKind::Call {
+            *by.entry(e.function_id).or_default() += 1;
+        }
+    }
+    by
+}
+
+/// Spawns `exe` with `args` under the tracer and returns the checked session (balanced
+/// accounting, nested returns in every thread) and its per-thread counts.
+fn trace(exe: &std::path::Path, args: &[&str]) -> (atf::Session, Vec<ThreadTrace>) {
+    let tmp = output_dir();
+    // A `-pg` program writes gmon.out into its working directory.
+    let out = tracer()
+        .current_dir(tmp.path())
+        .arg("spawn")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(exe)
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("done"), "the target ran: {stdout}");
+    let result = check_session(&session_dir(tmp.path()));
+    let acc = &result.0.manifest.accounting.index;
+    assert_eq!(acc.dropped.total(), 0, "drops on a clean exit: {acc:?}");
+    result
+}
+
+/// Every worker thread (every thread but the main one) made `expect` calls in all, `most` of
+/// them to one function, and returned from each.
+fn check_workers(exe: &std::path::Path, threads: u32, args: &[&str], most: u64, expect: u64) {
+    let threads_arg = threads.to_string();
+    let mut all = vec![threads_arg.as_str()];
+    all.extend_from_slice(args);
+    let (session, traces) = trace(exe, &all);
+    let main_tid = session.manifest.target_pid;
+    let workers: Vec<_> = traces.iter().filter(|t| t.tid != main_tid).collect();
+    assert_eq!(workers.len(), threads as usize, "one trace per worker");
+    for t in workers {
+        assert_eq!(t.calls, expect, "thread {}: calls", t.tid);
+        assert_eq!(t.returns, t.calls, "thread {}: returns", t.tid);
+        let by = calls_by_id(&session, t.tid);
+        assert_eq!(by.values().max(), Some(&most), "thread {}: {by:?}", t.tid);
+    }
+}
+
+/// Built once per test binary: tests run in parallel, and `build` is not safe to race.
+fn pg() -> std::path::PathBuf {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| build("rec_pg", REC_C, &["-O0", "-pg"]))
+        .clone()
+}
+
+fn fentry() -> std::path::PathBuf {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| build("rec_fentry", REC_C, &["-O0", "-pg", "-mfentry"]))
+        .clone()
+}
+
+/// fib(15) makes 1973 calls; the worker's own call makes one more.
+const FIB15: u64 = 1973;
+
+#[test]
+fn pg__1_thread__then_exact_counts() {
+    check_workers(&pg(), 1, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn pg__64_threads__then_exact_counts_in_every_thread() {
+    check_workers(&pg(), 64, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn mfentry__1_thread__then_exact_counts() {
+    check_workers(&fentry(), 1, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn mfentry__64_threads__then_exact_counts_in_every_thread() {
+    check_workers(&fentry(), 64, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn pg__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no_crash() {
+    // The shadow stack holds 4096 frames: worker and deep(0..=4094) are hooked, the rest not.
+    let (_, traces) = trace(&pg(), &["1", "10000", "deep"]);
+    let worker = traces.iter().max_by_key(|t| t.calls).unwrap();
+    assert_eq!(worker.calls, 1 + FIB15 + 4095, "{worker:?}");
+}
+
+#[test]
+fn pg__longjmp_out_of_hooked_frames__then_skipped_frames_return_and_nesting_holds() {
+    // Each jump: jump, dive x10 (the tenth longjmps), all popped on jump's return.
+    check_workers(&pg(), 2, &["0", "jump"], FIB15, 1 + FIB15 + 2 * 11);
+}
+
+#[test]
+fn mfentry__signal_handler_on_an_alternate_stack__then_its_calls_nest_inside() {
+    // The handler's fib(5) calls count with the worker's fib(15): same function.
+    check_workers(&fentry(), 2, &["0", "sig"], FIB15 + 15, 1 + FIB15 + 1 + 15);
+}
+
+/// A `-finstrument-functions` library called from a `-pg` executable.
+const LIB_C: &str = r#"
+int fib(int n);
+__attribute__((noinline)) int lib_leaf(int n) { return n + 1; }
+int lib_entry(int n) { return lib_leaf(n) + fib(3); }
+"#;
+
+const MIXED_C: &str = r#"
+#include <stdio.h>
+int lib_entry(int n);
+int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+int main(void) { int s = 0; for (int i = 0; i < 100; i++) s += lib_entry(i); printf("done %d\n", s); return 0; }
+"#;
+
+#[test]
+fn mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree() {
+    let dir = workdir();
+    let lib = build(
+        "libmixed.so",
+        LIB_C,
+        &["-O0", "-shared", "-fPIC", "-finstrument-functions"],
+    );
+    assert!(lib.exists());
+    let exe = build(
+        "mixed",
+        MIXED_C,
+        &[
+            "-O0",
+            "-pg",
+            &format!("-L{}", dir.display()),
+            "-Wl,--no-as-needed",
+            "-lmixed",
+            &format!("-Wl,-rpath,{}", dir.display()),
+            "-rdynamic",
+        ],
+    );
+    let (_, traces) = trace(&exe, &[]);
+    assert_eq!(traces.len(), 1);
+    // main; 100 x (lib_entry, lib_leaf, fib(3) = 5 calls).
+    assert_eq!(traces[0].calls, 1 + 100 * 7, "{:?}", traces[0]);
+}

@@ -1,0 +1,442 @@
+//! Return interception for entry-only hooks (`mcount`, `__fentry__`, a patched NOP sled, a PLT
+//! entry): the hook swaps the return address of the function it is called for with the address of
+//! a return trampoline, and keeps the original in a per-thread [`ShadowStack`]; when the function
+//! returns, the trampoline asks its handler for the original address (recording the exit on the
+//! way) and jumps there.
+//!
+//! This crate owns the shadow stack and the trampoline. The caller owns where each thread's stack
+//! lives (the agent keeps a pointer in its thread-local block) and what an entry or an exit records.
+//!
+//! # Contract
+//! - A [`Frame`] is `(original return address, function, slot)`, where `slot` is the address of
+//!   the stack word holding the return address. [`ShadowStack::hook`] pushes a frame and writes
+//!   the trampoline into the slot; [`ShadowStack::unhook`] finds the frame whose slot the
+//!   trampoline was entered from (the stack pointer minus 8) and gives back its original address.
+//! - Frames skipped without returning (`longjmp`, `siglongjmp`, an exception that was caught) are
+//!   popped, and handed to the caller's callback once each, innermost first: at the next return
+//!   above them (exact slot match), or at the next hook whose slot lies above theirs on the same
+//!   thread stack. Frames on another stack (a signal handler on `sigaltstack`) are only popped by
+//!   an exact match, never by address comparison.
+//! - A full stack hooks nothing more: [`Hooked::Full`], counted in [`ShadowStack::overflows`];
+//!   never a crash. The caller should not record that call's entry either.
+//! - Before an unwinder walks the stack, [`ShadowStack::restore_all`] writes every original return
+//!   address back; [`ShadowStack::rehook_live`] puts the trampoline back into the frames that are
+//!   still live afterwards (those whose slot lies above a later hook's slot).
+//! - The stack is used by one thread, and by signal handlers interrupting it: the caller takes
+//!   [`ShadowStack::try_enter`] around each operation, and a handler that finds it taken hooks
+//!   nothing.
+//!
+//! # Example
+//! ```
+//! use retstack::{Frame, Hooked, ShadowStack};
+//! let mut stack = ShadowStack::boxed(4, (0, 0));
+//! let mut word = 0x1234u64; // a return-address slot on some stack
+//! let slot = &mut word as *mut u64;
+//! // SAFETY: `slot` is a live, writable word.
+//! assert_eq!(unsafe { stack.hook(slot, 0xf00, 0xdead, |_| {}) }, Hooked::Yes);
+//! assert_eq!(word, 0xdead);
+//! let frame = stack.unhook(slot as u64, |_| {}).unwrap();
+//! assert_eq!(frame, Frame { ret: 0x1234, function: 0xf00, slot: slot as u64 });
+//! ```
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+/// One hooked call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    /// The original return address (into the caller).
+    pub ret: u64,
+    /// The function that was entered (what the caller records).
+    pub function: u64,
+    /// Address of the stack word that held `ret` and now holds the trampoline.
+    pub slot: u64,
+}
+
+/// What [`ShadowStack::hook`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooked {
+    /// The return is intercepted.
+    Yes,
+    /// The stack is full: nothing changed, counted.
+    Full,
+}
+
+/// A per-thread stack of hooked frames, innermost last.
+#[derive(Debug)]
+pub struct ShadowStack {
+    /// 1 while an operation is in progress (see [`ShadowStack::try_enter`]).
+    busy: u32,
+    /// Frames whose return address was written back by [`ShadowStack::restore_all`] and not yet
+    /// re-hooked or popped.
+    restored: u32,
+    /// Calls not hooked because the stack was full.
+    overflows: u64,
+    /// The thread's own stack, `[lo, hi)`: only frames inside it are compared by address.
+    bounds: (u64, u64),
+    frames: Vec<Frame>,
+    capacity: usize,
+}
+
+impl ShadowStack {
+    /// A stack holding up to `capacity` frames, for a thread whose stack is `bounds` (`(0, 0)`:
+    /// unknown, so frames are popped by exact match only). Allocates once, here.
+    pub fn boxed(capacity: usize, bounds: (u64, u64)) -> Box<ShadowStack> {
+        Box::new(ShadowStack {
+            busy: 0,
+            restored: 0,
+            overflows: 0,
+            bounds,
+            frames: Vec::with_capacity(capacity),
+            capacity,
+        })
+    }
+
+    /// Marks the stack in use; `false` if it already is (a signal handler interrupted an
+    /// operation on this thread: the handler must neither hook nor unhook anything).
+    #[inline(always)]
+    pub fn try_enter(&mut self) -> bool {
+        if self.busy != 0 {
+            return false;
+        }
+        self.busy = 1;
+        // The flag must be stored before the operation's first access (a handler on this thread
+        // is the only other party): a compiler fence suffices.
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        true
+    }
+
+    /// Ends what [`ShadowStack::try_enter`] began.
+    #[inline(always)]
+    pub fn leave(&mut self) {
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        self.busy = 0;
+    }
+
+    /// Number of hooked frames.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame is hooked.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Calls not hooked because the stack was full.
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// The hooked frames, outermost first.
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+
+    #[inline(always)]
+    fn on_thread_stack(&self, slot: u64) -> bool {
+        slot >= self.bounds.0 && slot < self.bounds.1
+    }
+
+    /// Hooks the return of `function`, whose return address is at `slot`: pops the frames this
+    /// call proves dead (same thread stack, slot at or below `slot`), handing each to `dead`, then
+    /// pushes the frame and writes `trampoline` into the slot.
+    ///
+    /// # Safety
+    /// `slot` is the live return-address word of the function being entered, on the calling
+    /// thread's stack; the frames already pushed were pushed by this thread.
+    #[inline(always)]
+    pub unsafe fn hook(
+        &mut self,
+        slot: *mut u64,
+        function: u64,
+        trampoline: u64,
+        mut dead: impl FnMut(&Frame),
+    ) -> Hooked {
+        let at = slot as u64;
+        if let Some(top) = self.frames.last() {
+            if top.slot <= at && self.on_thread_stack(at) && self.on_thread_stack(top.slot) {
+                self.pop_dead(at, &mut dead);
+            }
+        }
+        if self.restored != 0 {
+            self.rehook_live(at, trampoline);
+        }
+        if self.frames.len() >= self.capacity {
+            self.overflows += 1;
+            return Hooked::Full;
+        }
+        // SAFETY: the caller guarantees `slot` is this function's live return-address word.
+        let ret = unsafe { slot.read() };
+        self.frames.push(Frame {
+            ret,
+            function,
+            slot: at,
+        });
+        // SAFETY: as above.
+        unsafe { slot.write(trampoline) };
+        Hooked::Yes
+    }
+
+    #[cold]
+    fn pop_dead(&mut self, at: u64, dead: &mut impl FnMut(&Frame)) {
+        while let Some(top) = self.frames.last() {
+            if !(top.slot <= at && self.on_thread_stack(top.slot)) {
+                break;
+            }
+            dead(top);
+            self.frames.pop();
+        }
+        self.restored = self.restored.min(self.frames.len() as u32);
+    }
+
+    /// The frame the trampoline was entered for: `slot` is the trampoline's stack pointer minus 8.
+    /// Frames above it (skipped by a `longjmp` or an unwind) are popped first and handed to
+    /// `skipped`, innermost first. `None`: no frame has that slot (the caller cannot know where to
+    /// return; nothing is popped).
+    #[inline(always)]
+    pub fn unhook(&mut self, slot: u64, mut skipped: impl FnMut(&Frame)) -> Option<Frame> {
+        let i = self.frames.iter().rposition(|f| f.slot == slot)?;
+        while self.frames.len() > i + 1 {
+            let f = self.frames.pop()?;
+            skipped(&f);
+        }
+        let f = self.frames.pop();
+        self.restored = self.restored.min(self.frames.len() as u32);
+        f
+    }
+
+    /// Writes every hooked frame's original return address back (before an unwinder walks the
+    /// stack, or before the hooks go away). Frames stay on the stack, marked restored.
+    ///
+    /// # Safety
+    /// Every pushed frame's slot is still a writable word of this thread's memory (a dead frame's
+    /// slot lies below the stack pointer, in the thread's stack or alternate stack mapping).
+    pub unsafe fn restore_all(&mut self, trampoline: u64) {
+        let from = self.frames.len() - self.restored as usize;
+        for f in &self.frames[..from] {
+            let slot = f.slot as *mut u64;
+            // SAFETY: the caller guarantees the slot is writable; a slot that no longer holds the
+            // trampoline belongs to a dead frame whose word was reused, and is left alone.
+            unsafe {
+                if slot.read() == trampoline {
+                    slot.write(f.ret);
+                }
+            }
+        }
+        self.restored = self.frames.len() as u32;
+    }
+
+    /// Re-hooks restored frames that are still live: on the thread's stack above `at` (a hook's
+    /// slot, so everything above it is a caller) and still holding their original address.
+    fn rehook_live(&mut self, at: u64, trampoline: u64) {
+        for f in &self.frames {
+            if f.slot > at && self.on_thread_stack(f.slot) && self.on_thread_stack(at) {
+                let slot = f.slot as *mut u64;
+                // SAFETY: a slot above a live hook's slot on this thread's stack is a live frame's
+                // return-address word (frames below it were popped by `pop_dead` just before).
+                unsafe {
+                    if slot.read() == f.ret {
+                        slot.write(trampoline);
+                    }
+                }
+            }
+        }
+        self.restored = 0;
+    }
+
+    /// Makes a used stack like a new one, for a thread whose stack is `bounds` (reuse after the
+    /// thread that had it ended).
+    pub fn reset(&mut self, bounds: (u64, u64)) {
+        self.frames.clear();
+        self.busy = 0;
+        self.restored = 0;
+        self.overflows = 0;
+        self.bounds = bounds;
+    }
+
+    /// Forgets every frame without touching the stack (a thread that ends).
+    pub fn clear(&mut self, mut dropped: impl FnMut(&Frame)) {
+        while let Some(f) = self.frames.pop() {
+            dropped(&f);
+        }
+        self.restored = 0;
+    }
+}
+
+/// Defines `pub unsafe extern "C" fn $name()`, a return trampoline: entered by a hooked
+/// function's `ret`, it saves the return-value registers (`rax`, `rdx`, `xmm0`, `xmm1`), calls
+/// `$handler(slot: u64) -> u64` with the slot it was entered from and jumps to the address the
+/// handler returns (the frame's original return address), with the registers as the function
+/// left them. The handler must not return without an address to go to.
+#[macro_export]
+macro_rules! return_trampoline {
+    ($(#[$meta:meta])* $name:ident => $handler:path) => {
+        $(#[$meta])*
+        ///
+        /// # Safety
+        /// Only ever entered by a `ret` from a frame hooked with this address.
+        #[unsafe(naked)]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                // Entered by `ret`: rsp = slot + 8, 16-byte aligned as at any return.
+                "sub rsp, 48",
+                "mov [rsp], rax",
+                "mov [rsp + 8], rdx",
+                "movdqu [rsp + 16], xmm0",
+                "movdqu [rsp + 32], xmm1",
+                "lea rdi, [rsp + 40]",
+                "call {handler}",
+                "mov r11, rax",
+                "mov rax, [rsp]",
+                "mov rdx, [rsp + 8]",
+                "movdqu xmm0, [rsp + 16]",
+                "movdqu xmm1, [rsp + 32]",
+                "add rsp, 48",
+                "jmp r11",
+                handler = sym $handler,
+            )
+        }
+    };
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    const TRAMP: u64 = 0xdead;
+
+    /// A fake thread stack of 64 words; slots are word addresses in it.
+    struct Stack(Vec<u64>);
+    impl Stack {
+        fn new() -> Self {
+            Stack(vec![0; 64])
+        }
+        fn slot(&mut self, i: usize) -> *mut u64 {
+            &mut self.0[i] as *mut u64
+        }
+        fn bounds(&self) -> (u64, u64) {
+            let lo = self.0.as_ptr() as u64;
+            (lo, lo + 64 * 8)
+        }
+    }
+
+    #[test]
+    fn hook_then_unhook__nested__then_lifo_with_original_addresses() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
+            s.0[i] = 100 + f;
+            // SAFETY: a word of our fake stack.
+            let hooked = unsafe { st.hook(s.slot(i), f, TRAMP, |_| panic!()) };
+            assert_eq!(hooked, Hooked::Yes);
+            assert_eq!(s.0[i], TRAMP);
+        }
+        for (i, f) in [(40usize, 3u64), (50, 2), (60, 1)] {
+            let fr = st
+                .unhook(s.slot(i) as u64, |_| panic!("nothing skipped"))
+                .unwrap();
+            assert_eq!((fr.function, fr.ret), (f, 100 + f));
+        }
+        assert!(st.is_empty());
+    }
+
+    #[test]
+    fn unhook__after_longjmp__then_skipped_frames_popped_innermost_first() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
+            // SAFETY: a word of our fake stack.
+            unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
+        }
+        let mut skipped = vec![];
+        let fr = st
+            .unhook(s.slot(60) as u64, |f| skipped.push(f.function))
+            .unwrap();
+        assert_eq!(fr.function, 1);
+        assert_eq!(skipped, [3, 2]);
+    }
+
+    #[test]
+    fn hook__at_or_above_dead_slots__then_dead_frames_popped() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
+            // SAFETY: a word of our fake stack.
+            unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
+        }
+        // longjmp back into function 1's frame, which then calls 4 at the slot 2 had.
+        let mut dead = vec![];
+        // SAFETY: as above.
+        unsafe { st.hook(s.slot(50), 4, TRAMP, |f| dead.push(f.function)) };
+        assert_eq!(dead, [3, 2]);
+        assert_eq!(
+            st.frames().iter().map(|f| f.function).collect::<Vec<_>>(),
+            [1, 4]
+        );
+    }
+
+    #[test]
+    fn hook__slot_on_another_stack__then_nothing_popped_by_address() {
+        let mut s = Stack::new();
+        let mut alt = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        // SAFETY: words of our fake stacks.
+        unsafe {
+            st.hook(s.slot(10), 1, TRAMP, |_| panic!());
+            st.hook(alt.slot(63), 2, TRAMP, |_| panic!("another stack"));
+            st.hook(alt.slot(50), 3, TRAMP, |_| panic!("another stack"));
+        }
+        assert_eq!(st.len(), 3);
+    }
+
+    #[test]
+    fn hook__deeper_than_capacity__then_counted_and_untouched() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(2, s.bounds());
+        for i in 0..5 {
+            s.0[60 - i] = 7;
+            // SAFETY: a word of our fake stack.
+            let h = unsafe { st.hook(s.slot(60 - i), i as u64, TRAMP, |_| {}) };
+            assert_eq!(h, if i < 2 { Hooked::Yes } else { Hooked::Full });
+        }
+        assert_eq!(st.overflows(), 3);
+        assert_eq!(s.0[58], 7, "an unhooked frame keeps its return address");
+    }
+
+    #[test]
+    fn restore_all_then_hook__live_frames_rehooked_dead_ones_popped() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
+            s.0[i] = 100 + f;
+            // SAFETY: a word of our fake stack.
+            unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
+        }
+        // SAFETY: as above.
+        unsafe { st.restore_all(TRAMP) };
+        assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
+        // Caught in function 1's callee at slot 50's level: 2 and 3 are gone, 1 is live.
+        let mut dead = vec![];
+        // SAFETY: as above.
+        unsafe { st.hook(s.slot(45), 5, TRAMP, |f| dead.push(f.function)) };
+        assert_eq!(dead, [3]);
+        assert_eq!(s.0[60], TRAMP, "live frame 1 is hooked again");
+        assert_eq!(s.0[50], TRAMP, "frame 2 is above the new hook, so live too");
+    }
+
+    #[test]
+    fn try_enter__twice__then_second_refused_until_leave() {
+        let mut st = ShadowStack::boxed(1, (0, 0));
+        assert!(st.try_enter());
+        assert!(!st.try_enter());
+        st.leave();
+        assert!(st.try_enter());
+    }
+}
