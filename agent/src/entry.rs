@@ -133,22 +133,11 @@ fn fentry_function(pc: u64) -> u64 {
 
 #[inline(always)]
 fn enter(slot: *mut u64, function: u64) {
+    let Some(st) = crate::hook::free_state() else {
+        return;
+    };
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
-    let mut state = unsafe { (*t).state };
-    if state.is_null() {
-        match crate::hook::slow_state() {
-            Some(s) => state = s,
-            None => return,
-        }
-    }
-    // SAFETY: this thread's own state entry (see `hook::event`).
-    let st = unsafe { &mut *state };
-    if st.busy != 0 {
-        st.writer.count_reentrant();
-        return;
-    }
-    // SAFETY: as above.
     let mut shadow = unsafe { (*t).shadow };
     if shadow.is_null() {
         shadow = make_shadow(t, st);

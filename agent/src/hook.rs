@@ -138,15 +138,14 @@ extern "C" fn with_registers(this_fn: usize, _call_site: usize, kind: u32, regs:
     event(kind, this_fn as u64, regs);
 }
 
+/// This thread's state, registering it if needed, when it is not inside a hook already. `None`:
+/// the event is dropped, and counted (reentrant, or by `acquire_state`).
 #[inline(always)]
-pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
+pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
     let mut state = unsafe { (*tls()).state };
     if state.is_null() {
-        match slow_state() {
-            Some(s) => state = s,
-            None => return,
-        }
+        state = slow_state()?;
     }
     // SAFETY: a non-null state pointer is this thread's entry of the agent's array, used only by
     // this thread (a signal handler on this thread is kept out by `busy`).
@@ -154,8 +153,16 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
     let (raw, function) = (function, function | st.tag);
     if st.busy != 0 {
         st.writer.count_reentrant();
-        return;
+        return None;
     }
+    Some(st)
+}
+
+#[inline(always)]
+pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
+    let Some(st) = free_state() else {
+        return;
+    };
     st.busy = 1;
     // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
     // handler interrupting it), so the compiler must not move the hook's work above it.
