@@ -16,8 +16,8 @@ use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::thread::{tls, ThreadState};
 
-pub(crate) use ::event::{CALL, RETURN};
 use ::event::NO_DETAIL;
+pub(crate) use ::event::{CALL, RETURN};
 /// Registers saved by the naked hooks, in this order (the detail payload's register block).
 /// `rsp` is the stack pointer at hook entry (it points at the return address); `ret` is the
 /// return address, inside the instrumented function.
@@ -150,7 +150,6 @@ pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
     // SAFETY: a non-null state pointer is this thread's entry of the agent's array, used only by
     // this thread (a signal handler on this thread is kept out by `busy`).
     let st = unsafe { &mut *state };
-    let (raw, function) = (function, function | st.tag);
     if st.busy != 0 {
         st.writer.count_reentrant();
         return None;
@@ -163,6 +162,7 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
     let Some(st) = free_state() else {
         return;
     };
+    let (raw, function) = (function, function | st.tag);
     st.busy = 1;
     // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
     // handler interrupting it), so the compiler must not move the hook's work above it.
