@@ -97,6 +97,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let plain = cc(dir.path(), "plain", false);
     let instrumented = cc(dir.path(), "instrumented", true);
+    // Entry-only hooks: the return goes through the agent's return trampoline. (`-pg` calls the
+    // hook from every function, but only `leaf` is called in the loop.)
+    let pg = benches::build_c_with(dir.path(), "pg", benches::OVERHEAD_C, &["-pg"]);
+    let fentry = benches::build_c_with(
+        dir.path(),
+        "fentry",
+        benches::OVERHEAD_C,
+        &["-pg", "-mfentry"],
+    );
     let lanes = LaneConfig {
         rings: 4,
         ring_capacity: 64 << 10,
@@ -120,7 +129,7 @@ fn main() {
         "agent_overhead: {calls} calls per thread, ns per call+return pair (thread CPU | wall)"
     );
     for &threads in thread_counts {
-        let runs: [(&str, &Path, Option<&RegionConfig>); 5] = [
+        let runs: [(&str, &Path, Option<&RegionConfig>); 9] = [
             ("untraced (no -finstrument-functions)", &plain, None),
             ("glibc no-op hooks", &instrumented, None),
             ("agent, index lane", &instrumented, Some(&base)),
@@ -133,6 +142,14 @@ fn main() {
                 "agent, index + detail (128 stack bytes)",
                 &instrumented,
                 Some(&detail),
+            ),
+            ("-pg, glibc's mcount", &pg, None),
+            ("-pg, agent (mcount + return trampoline)", &pg, Some(&base)),
+            ("-pg -mfentry, glibc's __fentry__", &fentry, None),
+            (
+                "-pg -mfentry, agent (__fentry__ + trampoline)",
+                &fentry,
+                Some(&base),
             ),
         ];
         let noop = measure(&instrumented, threads, calls, None).0;

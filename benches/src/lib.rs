@@ -124,14 +124,24 @@ __attribute__((no_instrument_function)) int main(int argc, char **argv) {
 /// into `dir/name`. Panics with cc's output if it fails: a benchmark without its workload has
 /// nothing to measure.
 pub fn build_c(dir: &Path, name: &str, source: &str, instrument: bool) -> PathBuf {
+    let flags: &[&str] = if instrument {
+        &["-finstrument-functions"]
+    } else {
+        &[]
+    };
+    build_c_with(dir, name, source, flags)
+}
+
+/// [`build_c`] with other instrumentation flags (`-pg`, `-pg -mfentry`).
+pub fn build_c_with(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).expect("write the C source");
     let out = dir.join(name);
     let mut cmd = Command::new("cc");
-    cmd.args(["-O2", "-pthread", "-o"]).arg(&out).arg(&src);
-    if instrument {
-        cmd.arg("-finstrument-functions");
-    }
+    cmd.args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(flags);
     let result = cmd.output().expect("cc on PATH");
     assert!(
         result.status.success(),
