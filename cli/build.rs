@@ -20,7 +20,7 @@ fn main() {
     let release = env("PROFILE") == "release";
     let target_dir = out.join("agent-target");
 
-    for dir in ["agent", "registry", "ring", "event"] {
+    for dir in ["agent", "registry", "ring", "event", "retstack"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(

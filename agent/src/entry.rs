@@ -19,10 +19,10 @@ use crate::thread::{tls, Tls};
 const SHADOW_CAPACITY: usize = 4096;
 
 /// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc)` with the address
-/// of the instrumented function's return-address word (`$slot`, an address expression over the
-/// hook's own frame) and the hook's return address, restores them, returns.
+/// of the instrumented function's return-address word (`$slot`: computed from `rbp`, or from `r11`,
+/// the stack pointer at the hook's entry) and the hook's return address, restores them, returns.
 macro_rules! entry_hook {
-    ($(#[$meta:meta])* $name:ident, frame = $frame:literal, slot = $slot:literal, entry = $entry:path) => {
+    ($(#[$meta:meta])* $name:ident, slot = $slot:literal, entry = $entry:path) => {
         $(#[$meta])*
         ///
         /// # Safety
@@ -31,10 +31,14 @@ macro_rules! entry_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
-                // `$frame` bytes: 192 of saved registers, plus what aligns the Rust callee's
-                // stack (an `mcount` call site is aligned like any call; `__fentry__` is called
-                // before the function's own frame exists, one word off).
-                "sub rsp, {frame}",
+                // The call site's alignment is unknown (gcc calls `mcount` right after pushing
+                // the saved registers; `__fentry__` is called before the function's frame
+                // exists), so align for the Rust callee: r11 keeps the entry rsp (r11 is a
+                // scratch register no call passes anything in).
+                "mov r11, rsp",
+                "and rsp, -16",
+                "sub rsp, 208",
+                "mov [rsp + 192], r11",
                 "mov [rsp], rdi",
                 "mov [rsp + 8], rsi",
                 "mov [rsp + 16], rdx",
@@ -52,7 +56,7 @@ macro_rules! entry_hook {
                 "movdqu [rsp + 160], xmm6",
                 "movdqu [rsp + 176], xmm7",
                 $slot,
-                "mov rsi, [rsp + {frame}]",
+                "mov rsi, [r11]",
                 "call {entry}",
                 "mov rdi, [rsp]",
                 "mov rsi, [rsp + 8]",
@@ -70,10 +74,9 @@ macro_rules! entry_hook {
                 "movdqu xmm5, [rsp + 144]",
                 "movdqu xmm6, [rsp + 160]",
                 "movdqu xmm7, [rsp + 176]",
-                "add rsp, {frame}",
+                "mov rsp, [rsp + 192]",
                 "ret",
                 entry = sym $entry,
-                frame = const $frame,
             )
         }
     };
@@ -81,15 +84,15 @@ macro_rules! entry_hook {
 
 entry_hook!(
     /// The `-pg` hook (the name x86-64 gcc and clang call).
-    mcount, frame = 200, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
+    mcount, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
 );
 entry_hook!(
     /// The `-pg` hook under its other name (some toolchains call `_mcount`).
-    _mcount, frame = 200, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
+    _mcount, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
 );
 entry_hook!(
     /// The `-pg -mfentry` hook, the function's first instruction.
-    __fentry__, frame = 208, slot = "lea rdi, [rsp + 216]", entry = fentry_entry
+    __fentry__, slot = "lea rdi, [r11 + 8]", entry = fentry_entry
 );
 
 retstack::return_trampoline!(

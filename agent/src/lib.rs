@@ -52,7 +52,7 @@
 //! ```
 
 mod attach;
-mod entry;
+pub(crate) mod entry;
 mod hook;
 mod modules;
 mod thread;

@@ -974,3 +974,95 @@ fn attach__threads_dlopen_and_dlclose_in_a_loop__then_10_attaches_no_crash_sessi
     assert_eq!(target.next_line(), "alive 0");
     attach_rounds(target, 10, "round_trip");
 }
+
+/// `phases <threads>`: workers call `phase()` forever; each phase calls `top()` 200 times with a
+/// 100 µs sleep every 20 calls, so a phase lasts a few milliseconds and an attach or a detach
+/// usually finds it (and `top`) live on every worker's stack. The main thread prints `tick <n>`
+/// every 100 ms, with `ok` while every worker makes progress.
+const PHASES_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static volatile long sink;
+static volatile long progress[64];
+void leaf(long i) { sink += i; }
+void mid(long i) { leaf(i); leaf(i + 1); }
+void top(long i) { mid(i); }
+void phase(long id) {
+    for (long i = 0; i < 200; i++) { top(i); if (i % 20 == 0) usleep(100); }
+    progress[id]++;
+}
+void *worker(void *arg) { for (;;) phase((long)arg); return NULL; }
+
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 4;
+    long seen[64] = {0};
+    pthread_t t[64];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)i);
+    for (long n = 0;; n++) {
+        usleep(100000);
+        int ok = 1;
+        for (long i = 0; i < threads; i++) { if (progress[i] == seen[i]) ok = 0; seen[i] = progress[i]; }
+        printf("tick %ld %s\n", n, ok ? "ok" : "stuck");
+        fflush(stdout);
+    }
+}
+"#;
+
+/// Attaches 5 times to a program built with entry-only hooks (`flags`): each session records
+/// calls, properly nested, and frames hooked when the tracer leaves return through the agent's
+/// trampoline afterwards: the target keeps running, every worker progressing, silent on stderr.
+fn attach_entry_only_build(name: &str, flags: &[&str]) {
+    let _heavy = heavy();
+    let exe = build(name, PHASES_C, flags);
+    let dir = tempfile::tempdir().unwrap();
+    // A `-pg` program writes gmon.out into its working directory when it exits.
+    let mut child = Command::new(&exe)
+        .arg("4")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the target starts");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut target = Running { child, lines };
+    assert_eq!(target.next_line(), "tick 0 ok");
+    let pid = target.pid();
+    for round in 0..5 {
+        let tmp = output_dir();
+        let result = attach(&pid, tmp.path(), &["--duration", "0.2"]);
+        let err = stderr(&result);
+        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
+        let (_, traces) = check_session_with(&session_dir(tmp.path()), true);
+        let calls: u64 = traces.iter().map(|t| t.calls).sum();
+        assert!(calls > 0, "round {round}: nothing recorded");
+        assert!(target.alive(), "round {round}: the target died");
+    }
+    // After the last detach, frames hooked then have returned: every worker still progresses.
+    let mut ok = 0;
+    for _ in 0..20 {
+        if target.next_line().ends_with(" ok") {
+            ok += 1;
+            if ok == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        ok, 3,
+        "the workers stopped making progress after the detach"
+    );
+    assert_eq!(target.finish(), "", "the target wrote on stderr");
+}
+
+#[test]
+fn attach__pg_program_5_rounds__then_recorded_and_hooked_frames_return_after_each_detach() {
+    attach_entry_only_build("attach_phases_pg", &["-O1", "-pg"]);
+}
+
+#[test]
+fn attach__mfentry_program_5_rounds__then_recorded_and_hooked_frames_return_after_each_detach() {
+    attach_entry_only_build("attach_phases_fentry", &["-O1", "-pg", "-mfentry"]);
+}

@@ -212,3 +212,29 @@ fn mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree() {
     // main; 100 x (lib_entry, lib_leaf, fib(3) = 5 calls).
     assert_eq!(traces[0].calls, 1 + 100 * 7, "{:?}", traces[0]);
 }
+
+/// Optimised builds call the hook at any stack alignment (gcc calls `mcount` right after pushing
+/// the saved registers): counts per function of the shared workload, at -O2.
+fn optimised(name: &str, flags: &[&str]) {
+    let exe = build(name, APP_C, flags);
+    let (session, traces) = trace(&exe, &["4", "5000"]);
+    let main_tid = session.manifest.target_pid;
+    let workers: Vec<_> = traces.iter().filter(|t| t.tid != main_tid).collect();
+    assert_eq!(workers.len(), 4);
+    for t in workers {
+        let mut counts: Vec<u64> = calls_by_id(&session, t.tid).into_values().collect();
+        counts.sort_unstable();
+        // worker once; top and mid 5000 times each; leaf 10000 times.
+        assert_eq!(counts, [1, 5000, 5000, 10000], "thread {}", t.tid);
+    }
+}
+
+#[test]
+fn pg__O2_build__then_exact_counts_per_function() {
+    optimised("app_pg_o2", &["-O2", "-pg"]);
+}
+
+#[test]
+fn mfentry__O2_build__then_exact_counts_per_function() {
+    optimised("app_fentry_o2", &["-O2", "-pg", "-mfentry"]);
+}

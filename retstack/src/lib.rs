@@ -15,7 +15,9 @@
 //! - Frames skipped without returning (`longjmp`, `siglongjmp`, an exception that was caught) are
 //!   popped, and handed to the caller's callback once each, innermost first: at the next return
 //!   above them (exact slot match), or at the next hook whose slot lies above theirs on the same
-//!   thread stack. Frames on another stack (a signal handler on `sigaltstack`) are only popped by
+//!   thread stack (or at the same slot, no longer holding the trampoline; a tail call reuses its
+//!   caller's slot while it still holds the trampoline, and each such frame returns in turn: the
+//!   trampoline goes back to itself once per frame). Frames on another stack (a signal handler on `sigaltstack`) are only popped by
 //!   an exact match, never by address comparison.
 //! - A full stack hooks nothing more: [`Hooked::Full`], counted in [`ShadowStack::overflows`];
 //!   never a crash. The caller should not record that call's entry either.
@@ -159,9 +161,11 @@ impl ShadowStack {
         mut dead: impl FnMut(&Frame),
     ) -> Hooked {
         let at = slot as u64;
+        // SAFETY: the caller guarantees `slot` is this function's live return-address word.
+        let ret = unsafe { slot.read() };
         if let Some(top) = self.frames.last() {
-            if top.slot <= at && self.on_thread_stack(at) && self.on_thread_stack(top.slot) {
-                self.pop_dead(at, &mut dead);
+            if self.is_dead(top, at, ret, trampoline) {
+                self.pop_dead(at, ret, trampoline, &mut dead);
             }
         }
         if self.restored != 0 {
@@ -171,8 +175,6 @@ impl ShadowStack {
             self.overflows += 1;
             return Hooked::Full;
         }
-        // SAFETY: the caller guarantees `slot` is this function's live return-address word.
-        let ret = unsafe { slot.read() };
         self.frames.push(Frame {
             ret,
             function,
@@ -183,10 +185,19 @@ impl ShadowStack {
         Hooked::Yes
     }
 
+    /// Whether `frame` is proven gone by a hook at `at` whose slot holds `ret`: on the thread's
+    /// stack, below the new slot, or at the same slot no longer holding the trampoline (a tail
+    /// call reuses its caller's slot, still hooked: that frame is live and returns later).
+    #[inline(always)]
+    fn is_dead(&self, frame: &Frame, at: u64, ret: u64, trampoline: u64) -> bool {
+        let below = frame.slot < at || (frame.slot == at && ret != trampoline);
+        below && self.on_thread_stack(at) && self.on_thread_stack(frame.slot)
+    }
+
     #[cold]
-    fn pop_dead(&mut self, at: u64, dead: &mut impl FnMut(&Frame)) {
+    fn pop_dead(&mut self, at: u64, ret: u64, trampoline: u64, dead: &mut impl FnMut(&Frame)) {
         while let Some(top) = self.frames.last() {
-            if !(top.slot <= at && self.on_thread_stack(top.slot)) {
+            if !self.is_dead(top, at, ret, trampoline) {
                 break;
             }
             dead(top);
@@ -284,21 +295,25 @@ macro_rules! return_trampoline {
         #[unsafe(naked)]
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
-                // Entered by `ret`: rsp = slot + 8, 16-byte aligned as at any return.
-                "sub rsp, 48",
+                // Entered by `ret`: rsp = slot + 8. Aligned for the handler whatever the caller
+                // did; r11 and r10 are scratch at a return (neither carries a return value).
+                "mov r11, rsp",
+                "and rsp, -16",
+                "sub rsp, 64",
+                "mov [rsp + 48], r11",
                 "mov [rsp], rax",
                 "mov [rsp + 8], rdx",
                 "movdqu [rsp + 16], xmm0",
                 "movdqu [rsp + 32], xmm1",
-                "lea rdi, [rsp + 40]",
+                "lea rdi, [r11 - 8]",
                 "call {handler}",
-                "mov r11, rax",
+                "mov r10, rax",
                 "mov rax, [rsp]",
                 "mov rdx, [rsp + 8]",
                 "movdqu xmm0, [rsp + 16]",
                 "movdqu xmm1, [rsp + 32]",
-                "add rsp, 48",
-                "jmp r11",
+                "mov rsp, [rsp + 48]",
+                "jmp r10",
                 handler = sym $handler,
             )
         }
@@ -371,7 +386,9 @@ mod tests {
             // SAFETY: a word of our fake stack.
             unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
         }
-        // longjmp back into function 1's frame, which then calls 4 at the slot 2 had.
+        // longjmp back into function 1's frame, which then calls 4 at the slot 2 had: the call
+        // stored its own return address there.
+        s.0[50] = 555;
         let mut dead = vec![];
         // SAFETY: as above.
         unsafe { st.hook(s.slot(50), 4, TRAMP, |f| dead.push(f.function)) };
@@ -380,6 +397,28 @@ mod tests {
             st.frames().iter().map(|f| f.function).collect::<Vec<_>>(),
             [1, 4]
         );
+    }
+
+    #[test]
+    fn hook__tail_call_reusing_a_hooked_slot__then_both_frames_return_through_it() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        s.0[60] = 101;
+        // SAFETY: a word of our fake stack.
+        unsafe {
+            st.hook(s.slot(60), 1, TRAMP, |_| panic!("live"));
+            st.hook(s.slot(60), 2, TRAMP, |_| {
+                panic!("a tail call is not a dead frame")
+            });
+        }
+        let inner = st.unhook(s.slot(60) as u64, |_| panic!()).unwrap();
+        assert_eq!(
+            (inner.function, inner.ret),
+            (2, TRAMP),
+            "back to the trampoline"
+        );
+        let outer = st.unhook(s.slot(60) as u64, |_| panic!()).unwrap();
+        assert_eq!((outer.function, outer.ret), (1, 101));
     }
 
     #[test]

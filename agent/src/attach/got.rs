@@ -1,5 +1,5 @@
 //! The GOT entries the agent rewrites: in each loaded object, the `R_X86_64_JUMP_SLOT` and
-//! `R_X86_64_GLOB_DAT` entries of `__cyg_profile_func_enter/exit` (pointed at the agent's hooks)
+//! `R_X86_64_GLOB_DAT` entries of the hooks (`__cyg_profile_func_enter/exit`, `mcount`, `_mcount`, `__fentry__`: pointed at the agent's)
 //! and of `dlopen`/`dlmopen` (pointed at the trampolines of [`super::dlopen`]), with the book of
 //! what each held before.
 //!
@@ -95,6 +95,10 @@ struct Patch {
 pub(super) enum Name {
     Enter,
     Exit,
+    /// `mcount` or `_mcount` (`-pg`): an entry hook whose return goes through the trampoline.
+    Mcount,
+    /// `__fentry__` (`-pg -mfentry`): likewise.
+    Fentry,
     Dlopen,
     Dlmopen,
 }
@@ -104,6 +108,8 @@ impl Name {
         match name {
             b"__cyg_profile_func_enter" => Some(Name::Enter),
             b"__cyg_profile_func_exit" => Some(Name::Exit),
+            b"mcount" | b"_mcount" => Some(Name::Mcount),
+            b"__fentry__" => Some(Name::Fentry),
             b"dlopen" => Some(Name::Dlopen),
             b"dlmopen" => Some(Name::Dlmopen),
             _ => None,
@@ -115,12 +121,20 @@ impl Name {
         match self {
             Name::Enter => crate::hook::__cyg_profile_func_enter as *const () as usize,
             Name::Exit => crate::hook::__cyg_profile_func_exit as *const () as usize,
+            Name::Mcount => crate::entry::mcount as *const () as usize,
+            Name::Fentry => crate::entry::__fentry__ as *const () as usize,
             Name::Dlopen | Name::Dlmopen => dlopen::trampoline(self),
         }
     }
 
     fn is_hook(self) -> bool {
-        matches!(self, Name::Enter | Name::Exit)
+        matches!(self, Name::Enter | Name::Exit | Name::Mcount | Name::Fentry)
+    }
+
+    /// A hook that records calls: stored last (an exit hook, or the return trampoline, is in
+    /// place before any call is recorded).
+    fn is_entry(self) -> bool {
+        matches!(self, Name::Enter | Name::Mcount | Name::Fentry)
     }
 }
 
@@ -397,11 +411,7 @@ impl Walk {
         // without its return otherwise).
         let mut incomplete: Vec<usize> = Vec::new();
         for enter in [false, true] {
-            for plan in self
-                .plans
-                .iter()
-                .filter(|p| (p.name == Name::Enter) == enter)
-            {
+            for plan in self.plans.iter().filter(|p| p.name.is_entry() == enter) {
                 if enter && incomplete.contains(&plan.object) {
                     continue;
                 }

@@ -710,6 +710,13 @@ fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
         &["__cyg_profile_func_enter", "dlopen", "dlsym"],
     )?;
     let mut hooks = vec![libc.0 + found[0].0];
+    // The entry hooks of `-pg` and `-pg -mfentry` builds are safe points too (glibc defines
+    // them; another libc may not).
+    for name in ENTRY_ONLY_HOOKS {
+        if let Ok(found) = elf_symbols(&libc_data, &libc.1, &[name]) {
+            hooks.push(libc.0 + found[0].0);
+        }
+    }
 
     let agent_data = std::fs::read(agent)?;
     let agent_syms = elf_symbols(
@@ -730,6 +737,9 @@ fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
         Path::new(path) == agent_path && ino == inode
     }) {
         hooks.extend([base + agent_syms[1].0, base + agent_syms[2].0]);
+        if let Ok(found) = elf_symbols(&agent_data, agent, &ENTRY_ONLY_HOOKS) {
+            hooks.extend(found.iter().map(|(offset, _)| base + offset));
+        }
         attach_loaded = Some(base + attach_offset);
     }
     Ok(LibcSyms {
@@ -741,6 +751,9 @@ fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
         attach_loaded,
     })
 }
+
+/// The entry-only hooks (`-pg`, `-pg -mfentry`) a thread may be stopped at.
+const ENTRY_ONLY_HOOKS: [&str; 2] = ["mcount", "__fentry__"];
 
 /// Bytes of a function's code compared before calling it at a computed address.
 const CODE_CHECK: u64 = 16;
