@@ -38,6 +38,8 @@ fn agent_so() -> PathBuf {
 /// (CPU ns per pair, wall ns per pair).
 fn measure(program: &Path, threads: u32, calls: u64, region: Option<&RegionConfig>) -> (f64, f64) {
     let mut cmd = Command::new(program);
+    // A `-pg` program writes gmon.out into its working directory.
+    cmd.current_dir(program.parent().unwrap());
     cmd.args([threads.to_string(), calls.to_string()])
         .stdout(Stdio::piped())
         .env_remove("LD_PRELOAD");
