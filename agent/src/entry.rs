@@ -259,3 +259,122 @@ fn lost(slot: u64) -> ! {
     ));
     std::process::abort()
 }
+
+/// The unwinder's entry points the agent stands in front of: before an exception (C++ `throw`,
+/// a Rust panic) walks the stack, every hooked frame of the thread gets its real return address
+/// back, so the unwinder sees the program's own frames. Frames still live after the catch are
+/// hooked again: at once when C++ code enters a `catch` (`__cxa_begin_catch`), else at the thread's
+/// next hooked call; those gone are recorded as returned then.
+macro_rules! before_unwinder {
+    ($(#[$meta:meta])* $name:ident, $real:ident, $prepare:path) => {
+        $(#[$meta])*
+        ///
+        /// # Safety
+        /// Called as the function it stands for; arguments pass through untouched.
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                // Entered by `call`: rsp = 8 (mod 16); one push aligns the call below.
+                "push rdi",
+                "push rsi",
+                "sub rsp, 8",
+                // The caller's stack pointer once this function returns.
+                "lea rdi, [rsp + 32]",
+                "call {prepare}",
+                "add rsp, 8",
+                "pop rsi",
+                "pop rdi",
+                "jmp rax",
+                prepare = sym $prepare,
+            )
+        }
+
+        static $real: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    };
+}
+
+before_unwinder!(
+    /// `_Unwind_RaiseException`, where every C++ `throw` and Rust panic starts unwinding.
+    _Unwind_RaiseException, REAL_RAISE, before_raise
+);
+before_unwinder!(
+    /// `__cxa_begin_catch`, where a C++ `catch` block starts: the frames above it are live.
+    __cxa_begin_catch, REAL_BEGIN_CATCH, at_catch
+);
+before_unwinder!(
+    /// `_Unwind_DeleteException`, where a caught exception is disposed of (a Rust `catch_unwind`
+    /// does it in the catching frame).
+    _Unwind_DeleteException, REAL_DELETE, at_delete
+);
+
+extern "C" fn before_raise(_sp: u64) -> usize {
+    with_shadow(|sh| {
+        // SAFETY: this thread's hooked slots are words of its stacks (see `ShadowStack::hook`).
+        unsafe { sh.restore_all(trampoline()) }
+    });
+    real(&REAL_RAISE, c"_Unwind_RaiseException")
+}
+
+extern "C" fn at_catch(sp: u64) -> usize {
+    resume(sp);
+    real(&REAL_BEGIN_CATCH, c"__cxa_begin_catch")
+}
+
+/// The unwind ended in the frame whose stack pointer is `sp`.
+fn resume(sp: u64) {
+    with_shadow(|sh| {
+        // SAFETY: this thread's hooked slots are words of its stacks; `sp` is the catching frame's
+        // stack pointer, so every frame above it is live.
+        unsafe {
+            sh.resume_at(sp, trampoline(), |gone| {
+                event(RETURN, gone.function, core::ptr::null())
+            })
+        }
+    });
+}
+
+extern "C" fn at_delete(sp: u64) -> usize {
+    resume(sp);
+    real(&REAL_DELETE, c"_Unwind_DeleteException")
+}
+
+fn trampoline() -> u64 {
+    tracer_return_hook as *const () as u64
+}
+
+/// Runs `f` on this thread's shadow stack, if it has one and is not inside a shadow-stack
+/// operation (an exception thrown from a signal handler that interrupted one).
+fn with_shadow(f: impl FnOnce(&mut retstack::ShadowStack)) {
+    // SAFETY: only this thread touches its TLS block.
+    let shadow = unsafe { (*tls()).shadow };
+    if shadow.is_null() {
+        return;
+    }
+    // SAFETY: this thread's own shadow stack.
+    let sh = unsafe { &mut *shadow };
+    if sh.try_enter() {
+        f(sh);
+        sh.leave();
+    }
+}
+
+/// The next definition of `name` after the agent (libgcc_s, libstdc++), looked up once.
+fn real(cell: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
+    use core::sync::atomic::Ordering::Relaxed;
+    // Relaxed: the address is the same whoever looks it up; a race looks it up twice.
+    let mut f = cell.load(Relaxed);
+    if f == 0 {
+        // SAFETY: a NUL-terminated name; RTLD_NEXT searches the objects loaded after the agent.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+        if f == 0 {
+            crate::say(&format!(
+                "{} is called but not defined after the agent; aborting",
+                name.to_string_lossy()
+            ));
+            std::process::abort();
+        }
+        cell.store(f, Relaxed);
+    }
+    f
+}

@@ -238,3 +238,58 @@ fn pg__O2_build__then_exact_counts_per_function() {
 fn mfentry__O2_build__then_exact_counts_per_function() {
     optimised("app_fentry_o2", &["-O2", "-pg", "-mfentry"]);
 }
+
+/// `throw <threads>`: each worker, 100 times: `catcher()` calls `thrower(5)`, which recurses to
+/// depth 0 and throws through the hooked frames, caught in `catcher`; then `after()`, whose
+/// return must still be recorded. A destructor (`Guard`) runs in every unwound frame and calls the
+/// hooked `cleanup()`. Per worker: 1 + 100 x (catcher, 6 thrower, 6 cleanup, after) calls.
+const THROW_CC: &str = r#"
+#include <pthread.h>
+#include <stdexcept>
+#include <cstdio>
+#include <cstdlib>
+static volatile long sink;
+#define HOOKED __attribute__((noinline))
+HOOKED void cleanup(int n) { sink += n; }
+struct Guard { int n; ~Guard() { cleanup(n); } };
+HOOKED int thrower(int n) {
+    Guard g{n};
+    if (n == 0) throw std::runtime_error("deep");
+    return thrower(n - 1) + 1;
+}
+HOOKED int catcher(int n) {
+    try { return thrower(n); } catch (const std::exception &) { return -1; }
+}
+HOOKED int after(int x) { return x + 1; }
+void *worker(void *) {
+    for (int i = 0; i < 100; i++) { sink += catcher(5); sink += after(i); }
+    return nullptr;
+}
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 1;
+    pthread_t t[64];
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], nullptr, worker, nullptr);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], nullptr);
+    printf("done %ld\n", sink);
+    return 0;
+}
+"#;
+
+fn cxx(name: &str, flags: &[&str]) -> std::path::PathBuf {
+    let mut all = vec!["-x", "c++"];
+    all.extend_from_slice(flags);
+    all.extend_from_slice(&["-Wl,--no-as-needed", "-lstdc++"]);
+    build(name, THROW_CC, &all)
+}
+
+#[test]
+fn pg__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
+    let exe = cxx("throw_pg", &["-O1", "-pg"]);
+    check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
+}
+
+#[test]
+fn mfentry__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
+    let exe = cxx("throw_fentry", &["-O1", "-pg", "-mfentry"]);
+    check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
+}

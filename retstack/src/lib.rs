@@ -22,8 +22,9 @@
 //! - A full stack hooks nothing more: [`Hooked::Full`], counted in [`ShadowStack::overflows`];
 //!   never a crash. The caller should not record that call's entry either.
 //! - Before an unwinder walks the stack, [`ShadowStack::restore_all`] writes every original return
-//!   address back; [`ShadowStack::rehook_live`] puts the trampoline back into the frames that are
-//!   still live afterwards (those whose slot lies above a later hook's slot).
+//!   address back; [`ShadowStack::resume_at`], where the unwind ends (a `catch`), pops the frames
+//!   it removed and puts the trampoline back into those still live. Without that call, the next
+//!   hook does the same from its own slot.
 //! - The stack is used by one thread, and by signal handlers interrupting it: the caller takes
 //!   [`ShadowStack::try_enter`] around each operation, and a handler that finds it taken hooks
 //!   nothing.
@@ -77,6 +78,10 @@ pub struct ShadowStack {
     /// Frames whose return address was written back by [`ShadowStack::restore_all`] and not yet
     /// re-hooked or popped.
     restored: u32,
+    /// Between [`ShadowStack::restore_all`] and [`ShadowStack::resume_at`]: an unwind is under
+    /// way, and the frames it has yet to walk must keep their real return addresses (cleanups
+    /// run in between call hooked functions).
+    unwinding: bool,
     /// Calls not hooked because the stack was full.
     overflows: u64,
     /// The thread's own stack, `[lo, hi)`: only frames inside it are compared by address.
@@ -92,6 +97,7 @@ impl ShadowStack {
         Box::new(ShadowStack {
             busy: 0,
             restored: 0,
+            unwinding: false,
             overflows: 0,
             bounds,
             frames: Vec::with_capacity(capacity),
@@ -168,7 +174,7 @@ impl ShadowStack {
                 self.pop_dead(at, ret, trampoline, &mut dead);
             }
         }
-        if self.restored != 0 {
+        if self.restored != 0 && !self.unwinding {
             self.rehook_live(at, trampoline);
         }
         if self.frames.len() >= self.capacity {
@@ -241,6 +247,7 @@ impl ShadowStack {
             }
         }
         self.restored = self.frames.len() as u32;
+        self.unwinding = true;
     }
 
     /// Re-hooks restored frames that are still live: on the thread's stack above `at` (a hook's
@@ -267,8 +274,34 @@ impl ShadowStack {
         self.frames.clear();
         self.busy = 0;
         self.restored = 0;
+        self.unwinding = false;
         self.overflows = 0;
         self.bounds = bounds;
+    }
+
+    /// After an unwind that ended in a frame whose stack pointer is `sp` (a `catch`): frames on
+    /// the thread's stack below `sp` are gone (handed to `gone`, innermost first), and restored
+    /// frames above it are hooked again.
+    ///
+    /// # Safety
+    /// `sp` is the calling thread's current stack pointer (or that of the frame it returns to),
+    /// and every frame above it on the thread's stack is live.
+    pub unsafe fn resume_at(&mut self, sp: u64, trampoline: u64, mut gone: impl FnMut(&Frame)) {
+        if !self.on_thread_stack(sp) {
+            return;
+        }
+        self.unwinding = false;
+        while let Some(top) = self.frames.last() {
+            if !(top.slot < sp && self.on_thread_stack(top.slot)) {
+                break;
+            }
+            gone(top);
+            self.frames.pop();
+        }
+        self.restored = self.restored.min(self.frames.len() as u32);
+        if self.restored != 0 {
+            self.rehook_live(sp - 8, trampoline);
+        }
     }
 
     /// Forgets every frame without touching the stack (a thread that ends).
@@ -450,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn restore_all_then_hook__live_frames_rehooked_dead_ones_popped() {
+    fn restore_all_then_resume_at__live_frames_rehooked_gone_ones_popped() {
         let mut s = Stack::new();
         let mut st = ShadowStack::boxed(8, s.bounds());
         for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
@@ -461,13 +494,26 @@ mod tests {
         // SAFETY: as above.
         unsafe { st.restore_all(TRAMP) };
         assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
-        // Caught in function 1's callee at slot 50's level: 2 and 3 are gone, 1 is live.
-        let mut dead = vec![];
+        // A cleanup on the way calls a hooked function below frame 3: nothing is hooked again
+        // while the unwind goes on.
         // SAFETY: as above.
-        unsafe { st.hook(s.slot(45), 5, TRAMP, |f| dead.push(f.function)) };
-        assert_eq!(dead, [3]);
-        assert_eq!(s.0[60], TRAMP, "live frame 1 is hooked again");
-        assert_eq!(s.0[50], TRAMP, "frame 2 is above the new hook, so live too");
+        unsafe {
+            st.hook(s.slot(30), 4, TRAMP, |_| {
+                panic!("frame 3 is still being unwound")
+            })
+        };
+        assert_eq!(st.unhook(s.slot(30) as u64, |_| {}).unwrap().function, 4);
+        assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
+        // Caught in function 2 (its stack pointer just below slot 50): 3 is gone, 1 and 2 live.
+        let mut gone = vec![];
+        // SAFETY: as above.
+        unsafe { st.resume_at(s.slot(49) as u64, TRAMP, |f| gone.push(f.function)) };
+        assert_eq!(gone, [3]);
+        assert_eq!(
+            [s.0[60], s.0[50]],
+            [TRAMP, TRAMP],
+            "live frames hooked again"
+        );
     }
 
     #[test]
