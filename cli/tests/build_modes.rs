@@ -10,8 +10,10 @@ mod common;
 use common::*;
 
 /// `rec <threads> <depth> <mode>`: every worker calls `fib(15)` (1973 calls) and then, by mode,
-/// `deep(depth)` (depth + 1 calls), `jump` (a `longjmp` out of 10 hooked frames, twice), or
-/// `sig` (a signal handler running on an alternate stack calls `fib(5)`, 15 calls).
+/// `deep(depth)` (depth + 1 calls), `jump` (a `longjmp` out of 10 hooked frames, twice), `sig` (a
+/// signal handler running on an alternate stack calls `fib(5)`, 15 calls), `fork` (forks 6 hooked
+/// frames deep; the child returns through 5 of them and exits), `pexit` (`pthread_exit` 6 hooked
+/// frames deep) or `exit` (`exit` 6 hooked frames deep, after printing `done`).
 const REC_C: &str = r#"
 #include <pthread.h>
 #include <setjmp.h>
@@ -33,11 +35,38 @@ void jump(void) { if (setjmp(where) == 0) dive(9); }
 
 void on_signal(int s) { (void)s; sink += fib(5); }
 
+/* fork: the child returns through the parent's hooked frames, then exits; the parent checks. */
+#include <sys/wait.h>
+#include <unistd.h>
+static __thread int child_ok = 1;
+long forker(long n) {
+    if (n == 0) {
+        pid_t pid = fork();
+        if (pid == 0) return -1000;
+        int status = 0;
+        waitpid(pid, &status, 0);
+        child_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        return 0;
+    }
+    return forker(n - 1) + 1;
+}
+/* pexit / exit: leave from deep inside hooked frames. */
+long leaver(long n, int how) {
+    if (n == 0) { if (how) { printf("done\n"); fflush(stdout); exit(0); } pthread_exit(NULL); }
+    return leaver(n - 1, how) + 1;
+}
+
 void *worker(void *arg) {
     (void)arg;
     sink += fib(15);
     if (strcmp(mode, "deep") == 0) sink += deep(depth);
     if (strcmp(mode, "jump") == 0) { jump(); jump(); }
+    if (strcmp(mode, "fork") == 0) {
+        if (forker(5) < 0) _exit(0); /* the child, back through five hooked frames */
+        if (!child_ok) { printf("child failed\n"); exit(1); }
+    }
+    if (strcmp(mode, "pexit") == 0) sink += leaver(5, 0);
+    if (strcmp(mode, "exit") == 0) sink += leaver(5, 1);
     if (strcmp(mode, "sig") == 0) {
         stack_t ss = { .ss_sp = malloc(1 << 16), .ss_size = 1 << 16 };
         sigaltstack(&ss, NULL);
@@ -292,4 +321,82 @@ fn pg__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns(
 fn mfentry__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
     let exe = cxx("throw_fentry", &["-O1", "-pg", "-mfentry"]);
     check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
+}
+
+#[test]
+fn pg__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact() {
+    let tmp = output_dir();
+    let out = tracer()
+        .current_dir(tmp.path())
+        .arg("spawn")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(pg())
+        .args(["--", "2", "0", "fork"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
+    let session = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("session_")
+        })
+        .unwrap();
+    // The children's threads are in their own pid directories, or with the parent's: either
+    // way a child's stream starts with the returns of calls its parent made.
+    let (mut workers, mut children) = (0, 0);
+    for dir in std::fs::read_dir(&session).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pid_")
+        {
+            continue;
+        }
+        let (_, traces) = check_session_with(&dir, true);
+        for t in traces {
+            if t.calls == 0 {
+                // A child: back through forker(0..=5), then `_exit` inside worker.
+                children += 1;
+                assert_eq!(t.returns, 6, "{t:?}");
+            } else if t.calls > 1 {
+                // A worker: worker, fib(15), forker x6, all returned.
+                workers += 1;
+                assert_eq!(t.calls, 1 + FIB15 + 6, "{t:?}");
+                assert_eq!(t.returns, t.calls, "{t:?}");
+            }
+        }
+    }
+    assert_eq!((workers, children), (2, 2));
+}
+
+#[test]
+fn pg__pthread_exit_from_deep_inside__then_threads_end_cleanly_and_later_threads_traced() {
+    // 8 threads leave 6 hooked frames each behind; their shadow stacks are reused by later ones.
+    let (session, traces) = trace(&pg(), &["8", "0", "pexit"]);
+    let main_tid = session.manifest.target_pid;
+    for t in traces.iter().filter(|t| t.tid != main_tid) {
+        assert_eq!(t.calls, 1 + FIB15 + 6, "thread {}", t.tid);
+        assert_eq!(
+            t.returns, FIB15,
+            "thread {}: worker and leaver never return",
+            t.tid
+        );
+    }
+}
+
+#[test]
+fn mfentry__exit_from_deep_inside__then_recording_complete_and_balanced() {
+    let (session, traces) = trace(&fentry(), &["1", "0", "exit"]);
+    let main_tid = session.manifest.target_pid;
+    let worker = traces.iter().find(|t| t.tid != main_tid).unwrap();
+    assert_eq!(worker.calls, 1 + FIB15 + 6);
+    assert_eq!(worker.returns, FIB15);
 }
