@@ -261,10 +261,11 @@ fn lost(slot: u64) -> ! {
 }
 
 /// The unwinder's entry points the agent stands in front of: before an exception (C++ `throw`,
-/// a Rust panic) walks the stack, every hooked frame of the thread gets its real return address
-/// back, so the unwinder sees the program's own frames. Frames still live after the catch are
-/// hooked again: at once when C++ code enters a `catch` (`__cxa_begin_catch`), else at the thread's
-/// next hooked call; those gone are recorded as returned then.
+/// a Rust panic) walks the stack, and again whenever it resumes after a cleanup, every hooked
+/// frame of the thread gets its real return address back, so the unwinder sees the program's own
+/// frames. Frames still live after the catch are hooked again: at once when C++ code enters a
+/// `catch` (`__cxa_begin_catch`), else at the thread's next hooked call (a Rust `catch_unwind`);
+/// those gone are recorded as returned then.
 macro_rules! before_unwinder {
     ($(#[$meta:meta])* $name:ident, $real:ident, $prepare:path) => {
         $(#[$meta])*
@@ -299,6 +300,11 @@ before_unwinder!(
     _Unwind_RaiseException, REAL_RAISE, before_raise
 );
 before_unwinder!(
+    /// `_Unwind_Resume`, where an unwind goes on after a cleanup (a destructor, a `Drop`), which
+    /// may have called hooked functions and so hooked the frames above it again.
+    _Unwind_Resume, REAL_RESUME, before_resume
+);
+before_unwinder!(
     /// `__cxa_begin_catch`, where a C++ `catch` block starts: the frames above it are live.
     __cxa_begin_catch, REAL_BEGIN_CATCH, at_catch
 );
@@ -309,11 +315,21 @@ before_unwinder!(
 );
 
 extern "C" fn before_raise(_sp: u64) -> usize {
+    restore_all();
+    real(&REAL_RAISE, c"_Unwind_RaiseException")
+}
+
+/// Every hooked frame of this thread gets its real return address back.
+fn restore_all() {
     with_shadow(|sh| {
         // SAFETY: this thread's hooked slots are words of its stacks (see `ShadowStack::hook`).
         unsafe { sh.restore_all(trampoline()) }
     });
-    real(&REAL_RAISE, c"_Unwind_RaiseException")
+}
+
+extern "C" fn before_resume(_sp: u64) -> usize {
+    restore_all();
+    real(&REAL_RESUME, c"_Unwind_Resume")
 }
 
 extern "C" fn at_catch(sp: u64) -> usize {

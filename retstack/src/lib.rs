@@ -21,7 +21,8 @@
 //!   an exact match, never by address comparison.
 //! - A full stack hooks nothing more: [`Hooked::Full`], counted in [`ShadowStack::overflows`];
 //!   never a crash. The caller should not record that call's entry either.
-//! - Before an unwinder walks the stack, [`ShadowStack::restore_all`] writes every original return
+//! - Before an unwinder walks the stack (and again each time it resumes after a cleanup, which
+//!   may have called hooked functions), [`ShadowStack::restore_all`] writes every original return
 //!   address back; [`ShadowStack::resume_at`], where the unwind ends (a `catch`), pops the frames
 //!   it removed and puts the trampoline back into those still live. Without that call, the next
 //!   hook does the same from its own slot.
@@ -75,13 +76,9 @@ pub enum Hooked {
 pub struct ShadowStack {
     /// 1 while an operation is in progress (see [`ShadowStack::try_enter`]).
     busy: u32,
-    /// Frames whose return address was written back by [`ShadowStack::restore_all`] and not yet
-    /// re-hooked or popped.
+    /// The outermost frames whose return address [`ShadowStack::restore_all`] wrote back and
+    /// that are not hooked again yet: `frames[..restored]` (frames pushed since are above them).
     restored: u32,
-    /// Between [`ShadowStack::restore_all`] and [`ShadowStack::resume_at`]: an unwind is under
-    /// way, and the frames it has yet to walk must keep their real return addresses (cleanups
-    /// run in between call hooked functions).
-    unwinding: bool,
     /// Calls not hooked because the stack was full.
     overflows: u64,
     /// The thread's own stack, `[lo, hi)`: only frames inside it are compared by address.
@@ -97,7 +94,6 @@ impl ShadowStack {
         Box::new(ShadowStack {
             busy: 0,
             restored: 0,
-            unwinding: false,
             overflows: 0,
             bounds,
             frames: Vec::with_capacity(capacity),
@@ -174,7 +170,7 @@ impl ShadowStack {
                 self.pop_dead(at, ret, trampoline, &mut dead);
             }
         }
-        if self.restored != 0 && !self.unwinding {
+        if self.restored != 0 {
             self.rehook_live(at, trampoline);
         }
         if self.frames.len() >= self.capacity {
@@ -235,8 +231,7 @@ impl ShadowStack {
     /// Every pushed frame's slot is still a writable word of this thread's memory (a dead frame's
     /// slot lies below the stack pointer, in the thread's stack or alternate stack mapping).
     pub unsafe fn restore_all(&mut self, trampoline: u64) {
-        let from = self.frames.len() - self.restored as usize;
-        for f in &self.frames[..from] {
+        for f in &self.frames[self.restored as usize..] {
             let slot = f.slot as *mut u64;
             // SAFETY: the caller guarantees the slot is writable; a slot that no longer holds the
             // trampoline belongs to a dead frame whose word was reused, and is left alone.
@@ -247,7 +242,6 @@ impl ShadowStack {
             }
         }
         self.restored = self.frames.len() as u32;
-        self.unwinding = true;
     }
 
     /// Re-hooks restored frames that are still live: on the thread's stack above `at` (a hook's
@@ -274,7 +268,6 @@ impl ShadowStack {
         self.frames.clear();
         self.busy = 0;
         self.restored = 0;
-        self.unwinding = false;
         self.overflows = 0;
         self.bounds = bounds;
     }
@@ -290,7 +283,6 @@ impl ShadowStack {
         if !self.on_thread_stack(sp) {
             return;
         }
-        self.unwinding = false;
         while let Some(top) = self.frames.last() {
             if !(top.slot < sp && self.on_thread_stack(top.slot)) {
                 break;
@@ -494,8 +486,8 @@ mod tests {
         // SAFETY: as above.
         unsafe { st.restore_all(TRAMP) };
         assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
-        // A cleanup on the way calls a hooked function below frame 3: nothing is hooked again
-        // while the unwind goes on.
+        // A cleanup on the way calls a hooked function below frame 3 (which hooks the frames
+        // above it again), then the unwind resumes: everything is restored once more.
         // SAFETY: as above.
         unsafe {
             st.hook(s.slot(30), 4, TRAMP, |_| {
@@ -503,6 +495,8 @@ mod tests {
             })
         };
         assert_eq!(st.unhook(s.slot(30) as u64, |_| {}).unwrap().function, 4);
+        // SAFETY: as above.
+        unsafe { st.restore_all(TRAMP) };
         assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
         // Caught in function 2 (its stack pointer just below slot 50): 3 is gone, 1 and 2 live.
         let mut gone = vec![];
@@ -514,6 +508,29 @@ mod tests {
             [TRAMP, TRAMP],
             "live frames hooked again"
         );
+    }
+
+    #[test]
+    fn restore_all__twice_with_frames_pushed_between__then_the_new_frames_restored_too() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        s.0[60] = 101;
+        // SAFETY: words of our fake stack.
+        unsafe {
+            st.hook(s.slot(60), 1, TRAMP, |_| {});
+            st.restore_all(TRAMP);
+        }
+        // Caught without a resume_at (a Rust catch_unwind): the next calls hook on top.
+        s.0[40] = 103;
+        // SAFETY: as above.
+        unsafe {
+            st.hook(s.slot(50), 2, TRAMP, |_| {});
+            st.hook(s.slot(40), 3, TRAMP, |_| {});
+        }
+        assert_eq!(s.0[60], TRAMP, "frame 1 is hooked again by the next call");
+        // SAFETY: as above.
+        unsafe { st.restore_all(TRAMP) };
+        assert_eq!([s.0[60], s.0[40]], [101, 103]);
     }
 
     #[test]
