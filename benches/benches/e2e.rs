@@ -2,9 +2,10 @@
 //!
 //! - **Overhead per call+return pair**, side by side in one run on the same binaries: untraced,
 //!   built with `-finstrument-functions` on glibc's no-op hooks, under `tracer spawn`, and under
-//!   `uftrace record` (if installed: `apt-get install uftrace`), 1 and 4 threads. The figure is the
-//!   workload's own thread CPU time per pair (what tracing costs the target), with its ratio to
-//!   uftrace's.
+//!   `uftrace record` (if installed: `apt-get install uftrace`), 1 and 4 threads; then the same for
+//!   a `-pg` build (mcount and the return trampoline, against uftrace's own `-pg` path). The figure
+//!   is the workload's own thread CPU time per pair (what tracing costs the target), with its ratio
+//!   to uftrace's.
 //! - **Overhead after attach**: the steady workload ([`STEADY_C`]) started untraced (glibc's no-op
 //!   hooks), joined by `tracer attach`, and left again; and the same workload under `tracer spawn`.
 //!   CPU ns per pair over a window of each phase (before, attached, after the tracer left, spawn),
@@ -48,7 +49,9 @@ fn main() {
 
 /// Runs `cmd` (the workload, possibly wrapped) and parses the workload's "<cpu ns> <wall ns>".
 fn run_workload(mut cmd: Command) -> f64 {
+    // A `-pg` program writes gmon.out into its working directory: keep it out of the tree.
     let out = cmd
+        .current_dir(std::env::temp_dir())
         .stderr(Stdio::null())
         .output()
         .expect("the workload runs");
@@ -77,7 +80,17 @@ fn uftrace_available() -> bool {
 fn overhead(dir: &Path, tracer: &Path, full: bool) {
     let plain = build_c(dir, "overhead_plain", OVERHEAD_C, false);
     let instrumented = build_c(dir, "overhead_instr", OVERHEAD_C, true);
+    // The same workload built for gprof/uftrace: entry hook, return through a trampoline.
+    let pg = benches::build_c_with(dir, "overhead_pg", OVERHEAD_C, &["-pg"]);
     let calls: u64 = if full { 10_000_000 } else { 200_000 };
+    for (mode, instrumented) in [("-finstrument-functions", &instrumented), ("-pg", &pg)] {
+        println!("{mode} build:");
+        overhead_of(dir, tracer, &plain, instrumented, calls);
+    }
+}
+
+/// [`overhead`] of one build of the workload, `instrumented`, against the `plain` one.
+fn overhead_of(dir: &Path, tracer: &Path, plain: &Path, instrumented: &Path, calls: u64) {
     let uftrace = uftrace_available();
     println!("overhead per call+return pair (thread CPU ns), {calls} calls per thread");
     println!(
@@ -86,16 +99,16 @@ fn overhead(dir: &Path, tracer: &Path, full: bool) {
     );
     for threads in [1u32, 4] {
         let args = [threads.to_string(), calls.to_string()];
-        let mut untraced = Command::new(&plain);
+        let mut untraced = Command::new(plain);
         untraced.args(&args);
-        let mut noop = Command::new(&instrumented);
+        let mut noop = Command::new(instrumented);
         noop.args(&args);
         let out = dir.join("traces");
         let mut ours = Command::new(tracer);
         ours.arg("spawn")
             .arg("--output")
             .arg(&out)
-            .arg(&instrumented)
+            .arg(instrumented)
             .arg("--")
             .args(&args);
         let untraced = run_workload(untraced);
@@ -108,7 +121,7 @@ fn overhead(dir: &Path, tracer: &Path, full: bool) {
             cmd.arg("record")
                 .arg("-d")
                 .arg(&data)
-                .arg(&instrumented)
+                .arg(instrumented)
                 .args(&args);
             let ns = run_workload(cmd);
             let _ = std::fs::remove_dir_all(&data);
