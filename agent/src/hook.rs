@@ -34,97 +34,71 @@ pub(crate) fn set_detail(on: bool) {
     DETAIL_ON.store(u8::from(on), Relaxed);
 }
 
-/// The enter hook every `-finstrument-functions` function calls first.
-///
-/// # Safety
-/// Called by compiler-generated code with the instrumented function's address and call site.
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn __cyg_profile_func_enter(
-    this_fn: *mut libc::c_void,
-    call_site: *mut libc::c_void,
-) {
-    core::arch::naked_asm!(
-        "cmp byte ptr [rip + {detail}], 0",
-        "jne 2f",
-        "jmp {fast}",
-        "2:",
-        "sub rsp, 136",
-        "mov [rsp + 0], rdi",
-        "mov [rsp + 8], rsi",
-        "mov [rsp + 16], rdx",
-        "mov [rsp + 24], rcx",
-        "mov [rsp + 32], r8",
-        "mov [rsp + 40], r9",
-        "mov [rsp + 48], rax",
-        "mov [rsp + 56], rbx",
-        "mov [rsp + 64], rbp",
-        "mov [rsp + 72], r10",
-        "mov [rsp + 80], r11",
-        "mov [rsp + 88], r12",
-        "mov [rsp + 96], r13",
-        "mov [rsp + 104], r14",
-        "mov [rsp + 112], r15",
-        "lea rax, [rsp + 136]",
-        "mov [rsp + 120], rax",
-        "mov rax, [rsp + 136]",
-        "mov [rsp + 128], rax",
-        "mov edx, 1",
-        "mov rcx, rsp",
-        "call {slow}",
-        "add rsp, 136",
-        "ret",
-        detail = sym DETAIL_ON,
-        fast = sym enter_fast,
-        slow = sym with_registers,
-    )
+/// Defines a `-finstrument-functions` hook of event kind `$kind`: with detail records off, a jump
+/// to `$fast`; with them on, every integer register as the hook received it, the stack pointer and
+/// the return address saved into a frame (the detail payload's register block) passed on.
+macro_rules! cyg_hook {
+    ($(#[$meta:meta])* $name:ident, kind = $kind:literal, fast = $fast:path) => {
+        $(#[$meta])*
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(this_fn: *mut libc::c_void, call_site: *mut libc::c_void) {
+            core::arch::naked_asm!(
+                "cmp byte ptr [rip + {detail}], 0",
+                "jne 2f",
+                "jmp {fast}",
+                "2:",
+                "sub rsp, 136",
+                "mov [rsp + 0], rdi",
+                "mov [rsp + 8], rsi",
+                "mov [rsp + 16], rdx",
+                "mov [rsp + 24], rcx",
+                "mov [rsp + 32], r8",
+                "mov [rsp + 40], r9",
+                "mov [rsp + 48], rax",
+                "mov [rsp + 56], rbx",
+                "mov [rsp + 64], rbp",
+                "mov [rsp + 72], r10",
+                "mov [rsp + 80], r11",
+                "mov [rsp + 88], r12",
+                "mov [rsp + 96], r13",
+                "mov [rsp + 104], r14",
+                "mov [rsp + 112], r15",
+                "lea rax, [rsp + 136]",
+                "mov [rsp + 120], rax",
+                "mov rax, [rsp + 136]",
+                "mov [rsp + 128], rax",
+                "mov edx, {kind}",
+                "mov rcx, rsp",
+                "call {slow}",
+                "add rsp, 136",
+                "ret",
+                detail = sym DETAIL_ON,
+                fast = sym $fast,
+                slow = sym with_registers,
+                kind = const $kind,
+            )
+        }
+    };
 }
 
-/// The exit hook every `-finstrument-functions` function calls last.
-///
-/// # Safety
-/// As for [`__cyg_profile_func_enter`].
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn __cyg_profile_func_exit(
-    this_fn: *mut libc::c_void,
-    call_site: *mut libc::c_void,
-) {
-    core::arch::naked_asm!(
-        "cmp byte ptr [rip + {detail}], 0",
-        "jne 2f",
-        "jmp {fast}",
-        "2:",
-        "sub rsp, 136",
-        "mov [rsp + 0], rdi",
-        "mov [rsp + 8], rsi",
-        "mov [rsp + 16], rdx",
-        "mov [rsp + 24], rcx",
-        "mov [rsp + 32], r8",
-        "mov [rsp + 40], r9",
-        "mov [rsp + 48], rax",
-        "mov [rsp + 56], rbx",
-        "mov [rsp + 64], rbp",
-        "mov [rsp + 72], r10",
-        "mov [rsp + 80], r11",
-        "mov [rsp + 88], r12",
-        "mov [rsp + 96], r13",
-        "mov [rsp + 104], r14",
-        "mov [rsp + 112], r15",
-        "lea rax, [rsp + 136]",
-        "mov [rsp + 120], rax",
-        "mov rax, [rsp + 136]",
-        "mov [rsp + 128], rax",
-        "mov edx, 2",
-        "mov rcx, rsp",
-        "call {slow}",
-        "add rsp, 136",
-        "ret",
-        detail = sym DETAIL_ON,
-        fast = sym exit_fast,
-        slow = sym with_registers,
-    )
-}
+cyg_hook!(
+    /// The enter hook every `-finstrument-functions` function calls first.
+    ///
+    /// # Safety
+    /// Called by compiler-generated code with the instrumented function's address and call site.
+    __cyg_profile_func_enter, kind = 1, fast = enter_fast
+);
+
+cyg_hook!(
+    /// The exit hook every `-finstrument-functions` function calls last.
+    ///
+    /// # Safety
+    /// As for [`__cyg_profile_func_enter`].
+    __cyg_profile_func_exit, kind = 2, fast = exit_fast
+);
+
+const _: () = assert!(CALL == 1 && RETURN == 2, "the hooks' `kind` literals");
 
 extern "C" fn enter_fast(this_fn: usize, _call_site: usize) {
     event(CALL, this_fn as u64, core::ptr::null());
