@@ -316,7 +316,7 @@ before_unwinder!(
 
 extern "C" fn before_raise(_sp: u64) -> usize {
     restore_all();
-    real(&REAL_RAISE, c"_Unwind_RaiseException")
+    real(&REAL_RAISE, c"_Unwind_RaiseException", LIBGCC)
 }
 
 /// Every hooked frame of this thread gets its real return address back.
@@ -329,12 +329,12 @@ fn restore_all() {
 
 extern "C" fn before_resume(_sp: u64) -> usize {
     restore_all();
-    real(&REAL_RESUME, c"_Unwind_Resume")
+    real(&REAL_RESUME, c"_Unwind_Resume", LIBGCC)
 }
 
 extern "C" fn at_catch(sp: u64) -> usize {
     resume(sp);
-    real(&REAL_BEGIN_CATCH, c"__cxa_begin_catch")
+    real(&REAL_BEGIN_CATCH, c"__cxa_begin_catch", LIBSTDCXX)
 }
 
 /// The unwind ended in the frame whose stack pointer is `sp`.
@@ -352,7 +352,22 @@ fn resume(sp: u64) {
 
 extern "C" fn at_delete(sp: u64) -> usize {
     resume(sp);
-    real(&REAL_DELETE, c"_Unwind_DeleteException")
+    real(&REAL_DELETE, c"_Unwind_DeleteException", LIBGCC)
+}
+
+/// Where the unwinder and the C++ runtime live.
+const LIBGCC: &core::ffi::CStr = c"libgcc_s.so.1";
+const LIBSTDCXX: &core::ffi::CStr = c"libstdc++.so.6";
+
+/// Whether `f` is one of the agent's own stand-ins (a lookup that found the agent itself).
+fn ours(f: usize) -> bool {
+    [
+        _Unwind_RaiseException as *const () as usize,
+        _Unwind_Resume as *const () as usize,
+        __cxa_begin_catch as *const () as usize,
+        _Unwind_DeleteException as *const () as usize,
+    ]
+    .contains(&f)
 }
 
 fn trampoline() -> u64 {
@@ -375,15 +390,32 @@ fn with_shadow(f: impl FnOnce(&mut retstack::ShadowStack)) {
     }
 }
 
-/// The next definition of `name` after the agent (libgcc_s, libstdc++), looked up once.
-fn real(cell: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
+/// The next definition of `name` after the agent, or `library`'s, looked up once.
+fn real(
+    cell: &core::sync::atomic::AtomicUsize,
+    name: &core::ffi::CStr,
+    library: &core::ffi::CStr,
+) -> usize {
     use core::sync::atomic::Ordering::Relaxed;
     // Relaxed: the address is the same whoever looks it up; a race looks it up twice.
     let mut f = cell.load(Relaxed);
     if f == 0 {
-        // SAFETY: a NUL-terminated name; RTLD_NEXT searches the objects loaded after the agent.
+        // SAFETY: a NUL-terminated name; RTLD_NEXT searches the objects loaded after the agent
+        // (spawn: all of them, the agent is preloaded). Attach loaded the agent last, so then
+        // the library that defines it is asked by name.
         f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-        if f == 0 {
+        if f == 0 || ours(f) {
+            // SAFETY: a NUL-terminated library name; RTLD_NOLOAD only finds a loaded library (its
+            // reference is dropped again at once: the program holds its own).
+            let lib = unsafe { libc::dlopen(library.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+            if !lib.is_null() {
+                // SAFETY: a handle just returned and a NUL-terminated name.
+                f = unsafe { libc::dlsym(lib, name.as_ptr()) } as usize;
+                // SAFETY: as above.
+                unsafe { libc::dlclose(lib) };
+            }
+        }
+        if f == 0 || ours(f) {
             crate::say(&format!(
                 "{} is called but not defined after the agent; aborting",
                 name.to_string_lossy()

@@ -1015,8 +1015,13 @@ int main(int argc, char **argv) {
 /// calls, properly nested, and frames hooked when the tracer leaves return through the agent's
 /// trampoline afterwards: the target keeps running, every worker progressing, silent on stderr.
 fn attach_entry_only_build(name: &str, flags: &[&str]) {
+    attach_entry_only_build_of(name, PHASES_C, flags);
+}
+
+/// [`attach_entry_only_build`] of another program that prints the same ticks.
+fn attach_entry_only_build_of(name: &str, source: &str, flags: &[&str]) {
     let _heavy = heavy();
-    let exe = build(name, PHASES_C, flags);
+    let exe = build(name, source, flags);
     let dir = tempfile::tempdir().unwrap();
     // A `-pg` program writes gmon.out into its working directory when it exits.
     let mut child = Command::new(&exe)
@@ -1065,4 +1070,48 @@ fn attach__pg_program_5_rounds__then_recorded_and_hooked_frames_return_after_eac
 #[test]
 fn attach__mfentry_program_5_rounds__then_recorded_and_hooked_frames_return_after_each_detach() {
     attach_entry_only_build("attach_phases_fentry", &["-O1", "-pg", "-mfentry"]);
+}
+
+/// `throwing <threads>`: workers throw a C++ exception through 6 hooked frames and catch it,
+/// forever; the main thread prints `tick <n> ok|stuck` every 100 ms.
+const THROWING_CC: &str = r#"
+#include <pthread.h>
+#include <stdexcept>
+#include <cstdio>
+#include <cstdlib>
+#include <unistd.h>
+#define HOOKED __attribute__((noinline))
+static volatile long sink;
+static volatile long progress[64];
+HOOKED void cleanup(int n) { sink += n; }
+struct Guard { int n; ~Guard() { cleanup(n); } };
+HOOKED int thrower(int n) { Guard g{n}; if (n == 0) throw std::runtime_error("deep"); return thrower(n - 1) + 1; }
+HOOKED int catcher(int n) { try { return thrower(n); } catch (const std::exception &) { return -1; } }
+void *worker(void *arg) {
+    long id = (long)arg;
+    for (long i = 0;; i++) { sink += catcher(5); progress[id]++; if (i % 64 == 0) usleep(100); }
+    return nullptr;
+}
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 4;
+    long seen[64] = {0};
+    pthread_t t[64];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], nullptr, worker, (void *)i);
+    for (long n = 0;; n++) {
+        usleep(100000);
+        int ok = 1;
+        for (long i = 0; i < threads; i++) { if (progress[i] == seen[i]) ok = 0; seen[i] = progress[i]; }
+        printf("tick %ld %s\n", n, ok ? "ok" : "stuck");
+        fflush(stdout);
+    }
+}
+"#;
+
+#[test]
+fn attach__cxx_pg_program_throwing_through_hooked_frames__then_survives_attach_and_detach() {
+    attach_entry_only_build_of(
+        "attach_throwing_pg",
+        THROWING_CC,
+        &["-x", "c++", "-O1", "-pg", "-Wl,--no-as-needed", "-lstdc++"],
+    );
 }

@@ -71,7 +71,7 @@ pub(super) fn real(name: Name) -> usize {
     match name {
         Name::Dlopen => REAL_DLOPEN.load(Acquire),
         Name::Dlmopen => REAL_DLMOPEN.load(Acquire),
-        Name::Enter | Name::Exit | Name::Mcount | Name::Fentry => 0,
+        Name::Enter | Name::Exit | Name::Mcount | Name::Fentry | Name::Unwinder(_) => 0,
     }
 }
 

@@ -99,6 +99,10 @@ pub(super) enum Name {
     Mcount,
     /// `__fentry__` (`-pg -mfentry`): likewise.
     Fentry,
+    /// The unwinder's entry points the agent stands in front of (see `entry`), so that an
+    /// exception never walks a hooked return address. Never put back: a frame hooked before the
+    /// stop may still be on a stack when an exception passes after it.
+    Unwinder(Unwinder),
     Dlopen,
     Dlmopen,
 }
@@ -110,6 +114,10 @@ impl Name {
             b"__cyg_profile_func_exit" => Some(Name::Exit),
             b"mcount" | b"_mcount" => Some(Name::Mcount),
             b"__fentry__" => Some(Name::Fentry),
+            b"_Unwind_RaiseException" => Some(Name::Unwinder(Unwinder::Raise)),
+            b"_Unwind_Resume" => Some(Name::Unwinder(Unwinder::Resume)),
+            b"__cxa_begin_catch" => Some(Name::Unwinder(Unwinder::BeginCatch)),
+            b"_Unwind_DeleteException" => Some(Name::Unwinder(Unwinder::Delete)),
             b"dlopen" => Some(Name::Dlopen),
             b"dlmopen" => Some(Name::Dlmopen),
             _ => None,
@@ -123,6 +131,12 @@ impl Name {
             Name::Exit => crate::hook::__cyg_profile_func_exit as *const () as usize,
             Name::Mcount => crate::entry::mcount as *const () as usize,
             Name::Fentry => crate::entry::__fentry__ as *const () as usize,
+            Name::Unwinder(u) => match u {
+                Unwinder::Raise => crate::entry::_Unwind_RaiseException as *const () as usize,
+                Unwinder::Resume => crate::entry::_Unwind_Resume as *const () as usize,
+                Unwinder::BeginCatch => crate::entry::__cxa_begin_catch as *const () as usize,
+                Unwinder::Delete => crate::entry::_Unwind_DeleteException as *const () as usize,
+            },
             Name::Dlopen | Name::Dlmopen => dlopen::trampoline(self),
         }
     }
@@ -136,6 +150,15 @@ impl Name {
     fn is_entry(self) -> bool {
         matches!(self, Name::Enter | Name::Mcount | Name::Fentry)
     }
+}
+
+/// The unwinder functions of [`Name::Unwinder`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Unwinder {
+    Raise,
+    Resume,
+    BeginCatch,
+    Delete,
 }
 
 /// What a pass does.
@@ -219,7 +242,11 @@ fn restore(book: &mut Book) {
         if object.contains(agent_code) {
             return true;
         }
-        for p in book.patches.iter().filter(|p| object.writable(p.address)) {
+        for p in book
+            .patches
+            .iter()
+            .filter(|p| object.writable(p.address) && !matches!(p.name, Name::Unwinder(_)))
+        {
             // SAFETY: an entry of an object the loader lists, so still mapped.
             unsafe { put_back(&object, p) };
         }
