@@ -1,5 +1,7 @@
 //! The agent: the library loaded into the traced process (`LD_PRELOAD=libagent.so`). It exports
-//! the `-finstrument-functions` hooks `__cyg_profile_func_enter/exit`, maps the tracer's region
+//! the `-finstrument-functions` hooks `__cyg_profile_func_enter/exit` and the entry-only hooks of
+//! `-pg` / `-pg -mfentry` builds (`mcount`, `_mcount`, `__fentry__`: the return is intercepted
+//! through a per-thread shadow stack, the `retstack` crate; see `entry`), maps the tracer's region
 //! (the `registry` crate), registers each thread lazily on its first event and writes every call
 //! and return into that thread's lanes: a 32-byte ATF index event (already in its on-disk form,
 //! timestamp in `CLOCK_BOOTTIME` nanoseconds) and, when the region enables it, an ATF detail
@@ -8,7 +10,9 @@
 //! Contract: every event a hook sees is either written into the thread's index lane or counted
 //! under exactly one drop reason (ring full, shutdown, registry full, reentrant, thread teardown);
 //! the hot path takes no lock, makes no system call and allocates nothing; the target is never
-//! blocked indefinitely (a full lane waits a bounded time, see `ring::FullPolicy`).
+//! blocked indefinitely (a full lane waits a bounded time, see `ring::FullPolicy`). An entry-only
+//! hook records its call only if it could hook the return (a call deeper than the shadow stack
+//! records neither, said once); the first hook of a thread allocates its shadow stack.
 //!
 //! - **Finding the region.** Spawn: from the inherited memfd whose number is in
 //!   `TRACER_REGION_FD` (or a path in `TRACER_REGION_PATH`), initialised from the constructor and,

@@ -400,3 +400,39 @@ fn mfentry__exit_from_deep_inside__then_recording_complete_and_balanced() {
     assert_eq!(worker.calls, 1 + FIB15 + 6);
     assert_eq!(worker.returns, FIB15);
 }
+
+/// `backtrace(3)` in a `-pg` program: the unwinder stops at the first hooked return address (the
+/// limitation the README states), and the program goes on unharmed.
+const BACKTRACE_C: &str = r#"
+#include <execinfo.h>
+#include <stdio.h>
+int inner(void) { void *b[64]; return backtrace(b, 64); }
+int middle(void) { return inner(); }
+int main(void) { int n = middle(); printf("done %d\n", n); return 0; }
+"#;
+
+#[test]
+fn pg__program_takes_its_own_backtrace__then_it_stops_at_the_first_hooked_frame_and_runs_on() {
+    let exe = build("backtrace_pg", BACKTRACE_C, &["-O0", "-pg"]);
+    let untraced = std::process::Command::new(&exe).output().unwrap();
+    let frames = |out: &[u8]| -> u32 {
+        let text = String::from_utf8_lossy(out);
+        text.trim().strip_prefix("done ").unwrap().parse().unwrap()
+    };
+    let whole = frames(&untraced.stdout);
+    let tmp = output_dir();
+    let out = tracer()
+        .current_dir(tmp.path())
+        .arg("spawn")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let traced = frames(&out.stdout);
+    assert!(traced >= 1 && traced < whole, "{traced} of {whole} frames");
+    let (_, traces) = check_session(&session_dir(tmp.path()));
+    assert_eq!(traces[0].calls, 3, "main, middle, inner");
+    assert_eq!(traces[0].returns, 3);
+}
