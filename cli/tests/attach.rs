@@ -975,11 +975,34 @@ fn attach__threads_dlopen_and_dlclose_in_a_loop__then_10_attaches_no_crash_sessi
     attach_rounds(target, 10, "round_trip");
 }
 
+/// The main function of the tick-printing targets: starts `argv[1]` workers (`worker(id)`, which
+/// bumps `progress[id]`) and prints `tick <n> ok|stuck` every 100 ms.
+macro_rules! ticking_main {
+    () => {
+        r#"
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 4;
+    long seen[64] = {0};
+    pthread_t t[64];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], 0, worker, (void *)i);
+    for (long n = 0;; n++) {
+        usleep(100000);
+        int ok = 1;
+        for (long i = 0; i < threads; i++) { if (progress[i] == seen[i]) ok = 0; seen[i] = progress[i]; }
+        printf("tick %ld %s\n", n, ok ? "ok" : "stuck");
+        fflush(stdout);
+    }
+}
+"#
+    };
+}
+
 /// `phases <threads>`: workers call `phase()` forever; each phase calls `top()` 200 times with a
 /// 100 µs sleep every 20 calls, so a phase lasts a few milliseconds and an attach or a detach
 /// usually finds it (and `top`) live on every worker's stack. The main thread prints `tick <n>`
 /// every 100 ms, with `ok` while every worker makes progress.
-const PHASES_C: &str = r#"
+const PHASES_C: &str = concat!(
+    r#"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -996,20 +1019,9 @@ void phase(long id) {
 }
 void *worker(void *arg) { for (;;) phase((long)arg); return NULL; }
 
-int main(int argc, char **argv) {
-    long threads = argc > 1 ? atol(argv[1]) : 4;
-    long seen[64] = {0};
-    pthread_t t[64];
-    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)i);
-    for (long n = 0;; n++) {
-        usleep(100000);
-        int ok = 1;
-        for (long i = 0; i < threads; i++) { if (progress[i] == seen[i]) ok = 0; seen[i] = progress[i]; }
-        printf("tick %ld %s\n", n, ok ? "ok" : "stuck");
-        fflush(stdout);
-    }
-}
-"#;
+"#,
+    ticking_main!()
+);
 
 /// Attaches 5 times to a program built with entry-only hooks (`flags`): each session records
 /// calls, properly nested, and frames hooked when the tracer leaves return through the agent's
@@ -1074,7 +1086,8 @@ fn attach__mfentry_program_5_rounds__then_recorded_and_hooked_frames_return_afte
 
 /// `throwing <threads>`: workers throw a C++ exception through 6 hooked frames and catch it,
 /// forever; the main thread prints `tick <n> ok|stuck` every 100 ms.
-const THROWING_CC: &str = r#"
+const THROWING_CC: &str = concat!(
+    r#"
 #include <pthread.h>
 #include <stdexcept>
 #include <cstdio>
@@ -1092,20 +1105,9 @@ void *worker(void *arg) {
     for (long i = 0;; i++) { sink += catcher(5); progress[id]++; if (i % 64 == 0) usleep(100); }
     return nullptr;
 }
-int main(int argc, char **argv) {
-    long threads = argc > 1 ? atol(argv[1]) : 4;
-    long seen[64] = {0};
-    pthread_t t[64];
-    for (long i = 0; i < threads; i++) pthread_create(&t[i], nullptr, worker, (void *)i);
-    for (long n = 0;; n++) {
-        usleep(100000);
-        int ok = 1;
-        for (long i = 0; i < threads; i++) { if (progress[i] == seen[i]) ok = 0; seen[i] = progress[i]; }
-        printf("tick %ld %s\n", n, ok ? "ok" : "stuck");
-        fflush(stdout);
-    }
-}
-"#;
+"#,
+    ticking_main!()
+);
 
 #[test]
 fn attach__cxx_pg_program_throwing_through_hooked_frames__then_survives_attach_and_detach() {

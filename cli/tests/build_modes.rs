@@ -105,19 +105,7 @@ fn calls_by_id(session: &atf::Session, tid: u32) -> std::collections::HashMap<u6
 /// Spawns `exe` with `args` under the tracer and returns the checked session (balanced
 /// accounting, nested returns in every thread) and its per-thread counts.
 fn trace(exe: &std::path::Path, args: &[&str]) -> (atf::Session, Vec<ThreadTrace>) {
-    let tmp = output_dir();
-    // A `-pg` program writes gmon.out into its working directory.
-    let out = tracer()
-        .current_dir(tmp.path())
-        .arg("spawn")
-        .arg("-o")
-        .arg(tmp.path())
-        .arg(exe)
-        .arg("--")
-        .args(args)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (out, tmp) = spawn_in_fresh_dir(exe, args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("done"), "the target ran: {stdout}");
     let result = check_session(&session_dir(tmp.path()));
@@ -325,28 +313,9 @@ fn mfentry__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_ret
 
 #[test]
 fn pg__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact() {
-    let tmp = output_dir();
-    let out = tracer()
-        .current_dir(tmp.path())
-        .arg("spawn")
-        .arg("-o")
-        .arg(tmp.path())
-        .arg(pg())
-        .args(["--", "2", "0", "fork"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (out, tmp) = spawn_in_fresh_dir(&pg(), &["2", "0", "fork"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
-    let session = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("session_")
-        })
-        .unwrap();
+    let session = session_dir(tmp.path()).parent().unwrap().to_path_buf();
     // The children's threads are in their own pid directories, or with the parent's: either
     // way a child's stream starts with the returns of calls its parent made.
     let (mut workers, mut children) = (0, 0);
@@ -420,16 +389,7 @@ fn pg__program_takes_its_own_backtrace__then_it_stops_at_the_first_hooked_frame_
         text.trim().strip_prefix("done ").unwrap().parse().unwrap()
     };
     let whole = frames(&untraced.stdout);
-    let tmp = output_dir();
-    let out = tracer()
-        .current_dir(tmp.path())
-        .arg("spawn")
-        .arg("-o")
-        .arg(tmp.path())
-        .arg(&exe)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (out, tmp) = spawn_in_fresh_dir(&exe, &[]);
     let traced = frames(&out.stdout);
     assert!(traced >= 1 && traced < whole, "{traced} of {whole} frames");
     let (_, traces) = check_session(&session_dir(tmp.path()));

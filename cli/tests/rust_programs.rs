@@ -69,17 +69,7 @@ fn check(mangling: &str) {
     let Some(exe) = build_rust(mangling) else {
         return;
     };
-    let tmp = output_dir();
-    let out = tracer()
-        .current_dir(tmp.path())
-        .arg("spawn")
-        .arg("-o")
-        .arg(tmp.path())
-        .arg(&exe)
-        .args(["--", "4"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (out, tmp) = spawn_in_fresh_dir(&exe, &["4"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done 2440 10");
     let dir = session_dir(tmp.path());
     let (session, traces) = check_session(&dir);

@@ -329,3 +329,22 @@ pub fn run(args: &[&str]) -> Output {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs `tracer spawn -o <fresh dir> <exe> -- <args>` from inside that directory (a `-pg` program
+/// writes gmon.out into its working directory) and checks that the tracer exited 0. Returns the
+/// output (the target's stdout is the tracer's) and the directory, removed when dropped.
+pub fn spawn_in_fresh_dir(exe: &Path, args: &[&str]) -> (Output, tempfile::TempDir) {
+    let tmp = output_dir();
+    let out = tracer()
+        .current_dir(tmp.path())
+        .arg("spawn")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(exe)
+        .arg("--")
+        .args(args)
+        .output()
+        .expect("the tracer runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (out, tmp)
+}
