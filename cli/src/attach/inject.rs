@@ -786,18 +786,28 @@ fn elf_symbols(data: &[u8], path: &Path, wanted: &[&str]) -> Result<Vec<(u64, Ve
 }
 
 /// The load address and path of the first module in `maps` that `wanted(file name, path, inode)`
-/// picks.
+/// picks. The maps parser of `symbols` reads the path as the rest of the line, so a path with
+/// spaces is kept whole.
 fn module(maps: &str, wanted: impl Fn(&str, &str, u64) -> bool) -> Option<(u64, PathBuf)> {
-    maps.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let range = f.next()?;
-        let _perms = f.next()?;
-        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-        let _device = f.next()?;
-        let inode = f.next()?.parse::<u64>().ok()?;
-        let path = f.next()?;
-        let name = Path::new(path).file_name()?.to_str()?;
-        let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-        (offset == 0 && wanted(name, path, inode)).then(|| (start, PathBuf::from(path)))
+    crate::symbols::maps::parse(maps).into_iter().find_map(|m| {
+        let name = Path::new(&m.path).file_name()?.to_str()?;
+        (m.offset == 0 && wanted(name, &m.path, m.inode)).then(|| (m.start, PathBuf::from(&m.path)))
     })
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod module_tests {
+    use super::*;
+
+    #[test]
+    fn module__library_path_with_spaces__then_whole_path_found() {
+        let maps =
+            "7f0000000000-7f0000001000 r-xp 00000000 08:01 1234   /opt/my libs/libagent.so\n";
+        let found = module(maps, |name, _, _| name == "libagent.so");
+        assert_eq!(
+            found,
+            Some((0x7f00_0000_0000, PathBuf::from("/opt/my libs/libagent.so")))
+        );
+    }
 }

@@ -5,7 +5,7 @@ use super::elf::Load;
 
 /// One line of `/proc/<pid>/maps` that maps a file still present on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Mapping {
+pub(crate) struct Mapping {
     pub start: u64,
     pub end: u64,
     /// `x` in the permissions.
@@ -18,7 +18,7 @@ pub(super) struct Mapping {
 
 /// The file-backed mappings in `text` (the contents of a maps file), in address order. Anonymous
 /// mappings, pseudo-files (`[vdso]`, `[stack]`, ...) and deleted files are left out.
-pub(super) fn parse(text: &str) -> Vec<Mapping> {
+pub(crate) fn parse(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
 }
 

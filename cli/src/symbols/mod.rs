@@ -18,7 +18,7 @@
 
 mod elf;
 mod images;
-mod maps;
+pub(crate) mod maps;
 #[cfg(test)]
 mod tests;
 
