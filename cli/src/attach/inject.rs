@@ -311,18 +311,11 @@ impl Tracer {
         let sig = libc::WSTOPSIG(status);
         let event = status >> 16;
         let deliver = if event == libc::PTRACE_EVENT_CLONE {
-            let mut new: libc::c_ulong = 0;
-            // SAFETY: GETEVENTMSG writes one c_ulong into `new`.
-            unsafe {
-                libc::ptrace(
-                    libc::PTRACE_GETEVENTMSG,
-                    tid,
-                    0usize,
-                    &mut new as *mut libc::c_ulong,
-                )
-            };
-            if new != 0 && !self.tids.contains(&(new as i32)) {
-                self.tids.push(new as i32);
+            // Failing, the thread has gone: there is no new thread to hold.
+            if let Ok(new) = event_msg(tid) {
+                if new != 0 && !self.tids.contains(&(new as i32)) {
+                    self.tids.push(new as i32);
+                }
             }
             0
         } else if event != 0 {
@@ -599,18 +592,11 @@ impl Tracer {
                 || event == libc::PTRACE_EVENT_VFORK
             {
                 // A new thread or child stops once, seized: wait for it and release it too.
-                let mut new: libc::c_ulong = 0;
-                // SAFETY: GETEVENTMSG writes one c_ulong into `new`.
-                unsafe {
-                    libc::ptrace(
-                        libc::PTRACE_GETEVENTMSG,
-                        tid,
-                        0usize,
-                        &mut new as *mut libc::c_ulong,
-                    )
-                };
-                if new != 0 && !pending.contains(&(new as i32)) {
-                    pending.push(new as i32);
+                // Failing, the thread has gone: there is no new thread to release.
+                if let Ok(new) = event_msg(tid) {
+                    if new != 0 && !pending.contains(&(new as i32)) {
+                        pending.push(new as i32);
+                    }
                 }
             }
             if sig == libc::SIGTRAP && trap_pending.contains(&tid) {
@@ -642,6 +628,26 @@ fn ptrace(request: libc::c_uint, tid: i32, addr: usize, data: usize) -> std::io:
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The event message of `tid`'s last ptrace event stop (the new thread's or child's id after a
+/// clone, fork or vfork event), checked.
+fn event_msg(tid: i32) -> std::io::Result<libc::c_ulong> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: GETEVENTMSG writes one c_ulong to the address in data, which is `msg`, live and
+    // writable for the call.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETEVENTMSG,
+            tid,
+            0usize,
+            &mut msg as *mut libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(msg)
 }
 
 fn get_regs(tid: i32) -> Result<libc::user_regs_struct> {
