@@ -45,6 +45,7 @@
 mod phase;
 mod request;
 mod signal;
+mod state;
 mod summary;
 pub mod sync;
 

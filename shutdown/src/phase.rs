@@ -7,47 +7,11 @@
 //! files that exist are readable. The [`Report`] says what ran, what overran and what was skipped.
 
 use crate::request::{Reason, Shutdown};
+pub use crate::state::State;
 use crate::sync::{Backend, Clock, StdBackend};
 use crate::Error;
 use std::fmt;
 use std::time::{Duration, Instant};
-
-/// Where a shutdown is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    /// No phase has begun.
-    Running = 0,
-    /// [`Pipeline::stop_acceptance`] is running.
-    StoppingAcceptance = 1,
-    /// [`Pipeline::close_registrations`] is running.
-    ClosingRegistrations = 2,
-    /// [`Pipeline::flush`] is running.
-    Flushing = 3,
-    /// [`Pipeline::final_drain`] is running.
-    FinalDrain = 4,
-    /// [`Pipeline::sync`] is running.
-    Syncing = 5,
-    /// [`Pipeline::cleanup`] is running.
-    Cleanup = 6,
-    /// Every phase ran or was skipped.
-    Done = 7,
-}
-
-impl State {
-    pub(crate) fn from_u8(v: u8) -> State {
-        match v {
-            1 => State::StoppingAcceptance,
-            2 => State::ClosingRegistrations,
-            3 => State::Flushing,
-            4 => State::FinalDrain,
-            5 => State::Syncing,
-            6 => State::Cleanup,
-            7 => State::Done,
-            _ => State::Running,
-        }
-    }
-}
 
 /// One shutdown phase, in execution order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@
 //! wake fd; a waiter drains the fd *first* and reads the word *second*, so a request can never slip
 //! between the two and leave it asleep.
 
-use crate::phase::State;
+use crate::state::State;
 use crate::sync::{Atomic, Backend, Clock, Monitor, Ordering, StdBackend, Wake};
 use crate::Error;
 use std::fmt;
