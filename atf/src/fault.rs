@@ -335,12 +335,12 @@ impl FileSystem for FaultyFs {
         self.shared.sync(true, || RealFs.sync_fs(dir))
     }
 
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        if !self.applies_to(path) {
-            return RealFs.sync_file(path);
+    fn sync_file(&self, dir: &Dir, name: &str) -> io::Result<()> {
+        if !self.applies_to(&dir.join(name)) {
+            return RealFs.sync_file(dir, name);
         }
         // The end-of-session syncs of finished files: `fail_sync_fs` fails them all.
-        self.shared.sync(true, || RealFs.sync_file(path))
+        self.shared.sync(true, || RealFs.sync_file(dir, name))
     }
 }
 

@@ -313,36 +313,52 @@ impl SessionLayout {
         })
     }
 
-    /// Makes the session durable, and only the session: each of `files` (finished trace files, by
-    /// path) and then every directory (thread, process, session) is fsynced. Unlike `syncfs`, it
-    /// never waits for other programs' dirty data on the same file system. The fsyncs run on up
-    /// to [`SYNC_WORKERS`] threads at once, so the file system can commit them together (one
-    /// journal commit for many files) instead of one after another.
+    /// Makes the session durable, and only the session: the trace files of every thread
+    /// directory (`index.atf`, `detail.atf` where it exists) and then every directory (thread,
+    /// process, session) are fsynced, all through the directory handles the session was created
+    /// with, so a session directory renamed or replaced by a link meanwhile cannot redirect a
+    /// sync. Unlike `syncfs`, it never waits for other programs' dirty data on the same file
+    /// system. The fsyncs run on up to [`SYNC_WORKERS`] threads at once, so the file system can
+    /// commit them together (one journal commit for many files) instead of one after another.
+    /// Returns how many trace files were synced.
     ///
     /// A failure is final (see [`Self::sync_filesystem`]); the first one is returned, naming its
     /// file, after every other sync was tried.
-    pub fn sync_session(&self, files: &[PathBuf]) -> Result<()> {
+    pub fn sync_session(&self) -> Result<usize> {
         let dirs = self.thread_dirs()?;
         let fs = &*self.fs;
-        let sync_file = |path: &PathBuf| {
-            sink::sync_retrying(|| fs.sync_file(path)).map_err(|e| {
-                Error::io(
-                    path,
-                    "fsync the trace file (is the disk failing?); after a failed fsync what reached \
-                     the disk is unknown: the session reads back now but may not survive a crash",
+        let files: Vec<(&Dir, &str)> = dirs
+            .iter()
+            .flat_map(|dir| [(dir, INDEX), (dir, DETAIL)])
+            .collect();
+        let synced = std::sync::atomic::AtomicUsize::new(0);
+        let sync_file = |&(dir, name): &(&Dir, &str)| {
+            match sink::sync_retrying(|| fs.sync_file(dir, name)) {
+                Ok(()) => {
+                    synced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                // A file that was never created (no detail records, or its creation failed and
+                // its events are `not_written`) has nothing to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(
+                    &dir.join(name),
+                    "fsync the trace file (is the disk failing?); after a failed fsync what \
+                     reached the disk is unknown: the session reads back now but may not \
+                     survive a crash",
                     e,
-                )
-            })
+                )),
+            }
         };
         let sync_dir = |dir: &Dir| sync_dir_with(fs, dir);
-        let mut first = in_parallel(files, &sync_file).err();
+        let mut first = in_parallel(&files, &sync_file).err();
         first = first.or(in_parallel(&dirs, &sync_dir).err());
         for dir in [&*self.pid, &*self.session] {
             if let Err(e) = sync_dir(dir) {
                 first.get_or_insert(e);
             }
         }
-        first.map_or(Ok(()), Err)
+        first.map_or(Ok(synced.into_inner()), Err)
     }
 
     /// The thread directories of the process directory, opened through its handle.

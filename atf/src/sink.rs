@@ -71,10 +71,11 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Makes everything on the file system holding `dir` durable (`syncfs(2)`).
     fn sync_fs(&self, dir: &Dir) -> io::Result<()>;
 
-    /// Makes a written file's data and metadata durable by its path (opened read-only without
-    /// following a symbolic link, then `fsync`): for files whose writer is already closed. It
-    /// writes nothing, so a path that no longer names the file can at worst sync another one.
-    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes a written file's data and metadata durable: the file `name` in `dir`, opened
+    /// read-only through the directory's handle without following a link, then `fsync`. For files
+    /// whose writer is already closed; a directory renamed or replaced by a link meanwhile does
+    /// not matter, since the handle still names the session's own directory.
+    fn sync_file(&self, dir: &Dir, name: &str) -> io::Result<()>;
 }
 
 /// The operating system's file system: [`File`]s, `rename(2)`, `fsync(2)`, `syncfs(2)`.
@@ -146,13 +147,8 @@ impl FileSystem for RealFs {
         dir.sync_fs()
     }
 
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?
-            .sync_all()
+    fn sync_file(&self, dir: &Dir, name: &str) -> io::Result<()> {
+        dir.open_file(name)?.sync_all()
     }
 }
 

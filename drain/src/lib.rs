@@ -443,7 +443,6 @@ impl<'r, B: Backend> Drain<'r, B> {
         // A failed manifest write or sync is the error returned, over a file's: it says the
         // manifest on disk is the previous one, or that durability is unknown. Either way the
         // report carries the true accounting.
-        let mut synced = false;
         let manifest_written = match self.layout.write_manifest(&mut self.manifest) {
             Ok(()) => true,
             Err(e) => {
@@ -452,24 +451,17 @@ impl<'r, B: Backend> Drain<'r, B> {
             }
         };
         // The session's own trace files (finished unsynced) and directories, fsynced in parallel
-        // (the manifest was fsynced as it was written): never other programs' dirty data, as a
-        // syncfs would. Writeback started during the recording leaves them little to write.
-        let paths: Vec<PathBuf> = self
-            .files
-            .keys()
-            .flat_map(|&tid| [self.layout.index_path(tid), self.layout.detail_path(tid)])
-            // A file that could not be created has nothing to sync (its events are `not_written`).
-            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-            .collect();
+        // through the session's directory handles (the manifest was fsynced as it was written):
+        // never other programs' dirty data, as a syncfs would. Writeback started during the
+        // recording leaves them little to write.
         if manifest_written {
-            match self.layout.sync_session(&paths) {
-                Ok(()) => synced = true,
+            match self.layout.sync_session() {
+                // The trace files, the manifest, and the session, process and thread directories.
+                Ok(files) => {
+                    self.stats.files_synced += files as u64 + 1 + 2 + self.files.len() as u64;
+                }
                 Err(e) => first = Some(e.into()),
             }
-        }
-        // The trace files, the manifest, and the session, process and thread directories.
-        if synced {
-            self.stats.files_synced += paths.len() as u64 + 1 + 2 + self.files.len() as u64;
         }
         self.stats.busy += started.elapsed();
         let report = Report {
