@@ -36,7 +36,9 @@
 //! - **Reentrancy.** A hook that runs while the same thread is inside a hook (a signal handler
 //!   calling instrumented code) is counted as `reentrant` and not written.
 //! - **fork.** The child re-registers its thread under its own pid on its next event, continuing
-//!   at the same call depth; the parent's slots are untouched.
+//!   at the same call depth; the parent's slots are untouched. With following turned off
+//!   (`tracer spawn --no-follow`, `registry::Registry::set_follow_processes`), a process other
+//!   than the target (a fork child, or a program one execs) runs untraced, silently.
 //! - **exec.** Tracing is inherited on purpose: the memfd stays open across `exec` and the
 //!   environment keeps `LD_PRELOAD` and `TRACER_REGION_FD`, so an exec'd instrumented program is
 //!   traced too, its threads keyed by (pid, tid) in their own slots. A new image first retires the
@@ -141,6 +143,13 @@ pub(crate) fn agent() -> Option<&'static Agent> {
     }
 }
 
+/// Stops tracing this process for good (a fork child the tracer does not follow): every hook
+/// returns at once from now on, as without a region.
+pub(crate) fn untrace_this_process() {
+    // Release: pairs with the Acquire in `agent`; this process's copy of the state only.
+    STATE.store(DISABLED, Release);
+}
+
 /// The agent if it is already initialised; never initialises it (for the fork and thread-exit
 /// handlers, which may run before an attach has made the agent).
 pub(crate) fn ready_agent() -> Option<&'static Agent> {
@@ -185,7 +194,9 @@ fn init() -> bool {
             true
         }
         Err(msg) => {
-            say(&format!("{msg}; the program runs untraced"));
+            if !msg.is_empty() {
+                say(&format!("{msg}; the program runs untraced"));
+            }
             false
         }
     }
@@ -221,6 +232,10 @@ pub(crate) fn build_from(region: SharedRegion, generation: u32) -> Result<Agent,
 
 fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
     let reg = region.leak().map_err(|e| e.to_string())?;
+    if !reg.traces_process(std::process::id()) {
+        // A process the target started, with following turned off: untraced, silently.
+        return Err(String::new());
+    }
     let capacity = reg.capacity() as usize;
     let bytes = capacity * core::mem::size_of::<ThreadState>();
     // SAFETY: a fresh private anonymous mapping; nothing else is affected.

@@ -293,7 +293,11 @@ pub(crate) extern "C" fn after_fork_in_child() {
     let Some(agent) = agent else {
         return;
     };
-    agent.pid.store(std::process::id(), Relaxed);
+    let pid = std::process::id();
+    if !agent.reg.traces_process(pid) {
+        crate::untrace_this_process();
+    }
+    agent.pid.store(pid, Relaxed);
     // SAFETY: only this thread touches its TLS block.
     let tl = unsafe { &mut *tls() };
     if !tl.state.is_null() {

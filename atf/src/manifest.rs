@@ -397,6 +397,23 @@ impl Manifest {
     /// keeps the previous manifest; a failed sync is never retried (what reached the disk is
     /// unknown).
     pub fn write_atomic_in(&mut self, fs: &dyn FileSystem, dir: &Dir, name: &str) -> Result<()> {
+        self.replace_in(fs, dir, name, true)
+    }
+
+    /// [`write_atomic_in`](Self::write_atomic_in) without its two fsyncs: the manifest is
+    /// replaced in one rename, but whether it survives a crash is up to a later fsync of the
+    /// manifest and its directory (`SessionLayout::sync_session`), which the caller must run. For
+    /// sessions with many processes, where an fsync per manifest would cost seconds.
+    pub fn write_atomic_unsynced_in(
+        &mut self,
+        fs: &dyn FileSystem,
+        dir: &Dir,
+        name: &str,
+    ) -> Result<()> {
+        self.replace_in(fs, dir, name, false)
+    }
+
+    fn replace_in(&mut self, fs: &dyn FileSystem, dir: &Dir, name: &str, sync: bool) -> Result<()> {
         let path = dir.join(name);
         self.format_version = if self.modules.is_empty() && self.symbols.is_empty() {
             "2.0"
@@ -435,6 +452,9 @@ impl Manifest {
                 )
             })
             .and_then(|()| {
+                if !sync {
+                    return Ok(());
+                }
                 sink::sync_retrying(|| file.sync_all()).map_err(|e| {
                     Error::io(
                         &tmp,
@@ -452,6 +472,9 @@ impl Manifest {
         }
         fs.rename(dir, &tmp_name, name)
             .map_err(|e| Error::io(&path, "replace the manifest", e))?;
+        if !sync {
+            return Ok(());
+        }
         sink::sync_retrying(|| fs.sync_dir(dir)).map_err(|e| {
             Error::io(
                 dir.path(),

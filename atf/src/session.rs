@@ -204,6 +204,24 @@ impl SessionLayout {
         self.pid.remove_file(RESERVE).is_ok()
     }
 
+    /// The layout of another process of the same session: `<session>/pid_<pid>/` (private),
+    /// created through the session directory's handle if it does not exist yet, writing through
+    /// the same file system (a followed fork child).
+    pub fn process(&self, pid: u32) -> Result<Self> {
+        let name = format!("pid_{pid}");
+        let dir = match self.session.create_dir(&name, safedir::PRIVATE_DIR) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => self.session.open_dir_nofollow(&name),
+            other => other,
+        }
+        .map_err(|e| Error::io(&self.session.join(&name), "create the process directory", e))?;
+        Ok(SessionLayout {
+            session: self.session.clone(),
+            pid: Arc::new(dir),
+            fs: self.fs.clone(),
+            reserve: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
     /// The same layout, its files written through `fs` from now on: the trace files, the
     /// manifest and the syncs (e.g. a [`crate::fault::FaultyFs`] in tests and the simulation).
     pub fn with_fs(mut self, fs: Arc<dyn FileSystem>) -> Self {
@@ -285,6 +303,14 @@ impl SessionLayout {
         written
     }
 
+    /// [`write_manifest`](Self::write_manifest) without its fsyncs (and without the reserve): the
+    /// manifest is durable only once the caller fsyncs it and the process directory (see
+    /// [`sync_session`](Self::sync_session)). A session with many processes writes many
+    /// manifests.
+    pub fn write_manifest_unsynced(&self, manifest: &mut Manifest) -> Result<()> {
+        manifest.write_atomic_unsynced_in(&*self.fs, &self.pid, MANIFEST)
+    }
+
     /// Reads the manifest back through the process directory's handle.
     pub fn read_manifest(&self) -> Result<Manifest> {
         let path = self.manifest_path();
@@ -320,21 +346,33 @@ impl SessionLayout {
     /// sync. Unlike `syncfs`, it never waits for other programs' dirty data on the same file
     /// system. The fsyncs run on up to [`SYNC_WORKERS`] threads at once, so the file system can
     /// commit them together (one journal commit for many files) instead of one after another.
-    /// Returns how many trace files were synced.
+    /// Returns how many files and directories were synced.
+    ///
+    /// `others` are the session's other processes (followed children, see [`Self::process`]):
+    /// their trace files, their manifests (written with
+    /// [`write_manifest_unsynced`](Self::write_manifest_unsynced)) and their directories are
+    /// synced with this process's, in the same parallel passes.
     ///
     /// A failure is final (see [`Self::sync_filesystem`]); the first one is returned, naming its
     /// file, after every other sync was tried.
-    pub fn sync_session(&self) -> Result<usize> {
-        let dirs = self.thread_dirs()?;
+    pub fn sync_session(&self, others: &[&SessionLayout]) -> Result<usize> {
+        let mut dirs = self.thread_dirs()?;
+        let mut manifests = Vec::new();
+        for other in others {
+            dirs.extend(other.thread_dirs()?);
+            manifests.push(&*other.pid);
+        }
         let fs = &*self.fs;
         let files: Vec<(&Dir, &str)> = dirs
             .iter()
             .flat_map(|dir| [(dir, INDEX), (dir, DETAIL)])
+            .chain(manifests.iter().map(|&dir| (dir, MANIFEST)))
             .collect();
         let synced = std::sync::atomic::AtomicUsize::new(0);
         let sync_file = |&(dir, name): &(&Dir, &str)| {
             match sink::sync_retrying(|| fs.sync_file(dir, name)) {
                 Ok(()) => {
+                    // Relaxed: a count read after the scope's join.
                     synced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Ok(())
                 }
@@ -353,12 +391,17 @@ impl SessionLayout {
         let sync_dir = |dir: &Dir| sync_dir_with(fs, dir);
         let mut first = in_parallel(&files, &sync_file).err();
         first = first.or(in_parallel(&dirs, &sync_dir).err());
-        for dir in [&*self.pid, &*self.session] {
-            if let Err(e) = sync_dir(dir) {
-                first.get_or_insert(e);
+        let process_dirs = manifests.into_iter().chain([&*self.pid, &*self.session]);
+        let mut dirs_synced = dirs.len();
+        for dir in process_dirs {
+            match sync_dir(dir) {
+                Ok(()) => dirs_synced += 1,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
         }
-        first.map_or(Ok(synced.into_inner()), Err)
+        first.map_or(Ok(synced.into_inner() + dirs_synced), Err)
     }
 
     /// The thread directories of the process directory, opened through its handle.

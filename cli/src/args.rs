@@ -76,6 +76,11 @@ pub struct RecordOptions {
     /// saved to detail.atf.
     #[arg(long)]
     pub detail: bool,
+
+    /// Record only the target process: its fork children, and the programs they exec, run
+    /// untraced. By default each gets its own pid_<pid> directory in the session.
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 /// `tracer spawn`.

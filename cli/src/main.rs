@@ -8,6 +8,7 @@ mod args;
 mod attach;
 mod error;
 mod names;
+mod processes;
 mod read;
 mod record;
 mod symbols;

@@ -66,8 +66,11 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let registry = region
         .leak()
         .map_err(|e| CliError::runtime(format!("the shared region is unusable: {e}")))?;
-    // Before the target starts: its agent then waits for the trigger addresses.
+    // Before the target starts: its agent then waits for the trigger addresses, and its
+    // children's agents know whether they are followed.
     let names = crate::names::Names::new(&opts.trigger, &registry, true);
+    registry.set_follow_processes(!opts.no_follow);
+    crate::processes::raise_fd_limit();
 
     // Signals first, so a Ctrl-C during start-up is a clean stop, not a dead tracer.
     let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
@@ -220,6 +223,7 @@ pub(crate) fn record(
     let output_dir = layout.pid_dir().to_path_buf();
     let session = layout.clone();
     let drain = drain::Drain::new(registry, layout, manifest)
+        .map(|d| d.follow_processes(true))
         .map_err(|e| CliError::runtime(e.to_string()))?;
     let live = drain.live();
     let on_error = {
@@ -250,6 +254,7 @@ pub(crate) fn record(
     let mut recorder = Recorder {
         registry,
         liveness,
+        following: false,
         died_in_write: 0,
         drain_thread: Some(drain_thread),
         drain: None,
@@ -584,6 +589,9 @@ pub(crate) struct Recorder {
     /// Whether the processes and threads holding slots still run (the stop handshake does not
     /// wait for a thread that died inside a write).
     liveness: liveness::Liveness,
+    /// Processes other than the target were seen: the main loop wakes more often to hand back
+    /// the slots of those that ended.
+    following: bool,
     /// Threads that died inside a write section (their last event was never published).
     died_in_write: usize,
     drain_thread: Option<drain::DrainThread>,
@@ -626,6 +634,8 @@ impl Recorder {
             self.names.poll(&self.registry, false);
             let tick = if self.names.has_triggers() {
                 crate::names::TRIGGER_TICK
+            } else if self.following {
+                crate::processes::FOLLOW_TICK
             } else {
                 TICK
             };
@@ -658,6 +668,11 @@ impl Recorder {
             for slot in self.registry.slots() {
                 self.liveness.observe(slot.pid);
             }
+            // Followed processes that ended hand their slots back (they never run their threads'
+            // teardown), so a program forking many short children does not fill the region.
+            let root = self.child.as_ref().map(|t| t.pid);
+            self.following |=
+                crate::processes::reclaim_ended(&self.registry, &mut self.liveness, root);
             // Drain the wake fd first, then read the flag (no lost wake-up).
             let _ = shutdown.drain_wake();
             status.update(started, self.registry);
@@ -917,11 +932,7 @@ impl Pipeline for Recorder {
         // Acceptance has stopped: no agent writes the log any more, except one still starting;
         // an entry claimed and never published is given up.
         self.names.poll(&self.registry, true);
-        let images: std::collections::BTreeSet<u32> =
-            self.names.images.images.keys().copied().collect();
-        self.names
-            .images
-            .fill_manifest(&images, drain.manifest_mut());
+        crate::processes::name_processes(&self.names.images, &mut drain);
         for note in self.names.notes(&self.registry) {
             // Object paths and symbol names come from the program's files: escaped.
             eprintln!("tracer: warning: {}", crate::read::clean(&note.to_string()));

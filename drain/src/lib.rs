@@ -157,10 +157,23 @@ pub struct Report {
     pub manifest: PathBuf,
     /// Totals over all threads and orphan events.
     pub accounting: Accounting,
-    /// Per thread (tid) accounting.
+    /// Per thread (tid) accounting, every process's.
     pub threads: Vec<ThreadEntry>,
+    /// Per process: its pid, manifest and accounting (the target first).
+    pub processes: Vec<ProcessReport>,
     /// Drain statistics.
     pub stats: DrainStats,
+}
+
+/// One process of a finished session.
+#[derive(Debug, Clone)]
+pub struct ProcessReport {
+    /// Its pid.
+    pub pid: u32,
+    /// Its manifest's path.
+    pub manifest: PathBuf,
+    /// Its accounting (the target's includes the events of threads that held no slot).
+    pub accounting: Accounting,
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -214,20 +227,54 @@ struct Owner<'r, B: Backend> {
 /// the same code on a model checker's atomics).
 pub struct Drain<'r, B: Backend = StdBackend> {
     registry: Registry<'r, B>,
-    layout: SessionLayout,
-    manifest: Manifest,
+    /// Every process's directory and manifest, by [`ProcKey`]; [`ROOT`] always.
+    procs: BTreeMap<ProcKey, Process>,
+    /// The target's pid (the root process's): slots of other pids are followed processes.
+    root_pid: u32,
+    /// Whether other processes get directories of their own (see [`Drain::follow_processes`]).
+    follow: bool,
     owners: BTreeMap<u32, Owner<'r, B>>,
-    files: BTreeMap<u32, ThreadFiles>,
+    files: BTreeMap<(ProcKey, u32), ThreadFiles>,
     stats: DrainStats,
     live: Arc<LiveStats>,
-    manifest_dirty: bool,
-    /// Writebacks started and not yet waited for, oldest first: `(tid, offset, len)`.
-    in_flight: std::collections::VecDeque<(u32, u64, u64)>,
+    /// Writebacks started and not yet waited for, oldest first: `((process, tid), offset, len)`.
+    in_flight: std::collections::VecDeque<((ProcKey, u32), u64, u64)>,
     /// Their bytes.
     in_flight_bytes: u64,
+    /// When the target's manifest was last rewritten during the passes.
+    manifest_written: Instant,
     /// Set by [`Drain::final_drain`] and [`Drain::finish`]: acceptance has stopped, so counts read
     /// from now on are post-stop snapshots (see `reconcile_after_stop`).
     stopped: bool,
+}
+
+/// How often the target's manifest is rewritten during the passes when following processes.
+const MANIFEST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which process directory a slot's events go to: [`ROOT`], or a followed process's pid.
+type ProcKey = u32;
+/// The target's own directory (pid 0 is never a user process).
+const ROOT: ProcKey = 0;
+
+/// One process's directory and manifest.
+struct Process {
+    layout: SessionLayout,
+    manifest: Manifest,
+    /// The manifest changed since it was last written.
+    dirty: bool,
+    /// The process images its threads ran (see `registry::Registry::new_image`).
+    images: std::collections::BTreeSet<u32>,
+}
+
+/// A process the drain writes: its pid, the images it ran, its manifest (see
+/// [`Drain::processes_mut`]).
+pub struct ProcessView<'a> {
+    /// Its pid.
+    pub pid: u32,
+    /// The images its threads ran.
+    pub images: &'a std::collections::BTreeSet<u32>,
+    /// Its manifest as it will be written.
+    pub manifest: &'a mut Manifest,
 }
 
 impl<'r, B: Backend> Drain<'r, B> {
@@ -253,19 +300,63 @@ impl<'r, B: Backend> Drain<'r, B> {
     ) -> Result<Self, DrainError> {
         manifest.finished = false;
         layout.write_manifest(&mut manifest)?;
-        Ok(Drain {
-            registry,
+        let root_pid = manifest.target_pid;
+        let root = Process {
             layout,
             manifest,
+            dirty: false,
+            images: Default::default(),
+        };
+        Ok(Drain {
+            registry,
+            procs: BTreeMap::from([(ROOT, root)]),
+            root_pid,
+            follow: false,
             owners: BTreeMap::new(),
             files: BTreeMap::new(),
             stats: DrainStats::default(),
             live: Arc::new(LiveStats::default()),
-            manifest_dirty: false,
             in_flight: Default::default(),
             in_flight_bytes: 0,
+            manifest_written: Instant::now(),
             stopped: false,
         })
+    }
+
+    /// Gives every process other than the target (the manifest's `target_pid`), a fork child
+    /// and what it execs, a `pid_<pid>` directory of its own in the session, with its manifest
+    /// and accounting; and keeps a process's main-thread files open while the process lives, so
+    /// the image an `exec` starts continues them (same pid, same thread id). Off: every slot's
+    /// events go to the target's directory.
+    pub fn follow_processes(mut self, on: bool) -> Self {
+        self.follow = on;
+        self
+    }
+
+    /// Every process written so far, the target first: its pid, images and manifest (marked to
+    /// be written again, e.g. after adding names).
+    pub fn processes_mut(&mut self) -> impl Iterator<Item = ProcessView<'_>> {
+        let root_pid = self.root_pid;
+        self.procs.iter_mut().map(move |(key, p)| {
+            p.dirty = true;
+            ProcessView {
+                pid: if *key == ROOT { root_pid } else { *key },
+                images: &p.images,
+                manifest: &mut p.manifest,
+            }
+        })
+    }
+
+    fn key_of(&self, pid: u32) -> ProcKey {
+        if self.follow && pid != self.root_pid && pid != ROOT {
+            pid
+        } else {
+            ROOT
+        }
+    }
+
+    fn root(&self) -> &Process {
+        &self.procs[&ROOT]
     }
 
     /// The registry this drain reads.
@@ -275,13 +366,14 @@ impl<'r, B: Backend> Drain<'r, B> {
 
     /// The session's layout.
     pub fn layout(&self) -> &SessionLayout {
-        &self.layout
+        &self.root().layout
     }
 
     /// The manifest as it will be written (e.g. to add modules and symbols).
     pub fn manifest_mut(&mut self) -> &mut Manifest {
-        self.manifest_dirty = true;
-        &mut self.manifest
+        let root = self.procs.get_mut(&ROOT).expect("the root process");
+        root.dirty = true;
+        &mut root.manifest
     }
 
     /// Statistics so far.
@@ -324,9 +416,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             moved += self.drain_slot(info, false)?;
         }
         self.flush_all()?;
-        if self.manifest_dirty {
-            self.write_manifest()?;
-        }
+        self.write_manifests()?;
         self.stats.passes += 1;
         self.stats.busy += started.elapsed();
         Ok(Pass { bytes: moved })
@@ -405,78 +495,142 @@ impl<'r, B: Backend> Drain<'r, B> {
         }
         let mut accounting = Accounting::default();
         let mut threads = Vec::new();
-        for files in self.files.values() {
-            let entry = thread_entry(files);
-            accounting.index.add(&entry.index);
-            accounting.detail.add(&entry.detail);
-            threads.push(entry);
+        let mut processes = Vec::new();
+        let mut write_error = None;
+        let root_pid = self.root_pid;
+        for (&key, process) in self.procs.iter_mut() {
+            let mut own = Accounting::default();
+            let mut entries = Vec::new();
+            for files in self.files.range((key, 0)..=(key, u32::MAX)).map(|(_, f)| f) {
+                let entry = thread_entry(files);
+                own.index.add(&entry.index);
+                own.detail.add(&entry.detail);
+                entries.push(entry);
+            }
+            if key == ROOT {
+                // Events of threads that never held a slot: all dropped, each with its reason.
+                own.index.add(&Counts {
+                    attempted: orphans.attempted,
+                    persisted: 0,
+                    dropped: Drops {
+                        registry_full: orphans.registry_full,
+                        thread_teardown: orphans.thread_teardown,
+                        shutdown: orphans.shutdown,
+                        ..Drops::default()
+                    },
+                });
+            }
+            accounting.index.add(&own.index);
+            accounting.detail.add(&own.detail);
+            threads.extend(entries.iter().cloned());
+            let m = &mut process.manifest;
+            m.threads = entries;
+            m.accounting = own.clone();
+            m.stop_reason = Some(outcome.stop_reason.clone());
+            // The target's fate is known; a followed process is not the tracer's child.
+            m.target_fate = Some(if key == ROOT {
+                outcome.target_fate.clone()
+            } else {
+                TargetFate::Unknown
+            });
+            m.wall_end_unix_ns = Some(outcome.wall_end_unix_ns);
+            // The process's first and last event, over every thread's finished file.
+            let ranges = self
+                .files
+                .range((key, 0)..=(key, u32::MAX))
+                .filter_map(|(_, f)| f.time_range);
+            let (start, end) = ranges.fold((u64::MAX, 0), |(s, e), (fs, fe)| (s.min(fs), e.max(fe)));
+            if start <= end {
+                (m.time_start_ns, m.time_end_ns) = (start, end);
+            }
+            m.detail_windows = self
+                .files
+                .range((key, 0)..=(key, u32::MAX))
+                .flat_map(|(_, f)| f.windows.clone())
+                .collect();
+            m.finished = true;
+            // Every manifest is written even if one fails; the first error is returned.
+            // The target's manifest is synced as it is replaced; the followed processes' are
+            // made durable by the one sync of the file system below.
+            let written = if key == ROOT {
+                process.layout.write_manifest(&mut process.manifest)
+            } else {
+                process
+                    .layout
+                    .write_manifest_unsynced(&mut process.manifest)
+            };
+            match written {
+                Ok(()) => process.dirty = false,
+                Err(e) => {
+                    write_error.get_or_insert(e);
+                }
+            }
+            processes.push(ProcessReport {
+                pid: if key == ROOT { root_pid } else { key },
+                manifest: process.layout.manifest_path(),
+                accounting: own,
+            });
         }
-        // Events of threads that never held a slot: all dropped, each with its reason.
-        accounting.index.add(&Counts {
-            attempted: orphans.attempted,
-            persisted: 0,
-            dropped: Drops {
-                registry_full: orphans.registry_full,
-                thread_teardown: orphans.thread_teardown,
-                shutdown: orphans.shutdown,
-                ..Drops::default()
-            },
-        });
-        let m = &mut self.manifest;
-        m.threads = threads.clone();
-        m.accounting = accounting.clone();
-        m.stop_reason = Some(outcome.stop_reason.clone());
-        m.target_fate = Some(outcome.target_fate.clone());
-        m.wall_end_unix_ns = Some(outcome.wall_end_unix_ns);
-        // The session's first and last event, over every thread's finished file.
-        let ranges = self.files.values().filter_map(|f| f.time_range);
-        let (start, end) = ranges.fold((u64::MAX, 0), |(s, e), (fs, fe)| (s.min(fs), e.max(fe)));
-        if start <= end {
-            (m.time_start_ns, m.time_end_ns) = (start, end);
-        }
-        m.detail_windows = self
-            .files
-            .values()
-            .flat_map(|f| f.windows.clone())
-            .collect();
-        m.finished = true;
-        // A failed manifest write or sync is the error returned, over a file's: it says the
+        // A failed manifest write or sync is the error returned, over a file's: it says a
         // manifest on disk is the previous one, or that durability is unknown. Either way the
         // report carries the true accounting.
-        let manifest_written = match self.layout.write_manifest(&mut self.manifest) {
-            Ok(()) => true,
-            Err(e) => {
-                first = Some(e.into());
-                false
-            }
-        };
-        // The session's own trace files (finished unsynced) and directories, fsynced in parallel
-        // through the session's directory handles (the manifest was fsynced as it was written):
-        // never other programs' dirty data, as a syncfs would. Writeback started during the
-        // recording leaves them little to write.
+        let manifest_written = write_error.is_none();
+        if let Some(e) = write_error {
+            first = Some(e.into());
+        }
+        // The session's own trace files (finished unsynced), the followed processes' manifests
+        // (written unsynced) and every thread, process and session directory, fsynced in
+        // parallel through the session's directory handles (the target's manifest was fsynced
+        // as it was written): never other programs' dirty data, as a syncfs would. Writeback
+        // started during the recording leaves them little to write.
         if manifest_written {
-            match self.layout.sync_session() {
-                // The trace files, the manifest, and the session, process and thread directories.
-                Ok(files) => {
-                    self.stats.files_synced += files as u64 + 1 + 2 + self.files.len() as u64;
-                }
+            let others: Vec<&SessionLayout> = self
+                .procs
+                .iter()
+                .filter(|(&key, _)| key != ROOT)
+                .map(|(_, process)| &process.layout)
+                .collect();
+            match self.root().layout.sync_session(&others) {
+                // What it synced, and the target's manifest.
+                Ok(synced) => self.stats.files_synced += synced as u64 + 1,
                 Err(e) => first = Some(e.into()),
             }
         }
         self.stats.busy += started.elapsed();
         let report = Report {
-            manifest: self.layout.manifest_path(),
+            manifest: self.root().layout.manifest_path(),
             accounting,
             threads,
+            processes,
             stats: self.stats,
         };
         (report, first)
     }
 
-    fn write_manifest(&mut self) -> Result<(), DrainError> {
-        self.manifest.threads = self.files.values().map(thread_entry).collect();
-        self.layout.write_manifest(&mut self.manifest)?;
-        self.manifest_dirty = false;
+    /// Writes the manifests that changed (threads as they are so far): the target's. A followed
+    /// process's manifest is written when its directory is made and at the end (each write is
+    /// an fsync; a program forking thousands of short children must not cost thousands per
+    /// pass); until then readers find its threads by their directories.
+    fn write_manifests(&mut self) -> Result<(), DrainError> {
+        // Following processes, the target's manifest is rewritten at most once a second: each
+        // rewrite is an fsync, and with children coming and going every pass would make one.
+        if self.follow && self.manifest_written.elapsed() < MANIFEST_INTERVAL {
+            return Ok(());
+        }
+        self.manifest_written = Instant::now();
+        for (&key, process) in self
+            .procs
+            .iter_mut()
+            .filter(|(&key, p)| p.dirty && key == ROOT)
+        {
+            process.manifest.threads = self
+                .files
+                .range((key, 0)..=(key, u32::MAX))
+                .map(|(_, f)| thread_entry(f))
+                .collect();
+            process.layout.write_manifest(&mut process.manifest)?;
+            process.dirty = false;
+        }
         Ok(())
     }
 
@@ -507,13 +661,13 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// for the oldest writebacks until at most [`DIRTY_BUDGET`] bytes are in flight. Writeback is
     /// a hint: its errors show at the final fsync, which reports them.
     fn start_writeback(&mut self) {
-        for files in self.files.values_mut() {
+        for (&key, files) in self.files.iter_mut() {
             let Some(w) = files.index.as_mut() else {
                 continue;
             };
             let end = w.bytes_written();
             if end > files.submitted {
-                let range = (files.tid, files.submitted, end - files.submitted);
+                let range = (key, files.submitted, end - files.submitted);
                 if w.writeback(range.1, range.2, false).is_ok() {
                     self.in_flight_bytes += range.2;
                     self.in_flight.push_back(range);
@@ -522,12 +676,12 @@ impl<'r, B: Backend> Drain<'r, B> {
             }
         }
         while self.in_flight_bytes > DIRTY_BUDGET {
-            let Some((tid, offset, len)) = self.in_flight.pop_front() else {
+            let Some((key, offset, len)) = self.in_flight.pop_front() else {
                 break;
             };
             self.in_flight_bytes -= len;
             // A file already finished (its thread exited) is left to the final fsync.
-            if let Some(w) = self.files.get_mut(&tid).and_then(|f| f.index.as_mut()) {
+            if let Some(w) = self.files.get_mut(&key).and_then(|f| f.index.as_mut()) {
                 let _ = w.writeback(offset, len, true);
             }
         }
@@ -546,9 +700,11 @@ impl<'r, B: Backend> Drain<'r, B> {
         if !self.owners.contains_key(&info.index) {
             self.adopt(info)?;
         }
-        let (Some(owner), Some(files)) = (
+        let key = self.key_of(info.pid);
+        let (Some(owner), Some(files), Some(process)) = (
             self.owners.get_mut(&info.index),
-            self.files.get_mut(&info.tid),
+            self.files.get_mut(&(key, info.tid)),
+            self.procs.get(&key),
         ) else {
             return Ok(0);
         };
@@ -582,7 +738,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         let r = owner
             .detail
             .drain(false, |chunk| {
-                persist_detail(&self.layout, tid, files, chunk, &mut persisted);
+                persist_detail(&process.layout, tid, files, chunk, &mut persisted);
                 Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
@@ -626,19 +782,31 @@ impl<'r, B: Backend> Drain<'r, B> {
                 taken: 0,
             },
         );
-        if self.files.contains_key(&info.tid) {
-            // The same tid again (the kernel reuses tids only after the thread is gone): its
-            // accounting continues; its files too if still open (see `drain_slot`).
+        let key = self.key_of(info.pid);
+        if !self.procs.contains_key(&key) {
+            self.new_process(info.pid)?;
+        }
+        let process = self.procs.get_mut(&key).expect("made above");
+        process.images.insert(info.image);
+        process.dirty = true;
+        if self.files.contains_key(&(key, info.tid)) {
+            // The same thread id again: the image an `exec` started (it keeps the pid and the
+            // exec'ing thread becomes the main thread), whose files were kept open for it; or a
+            // tid the kernel reused after the thread was gone. Its accounting continues, and its
+            // files too if still open (see `drain_slot`).
             return Ok(());
         }
         // A thread whose file cannot be created is still accounted for: its events are consumed
         // without a writer and counted as `not_written`.
-        let (index, created) = match self.layout.create_index(info.tid, atf::ClockType::Boottime) {
+        let (index, created) = match process
+            .layout
+            .create_index(info.tid, atf::ClockType::Boottime)
+        {
             Ok(index) => (Some(index), Ok(())),
             Err(e) => (None, Err(e.into())),
         };
         self.files.insert(
-            info.tid,
+            (key, info.tid),
             ThreadFiles {
                 tid: info.tid,
                 index,
@@ -654,8 +822,49 @@ impl<'r, B: Backend> Drain<'r, B> {
                 windows: Vec::new(),
             },
         );
-        self.manifest_dirty = true;
         created
+    }
+
+    /// Makes the directory and first manifest of a followed process: the target's manifest's
+    /// session facts (clock, tracer, start), this process's pid, and its executable and arguments
+    /// as `/proc` shows them now (best effort: a process that exec'd already shows its new
+    /// program; the caller names each image from the module log).
+    fn new_process(&mut self, pid: u32) -> Result<(), DrainError> {
+        let root = self.root();
+        let layout = root.layout.process(pid)?;
+        let mut manifest = root.manifest.clone();
+        manifest.threads.clear();
+        manifest.modules.clear();
+        manifest.symbols.clear();
+        manifest.detail_windows.clear();
+        manifest.accounting = Accounting::default();
+        manifest.stop_reason = None;
+        manifest.target_fate = None;
+        manifest.finished = false;
+        manifest.target_pid = pid;
+        manifest.executable = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        manifest.argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Unsynced: the final sync of the file system makes it durable with everything else.
+        layout.write_manifest_unsynced(&mut manifest)?;
+        self.procs.insert(
+            pid,
+            Process {
+                layout,
+                manifest,
+                dirty: false,
+                images: Default::default(),
+            },
+        );
+        Ok(())
     }
 
     /// Persists the committed prefix of a slot's active detail ring if it is marked (or `all`).
@@ -664,7 +873,13 @@ impl<'r, B: Backend> Drain<'r, B> {
             return Ok(());
         };
         let tid = owner.info.tid;
-        let Some(files) = self.files.get_mut(&tid) else {
+        let key = if self.follow && owner.info.pid != self.root_pid && owner.info.pid != ROOT {
+            owner.info.pid
+        } else {
+            ROOT
+        };
+        let (Some(files), Some(process)) = (self.files.get_mut(&(key, tid)), self.procs.get(&key))
+        else {
             return Ok(());
         };
         let mut persisted = Persisted::default();
@@ -674,7 +889,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 if all {
                     chunk.marked = true;
                 }
-                persist_detail(&self.layout, tid, files, chunk, &mut persisted);
+                persist_detail(&process.layout, tid, files, chunk, &mut persisted);
                 Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
@@ -699,7 +914,11 @@ impl<'r, B: Backend> Drain<'r, B> {
         }
         drop(owner.index);
         drop(owner.detail);
-        if let Some(files) = self.files.get_mut(&owner.info.tid) {
+        let key = self.key_of(owner.info.pid);
+        if let Some(process) = self.procs.get_mut(&key) {
+            process.dirty = true;
+        }
+        if let Some(files) = self.files.get_mut(&(key, owner.info.tid)) {
             files.counts.add(&Counts {
                 attempted: c.attempted,
                 persisted: 0, // filled from what was written, in `thread_entry`
@@ -721,20 +940,49 @@ impl<'r, B: Backend> Drain<'r, B> {
         }
         if state == Some(SlotState::Exited) {
             // The thread is gone: close its files now, so many short-lived threads do not hold
-            // many descriptors, then hand the slot back.
+            // many descriptors, then hand the slot back. Except a followed process's main thread
+            // while the process lives: its slot is retired by an `exec`, and the new image's
+            // main thread (same pid, same thread id) continues its files.
             // A file that fails to finish does not keep the slot: its counts are already taken
             // (retiring it again would count them twice) and its lanes are empty.
-            let finished = match self.files.get_mut(&owner.info.tid) {
-                Some(files) => finish_files(files),
-                None => Ok(()),
+            let info = owner.info;
+            let continued = self.follow
+                && info.tid == info.pid
+                && (process_alive(info.pid) || self.has_other_owner(info));
+            let finished = match self.files.get_mut(&(key, info.tid)) {
+                Some(files) if !continued => finish_files(files),
+                _ => Ok(()),
             };
             self.registry.recycle(slot)?;
-            self.manifest_dirty = true;
             return finished;
         }
-        self.manifest_dirty = true;
         Ok(())
     }
+}
+
+impl<B: Backend> Drain<'_, B> {
+    /// Whether a slot other than `info`'s holds the same thread (pid and tid): the image an
+    /// `exec` started registered it. Asked after finding the process dead, so every such slot is
+    /// registered already (a dead process registers nothing more).
+    fn has_other_owner(&self, info: SlotInfo) -> bool {
+        self.registry
+            .slots()
+            .any(|s| s.index != info.index && s.pid == info.pid && s.tid == info.tid)
+    }
+}
+
+/// Whether process `pid` can still run code: `/proc/<pid>/stat` exists and does not say zombie
+/// or dead. (A pid reused by another process reads as alive: files are then kept open until the
+/// final drain, which is harmless.)
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S ...`: the state follows the last `)` (comm may hold anything).
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X' | 'x') | None)
 }
 
 /// Makes a count snapshot taken after the stop handshake consistent.

@@ -94,6 +94,11 @@ pub(crate) struct ModuleLine<B: Backend> {
     pub(crate) acked: B::AtomicU32,
     /// Non-zero: a writer that ends a report waits (bounded) for `acked` to pass it.
     pub(crate) wait: B::AtomicU32,
+    /// Non-zero (the default): processes other than the first are traced too (fork children and
+    /// what they exec). Set by the tracer before the target starts.
+    pub(crate) follow: B::AtomicU32,
+    /// The pid of the first process whose agent started in the region (the target), 0 before.
+    pub(crate) root_pid: B::AtomicU32,
 }
 
 impl<B: Backend> ModuleLine<B> {
@@ -103,6 +108,8 @@ impl<B: Backend> ModuleLine<B> {
             images: B::AtomicU32::new(0),
             acked: B::AtomicU32::new(0),
             wait: B::AtomicU32::new(0),
+            follow: B::AtomicU32::new(1),
+            root_pid: B::AtomicU32::new(0),
         }
     }
 }
@@ -150,7 +157,7 @@ const _: () = {
     assert!(offset_of!(E, path_len) == 48);
     assert!(offset_of!(E, path) == 56);
     assert!(size_of::<E>() == 256);
-    assert!(size_of::<ModuleLine<StdBackend>>() == 16);
+    assert!(size_of::<ModuleLine<StdBackend>>() == 24);
 };
 
 /// One mapped object as the log holds it; `P` is its path bytes.
@@ -297,6 +304,25 @@ impl<'a, B: Backend> Registry<'a, B> {
             step += 1;
         }
         true
+    }
+
+    /// Tracer: whether processes other than the target are traced (before the target starts).
+    pub fn set_follow_processes(&self, on: bool) {
+        // Relaxed: read by agents that start later, in processes the target starts afterwards.
+        self.module_line().follow.store(u32::from(on), Relaxed);
+    }
+
+    /// Agent: whether process `pid` is to be traced. The first process to ask becomes the
+    /// target (the spawned program's agent starts before any process it starts); the others are
+    /// traced unless the tracer turned following off.
+    pub fn traces_process(&self, pid: u32) -> bool {
+        let line = self.module_line();
+        // Relaxed: the CAS only elects the first process; nothing is published through it.
+        let root = match line.root_pid.compare_exchange(0, pid, Relaxed, Relaxed) {
+            Ok(_) => pid,
+            Err(root) => root,
+        };
+        root == pid || line.follow.load(Relaxed) != 0
     }
 
     fn module_entry(&self, index: u32) -> Option<&'a ModuleEntry<B>> {
