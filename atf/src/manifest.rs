@@ -72,6 +72,11 @@ pub struct Manifest {
     /// Detail windows that were persisted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detail_windows: Vec<DetailWindow>,
+    /// Set for a process the tracer followed (a fork child of the target, or of another followed
+    /// process): the pid of its parent when the tracer first saw it (0 if unknown). Absent for
+    /// the target itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed_from: Option<u32>,
 }
 
 /// One thread of the session: `thread_<id>/` holds its files.
@@ -353,6 +358,7 @@ impl Manifest {
             clock: None,
             accounting: Accounting::default(),
             detail_windows: Vec::new(),
+            followed_from: None,
         }
     }
 

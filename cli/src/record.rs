@@ -299,6 +299,13 @@ pub(crate) fn record(
     recorder.attempted = stats.events_attempted;
     recorder.persisted = stats.events_persisted;
     Summary { report, stats }.print();
+    if let Some(report) = recorder.report.as_ref().filter(|r| r.processes.len() > 1) {
+        eprintln!(
+            "tracer: {} processes recorded, each in its own pid_<pid> directory of {}",
+            report.processes.len(),
+            output_dir.parent().unwrap_or(&output_dir).display()
+        );
+    }
     Ok((recorder, output_dir))
 }
 

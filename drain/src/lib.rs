@@ -539,7 +539,8 @@ impl<'r, B: Backend> Drain<'r, B> {
                 .files
                 .range((key, 0)..=(key, u32::MAX))
                 .filter_map(|(_, f)| f.time_range);
-            let (start, end) = ranges.fold((u64::MAX, 0), |(s, e), (fs, fe)| (s.min(fs), e.max(fe)));
+            let (start, end) =
+                ranges.fold((u64::MAX, 0), |(s, e), (fs, fe)| (s.min(fs), e.max(fe)));
             if start <= end {
                 (m.time_start_ns, m.time_end_ns) = (start, end);
             }
@@ -842,6 +843,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         manifest.target_fate = None;
         manifest.finished = false;
         manifest.target_pid = pid;
+        manifest.followed_from = Some(parent_of(pid).unwrap_or(0));
         manifest.executable = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -969,6 +971,14 @@ impl<B: Backend> Drain<'_, B> {
             .slots()
             .any(|s| s.index != info.index && s.pid == info.pid && s.tid == info.tid)
     }
+}
+
+/// The parent of process `pid` as `/proc/<pid>/stat` says it now.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S ppid ...`
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether process `pid` can still run code: `/proc/<pid>/stat` exists and does not say zombie

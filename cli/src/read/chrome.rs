@@ -26,27 +26,83 @@ impl fmt::Display for Micros {
     }
 }
 
-/// Writes the whole document; returns the number of complete events.
+/// Writes the whole document for one process; returns the number of complete events.
+#[cfg(test)]
 pub(crate) fn write(
     session: &atf::Session,
     full_names: bool,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
-    let m = &session.manifest;
-    let (origin, end) = time_span(session);
-    let pid = if m.target_pid != 0 {
-        m.target_pid
-    } else {
-        pid_of_dir(&session.dir).unwrap_or(0)
+    write_all(std::slice::from_ref(session), full_names, out)
+}
+
+/// Writes the whole document for the processes of a session (the target first), each its own
+/// `pid` with its own names, on one time axis; returns the number of complete events.
+pub(crate) fn write_all(
+    sessions: &[atf::Session],
+    full_names: bool,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let spans: Vec<(u64, u64)> = sessions.iter().map(time_span).collect();
+    let origin = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    out.write_all(b"{\"traceEvents\":[\n")?;
+    let mut count = 0u64;
+    for (n, session) in sessions.iter().enumerate() {
+        if n > 0 {
+            out.write_all(b",\n")?;
+        }
+        count += write_process(session, full_names, (origin, end), out)?;
+    }
+    let Some(session) = sessions.first() else {
+        return out.write_all(b"]}\n").map(|()| 0);
     };
+    let m = &session.manifest;
+    let pid = pid_of(session);
+    let metadata = serde_json::json!({
+        "tracer_version": m.tracer_version,
+        "executable": m.executable,
+        "argv": m.argv,
+        "target_pid": pid,
+        "processes": sessions.iter().map(pid_of).collect::<Vec<_>>(),
+        "stop_reason": m.stop_reason,
+        "target_fate": m.target_fate,
+        "finished": m.finished,
+        "clock": m.clock.as_ref().map(|c| c.name.as_str()).unwrap_or("CLOCK_BOOTTIME"),
+        "time_origin_ns": origin,
+        "wall_start_unix_ns": m.wall_start_unix_ns,
+        "warnings": sessions.iter().flat_map(super::warnings).collect::<Vec<_>>(),
+    });
+    write!(
+        out,
+        "\n],\n\"displayTimeUnit\":\"ns\",\n\"metadata\":{metadata}}}\n"
+    )?;
+    Ok(count)
+}
+
+/// The pid of a process's directory (the manifest's, else the directory name's).
+fn pid_of(session: &atf::Session) -> u32 {
+    match session.manifest.target_pid {
+        0 => pid_of_dir(&session.dir).unwrap_or(0),
+        pid => pid,
+    }
+}
+
+/// One process's metadata and complete events, `(origin, end)` being the document's span.
+fn write_process(
+    session: &atf::Session,
+    full_names: bool,
+    (origin, end): (u64, u64),
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let m = &session.manifest;
+    let pid = pid_of(session);
     let process = m
         .executable
         .rsplit('/')
         .next()
         .filter(|s| !s.is_empty())
         .unwrap_or("target");
-
-    out.write_all(b"{\"traceEvents\":[\n")?;
     write!(
         out,
         "{{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"name\":{}}}}}",
@@ -112,24 +168,6 @@ pub(crate) fn write(
         }
         walker.finish(end, &mut sink)?;
     }
-
-    let metadata = serde_json::json!({
-        "tracer_version": m.tracer_version,
-        "executable": m.executable,
-        "argv": m.argv,
-        "target_pid": pid,
-        "stop_reason": m.stop_reason,
-        "target_fate": m.target_fate,
-        "finished": m.finished,
-        "clock": m.clock.as_ref().map(|c| c.name.as_str()).unwrap_or("CLOCK_BOOTTIME"),
-        "time_origin_ns": origin,
-        "wall_start_unix_ns": m.wall_start_unix_ns,
-        "warnings": super::warnings(session).collect::<Vec<_>>(),
-    });
-    write!(
-        out,
-        "\n],\n\"displayTimeUnit\":\"ns\",\n\"metadata\":{metadata}}}\n"
-    )?;
     Ok(count)
 }
 

@@ -32,16 +32,23 @@ pub(crate) use text::clean;
 use crate::args::{ExportArgs, ReplayArgs, ReportArgs, SessionArg};
 use crate::error::CliError;
 
-/// `tracer info`: what a session holds (target, times, threads, accounting, files).
+/// `tracer info`: what a session holds (target, times, threads, accounting, files), for each of
+/// its processes.
 pub fn info(args: &SessionArg, out: &mut dyn Write) -> Result<(), CliError> {
-    let session = open(&args.session)?;
-    finish(info::write(&session, out))
+    let sessions = open_all(&args.session)?;
+    for (n, session) in sessions.iter().enumerate() {
+        if n > 0 {
+            finish(writeln!(out))?;
+        }
+        finish(info::write(session, out))?;
+    }
+    Ok(())
 }
 
 /// `tracer replay`: the call tree of each thread with durations.
 pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let session = open(&args.session.session)?;
-    check_tids(&session, &args.tids)?;
+    let sessions = open_all(&args.session.session)?;
+    check_tids(&sessions, &args.tids)?;
     if args.depth == Some(0) {
         return Err(CliError::usage(
             "--depth 0 would show nothing; use 1 for the outermost calls, or more",
@@ -54,31 +61,107 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         full_names: args.names.full_names,
         details: !args.no_detail,
     };
-    finish(replay::write(&session, &options, out))
+    for_each_process(&sessions, &args.tids, out, |session, out| {
+        replay::write(session, &options, out)
+    })
 }
 
 /// `tracer report`: per-function calls, total time, self time and average, sorted.
 pub fn report(args: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let session = open(&args.session.session)?;
-    check_tids(&session, &args.tids)?;
-    finish(report::write(
-        &session,
-        &args.tids,
-        args.sort,
-        args.names.full_names,
-        out,
-    ))
+    let sessions = open_all(&args.session.session)?;
+    check_tids(&sessions, &args.tids)?;
+    for_each_process(&sessions, &args.tids, out, |session, out| {
+        report::write(session, &args.tids, args.sort, args.names.full_names, out)
+    })
+}
+
+/// Runs `write` for each process of `sessions` that has one of `tids` (all if empty), under a
+/// `# process <pid> (<executable>)` line when there are several.
+fn for_each_process(
+    sessions: &[atf::Session],
+    tids: &[u32],
+    out: &mut dyn Write,
+    mut write: impl FnMut(&atf::Session, &mut dyn Write) -> io::Result<()>,
+) -> Result<(), CliError> {
+    let chosen: Vec<&atf::Session> = sessions
+        .iter()
+        .filter(|s| tids.is_empty() || s.threads.iter().any(|t| tids.contains(&t.id)))
+        .collect();
+    for (n, session) in chosen.iter().enumerate() {
+        if sessions.len() > 1 {
+            let m = &session.manifest;
+            let header = format!(
+                "{}# process {} ({})",
+                if n > 0 { "\n" } else { "" },
+                process_pid(session),
+                m.executable
+            );
+            finish(writeln!(out, "{header}"))?;
+        }
+        finish(write(session, out))?;
+    }
+    Ok(())
+}
+
+/// A process directory's pid: its manifest's, else its name's.
+fn process_pid(session: &atf::Session) -> u32 {
+    match session.manifest.target_pid {
+        0 => pid_in_name(&session.dir).unwrap_or(0),
+        pid => pid,
+    }
+}
+
+/// `1234` for `.../pid_1234`.
+fn pid_in_name(dir: &Path) -> Option<u32> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("pid_")?
+        .parse()
+        .ok()
+}
+
+/// Every process of the session at `path`: a `pid_<pid>` directory alone, or each `pid_<pid>`
+/// directory of a `session_<...>` directory, the target first (its manifest is not marked
+/// `followed_from`), then the followed processes by pid.
+fn open_all(path: &Path) -> Result<Vec<atf::Session>, CliError> {
+    if path.join("manifest.json").exists() {
+        return Ok(vec![open(path)?]);
+    }
+    let mut dirs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((pid_in_name(&e.path())?, e.path())))
+        .filter(|(_, p)| p.join("manifest.json").exists())
+        .collect();
+    if dirs.len() < 2 {
+        return Ok(vec![open(path)?]);
+    }
+    dirs.sort();
+    let mut sessions = dirs
+        .iter()
+        .map(|(_, dir)| open(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(target) = sessions
+        .iter()
+        .position(|s| s.manifest.followed_from.is_none())
+    {
+        let t = sessions.remove(target);
+        sessions.insert(0, t);
+    }
+    Ok(sessions)
 }
 
 /// `tracer export`: Chrome trace-event JSON, to `args.output` if given, else to `out`.
 pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let crate::args::ExportFormat::Chrome = args.format;
-    let session = open(&args.session.session)?;
-    for warning in warnings(&session) {
+    let sessions = open_all(&args.session.session)?;
+    for warning in sessions.iter().flat_map(warnings) {
         eprintln!("tracer: warning: {warning}");
     }
     match &args.output {
-        None => finish(chrome::write(&session, args.names.full_names, out).map(|_| ())),
+        None => finish(chrome::write_all(&sessions, args.names.full_names, out).map(|_| ())),
         Some(path) => {
             let file = std::fs::File::create(path).map_err(|e| {
                 CliError::usage(format!(
@@ -88,10 +171,11 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 ))
             })?;
             let mut file = io::BufWriter::with_capacity(1 << 20, file);
-            let written = chrome::write(&session, args.names.full_names, &mut file).and_then(|n| {
-                file.flush()?;
-                Ok(n)
-            });
+            let written =
+                chrome::write_all(&sessions, args.names.full_names, &mut file).and_then(|n| {
+                    file.flush()?;
+                    Ok(n)
+                });
             let count = match written {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
@@ -108,7 +192,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
             finish(writeln!(
                 out,
                 "wrote {count} complete events of {} threads to {}",
-                session.threads.len(),
+                sessions.iter().map(|s| s.threads.len()).sum::<usize>(),
                 path.display()
             ))
         }
@@ -160,10 +244,11 @@ fn latest_session_in(dir: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// Refuses `--tid` values that name no thread of the session, listing the ones it has.
-fn check_tids(session: &atf::Session, tids: &[u32]) -> Result<(), CliError> {
+fn check_tids(sessions: &[atf::Session], tids: &[u32]) -> Result<(), CliError> {
+    let threads = || sessions.iter().flat_map(|s| s.threads.iter());
     for tid in tids {
-        if !session.threads.iter().any(|t| t.id == *tid) {
-            let have: Vec<String> = session.threads.iter().map(|t| t.id.to_string()).collect();
+        if !threads().any(|t| t.id == *tid) {
+            let have: Vec<String> = threads().map(|t| t.id.to_string()).collect();
             return Err(CliError::usage(format!(
                 "thread {tid} is not in the session; its threads are {} (see `tracer info`)",
                 if have.is_empty() {

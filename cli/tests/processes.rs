@@ -1,0 +1,259 @@
+//! fork and exec, end to end: every followed process gets its own `pid_<pid>` directory with its
+//! manifest, names and exact accounting; an exec'd program is named from its own files (also at
+//! its parent's addresses, `-no-pie`); `--no-follow` records the target alone; the readers given
+//! the session directory cover every process.
+#![allow(non_snake_case)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// `forker <mode> <n> <program>`: calls parent_leaf 10 times, then per mode: `fork` n children
+/// that call child_work 5 times and `_exit`; `exec` n children that exec <program>; `inplace`
+/// execs <program> itself. The parent calls parent_leaf once more after its children.
+const FORKER_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+__attribute__((noinline)) int parent_leaf(int x) { return x + 1; }
+__attribute__((noinline)) int child_work(int x) { return x * 3; }
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "fork";
+    int n = argc > 2 ? atoi(argv[2]) : 1;
+    for (int i = 0; i < 10; i++) parent_leaf(i);
+    if (!strcmp(mode, "inplace")) {
+        execl(argv[3], argv[3], (char *)0);
+        return 9;
+    }
+    for (int k = 0; k < n; k++) {
+        pid_t p = fork();
+        if (p == 0) {
+            if (!strcmp(mode, "exec")) { execl(argv[3], argv[3], (char *)0); _exit(9); }
+            for (int i = 0; i < 5; i++) child_work(i);
+            _exit(0);
+        }
+        int st;
+        waitpid(p, &st, 0);
+    }
+    parent_leaf(100);
+    return 0;
+}
+"#;
+
+/// The exec'd program: only_in_other 7 times.
+const OTHER_C: &str = r#"
+__attribute__((noinline)) int only_in_other(int x) { return x - 1; }
+int main(void) { int s = 0; for (int i = 0; i < 7; i++) s += only_in_other(i); return s == 14 ? 0 : 1; }
+"#;
+
+fn programs(pie: bool) -> (PathBuf, PathBuf) {
+    let flags: &[&str] = if pie {
+        &["-O0", "-finstrument-functions"]
+    } else {
+        &["-O0", "-finstrument-functions", "-no-pie"]
+    };
+    let suffix = if pie { "pie" } else { "nopie" };
+    (
+        build(&format!("forker_{suffix}"), FORKER_C, flags),
+        build(&format!("other_{suffix}"), OTHER_C, flags),
+    )
+}
+
+/// One process of a session: its pid, calls by name, and whether it was followed.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    calls: BTreeMap<String, u64>,
+    followed: bool,
+    not_written: u64,
+}
+
+/// Records `forker <args>` and reads back every process (each checked: nested, balanced).
+fn record(extra: &[&str], forker: &Path, args: &[&str]) -> (tempfile::TempDir, PathBuf, Vec<Proc>) {
+    let tmp = output_dir();
+    let mut argv = vec!["spawn", "--output", tmp.path().to_str().unwrap()];
+    argv.extend_from_slice(extra);
+    argv.push(forker.to_str().unwrap());
+    argv.push("--");
+    argv.extend_from_slice(args);
+    let result = run(&argv);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(!err.contains("have no names"), "{err}");
+    let session = session_dir(tmp.path()).parent().unwrap().to_path_buf();
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir(&session).unwrap() {
+        let dir = entry.unwrap().path();
+        let (s, traces) = check_session(&dir);
+        let mut calls = BTreeMap::new();
+        for t in traces {
+            for (name, n) in t.by_name {
+                assert!(!name.starts_with("0x"), "unnamed {name} in {dir:?}");
+                *calls.entry(name).or_default() += n;
+            }
+        }
+        let a = &s.manifest.accounting.index;
+        assert!(a.balanced(), "{dir:?}: {a:?}");
+        procs.push(Proc {
+            pid: s.manifest.target_pid,
+            calls,
+            followed: s.manifest.followed_from.is_some(),
+            not_written: a.dropped.other.get("not_written").copied().unwrap_or(0),
+        });
+        assert_eq!(a.dropped.total(), 0, "{dir:?}: nothing dropped: {a:?}");
+    }
+    procs.sort_by_key(|p| (p.followed, p.pid));
+    (tmp, session, procs)
+}
+
+fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+#[test]
+fn fork__three_children_without_exec__then_each_its_own_directory_with_exact_counts() {
+    let (forker, _) = programs(true);
+    let (_tmp, _, procs) = record(&[], &forker, &["fork", "3"]);
+    assert_eq!(procs.len(), 4, "{procs:?}");
+    assert!(!procs[0].followed);
+    assert_eq!(procs[0].calls, calls(&[("main", 1), ("parent_leaf", 11)]));
+    for child in &procs[1..] {
+        assert!(child.followed);
+        assert_eq!(child.calls, calls(&[("child_work", 5)]), "{child:?}");
+    }
+}
+
+fn fork_and_exec(pie: bool) {
+    let (forker, other) = programs(pie);
+    let (_tmp, _, procs) = record(&[], &forker, &["exec", "2", other.to_str().unwrap()]);
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    assert_eq!(procs[0].calls, calls(&[("main", 1), ("parent_leaf", 11)]));
+    for child in &procs[1..] {
+        assert_eq!(
+            child.calls,
+            calls(&[("main", 1), ("only_in_other", 7)]),
+            "the exec'd program under its own names: {child:?}"
+        );
+        assert_eq!(child.not_written, 0);
+    }
+}
+
+#[test]
+fn fork_exec__pie__then_the_child_has_the_other_programs_names_and_counts() {
+    fork_and_exec(true);
+}
+
+#[test]
+fn fork_exec__no_pie_same_addresses__then_never_the_parents_names() {
+    fork_and_exec(false);
+}
+
+fn exec_in_place(pie: bool) {
+    let (forker, other) = programs(pie);
+    for _ in 0..3 {
+        let (_tmp, _, procs) = record(&[], &forker, &["inplace", "0", other.to_str().unwrap()]);
+        assert_eq!(procs.len(), 1, "{procs:?}");
+        assert_eq!(
+            procs[0].calls,
+            calls(&[("main", 2), ("parent_leaf", 10), ("only_in_other", 7)]),
+            "both images in the process's directory, each under its names"
+        );
+        assert_eq!(procs[0].not_written, 0);
+    }
+}
+
+#[test]
+fn exec_in_place__pie__then_both_images_counted_and_named() {
+    exec_in_place(true);
+}
+
+#[test]
+fn exec_in_place__no_pie__then_both_images_counted_and_named() {
+    exec_in_place(false);
+}
+
+#[test]
+fn fork__200_short_children__then_every_call_of_every_child_counted() {
+    let _heavy = heavy();
+    let (forker, _) = programs(true);
+    let (_tmp, _, procs) = record(&[], &forker, &["fork", "200"]);
+    assert_eq!(procs.len(), 201);
+    assert_eq!(procs[0].calls, calls(&[("main", 1), ("parent_leaf", 11)]));
+    for child in &procs[1..] {
+        assert_eq!(child.calls, calls(&[("child_work", 5)]), "{child:?}");
+    }
+}
+
+#[test]
+fn no_follow__fork_and_exec__then_only_the_target_is_recorded_and_silently() {
+    let (forker, other) = programs(true);
+    let tmp = output_dir();
+    let result = run(&[
+        "spawn",
+        "--no-follow",
+        "--output",
+        tmp.path().to_str().unwrap(),
+        forker.to_str().unwrap(),
+        "--",
+        "exec",
+        "2",
+        other.to_str().unwrap(),
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(0), "{err}");
+    assert!(!err.contains("tracer agent"), "children are silent: {err}");
+    let session = session_dir(tmp.path()).parent().unwrap().to_path_buf();
+    assert_eq!(std::fs::read_dir(&session).unwrap().count(), 1);
+    let (s, traces) = check_session(&session_dir(tmp.path()));
+    assert_eq!(s.manifest.accounting.index.attempted, 24);
+    assert_eq!(
+        traces[0].by_name,
+        calls(&[("main", 1), ("parent_leaf", 11)])
+    );
+}
+
+#[test]
+fn readers__session_directory__then_every_process_covered() {
+    let (forker, other) = programs(true);
+    let (_tmp, session, procs) = record(&[], &forker, &["exec", "2", other.to_str().unwrap()]);
+    let s = session.to_str().unwrap();
+    let text = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for p in &procs {
+        let header = format!("# process {} ", p.pid);
+        assert!(text(&["replay", s]).contains(&header), "replay: {header}");
+        assert!(text(&["report", s]).contains(&header), "report: {header}");
+        assert!(text(&["info", s]).contains(&format!("Process id    {}", p.pid)));
+    }
+    let report = text(&["report", s]);
+    assert_eq!(report.matches("only_in_other").count(), 2, "{report}");
+    let json = tempfile::NamedTempFile::new().unwrap();
+    text(&["export", s, "-o", json.path().to_str().unwrap()]);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let pids: Vec<u64> = doc["metadata"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3);
+    assert_eq!(pids[0], u64::from(procs[0].pid), "the target first");
+    let complete = doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .count();
+    assert_eq!(complete, 12 + 2 * 8);
+    // A pid directory alone still reads as before.
+    let one = format!("{s}/pid_{}", procs[1].pid);
+    assert!(!text(&["replay", &one]).contains("# process"));
+}
