@@ -20,7 +20,14 @@ fn main() {
     let release = env("PROFILE") == "release";
     let target_dir = out.join("agent-target");
 
-    for dir in ["agent", "registry", "ring", "event", "retstack"] {
+    for dir in [
+        "agent",
+        "registry",
+        "ring",
+        "event",
+        "retstack",
+        "patchsite",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(

@@ -71,7 +71,7 @@ pub unsafe extern "C" fn tracer_agent_attach(path: *const c_char) -> c_int {
     // SAFETY: this thread's errno (the lookups below may set it).
     let errno = unsafe { *libc::__errno_location() };
     dlopen::prepare();
-    let hooks = got::run(got::Pass::Attach);
+    let hooks = got::run(got::Pass::Attach) + crate::patch::apply(generation).patched;
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
     hooks as c_int

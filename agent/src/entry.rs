@@ -95,6 +95,13 @@ entry_hook!(
     __fentry__, slot = "lea rdi, [r11 + 8]", entry = fentry_entry
 );
 
+entry_hook!(
+    /// What a patched `-fpatchable-function-entry` sled calls (through its object's landing, see
+    /// `patch`): like `__fentry__`, before the function's frame exists, but at the sled's end, so
+    /// its id is the address after the sled, inside the function (as `mcount`'s).
+    tracer_patch_entry, slot = "lea rdi, [r11 + 8]", entry = mcount_entry
+);
+
 retstack::return_trampoline!(
     /// Where a hooked function returns to: records the return and goes on to the real caller.
     tracer_return_hook => on_return

@@ -208,6 +208,7 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
         st.stop_seen = true;
         // Attach mode: the first thread to see the stop puts the program's hooks back.
         crate::attach::restore_hooks(st.agent);
+        crate::patch::restore(st.agent.generation);
         step_aside();
     } else if st.settle_pauses < MAX_SETTLE_PAUSES && st.writer.stop_settling() {
         // The tracer still waits for threads preempted inside a write: leave them the CPU.

@@ -61,6 +61,7 @@ mod attach;
 pub(crate) mod entry;
 mod hook;
 mod modules;
+mod patch;
 mod thread;
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -217,6 +218,14 @@ fn build() -> Result<Agent, String> {
     let agent = build_agent(region, 1)?;
     // Spawn: the constructor runs before the program starts threads, so registering here is cheap.
     register_now(&agent.reg);
+    let sleds = patch::apply(agent.generation);
+    if sleds.skipped > 0 {
+        say(&format!(
+            "{} patchable function entries left unpatched (their calls are not recorded): an \
+             unknown NOP form, or code that cannot be made writable",
+            sleds.skipped
+        ));
+    }
     Ok(agent)
 }
 

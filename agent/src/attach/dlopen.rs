@@ -135,6 +135,7 @@ extern "C" fn loaded(handle: *mut c_void) {
     if got::redirected() {
         got::run(Pass::Loaded);
     }
+    crate::patch::after_dlopen();
     // The new objects go into the module log, so their functions get names.
     crate::modules::after_dlopen();
     // SAFETY: as above.

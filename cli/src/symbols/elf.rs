@@ -120,8 +120,9 @@ pub(super) struct ElfObject {
     pub interpreter: Option<String>,
     /// GNU build id, lowercase hex; empty if absent.
     pub build_id: String,
-    /// `.dynsym` has an undefined `__cyg_profile_func_enter`: the object is instrumented and its
-    /// calls go through the dynamic linker, so a preloaded agent receives them.
+    /// `.dynsym` has an undefined entry hook (its calls go through the dynamic linker, so a
+    /// preloaded agent receives them), or the object lists patchable function entries (which
+    /// the agent patches): the object is instrumented.
     pub imports_hook: bool,
     /// Any symbol table names `__cyg_profile_func_enter` (defined or not): instrumented code is
     /// present even if the hook is linked in statically.
@@ -205,6 +206,13 @@ pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, Sy
     let sections = header
         .sections(endian, data)
         .map_err(|e| malformed(path, &e.to_string()))?;
+    if sections
+        .section_by_name(endian, patchsite::SECTION)
+        .is_some()
+    {
+        out.imports_hook = true;
+        out.mentions_hook = true;
+    }
     let dynsym = table(path, &sections, endian, data, elf::SHT_DYNSYM)?;
     if let Some((syms, strings)) = &dynsym {
         for (index, sym) in syms.iter().enumerate() {

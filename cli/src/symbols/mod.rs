@@ -584,8 +584,9 @@ pub enum ExeKind {
 }
 
 /// The build modes the tracer records, as the fix in its messages.
-pub const BUILD_MODES: &str = "`-finstrument-functions`, `-pg` or `-pg -mfentry` (gcc/clang), \
-                               or `-Z instrument-mcount` (Rust nightly)";
+pub const BUILD_MODES: &str = "`-finstrument-functions`, `-pg`, `-pg -mfentry` or \
+                               `-fpatchable-function-entry=5` (gcc/clang), or \
+                               `-Z instrument-mcount` (Rust nightly)";
 
 impl ExeInfo {
     /// Whether the agent can record this program's calls: a dynamically linked x86-64 executable
