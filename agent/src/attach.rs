@@ -11,7 +11,7 @@
 //! speed. A later attach reuses the loaded agent with a new region (a new generation).
 
 mod dlopen;
-mod got;
+pub(crate) mod got;
 
 use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};

@@ -1,7 +1,9 @@
 //! The agent: the library loaded into the traced process (`LD_PRELOAD=libagent.so`). It exports
 //! the `-finstrument-functions` hooks `__cyg_profile_func_enter/exit` and the entry-only hooks of
 //! `-pg` / `-pg -mfentry` builds (`mcount`, `_mcount`, `__fentry__`: the return is intercepted
-//! through a per-thread shadow stack, the `retstack` crate; see `entry`), maps the tracer's region
+//! through a per-thread shadow stack, the `retstack` crate; see `entry`), patches the NOP sleds of
+//! `-fpatchable-function-entry` builds into calls of the same entry path while it records (see
+//! `patch`), maps the tracer's region
 //! (the `registry` crate), registers each thread lazily on its first event and writes every call
 //! and return into that thread's lanes: a 32-byte ATF index event (already in its on-disk form,
 //! timestamp in `CLOCK_BOOTTIME` nanoseconds) and, when the region enables it, an ATF detail

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 
 use patchsite::{Kind, Sled};
 
+use crate::attach::got::Object as Loaded;
+
 const PAGE: usize = 4096;
 
 /// Everything the agent patched or prepared, per object.
@@ -145,7 +147,7 @@ fn prepare(o: &Loaded<'_>, hook: usize) -> Prepared {
     let mut sites = Vec::with_capacity(entries.len());
     let mut skipped = 0;
     for start in entries {
-        let Some(exec) = o.exec_segment(start) else {
+        let Some(exec) = exec_segment(o, start) else {
             skipped += 1;
             continue;
         };
@@ -207,7 +209,7 @@ fn usable(s: &Sled, start: usize) -> bool {
 
 /// The run-time addresses of an object's sleds, read from the section its file lists.
 fn sled_entries(o: &Loaded<'_>) -> Option<Vec<usize>> {
-    let path = o.path()?;
+    let path = path(o)?;
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -237,7 +239,7 @@ fn sled_entries(o: &Loaded<'_>) -> Option<Vec<usize>> {
         .filter(|&&w| w != 0)
         .map(|&w| {
             let w = w as usize;
-            if o.exec_segment(w).is_some() {
+            if exec_segment(o, w).is_some() {
                 w
             } else {
                 o.base.wrapping_add(w)
@@ -393,76 +395,35 @@ fn sync_cores() {
     }
 }
 
-/// A loaded object, as `dl_iterate_phdr` reports it (valid during the callback).
-struct Loaded<'a> {
-    base: usize,
-    name: usize,
-    phdrs: &'a [libc::Elf64_Phdr],
+/// The executable segment of `o` holding `address`.
+fn exec_segment(o: &Loaded<'_>, address: usize) -> Option<(usize, usize)> {
+    o.loads()
+        .find(|&(lo, hi, f)| f & libc::PF_X != 0 && (lo..hi).contains(&address))
+        .map(|(lo, hi, _)| (lo, hi))
 }
 
-impl Loaded<'_> {
-    fn loads(&self) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
-        self.phdrs
-            .iter()
-            .filter(|p| p.p_type == libc::PT_LOAD)
-            .map(|p| {
-                let lo = self.base.wrapping_add(p.p_vaddr as usize);
-                (lo, lo.wrapping_add(p.p_memsz as usize), p.p_flags)
-            })
+/// The file to read the sections of `o` from: the loader's name, or the executable's.
+fn path(o: &Loaded<'_>) -> Option<std::ffi::CString> {
+    // SAFETY: the loader's NUL-terminated name of the object (valid during the callback).
+    let name = (o.name != 0)
+        .then(|| unsafe { core::ffi::CStr::from_ptr(o.name as *const core::ffi::c_char) })
+        .map(|n| n.to_bytes())
+        .unwrap_or_default();
+    if name.is_empty() {
+        // The executable (the loader names it "").
+        return Some(c"/proc/self/exe".to_owned());
     }
-
-    /// The executable segment holding `address`.
-    fn exec_segment(&self, address: usize) -> Option<(usize, usize)> {
-        self.loads()
-            .find(|&(lo, hi, f)| f & libc::PF_X != 0 && (lo..hi).contains(&address))
-            .map(|(lo, hi, _)| (lo, hi))
+    if !name.contains(&b'/') {
+        return None; // the vDSO and the like: no file
     }
-
-    /// The file to read its sections from: the loader's name, or the executable's.
-    fn path(&self) -> Option<std::ffi::CString> {
-        // SAFETY: the loader's NUL-terminated name of the object (valid during the callback).
-        let name = (self.name != 0)
-            .then(|| unsafe { core::ffi::CStr::from_ptr(self.name as *const core::ffi::c_char) })
-            .map(|n| n.to_bytes())
-            .unwrap_or_default();
-        if name.is_empty() {
-            // The executable (the loader names it "").
-            return Some(c"/proc/self/exe".to_owned());
-        }
-        if !name.starts_with(b"/") && !name.contains(&b'/') {
-            return None; // the vDSO and the like: no file
-        }
-        std::ffi::CString::new(name).ok()
-    }
+    std::ffi::CString::new(name).ok()
 }
 
-/// Calls `f` with each object of the agent's namespace, inside `dl_iterate_phdr` (the loader's
-/// list locked: no object is unloaded meanwhile).
+/// Calls `f` with each loaded object, inside `dl_iterate_phdr` (the loader's list locked: no
+/// object is unloaded meanwhile).
 fn each_object(mut f: impl FnMut(Loaded<'_>)) {
-    let mut f: &mut dyn FnMut(Loaded<'_>) = &mut f;
-    let data = (&mut f as *mut &mut dyn FnMut(Loaded<'_>)).cast::<c_void>();
-    // SAFETY: `visit` only reads the loader's program headers and calls `f`, which outlives the
-    // call.
-    unsafe { libc::dl_iterate_phdr(Some(visit), data) };
-}
-
-unsafe extern "C" fn visit(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
-    // SAFETY: the loader passes a valid info, and `data` is `each_object`'s closure.
-    let (info, f) = unsafe { (&*info, &mut *data.cast::<&mut dyn FnMut(Loaded<'_>)>()) };
-    let phdrs = if info.dlpi_phdr.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: the loader's program headers, `dlpi_phnum` of them.
-        unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
-    };
-    f(Loaded {
-        base: info.dlpi_addr as usize,
-        name: info.dlpi_name as usize,
-        phdrs,
+    crate::attach::got::each_object(|o| {
+        f(o);
+        true
     });
-    0
 }

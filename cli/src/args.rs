@@ -16,9 +16,10 @@ pub const MAX_STACK_BYTES: u16 = 512;
 
 /// A lossless function-call tracer for Linux.
 ///
-/// Records every call and return of a program built with -finstrument-functions, -pg or
-/// -pg -mfentry (Rust: nightly -Z instrument-mcount) into per-thread trace files, and reads them
-/// back as a call tree, a per-function report or a Perfetto timeline.
+/// Records every call and return of a program built with -finstrument-functions, -pg,
+/// -pg -mfentry or -fpatchable-function-entry (Rust: nightly -Z instrument-mcount or
+/// -Z patchable-function-entry) into per-thread trace files, and reads them back as a call tree,
+/// a per-function report or a Perfetto timeline.
 #[derive(Debug, Parser)]
 #[command(name = "tracer", version, about, long_about, propagate_version = true)]
 pub struct Cli {

@@ -1,7 +1,8 @@
 //! Programs built for call tracing other than with `-finstrument-functions`: `-pg` (`mcount`
-//! after the prologue) and `-pg -mfentry` (`__fentry__` first), whose returns the agent
-//! intercepts, and a `-finstrument-functions` library inside a `-pg` executable. Each is traced
-//! by a plain `tracer spawn`, with exact counts in every thread and properly nested returns.
+//! after the prologue), `-pg -mfentry` (`__fentry__` first) and `-fpatchable-function-entry`
+//! (NOP sleds the agent patches), whose returns the agent intercepts, and libraries of another
+//! mode inside a `-pg` executable. Each is traced by a plain `tracer spawn` and by `tracer
+//! attach`, with exact counts in every thread and properly nested returns.
 
 #![allow(non_snake_case)]
 
@@ -13,7 +14,9 @@ use common::*;
 /// `deep(depth)` (depth + 1 calls), `jump` (a `longjmp` out of 10 hooked frames, twice), `sig` (a
 /// signal handler running on an alternate stack calls `fib(5)`, 15 calls), `fork` (forks 6 hooked
 /// frames deep; the child returns through 5 of them and exits), `pexit` (`pthread_exit` 6 hooked
-/// frames deep) or `exit` (`exit` 6 hooked frames deep, after printing `done`).
+/// frames deep), `exit` (`exit` 6 hooked frames deep, after printing `done`) or `sigjump` (a
+/// signal raised 10 hooked frames deep runs a handler that `siglongjmp`s out from 4 hooked frames
+/// of its own, twice).
 const REC_C: &str = r#"
 #include <pthread.h>
 #include <setjmp.h>
@@ -34,6 +37,12 @@ void dive(int n) { if (n == 0) longjmp(where, 1); dive(n - 1); sink++; }
 void jump(void) { if (setjmp(where) == 0) dive(9); }
 
 void on_signal(int s) { (void)s; sink += fib(5); }
+
+static __thread sigjmp_buf sigwhere;
+void escape(int n) { if (n == 0) siglongjmp(sigwhere, 1); escape(n - 1); sink++; }
+void on_usr2(int s) { (void)s; escape(3); }
+void sdive(int n) { if (n == 0) raise(SIGUSR2); else sdive(n - 1); sink++; }
+void sjump(void) { if (sigsetjmp(sigwhere, 1) == 0) sdive(9); }
 
 /* fork: the child returns through the parent's hooked frames, then exits; the parent checks. */
 #include <sys/wait.h>
@@ -64,6 +73,12 @@ void *worker(void *arg) {
     if (strcmp(mode, "fork") == 0) {
         if (forker(5) < 0) _exit(0); /* the child, back through five hooked frames */
         if (!child_ok) { printf("child failed\n"); exit(1); }
+    }
+    if (strcmp(mode, "sigjump") == 0) {
+        struct sigaction sa = { .sa_handler = on_usr2 };
+        sigaction(SIGUSR2, &sa, NULL);
+        sjump();
+        sjump();
     }
     if (strcmp(mode, "pexit") == 0) sink += leaver(5, 0);
     if (strcmp(mode, "exit") == 0) sink += leaver(5, 1);
@@ -145,6 +160,25 @@ fn fentry() -> std::path::PathBuf {
         .clone()
 }
 
+fn patchable() -> std::path::PathBuf {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| build("rec_pfe", REC_C, &["-O0", "-fpatchable-function-entry=5"]))
+        .clone()
+}
+
+/// Sleds with NOPs before the entry too (`N,M`): the call goes at the sled's end.
+fn patchable_before_entry() -> std::path::PathBuf {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        build(
+            "rec_pfe_16_8",
+            REC_C,
+            &["-O0", "-fpatchable-function-entry=16,8"],
+        )
+    })
+    .clone()
+}
+
 /// fib(15) makes 1973 calls; the worker's own call makes one more.
 const FIB15: u64 = 1973;
 
@@ -166,6 +200,50 @@ fn mfentry__1_thread__then_exact_counts() {
 #[test]
 fn mfentry__64_threads__then_exact_counts_in_every_thread() {
     check_workers(&fentry(), 64, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn patchable__1_thread__then_exact_counts() {
+    check_workers(&patchable(), 1, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn patchable__64_threads__then_exact_counts_in_every_thread() {
+    check_workers(&patchable(), 64, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn patchable_16_8__64_threads__then_exact_counts_in_every_thread() {
+    check_workers(&patchable_before_entry(), 64, &[], FIB15, FIB15 + 1);
+}
+
+#[test]
+fn patchable__signal_handler_on_an_alternate_stack__then_its_calls_nest_inside() {
+    check_workers(
+        &patchable(),
+        2,
+        &["0", "sig"],
+        FIB15 + 15,
+        1 + FIB15 + 1 + 15,
+    );
+}
+
+#[test]
+fn pg__siglongjmp_out_of_a_handler_through_hooked_frames__then_skipped_frames_return() {
+    // Each sjump: sjump, sdive x10, on_usr2, escape x4 (the fourth siglongjmps), all popped on
+    // sjump's return.
+    check_workers(&pg(), 2, &["0", "sigjump"], FIB15, 1 + FIB15 + 2 * 16);
+}
+
+#[test]
+fn patchable__siglongjmp_out_of_a_handler_through_hooked_frames__then_skipped_frames_return() {
+    check_workers(
+        &patchable(),
+        2,
+        &["0", "sigjump"],
+        FIB15,
+        1 + FIB15 + 2 * 16,
+    );
 }
 
 #[test]
@@ -202,24 +280,24 @@ int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
 int main(void) { int s = 0; for (int i = 0; i < 100; i++) s += lib_entry(i); printf("done %d\n", s); return 0; }
 "#;
 
-#[test]
-fn mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree() {
+/// A library built with `lib_flag` called from a `-pg` executable: one nested tree.
+fn mixed_in_pg(name: &str, lib_flag: &str) {
     let dir = workdir();
     let lib = build(
-        "libmixed.so",
+        &format!("lib{name}.so"),
         LIB_C,
-        &["-O0", "-shared", "-fPIC", "-finstrument-functions"],
+        &["-O0", "-shared", "-fPIC", lib_flag],
     );
     assert!(lib.exists());
     let exe = build(
-        "mixed",
+        name,
         MIXED_C,
         &[
             "-O0",
             "-pg",
             &format!("-L{}", dir.display()),
             "-Wl,--no-as-needed",
-            "-lmixed",
+            &format!("-l{name}"),
             &format!("-Wl,-rpath,{}", dir.display()),
             "-rdynamic",
         ],
@@ -228,6 +306,16 @@ fn mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree() {
     assert_eq!(traces.len(), 1);
     // main; 100 x (lib_entry, lib_leaf, fib(3) = 5 calls).
     assert_eq!(traces[0].calls, 1 + 100 * 7, "{:?}", traces[0]);
+}
+
+#[test]
+fn mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree() {
+    mixed_in_pg("mixed", "-finstrument-functions");
+}
+
+#[test]
+fn mixed__patchable_library_in_a_pg_executable__then_one_nested_tree() {
+    mixed_in_pg("mixedpfe", "-fpatchable-function-entry=5");
 }
 
 /// Optimised builds call the hook at any stack alignment (gcc calls `mcount` right after pushing
@@ -254,6 +342,11 @@ fn pg__O2_build__then_exact_counts_per_function() {
 #[test]
 fn mfentry__O2_build__then_exact_counts_per_function() {
     optimised("app_fentry_o2", &["-O2", "-pg", "-mfentry"]);
+}
+
+#[test]
+fn patchable__O2_build__then_exact_counts_per_function() {
+    optimised("app_pfe_o2", &["-O2", "-fpatchable-function-entry=5"]);
 }
 
 /// `throw <threads>`: each worker, 100 times: `catcher()` calls `thrower(5)`, which recurses to
@@ -395,4 +488,219 @@ fn pg__program_takes_its_own_backtrace__then_it_stops_at_the_first_hooked_frame_
     let (_, traces) = check_session(&session_dir(tmp.path()));
     assert_eq!(traces[0].calls, 3, "main, middle, inner");
     assert_eq!(traces[0].returns, 3);
+}
+
+/// `gate <threads> <file>`: prints `ready`, then calls `wait_gate()` (a 1 ms sleep) until `file`
+/// exists, then starts the workers (each computes `fib(15)`) and exits. Attached to before the
+/// gate opens, a tracer sees every worker's calls from the first.
+const GATE_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static volatile long sink;
+int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+void *worker(void *arg) { (void)arg; sink += fib(15); return NULL; }
+void wait_gate(void) { usleep(1000); }
+
+int main(int argc, char **argv) {
+    long threads = atol(argv[1]);
+    printf("ready\n");
+    fflush(stdout);
+    while (access(argv[2], F_OK) != 0) wait_gate();
+    pthread_t t[256];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, NULL);
+    for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    printf("done %ld\n", sink);
+    return 0;
+}
+"#;
+
+/// Attaches to a [`GATE_C`] program built with `flags`, opens the gate once the tracer says it
+/// is attached, and records until the program exits: every worker made exactly `fib(15)`'s calls
+/// and its own, all returned.
+fn attach_exact(name: &str, flags: &[&str], threads: u32) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let exe = build(name, GATE_C, flags);
+    let dir = output_dir();
+    let gate = dir.path().join("gate");
+    let mut target = std::process::Command::new(&exe)
+        .arg(threads.to_string())
+        .arg(&gate)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the target starts");
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let traces = output_dir();
+    let mut tracer = tracer()
+        .args(["attach", "-o"])
+        .arg(traces.path())
+        .arg(target.id().to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tracer runs");
+    let mut err = BufReader::new(tracer.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap() == 0 {
+            let _ = target.kill();
+            panic!("the tracer ended before attaching: {said}");
+        }
+        said.push_str(&l);
+        if l.contains("attached to pid") {
+            break;
+        }
+    }
+    std::fs::write(&gate, b"").unwrap();
+    err.read_to_string(&mut said).unwrap();
+    let status = tracer.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{said}");
+    assert!(target.wait().unwrap().success());
+    let (session, traces) = check_session_with(&session_dir(traces.path()), true);
+    let main_tid = session.manifest.target_pid;
+    let workers: Vec<_> = traces.iter().filter(|t| t.tid != main_tid).collect();
+    assert_eq!(
+        workers.len(),
+        threads as usize,
+        "one trace per worker: {said}"
+    );
+    for t in workers {
+        assert_eq!(t.calls, FIB15 + 1, "thread {}: calls", t.tid);
+        assert_eq!(t.returns, t.calls, "thread {}: returns", t.tid);
+        let by = calls_by_id(&session, t.tid);
+        assert_eq!(by.values().max(), Some(&FIB15), "thread {}: {by:?}", t.tid);
+    }
+}
+
+#[test]
+fn attach__patchable_1_thread__then_exact_counts() {
+    attach_exact(
+        "gate_pfe_1",
+        &["-O0", "-pthread", "-fpatchable-function-entry=5"],
+        1,
+    );
+}
+
+#[test]
+fn attach__patchable_64_threads__then_exact_counts_in_every_thread() {
+    attach_exact(
+        "gate_pfe_64",
+        &["-O0", "-pthread", "-fpatchable-function-entry=5"],
+        64,
+    );
+}
+
+#[test]
+fn attach__pg_64_threads__then_exact_counts_in_every_thread() {
+    attach_exact("gate_pg", &["-O0", "-pthread", "-pg"], 64);
+}
+
+#[test]
+fn attach__mfentry_64_threads__then_exact_counts_in_every_thread() {
+    attach_exact("gate_fentry", &["-O0", "-pthread", "-pg", "-mfentry"], 64);
+}
+
+/// `spin`: two threads call `top()` (which calls `mid()` and `leaf()`) for ever, printing `ready`.
+const SPIN_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static volatile long sink;
+void leaf(long i) { sink += i; }
+void mid(long i) { leaf(i); leaf(i + 1); }
+void top(long i) { mid(i); }
+void *worker(void *arg) { (void)arg; for (long i = 0;; i++) { top(i); if (i % 64 == 0) usleep(50); } }
+int main(void) {
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, worker, NULL);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+/// The bytes of `pid`'s executable mappings of `exe` against the file's.
+fn code_matches_file(pid: u32, exe: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let file = std::fs::read(exe).unwrap();
+    let mut checked = 0;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[1].contains('x') || std::path::Path::new(f[5]) != exe {
+            continue;
+        }
+        let (lo, hi) = f[0].split_once('-').unwrap();
+        let (lo, hi) = (
+            u64::from_str_radix(lo, 16).unwrap(),
+            u64::from_str_radix(hi, 16).unwrap(),
+        );
+        let offset = u64::from_str_radix(f[2], 16).unwrap() as usize;
+        let mut code = vec![0u8; (hi - lo) as usize];
+        mem.read_exact_at(&mut code, lo).unwrap();
+        let end = (offset + code.len()).min(file.len());
+        if code[..end - offset] != file[offset..end] {
+            return false;
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "no code mapping of {} in {maps}",
+        exe.display()
+    );
+    true
+}
+
+#[test]
+fn attach__patchable_program_3_rounds__then_sleds_patched_while_attached_and_code_restored_after() {
+    use std::io::{BufRead, BufReader};
+    let exe = build(
+        "spin_pfe",
+        SPIN_C,
+        &["-O0", "-pthread", "-fpatchable-function-entry=5"],
+    );
+    let dir = output_dir();
+    let mut target = std::process::Command::new(&exe)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the target starts");
+    let stdout = target.stdout.take().unwrap();
+    let pid = target.id();
+    // Killed on drop, if an assertion fails.
+    let mut target = Background(Some(target));
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(code_matches_file(pid, &exe), "patched before any attach");
+    for round in 0..3 {
+        let out = output_dir();
+        let result = tracer()
+            .args(["attach", "--duration", "0.3", "-o"])
+            .arg(out.path())
+            .arg(pid.to_string())
+            .output()
+            .unwrap();
+        let err = stderr(&result);
+        assert_eq!(result.status.code(), Some(0), "round {round}: {err}");
+        let session = session_dir(out.path());
+        check_session_with(&session, true);
+        let report = run(&["report", session.to_str().unwrap()]);
+        let report = String::from_utf8_lossy(&report.stdout);
+        for name in ["top", "mid", "leaf"] {
+            let line = report.lines().find(|l| l.ends_with(&format!(" {name}")));
+            assert!(line.is_some(), "round {round}: {name} recorded: {report}");
+        }
+        assert!(code_matches_file(pid, &exe), "round {round}: code restored");
+        let alive = target.0.as_mut().unwrap().try_wait().unwrap().is_none();
+        assert!(alive, "round {round}: the target died");
+    }
 }

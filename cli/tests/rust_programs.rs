@@ -1,5 +1,5 @@
-//! Rust programs built with nightly `-Z instrument-mcount`: exact counts of a recursion in every
-//! thread, demangled names (v0 and legacy mangling), and panics caught with `catch_unwind` through
+//! Rust programs built with nightly `-Z instrument-mcount` or `-Z patchable-function-entry`:
+//! exact counts of a recursion in every thread, demangled names (v0 and legacy mangling), and panics caught with `catch_unwind` through
 //! hooked frames. Skipped, saying why, when no nightly toolchain is installed.
 #![allow(non_snake_case)]
 
@@ -27,17 +27,27 @@ fn main() {
 }
 "#;
 
-/// Builds FIB_RS with nightly and `mangling`, or says why not.
-fn build_rust(mangling: &str) -> Option<std::path::PathBuf> {
+/// The instrumentation flags.
+const MCOUNT: &str = "instrument-mcount";
+const PATCHABLE: &str = "patchable-function-entry=5";
+
+/// Builds FIB_RS with nightly, `-Z <instrument>` and `mangling`, or says why not.
+fn build_rust(instrument: &str, mangling: &str) -> Option<std::path::PathBuf> {
     let dir = workdir();
-    let src = dir.join("fib.rs");
+    let stem = format!(
+        "fib_{}_{mangling}",
+        instrument.split('-').next().unwrap_or("")
+    );
+    let src = dir.join(format!("{stem}.rs"));
     std::fs::write(&src, FIB_RS).unwrap();
-    let exe = dir.join(format!("fib_{mangling}"));
+    let exe = dir.join(&stem);
     let out = std::process::Command::new("rustc")
         .args([
             "+nightly",
+            "--crate-name",
+            "fib",
             "-Z",
-            "instrument-mcount",
+            instrument,
             "-Z",
             "unstable-options",
         ])
@@ -65,8 +75,8 @@ fn build_rust(mangling: &str) -> Option<std::path::PathBuf> {
     }
 }
 
-fn check(mangling: &str) {
-    let Some(exe) = build_rust(mangling) else {
+fn check(instrument: &str, mangling: &str) {
+    let Some(exe) = build_rust(instrument, mangling) else {
         return;
     };
     let (out, tmp) = spawn_in_fresh_dir(&exe, &["4"]);
@@ -98,10 +108,20 @@ fn check(mangling: &str) {
 
 #[test]
 fn rust__instrument_mcount_v0_names__then_exact_counts_names_and_caught_panics() {
-    check("v0");
+    check(MCOUNT, "v0");
 }
 
 #[test]
 fn rust__instrument_mcount_legacy_names__then_exact_counts_names_and_caught_panics() {
-    check("legacy");
+    check(MCOUNT, "legacy");
+}
+
+#[test]
+fn rust__patchable_function_entry_v0_names__then_exact_counts_names_and_caught_panics() {
+    check(PATCHABLE, "v0");
+}
+
+#[test]
+fn rust__patchable_function_entry_legacy_names__then_exact_counts_names_and_caught_panics() {
+    check(PATCHABLE, "legacy");
 }

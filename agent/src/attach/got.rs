@@ -623,13 +623,13 @@ struct Entry {
 }
 
 /// A loaded object as `dl_iterate_phdr` reports it (valid during the callback).
-struct Object<'a> {
-    base: usize,
-    phdrs: &'a [libc::Elf64_Phdr],
+pub(crate) struct Object<'a> {
+    pub(crate) base: usize,
+    pub(crate) phdrs: &'a [libc::Elf64_Phdr],
     /// The loader's count of objects loaded so far.
     adds: u64,
     /// The address of its name (the loader's copy).
-    name: usize,
+    pub(crate) name: usize,
 }
 
 impl Object<'_> {
@@ -649,7 +649,7 @@ impl Object<'_> {
     }
 
     /// Run-time ranges of the `PT_LOAD` segments, with their flags.
-    fn loads(&self) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
+    pub(crate) fn loads(&self) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
         self.phdrs
             .iter()
             .filter(|p| p.p_type == libc::PT_LOAD)
@@ -766,7 +766,7 @@ impl Object<'_> {
 
 /// Calls `f` with each object of the agent's namespace, inside `dl_iterate_phdr` (the loader's
 /// list locked), until it returns `false`.
-fn each_object(mut f: impl FnMut(Object<'_>) -> bool) {
+pub(crate) fn each_object(mut f: impl FnMut(Object<'_>) -> bool) {
     let mut f: &mut dyn FnMut(Object<'_>) -> bool = &mut f;
     let data = (&mut f as *mut &mut dyn FnMut(Object<'_>) -> bool).cast::<c_void>();
     // SAFETY: `visit` only reads the loader's program headers and calls `f`, which outlives the

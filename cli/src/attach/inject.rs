@@ -115,11 +115,14 @@ pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
         .write(true)
         .open(format!("/proc/{pid}/mem"))?;
     let _sigchld = SigchldBlocked::new();
+    let mut hooks = syms.hooks.clone();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    hooks.extend(super::sleds::safe_points(pid, &maps, &mem));
     let mut tracer = Tracer {
         pid,
         tids: Vec::new(),
         mem,
-        bps: syms.hooks.iter().map(|&at| (at, 0)).collect(),
+        bps: hooks.iter().map(|&at| (at, 0)).collect(),
         bp_active: false,
     };
     let result = tracer.run(&syms, agent, region_path);
@@ -758,8 +761,8 @@ fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
     })
 }
 
-/// The entry-only hooks (`-pg`, `-pg -mfentry`) a thread may be stopped at.
-const ENTRY_ONLY_HOOKS: [&str; 2] = ["mcount", "__fentry__"];
+/// The entry-only hooks (`-pg`, `-pg -mfentry`, patched sleds) a thread may be stopped at.
+const ENTRY_ONLY_HOOKS: [&str; 3] = ["mcount", "__fentry__", "tracer_patch_entry"];
 
 /// Bytes of a function's code compared before calling it at a computed address.
 const CODE_CHECK: u64 = 16;

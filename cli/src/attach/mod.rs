@@ -15,6 +15,7 @@
 //! (the round within which every thread was stopped once).
 
 mod inject;
+mod sleds;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
