@@ -55,7 +55,7 @@ use atf::{
     Accounting, Counts, DetailWindow, Drops, Manifest, SessionLayout, TargetFate, ThreadEntry,
 };
 use registry::{Registry, SlotInfo, SlotState};
-use ring::sync::Backend;
+use ring::Backend;
 use ring::{frames, PoolConsumer, StdBackend};
 
 pub use thread::DrainThread;

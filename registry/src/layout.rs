@@ -12,7 +12,7 @@
 //! assertions on the production ([`StdBackend`]) instantiation: this is the ABI between the tracer
 //! and the agent, which may come from different builds (the version catches that).
 
-use ring::sync::{Backend, StdBackend};
+use modelsync::{Backend, StdBackend};
 use ring::{CachePadded, FullPolicy, PoolConfig, RecordKind, RingPool};
 
 use crate::RegistryError;

@@ -10,13 +10,11 @@
 
 use loom::sync::Arc;
 use loom::thread;
+use modelsync::Loom;
 use ring::HeapRegion;
 use std::time::Duration;
 
 use crate::{Clock, Handshake, LaneConfig, RegionConfig, Registry, RegistryError, SlotState};
-
-ring::model_backend!(pub(crate) Loom, atomic = loom::sync::atomic,
-                     yield_now = loom::thread::yield_now, track = loom::cell::UnsafeCell);
 
 struct Shared {
     region: HeapRegion,

@@ -47,7 +47,7 @@
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use ring::sync::{Atomic, Backend, StdBackend};
+use modelsync::{Atomic, Backend, StdBackend};
 
 use crate::Registry;
 

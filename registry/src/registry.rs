@@ -6,7 +6,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
-use ring::sync::{Atomic, Backend, StdBackend};
+use modelsync::{Atomic, Backend, StdBackend};
 use ring::{CachePadded, RingPool};
 
 use crate::clock::{Clock, ClockSource};

@@ -3,15 +3,18 @@
 //! (the agent inside the traced process) and the consumer (the tracer's drain thread) can be in
 //! different processes.
 //!
-//! This crate owns three things:
+//! This crate owns:
 //! - [`Ring`]: one SPSC ring of fixed-size records (the index lane's 32-byte events) or framed
 //!   variable-size records (the detail lane), with a zero-copy batch read ([`Consumer::read_chunk`]).
 //! - [`RingPool`]: a lane, made of a few rings, an active ring, a submit queue (producer → consumer)
 //!   and a free queue (consumer → producer), with swap-on-full, a [`FullPolicy`] (bounded wait or
 //!   drop-newest, every drop counted) and the consumer's ability to read the committed prefix of the
 //!   active ring.
-//! - [`sync`]: the atomics backend the protocol is generic over, so the same code runs on std
-//!   atomics in production and under loom (this crate's models) or shuttle (the `sim` crate).
+//! - [`channel`]: a ring in this process's heap, split into an owning [`HeapProducer`] and
+//!   [`HeapConsumer`], safe to use without `unsafe`.
+//!
+//! The protocol is generic over a [`modelsync::Backend`], so the same code runs on std atomics in
+//! production ([`StdBackend`]) and under loom (this crate's models) or shuttle (the `sim` crate).
 //!
 //! # The memory-ordering contract
 //!
@@ -39,6 +42,9 @@
 //!
 //! # Example
 //!
+//! In one process, [`channel`] makes a ring in the heap and returns its owning producer and
+//! consumer, with no `unsafe` (see its example). Over memory you provide (a shared mapping):
+//!
 //! ```
 //! use ring::{HeapRegion, RecordKind, Ring, StdBackend};
 //!
@@ -59,11 +65,13 @@
 
 #[cfg(all(test, feature = "loom"))]
 mod models;
+mod owned;
 mod pool;
 mod region;
 mod ring;
-pub mod sync;
 
+pub use modelsync::{Backend, StdBackend};
+pub use owned::{channel, channel_on, HeapConsumer, HeapProducer};
 pub use pool::{
     frames, Chunk, DrainError, DrainStats, Dropped, FullPolicy, PoolConfig, PoolConsumer,
     PoolCounters, PoolProducer, PushError, RingPool, MAX_RINGS, POOL_MAGIC, POOL_VERSION,
@@ -73,7 +81,6 @@ pub use ring::{
     Consumer, Full, Producer, ReadChunk, RecordKind, Records, Reservation, Ring, RingHeader,
     FRAME_HEADER, RING_MAGIC, RING_VERSION,
 };
-pub use sync::StdBackend;
 
 /// Pads and aligns a value to 128 bytes (two cache lines, which also defeats the adjacent-line
 /// prefetcher on x86_64), so the producer's and the consumer's hot fields never share a line.

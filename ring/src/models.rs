@@ -6,13 +6,10 @@
 
 #![allow(non_snake_case)]
 
-use crate::sync::Backend;
 use crate::{FullPolicy, HeapRegion, PoolConfig, RecordKind, Ring, RingPool};
 use loom::sync::Arc;
 use loom::thread;
-
-crate::model_backend!(pub(crate) Loom, atomic = loom::sync::atomic,
-                      yield_now = loom::thread::yield_now, track = loom::cell::UnsafeCell);
+use modelsync::{Backend, Loom};
 
 /// A ring in heap memory shared by the model's threads.
 struct Shared {

@@ -28,8 +28,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crate::ring::{check_memory, Consumer, Full, Producer, RecordKind, Ring};
-use crate::sync::{Atomic, Backend, StdBackend};
 use crate::{CachePadded, RingError};
+use modelsync::{Atomic, Backend, StdBackend};
 
 /// `"RPL1"`: the first four bytes of every pool header.
 pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"RPL1");

@@ -21,8 +21,8 @@ use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use crate::sync::{Atomic, Backend, StdBackend, Track};
 use crate::{CachePadded, RingError};
+use modelsync::{Atomic, Backend, StdBackend, Track};
 
 /// `"RNG1"`: the first four bytes of every ring header.
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"RNG1");

@@ -322,3 +322,64 @@ fn pool__wait_abandoned_by_caller__then_not_written_and_not_counted_as_full() {
     let c = pool.counters();
     assert_eq!((c.accepted, c.dropped_full, c.waits), (4, 0, 1));
 }
+
+#[test]
+fn channel__fixed_records_across_threads__then_all_arrive_in_order() {
+    let (mut tx, mut rx) = ring::channel(256, RecordKind::Fixed(32)).unwrap();
+    assert_eq!(tx.ring().capacity(), 256);
+    let writer = std::thread::spawn(move || {
+        for i in 0u64..10_000 {
+            let mut record = [0u8; 32];
+            record[..8].copy_from_slice(&i.to_le_bytes());
+            while tx.push(&record).is_err() {
+                std::thread::yield_now();
+            }
+        }
+    });
+    let mut record = [0u8; 32];
+    let mut next = 0u64;
+    while next < 10_000 {
+        if rx.pop(&mut record).unwrap() {
+            assert_eq!(u64::from_le_bytes(record[..8].try_into().unwrap()), next);
+            next += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    writer.join().unwrap();
+    assert!(rx.ring().is_empty());
+}
+
+#[test]
+fn channel__consumer_dropped_first__then_producer_keeps_the_memory_and_fills_up() {
+    let (mut tx, rx) = ring::channel(64, RecordKind::Variable).unwrap();
+    drop(rx);
+    let mut written = 0;
+    while tx.push(&[1u8; 8]).is_ok() {
+        written += 1;
+    }
+    assert_eq!(written, 4, "64 bytes hold four framed 8-byte records");
+    assert!(tx.reserve(8).is_none(), "a full ring reserves nothing");
+    tx.mark();
+    assert!(tx.ring().is_marked());
+}
+
+#[test]
+fn channel__bad_capacity__then_error_not_panic() {
+    assert!(ring::channel(100, RecordKind::Variable).is_err());
+    assert!(ring::channel(8, RecordKind::Variable).is_err());
+    assert!(ring::channel(64, RecordKind::Fixed(128)).is_err());
+}
+
+#[test]
+fn channel__reserve_in_place__then_consumer_reads_the_record() {
+    let (mut tx, mut rx) = ring::channel(128, RecordKind::Variable).unwrap();
+    let mut slot = tx.reserve(5).unwrap();
+    slot.as_mut_slice().copy_from_slice(b"hello");
+    slot.commit();
+    let chunk = rx.read_chunk().unwrap();
+    let records: Vec<&[u8]> = chunk.records().map(Result::unwrap).collect();
+    assert_eq!(records, [&b"hello"[..]]);
+    chunk.release_all();
+    assert!(rx.ring().is_empty());
+}

@@ -9,9 +9,9 @@
 //! write, `errno` preserved) and the original handlers come back when the [`SignalGuard`] goes.
 //! This crate knows nothing of rings or files: it drives them through [`Pipeline`].
 //!
-//! The request, wake-up and phase code is generic over a [`sync::Backend`] (atomics, locks, the
-//! wake primitive, the clock): [`StdBackend`] is the default; a model checker runs the same code on
-//! a backend made with [`model_backend!`] (the loom models here, the shuttle simulation in `sim`,
+//! The request, wake-up and phase code is generic over a [`modelsync::Backend`] (atomics, locks,
+//! the wake primitive, the clock): [`StdBackend`] is the default; a model checker runs the same
+//! code on `modelsync::Loom` (the models here) or `modelsync::Shuttle` (the simulation in `sim`,
 //! which calls [`Shutdown::notify_signal`], the handler's body, where a real signal would come).
 //! The signal handler and [`Shutdown::install_signals`] exist on [`StdBackend`] only.
 //!
@@ -47,18 +47,17 @@ mod request;
 mod signal;
 mod state;
 mod summary;
-pub mod sync;
 
 #[cfg(all(test, feature = "loom"))]
-mod loom_models;
+mod models;
 
+pub use modelsync::{Backend, StdBackend};
 pub use phase::{
     Budgets, ForceCause, Phase, PhaseContext, PhaseReport, PhaseStatus, Pipeline, Report, State,
 };
 pub use request::{signal_name, Outcome, Reason, Shutdown};
 pub use signal::{handler_address, SignalGuard, SHUTDOWN_SIGNALS};
 pub use summary::{Statistics, Summary, TargetFate};
-pub use sync::{Backend, StdBackend};
 
 use std::io;
 

@@ -8,8 +8,8 @@
 
 use crate::request::{Reason, Shutdown};
 pub use crate::state::State;
-use crate::sync::{Backend, Clock, StdBackend};
 use crate::Error;
+use modelsync::{Backend, Clock, StdBackend};
 use std::fmt;
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,8 @@
 //! between the two and leave it asleep.
 
 use crate::state::State;
-use crate::sync::{Atomic, Backend, Clock, Monitor, Ordering, StdBackend, Wake};
 use crate::Error;
+use modelsync::{Atomic, Backend, Clock, Monitor, Ordering, StdBackend, Wake};
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -121,21 +121,21 @@ pub(crate) const DUPLICATE_WINDOW_NS: u64 = 100_000_000;
 /// is one atomic word of the backend.
 pub(crate) struct Shared<B: Backend> {
     /// The winning reason, packed; 0 while running.
-    request: B::Atomic,
+    request: B::AtomicU64,
     /// 1 once the manager has begun the phases: from then on a signal escalates.
-    started: B::Atomic,
+    started: B::AtomicU64,
     /// 1 once a second signal arrived during the shutdown (or the owner forced it).
-    force: B::Atomic,
+    force: B::AtomicU64,
     /// Signals seen by the handler, first included.
-    signals: B::Atomic,
+    signals: B::AtomicU64,
     /// Requests that lost to the first one (signals coalesced before the phases began included).
-    ignored: B::Atomic,
+    ignored: B::AtomicU64,
     /// Who sent the first signal ([`Shared::on_signal_from`]'s `sender`; 0 unknown).
-    first_sender: B::Atomic,
+    first_sender: B::AtomicU64,
     /// When the first signal arrived (monotonic nanoseconds).
-    first_at: B::Atomic,
+    first_at: B::AtomicU64,
     /// Current [`State`] as its discriminant (informational, for observers).
-    state: B::Atomic,
+    state: B::AtomicU64,
     /// Text of a [`Reason::Error`]; written under the lock that also covers the winning exchange.
     error: B::Monitor<Option<String>>,
     pub(crate) wake: B::Wake,
@@ -158,14 +158,14 @@ impl<B: Backend> fmt::Debug for Shared<B> {
 impl<B: Backend> Shared<B> {
     fn new() -> Result<Self, Error> {
         Ok(Self {
-            request: B::Atomic::new(0),
-            started: B::Atomic::new(0),
-            force: B::Atomic::new(0),
-            signals: B::Atomic::new(0),
-            ignored: B::Atomic::new(0),
-            first_sender: B::Atomic::new(0),
-            first_at: B::Atomic::new(0),
-            state: B::Atomic::new(State::Running as u64),
+            request: B::AtomicU64::new(0),
+            started: B::AtomicU64::new(0),
+            force: B::AtomicU64::new(0),
+            signals: B::AtomicU64::new(0),
+            ignored: B::AtomicU64::new(0),
+            first_sender: B::AtomicU64::new(0),
+            first_at: B::AtomicU64::new(0),
+            state: B::AtomicU64::new(State::Running as u64),
             error: Monitor::new(None),
             wake: B::Wake::new().map_err(Error::WakeFd)?,
         })
@@ -315,7 +315,7 @@ impl<B: Backend> Shared<B> {
 ///
 /// Generic over the [`Backend`] its atomics, locks, wake-up and clock come from: production uses
 /// [`StdBackend`] (the default, made by [`Shutdown::new`]); a model checker runs the same code on a
-/// backend made with [`model_backend!`](crate::model_backend) ([`Shutdown::on_backend`]).
+/// model backend such as `modelsync::Loom` ([`Shutdown::on_backend`]).
 pub struct Shutdown<B: Backend = StdBackend> {
     pub(crate) shared: Arc<Shared<B>>,
 }

@@ -7,11 +7,14 @@
 //! flight before releasing the state, so a handler never touches freed memory.
 
 use crate::request::{Shared, Shutdown};
-use crate::sync::{Ordering, StaticAtomicPtr, StaticAtomicUsize, StdBackend};
+use crate::StdBackend;
+// Process-wide statics read by the signal handler: always std (a model's atomic cannot live in a
+// `static` nor be touched from a real signal handler).
 use crate::Error;
 use std::io;
 use std::mem::MaybeUninit;
 use std::ptr;
+use std::sync::atomic::{AtomicPtr as StaticAtomicPtr, AtomicUsize as StaticAtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The only state a real handler can reach: the production backend's.

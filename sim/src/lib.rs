@@ -104,8 +104,8 @@ use shuttle::{Config, Runner};
 
 use pipeline::Scenario;
 
-ring::model_backend!(pub Shuttle, atomic = shuttle::sync::atomic,
-                     yield_now = shuttle::thread::yield_now);
+/// The backend every simulated protocol runs on: shuttle's primitives and its virtual clock.
+pub use modelsync::Shuttle;
 
 /// Schedules per scheduler and scenario in `cargo test`, unless [`ITERATIONS_ENV`] says otherwise.
 pub const DEFAULT_ITERATIONS: usize = 100;

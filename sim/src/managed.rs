@@ -2,9 +2,9 @@
 //! schedule.
 //!
 //! Threads, besides the producers: the drain (passes until the phases command it), a manager that
-//! starts the duration timer (`timer::Timer` on [`SimTimer`], a random duration in virtual time, or
+//! starts the duration timer (`timer::Timer` on [`Shuttle`], a random duration in virtual time, or
 //! none), waits for a request ([`Shutdown::wait`]), cancels the timer and runs
-//! [`Shutdown::execute`] over `SimPipeline` (on [`SimShutdown`]), and a signal injector calling
+//! [`Shutdown::execute`] over `SimPipeline` (on [`Shuttle`]), and a signal injector calling
 //! [`Shutdown::notify_signal`] (the handler's body) zero to three times at random points: after a
 //! few steps, after some events, or once the shutdown has reached a given phase. The last producer
 //! to end requests [`Reason::TargetExited`]. Budgets are generous or, in one schedule in four, a
@@ -66,8 +66,9 @@ use shutdown::{
 };
 use timer::Timer;
 
-use crate::clock::{self, SimShutdown, SimTimer};
+use crate::clock;
 use crate::pipeline::{self, Ledger, Scenario, Shared};
+use crate::Shuttle;
 
 /// A phase's bounded waits poll this often (virtual time).
 const POLL: Duration = Duration::from_millis(1);
@@ -76,7 +77,7 @@ const MAX_SIGNALS: u32 = 3;
 /// The tight budget of one schedule in four.
 const TIGHT: Duration = Duration::from_millis(4);
 
-type Ctx<'a> = PhaseContext<'a, SimShutdown>;
+type Ctx<'a> = PhaseContext<'a, Shuttle>;
 
 /// A request someone made, what became of it, and the state the requester saw right after.
 #[derive(Debug, Clone)]
@@ -140,7 +141,7 @@ fn drain_thread(
     scenario: &Scenario,
     out: &Path,
     line: DrainLine,
-    shutdown: &Shutdown<SimShutdown>,
+    shutdown: &Shutdown<Shuttle>,
     log: &SharedLog,
 ) -> Vec<drain::DrainError> {
     let DrainLine {
@@ -300,7 +301,7 @@ impl SimPipeline {
     }
 }
 
-impl Pipeline<SimShutdown> for SimPipeline {
+impl Pipeline<Shuttle> for SimPipeline {
     fn stop_acceptance(&mut self, ctx: &Ctx<'_>) -> Result<(), shutdown::Error> {
         self.called(ctx);
         // As `tracer record`: the drain's passes stop first (it ends its current pass).
@@ -405,7 +406,7 @@ impl Pipeline<SimShutdown> for SimPipeline {
 
 /// The target ended (`reason`): the virtual clock learns it, the shutdown is requested as
 /// `tracer record` requests it on the target's exit, and the request is logged.
-fn target_ended(shutdown: &Shutdown<SimShutdown>, log: &SharedLog, reason: Reason) {
+fn target_ended(shutdown: &Shutdown<Shuttle>, log: &SharedLog, reason: Reason) {
     clock::target_ended();
     let outcome = shutdown.request(reason.clone());
     let after = shutdown.state();
@@ -459,7 +460,7 @@ struct ManagerEnd {
 
 /// The manager: starts the timer, waits for a request, cancels the timer, runs the phases once.
 fn manager(
-    shutdown: Shutdown<SimShutdown>,
+    shutdown: Shutdown<Shuttle>,
     mut pipeline: SimPipeline,
     budgets: Budgets,
     timer: Option<Duration>,
@@ -467,7 +468,7 @@ fn manager(
 ) -> ManagerEnd {
     let timer = timer.map(|d| {
         let (s, log) = (shutdown.clone(), log.clone());
-        Timer::<SimTimer>::start_on(d, move || {
+        Timer::<Shuttle>::start_on(d, move || {
             let at = clock::now();
             let outcome = s.request(Reason::Timer);
             let after = s.state();
@@ -519,7 +520,7 @@ fn manager(
 
 /// The signal injector: up to [`MAX_SIGNALS`] SIGINT/SIGTERM, each after a random wait.
 fn injector(
-    shutdown: Shutdown<SimShutdown>,
+    shutdown: Shutdown<Shuttle>,
     progress: Arc<AtomicU64>,
     target_done: Arc<AtomicBool>,
     total: u64,
@@ -656,7 +657,7 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
     };
 
     let shared = Arc::new(Shared::new(scenario));
-    let shutdown = Shutdown::<SimShutdown>::on_backend().expect("a model wake");
+    let shutdown = Shutdown::<Shuttle>::on_backend().expect("a model wake");
     let log: SharedLog = Arc::default();
     let ledgers = Arc::new(Mutex::new(BTreeMap::new()));
     let progress = Arc::new(AtomicU64::new(0));
@@ -766,7 +767,7 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
 /// Exactly one shutdown, started by the first request; every later one counted as ignored or,
 /// for a signal during the phases, escalated; an escalation skips the graceful phases not begun;
 /// syncing and cleanup always run, once; the timer never fires early.
-fn check_requests(shutdown: &Shutdown<SimShutdown>, end: &ManagerEnd, log: &Log) {
+fn check_requests(shutdown: &Shutdown<Shuttle>, end: &ManagerEnd, log: &Log) {
     let report = &end.report;
     let requests = &log.requests;
     let count = |o: Request| requests.iter().filter(|m| m.outcome == o).count();

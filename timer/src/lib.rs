@@ -8,9 +8,9 @@
 //! passes a callback (the tracer's requests a shutdown with reason "timer", which the shutdown
 //! ignores if one is already under way).
 //!
-//! The timer is generic over a [`sync::Backend`] (lock, thread, clock): [`StdBackend`] is the
-//! default; a model checker runs the same code on a backend made with [`model_backend!`], whose
-//! virtual clock lets a timed wait end (the loom model here, the `sim` crate).
+//! The timer is generic over a [`modelsync::Backend`] (lock, thread, clock): [`StdBackend`] is the
+//! default; a model checker runs the same code on `modelsync::Loom` (the models here) or
+//! `modelsync::Shuttle` (the `sim` crate), whose virtual clock lets a timed wait end.
 //!
 //! ```
 //! use std::sync::mpsc;
@@ -28,13 +28,11 @@
 
 #![deny(missing_docs)]
 
-pub mod sync;
-
+pub use modelsync::{Backend, StdBackend};
+use modelsync::{Clock, Monitor};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-pub use sync::{Backend, StdBackend};
-use sync::{Clock, Monitor};
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +191,7 @@ impl<B: Backend> Shared<B> {
 ///
 /// Generic over the [`Backend`] its lock, thread and clock come from: production uses
 /// [`StdBackend`] (the default, started by [`Timer::start`]); a model checker runs the same code on
-/// a backend made with [`model_backend!`] ([`Timer::start_on`]).
+/// a model backend such as `modelsync::Loom` ([`Timer::start_on`]).
 pub struct Timer<B: Backend = StdBackend> {
     shared: Arc<Shared<B>>,
     deadline: Instant,
@@ -278,115 +276,7 @@ impl<B: Backend> Drop for Timer<B> {
 }
 
 #[cfg(all(test, feature = "loom"))]
-#[allow(non_snake_case)]
-mod loom_models {
-    //! Run: `LOOM_MAX_PREEMPTIONS=2 cargo test -p timer --features loom --release --lib`.
-    use super::*;
-    use loom::sync::atomic::{AtomicUsize, Ordering};
-    use loom::thread;
-
-    /// A virtual clock for the models: a fixed base plus the time timed waits let pass. loom runs a
-    /// model's threads on the test's own thread, so a thread-local is the model's clock.
-    #[derive(Debug)]
-    struct LoomClock;
-
-    std::thread_local! {
-        static BASE: Instant = Instant::now();
-        static PASSED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
-    }
-
-    impl Clock for LoomClock {
-        fn now() -> Instant {
-            BASE.with(|b| *b) + PASSED.with(|p| p.get())
-        }
-
-        fn wait_step(deadline: Instant) {
-            thread::yield_now();
-            let at = deadline.saturating_duration_since(BASE.with(|b| *b));
-            PASSED.with(|p| p.set(p.get().max(at)));
-        }
-    }
-
-    crate::model_backend!(
-        Loom,
-        sync = loom::sync,
-        thread = loom::thread,
-        clock = LoomClock
-    );
-
-    /// Cancel racing expiry: exactly one outcome, the callback ran iff it is `Fired`, and once
-    /// cancel returns the callback's effects are visible (or will never happen).
-    #[test]
-    fn cancel_races_expiry__then_exactly_one_outcome() {
-        loom::model(|| {
-            let shared = Arc::new(Shared::<Loom>::new());
-            let calls = Arc::new(AtomicUsize::new(0));
-            let (s, c) = (shared.clone(), calls.clone());
-            let expiry = thread::spawn(move || {
-                // Relaxed: the mutex hand-off in `expire`/`cancel` orders it.
-                s.expire(|| {
-                    c.fetch_add(1, Ordering::Relaxed);
-                })
-            });
-            let by_cancel = shared.cancel();
-            // Checked before joining: cancel alone must make the outcome final.
-            let seen_at_cancel = calls.load(Ordering::Relaxed);
-            let by_expiry = expiry.join().unwrap();
-            assert_eq!(by_cancel, by_expiry, "cancel and expiry disagree");
-            match by_cancel {
-                Outcome::Cancelled => assert_eq!(calls.load(Ordering::Relaxed), 0),
-                Outcome::Fired => {
-                    assert_eq!(seen_at_cancel, 1, "cancel returned before the callback")
-                }
-            }
-            assert_eq!(shared.outcome(), Some(by_cancel));
-            assert_eq!(shared.cancel(), by_cancel, "cancel is not idempotent");
-        });
-    }
-
-    /// Two cancels racing one expiry (the owner and `Drop`): still one outcome for all three.
-    #[test]
-    fn double_cancel_races_expiry__then_one_outcome() {
-        loom::model(|| {
-            let shared = Arc::new(Shared::<Loom>::new());
-            let (s1, s2) = (shared.clone(), shared.clone());
-            let expiry = thread::spawn(move || s1.expire(|| {}));
-            let other = thread::spawn(move || s2.cancel());
-            let mine = shared.cancel();
-            assert_eq!(other.join().unwrap(), mine);
-            assert_eq!(expiry.join().unwrap(), mine);
-        });
-    }
-
-    /// The whole timer, its thread's timed wait included, racing a cancel: one outcome, the
-    /// callback ran iff `Fired` and had finished when cancel returned, never before the deadline
-    /// (on the virtual clock, which passes only while the timer thread waits), and the thread ends.
-    #[test]
-    fn timer_thread_races_cancel__then_one_outcome_never_early() {
-        loom::model(|| {
-            let fired_at = Arc::new(loom::sync::Mutex::new(None));
-            let theirs = fired_at.clone();
-            let timer = Timer::<Loom>::start_on(Duration::from_secs(1), move || {
-                *theirs.lock().unwrap() = Some(LoomClock::now());
-            })
-            .expect("a loom thread");
-            let outcome = timer.cancel();
-            let seen = *fired_at.lock().unwrap();
-            match outcome {
-                Outcome::Cancelled => assert_eq!(seen, None, "the callback ran after a cancel"),
-                Outcome::Fired => {
-                    let at = seen.expect("Fired, but the callback had not finished");
-                    assert!(at >= timer.deadline(), "fired before its deadline");
-                }
-            }
-            drop(timer); // joins the timer thread: its wait ended
-            assert_eq!(
-                fired_at.lock().unwrap().is_some(),
-                outcome == Outcome::Fired
-            );
-        });
-    }
-}
+mod models;
 
 #[cfg(all(test, not(feature = "loom")))]
 #[allow(non_snake_case)]

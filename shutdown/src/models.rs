@@ -1,37 +1,13 @@
-//! loom models of the request/wake/escalation protocol (contract 5 of the design).
+//! loom models of the request/wake/escalation protocol.
 //! Run: `LOOM_MAX_PREEMPTIONS=2 cargo test -p shutdown --features loom --release --lib`.
 
 #![allow(non_snake_case)]
 
 use crate::request::{Outcome, Reason, Shared, Shutdown};
-use crate::sync::Clock;
 use loom::thread;
+use modelsync::{Clock, Loom};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// A virtual clock for the models: a fixed base plus the time timed waits let pass. loom runs a
-/// model's threads on the test's own thread, so a thread-local is the model's clock.
-#[derive(Debug)]
-pub(crate) struct LoomClock;
-
-std::thread_local! {
-    static BASE: Instant = Instant::now();
-    static PASSED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
-}
-
-impl crate::sync::Clock for LoomClock {
-    fn now() -> Instant {
-        BASE.with(|b| *b) + PASSED.with(|p| p.get())
-    }
-
-    fn wait_step(deadline: Instant) {
-        thread::yield_now();
-        let at = deadline.saturating_duration_since(BASE.with(|b| *b));
-        PASSED.with(|p| p.set(p.get().max(at)));
-    }
-}
-
-crate::model_backend!(pub(crate) Loom, sync = loom::sync, clock = LoomClock);
+use std::time::Duration;
 
 fn shutdown() -> Shutdown<Loom> {
     Shutdown::on_backend().expect("the loom wake cannot fail")
@@ -252,11 +228,14 @@ fn timed_wait_races_signal__then_reason_or_timeout() {
         let s = shutdown();
         let user = shared(&s);
         let t = thread::spawn(move || user.on_signal(libc::SIGINT));
-        let start = LoomClock::now();
+        let start = modelsync::loom::Clock::now();
         let timeout = Duration::from_secs(1);
         match s.wait(Some(timeout)).unwrap() {
             Some(reason) => assert_eq!(reason, Reason::Signal(libc::SIGINT)),
-            None => assert!(LoomClock::now() >= start + timeout, "gave up early"),
+            None => assert!(
+                modelsync::loom::Clock::now() >= start + timeout,
+                "gave up early"
+            ),
         }
         assert_eq!(t.join().unwrap(), Outcome::Accepted);
         assert_eq!(s.wait(None).unwrap(), Some(Reason::Signal(libc::SIGINT)));
