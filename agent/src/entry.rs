@@ -163,16 +163,23 @@ fn enter(slot: *mut u64, function: u64) {
         return;
     }
     let trampoline = tracer_return_hook as *const () as u64;
+    let mut any_dead = false;
     // SAFETY: `slot` is the entered function's return-address word (the naked hook computed it
     // from the frame the compiler set up), on this thread's stack.
     let hooked = unsafe {
         sh.hook(slot, function, trampoline, |dead| {
+            any_dead = true;
             event(RETURN, dead.function, core::ptr::null())
         })
     };
     sh.leave();
     if hooked == retstack::Hooked::Yes {
-        event(CALL, function, core::ptr::null());
+        if any_dead {
+            // Those returns took the thread's state afresh: so does this call.
+            event(CALL, function, core::ptr::null());
+        } else {
+            crate::hook::record(st, CALL, function, core::ptr::null());
+        }
     } else if sh.overflows() == 1 {
         overflow_notice();
     }

@@ -136,6 +136,12 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
     let Some(st) = free_state() else {
         return;
     };
+    record(st, kind, function, regs);
+}
+
+/// [`event`] for a thread whose free state the caller holds already (see [`free_state`]).
+#[inline(always)]
+pub(crate) fn record(st: &mut ThreadState, kind: u32, function: u64, regs: *const u64) {
     let (raw, function) = (function, function | st.tag);
     st.busy = 1;
     // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
@@ -165,7 +171,9 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
             detail_seq,
         }
         .to_bytes();
-        let (writer, clock, reg) = (&st.writer, &st.clock, st.agent.reg);
+        // `reg` by reference: the registry handle is 176 bytes, and a copy of it per event was a
+        // `memcpy` call.
+        let (writer, clock, reg) = (&st.writer, &st.clock, &st.agent.reg);
         // A wait for ring space lasts while the drain lives: it ends when acceptance stops, or
         // when the drain has been silent for a second and the tracer process is gone (or silent
         // for ten: alive but hung). The pid check runs only on that slow path.

@@ -1,6 +1,8 @@
 //! Overhead of the agent per call+return pair, end to end: a C program built with
 //! `-finstrument-functions` making 10 M calls (1 and 4 threads), run untraced, with glibc's no-op
-//! hooks, and under the agent (index lane only; with detail records; with the fenced handshake),
+//! hooks, and under the agent (index lane only; with detail records; with the fenced handshake);
+//! the same program built with `-pg`, `-pg -mfentry` and `-fpatchable-function-entry=5`, without
+//! and with the agent,
 //! while this process drains the rings like the tracer does. The program measures its own threads'
 //! CPU time around the loop, so the drain's CPU is not counted (it is reported separately by the
 //! wall time).
@@ -108,6 +110,13 @@ fn main() {
         benches::OVERHEAD_C,
         &["-pg", "-mfentry"],
     );
+    // NOP sleds: untouched when untraced, calls of the agent's entry hook under it.
+    let patchable = benches::build_c_with(
+        dir.path(),
+        "patchable",
+        benches::OVERHEAD_C,
+        &["-fpatchable-function-entry=5"],
+    );
     let lanes = LaneConfig {
         rings: 4,
         ring_capacity: 64 << 10,
@@ -131,7 +140,7 @@ fn main() {
         "agent_overhead: {calls} calls per thread, ns per call+return pair (thread CPU | wall)"
     );
     for &threads in thread_counts {
-        let runs: [(&str, &Path, Option<&RegionConfig>); 9] = [
+        let runs: [(&str, &Path, Option<&RegionConfig>); 11] = [
             ("untraced (no -finstrument-functions)", &plain, None),
             ("glibc no-op hooks", &instrumented, None),
             ("agent, index lane", &instrumented, Some(&base)),
@@ -151,6 +160,12 @@ fn main() {
             (
                 "-pg -mfentry, agent (__fentry__ + trampoline)",
                 &fentry,
+                Some(&base),
+            ),
+            ("patchable entries, untraced (NOPs)", &patchable, None),
+            (
+                "patchable entries, agent (patched + trampoline)",
+                &patchable,
                 Some(&base),
             ),
         ];

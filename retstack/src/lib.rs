@@ -214,6 +214,14 @@ impl ShadowStack {
     /// return; nothing is popped).
     #[inline(always)]
     pub fn unhook(&mut self, slot: u64, mut skipped: impl FnMut(&Frame)) -> Option<Frame> {
+        // The innermost frame, nearly always.
+        if let Some(&top) = self.frames.last() {
+            if top.slot == slot {
+                self.frames.pop();
+                self.restored = self.restored.min(self.frames.len() as u32);
+                return Some(top);
+            }
+        }
         let i = self.frames.iter().rposition(|f| f.slot == slot)?;
         while self.frames.len() > i + 1 {
             let f = self.frames.pop()?;
