@@ -141,18 +141,28 @@ fn fentry_function(pc: u64) -> u64 {
     }
 }
 
+/// Records the call of `function` and hooks its return (inside the agent: see `live`).
 #[inline(always)]
 fn enter(slot: *mut u64, function: u64) {
-    let Some(st) = crate::hook::free_state() else {
-        return;
-    };
+    let seat = crate::live::enter();
+    let stopped = enter_inside(slot, function);
+    crate::live::leave(seat);
+    if let Some(stopped) = stopped {
+        crate::live::retire_stopped(stopped);
+    }
+}
+
+/// [`enter`]'s body, inside. Returns the attachment this thread has just seen stopped.
+#[inline(always)]
+fn enter_inside(slot: *mut u64, function: u64) -> Option<crate::live::Retiring> {
+    let st = crate::hook::free_state()?;
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
     let mut shadow = unsafe { (*t).shadow };
     if shadow.is_null() {
         shadow = make_shadow(t, st);
         if shadow.is_null() {
-            return;
+            return None;
         }
     }
     // SAFETY: this thread's own shadow stack (made by it, never freed while it runs).
@@ -160,7 +170,7 @@ fn enter(slot: *mut u64, function: u64) {
     if !sh.try_enter() {
         // A signal handler interrupted this thread's own shadow-stack work.
         st.writer.count_reentrant();
-        return;
+        return None;
     }
     let trampoline = tracer_return_hook as *const () as u64;
     let mut any_dead = false;
@@ -178,11 +188,12 @@ fn enter(slot: *mut u64, function: u64) {
             // Those returns took the thread's state afresh: so does this call.
             event(CALL, function, core::ptr::null());
         } else {
-            crate::hook::record(st, CALL, function, core::ptr::null());
+            return crate::hook::record(st, CALL, function, core::ptr::null());
         }
     } else if sh.overflows() == 1 {
         overflow_notice();
     }
+    None
 }
 
 #[cold]

@@ -116,9 +116,11 @@ extern "C" fn with_registers(this_fn: usize, _call_site: usize, kind: u32, regs:
 /// the event is dropped, and counted (reentrant, or by `acquire_state`).
 #[inline(always)]
 pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
+    let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
-    let mut state = unsafe { (*tls()).state };
-    if state.is_null() {
+    let (mut state, generation) = unsafe { ((*t).state, (*t).generation) };
+    // A state of an attachment that is no longer live may be unmapped: it is not read.
+    if state.is_null() || generation != crate::live::generation() {
         state = slow_state()?;
     }
     // SAFETY: a non-null state pointer is this thread's entry of the agent's array, used only by
@@ -131,18 +133,30 @@ pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
     Some(st)
 }
 
+/// Records one event of this thread (the caller marks nothing: this marks the thread inside the
+/// agent around everything that touches it, see `live`).
 #[inline(always)]
 pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
-    let Some(st) = free_state() else {
-        return;
-    };
-    record(st, kind, function, regs);
+    let seat = crate::live::enter();
+    let stopped = free_state().and_then(|st| record(st, kind, function, regs));
+    crate::live::leave(seat);
+    if let Some(stopped) = stopped {
+        crate::live::retire_stopped(stopped);
+    }
 }
 
-/// [`event`] for a thread whose free state the caller holds already (see [`free_state`]).
+/// [`event`] for a thread whose free state the caller holds already (see [`free_state`]), inside
+/// the agent. Returns the attachment this thread has just seen stopped, to retire once out.
 #[inline(always)]
-pub(crate) fn record(st: &mut ThreadState, kind: u32, function: u64, regs: *const u64) {
-    let (raw, function) = (function, function | st.tag);
+#[must_use]
+pub(crate) fn record(
+    st: &mut ThreadState,
+    kind: u32,
+    function: u64,
+    regs: *const u64,
+) -> Option<crate::live::Retiring> {
+    let mut stopped = None;
+    let function = function | st.tag;
     st.busy = 1;
     // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
     // handler interrupting it), so the compiler must not move the hook's work above it.
@@ -199,24 +213,12 @@ pub(crate) fn record(st: &mut ThreadState, kind: u32, function: u64, regs: *cons
             Err(ring::PushError::Full) => {}
         }
         st.writer.end();
-    } else if crate::attach::stale(st) {
-        // The thread's state belongs to an earlier attachment that has stopped: leave it and
-        // record this event in the current one.
-        compiler_fence(SeqCst);
-        st.busy = 0;
-        crate::attach::forget_state();
-        if let Some(state) = slow_state() {
-            // SAFETY: a fresh state of the current attachment, this thread's own.
-            if unsafe { (*state).agent.generation } != st.agent.generation {
-                event_again(kind, raw, regs);
-            }
-        }
-        return;
     } else if !st.stop_seen {
         st.stop_seen = true;
-        // Attach mode: the first thread to see the stop puts the program's hooks back.
-        crate::attach::restore_hooks(st.agent);
-        crate::patch::restore(st.agent.generation);
+        // The first time this thread sees the stop: the program's changes are undone (attach
+        // mode: its hook GOT entries go back to glibc's), then the attachment is retired.
+        crate::detach::run(st.agent);
+        stopped = Some(crate::live::stopped(st.agent));
         step_aside();
     } else if st.settle_pauses < MAX_SETTLE_PAUSES && st.writer.stop_settling() {
         // The tracer still waits for threads preempted inside a write: leave them the CPU.
@@ -225,6 +227,7 @@ pub(crate) fn record(st: &mut ThreadState, kind: u32, function: u64, regs: *cons
     }
     compiler_fence(SeqCst);
     st.busy = 0;
+    stopped
 }
 
 /// How long the drain's heartbeat may be silent before a producer waiting for ring space checks
@@ -274,17 +277,10 @@ fn pause(ns: i64) {
     unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
 }
 
-/// [`event`] once more, after the thread moved to the current attachment.
-#[cold]
-#[inline(never)]
-fn event_again(kind: u32, function: u64, regs: *const u64) {
-    event(kind, function, regs);
-}
-
 #[cold]
 #[inline(never)]
 pub(crate) fn slow_state() -> Option<*mut ThreadState> {
-    let agent = crate::agent()?;
+    let agent = crate::live::agent()?;
     crate::thread::acquire_state(agent)
 }
 

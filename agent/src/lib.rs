@@ -60,27 +60,21 @@
 //! ```
 
 mod attach;
+mod detach;
 pub(crate) mod entry;
 mod hook;
+mod live;
 mod modules;
 mod patch;
 mod thread;
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8};
+use core::sync::atomic::{AtomicU32, AtomicU8};
 
 use registry::{Registry, SharedRegion};
 
 use crate::thread::ThreadState;
 
-/// Initialisation states.
-const UNINIT: u8 = 0;
-const INITIALISING: u8 = 1;
-const READY: u8 = 2;
-const DISABLED: u8 = 3;
-
-static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static AGENT: AtomicPtr<Agent> = AtomicPtr::new(core::ptr::null_mut());
 /// The pthread key of the thread teardown destructor, created once (0 until then).
 static KEY: AtomicU32 = AtomicU32::new(0);
 /// Set once the key exists and the fork handler is installed.
@@ -96,14 +90,18 @@ const BARRIER_READY: u8 = 2;
 /// The kernel refused: producers fence.
 const BARRIER_REFUSED: u8 = 3;
 
-/// The process-wide agent, made once and never freed.
+/// The agent of one attachment (or of spawn mode): made by `build_agent`, published by `live`, and
+/// freed, with its region and thread array, when a detached attachment is reclaimed.
 pub(crate) struct Agent {
     pub(crate) reg: Registry<'static>,
+    /// The region's mapping (unmapped when the attachment is reclaimed).
+    mapping: registry::Mapping,
     /// Per-slot thread state, agent-private (`capacity` entries).
     pub(crate) threads: *mut ThreadState,
+    /// The thread array's size in bytes.
+    threads_len: usize,
     /// This process's pid (updated in a fork child).
     pub(crate) pid: AtomicU32,
-    pub(crate) key: libc::pthread_key_t,
     /// Which attachment this agent serves: 1 for the first, one more for each later attach.
     /// Threads registered under an older one re-register (see `thread::acquire_state`).
     pub(crate) generation: u32,
@@ -129,78 +127,19 @@ fn say(line: &str) {
     unsafe { libc::write(2, buf.as_ptr().cast(), n + 1) };
 }
 
-/// The agent, initialising it if needed. `None`: untraced (no region, invalid region, or this
-/// thread is the one initialising and re-entered through an instrumented callee).
-#[inline]
-pub(crate) fn agent() -> Option<&'static Agent> {
-    // Acquire: pairs with the Release store of READY in `init`: the agent is fully built.
-    match STATE.load(Acquire) {
-        READY => {
-            // Acquire: pairs with the Release store in `attach::tracer_agent_attach` (a later
-            // attach replaces the agent); every agent is fully built before it is published.
-            // SAFETY: set before READY was published, never freed.
-            Some(unsafe { &*AGENT.load(Acquire) })
-        }
-        DISABLED => None,
-        _ => init_slow(),
-    }
-}
-
-/// Stops tracing this process for good (a fork child the tracer does not follow): every hook
-/// returns at once from now on, as without a region.
-pub(crate) fn untrace_this_process() {
-    // Release: pairs with the Acquire in `agent`; this process's copy of the state only.
-    STATE.store(DISABLED, Release);
-}
-
-/// The agent if it is already initialised; never initialises it (for the fork and thread-exit
-/// handlers, which may run before an attach has made the agent).
-pub(crate) fn ready_agent() -> Option<&'static Agent> {
-    // Acquire: pairs with the Release stores of READY in `init_slow` and `tracer_agent_attach`.
-    if STATE.load(Acquire) != READY {
-        return None;
-    }
-    agent()
-}
-
-#[cold]
-fn init_slow() -> Option<&'static Agent> {
-    loop {
-        // Acquire/Relaxed: winning the CAS makes this thread the initialiser.
-        match STATE.compare_exchange(UNINIT, INITIALISING, Acquire, Relaxed) {
-            Ok(_) => {
-                let ok = init();
-                // Release: pairs with the Acquire in `agent`.
-                STATE.store(if ok { READY } else { DISABLED }, Release);
-                return if ok { agent() } else { None };
-            }
-            Err(READY) | Err(DISABLED) => return agent(),
-            Err(_) => {
-                if thread::is_initialiser() {
-                    return None; // re-entered from inside `init`
-                }
-                // Another thread is initialising (short, bounded): wait for it.
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
-            }
-        }
-    }
-}
-
-fn init() -> bool {
+/// Builds spawn mode's agent from the environment (`live` publishes it). `None`: untraced, said
+/// once on stderr.
+fn init() -> Option<Agent> {
     thread::set_initialiser(true);
     let result = build();
     thread::set_initialiser(false);
     match result {
-        Ok(agent) => {
-            AGENT.store(Box::into_raw(Box::new(agent)), Relaxed);
-            true
-        }
+        Ok(agent) => Some(agent),
         Err(msg) => {
             if !msg.is_empty() {
                 say(&format!("{msg}; the program runs untraced"));
             }
-            false
+            None
         }
     }
 }
@@ -242,18 +181,20 @@ pub(crate) fn build_from(region: SharedRegion, generation: u32) -> Result<Agent,
 }
 
 fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
-    let reg = region.leak().map_err(|e| e.to_string())?;
-    if !reg.traces_process(std::process::id()) {
+    let view = region.registry().map_err(|e| e.to_string())?;
+    if !view.traces_process(std::process::id()) {
         // A process the target started, with following turned off: untraced, silently.
         return Err(String::new());
     }
-    let capacity = reg.capacity() as usize;
-    let bytes = capacity * core::mem::size_of::<ThreadState>();
+    let capacity = view.capacity() as usize;
+    process_hooks()?;
+    detach::on_detach(restore_patches);
+    let threads_len = capacity * core::mem::size_of::<ThreadState>();
     // SAFETY: a fresh private anonymous mapping; nothing else is affected.
     let threads = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
-            bytes,
+            threads_len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
@@ -263,7 +204,14 @@ fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
     if threads == libc::MAP_FAILED {
         return Err("cannot map the per-thread state".into());
     }
-    let key = process_hooks()?;
+    let (reg, mapping) = match region.leak_unmappable() {
+        Ok(leaked) => leaked,
+        Err(e) => {
+            // SAFETY: mapped just above, used by nothing yet.
+            unsafe { libc::munmap(threads, threads_len) };
+            return Err(e.to_string());
+        }
+    };
     let pid = std::process::id();
     // A fresh image of a pid that had slots (exec): those threads are gone.
     reg.retire_pid(pid);
@@ -274,12 +222,43 @@ fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
     modules::report_new(&reg, pid, image);
     Ok(Agent {
         reg,
+        mapping,
         threads: threads.cast(),
+        threads_len,
         pid: AtomicU32::new(pid),
-        key,
         generation,
         image,
     })
+}
+
+/// The detach callback of `patch`: the sleds the stopped attachment patched go back.
+fn restore_patches(agent: &Agent) {
+    patch::restore(agent.generation);
+}
+
+impl Agent {
+    /// Unmaps the thread array and the region.
+    ///
+    /// # Safety
+    /// No thread uses this agent, its thread array or its region again.
+    unsafe fn unmap(self: Box<Self>) {
+        let Agent {
+            mapping,
+            threads,
+            threads_len,
+            ..
+        } = *self;
+        // SAFETY: the array mapped in `build_agent`, unused now (the caller's contract).
+        unsafe { libc::munmap(threads.cast(), threads_len) };
+        // SAFETY: as above, for the region.
+        unsafe { mapping.unmap() };
+    }
+}
+
+/// The thread-exit destructor's key, once made.
+pub(crate) fn teardown_key() -> Option<libc::pthread_key_t> {
+    // Acquire: pairs with the Release store in `process_hooks`: the key is stored before the flag.
+    (PROCESS_HOOKS.load(Acquire) != 0).then(|| KEY.load(Relaxed))
 }
 
 /// The teardown key and the fork handler, made once per process (a later attach reuses them).
@@ -323,6 +302,13 @@ pub(crate) fn producers_must_fence(reg: &Registry<'_>) -> bool {
     // Acquire: pairs with the Release stores of READY in `register_now` and `registering_thread`
     // (a producer that sees READY runs its later write sections after the registration).
     reg.handshake() != registry::Handshake::Membarrier || BARRIER.load(Acquire) != BARRIER_READY
+}
+
+/// Whether this process is registered for the expedited membarrier (so a barrier from inside it
+/// reaches its threads in microseconds).
+pub(crate) fn membarrier_registered() -> bool {
+    // Acquire: pairs with the Release stores of READY in `register_now` and `registering_thread`.
+    BARRIER.load(Acquire) == BARRIER_READY
 }
 
 /// Registers this process for the stopper's membarrier on the calling thread, if the region uses
@@ -420,7 +406,9 @@ extern "C" fn constructor() {
     if std::env::var_os(registry::ENV_REGION_FD).is_some()
         || std::env::var_os(registry::ENV_REGION_PATH).is_some()
     {
-        let _ = agent();
+        let seat = live::enter();
+        let _ = live::agent();
+        live::leave(seat);
     }
 }
 

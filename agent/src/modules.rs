@@ -81,13 +81,15 @@ pub(crate) fn report_new(reg: &Registry<'_>, pid: u32, image: u32) -> usize {
 
 /// After a `dlopen` returned a handle: reports the objects it added, if an agent runs.
 pub(crate) fn after_dlopen() {
-    if let Some(agent) = crate::ready_agent() {
+    let seat = crate::live::enter();
+    if let Some(agent) = crate::live::ready_agent() {
         report_new(
             &agent.reg,
             agent.pid.load(core::sync::atomic::Ordering::Relaxed),
             agent.image,
         );
     }
+    crate::live::leave(seat);
 }
 
 /// Forgets what was reported (a new image: the agent's statics start afresh anyway after

@@ -1,4 +1,4 @@
-//! Per-thread state: the 40-byte initial-exec TLS block, the slot-indexed [`ThreadState`],
+//! Per-thread state: the 48-byte initial-exec TLS block, the slot-indexed [`ThreadState`],
 //! lazy registration, teardown and fork.
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -35,9 +35,11 @@ pub(crate) struct Tls {
     /// The thread's shadow stack of hooked returns (entry-only hooks), made on first use and kept
     /// across attachments: a frame hooked under one attachment returns through it after the next.
     pub(crate) shadow: *mut retstack::ShadowStack,
+    /// The thread's presence seat (see `live`): 0 until claimed.
+    pub(crate) seat: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Tls>() == 40);
+const _: () = assert!(core::mem::size_of::<Tls>() == 48);
 
 core::arch::global_asm!(
     ".section .tbss,\"awT\",@nobits",
@@ -45,9 +47,9 @@ core::arch::global_asm!(
     ".globl agent_tls_block",
     ".hidden agent_tls_block",
     ".type agent_tls_block,@object",
-    ".size agent_tls_block, 40",
+    ".size agent_tls_block, 48",
     "agent_tls_block:",
-    ".zero 40",
+    ".zero 48",
     ".text",
 );
 
@@ -217,7 +219,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             if was_waiting {
                 reg.waiting(-1);
             } else {
-                arm_teardown(agent);
+                arm_teardown();
             }
             tl.pending_depth = 0;
             tl.state = ptr;
@@ -227,7 +229,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
         Err(RegistryError::RegistryFull { .. }) => {
             if !was_waiting {
                 reg.waiting(1);
-                arm_teardown(agent);
+                arm_teardown();
             }
             tl.seen_recycled = reg.recycled_count();
             tl.status = WAITING;
@@ -255,52 +257,78 @@ pub(crate) fn refresh_fence(st: &mut ThreadState) {
     }
 }
 
-fn arm_teardown(agent: &Agent) {
-    // SAFETY: the key was created in `build`; the value is a non-null marker, never dereferenced.
-    unsafe { libc::pthread_setspecific(agent.key, core::ptr::dangling::<libc::c_void>()) };
+/// Arms the thread-exit destructor for the calling thread (once the key exists).
+pub(crate) fn arm_teardown() {
+    if let Some(key) = crate::teardown_key() {
+        // SAFETY: the key was created by `process_hooks`; the value is a non-null marker, never
+        // dereferenced.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
+    }
 }
 
 /// The pthread key destructor: re-arms itself for two more rounds (so it runs after other keys'
-/// destructors, which may call instrumented code), then releases the slot.
+/// destructors, which may call instrumented code), then releases the slot, and the thread's
+/// presence seat (its later calls share the counter).
 pub(crate) extern "C" fn teardown(_value: *mut libc::c_void) {
-    let Some(agent) = crate::ready_agent() else {
-        return;
-    };
+    let seat = crate::live::enter();
+    let last = teardown_inside();
+    crate::live::leave(seat);
+    if last {
+        crate::live::release_seat();
+    }
+}
+
+/// [`teardown`]'s body, inside. Returns whether this was the last round.
+fn teardown_inside() -> bool {
     // SAFETY: only this thread touches its TLS block.
     let tl = unsafe { &mut *tls() };
     tl.teardown_round += 1;
     if tl.teardown_round < 3 {
-        arm_teardown(agent);
-        return;
+        arm_teardown();
+        return false;
     }
-    if !tl.state.is_null() {
-        // SAFETY: our own state; we are not inside a hook (destructors run outside them).
-        let slot = unsafe { (*tl.state).slot };
-        tl.state = core::ptr::null_mut();
-        agent.reg.exit(slot);
-    } else if tl.status == WAITING {
-        agent.reg.waiting(-1);
+    if let Some(agent) = crate::live::ready_agent() {
+        // The slot and the waiting count are the current attachment's only if the thread
+        // registered in it; an older attachment's state may be unmapped already.
+        let current = tl.generation == agent.generation;
+        if !tl.state.is_null() && current {
+            // SAFETY: our own state; we are not inside a hook (destructors run outside them).
+            let slot = unsafe { (*tl.state).slot };
+            agent.reg.exit(slot);
+        } else if tl.status == WAITING && current {
+            agent.reg.waiting(-1);
+        }
     }
+    tl.state = core::ptr::null_mut();
     crate::entry::release_shadow(tl);
     tl.status = TORN_DOWN;
+    true
 }
 
 /// `pthread_atfork` child handler: the child's only thread drops the parent's slot (the parent
 /// keeps using it) and re-registers under the child's pid on its next event, at the same depth.
 pub(crate) extern "C" fn after_fork_in_child() {
-    let agent = crate::ready_agent();
+    // The parent's other threads do not exist here: their presence marks go.
+    crate::live::after_fork();
+    let seat = crate::live::enter();
+    after_fork_inside();
+    crate::live::leave(seat);
+}
+
+fn after_fork_inside() {
+    let agent = crate::live::ready_agent();
     crate::barrier_after_fork(agent.map(|a| &a.reg));
     let Some(agent) = agent else {
         return;
     };
     let pid = std::process::id();
     if !agent.reg.traces_process(pid) {
-        crate::untrace_this_process();
+        crate::live::untrace_this_process();
     }
     agent.pid.store(pid, Relaxed);
     // SAFETY: only this thread touches its TLS block.
     let tl = unsafe { &mut *tls() };
-    if !tl.state.is_null() {
+    if !tl.state.is_null() && tl.generation == agent.generation {
         // SAFETY: the state was ours in the parent and is a private copy now.
         tl.pending_depth = unsafe { (*tl.state).depth };
     }

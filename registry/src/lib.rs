@@ -78,7 +78,7 @@ pub use modules::{
     image_tag, untagged, Module, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY,
     MODULE_MAIN, MODULE_PATH_MAX, MODULE_TRUNCATED,
 };
-pub use region::{file_size_limit, SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
+pub use region::{file_size_limit, Mapping, SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
     Handshake, Lanes, OpenSections, OrphanCounts, OrphanReason, Patient, Registration, Registry,
     SlotInfo, SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,

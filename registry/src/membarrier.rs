@@ -39,3 +39,12 @@ pub fn global_barrier() {
         membarrier(MEMBARRIER_CMD_GLOBAL);
     }
 }
+
+/// A full memory barrier on every thread of the calling process, from one of them (the agent's
+/// detach, before it unmaps what its hooks use). `registered`: the process registered with
+/// [`register_process`], so the expedited command reaches its threads (microseconds); otherwise
+/// `MEMBARRIER_CMD_GLOBAL` (an RCU grace period: milliseconds). `false`: the kernel ran neither.
+pub fn own_process_barrier(registered: bool) -> bool {
+    (registered && membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0)
+        || membarrier(MEMBARRIER_CMD_GLOBAL) == 0
+}

@@ -202,6 +202,16 @@ impl SharedRegion {
         unsafe { Registry::<ring::StdBackend>::attach(memory) }
     }
 
+    /// As [`SharedRegion::leak`], for a process that unmaps the region once no thread can touch it
+    /// again (the agent at the end of an attach): the [`Mapping`] unmaps it.
+    pub fn leak_unmappable(self) -> Result<(Registry<'static>, Mapping), RegistryError> {
+        let mapping = Mapping {
+            ptr: self.ptr,
+            len: self.len,
+        };
+        Ok((self.leak()?, mapping))
+    }
+
     /// The region's size in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -231,6 +241,41 @@ impl SharedRegion {
             ));
         }
         Ok(fd)
+    }
+}
+
+/// A leaked region's mapping (see [`SharedRegion::leak_unmappable`]).
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: an address range; unmapping it is the only thing it allows, behind `unsafe`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (never).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Unmaps the region.
+    ///
+    /// # Safety
+    /// No [`Registry`] view of it, or anything reached through one (lanes, writers, producers), is
+    /// used again, by any thread.
+    pub unsafe fn unmap(self) {
+        // SAFETY: the mapping made by the region's constructor, unmapped once (the caller's
+        // contract says nothing uses it any more).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 

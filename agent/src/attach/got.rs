@@ -224,8 +224,7 @@ fn admit(pass: &Pass, adds: u64, book: &Book) -> bool {
         Pass::Restore { generation } => {
             // A later attachment that started meanwhile keeps the entries (checked again here:
             // its pass waits for the book, and its generation is stored before it starts).
-            // Acquire: pairs with the Release store of the generation in `tracer_agent_attach`.
-            if generation < super::GENERATION.load(Acquire) {
+            if generation < crate::live::newest() {
                 return false;
             }
             // AcqRel: the book's lock orders this with the other passes; the flag is a hint

@@ -134,10 +134,10 @@ fn write_report(path: &Path, pid: i32, injected: &inject::Injected) {
     }
 }
 
-/// Frees the region's memory once the session is written. The target keeps its mapping (the agent
-/// never unmaps it), which now reads as zeros: acceptance is off, so a thread of the target that
-/// still calls into this attachment's lanes stops at the acceptance test, and nothing stays
-/// resident in the target for this attachment.
+/// Frees the region's memory once the session is written. The agent unmaps its own mapping once no
+/// thread of the target is inside it (see `docs/attach-detach.md`); until then it reads as zeros:
+/// acceptance is off, so a thread of the target that still calls into this attachment's lanes
+/// stops at the acceptance test, and nothing stays resident in the target for this attachment.
 fn release_region(fd: i32, len: usize) {
     // SAFETY: fallocate on our own memfd; a failure leaves the memory in place (the target keeps
     // it until it exits), which is harmless.
@@ -153,8 +153,9 @@ fn release_region(fd: i32, len: usize) {
 
 /// The part of the target's address-space limit (`ulimit -v`, `RLIMIT_AS`) the region may take:
 /// half of what the target has not mapped yet, so the target keeps room to grow. `None` when the
-/// target has no such limit. The agent keeps each attachment's region mapped (see
-/// `docs/attach-detach.md`), so a limited target must not be given one larger than this.
+/// target has no such limit. A region stays mapped in the target while it records (and until no
+/// thread is inside the agent, see `docs/attach-detach.md`), so a limited target must not be given
+/// one larger than this.
 fn address_space_headroom(pid: i32) -> Option<(u64, String, String)> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let soft = limits
