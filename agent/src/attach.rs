@@ -19,7 +19,8 @@ use std::path::Path;
 
 use registry::SharedRegion;
 
-use crate::{live, Agent};
+use crate::live;
+use crate::state::Agent;
 
 /// `tracer_agent_attach(path)`: maps the region at `path` (NUL-terminated), makes it the current
 /// attachment and redirects the program's hook calls to the agent. Returns the number of GOT
@@ -56,7 +57,7 @@ fn attach_inside(path: &CStr) -> (c_int, Option<live::Retiring>) {
         return (-1, None);
     };
     let generation = live::next_generation();
-    let Ok(agent) = crate::build_from(region, generation) else {
+    let Ok(agent) = crate::build::for_attach(region, generation) else {
         return (-3, None);
     };
     // An earlier tracer that left without stopping: its threads move to this attachment.
@@ -70,10 +71,34 @@ fn attach_inside(path: &CStr) -> (c_int, Option<live::Retiring>) {
     // SAFETY: this thread's errno (the lookups below may set it).
     let errno = unsafe { *libc::__errno_location() };
     dlopen::prepare();
-    let hooks = got::run(got::Pass::Attach) + crate::patch::apply(generation).patched;
+    got::set_targets(targets());
+    let hooks =
+        got::run(got::Pass::Attach { generation }) + crate::patch::apply(generation).patched;
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
     (hooks as c_int, replaced)
+}
+
+/// What the GOT entries are redirected to: the agent's hooks, its unwinder stand-ins and the
+/// `dlopen` trampolines (after [`dlopen::prepare`], which finds what those call).
+fn targets() -> got::Targets {
+    use crate::{entry, hook};
+    let (dlopen, dlmopen) = dlopen::trampolines();
+    let (real_dlopen, real_dlmopen) = dlopen::reals();
+    got::Targets {
+        enter: hook::__cyg_profile_func_enter as *const () as usize,
+        exit: hook::__cyg_profile_func_exit as *const () as usize,
+        mcount: entry::mcount as *const () as usize,
+        fentry: entry::__fentry__ as *const () as usize,
+        raise: entry::_Unwind_RaiseException as *const () as usize,
+        resume: entry::_Unwind_Resume as *const () as usize,
+        begin_catch: entry::__cxa_begin_catch as *const () as usize,
+        delete: entry::_Unwind_DeleteException as *const () as usize,
+        dlopen,
+        dlmopen,
+        real_dlopen,
+        real_dlmopen,
+    }
 }
 
 /// [`tracer_agent_attach`]'s answer when another tracer is recording this process.

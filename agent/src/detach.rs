@@ -11,7 +11,7 @@
 use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::Ordering::{AcqRel, Acquire};
 
-use crate::Agent;
+use crate::state::Agent;
 
 /// A detach callback.
 pub(crate) type Callback = fn(&Agent);

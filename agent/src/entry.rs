@@ -10,13 +10,10 @@
 //! id is its return address, an address inside the function that the readers resolve to the
 //! enclosing symbol.
 
-use std::sync::Mutex;
-
 use crate::hook::{event, CALL, RETURN};
-use crate::thread::{tls, Tls};
-
-/// Frames one thread can have hooked at once; deeper calls are not recorded (counted, said once).
-const SHADOW_CAPACITY: usize = 4096;
+use crate::say::say;
+use crate::shadow::{make_shadow, SHADOW_CAPACITY};
+use crate::tls::tls;
 
 /// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc)` with the address
 /// of the instrumented function's return-address word (`$slot`: computed from `rbp`, or from `r11`,
@@ -199,51 +196,10 @@ fn enter_inside(slot: *mut u64, function: u64) -> Option<crate::live::Retiring> 
 #[cold]
 #[inline(never)]
 fn overflow_notice() {
-    crate::say(&format!(
+    say(&format!(
         "a thread is more than {SHADOW_CAPACITY} hooked calls deep; deeper calls are not \
          recorded until it returns"
     ));
-}
-
-/// Shadow stacks of threads that ended, for reuse (thread start and end only).
-static SPARE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-
-/// Gives the calling thread a shadow stack (a spare one, or a new one).
-#[cold]
-#[inline(never)]
-fn make_shadow(t: *mut Tls, st: &mut crate::thread::ThreadState) -> *mut retstack::ShadowStack {
-    // Held busy: a signal handler arriving meanwhile records nothing (counted as reentrant)
-    // instead of taking the lock again.
-    st.busy = 1;
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    let bounds = (st.stack_lo, st.stack_hi);
-    let spare = SPARE.lock().ok().and_then(|mut s| s.pop());
-    let shadow = match spare {
-        Some(p) => {
-            let p = p as *mut retstack::ShadowStack;
-            // SAFETY: a spare stack is owned by nobody until taken here.
-            unsafe { (*p).reset(bounds) };
-            p
-        }
-        None => Box::into_raw(retstack::ShadowStack::boxed(SHADOW_CAPACITY, bounds)),
-    };
-    // SAFETY: only this thread touches its TLS block.
-    unsafe { (*t).shadow = shadow };
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    st.busy = 0;
-    shadow
-}
-
-/// At thread teardown (after every frame it hooked has returned or been abandoned): its shadow
-/// stack goes back to the spares.
-pub(crate) fn release_shadow(t: &mut Tls) {
-    if t.shadow.is_null() {
-        return;
-    }
-    let p = core::mem::replace(&mut t.shadow, core::ptr::null_mut());
-    if let Ok(mut spare) = SPARE.lock() {
-        spare.push(p as usize);
-    }
 }
 
 /// The return trampoline's handler: pops the frame entered from `slot`, records its return (and
@@ -279,7 +235,7 @@ extern "C" fn on_return(slot: u64) -> u64 {
 /// Continuing would jump somewhere arbitrary.
 #[cold]
 fn lost(slot: u64) -> ! {
-    crate::say(&format!(
+    say(&format!(
         "a hooked return at stack address {slot:#x} has no saved return address; aborting"
     ));
     std::process::abort()
@@ -441,7 +397,7 @@ fn real(
             }
         }
         if f == 0 || ours(f) {
-            crate::say(&format!(
+            say(&format!(
                 "{} is called but not defined after the agent; aborting",
                 name.to_string_lossy()
             ));

@@ -11,10 +11,10 @@
 //! one 32-byte copy into the active ring and a Release store of its head.
 
 use core::sync::atomic::compiler_fence;
-use core::sync::atomic::AtomicU8;
-use core::sync::atomic::Ordering::{Relaxed, SeqCst};
+use core::sync::atomic::Ordering::SeqCst;
 
-use crate::thread::{tls, ThreadState};
+use crate::state::ThreadState;
+use crate::tls::tls;
 
 use ::event::NO_DETAIL;
 pub(crate) use ::event::{CALL, RETURN};
@@ -26,13 +26,6 @@ pub(crate) const REGS: usize = 17;
 const DETAIL_HEADER: usize = ::event::DETAIL_HEADER_SIZE;
 /// Detail payload flag: the stack copy was clamped to the thread's stack bounds.
 const STACK_CLAMPED: u32 = 1;
-
-/// 1 when detail records are on: read by the naked hooks.
-static DETAIL_ON: AtomicU8 = AtomicU8::new(0);
-
-pub(crate) fn set_detail(on: bool) {
-    DETAIL_ON.store(u8::from(on), Relaxed);
-}
 
 /// Defines a `-finstrument-functions` hook of event kind `$kind`: with detail records off, a jump
 /// to `$fast`; with them on, every integer register as the hook received it, the stack pointer and
@@ -73,7 +66,7 @@ macro_rules! cyg_hook {
                 "call {slow}",
                 "add rsp, 136",
                 "ret",
-                detail = sym DETAIL_ON,
+                detail = sym crate::process::DETAIL_ON,
                 fast = sym $fast,
                 slow = sym with_registers,
                 kind = const $kind,
@@ -280,7 +273,7 @@ fn pause(ns: i64) {
 #[cold]
 #[inline(never)]
 pub(crate) fn slow_state() -> Option<*mut ThreadState> {
-    let agent = crate::live::agent()?;
+    let agent = crate::live::agent_or_init(crate::build::spawn)?;
     crate::thread::acquire_state(agent)
 }
 

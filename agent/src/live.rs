@@ -22,8 +22,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8};
 
 use quiesce::{Quiesce, Seat};
 
-use crate::thread::{tls, TORN_DOWN};
-use crate::Agent;
+use crate::state::Agent;
+use crate::tls::{tls, TORN_DOWN};
 
 /// Initialisation states.
 const UNINIT: u8 = 0;
@@ -71,15 +71,16 @@ pub(crate) fn next_generation() -> u32 {
     next
 }
 
-/// The current agent, initialising it if needed (spawn). `None`: untraced (no region, invalid
-/// region, detached, or this thread is the one initialising and re-entered). Call it inside.
+/// The current agent, made by `init` first if none was made yet (spawn mode: `build::spawn`).
+/// `None`: untraced (no region, invalid region, detached, or this thread is the one initialising
+/// and re-entered). Call it inside.
 #[inline]
-pub(crate) fn agent() -> Option<&'static Agent> {
+pub(crate) fn agent_or_init(init: fn() -> Option<Agent>) -> Option<&'static Agent> {
     // Acquire: pairs with the Release stores of READY.
     match STATE.load(Acquire) {
         READY => current(),
         DISABLED => None,
-        _ => init_slow(),
+        _ => init_slow(init),
     }
 }
 
@@ -93,6 +94,7 @@ pub(crate) fn ready_agent() -> Option<&'static Agent> {
     current()
 }
 
+/// The current agent, as [`agent_or_init`] sees it.
 fn current() -> Option<&'static Agent> {
     // Acquire: pairs with the Release in `publish` and `init`: the agent is fully built.
     let p = AGENT.load(Acquire);
@@ -102,12 +104,12 @@ fn current() -> Option<&'static Agent> {
 }
 
 #[cold]
-fn init_slow() -> Option<&'static Agent> {
+fn init_slow(init: fn() -> Option<Agent>) -> Option<&'static Agent> {
     loop {
         // Acquire/Relaxed: winning the CAS makes this thread the initialiser.
         match STATE.compare_exchange(UNINIT, INITIALISING, Acquire, Relaxed) {
             Ok(_) => {
-                let agent = crate::init();
+                let agent = init();
                 if let Some(agent) = agent {
                     LIVE.store(agent.generation, Relaxed);
                     NEWEST.fetch_max(agent.generation, Relaxed);
@@ -119,9 +121,9 @@ fn init_slow() -> Option<&'static Agent> {
                 STATE.store(if ok { READY } else { DISABLED }, Release);
                 return if ok { current() } else { None };
             }
-            Err(READY) | Err(DISABLED) => return agent(),
+            Err(READY) | Err(DISABLED) => return agent_or_init(init),
             Err(_) => {
-                if crate::thread::is_initialiser() {
+                if crate::tls::is_initialiser() {
                     return None; // re-entered from inside `init`
                 }
                 // Another thread is initialising (short, bounded): wait for it.
@@ -218,7 +220,8 @@ pub(crate) fn retire(r: Retiring) {
         0,
         "user-space pointers fit in 48 bits"
     );
-    let barrier = || registry::membarrier::own_process_barrier(crate::membarrier_registered());
+    let barrier =
+        || registry::membarrier::own_process_barrier(crate::process::membarrier_registered());
     if PRESENCE.retire(token, barrier).is_err() {
         return; // no barrier, or too many waiting: it stays mapped
     }
@@ -290,7 +293,7 @@ fn claim() -> Seat {
         SEAT_SHARED
     } else {
         // The seat goes back at the thread's exit, whatever it does meanwhile.
-        crate::thread::arm_teardown();
+        crate::process::arm_teardown();
         seat.to_raw() + 1
     };
     seat

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use registry::{ModuleReport, Registry, MODULE_LAST, MODULE_MAIN};
 
+use crate::say::say;
+
 /// How long a new image waits for the tracer to read its objects when the tracer asked for it
 /// (`--trigger symbol=` names to resolve), so the triggers are armed before the program runs.
 /// A bound, not a figure: the tracer answers within a few of its 1 ms ticks.
@@ -71,25 +73,10 @@ pub(crate) fn report_new(reg: &Registry<'_>, pid: u32, image: u32) -> usize {
     drop(reported);
     if let Some(at) = last {
         if !reg.wait_module_ack(at, ACK_TIMEOUT_US) {
-            crate::say(
-                "the tracer did not read this program's objects in time; triggers may be missed",
-            );
+            say("the tracer did not read this program's objects in time; triggers may be missed");
         }
     }
     fresh.len()
-}
-
-/// After a `dlopen` returned a handle: reports the objects it added, if an agent runs.
-pub(crate) fn after_dlopen() {
-    let seat = crate::live::enter();
-    if let Some(agent) = crate::live::ready_agent() {
-        report_new(
-            &agent.reg,
-            agent.pid.load(core::sync::atomic::Ordering::Relaxed),
-            agent.image,
-        );
-    }
-    crate::live::leave(seat);
 }
 
 /// Forgets what was reported (a new image: the agent's statics start afresh anyway after

@@ -1,5 +1,5 @@
 //! `-fpatchable-function-entry` builds: the agent turns each NOP sled the loaded objects list
-//! (`__patchable_function_entries`) into a call of [`crate::entry::tracer_patch_entry`] when it
+//! (`__patchable_function_entries`) into a call of the agent's `tracer_patch_entry` hook (see `entry`) when it
 //! starts (spawn) or attaches, and turns them back into NOPs when the tracer stops, so a program
 //! that is not traced, or no longer, runs its own untouched code.
 //!
@@ -19,6 +19,13 @@ use std::sync::Mutex;
 use patchsite::{Kind, Sled};
 
 use crate::attach::got::Object as Loaded;
+
+extern "C" {
+    /// The entry hook a patched sled calls, by its exported name, as a compiled `__fentry__`
+    /// call names its hook (defined in `entry`; naming it through the linker keeps this module
+    /// below the hooks, which build on the agent this module's patching is part of).
+    fn tracer_patch_entry();
+}
 
 const PAGE: usize = 4096;
 
@@ -65,7 +72,7 @@ pub(crate) fn apply(generation: u32) -> Applied {
     let Ok(mut book) = BOOK.lock() else {
         return applied;
     };
-    let hook = crate::entry::tracer_patch_entry as *const () as usize;
+    let hook = tracer_patch_entry as *const () as usize;
     each_object(|o| {
         let i = match book
             .iter()

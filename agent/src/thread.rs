@@ -3,118 +3,13 @@
 
 use core::sync::atomic::Ordering::Relaxed;
 
-use registry::{Clock, OrphanReason, RegistryError, SlotWriter};
-use ring::PoolProducer;
+use registry::{OrphanReason, RegistryError};
 
-use crate::Agent;
-
-/// TLS status values.
-pub(crate) const UNREGISTERED: u32 = 0;
-pub(crate) const REGISTERED: u32 = 1;
-pub(crate) const WAITING: u32 = 2;
-pub(crate) const TORN_DOWN: u32 = 3;
-pub(crate) const CLOSED: u32 = 4;
-pub(crate) const REGISTERING: u32 = 5;
-pub(crate) const INITIALISER: u32 = 6;
-
-/// The thread-local block. Zero-initialised by the loader for every thread (`.tbss`).
-#[repr(C)]
-pub(crate) struct Tls {
-    /// The thread's state while it holds a slot; null otherwise (the hot path's only test).
-    pub(crate) state: *mut ThreadState,
-    /// One of the status values above.
-    pub(crate) status: u32,
-    /// Rounds of the pthread key destructor seen (it re-arms itself to run late).
-    pub(crate) teardown_round: u32,
-    /// `recycled_count` when this thread last failed to find a slot.
-    pub(crate) seen_recycled: u64,
-    /// Call depth to resume at after re-registering (fork child).
-    pub(crate) pending_depth: u32,
-    /// The agent generation this thread's status and state belong to (0: none yet).
-    pub(crate) generation: u32,
-    /// The thread's shadow stack of hooked returns (entry-only hooks), made on first use and kept
-    /// across attachments: a frame hooked under one attachment returns through it after the next.
-    pub(crate) shadow: *mut retstack::ShadowStack,
-    /// The thread's presence seat (see `live`): 0 until claimed.
-    pub(crate) seat: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<Tls>() == 48);
-
-core::arch::global_asm!(
-    ".section .tbss,\"awT\",@nobits",
-    ".p2align 3",
-    ".globl agent_tls_block",
-    ".hidden agent_tls_block",
-    ".type agent_tls_block,@object",
-    ".size agent_tls_block, 48",
-    "agent_tls_block:",
-    ".zero 48",
-    ".text",
-);
-
-/// This thread's TLS block: `fs:0` (the thread pointer) plus the block's initial-exec offset.
-#[inline(always)]
-pub(crate) fn tls() -> *mut Tls {
-    let p: *mut Tls;
-    // SAFETY: reads the thread pointer and a GOT entry the dynamic linker filled with the block's
-    // static TLS offset (R_X86_64_TPOFF64); no memory is written. Both are constant per thread.
-    unsafe {
-        core::arch::asm!(
-            "mov {p}, qword ptr fs:[0]",
-            "add {p}, qword ptr [rip + agent_tls_block@GOTTPOFF]",
-            p = out(reg) p,
-            options(pure, nomem, nostack),
-        )
-    };
-    p
-}
-
-/// Everything a registered thread's hot path needs, in agent-private memory.
-pub(crate) struct ThreadState {
-    /// 1 while this thread is inside a hook (the reentrancy guard).
-    pub(crate) busy: u32,
-    /// Current call depth.
-    pub(crate) depth: u32,
-    /// Whether this thread has seen acceptance stopped (it steps aside once, see `hook`).
-    pub(crate) stop_seen: bool,
-    /// Pauses taken while the tracer settled the stop (bounded: a tracer that dies mid-stop must
-    /// not slow the program for ever).
-    pub(crate) settle_pauses: u8,
-    pub(crate) tid: u32,
-    pub(crate) slot: u32,
-    /// Index events accepted so far: the position the next one takes in index.atf.
-    pub(crate) index_seq: u32,
-    /// Detail records written so far.
-    pub(crate) detail_seq: u32,
-    pub(crate) stack_lo: u64,
-    pub(crate) stack_hi: u64,
-    pub(crate) stack_bytes: u32,
-    /// The image tag ORed into every function id (see `registry::image_tag`).
-    pub(crate) tag: u64,
-    pub(crate) clock: Clock,
-    pub(crate) writer: SlotWriter<'static>,
-    pub(crate) index: PoolProducer<'static>,
-    pub(crate) detail: PoolProducer<'static>,
-    pub(crate) agent: &'static Agent,
-}
-
-pub(crate) fn is_initialiser() -> bool {
-    // SAFETY: the TLS block is valid for this thread's lifetime.
-    unsafe { (*tls()).status == INITIALISER }
-}
-
-pub(crate) fn set_initialiser(on: bool) {
-    let t = tls();
-    // SAFETY: as above; only this thread touches its block.
-    unsafe {
-        if on {
-            (*t).status = INITIALISER;
-        } else if (*t).status == INITIALISER {
-            (*t).status = UNREGISTERED;
-        }
-    }
-}
+use crate::process::arm_teardown;
+use crate::state::{Agent, ThreadState};
+use crate::tls::{
+    tls, CLOSED, INITIALISER, REGISTERED, REGISTERING, TORN_DOWN, UNREGISTERED, WAITING,
+};
 
 fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
@@ -189,7 +84,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             let (lo, hi) = stack_bounds();
             reg.set_stack_bounds(r.slot, lo, hi);
             let mut writer = r.writer;
-            writer.set_fenced(writer.fenced() || crate::producers_must_fence(reg));
+            writer.set_fenced(writer.fenced() || crate::process::producers_must_fence(reg));
             let state = ThreadState {
                 busy: 0,
                 stop_seen: false,
@@ -252,17 +147,8 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
 /// test of a flag the write section reads anyway.
 #[inline(always)]
 pub(crate) fn refresh_fence(st: &mut ThreadState) {
-    if st.writer.fenced() && !crate::producers_must_fence(&st.agent.reg) {
+    if st.writer.fenced() && !crate::process::producers_must_fence(&st.agent.reg) {
         st.writer.set_fenced(false);
-    }
-}
-
-/// Arms the thread-exit destructor for the calling thread (once the key exists).
-pub(crate) fn arm_teardown() {
-    if let Some(key) = crate::teardown_key() {
-        // SAFETY: the key was created by `process_hooks`; the value is a non-null marker, never
-        // dereferenced.
-        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
     }
 }
 
@@ -300,7 +186,7 @@ fn teardown_inside() -> bool {
         }
     }
     tl.state = core::ptr::null_mut();
-    crate::entry::release_shadow(tl);
+    crate::shadow::release_shadow(tl);
     tl.status = TORN_DOWN;
     true
 }
@@ -317,7 +203,7 @@ pub(crate) extern "C" fn after_fork_in_child() {
 
 fn after_fork_inside() {
     let agent = crate::live::ready_agent();
-    crate::barrier_after_fork(agent.map(|a| &a.reg));
+    crate::process::barrier_after_fork(agent.map(|a| &a.reg));
     let Some(agent) = agent else {
         return;
     };

@@ -41,7 +41,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicU8, AtomicUsize};
 use std::ffi::{c_void, CStr};
 
-use super::got::{self, Name, Pass};
+use super::got::{self, Pass};
 
 /// The function each trampoline calls (0: not found, its entries are not redirected).
 static REAL_DLOPEN: AtomicUsize = AtomicUsize::new(0);
@@ -65,22 +65,18 @@ pub(super) fn prepare() {
     }
 }
 
-/// The function `name`'s trampoline calls (0: none).
-pub(super) fn real(name: Name) -> usize {
+/// The functions the trampolines call (0: not found), `dlopen`'s then `dlmopen`'s.
+pub(super) fn reals() -> (usize, usize) {
     // Acquire: pairs with the Release store in `prepare`.
-    match name {
-        Name::Dlopen => REAL_DLOPEN.load(Acquire),
-        Name::Dlmopen => REAL_DLMOPEN.load(Acquire),
-        Name::Enter | Name::Exit | Name::Mcount | Name::Fentry | Name::Unwinder(_) => 0,
-    }
+    (REAL_DLOPEN.load(Acquire), REAL_DLMOPEN.load(Acquire))
 }
 
-/// The trampoline that replaces `name` (`dlopen` or `dlmopen`).
-pub(super) fn trampoline(name: Name) -> usize {
-    match name {
-        Name::Dlmopen => dlmopen_trampoline as *const () as usize,
-        _ => dlopen_trampoline as *const () as usize,
-    }
+/// The trampolines that replace `dlopen` and `dlmopen`.
+pub(super) fn trampolines() -> (usize, usize) {
+    (
+        dlopen_trampoline as *const () as usize,
+        dlmopen_trampoline as *const () as usize,
+    )
 }
 
 /// The definition of `name` the program's calls bind to: the global lookup's answer, if it is a
@@ -137,7 +133,11 @@ extern "C" fn loaded(handle: *mut c_void) {
     }
     crate::patch::after_dlopen();
     // The new objects go into the module log, so their functions get names.
-    crate::modules::after_dlopen();
+    let seat = crate::live::enter();
+    if let Some(agent) = crate::live::ready_agent() {
+        crate::modules::report_new(&agent.reg, agent.pid.load(Relaxed), agent.image);
+    }
+    crate::live::leave(seat);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -285,9 +285,9 @@ mod tests {
 
     fn through_trampoline() -> Dlopen {
         prepare();
-        assert_ne!(real(Name::Dlopen), 0, "dlopen resolved");
+        assert_ne!(reals().0, 0, "dlopen resolved");
         // SAFETY: the trampoline takes dlopen's arguments and returns its result.
-        unsafe { core::mem::transmute::<usize, Dlopen>(trampoline(Name::Dlopen)) }
+        unsafe { core::mem::transmute::<usize, Dlopen>(trampolines().0) }
     }
 
     fn last_error() -> String {
@@ -362,9 +362,9 @@ mod tests {
     #[test]
     fn dlmopen_trampoline__base_namespace__then_same_handle_as_a_direct_call() {
         prepare();
-        assert_ne!(real(Name::Dlmopen), 0, "dlmopen resolved");
+        assert_ne!(reals().1, 0, "dlmopen resolved");
         // SAFETY: the trampoline takes dlmopen's arguments and returns its result.
-        let dlmopen = unsafe { core::mem::transmute::<usize, Dlmopen>(trampoline(Name::Dlmopen)) };
+        let dlmopen = unsafe { core::mem::transmute::<usize, Dlmopen>(trampolines().1) };
         // SAFETY: valid arguments.
         let ours = unsafe { dlmopen(libc::LM_ID_BASE, c"libm.so.6".as_ptr(), libc::RTLD_NOW) };
         // SAFETY: as above.

@@ -1,7 +1,8 @@
 //! The GOT entries the agent rewrites: in each loaded object, the `R_X86_64_JUMP_SLOT` and
-//! `R_X86_64_GLOB_DAT` entries of the hooks (`__cyg_profile_func_enter/exit`, `mcount`, `_mcount`, `__fentry__`: pointed at the agent's)
-//! and of `dlopen`/`dlmopen` (pointed at the trampolines of [`super::dlopen`]), with the book of
-//! what each held before.
+//! `R_X86_64_GLOB_DAT` entries of the hooks (`__cyg_profile_func_enter/exit`, `mcount`,
+//! `_mcount`, `__fentry__`), of the unwinder's entry points and of `dlopen`/`dlmopen`, pointed at
+//! the addresses the attach gives in a [`Targets`] table (this module names none of the agent's
+//! functions), with the book of what each held before.
 //!
 //! - **Mapped while written.** Every pass runs inside `dl_iterate_phdr`, which holds the loader's
 //!   list lock: `dlclose` unlinks and unmaps an object under that same lock, so an object the pass
@@ -33,7 +34,64 @@ use core::sync::atomic::{AtomicU8, AtomicUsize};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Mutex;
 
-use super::dlopen;
+/// What the entries are redirected to, and what they are redirected from: given once by the
+/// attach ([`set_targets`]), so this module names none of the agent's functions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Targets {
+    /// The agent's `__cyg_profile_func_enter` and `__cyg_profile_func_exit`.
+    pub(crate) enter: usize,
+    pub(crate) exit: usize,
+    /// The agent's `mcount` and `__fentry__`.
+    pub(crate) mcount: usize,
+    pub(crate) fentry: usize,
+    /// The agent's stand-ins for the unwinder's entry points (see [`Unwinder`]).
+    pub(crate) raise: usize,
+    pub(crate) resume: usize,
+    pub(crate) begin_catch: usize,
+    pub(crate) delete: usize,
+    /// The trampolines that replace `dlopen` and `dlmopen`.
+    pub(crate) dlopen: usize,
+    pub(crate) dlmopen: usize,
+    /// The functions those trampolines call (0: not found; their entries stay as they are).
+    pub(crate) real_dlopen: usize,
+    pub(crate) real_dlmopen: usize,
+}
+
+impl Targets {
+    /// Where `name`'s entries point once redirected.
+    fn of(&self, name: Name) -> usize {
+        match name {
+            Name::Enter => self.enter,
+            Name::Exit => self.exit,
+            Name::Mcount => self.mcount,
+            Name::Fentry => self.fentry,
+            Name::Unwinder(Unwinder::Raise) => self.raise,
+            Name::Unwinder(Unwinder::Resume) => self.resume,
+            Name::Unwinder(Unwinder::BeginCatch) => self.begin_catch,
+            Name::Unwinder(Unwinder::Delete) => self.delete,
+            Name::Dlopen => self.dlopen,
+            Name::Dlmopen => self.dlmopen,
+        }
+    }
+
+    /// The function a redirected `dlopen`/`dlmopen` entry's trampoline calls (0 for the others).
+    fn real(&self, name: Name) -> usize {
+        match name {
+            Name::Dlopen => self.real_dlopen,
+            Name::Dlmopen => self.real_dlmopen,
+            _ => 0,
+        }
+    }
+}
+
+/// The targets every pass uses (set before the first).
+static TARGETS: std::sync::OnceLock<Targets> = std::sync::OnceLock::new();
+
+/// Sets the targets (the first call wins: the agent's functions do not move, and the functions
+/// the trampolines call are found once).
+pub(crate) fn set_targets(targets: Targets) {
+    let _ = TARGETS.set(targets);
+}
 
 /// Whether GOT entries currently point at the agent: [`UNPATCHED`] or [`PATCHED`].
 static GOT_STATE: AtomicU8 = AtomicU8::new(UNPATCHED);
@@ -46,6 +104,7 @@ static BOOK: Mutex<Book> = Mutex::new(Book {
     scanned_adds: 0,
     known: Vec::new(),
     known_entries: Vec::new(),
+    generation: 0,
 });
 
 struct Book {
@@ -58,6 +117,9 @@ struct Book {
     known: Vec<Known>,
     /// The entries of `known` objects that hold the agent's values: address and value.
     known_entries: Vec<(usize, usize)>,
+    /// The attachment whose pass redirected the entries last (a restore for an older one is
+    /// stale).
+    generation: u32,
 }
 
 /// An object a pass left nothing to do in.
@@ -92,7 +154,7 @@ struct Patch {
 
 /// The symbols whose GOT entries the agent redirects.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Name {
+pub(crate) enum Name {
     Enter,
     Exit,
     /// `mcount` or `_mcount` (`-pg`): an entry hook whose return goes through the trampoline.
@@ -124,23 +186,6 @@ impl Name {
         }
     }
 
-    /// The agent's replacement.
-    fn ours(self) -> usize {
-        match self {
-            Name::Enter => crate::hook::__cyg_profile_func_enter as *const () as usize,
-            Name::Exit => crate::hook::__cyg_profile_func_exit as *const () as usize,
-            Name::Mcount => crate::entry::mcount as *const () as usize,
-            Name::Fentry => crate::entry::__fentry__ as *const () as usize,
-            Name::Unwinder(u) => match u {
-                Unwinder::Raise => crate::entry::_Unwind_RaiseException as *const () as usize,
-                Unwinder::Resume => crate::entry::_Unwind_Resume as *const () as usize,
-                Unwinder::BeginCatch => crate::entry::__cxa_begin_catch as *const () as usize,
-                Unwinder::Delete => crate::entry::_Unwind_DeleteException as *const () as usize,
-            },
-            Name::Dlopen | Name::Dlmopen => dlopen::trampoline(self),
-        }
-    }
-
     fn is_hook(self) -> bool {
         matches!(self, Name::Enter | Name::Exit | Name::Mcount | Name::Fentry)
     }
@@ -154,7 +199,7 @@ impl Name {
 
 /// The unwinder functions of [`Name::Unwinder`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Unwinder {
+pub(crate) enum Unwinder {
     Raise,
     Resume,
     BeginCatch,
@@ -163,8 +208,8 @@ pub(super) enum Unwinder {
 
 /// What a pass does.
 pub(super) enum Pass {
-    /// Redirect every entry of every loaded object (the attach).
-    Attach,
+    /// Redirect every entry of every loaded object (the attach of attachment `generation`).
+    Attach { generation: u32 },
     /// Redirect the entries not redirected yet, if the GOT is redirected (after a load).
     Loaded,
     /// Put every entry back, if attachment `generation` is still the current one (the stop).
@@ -179,6 +224,9 @@ pub(super) fn redirected() -> bool {
 /// Runs `pass` over every loaded object of the agent's namespace. Returns how many hook entries
 /// point at the agent afterwards. Allocates nothing in a [`Pass::Restore`] (it runs inside a hook).
 pub(super) fn run(pass: Pass) -> usize {
+    let Some(targets) = TARGETS.get() else {
+        return 0;
+    };
     let mut hooks = 0;
     locked(|adds| {
         let Ok(mut book) = BOOK.lock() else {
@@ -188,10 +236,11 @@ pub(super) fn run(pass: Pass) -> usize {
             return;
         }
         match pass {
-            Pass::Restore { .. } => restore(&mut book),
-            Pass::Attach | Pass::Loaded => {
-                redirect(&mut book, adds, matches!(pass, Pass::Loaded));
-                if let Pass::Attach = pass {
+            Pass::Restore { .. } => restore(&mut book, targets),
+            Pass::Attach { .. } | Pass::Loaded => {
+                redirect(&mut book, targets, adds, matches!(pass, Pass::Loaded));
+                if let Pass::Attach { generation } = pass {
+                    book.generation = generation;
                     // Release: pairs with the Acquire in `admit` (a later pass sees the book this
                     // one left).
                     GOT_STATE.store(PATCHED, Release);
@@ -218,13 +267,13 @@ fn locked(f: impl FnOnce(u64)) {
 /// Whether `pass` goes ahead, decided with the book locked (inside the loader's lock).
 fn admit(pass: &Pass, adds: u64, book: &Book) -> bool {
     match *pass {
-        Pass::Attach => true,
+        Pass::Attach { .. } => true,
         // Acquire: pairs with the Release store of PATCHED in `run`.
         Pass::Loaded => GOT_STATE.load(Acquire) == PATCHED && adds != book.scanned_adds,
         Pass::Restore { generation } => {
-            // A later attachment that started meanwhile keeps the entries (checked again here:
-            // its pass waits for the book, and its generation is stored before it starts).
-            if generation < crate::live::newest() {
+            // A later attachment whose pass ran meanwhile keeps the entries (the book's lock
+            // orders the two passes; one that comes after this restore redirects them again).
+            if generation < book.generation {
                 return false;
             }
             // AcqRel: the book's lock orders this with the other passes; the flag is a hint
@@ -235,8 +284,8 @@ fn admit(pass: &Pass, adds: u64, book: &Book) -> bool {
 }
 
 /// Puts back every entry of the objects still loaded (inside the loader's lock).
-fn restore(book: &mut Book) {
-    let agent_code = dlopen::trampoline(Name::Dlopen);
+fn restore(book: &mut Book, targets: &Targets) {
+    let agent_code = targets.dlopen;
     each_object(|object| {
         if object.contains(agent_code) {
             return true;
@@ -269,8 +318,8 @@ fn restore(book: &mut Book) {
 /// recorded without its return. What remains: a thread that calls from an object whose enter
 /// hook is already redirected into one whose enter hook is not yet, within the burst, records
 /// that callee's return without its call inside an open call.
-fn redirect(book: &mut Book, adds: u64, skip_known: bool) {
-    let agent_code = dlopen::trampoline(Name::Dlopen);
+fn redirect(book: &mut Book, targets: &Targets, adds: u64, skip_known: bool) {
+    let agent_code = targets.dlopen;
     book.patches.iter_mut().for_each(|p| p.live = false);
     let mut walk = Walk::new(adds);
     each_object(|object| {
@@ -281,7 +330,7 @@ fn redirect(book: &mut Book, adds: u64, skip_known: bool) {
             p.live |= object.writable(p.address);
         }
         // SAFETY: the loader lists `object`, so it stays mapped for the call.
-        unsafe { walk.plan_object(&object, book, skip_known) };
+        unsafe { walk.plan_object(&object, book, targets, skip_known) };
         true
     });
     // SAFETY: every planned entry belongs to an object still listed (the lock is held).
@@ -339,7 +388,13 @@ impl Walk {
     ///
     /// # Safety
     /// `object` stays mapped for the call.
-    unsafe fn plan_object(&mut self, object: &Object<'_>, book: &Book, skip_known: bool) {
+    unsafe fn plan_object(
+        &mut self,
+        object: &Object<'_>,
+        book: &Book,
+        targets: &Targets,
+        skip_known: bool,
+    ) {
         let key = object.key();
         if skip_known {
             // Survivors keep their order in the loader's list: search forward from the last one.
@@ -366,7 +421,7 @@ impl Walk {
         let mut finished = true;
         object.entries(|entry| {
             // SAFETY: an entry of `object`, mapped (the caller's contract).
-            match unsafe { plan(object, entry) } {
+            match unsafe { plan(object, targets, entry) } {
                 Outcome::Held(address, ours) => self.known_entries.push((address, ours)),
                 Outcome::Planned(plan) => {
                     self.known_entries.push((plan.address, plan.to));
@@ -489,8 +544,8 @@ enum Outcome {
 ///
 /// # Safety
 /// `entry` is an entry of `object`, which stays mapped for the call.
-unsafe fn plan(object: &Object<'_>, entry: Entry) -> Outcome {
-    let ours = entry.name.ours();
+unsafe fn plan(object: &Object<'_>, targets: &Targets, entry: Entry) -> Outcome {
+    let ours = targets.of(entry.name);
     // SAFETY: a mapped, 8-byte aligned GOT entry (the caller's contract).
     let value = unsafe { slot(entry.address) }.load(Relaxed);
     if value == ours {
@@ -503,7 +558,7 @@ unsafe fn plan(object: &Object<'_>, entry: Entry) -> Outcome {
         // Only an entry bound to the function the trampoline calls (or still bound lazily to
         // the object's own PLT): another binding (a namespace's own copy, an executable's PLT
         // entry that is redirected itself) stays as it is.
-        let real = dlopen::real(entry.name);
+        let real = targets.real(entry.name);
         let lazy = entry.jump_slot && object.contains(value);
         if real == 0 || (value != real && !lazy) {
             return Outcome::Left;

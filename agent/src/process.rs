@@ -1,0 +1,253 @@
+//! Process-wide state that outlives every attachment: the thread-exit destructor's key and the
+//! fork handler (made once), the membarrier registration the stop handshake relies on, and the
+//! detail-records switch the naked hooks read.
+
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicU32, AtomicU8};
+
+use registry::Registry;
+
+/// 1 when detail records are on: read by the naked hooks (see `hook`).
+pub(crate) static DETAIL_ON: AtomicU8 = AtomicU8::new(0);
+
+/// Turns detail records on or off for the hooks.
+pub(crate) fn set_detail(on: bool) {
+    DETAIL_ON.store(u8::from(on), Relaxed);
+}
+
+/// The pthread key of the thread teardown destructor, created once (0 until then).
+static KEY: AtomicU32 = AtomicU32::new(0);
+/// Set once the key exists and the fork handler is installed.
+static PROCESS_HOOKS: AtomicU8 = AtomicU8::new(0);
+/// This process's membarrier registration: one of the `BARRIER_*` states.
+static BARRIER: AtomicU8 = AtomicU8::new(BARRIER_NONE);
+/// Not registered (nobody tried yet, or starting the registering thread failed).
+const BARRIER_NONE: u8 = 0;
+/// A registering thread is at it.
+const BARRIER_PENDING: u8 = 1;
+/// Registered: producers of a membarrier region need no fence.
+const BARRIER_READY: u8 = 2;
+/// The kernel refused: producers fence.
+const BARRIER_REFUSED: u8 = 3;
+
+/// The thread-exit destructor's key, once made.
+pub(crate) fn teardown_key() -> Option<libc::pthread_key_t> {
+    // Acquire: pairs with the Release store in `process_hooks`: the key is stored before the flag.
+    (PROCESS_HOOKS.load(Acquire) != 0).then(|| KEY.load(Relaxed))
+}
+
+/// The teardown key (destructor `teardown`) and the fork handler (`in_child`), made once per
+/// process (a later attach reuses them).
+pub(crate) fn process_hooks(
+    teardown: unsafe extern "C" fn(*mut libc::c_void),
+    in_child: unsafe extern "C" fn(),
+) -> Result<libc::pthread_key_t, String> {
+    // Acquire: pairs with the Release store below: the key is stored before the flag.
+    if PROCESS_HOOKS.load(Acquire) != 0 {
+        return Ok(KEY.load(Relaxed));
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-parameter; the destructor is an extern "C" fn.
+    if unsafe { libc::pthread_key_create(&mut key, Some(teardown)) } != 0 {
+        return Err("no pthread key left for thread teardown".into());
+    }
+    // SAFETY: the handler is an extern "C" fn that only touches the agent's state.
+    unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    KEY.store(key, Relaxed);
+    // Release: pairs with the Acquire load above.
+    PROCESS_HOOKS.store(1, Release);
+    Ok(key)
+}
+
+/// Whether a producer writing into `reg` must fence its write sections: the region says
+/// [`registry::Handshake::Fence`], or this process is not (yet) registered for the stopper's
+/// membarrier. Once this is `false` it stays so for that region.
+///
+/// Why dropping the fence mid-recording is sound (the Dekker pair of `SlotWriter::begin` and
+/// `Registry::stop_accepting`: producer stores `in_write`, barrier, loads `accepting`; stopper
+/// clears `accepting`, fence and membarrier, loads `in_write`). While fenced, the producer's
+/// barrier is its own `SeqCst` fence, which pairs with the stopper's fence whatever the
+/// registration's state: a stop that comes before the registration finishes is handled like a
+/// [`registry::Handshake::Fence`] region. Unfenced, the producer relies on the stopper's
+/// membarrier running a full barrier on its CPU; the kernel's registration returns only after it
+/// has marked every CPU running the process and run a full barrier there (and a thread scheduled
+/// later is marked by its context switch, itself a full barrier). A stopper's membarrier that reads
+/// a CPU's mark before it was set is ordered, by its own barrier and that one, before the
+/// producer's later load of `accepting`, which therefore sees the stop. A producer drops its fence
+/// only after seeing READY, which is stored after the registration returned: its unfenced sections
+/// all follow the registration.
+#[inline]
+pub(crate) fn producers_must_fence(reg: &Registry<'_>) -> bool {
+    // Acquire: pairs with the Release stores of READY in `register_now` and `registering_thread`
+    // (a producer that sees READY runs its later write sections after the registration).
+    reg.handshake() != registry::Handshake::Membarrier || BARRIER.load(Acquire) != BARRIER_READY
+}
+
+/// Whether this process is registered for the expedited membarrier (so a barrier from inside it
+/// reaches its threads in microseconds).
+pub(crate) fn membarrier_registered() -> bool {
+    // Acquire: pairs with the Release stores of READY in `register_now` and `registering_thread`.
+    BARRIER.load(Acquire) == BARRIER_READY
+}
+
+/// Registers this process for the stopper's membarrier on the calling thread, if the region uses
+/// it (spawn's constructor, and a fork child: one thread, so the kernel's registration is cheap).
+pub(crate) fn register_now(reg: &Registry<'_>) {
+    if reg.handshake() != registry::Handshake::Membarrier {
+        return;
+    }
+    let state = if registry::membarrier::register_process() {
+        BARRIER_READY
+    } else {
+        BARRIER_REFUSED
+    };
+    // Release: pairs with the Acquire in `producers_must_fence`.
+    BARRIER.store(state, Release);
+}
+
+/// A fork child: it has no registering thread (only the forking thread is copied) and a process
+/// of its own, so it registers afresh when it runs an agent.
+pub(crate) fn barrier_after_fork(reg: Option<&Registry<'_>>) {
+    // Release: pairs with the Acquire in `producers_must_fence` (NONE: fence until registered).
+    BARRIER.store(BARRIER_NONE, Release);
+    if let Some(reg) = reg {
+        register_now(reg);
+    }
+}
+
+/// Starts the thread that registers this process for the stopper's membarrier, unless it is
+/// registered, refused, or being registered already. If the thread cannot be started, producers
+/// keep fencing (correct, a few ns more per event) and the next attachment tries again.
+///
+/// Starting a thread here is safe: the caller is at a point where it holds no libc lock (the
+/// tracer's safe point, the same that makes its `dlopen` safe), and `pthread_create` takes only
+/// the loader's and the stack cache's locks. The thread is detached, blocks every signal (so no
+/// signal of the program is ever delivered to it), runs agent code only (no instrumented
+/// function, no pthread key) and exits once the flag is published.
+pub(crate) fn register_in_background() {
+    // Relaxed: the CAS only elects the starter; the state it publishes is ordered by its own
+    // Release store.
+    if BARRIER
+        .compare_exchange(BARRIER_NONE, BARRIER_PENDING, Relaxed, Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    if !spawn_detached(registering_thread) {
+        // Relaxed: NONE makes producers fence, as PENDING did.
+        BARRIER.store(BARRIER_NONE, Relaxed);
+    }
+}
+
+/// The registering thread's body.
+extern "C" fn registering_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    let state = if registry::membarrier::register_process() {
+        BARRIER_READY
+    } else {
+        BARRIER_REFUSED
+    };
+    // Release: pairs with the Acquire in `producers_must_fence`.
+    BARRIER.store(state, Release);
+    core::ptr::null_mut()
+}
+
+/// The registering thread's stack: its body makes one system call.
+const HELPER_STACK: usize = 64 << 10;
+
+/// Starts `body` on a detached thread with every signal blocked. `false`: it could not start.
+fn spawn_detached(body: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    // SAFETY: the attribute and signal sets are initialised before use and the attribute is
+    // destroyed after; the calling thread's signal mask is restored before returning. The new
+    // thread inherits the all-blocked mask, so there is no moment where it can take a signal.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, HELPER_STACK.max(libc::PTHREAD_STACK_MIN));
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut thread: libc::pthread_t = 0;
+        let started = libc::pthread_create(&mut thread, &attr, body, core::ptr::null_mut()) == 0;
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        started
+    }
+}
+
+/// Arms the thread-exit destructor for the calling thread (once the key exists).
+pub(crate) fn arm_teardown() {
+    if let Some(key) = teardown_key() {
+        // SAFETY: the key was created by `process_hooks`; the value is a non-null marker, never
+        // dereferenced.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
+    }
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use registry::{Handshake, RegionConfig, SharedRegion};
+
+    fn region(handshake: Handshake) -> SharedRegion {
+        let config = RegionConfig {
+            capacity: 64,
+            handshake,
+            ..RegionConfig::default()
+        };
+        SharedRegion::create(&config).expect("a small region")
+    }
+
+    /// Waits until no registering thread is at work (it makes one system call; the bound only
+    /// keeps a broken build from hanging).
+    fn settled() -> u8 {
+        for _ in 0..60_000 {
+            // Acquire: as in `producers_must_fence`.
+            let state = BARRIER.load(Acquire);
+            if state != BARRIER_PENDING {
+                return state;
+            }
+            std::thread::sleep(core::time::Duration::from_millis(1));
+        }
+        panic!("the registering thread never published its outcome");
+    }
+
+    // One test, because the registration is process-wide state.
+    #[test]
+    fn barrier__attach_then_fork_then_attach__then_producers_fence_only_until_registered() {
+        let fence_region = region(Handshake::Fence);
+        let fence = fence_region.registry().unwrap();
+        let membarrier_region = region(Handshake::Membarrier);
+        let mb = membarrier_region.registry().unwrap();
+        assert!(producers_must_fence(&fence));
+        assert!(producers_must_fence(&mb), "nothing registered yet");
+
+        // Attach: the registration runs on a thread of its own, then producers drop the fence.
+        register_in_background();
+        let registered = registry::membarrier::global_expedited_supported();
+        let expected = if registered {
+            BARRIER_READY
+        } else {
+            BARRIER_REFUSED
+        };
+        assert_eq!(settled(), expected);
+        assert_eq!(producers_must_fence(&mb), !registered);
+        assert!(producers_must_fence(&fence), "a fence region always fences");
+
+        // A later attach starts nothing: the state stays as it is.
+        register_in_background();
+        assert_eq!(BARRIER.load(Acquire), expected);
+
+        // A fork child without an agent: unregistered until it runs one.
+        barrier_after_fork(None);
+        assert!(producers_must_fence(&mb));
+        // With one (spawn's constructor, or the fork handler): registered on the spot.
+        barrier_after_fork(Some(&mb));
+        assert_eq!(BARRIER.load(Acquire), expected);
+        assert_eq!(producers_must_fence(&mb), !registered);
+    }
+}

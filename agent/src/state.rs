@@ -1,0 +1,80 @@
+//! What one attachment (or spawn mode) owns: the [`Agent`] (its region, its thread array, its
+//! generation and image) and the per-thread [`ThreadState`] entries of that array, which the hot
+//! path uses.
+
+use core::sync::atomic::AtomicU32;
+
+use registry::{Clock, Registry, SlotWriter};
+use ring::PoolProducer;
+
+/// The agent of one attachment (or of spawn mode): made by `build_agent`, published by `live`, and
+/// freed, with its region and thread array, when a detached attachment is reclaimed.
+pub(crate) struct Agent {
+    pub(crate) reg: Registry<'static>,
+    /// The region's mapping (unmapped when the attachment is reclaimed).
+    pub(crate) mapping: registry::Mapping,
+    /// Per-slot thread state, agent-private (`capacity` entries).
+    pub(crate) threads: *mut ThreadState,
+    /// The thread array's size in bytes.
+    pub(crate) threads_len: usize,
+    /// This process's pid (updated in a fork child).
+    pub(crate) pid: AtomicU32,
+    /// Which attachment this agent serves: 1 for the first, one more for each later attach.
+    /// Threads registered under an older one re-register (see `thread::acquire_state`).
+    pub(crate) generation: u32,
+    /// This process image's serial in the region (see `registry::modules`).
+    pub(crate) image: u32,
+}
+
+// SAFETY: `threads` is only dereferenced for the slot the calling thread owns.
+unsafe impl Sync for Agent {}
+// SAFETY: as above.
+unsafe impl Send for Agent {}
+
+/// Everything a registered thread's hot path needs, in agent-private memory.
+pub(crate) struct ThreadState {
+    /// 1 while this thread is inside a hook (the reentrancy guard).
+    pub(crate) busy: u32,
+    /// Current call depth.
+    pub(crate) depth: u32,
+    /// Whether this thread has seen acceptance stopped (it steps aside once, see `hook`).
+    pub(crate) stop_seen: bool,
+    /// Pauses taken while the tracer settled the stop (bounded: a tracer that dies mid-stop must
+    /// not slow the program for ever).
+    pub(crate) settle_pauses: u8,
+    pub(crate) tid: u32,
+    pub(crate) slot: u32,
+    /// Index events accepted so far: the position the next one takes in index.atf.
+    pub(crate) index_seq: u32,
+    /// Detail records written so far.
+    pub(crate) detail_seq: u32,
+    pub(crate) stack_lo: u64,
+    pub(crate) stack_hi: u64,
+    pub(crate) stack_bytes: u32,
+    /// The image tag ORed into every function id (see `registry::image_tag`).
+    pub(crate) tag: u64,
+    pub(crate) clock: Clock,
+    pub(crate) writer: SlotWriter<'static>,
+    pub(crate) index: PoolProducer<'static>,
+    pub(crate) detail: PoolProducer<'static>,
+    pub(crate) agent: &'static Agent,
+}
+
+impl Agent {
+    /// Unmaps the thread array and the region.
+    ///
+    /// # Safety
+    /// No thread uses this agent, its thread array or its region again.
+    pub(crate) unsafe fn unmap(self: Box<Self>) {
+        let Agent {
+            mapping,
+            threads,
+            threads_len,
+            ..
+        } = *self;
+        // SAFETY: the array mapped in `build_agent`, unused now (the caller's contract).
+        unsafe { libc::munmap(threads.cast(), threads_len) };
+        // SAFETY: as above, for the region.
+        unsafe { mapping.unmap() };
+    }
+}
