@@ -66,14 +66,17 @@ fn attach_inside(path: &CStr) -> (c_int, Option<live::Retiring>) {
             let _ = old.reg.stop_accepting(core::time::Duration::ZERO);
         }
     }
+    let scope = agent.reg.library_calls();
     let replaced = live::publish(agent);
     crate::detach::on_detach(restore_hooks);
+    crate::detach::on_detach(crate::plt::restore_at_detach);
     // SAFETY: this thread's errno (the lookups below may set it).
     let errno = unsafe { *libc::__errno_location() };
     dlopen::prepare();
     got::set_targets(targets());
-    let hooks =
-        got::run(got::Pass::Attach { generation }) + crate::patch::apply(generation).patched;
+    let hooks = got::run(got::Pass::Attach { generation })
+        + crate::patch::apply(generation).patched
+        + crate::plt::redirect(scope);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
     (hooks as c_int, replaced)

@@ -44,6 +44,8 @@ fn from_env() -> Result<Agent, String> {
     let agent = build_agent(region, 1)?;
     // Spawn: the constructor runs before the program starts threads, so registering here is cheap.
     process::register_now(&agent.reg);
+    // Before the program runs (one thread): its library calls go through the agent's stubs.
+    crate::plt::redirect(agent.reg.library_calls());
     let sleds = patch::apply(agent.generation);
     if sleds.skipped > 0 {
         say(&format!(

@@ -15,6 +15,54 @@ use crate::say::say;
 use crate::shadow::{make_shadow, SHADOW_CAPACITY};
 use crate::tls::tls;
 
+/// Assembly that saves every register a called function may take arguments in (`rdi`..`r9`,
+/// `rax` for variadic calls, `r10` for a static chain, `xmm0`-`xmm7`) at `[rsp]`..`[rsp + 192)`
+/// (the entry hooks here and the library-call stubs' entry, see `plt`).
+macro_rules! save_arguments {
+    () => {
+        "mov [rsp], rdi
+         mov [rsp + 8], rsi
+         mov [rsp + 16], rdx
+         mov [rsp + 24], rcx
+         mov [rsp + 32], r8
+         mov [rsp + 40], r9
+         mov [rsp + 48], rax
+         mov [rsp + 56], r10
+         movdqu [rsp + 64], xmm0
+         movdqu [rsp + 80], xmm1
+         movdqu [rsp + 96], xmm2
+         movdqu [rsp + 112], xmm3
+         movdqu [rsp + 128], xmm4
+         movdqu [rsp + 144], xmm5
+         movdqu [rsp + 160], xmm6
+         movdqu [rsp + 176], xmm7"
+    };
+}
+pub(crate) use save_arguments;
+
+/// Assembly that restores what [`save_arguments`] saved.
+macro_rules! restore_arguments {
+    () => {
+        "mov rdi, [rsp]
+         mov rsi, [rsp + 8]
+         mov rdx, [rsp + 16]
+         mov rcx, [rsp + 24]
+         mov r8, [rsp + 32]
+         mov r9, [rsp + 40]
+         mov rax, [rsp + 48]
+         mov r10, [rsp + 56]
+         movdqu xmm0, [rsp + 64]
+         movdqu xmm1, [rsp + 80]
+         movdqu xmm2, [rsp + 96]
+         movdqu xmm3, [rsp + 112]
+         movdqu xmm4, [rsp + 128]
+         movdqu xmm5, [rsp + 144]
+         movdqu xmm6, [rsp + 160]
+         movdqu xmm7, [rsp + 176]"
+    };
+}
+pub(crate) use restore_arguments;
+
 /// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc)` with the address
 /// of the instrumented function's return-address word (`$slot`: computed from `rbp`, or from `r11`,
 /// the stack pointer at the hook's entry) and the hook's return address, restores them, returns.
@@ -36,41 +84,11 @@ macro_rules! entry_hook {
                 "and rsp, -16",
                 "sub rsp, 208",
                 "mov [rsp + 192], r11",
-                "mov [rsp], rdi",
-                "mov [rsp + 8], rsi",
-                "mov [rsp + 16], rdx",
-                "mov [rsp + 24], rcx",
-                "mov [rsp + 32], r8",
-                "mov [rsp + 40], r9",
-                "mov [rsp + 48], rax",
-                "mov [rsp + 56], r10",
-                "movdqu [rsp + 64], xmm0",
-                "movdqu [rsp + 80], xmm1",
-                "movdqu [rsp + 96], xmm2",
-                "movdqu [rsp + 112], xmm3",
-                "movdqu [rsp + 128], xmm4",
-                "movdqu [rsp + 144], xmm5",
-                "movdqu [rsp + 160], xmm6",
-                "movdqu [rsp + 176], xmm7",
+                save_arguments!(),
                 $slot,
                 "mov rsi, [r11]",
                 "call {entry}",
-                "mov rdi, [rsp]",
-                "mov rsi, [rsp + 8]",
-                "mov rdx, [rsp + 16]",
-                "mov rcx, [rsp + 24]",
-                "mov r8, [rsp + 32]",
-                "mov r9, [rsp + 40]",
-                "mov rax, [rsp + 48]",
-                "mov r10, [rsp + 56]",
-                "movdqu xmm0, [rsp + 64]",
-                "movdqu xmm1, [rsp + 80]",
-                "movdqu xmm2, [rsp + 96]",
-                "movdqu xmm3, [rsp + 112]",
-                "movdqu xmm4, [rsp + 128]",
-                "movdqu xmm5, [rsp + 144]",
-                "movdqu xmm6, [rsp + 160]",
-                "movdqu xmm7, [rsp + 176]",
+                restore_arguments!(),
                 "mov rsp, [rsp + 192]",
                 "ret",
                 entry = sym $entry,
@@ -138,9 +156,10 @@ fn fentry_function(pc: u64) -> u64 {
     }
 }
 
-/// Records the call of `function` and hooks its return (inside the agent: see `live`).
+/// Records the call of `function`, whose return address is at `slot`, and hooks its return (inside
+/// the agent: see `live`); the `-pg` hooks and the library-call stubs (see `plt`) share it.
 #[inline(always)]
-fn enter(slot: *mut u64, function: u64) {
+pub(crate) fn enter(slot: *mut u64, function: u64) {
     let seat = crate::live::enter();
     let stopped = enter_inside(slot, function);
     crate::live::leave(seat);

@@ -77,6 +77,7 @@ mod hook;
 mod live;
 mod modules;
 mod patch;
+mod plt;
 mod process;
 mod say;
 mod shadow;

@@ -84,6 +84,13 @@ pub(crate) fn agent_or_init(init: fn() -> Option<Agent>) -> Option<&'static Agen
     }
 }
 
+/// Whether an agent is made and published (never initialises).
+#[inline(always)]
+pub(crate) fn is_ready() -> bool {
+    // Acquire: pairs with the Release stores of READY.
+    STATE.load(Acquire) == READY
+}
+
 /// The current agent if one was made; never initialises (for the fork and thread-exit handlers,
 /// which may run before an attach has made one). Call it inside.
 pub(crate) fn ready_agent() -> Option<&'static Agent> {

@@ -82,6 +82,33 @@ pub struct RecordOptions {
     /// untraced. By default each gets its own pid_<pid> directory in the session.
     #[arg(long)]
     pub no_follow: bool,
+
+    /// Which calls into shared libraries to record (through the GOT, no rebuild needed): none,
+    /// those made by the program's executable, or those made by every loaded library too.
+    #[arg(long, value_name = "SCOPE", value_enum, default_value_t = LibraryCalls::Main,
+          env = "TRACER_LIBRARY_CALLS", hide_env_values = true)]
+    pub library_calls: LibraryCalls,
+}
+
+/// `--library-calls`: whose calls into shared libraries are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LibraryCalls {
+    /// Only instrumented functions.
+    None,
+    /// Calls made by the main executable.
+    Main,
+    /// Calls made by the executable and every library it loads.
+    All,
+}
+
+impl From<LibraryCalls> for registry::LibraryCalls {
+    fn from(scope: LibraryCalls) -> Self {
+        match scope {
+            LibraryCalls::None => registry::LibraryCalls::None,
+            LibraryCalls::Main => registry::LibraryCalls::Main,
+            LibraryCalls::All => registry::LibraryCalls::All,
+        }
+    }
 }
 
 /// `tracer spawn`.

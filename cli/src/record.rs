@@ -45,15 +45,23 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         return Err(CliError::usage(reason));
     }
     let output = open_output(opts)?;
-    if let Some(problem) = exe_info
-        .as_ref()
-        .filter(|i| !i.traceable())
-        .and_then(|i| i.problem())
-    {
-        eprintln!(
-            "tracer: warning: {}",
-            crate::read::clean(&problem.to_string())
-        );
+    let library_calls = opts.library_calls != crate::args::LibraryCalls::None;
+    match exe_info.as_ref() {
+        Some(info) if library_calls && info.library_calls_only() => eprintln!(
+            "tracer: {} was not built for call tracing, so only its library calls are recorded \
+             (through its GOT); rebuild it with {} to record its own functions too",
+            crate::read::clean(&args.executable.display().to_string()),
+            symbols::BUILD_MODES
+        ),
+        Some(info) if !info.traceable() => {
+            if let Some(problem) = info.problem() {
+                eprintln!(
+                    "tracer: warning: {}",
+                    crate::read::clean(&problem.to_string())
+                );
+            }
+        }
+        _ => {}
     }
     let agent = find_agent()?;
 
@@ -100,7 +108,12 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     )?;
     if recorder.attempted == 0 && recorder.persisted == 0 {
         let instrumented = recorder.names.images.instrumented();
-        let reason = no_events_reason(&args.executable, exe_info.as_ref(), instrumented);
+        let reason = no_events_reason(
+            &args.executable,
+            exe_info.as_ref(),
+            instrumented,
+            library_calls,
+        );
         eprintln!("tracer: {}", crate::read::clean(&reason));
     }
     match recorder.error {
@@ -194,6 +207,7 @@ fn full_region_config(opts: &RecordOptions) -> RegionConfig {
         // milliseconds); a drain that is gone costs each thread one such wait, then drops.
         wait_timeout_us: PRODUCER_WAIT_US,
         capacity: THREAD_CAPACITY,
+        library_calls: opts.library_calls.into(),
         ..defaults
     }
 }
@@ -326,7 +340,18 @@ fn budgets() -> Budgets {
 }
 
 /// Why nothing was recorded, with the fix.
-fn no_events_reason(exe: &Path, info: Option<&symbols::ExeInfo>, instrumented: bool) -> String {
+fn no_events_reason(
+    exe: &Path,
+    info: Option<&symbols::ExeInfo>,
+    instrumented: bool,
+    library_calls: bool,
+) -> String {
+    if library_calls && info.is_some_and(symbols::ExeInfo::library_calls_only) && !instrumented {
+        return format!(
+            "recorded no events: {} made no library call from its executable before it stopped",
+            exe.display()
+        );
+    }
     if !instrumented {
         if let Some(problem) = info.and_then(|i| i.problem()) {
             return format!("recorded no events: {problem}");

@@ -68,6 +68,9 @@ pub(crate) const CLOCK_BOOTTIME: u32 = 2;
 
 /// Feature bits.
 pub(crate) const F_DETAIL: u32 = 1;
+/// Feature bits 1-2: which objects' library calls the agent traces (see [`LibraryCalls`]).
+pub(crate) const F_LIBRARY_CALLS_SHIFT: u32 = 1;
+pub(crate) const F_LIBRARY_CALLS_MASK: u32 = 3;
 
 /// The control block at offset 0. Constant fields are written once by [`crate::Registry::init`]
 /// and copied (validated) by [`crate::Registry::attach`]; the atomics are documented one by one.
@@ -214,6 +217,39 @@ pub struct RegionConfig {
     pub detail_enabled: bool,
     /// How the stop handshake orders producers (see [`crate::Handshake`]).
     pub handshake: crate::Handshake,
+    /// Which objects' calls into shared libraries the agent records (through their GOT).
+    pub library_calls: LibraryCalls,
+}
+
+/// Which objects' calls into shared libraries (through their GOT entries) the agent records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LibraryCalls {
+    /// None: only instrumented functions are recorded.
+    #[default]
+    None,
+    /// Calls made by the main executable.
+    Main,
+    /// Calls made by every loaded object (but the agent and the dynamic loader).
+    All,
+}
+
+impl LibraryCalls {
+    pub(crate) fn encode(self) -> u32 {
+        let v = match self {
+            LibraryCalls::None => 0,
+            LibraryCalls::Main => 1,
+            LibraryCalls::All => 2,
+        };
+        v << F_LIBRARY_CALLS_SHIFT
+    }
+
+    pub(crate) fn decode(features: u32) -> Self {
+        match (features >> F_LIBRARY_CALLS_SHIFT) & F_LIBRARY_CALLS_MASK {
+            1 => LibraryCalls::Main,
+            2 => LibraryCalls::All,
+            _ => LibraryCalls::None,
+        }
+    }
 }
 
 impl Default for RegionConfig {
@@ -232,6 +268,7 @@ impl Default for RegionConfig {
             stack_bytes: DEFAULT_STACK_BYTES,
             detail_enabled: true,
             handshake: crate::Handshake::Membarrier,
+            library_calls: LibraryCalls::None,
         }
     }
 }

@@ -71,8 +71,9 @@ mod registry;
 
 pub use clock::{Clock, ClockSource};
 pub use layout::{
-    layout_size, ControlBlock, LaneConfig, RegionConfig, Slot, DEFAULT_STACK_BYTES, MAX_CAPACITY,
-    MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, MIN_FIT_RING, REGION_MAGIC, REGION_VERSION,
+    layout_size, ControlBlock, LaneConfig, LibraryCalls, RegionConfig, Slot, DEFAULT_STACK_BYTES,
+    MAX_CAPACITY, MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, MIN_FIT_RING, REGION_MAGIC,
+    REGION_VERSION,
 };
 pub use modules::{
     image_tag, untagged, Module, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY,

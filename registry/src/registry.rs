@@ -354,6 +354,7 @@ struct Constants {
     wait_timeout_us: u32,
     stack_bytes: u32,
     detail_enabled: bool,
+    library_calls: LibraryCalls,
     handshake: Handshake,
     clock: Clock,
     tracer_pid: u32,
@@ -444,7 +445,8 @@ impl<'a, B: Backend> Registry<'a, B> {
                 Handshake::Membarrier => HS_MEMBARRIER,
                 Handshake::Fence => HS_FENCE,
             },
-            features: if config.detail_enabled { F_DETAIL } else { 0 },
+            features: if config.detail_enabled { F_DETAIL } else { 0 }
+                | config.library_calls.encode(),
             tracer_pid: std::process::id(),
             clock_source: clock.encode_source(),
             clock_shift: clock.shift,
@@ -570,6 +572,7 @@ impl<'a, B: Backend> Registry<'a, B> {
             stack_bytes: read!(stack_bytes),
             detail_enabled: read!(features) & F_DETAIL != 0,
             handshake,
+            library_calls: LibraryCalls::decode(read!(features)),
         };
         let g = geometry::<B>(&config)
             .map_err(|e| RegistryError::BadLayout(format!("header geometry: {e}")))?;
@@ -607,6 +610,7 @@ impl<'a, B: Backend> Registry<'a, B> {
                 wait_timeout_us: config.wait_timeout_us,
                 stack_bytes: config.stack_bytes,
                 detail_enabled: config.detail_enabled,
+                library_calls: config.library_calls,
                 handshake,
                 clock,
                 tracer_pid: read!(tracer_pid),
@@ -669,7 +673,13 @@ impl<'a, B: Backend> Registry<'a, B> {
             stack_bytes: self.k.stack_bytes,
             detail_enabled: self.k.detail_enabled,
             handshake: self.k.handshake,
+            library_calls: self.k.library_calls,
         }
+    }
+
+    /// Which objects' library calls the agent records.
+    pub fn library_calls(&self) -> LibraryCalls {
+        self.k.library_calls
     }
 
     /// Number of slots.

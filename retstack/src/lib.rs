@@ -292,7 +292,14 @@ impl ShadowStack {
             return;
         }
         while let Some(top) = self.frames.last() {
-            if !(top.slot < sp && self.on_thread_stack(top.slot)) {
+            // The frame whose slot is just below `sp` is the one the current call returns from:
+            // gone if the word holds another return address now (the catching frame's call
+            // reused it), live if it still holds the trampoline (a hooked function tail-called
+            // the function that ends the unwind, and returns through it).
+            // SAFETY: a word just below `sp` on this thread's stack (the caller's contract).
+            let live_tail =
+                top.slot == sp - 8 && unsafe { (top.slot as *const u64).read() } == trampoline;
+            if !(top.slot < sp && !live_tail && self.on_thread_stack(top.slot)) {
                 break;
             }
             gone(top);
@@ -539,6 +546,30 @@ mod tests {
         // SAFETY: as above.
         unsafe { st.restore_all(TRAMP) };
         assert_eq!([s.0[60], s.0[40]], [101, 103]);
+    }
+
+    #[test]
+    fn resume_at__hooked_frame_tail_calling_the_end_of_the_unwind__then_kept_live() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        s.0[60] = 101;
+        s.0[50] = 102;
+        // SAFETY: words of our fake stack.
+        unsafe {
+            st.hook(s.slot(60), 1, TRAMP, |_| {});
+            st.hook(s.slot(50), 2, TRAMP, |_| {});
+        }
+        // Frame 2 tail-calls the function that ends the unwind: its caller's stack pointer is
+        // just above frame 2's slot, which still holds the trampoline.
+        let mut gone = vec![];
+        // SAFETY: as above.
+        unsafe { st.resume_at(s.slot(51) as u64, TRAMP, |f| gone.push(f.function)) };
+        assert!(gone.is_empty(), "{gone:?}");
+        // The catching frame's own call reused the slot: that frame is gone.
+        s.0[50] = 555;
+        // SAFETY: as above.
+        unsafe { st.resume_at(s.slot(51) as u64, TRAMP, |f| gone.push(f.function)) };
+        assert_eq!(gone, [2]);
     }
 
     #[test]

@@ -132,6 +132,7 @@ extern "C" fn loaded(handle: *mut c_void) {
         got::run(Pass::Loaded);
     }
     crate::patch::after_dlopen();
+    crate::plt::after_load();
     // The new objects go into the module log, so their functions get names.
     let seat = crate::live::enter();
     if let Some(agent) = crate::live::ready_agent() {

@@ -607,7 +607,7 @@ unsafe fn put_back(object: &Object<'_>, p: &Patch) {
 ///
 /// # Safety
 /// `address` is a mapped, 8-byte aligned word that stays mapped while the reference is used.
-unsafe fn slot(address: usize) -> &'static AtomicUsize {
+pub(crate) unsafe fn slot(address: usize) -> &'static AtomicUsize {
     // SAFETY: the caller's contract; the loader and the program access it as a word too.
     unsafe { &*(address as *const AtomicUsize) }
 }
@@ -615,7 +615,7 @@ unsafe fn slot(address: usize) -> &'static AtomicUsize {
 /// Whether the page holding `address` (4-byte aligned) can be written now, without changing it:
 /// `FUTEX_WAKE_OP` applies `*address |= 0` atomically in the kernel, which answers EFAULT for a
 /// page that cannot be written (and wakes no one: no waiter counts are given).
-fn page_writable(address: usize) -> bool {
+pub(crate) fn page_writable(address: usize) -> bool {
     // FUTEX_OP(FUTEX_OP_OR, 0, FUTEX_OP_CMP_EQ, 0).
     const OR_ZERO: u32 = 2 << 28;
     let word = address as *mut u32;
@@ -635,7 +635,7 @@ fn page_writable(address: usize) -> bool {
     r >= 0
 }
 
-const PAGE: usize = 4096;
+pub(crate) const PAGE: usize = 4096;
 const R_X86_64_GLOB_DAT: u32 = 6;
 const R_X86_64_JUMP_SLOT: u32 = 7;
 const DT_NULL: i64 = 0;
@@ -645,6 +645,11 @@ const DT_SYMTAB: i64 = 6;
 const DT_RELA: i64 = 7;
 const DT_RELASZ: i64 = 8;
 const DT_JMPREL: i64 = 23;
+const DT_VERSYM: i64 = 0x6fff_fff0;
+const DT_VERNEED: i64 = 0x6fff_fffe;
+const DT_VERNEEDNUM: i64 = 0x6fff_ffff;
+const STT_FUNC: u8 = 2;
+const STT_GNU_IFUNC: u8 = 10;
 
 #[repr(C)]
 struct Dyn {
@@ -713,19 +718,26 @@ impl Object<'_> {
             })
     }
 
-    fn contains(&self, address: usize) -> bool {
+    /// The lowest and highest (exclusive) addresses of its `PT_LOAD` segments.
+    pub(crate) fn span(&self) -> (usize, usize) {
+        self.loads().fold((usize::MAX, 0), |(lo, hi), (l, h, _)| {
+            (lo.min(l), hi.max(h))
+        })
+    }
+
+    pub(crate) fn contains(&self, address: usize) -> bool {
         self.loads().any(|(lo, hi, _)| (lo..hi).contains(&address))
     }
 
     /// Whether `address` lies in a writable segment (the GOT's, RELRO included).
-    fn writable(&self, address: usize) -> bool {
+    pub(crate) fn writable(&self, address: usize) -> bool {
         self.loads()
             .any(|(lo, hi, flags)| flags & libc::PF_W != 0 && (lo..hi).contains(&address))
     }
 
     /// Whether `address` lies on a page the loader seals read-only after relocation (whole pages
     /// only: the last partial page of PT_GNU_RELRO stays writable).
-    fn in_relro(&self, address: usize) -> bool {
+    pub(crate) fn in_relro(&self, address: usize) -> bool {
         self.phdrs
             .iter()
             .filter(|p| p.p_type == libc::PT_GNU_RELRO)
@@ -740,7 +752,7 @@ impl Object<'_> {
     /// value (0, or an address in the object's own link-time range, below its size); after, a
     /// run-time address, which lies above the object's load base. An executable loaded at its
     /// link-time address (base 0) is relocated before any of its code runs.
-    fn relocated(&self, value: usize) -> bool {
+    pub(crate) fn relocated(&self, value: usize) -> bool {
         let size = self
             .phdrs
             .iter()
@@ -753,6 +765,20 @@ impl Object<'_> {
 
     /// Calls `f` with each GOT entry naming one of [`Name`].
     fn entries(&self, mut f: impl FnMut(Entry)) {
+        self.relocations(|r| {
+            if let Some(name) = Name::from_symbol(r.name.to_bytes()) {
+                f(Entry {
+                    address: r.address,
+                    name,
+                    jump_slot: r.jump_slot,
+                });
+            }
+        });
+    }
+
+    /// Calls `f` with each `R_X86_64_JUMP_SLOT` and `R_X86_64_GLOB_DAT` relocation of the object
+    /// (its GOT entries that name a symbol).
+    pub(crate) fn relocations(&self, mut f: impl FnMut(Relocation<'_>)) {
         let Some(dynamic) = self.phdrs.iter().find(|p| p.p_type == libc::PT_DYNAMIC) else {
             return;
         };
@@ -768,6 +794,7 @@ impl Object<'_> {
         };
         let (mut strtab, mut symtab, mut rela, mut relasz, mut jmprel, mut pltrelsz) =
             (0, 0, 0, 0, 0, 0);
+        let (mut versym, mut verneed, mut verneednum) = (0, 0, 0);
         let mut d = base.wrapping_add(dynamic.p_vaddr as usize) as *const Dyn;
         loop {
             // SAFETY: the dynamic section is mapped and ends with DT_NULL.
@@ -780,6 +807,9 @@ impl Object<'_> {
                 DT_RELASZ => relasz = entry.val as usize,
                 DT_JMPREL => jmprel = abs(entry.val),
                 DT_PLTRELSZ => pltrelsz = entry.val as usize,
+                DT_VERSYM => versym = abs(entry.val),
+                DT_VERNEED => verneed = abs(entry.val),
+                DT_VERNEEDNUM => verneednum = entry.val as usize,
                 _ => {}
             }
             // SAFETY: still inside the dynamic section (DT_NULL not reached).
@@ -805,17 +835,87 @@ impl Object<'_> {
                 let sym = unsafe { &*(symtab as *const Sym).add(index) };
                 // SAFETY: the string table holds NUL-terminated names at `st_name` offsets.
                 let name = unsafe { CStr::from_ptr((strtab + sym.name as usize) as *const c_char) };
-                let Some(name) = Name::from_symbol(name.to_bytes()) else {
-                    continue;
+                let version = if versym == 0 {
+                    None
+                } else {
+                    // SAFETY: DT_VERSYM has one half-word per dynamic symbol; the needed-version
+                    // chain is the object's own, `verneednum` long.
+                    unsafe { needed_version(strtab, versym, verneed, verneednum, index) }
                 };
-                f(Entry {
+                f(Relocation {
                     address: base.wrapping_add(r.offset as usize),
                     name,
+                    version,
+                    function: matches!(sym.info & 0xf, STT_FUNC | STT_GNU_IFUNC),
                     jump_slot: kind == R_X86_64_JUMP_SLOT,
                 });
             }
         }
     }
+}
+
+/// The version an object requires of its undefined symbol `index` (`GLIBC_2.2.5`), if any.
+///
+/// # Safety
+/// The tables are the object's own, mapped, as its dynamic section gives them.
+unsafe fn needed_version(
+    strtab: usize,
+    versym: usize,
+    verneed: usize,
+    count: usize,
+    index: usize,
+) -> Option<&'static CStr> {
+    // SAFETY: the caller's contract.
+    let wanted = unsafe { *(versym as *const u16).add(index) } & 0x7fff;
+    if wanted <= 1 || verneed == 0 {
+        return None; // local or global: no version
+    }
+    let mut need = verneed;
+    for _ in 0..count {
+        // SAFETY: an Elf64_Verneed of the chain (vn_cnt at 2, vn_aux at 8, vn_next at 12).
+        let (cnt, aux, next) = unsafe {
+            (
+                *((need + 2) as *const u16),
+                *((need + 8) as *const u32),
+                *((need + 12) as *const u32),
+            )
+        };
+        let mut a = need + aux as usize;
+        for _ in 0..cnt {
+            // SAFETY: an Elf64_Vernaux (vna_other at 6, vna_name at 8, vna_next at 12).
+            let (other, name, anext) = unsafe {
+                (
+                    *((a + 6) as *const u16),
+                    *((a + 8) as *const u32),
+                    *((a + 12) as *const u32),
+                )
+            };
+            if other & 0x7fff == wanted {
+                // SAFETY: a NUL-terminated name in the object's string table.
+                return Some(unsafe { CStr::from_ptr((strtab + name as usize) as *const c_char) });
+            }
+            a += anext as usize;
+        }
+        if next == 0 {
+            break;
+        }
+        need += next as usize;
+    }
+    None
+}
+
+/// A GOT entry that names a symbol, as [`Object::relocations`] gives it.
+pub(crate) struct Relocation<'a> {
+    /// The entry's run-time address.
+    pub(crate) address: usize,
+    /// The symbol's name (the loader's mapped string table).
+    pub(crate) name: &'a CStr,
+    /// The version the object requires of it, if any.
+    pub(crate) version: Option<&'a CStr>,
+    /// The symbol is a function (`STT_FUNC` or `STT_GNU_IFUNC`).
+    pub(crate) function: bool,
+    /// `R_X86_64_JUMP_SLOT` (a PLT's entry, possibly bound lazily) rather than `GLOB_DAT`.
+    pub(crate) jump_slot: bool,
 }
 
 /// Calls `f` with each object of the agent's namespace, inside `dl_iterate_phdr` (the loader's

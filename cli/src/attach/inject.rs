@@ -107,8 +107,9 @@ struct LibcSyms {
     attach_loaded: Option<u64>,
 }
 
-/// Loads `agent` into `pid` and calls `tracer_agent_attach(region_path)` in it.
-pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
+/// Loads `agent` into `pid` and calls `tracer_agent_attach(region_path)` in it. With
+/// `library_calls`, the entries of the executable's PLT are safe points too.
+pub fn inject(pid: i32, agent: &Path, region_path: &Path, library_calls: bool) -> Result<Injected> {
     let syms = libc_symbols(pid, agent)?;
     let mem = std::fs::OpenOptions::new()
         .read(true)
@@ -118,6 +119,11 @@ pub fn inject(pid: i32, agent: &Path, region_path: &Path) -> Result<Injected> {
     let mut hooks = syms.hooks.clone();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     hooks.extend(super::sleds::safe_points(pid, &maps, &mem));
+    if library_calls {
+        // A thread at one is in the program's own code, calling out: the safe point of a
+        // program not built for call tracing, whose library calls the agent records.
+        hooks.extend(plt_entries(pid, &maps));
+    }
     let mut tracer = Tracer {
         pid,
         tids: Vec::new(),
@@ -760,6 +766,43 @@ fn libc_symbols(pid: i32, agent: &Path) -> Result<LibcSyms> {
         attach_loaded,
     })
 }
+
+/// The run-time addresses of the executable's PLT entries (`.plt.sec` with IBT, else `.plt` but
+/// its first, resolver entry); none if it cannot be read or has no PLT (`-fno-plt`).
+fn plt_entries(pid: i32, maps: &str) -> Vec<u64> {
+    use object::{Object, ObjectSection, ObjectSegment};
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return Vec::new();
+    };
+    let Some((start, _)) = module(maps, |_, path, _| Path::new(path) == exe) else {
+        return Vec::new();
+    };
+    let Ok(data) = std::fs::read(format!("/proc/{pid}/exe")) else {
+        return Vec::new();
+    };
+    let Ok(elf) = object::File::parse(&*data) else {
+        return Vec::new();
+    };
+    // The first mapping (file offset 0) holds the lowest segment.
+    let Some(first) = elf.segments().map(|s| s.address()).min() else {
+        return Vec::new();
+    };
+    let bias = start.wrapping_sub(first & !0xfff);
+    let (section, skip) = match elf.section_by_name(".plt.sec") {
+        Some(s) => (s, 0),
+        None => match elf.section_by_name(".plt") {
+            Some(s) => (s, PLT_ENTRY),
+            None => return Vec::new(),
+        },
+    };
+    (section.address() + skip..section.address() + section.size())
+        .step_by(PLT_ENTRY as usize)
+        .map(|a| a.wrapping_add(bias))
+        .collect()
+}
+
+/// Bytes per x86-64 PLT entry.
+const PLT_ENTRY: u64 = 16;
 
 /// The entry-only hooks (`-pg`, `-pg -mfentry`, patched sleds) a thread may be stopped at.
 const ENTRY_ONLY_HOOKS: [&str; 3] = ["mcount", "__fentry__", "tracer_patch_entry"];

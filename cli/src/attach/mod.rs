@@ -35,7 +35,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let pid = args.pid;
     timer::duration_from_secs(opts.duration)
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-    check_target(pid)?;
+    let library_calls = opts.library_calls != crate::args::LibraryCalls::None;
+    check_target(pid, library_calls)?;
     record::ignore_file_size_signal();
     let output = record::open_output(opts)?;
     let agent = record::find_agent()?;
@@ -62,7 +63,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     // The tracer's threads get a larger CPU share (best effort), so each target thread it stops
     // is released as soon as its stop is seen, however busy the target keeps the CPUs.
     record::raise_priority();
-    let injected = inject::inject(pid, &agent, &region_path).map_err(|e| refusal(pid, e))?;
+    let injected =
+        inject::inject(pid, &agent, &region_path, library_calls).map_err(|e| refusal(pid, e))?;
     // On a busy target most of the hold can be the thread waiting for a CPU, as it would anyway.
     let waiting = injected
         .held_scheduling
@@ -99,7 +101,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let (recorder, _) = recorded?;
     if recorder.attempted == 0 && recorder.persisted == 0 {
         eprintln!(
-            "tracer: recorded no events: pid {pid} called no instrumented function while attached"
+            "tracer: recorded no events: pid {pid} called no instrumented function and made no \
+             recorded library call while attached"
         );
     }
     match recorder.error {
@@ -187,8 +190,9 @@ fn no_process(pid: i32) -> CliError {
     ))
 }
 
-/// The refusals that can be decided before touching the process.
-fn check_target(pid: i32) -> Result<(), CliError> {
+/// The refusals that can be decided before touching the process. With `library_calls`, a program
+/// not built for call tracing is taken (its library calls are recorded, said in one line).
+fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
     if pid <= 0 {
         return Err(no_process(pid));
     }
@@ -271,7 +275,16 @@ fn check_target(pid: i32) -> Result<(), CliError> {
     if !info.traceable() {
         // Its libraries may be instrumented even if the executable is not.
         let instrumented = symbols::capture(pid as u32).is_ok_and(|c| c.instrumented());
-        if !instrumented {
+        if !instrumented && library_calls {
+            let exe_name = std::fs::read_link(&exe).unwrap_or(exe);
+            eprintln!(
+                "tracer: pid {pid} ({}) was not built for call tracing, so only its library \
+                 calls are recorded (through its GOT); rebuild it with {} to record its own \
+                 functions too",
+                crate::read::clean(&exe_name.display().to_string()),
+                symbols::BUILD_MODES
+            );
+        } else if !instrumented {
             let exe_name = std::fs::read_link(&exe).unwrap_or(exe);
             return Err(CliError::usage(format!(
                 "pid {pid} ({}) has no instrumentation hooks; rebuild it with {} and start it \
@@ -299,8 +312,8 @@ fn refusal(pid: i32, e: inject::InjectError) -> CliError {
             "pid {pid} exited during the attach; nothing was recorded"
         )),
         InjectError::NoSafePoint => CliError::runtime(format!(
-            "pid {pid} called no instrumented function within 3 s, so there was no safe point to \
-             load the agent; attach while it runs instrumented code"
+            "pid {pid} called no instrumented function and no library function through its PLT \
+             within 3 s, so there was no safe point to load the agent; attach while it runs"
         )),
         InjectError::AlreadyRecorded => CliError::usage(format!(
             "pid {pid} is already being recorded by another tracer (spawn or attach); stop that \

@@ -135,6 +135,9 @@ pub(super) struct ElfObject {
     /// then makes it *the* address of that function everywhere, so an instrumented library
     /// reports its function's `this_fn` at the executable's PLT entry.
     pub canonical_plt: Vec<RawFunction>,
+    /// GOT entries of functions (`R_X86_64_JUMP_SLOT`, `R_X86_64_GLOB_DAT`): the agent records a
+    /// library call under its entry's address, named by the symbol (8-byte "functions").
+    pub got_entries: Vec<RawFunction>,
 }
 
 /// Which symbol tables to read beyond the dynamic one.
@@ -237,6 +240,9 @@ pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, Sy
             }
         }
     }
+    if let Some((syms, strings)) = &dynsym {
+        out.got_entries = got_entries(path, &sections, endian, data, syms, strings)?;
+    }
     let want_symtab = match want {
         Want::Headers => false,
         Want::AllTables => true,
@@ -333,4 +339,55 @@ fn functions<'data>(
             .then_with(|| a.name.cmp(&b.name))
     });
     all
+}
+
+/// The function entries of the GOT: each `R_X86_64_JUMP_SLOT` and `R_X86_64_GLOB_DAT` relocation
+/// of a function symbol (`STT_FUNC`, `STT_GNU_IFUNC`) in the dynamic relocation sections, at its
+/// link-time address, in address order.
+fn got_entries<'data, R: ReadRef<'data>>(
+    path: &Path,
+    sections: &SectionTable<'data, Header, R>,
+    endian: Endianness,
+    data: R,
+    syms: &[Sym64],
+    strings: &StringTable<'data, &'data [u8]>,
+) -> Result<Vec<RawFunction>, SymbolError> {
+    let mut out = Vec::new();
+    for sh in sections.iter() {
+        if sh.sh_type(endian) != elf::SHT_RELA {
+            continue;
+        }
+        let relas: &[elf::Rela64<Endianness>] = sh
+            .data_as_array(endian, data)
+            .map_err(|e| malformed(path, &e.to_string()))?;
+        for r in relas {
+            let kind = r.r_type(endian, false);
+            if kind != elf::R_X86_64_JUMP_SLOT && kind != elf::R_X86_64_GLOB_DAT {
+                continue;
+            }
+            let index = r.r_sym(endian, false) as usize;
+            let Some(sym) = syms.get(index) else {
+                continue;
+            };
+            if !matches!(sym.st_type(), elf::STT_FUNC | elf::STT_GNU_IFUNC) {
+                continue;
+            }
+            let Ok(name) = strings.get(sym.st_name(endian)) else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            out.push(RawFunction {
+                value: r.r_offset.get(endian),
+                size: 8,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                bind: sym.st_bind(),
+                name: String::from_utf8_lossy(name).into_owned(),
+            });
+        }
+    }
+    out.sort_by_key(|f| f.value);
+    out.dedup_by_key(|f| f.value);
+    Ok(out)
 }

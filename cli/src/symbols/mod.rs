@@ -186,6 +186,9 @@ pub struct LoadedModule {
     /// PLT entries (a non-PIC executable's stand-ins for library functions whose address it
     /// takes; an instrumented library then reports those functions at these addresses).
     pub functions: Vec<Function>,
+    /// Its GOT's function entries at runtime addresses, named by their symbols: the agent records
+    /// a library call under the address of the entry it went through.
+    pub got_entries: Vec<Function>,
 }
 
 /// An object seen in the mappings but not read.
@@ -321,19 +324,23 @@ impl Capture {
             .collect()
     }
 
-    /// The manifest's `symbols`: `function_id` is the runtime address (`0x%016x`), as recorded.
-    /// If a library was unloaded and another loaded at the same place between scans, both
-    /// modules' names are listed and an address may carry two names.
+    /// The manifest's `symbols`: `function_id` is the runtime address (`0x%016x`), as recorded
+    /// (a library call's is its GOT entry's). If a library was unloaded and another loaded at the
+    /// same place between scans, both modules' names are listed and an address may carry two
+    /// names.
     pub fn manifest_symbols(&self) -> Vec<atf::Symbol> {
         self.modules
             .iter()
             .flat_map(|m| {
-                m.functions.iter().map(|f| atf::Symbol {
-                    function_id: format!("{:#018x}", f.address),
-                    module_id: m.module_id,
-                    symbol_index: f.symbol_index,
-                    name: f.name.clone(),
-                })
+                m.functions
+                    .iter()
+                    .chain(&m.got_entries)
+                    .map(|f| atf::Symbol {
+                        function_id: format!("{:#018x}", f.address),
+                        module_id: m.module_id,
+                        symbol_index: f.symbol_index,
+                        name: f.name.clone(),
+                    })
             })
             .collect()
     }
@@ -463,6 +470,7 @@ fn read_object(
                 build_id: object.build_id.clone(),
                 instrumented: object.imports_hook,
                 functions: functions_at(&object.functions, &object.canonical_plt, bias, tag),
+                got_entries: functions_at(&object.got_entries, &[], bias, tag),
             }
         })
         .collect())
@@ -603,6 +611,19 @@ impl ExeInfo {
         )
     }
 
+    /// Whether this is a dynamically linked x86-64 executable not built for call tracing: the
+    /// tracer can record its library calls only.
+    pub fn library_calls_only(&self) -> bool {
+        matches!(
+            self.kind,
+            ExeKind::Elf {
+                interpreter: Some(_),
+                instrumented: false,
+                ..
+            }
+        )
+    }
+
     /// Why the tracer cannot run this program at all, as one line naming the reason and the fix:
     /// an ELF for another machine or class ("32-bit x86 programs are not supported"), or an ELF
     /// that is not an executable. `None` for anything it can start (which may still record
@@ -665,7 +686,8 @@ impl ExeInfo {
                 ..
             } => Some(format!(
                 "{exe} is statically linked, so the tracer's agent cannot be loaded into it \
-                 (LD_PRELOAD needs a dynamically linked program); rebuild it without `-static`{}",
+                 (LD_PRELOAD needs a dynamically linked program) and it calls no shared library \
+                 whose calls could be recorded; rebuild it without `-static`{}",
                 if *instrumented {
                     ""
                 } else {

@@ -294,6 +294,7 @@ fn merge__same_module_twice__then_listed_once() {
         build_id: String::new(),
         instrumented: false,
         functions: Vec::new(),
+        got_entries: Vec::new(),
     };
     let mut a = Capture {
         pid: 1,

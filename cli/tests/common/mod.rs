@@ -99,9 +99,12 @@ pub fn app() -> PathBuf {
         .clone()
 }
 
-/// The tracer binary under test.
+/// The tracer binary under test. Library calls are off (`TRACER_LIBRARY_CALLS=none`), so the
+/// counts of instrumented functions stay exact; the library-call tests ask for them explicitly.
 pub fn tracer() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tracer"));
+    command.env("TRACER_LIBRARY_CALLS", "none");
+    command
 }
 
 /// A fresh output directory, removed when the returned guard drops (a spinning target writes
