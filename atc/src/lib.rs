@@ -318,9 +318,9 @@ pub fn encode_index(entries: &[IndexEntry], out: &mut Vec<u8>) {
 }
 
 /// The entries of an index block (header and entries, exactly `16 + 32 * count` bytes), or
-/// `None` if its magic, length or checksum is wrong.
+/// `None` if its magic, length, checksum or reserved bytes are wrong.
 pub fn decode_index(bytes: &[u8]) -> Option<Vec<IndexEntry>> {
-    if bytes.len() < INDEX_HEADER_SIZE || bytes[0..4] != INDEX_MAGIC {
+    if bytes.len() < INDEX_HEADER_SIZE || bytes[0..4] != INDEX_MAGIC || u32_at(bytes, 12) != 0 {
         return None;
     }
     let count = u32_at(bytes, 4) as usize;

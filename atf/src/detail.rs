@@ -5,18 +5,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::chunk::ChunkReader;
+use crate::engine::{check_common_header, open_with_header, verify_range, FileCore, Kind};
 use crate::error::{Error, Result};
-use crate::index::{check_common_header, open_with_header, SYNC_FAILED};
-use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
-use crate::sink::{self, Dir, FileSink, FileSystem, RealFs};
+use crate::le::{put_u32, put_u64, u32_at, u64_at};
+use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage};
 use crate::{
     current_arch, DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, ENDIAN_LITTLE, FILE_VERSION, FOOTER_SIZE,
     HEADER_SIZE, OS_LINUX, RECORD_HEADER_SIZE,
 };
-
-/// Writer buffer: records accumulate here and reach the file in writes of this size.
-const WRITE_BUFFER: usize = 1 << 20;
 
 /// The 64-byte header of `detail.atf` (magic `ATD2` at 0 is implied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,25 +119,27 @@ pub struct DetailRecordHeader {
 impl DetailRecordHeader {
     /// The 24 bytes of this record header.
     pub fn encode(&self) -> [u8; RECORD_HEADER_SIZE] {
-        let mut b = [0u8; RECORD_HEADER_SIZE];
-        put_u32(&mut b, 0, self.total_length);
-        put_u16(&mut b, 4, self.event_type);
-        put_u16(&mut b, 6, self.flags);
-        put_u32(&mut b, 8, self.index_seq);
-        put_u32(&mut b, 12, self.thread_id);
-        put_u64(&mut b, 16, self.timestamp_ns);
-        b
+        event::DetailHeader {
+            total_length: self.total_length,
+            event_type: self.event_type,
+            flags: self.flags,
+            index_seq: self.index_seq,
+            thread_id: self.thread_id,
+            timestamp_ns: self.timestamp_ns,
+        }
+        .to_bytes()
     }
 
     /// The record header in 24 bytes.
     pub fn decode(b: &[u8; RECORD_HEADER_SIZE]) -> Self {
+        let h = event::DetailHeader::from_bytes(b);
         DetailRecordHeader {
-            total_length: u32_at(b, 0),
-            event_type: u16_at(b, 4),
-            flags: u16_at(b, 6),
-            index_seq: u32_at(b, 8),
-            thread_id: u32_at(b, 12),
-            timestamp_ns: u64_at(b, 16),
+            total_length: h.total_length,
+            event_type: h.event_type,
+            flags: h.flags,
+            index_seq: h.index_seq,
+            thread_id: h.thread_id,
+            timestamp_ns: h.timestamp_ns,
         }
     }
 }
@@ -239,18 +238,22 @@ impl Totals {
     }
 }
 
-/// Appends records to one thread's `detail.atf`; same guarantees as [`crate::IndexWriter`], the
-/// same handling of interrupted, short and failed writes and of a failed fsync: after an error the
-/// file holds whole records and at most one partial record, which readers ignore.
+/// Appends records to one thread's `detail.atf`; same guarantees as [`crate::IndexWriter`] (the
+/// same file engine), the same handling of interrupted, short and failed writes and of a failed
+/// fsync: after an error the file holds whole records and at most one partial record, which
+/// readers ignore.
 pub struct DetailWriter {
-    file: Box<dyn FileSink>,
-    path: PathBuf,
+    core: FileCore,
     header: DetailHeader,
-    buf: Vec<u8>,
     totals: Totals,
-    failed: bool,
-    done: bool,
 }
+
+/// Error messages of the detail file.
+static DETAIL_KIND: Kind = Kind {
+    create: "create the detail file (is the directory writable, the name unused?)",
+    header: "write the detail header (is the disk full or failing?); the file was removed",
+    write: "write the detail file (is the disk full or failing?)",
+};
 
 impl DetailWriter {
     /// Creates `path` (which must not exist) and writes the recording header.
@@ -276,21 +279,17 @@ impl DetailWriter {
     /// file is removed again.
     pub fn create_in(fs: &dyn FileSystem, dir: &Dir, name: &str, thread_id: u32) -> Result<Self> {
         let header = DetailHeader::recording(thread_id);
-        let (file, path) = sink::create_with_header(fs, dir, name, &header.encode(), "detail")?;
+        let core = FileCore::create(fs, dir, name, &DETAIL_KIND, &header.encode())?;
         Ok(DetailWriter {
-            file,
-            path,
+            core,
             header,
-            buf: Vec::with_capacity(WRITE_BUFFER),
             totals: Totals::default(),
-            failed: false,
-            done: false,
         })
     }
 
     /// The file being written.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.core.path()
     }
 
     /// Records appended so far.
@@ -302,7 +301,7 @@ impl DetailWriter {
     /// e.g. a slice taken straight from a ring. Every length is checked first: each is at least 24
     /// and together they cover the slice exactly; nothing is appended otherwise.
     pub fn append(&mut self, records: &[u8]) -> Result<()> {
-        self.check_usable()?;
+        self.core.check_usable()?;
         // First pass: check every length; second pass: account. No allocation per batch.
         let mut off = 0usize;
         while off < records.len() {
@@ -335,7 +334,7 @@ impl DetailWriter {
 
     /// Appends one record. `header.total_length` must be `24 + payload.len()`.
     pub fn append_record(&mut self, header: &DetailRecordHeader, payload: &[u8]) -> Result<()> {
-        self.check_usable()?;
+        self.core.check_usable()?;
         if header.total_length as usize != RECORD_HEADER_SIZE + payload.len() {
             return Err(self.bad_batch(format!(
                 "total_length {} does not equal {RECORD_HEADER_SIZE} + the {}-byte payload",
@@ -350,22 +349,13 @@ impl DetailWriter {
 
     /// Writes buffered records to the file (to the page cache; see [`sync`](Self::sync)).
     pub fn flush(&mut self) -> Result<()> {
-        self.check_usable()?;
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let result = sink::write_all(&mut *self.file, &self.buf);
-        self.buf.clear();
-        self.check_write(result)
+        self.core.flush()
     }
 
     /// Flushes and makes the written bytes durable (`fdatasync`). A failure is final: what
     /// reached the disk is unknown, and the writer accepts nothing more.
     pub fn sync(&mut self) -> Result<()> {
-        self.flush()?;
-        let file = &mut self.file;
-        let result = sink::sync_retrying(|| file.sync_data());
-        self.check_sync(result)
+        self.core.sync()
     }
 
     /// Flushes, patches the header, appends the footer with the CRC-32C of the records, and fsyncs.
@@ -381,14 +371,13 @@ impl DetailWriter {
     }
 
     fn complete(mut self, sync: bool) -> Result<DetailSummary> {
-        self.flush()?;
+        self.core.flush()?;
         let t = self.totals;
         self.header.event_count = t.count;
         self.header.bytes_length = t.bytes;
         self.header.index_seq_start = t.seq_start;
         self.header.index_seq_end = t.seq_end;
-        let result = sink::write_all_at(&mut *self.file, &self.header.encode(), 0);
-        self.check_write(result)?;
+        self.core.write_at(&self.header.encode(), 0)?;
         let footer = DetailFooter {
             checksum: t.crc,
             event_count: t.count,
@@ -397,14 +386,8 @@ impl DetailWriter {
             time_end_ns: t.time_end_ns,
         };
         let footer_offset = HEADER_SIZE as u64 + t.bytes;
-        let result = sink::write_all_at(&mut *self.file, &footer.encode(), footer_offset);
-        self.check_write(result)?;
-        if sync {
-            let file = &mut self.file;
-            let result = sink::sync_retrying(|| file.sync_all());
-            self.check_sync(result)?;
-        }
-        self.done = true;
+        self.core.write_at(&footer.encode(), footer_offset)?;
+        self.core.finish(sync)?;
         Ok(DetailSummary {
             record_count: t.count,
             bytes_length: t.bytes,
@@ -417,59 +400,14 @@ impl DetailWriter {
 
     fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         self.totals.crc = crc32c::crc32c_append(self.totals.crc, bytes);
-        if bytes.len() >= WRITE_BUFFER / 2 {
-            self.flush()?;
-            let result = sink::write_all(&mut *self.file, bytes);
-            return self.check_write(result);
-        }
-        if self.buf.len() + bytes.len() > WRITE_BUFFER {
-            self.flush()?;
-        }
-        self.buf.extend_from_slice(bytes);
-        Ok(())
+        self.core.write(bytes)
     }
 
     fn bad_batch(&self, problem: String) -> Error {
         Error::invalid(
-            &self.path,
+            self.core.path(),
             format!("{problem}; pass only complete detail records"),
         )
-    }
-
-    fn check_usable(&self) -> Result<()> {
-        if self.failed {
-            return Err(Error::WriterFailed {
-                path: self.path.clone(),
-            });
-        }
-        Ok(())
-    }
-
-    fn check_write(&mut self, result: std::io::Result<()>) -> Result<()> {
-        result.map_err(|e| {
-            self.failed = true;
-            Error::io(
-                &self.path,
-                "write the detail file (is the disk full or failing?)",
-                e,
-            )
-        })
-    }
-
-    fn check_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
-        result.map_err(|e| {
-            self.failed = true;
-            Error::io(&self.path, SYNC_FAILED, e)
-        })
-    }
-}
-
-impl Drop for DetailWriter {
-    fn drop(&mut self) {
-        if !self.done && !self.failed && !self.buf.is_empty() {
-            // Best effort: a reader recovers every complete record whatever happens here.
-            let _ = sink::write_all(&mut *self.file, &self.buf);
-        }
     }
 }
 
@@ -493,7 +431,7 @@ impl DetailReader {
     /// ignored) and [`finished`](Self::finished) is false.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let (file, len, raw) = open_with_header(path, "detail", DETAIL_MAGIC)?;
+        let (file, len, raw) = open_with_header(path, "an ATF detail", DETAIL_MAGIC)?;
         let header = DetailHeader::decode(&raw);
         check_common_header(path, header.endian, header.version)?;
         if header.events_offset != HEADER_SIZE as u64 {
@@ -634,21 +572,13 @@ impl DetailReader {
     /// Recomputes the CRC-32C of the records and compares it with the footer's. `Ok(true)`: it
     /// matches; `Ok(false)`: no checksum recorded (unfinished file or checksum 0).
     pub fn verify_checksum(&self) -> Result<bool> {
-        let expected = match self.footer {
-            Some(f) if f.checksum != 0 => f.checksum,
-            _ => return Ok(false),
-        };
-        let actual = ChunkReader::new(&self.file, HEADER_SIZE as u64, self.records_end)
-            .crc32c()
-            .map_err(|e| Error::io(&self.path, "read the detail records", e))?;
-        if actual != expected {
-            return Err(Error::Checksum {
-                path: self.path.clone(),
-                expected,
-                actual,
-            });
-        }
-        Ok(true)
+        verify_range(
+            &self.file,
+            &self.path,
+            "read the detail records",
+            (HEADER_SIZE as u64, self.records_end),
+            self.footer.map(|f| f.checksum),
+        )
     }
 }
 

@@ -1,22 +1,24 @@
-//! `index.atf`: one thread's call/return events, 32 bytes each.
+//! A thread's call/return events: `index.atf` (ATF v2, 32 bytes an event) and, through
+//! [`crate::compact`], `index.atc` (ATC); one writer and one reader serve both.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::chunk::ChunkReader;
+use crate::compact;
+use crate::engine::{
+    check_common_header, has_magic, open_with_header, verify_range, FileCore, Kind, WRITE_BUFFER,
+};
 use crate::error::{Error, Result};
 use crate::le::{put_u32, put_u64, u32_at, u64_at};
 use crate::manifest::TscCalibration;
-use crate::sink::{self, Dir, FileSink, FileSystem, RealFs};
+use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage, EventCheck};
 use crate::{
-    current_arch, ClockType, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL,
-    FOOTER_SIZE, HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC, OS_LINUX,
+    current_arch, ClockType, EventFormat, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION,
+    FLAG_HAS_DETAIL, FOOTER_SIZE, HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC, OS_LINUX,
 };
-
-/// Writer buffer: events accumulate here and reach the file in writes of this size.
-const WRITE_BUFFER: usize = 1 << 20;
 
 /// One index event (32 bytes on disk).
 ///
@@ -47,25 +49,39 @@ pub struct IndexEvent {
 impl IndexEvent {
     /// The 32 bytes of this event.
     pub fn encode(&self) -> [u8; EVENT_SIZE] {
-        let mut b = [0u8; EVENT_SIZE];
-        put_u64(&mut b, 0, self.timestamp_ns);
-        put_u64(&mut b, 8, self.function_id);
-        put_u32(&mut b, 16, self.thread_id);
-        put_u32(&mut b, 20, self.kind.to_raw());
-        put_u32(&mut b, 24, self.call_depth);
-        put_u32(&mut b, 28, self.detail_seq);
-        b
+        event::Record::from(*self).to_bytes()
     }
 
     /// The event stored in 32 bytes (every bit pattern is an event).
     pub fn decode(b: &[u8; EVENT_SIZE]) -> Self {
+        event::Record::from_bytes(b).into()
+    }
+}
+
+impl From<event::Record> for IndexEvent {
+    #[inline(always)]
+    fn from(r: event::Record) -> Self {
         IndexEvent {
-            timestamp_ns: u64_at(b, 0),
-            function_id: u64_at(b, 8),
-            thread_id: u32_at(b, 16),
-            kind: EventKind::from_raw(u32_at(b, 20)),
-            call_depth: u32_at(b, 24),
-            detail_seq: u32_at(b, 28),
+            timestamp_ns: r.timestamp_ns,
+            function_id: r.function_id,
+            thread_id: r.thread_id,
+            kind: EventKind::from_raw(r.kind),
+            call_depth: r.call_depth,
+            detail_seq: r.detail_seq,
+        }
+    }
+}
+
+impl From<IndexEvent> for event::Record {
+    #[inline(always)]
+    fn from(e: IndexEvent) -> Self {
+        event::Record {
+            timestamp_ns: e.timestamp_ns,
+            function_id: e.function_id,
+            thread_id: e.thread_id,
+            kind: e.kind.to_raw(),
+            call_depth: e.call_depth,
+            detail_seq: e.detail_seq,
         }
     }
 }
@@ -237,35 +253,55 @@ pub struct IndexSummary {
     pub file_bytes: u64,
 }
 
-/// Appends events to one thread's `index.atf`.
+/// Appends events to one thread's event file, in ATF v2 (`index.atf`, [`create`](Self::create))
+/// or in ATC (`index.atc`, [`create_compact`](Self::create_compact); `docs/atc.md`).
 ///
-/// The header is on disk from [`create`](Self::create) on, in its "recording" state (count 0, footer
-/// offset 64); events are buffered and written in large writes, never one write per event; at every
-/// instant the file is a header followed by whole events, which readers recover. [`finish`](Self::finish)
-/// patches the header and appends the footer. Dropping an unfinished writer flushes its buffer and leaves
-/// the file unfinished, as a crash would.
+/// The header is on disk from creation on; events are buffered and written in large writes, never
+/// one write per event; at every instant the file is a header followed by whole events (ATF v2) or
+/// whole checksummed chunks (ATC), which readers recover. [`flush`](Self::flush) writes everything
+/// appended so far (ATC: it closes the open chunk). [`finish`](Self::finish) completes the file
+/// (ATF v2: patches the header and appends the footer; ATC: appends the chunk index and the
+/// trailer). Dropping an unfinished writer flushes it and leaves the file unfinished, as a crash
+/// would.
 ///
 /// Writes go through a [`FileSystem`] ([`RealFs`] unless created with
 /// [`create_with`](Self::create_with)): an interrupted write is retried and a short one continued,
 /// so no byte is lost or doubled. Any other write error (`ENOSPC`, `EIO`, `EFBIG`) is an
 /// [`Error::Io`] naming the file, after which the writer accepts nothing more and the file stays a
-/// header followed by whole events, plus at most one partial event that readers ignore. A failed
-/// fsync is reported the same way and never retried: what reached the disk is then unknown.
+/// header followed by whole events, plus at most one partial event (or chunk) that readers ignore.
+/// A failed fsync is reported the same way and never retried: what reached the disk is then
+/// unknown.
 pub struct IndexWriter {
-    file: Box<dyn FileSink>,
-    path: PathBuf,
-    header: IndexHeader,
-    buf: Vec<u8>,
+    core: FileCore,
     count: u64,
-    crc: u32,
     time_start_ns: u64,
     time_end_ns: u64,
-    failed: bool,
-    done: bool,
+    body: Body,
 }
 
+/// What differs between the two encodings while writing.
+enum Body {
+    /// ATF v2: the header to patch at the end, the CRC-32C of the event bytes.
+    Atf { header: IndexHeader, crc: u32 },
+    /// ATC: the header (its flags may change), the encoder and its output buffer.
+    Atc(Box<AtcBody>),
+}
+
+struct AtcBody {
+    header: atc::FileHeader,
+    encoder: atc::Encoder,
+    out: Vec<u8>,
+}
+
+/// Error messages of the ATF v2 index file.
+static INDEX_KIND: Kind = Kind {
+    create: "create the index file (is the directory writable, the name unused?)",
+    header: "write the index header (is the disk full or failing?); the file was removed",
+    write: "write the index file (is the disk full or failing?)",
+};
+
 impl IndexWriter {
-    /// Creates `path` (which must not exist) and writes the recording header.
+    /// Creates the ATF v2 file `path` (which must not exist) and writes the recording header.
     pub fn create(path: impl AsRef<Path>, thread_id: u32, clock: ClockType) -> Result<Self> {
         Self::create_with(&RealFs, path, thread_id, clock)
     }
@@ -278,15 +314,35 @@ impl IndexWriter {
         thread_id: u32,
         clock: ClockType,
     ) -> Result<Self> {
-        let path = path.as_ref();
-        let (dir, name) = sink::parent_and_name(path)
-            .map_err(|e| Error::io(path, "open the directory of the index file", e))?;
-        Self::create_in(fs, &dir, &name, thread_id, clock)
+        Self::create_with_format(fs, path, thread_id, clock, EventFormat::Atf2)
     }
 
-    /// Creates `name` in `dir` on the file system `fs` (new, never an existing file or a link;
-    /// mode 0600) and writes the recording header. If the header cannot be written whole, the
-    /// file is removed again.
+    /// Creates the ATC file `path` (which must not exist) and writes its header.
+    pub fn create_compact(
+        path: impl AsRef<Path>,
+        thread_id: u32,
+        clock: ClockType,
+    ) -> Result<Self> {
+        Self::create_with_format(&RealFs, path, thread_id, clock, EventFormat::Atc)
+    }
+
+    /// Creates `path` in `format` on the file system `fs`: the directory holding `path` is opened
+    /// (as given) and the file created in it with [`create_in_format`](Self::create_in_format).
+    pub fn create_with_format(
+        fs: &dyn FileSystem,
+        path: impl AsRef<Path>,
+        thread_id: u32,
+        clock: ClockType,
+        format: EventFormat,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let (dir, name) = sink::parent_and_name(path)
+            .map_err(|e| Error::io(path, "open the directory of the event file", e))?;
+        Self::create_in_format(fs, &dir, &name, thread_id, clock, format)
+    }
+
+    /// Creates the ATF v2 file `name` in `dir` on the file system `fs` (see
+    /// [`create_in_format`](Self::create_in_format)).
     pub fn create_in(
         fs: &dyn FileSystem,
         dir: &Dir,
@@ -294,25 +350,57 @@ impl IndexWriter {
         thread_id: u32,
         clock: ClockType,
     ) -> Result<Self> {
-        let header = IndexHeader::recording(thread_id, clock);
-        let (file, path) = sink::create_with_header(fs, dir, name, &header.encode(), "index")?;
+        Self::create_in_format(fs, dir, name, thread_id, clock, EventFormat::Atf2)
+    }
+
+    /// Creates `name` in `dir` on the file system `fs` (new, never an existing file or a link;
+    /// mode 0600) in `format`, and writes its header. If the header cannot be written whole, the
+    /// file is removed again: no file is better than one no reader opens.
+    pub fn create_in_format(
+        fs: &dyn FileSystem,
+        dir: &Dir,
+        name: &str,
+        thread_id: u32,
+        clock: ClockType,
+        format: EventFormat,
+    ) -> Result<Self> {
+        let (core, body) = match format {
+            EventFormat::Atf2 => {
+                let header = IndexHeader::recording(thread_id, clock);
+                let core = FileCore::create(fs, dir, name, &INDEX_KIND, &header.encode())?;
+                (core, Body::Atf { header, crc: 0 })
+            }
+            EventFormat::Atc => {
+                let header = compact::file_header(thread_id, clock);
+                let core = FileCore::create(fs, dir, name, &compact::KIND, &header.encode())?;
+                let body = AtcBody {
+                    header,
+                    encoder: atc::Encoder::new(thread_id, atc::FILE_HEADER_SIZE as u64),
+                    out: Vec::with_capacity(2 * atc::CHUNK_TARGET_BYTES),
+                };
+                (core, Body::Atc(Box::new(body)))
+            }
+        };
         Ok(IndexWriter {
-            file,
-            path,
-            header,
-            buf: Vec::with_capacity(WRITE_BUFFER),
+            core,
             count: 0,
-            crc: 0,
             time_start_ns: 0,
             time_end_ns: 0,
-            failed: false,
-            done: false,
+            body,
         })
     }
 
     /// The file being written.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.core.path()
+    }
+
+    /// The encoding of the file.
+    pub fn format(&self) -> EventFormat {
+        match self.body {
+            Body::Atf { .. } => EventFormat::Atf2,
+            Body::Atc(_) => EventFormat::Atc,
+        }
     }
 
     /// Events appended so far (buffered or written).
@@ -323,10 +411,10 @@ impl IndexWriter {
     /// Appends whole encoded events, e.g. a slice taken straight from a ring. The length must be a
     /// multiple of 32; nothing is appended otherwise.
     pub fn append(&mut self, events: &[u8]) -> Result<()> {
-        self.check_usable()?;
+        self.core.check_usable()?;
         if events.len() % EVENT_SIZE != 0 {
             return Err(Error::invalid(
-                &self.path,
+                self.core.path(),
                 format!(
                     "a batch of {} bytes is not a whole number of {EVENT_SIZE}-byte events; \
                      pass only complete events",
@@ -337,19 +425,21 @@ impl IndexWriter {
         if events.is_empty() {
             return Ok(());
         }
-        self.account(events);
-        if events.len() >= WRITE_BUFFER / 2 {
-            // Large batch: what is buffered goes first, then one write straight from the caller's
-            // slice, no copy.
-            self.flush()?;
-            let result = sink::write_all(&mut *self.file, events);
-            return self.check_write(result);
+        if self.count == 0 {
+            self.time_start_ns = u64_at(events, 0);
         }
-        if self.buf.len() + events.len() > WRITE_BUFFER {
-            self.flush()?;
+        self.time_end_ns = u64_at(events, events.len() - EVENT_SIZE);
+        self.count += (events.len() / EVENT_SIZE) as u64;
+        match &mut self.body {
+            Body::Atf { crc, .. } => {
+                *crc = crc32c::crc32c_append(*crc, events);
+                self.core.write(events)
+            }
+            Body::Atc(atc) => {
+                atc.encoder.push_bytes(events, &mut atc.out);
+                write_out(&mut self.core, &mut atc.out)
+            }
         }
-        self.buf.extend_from_slice(events);
-        Ok(())
     }
 
     /// Appends one event.
@@ -358,70 +448,63 @@ impl IndexWriter {
     }
 
     /// Appends whole encoded events whose timestamps are raw TSC ticks, converting each timestamp to
-    /// nanoseconds with `calibration` on the way into the buffer (no extra copy).
+    /// nanoseconds with `calibration` on the way in.
     pub fn append_tsc(&mut self, events: &[u8], calibration: &TscCalibration) -> Result<()> {
-        self.check_usable()?;
         if events.len() % EVENT_SIZE != 0 {
-            return Err(Error::invalid(
-                &self.path,
-                format!(
-                    "a batch of {} bytes is not a whole number of {EVENT_SIZE}-byte events; \
-                     pass only complete events",
-                    events.len()
-                ),
-            ));
+            // `append` refuses it with the message.
+            return self.append(events);
         }
+        let mut converted = Vec::with_capacity(events.len().min(WRITE_BUFFER));
         for piece in events.chunks(WRITE_BUFFER - WRITE_BUFFER % EVENT_SIZE) {
-            if self.buf.len() + piece.len() > WRITE_BUFFER {
-                self.flush()?;
-            }
-            let start = self.buf.len();
-            self.buf.extend_from_slice(piece);
-            for event in self.buf[start..].chunks_exact_mut(EVENT_SIZE) {
+            converted.clear();
+            converted.extend_from_slice(piece);
+            for event in converted.chunks_exact_mut(EVENT_SIZE) {
                 let ns = calibration.to_ns(u64_at(event, 0));
                 put_u64(event, 0, ns);
             }
-            let converted = std::mem::take(&mut self.buf);
-            self.account(&converted[start..]);
-            self.buf = converted;
+            self.append(&converted)?;
         }
         Ok(())
     }
 
     /// Sets bit 0 of the header flags (a detail file exists) and rewrites the header in place.
     pub fn set_has_detail(&mut self, has_detail: bool) -> Result<()> {
-        self.check_usable()?;
-        let flags = if has_detail {
-            self.header.flags | FLAG_HAS_DETAIL
-        } else {
-            self.header.flags & !FLAG_HAS_DETAIL
+        self.core.check_usable()?;
+        let set = |flags: u32| {
+            if has_detail {
+                flags | FLAG_HAS_DETAIL
+            } else {
+                flags & !FLAG_HAS_DETAIL
+            }
         };
-        if flags != self.header.flags {
-            self.header.flags = flags;
-            let result = sink::write_all_at(&mut *self.file, &self.header.encode(), 0);
-            self.check_write(result)?;
+        match &mut self.body {
+            Body::Atf { header, .. } if set(header.flags) != header.flags => {
+                header.flags = set(header.flags);
+                self.core.write_at(&header.encode(), 0)
+            }
+            Body::Atc(atc) if set(atc.header.flags) != atc.header.flags => {
+                atc.header.flags = set(atc.header.flags);
+                self.core.write_at(&atc.header.encode(), 0)
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// Writes buffered events to the file (to the page cache; see [`sync`](Self::sync)).
+    /// Writes every appended event to the file (to the page cache; see [`sync`](Self::sync)).
     pub fn flush(&mut self) -> Result<()> {
-        self.check_usable()?;
-        if self.buf.is_empty() {
-            return Ok(());
+        self.core.check_usable()?;
+        if let Body::Atc(atc) = &mut self.body {
+            atc.encoder.seal(&mut atc.out);
+            write_out(&mut self.core, &mut atc.out)?;
         }
-        let result = sink::write_all(&mut *self.file, &self.buf);
-        self.buf.clear();
-        self.check_write(result)
+        self.core.flush()
     }
 
     /// Flushes and makes the written bytes durable (`fdatasync`). A failure is final (see the
     /// type's documentation).
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        let file = &mut self.file;
-        let result = sink::sync_retrying(|| file.sync_data());
-        self.check_sync(result)
+        self.core.sync()
     }
 
     /// Flushes and asks the kernel to start writing the file's dirty pages to disk, without
@@ -430,28 +513,28 @@ impl IndexWriter {
     /// to write. A file system that does not support it is not an error.
     pub fn start_writeback(&mut self) -> Result<()> {
         self.flush()?;
-        self.file.start_writeback();
-        Ok(())
+        self.core.start_writeback()
     }
 
-    /// Bytes of the file its events reach (header and events, buffered ones included).
+    /// Bytes of the file its events reached so far (header and encoded events, buffered ones
+    /// included; ATC: up to the last sealed chunk).
     pub fn bytes_written(&self) -> u64 {
-        HEADER_SIZE as u64 + self.count * EVENT_SIZE as u64
+        self.core.len()
     }
 
     /// Flushes, then starts the disk write of bytes `offset..offset + len` and, with `wait`,
-    /// waits for it (see [`FileSink::writeback`]). Called as a long recording goes, behind the
-    /// write position, it keeps the data not yet on its way to the disk small, so the final
+    /// waits for it (see [`crate::FileSink::writeback`]). Called as a long recording goes, behind
+    /// the write position, it keeps the data not yet on its way to the disk small, so the final
     /// fsync is short and the page cache never holds a large backlog of this file.
     pub fn writeback(&mut self, offset: u64, len: u64, wait: bool) -> Result<()> {
         self.flush()?;
-        self.file.writeback(offset, len, wait);
-        Ok(())
+        self.core.writeback(offset, len, wait)
     }
 
-    /// Flushes, patches the header (count, footer offset, time range), appends the footer with the
-    /// CRC-32C of the events, and fsyncs. The header is patched first: a crash in between leaves a
-    /// header whose footer offset is the end of the file, which every reader recovers.
+    /// Completes the file and fsyncs it. ATF v2: patches the header (count, footer offset, time
+    /// range), then appends the footer with the CRC-32C of the events; the header is patched
+    /// first, so a crash in between leaves a header whose footer offset is the end of the file,
+    /// which every reader recovers. ATC: appends the chunk index and the trailer.
     pub fn finish(self) -> Result<IndexSummary> {
         self.complete(true)
     }
@@ -464,111 +547,112 @@ impl IndexWriter {
     }
 
     fn complete(mut self, sync: bool) -> Result<IndexSummary> {
-        self.flush()?;
-        let events_bytes = self.count * EVENT_SIZE as u64;
-        let footer_offset = HEADER_SIZE as u64 + events_bytes;
-        self.header.event_count = u32::try_from(self.count).unwrap_or(u32::MAX);
-        self.header.footer_offset = footer_offset;
-        self.header.time_start_ns = self.time_start_ns;
-        self.header.time_end_ns = self.time_end_ns;
-        let result = sink::write_all_at(&mut *self.file, &self.header.encode(), 0);
-        self.check_write(result)?;
-        let footer = IndexFooter {
-            checksum: self.crc,
-            event_count: self.count,
-            time_start_ns: self.time_start_ns,
-            time_end_ns: self.time_end_ns,
-            bytes_written: events_bytes,
+        self.core.check_usable()?;
+        let (checksum, file_bytes) = match &mut self.body {
+            Body::Atf { header, crc } => {
+                self.core.flush()?;
+                let events_bytes = self.count * EVENT_SIZE as u64;
+                let footer_offset = HEADER_SIZE as u64 + events_bytes;
+                header.event_count = u32::try_from(self.count).unwrap_or(u32::MAX);
+                header.footer_offset = footer_offset;
+                header.time_start_ns = self.time_start_ns;
+                header.time_end_ns = self.time_end_ns;
+                self.core.write_at(&header.encode(), 0)?;
+                let footer = IndexFooter {
+                    checksum: *crc,
+                    event_count: self.count,
+                    time_start_ns: self.time_start_ns,
+                    time_end_ns: self.time_end_ns,
+                    bytes_written: events_bytes,
+                };
+                self.core.write_at(&footer.encode(), footer_offset)?;
+                (*crc, footer_offset + FOOTER_SIZE as u64)
+            }
+            Body::Atc(atc) => {
+                atc.encoder.finish(&mut atc.out);
+                write_out(&mut self.core, &mut atc.out)?;
+                // The encoder's offset is now where the index starts.
+                let end = atc.encoder.offset() + compact::tail_len(atc.encoder.index().len());
+                (0, end)
+            }
         };
-        let result = sink::write_all_at(&mut *self.file, &footer.encode(), footer_offset);
-        self.check_write(result)?;
-        if sync {
-            let file = &mut self.file;
-            let result = sink::sync_retrying(|| file.sync_all());
-            self.check_sync(result)?;
-        }
-        self.done = true;
+        self.core.finish(sync)?;
         Ok(IndexSummary {
             event_count: self.count,
             time_start_ns: self.time_start_ns,
             time_end_ns: self.time_end_ns,
-            checksum: self.crc,
-            file_bytes: footer_offset + FOOTER_SIZE as u64,
-        })
-    }
-
-    /// Updates count, CRC and time range for whole events about to be written.
-    fn account(&mut self, events: &[u8]) {
-        if self.count == 0 {
-            self.time_start_ns = u64_at(events, 0);
-        }
-        self.time_end_ns = u64_at(events, events.len() - EVENT_SIZE);
-        self.count += (events.len() / EVENT_SIZE) as u64;
-        self.crc = crc32c::crc32c_append(self.crc, events);
-    }
-
-    fn check_usable(&self) -> Result<()> {
-        if self.failed {
-            return Err(Error::WriterFailed {
-                path: self.path.clone(),
-            });
-        }
-        Ok(())
-    }
-
-    fn check_write(&mut self, result: std::io::Result<()>) -> Result<()> {
-        result.map_err(|e| {
-            self.failed = true;
-            Error::io(
-                &self.path,
-                "write the index file (is the disk full or failing?)",
-                e,
-            )
-        })
-    }
-
-    fn check_sync(&mut self, result: std::io::Result<()>) -> Result<()> {
-        result.map_err(|e| {
-            self.failed = true;
-            Error::io(&self.path, SYNC_FAILED, e)
+            checksum,
+            file_bytes,
         })
     }
 }
 
-/// The action of a failed fsync: the kernel may have dropped the pages it could not write and
-/// a second fsync would not report it, so nothing is retried and the state on disk is unknown.
-pub(crate) const SYNC_FAILED: &str =
-    "fsync the file; after a failed fsync which written bytes reached the disk is unknown (the \
-     kernel may have dropped them), so it is not synced again and its writer accepts nothing more";
+/// Writes what an encoder sealed and empties its buffer.
+fn write_out(core: &mut FileCore, out: &mut Vec<u8>) -> Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let result = core.write(out);
+    out.clear();
+    result
+}
 
 impl Drop for IndexWriter {
     fn drop(&mut self) {
-        if !self.done && !self.failed && !self.buf.is_empty() {
-            // Best effort: the file stays a header plus whole events whatever happens here.
-            let _ = sink::write_all(&mut *self.file, &self.buf);
+        // An unfinished ATC file keeps the events of its open chunk, as ATF v2 keeps its buffer
+        // (the core writes what is buffered when it drops, unless it failed).
+        if let Body::Atc(atc) = &mut self.body {
+            if self.core.check_usable().is_ok() && atc.encoder.pending() > 0 {
+                atc.encoder.seal(&mut atc.out);
+                let _ = write_out(&mut self.core, &mut atc.out);
+            }
         }
     }
 }
 
-/// Reads one `index.atf`, streaming; recovers files that were never finished.
+/// Reads one thread's event file, ATF v2 (`index.atf`) or ATC (`index.atc`), whichever its magic
+/// says; streaming; recovers files that were never finished.
 pub struct IndexReader {
     file: File,
     path: PathBuf,
-    header: IndexHeader,
-    footer: Option<IndexFooter>,
     event_count: u64,
     time_start_ns: u64,
     time_end_ns: u64,
     note: Option<String>,
+    layout: Layout,
+}
+
+/// What differs between the encodings when reading.
+enum Layout {
+    Atf {
+        header: IndexHeader,
+        footer: Option<IndexFooter>,
+    },
+    Atc(compact::Chunks),
 }
 
 impl IndexReader {
-    /// Opens and validates `path`. A file with a consistent footer is finished; otherwise its whole
-    /// events are recovered (a partial trailing event is ignored) and [`finished`](Self::finished) is
-    /// false, with [`recovery_note`](Self::recovery_note) saying why.
+    /// Opens and validates `path`. A finished file (ATF v2: a consistent footer; ATC: a valid
+    /// trailer and chunk index) is read as its footer says; otherwise its whole events (ATC: its
+    /// whole chunks) are recovered, a partial trailing event (chunk) is ignored, and
+    /// [`finished`](Self::finished) is false, with [`recovery_note`](Self::recovery_note) saying why.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let (file, len, raw) = open_with_header(path, "index", INDEX_MAGIC)?;
+        // By the magic; a file that has neither is reported as what its name says it is.
+        let named_atc = path.extension().is_some_and(|e| e == "atc");
+        if compact::has_magic(path) || (named_atc && !has_magic(path, INDEX_MAGIC)) {
+            let (file, chunks) = compact::Chunks::open(path)?;
+            return Ok(IndexReader {
+                file,
+                path: path.to_path_buf(),
+                event_count: chunks.event_count(),
+                time_start_ns: chunks.time_range().0,
+                time_end_ns: chunks.time_range().1,
+                note: chunks.note().map(str::to_owned),
+                layout: Layout::Atc(chunks),
+            });
+        }
+        let (file, len, raw) = open_with_header(path, "an ATF index", INDEX_MAGIC)?;
         let header = IndexHeader::decode(&raw);
         check_common_header(path, header.endian, header.version)?;
         if header.event_size != EVENT_SIZE as u32 {
@@ -679,12 +763,11 @@ impl IndexReader {
         Ok(IndexReader {
             file,
             path: path.to_path_buf(),
-            header,
-            footer,
             event_count,
             time_start_ns,
             time_end_ns,
             note,
+            layout: Layout::Atf { header, footer },
         })
     }
 
@@ -693,19 +776,44 @@ impl IndexReader {
         &self.path
     }
 
-    /// The header as stored.
-    pub fn header(&self) -> &IndexHeader {
-        &self.header
+    /// The file's encoding.
+    pub fn format(&self) -> EventFormat {
+        match self.layout {
+            Layout::Atf { .. } => EventFormat::Atf2,
+            Layout::Atc(_) => EventFormat::Atc,
+        }
     }
 
-    /// The footer, if the file was finished.
+    /// The ATF v2 header as stored (`None` for an ATC file).
+    pub fn header(&self) -> Option<&IndexHeader> {
+        match &self.layout {
+            Layout::Atf { header, .. } => Some(header),
+            Layout::Atc(_) => None,
+        }
+    }
+
+    /// The ATF v2 footer, if the file is ATF v2 and was finished.
     pub fn footer(&self) -> Option<&IndexFooter> {
-        self.footer.as_ref()
+        match &self.layout {
+            Layout::Atf { footer, .. } => footer.as_ref(),
+            Layout::Atc(_) => None,
+        }
     }
 
-    /// Whether the writer finished the file (a consistent footer is present).
+    /// Whether the header says the thread has a detail file.
+    pub fn has_detail(&self) -> bool {
+        match &self.layout {
+            Layout::Atf { header, .. } => header.has_detail(),
+            Layout::Atc(chunks) => chunks.header().flags & atc::FLAG_HAS_DETAIL != 0,
+        }
+    }
+
+    /// Whether the writer finished the file.
     pub fn finished(&self) -> bool {
-        self.footer.is_some()
+        match &self.layout {
+            Layout::Atf { footer, .. } => footer.is_some(),
+            Layout::Atc(chunks) => chunks.finished(),
+        }
     }
 
     /// For a recovered file: why it counts as unfinished and what was recovered.
@@ -725,7 +833,15 @@ impl IndexReader {
 
     /// The clock the timestamps use, if the header names a known one.
     pub fn clock(&self) -> Option<ClockType> {
-        ClockType::from_raw(self.header.clock_type)
+        ClockType::from_raw(self.clock_type())
+    }
+
+    /// The header's clock type byte (offset 16 in both formats), known or not.
+    pub fn clock_type(&self) -> u8 {
+        match &self.layout {
+            Layout::Atf { header, .. } => header.clock_type,
+            Layout::Atc(chunks) => chunks.header().clock_type,
+        }
     }
 
     /// All events in order, read in large chunks.
@@ -733,22 +849,60 @@ impl IndexReader {
         self.events_from(0)
     }
 
+    /// All events in order, as [`events`](Self::events), except that in an ATC file a chunk that
+    /// fails its checksum or does not decode is skipped instead of ending the stream with an
+    /// error: what a reader shows after reporting the damage (see [`verify`](Self::verify)).
+    /// [`Events::next_seq`] gives each event's stream position. ATF v2 events carry no
+    /// checksum of their own, so nothing is skipped there.
+    pub fn events_past_damage(&self) -> Events<'_> {
+        let mut events = self.events_from(0);
+        if let Inner::Atc(chunks) = &mut events.inner {
+            chunks.past_damage();
+        }
+        events
+    }
+
     /// Events from sequence number `seq` on.
     pub fn events_from(&self, seq: u64) -> Events<'_> {
         let seq = seq.min(self.event_count);
-        let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
+        let inner = match &self.layout {
+            Layout::Atf { .. } => {
+                let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
+                let start = HEADER_SIZE as u64 + seq * EVENT_SIZE as u64;
+                Inner::Atf(ChunkReader::new(&self.file, start, end), seq)
+            }
+            Layout::Atc(chunks) => Inner::Atc(chunks.events_from(&self.file, &self.path, seq)),
+        };
         Events {
             reader: self,
-            chunks: ChunkReader::new(
-                &self.file,
-                HEADER_SIZE as u64 + seq * EVENT_SIZE as u64,
-                end,
-            ),
+            inner,
             failed: false,
         }
     }
 
-    /// The event with sequence number `seq` (its position in the file).
+    /// Events from the first one at or after `time_ns` on (timestamps of a thread do not go
+    /// backwards). ATC finds the chunk in its index and decodes from there; ATF v2 searches the
+    /// fixed-size events by bisection.
+    pub fn events_from_time(&self, time_ns: u64) -> Result<Events<'_>> {
+        let seq = match &self.layout {
+            Layout::Atf { .. } => {
+                let (mut lo, mut hi) = (0u64, self.event_count);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if read_timestamp(&self.file, &self.path, mid)? < time_ns {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+            Layout::Atc(chunks) => chunks.seq_at_time(&self.file, &self.path, time_ns)?,
+        };
+        Ok(self.events_from(seq))
+    }
+
+    /// The event with sequence number `seq` (its position in the thread's stream).
     pub fn event(&self, seq: u64) -> Result<IndexEvent> {
         if seq >= self.event_count {
             return Err(Error::invalid(
@@ -756,50 +910,62 @@ impl IndexReader {
                 format!("no event {seq}: the file holds {} events", self.event_count),
             ));
         }
-        let mut raw = [0u8; EVENT_SIZE];
-        self.file
-            .read_exact_at(&mut raw, HEADER_SIZE as u64 + seq * EVENT_SIZE as u64)
-            .map_err(|e| Error::io(&self.path, "read an index event", e))?;
-        Ok(IndexEvent::decode(&raw))
+        match self.events_from(seq).next() {
+            Some(event) => event,
+            None => Err(Error::corrupt(
+                &self.path,
+                format!("event {seq} could not be read"),
+            )),
+        }
     }
 
-    /// Recomputes the CRC-32C of the events and compares it with the footer's. `Ok(true)`: it
-    /// matches; `Ok(false)`: no checksum recorded (unfinished file or checksum 0).
+    /// Checks the stored checksums against the bytes. ATF v2: the CRC-32C of the events against
+    /// the footer's, `Ok(false)` when none was recorded (unfinished file or checksum 0). ATC: every
+    /// chunk's CRC-32C, `Ok(true)` when all match. A mismatch is an [`Error::Checksum`].
     pub fn verify_checksum(&self) -> Result<bool> {
-        let expected = match self.footer {
-            Some(f) if f.checksum != 0 => f.checksum,
-            _ => return Ok(false),
-        };
-        let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
-        let actual = ChunkReader::new(&self.file, HEADER_SIZE as u64, end)
-            .crc32c()
-            .map_err(|e| Error::io(&self.path, "read the index events", e))?;
-        if actual != expected {
-            return Err(Error::Checksum {
-                path: self.path.clone(),
-                expected,
-                actual,
-            });
+        match &self.layout {
+            Layout::Atf { footer, .. } => verify_range(
+                &self.file,
+                &self.path,
+                "read the index events",
+                (
+                    HEADER_SIZE as u64,
+                    HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64,
+                ),
+                footer.map(|f| f.checksum),
+            ),
+            Layout::Atc(chunks) => chunks.verify(&self.file, &self.path).map(|()| true),
         }
-        Ok(true)
     }
 }
 
 impl IndexReader {
     /// Checks everything the file says against everything else it says, in one pass over the
-    /// events: the header's thread id against `thread_id` (the one its directory names), its
+    /// events, and returns every damaged range found (an error only if the file cannot be read).
+    /// ATC: the header's thread id, clock, flags and reserved bytes, each chunk's checksum and
+    /// decoding, the chunk index against the chunks, and each event (see [`EventCheck`]).
+    /// ATF v2: the header's thread id against `thread_id` (the one its directory names), its
     /// clock, flags and reserved bytes, the header's copies of the footer's fields, the footer's
-    /// time range and length against the events, the CRC-32C of the events, and each event (see
-    /// [`EventCheck`]). Returns every damaged range found; an error only if the file cannot be
-    /// read.
+    /// time range and length against the events, the CRC-32C of the events, and each event.
     pub fn verify(&self, thread_id: u32) -> Result<Vec<Damage>> {
+        match &self.layout {
+            Layout::Atf { header, footer } => self.verify_atf(header, footer.as_ref(), thread_id),
+            Layout::Atc(chunks) => chunks.verify_damage(&self.file, &self.path, thread_id),
+        }
+    }
+
+    fn verify_atf(
+        &self,
+        h: &IndexHeader,
+        footer: Option<&IndexFooter>,
+        thread_id: u32,
+    ) -> Result<Vec<Damage>> {
         let path = &self.path;
         let mut out = Vec::new();
         let mut raw = [0u8; HEADER_SIZE];
         self.file
             .read_exact_at(&mut raw, 0)
             .map_err(|e| Error::io(path, "read the index header", e))?;
-        let h = &self.header;
         field_matches(
             path,
             12..16,
@@ -844,7 +1010,7 @@ impl IndexReader {
             })
             .map_err(|e| Error::io(path, "read the index events (did the file shrink?)", e))?;
         let (first, last) = first_last.unwrap_or((0, 0));
-        match self.footer {
+        match footer {
             Some(f) => {
                 let fo = h.footer_offset;
                 let mut raw_footer = [0u8; FOOTER_SIZE];
@@ -950,41 +1116,66 @@ impl IndexReader {
     }
 }
 
-/// Iterator over an index file's events; yields an error (then stops) if the file shrinks under it.
+/// Iterator over a thread's events; yields an error (then stops) if the file shrinks under it or
+/// (ATC) a chunk fails its checksum.
 pub struct Events<'a> {
     reader: &'a IndexReader,
-    chunks: ChunkReader<'a>,
+    inner: Inner<'a>,
     failed: bool,
+}
+
+enum Inner<'a> {
+    /// The bytes left, and the stream position of the next event.
+    Atf(ChunkReader<'a>, u64),
+    Atc(compact::ChunkEvents<'a>),
+}
+
+impl Events<'_> {
+    /// The stream position (sequence number) of the next event returned; after a `next` that
+    /// returned an event, that event's position is one less. Detail records link to events by it.
+    pub fn next_seq(&self) -> u64 {
+        match &self.inner {
+            Inner::Atf(_, seq) => *seq,
+            Inner::Atc(chunks) => chunks.next_seq(),
+        }
+    }
 }
 
 impl Iterator for Events<'_> {
     type Item = Result<IndexEvent>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        match self.chunks.take(EVENT_SIZE) {
-            Ok(Some(bytes)) => {
-                let mut raw = [0u8; EVENT_SIZE];
-                raw.copy_from_slice(bytes);
-                Some(Ok(IndexEvent::decode(&raw)))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                self.failed = true;
-                Some(Err(Error::io(
+        let result = match &mut self.inner {
+            Inner::Atc(chunks) => chunks.next()?.map(IndexEvent::from),
+            Inner::Atf(chunks, seq) => match chunks.take(EVENT_SIZE) {
+                Ok(Some(bytes)) => {
+                    let mut raw = [0u8; EVENT_SIZE];
+                    raw.copy_from_slice(bytes);
+                    *seq += 1;
+                    Ok(IndexEvent::decode(&raw))
+                }
+                Ok(None) => return None,
+                Err(e) => Err(Error::io(
                     &self.reader.path,
                     "read the index events (did the file shrink?)",
                     e,
-                )))
-            }
-        }
+                )),
+            },
+        };
+        self.failed = result.is_err();
+        Some(result)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = (self.chunks.remaining() / EVENT_SIZE as u64) as usize;
-        (n, Some(n))
+        let n = match &self.inner {
+            Inner::Atf(chunks, _) => (chunks.remaining() / EVENT_SIZE as u64) as usize,
+            Inner::Atc(chunks) => chunks.remaining() as usize,
+        };
+        (0, Some(n))
     }
 }
 
@@ -993,61 +1184,6 @@ fn read_timestamp(file: &File, path: &Path, seq: u64) -> Result<u64> {
     file.read_exact_at(&mut raw, HEADER_SIZE as u64 + seq * EVENT_SIZE as u64)
         .map_err(|e| Error::io(path, "read an index event", e))?;
     Ok(u64::from_le_bytes(raw))
-}
-
-/// Checks the byte-order and version bytes both file kinds share.
-/// Opens an ATF file and reads its 64-byte header, checking the length and the magic; `what` is
-/// "index" or "detail" (for the messages). Returns the file, its length and the raw header.
-pub(crate) fn open_with_header(
-    path: &Path,
-    what: &str,
-    magic: [u8; 4],
-) -> Result<(File, u64, [u8; HEADER_SIZE])> {
-    let file = crate::verify::open_regular(path)?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat the trace file", e))?
-        .len();
-    if len < HEADER_SIZE as u64 {
-        return Err(Error::corrupt(
-            path,
-            format!("the file is {len} bytes, shorter than the {HEADER_SIZE}-byte {what} header"),
-        ));
-    }
-    let mut raw = [0u8; HEADER_SIZE];
-    file.read_exact_at(&mut raw, 0)
-        .map_err(|e| Error::io(path, "read the trace file's header", e))?;
-    if raw[0..4] != magic {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "not an ATF {what} file: it starts with {:?}, expected {:?}",
-                String::from_utf8_lossy(&raw[0..4]),
-                String::from_utf8_lossy(&magic)
-            ),
-        ));
-    }
-    Ok((file, len, raw))
-}
-
-pub(crate) fn check_common_header(path: &Path, endian: u8, version: u8) -> Result<()> {
-    if endian != ENDIAN_LITTLE {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "unsupported byte order {endian} in the header (only 1, little-endian, is defined)"
-            ),
-        ));
-    }
-    if version != FILE_VERSION {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "unsupported file version {version} (this reader knows version {FILE_VERSION})"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1072,7 +1208,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn batch(range: std::ops::Range<u64>) -> Vec<u8> {
+    pub(crate) fn batch(range: std::ops::Range<u64>) -> Vec<u8> {
         range.flat_map(|i| event(i).encode()).collect()
     }
 
@@ -1082,7 +1218,7 @@ pub(crate) mod tests {
         w.finish().unwrap()
     }
 
-    fn read_all(reader: &IndexReader) -> Vec<IndexEvent> {
+    pub(crate) fn read_all(reader: &IndexReader) -> Vec<IndexEvent> {
         reader.events().collect::<Result<Vec<_>>>().unwrap()
     }
 
@@ -1262,9 +1398,9 @@ pub(crate) mod tests {
         let path = dir.path().join("index.atf");
         let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
         w.set_has_detail(true).unwrap();
-        assert!(IndexReader::open(&path).unwrap().header().has_detail());
+        assert!(IndexReader::open(&path).unwrap().has_detail());
         w.finish().unwrap();
-        assert!(IndexReader::open(&path).unwrap().header().has_detail());
+        assert!(IndexReader::open(&path).unwrap().has_detail());
     }
 
     #[test]
@@ -1600,7 +1736,7 @@ pub(crate) mod tests {
 
             let r = IndexReader::open(&path).unwrap();
             assert!(r.finished());
-            assert!(r.header().has_detail());
+            assert!(r.has_detail());
             assert_eq!(read_all(&r), (0..next).map(event).collect::<Vec<_>>());
             assert!(r.verify_checksum().unwrap());
             let injected = fs.injected();

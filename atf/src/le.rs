@@ -1,10 +1,6 @@
 //! Little-endian field access at explicit byte offsets. Callers pass offsets inside their fixed-size
 //! arrays, so the slicing below never goes out of bounds for the layouts of this crate.
 
-pub(crate) fn u16_at(bytes: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([bytes[off], bytes[off + 1]])
-}
-
 pub(crate) fn u32_at(bytes: &[u8], off: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&bytes[off..off + 4]);
@@ -15,10 +11,6 @@ pub(crate) fn u64_at(bytes: &[u8], off: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[off..off + 8]);
     u64::from_le_bytes(b)
-}
-
-pub(crate) fn put_u16(bytes: &mut [u8], off: usize, value: u16) {
-    bytes[off..off + 2].copy_from_slice(&value.to_le_bytes());
 }
 
 pub(crate) fn put_u32(bytes: &mut [u8], off: usize, value: u32) {

@@ -42,7 +42,10 @@
 //! ```
 
 mod chunk;
+mod compact;
+mod convert;
 mod detail;
+mod engine;
 mod error;
 pub mod fault;
 mod index;
@@ -52,11 +55,13 @@ mod session;
 mod sink;
 mod verify;
 
+pub use convert::{convert_session, Converted};
 pub use detail::{
     DetailFooter, DetailHeader, DetailReader, DetailRecord, DetailRecordHeader, DetailSummary,
     DetailWriter, Records,
 };
 pub use error::{Error, Result};
+pub use event;
 pub use index::{
     Events, IndexEvent, IndexFooter, IndexHeader, IndexReader, IndexSummary, IndexWriter,
 };
@@ -72,12 +77,60 @@ pub use verify::{open_regular, Damage, EventCheck};
 pub const HEADER_SIZE: usize = 64;
 /// Size of the footer of both files.
 pub const FOOTER_SIZE: usize = 64;
-/// Size of one index event.
-pub const EVENT_SIZE: usize = 32;
-/// Size of the header that starts every detail record.
-pub const RECORD_HEADER_SIZE: usize = 24;
+/// Size of one index event (the agent's record, [`event::Record`]).
+pub const EVENT_SIZE: usize = event::SIZE;
+/// Size of the header that starts every detail record ([`event::DetailHeader`]).
+pub const RECORD_HEADER_SIZE: usize = event::DETAIL_HEADER_SIZE;
 /// `detail_seq` of an index event that has no detail record.
-pub const NO_DETAIL: u32 = u32::MAX;
+pub const NO_DETAIL: u32 = event::NO_DETAIL;
+
+/// How a thread's events are encoded on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EventFormat {
+    /// ATC, `index.atc` (`docs/atc.md`): 2 to 3 bytes an event in checksummed, self-contained
+    /// chunks with a chunk index. The default.
+    #[default]
+    Atc,
+    /// ATF v2, `index.atf`: 32 bytes an event, opened by the original project's readers.
+    Atf2,
+}
+
+impl EventFormat {
+    /// Every format, the default first.
+    pub const ALL: [EventFormat; 2] = [EventFormat::Atc, EventFormat::Atf2];
+
+    /// The file name of a thread's events in this format.
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            EventFormat::Atc => "index.atc",
+            EventFormat::Atf2 => "index.atf",
+        }
+    }
+
+    /// The name users give it (`--format atc`, `--format atf2`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventFormat::Atc => "atc",
+            EventFormat::Atf2 => "atf2",
+        }
+    }
+
+    /// The format a user's name names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The event file of the thread directory `thread_dir`, in whichever format it was recorded:
+    /// the first of [`ALL`](Self::ALL)'s file names present there (a link or FIFO counts as
+    /// present, so that its reader reports it), the default format's name if none is.
+    pub fn events_path(thread_dir: &std::path::Path) -> std::path::PathBuf {
+        Self::ALL
+            .iter()
+            .map(|f| thread_dir.join(f.file_name()))
+            .find(|p| std::fs::symlink_metadata(p).is_ok())
+            .unwrap_or_else(|| thread_dir.join(Self::default().file_name()))
+    }
+}
 
 /// Magic of an index header.
 pub const INDEX_MAGIC: [u8; 4] = *b"ATI2";
@@ -157,9 +210,9 @@ impl EventKind {
     /// The u32 stored on disk.
     pub const fn to_raw(self) -> u32 {
         match self {
-            EventKind::Call => 1,
-            EventKind::Return => 2,
-            EventKind::Exception => 3,
+            EventKind::Call => event::CALL,
+            EventKind::Return => event::RETURN,
+            EventKind::Exception => event::EXCEPTION,
             EventKind::Other(raw) => raw,
         }
     }
@@ -167,18 +220,18 @@ impl EventKind {
     /// The kind a stored u32 names.
     pub const fn from_raw(raw: u32) -> Self {
         match raw {
-            1 => EventKind::Call,
-            2 => EventKind::Return,
-            3 => EventKind::Exception,
+            event::CALL => EventKind::Call,
+            event::RETURN => EventKind::Return,
+            event::EXCEPTION => EventKind::Exception,
             other => EventKind::Other(other),
         }
     }
 }
 
 /// Detail record `event_type` of a call.
-pub const DETAIL_CALL: u16 = 3;
+pub const DETAIL_CALL: u16 = event::DETAIL_CALL;
 /// Detail record `event_type` of a return.
-pub const DETAIL_RETURN: u16 = 4;
+pub const DETAIL_RETURN: u16 = event::DETAIL_RETURN;
 
 /// The original's module id: FNV-1a-32 of the lowercased module path.
 ///

@@ -14,7 +14,7 @@ use crate::index::{IndexReader, IndexWriter};
 use crate::manifest::Manifest;
 use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::Damage;
-use crate::ClockType;
+use crate::{ClockType, EventFormat};
 
 /// File name of the manifest inside a pid directory.
 const MANIFEST: &str = "manifest.json";
@@ -88,6 +88,7 @@ pub struct SessionLayout {
     /// Whether [`RESERVE`] holds space for the final manifest (see
     /// [`with_manifest_reserve`](SessionLayout::with_manifest_reserve)).
     reserve: Arc<std::sync::atomic::AtomicBool>,
+    format: EventFormat,
 }
 
 impl PartialEq for SessionLayout {
@@ -158,6 +159,7 @@ impl SessionLayout {
             pid: Arc::new(pid),
             fs: Arc::new(RealFs),
             reserve: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            format: EventFormat::default(),
         })
     }
 
@@ -206,7 +208,7 @@ impl SessionLayout {
 
     /// The layout of another process of the same session: `<session>/pid_<pid>/` (private),
     /// created through the session directory's handle if it does not exist yet, writing through
-    /// the same file system (a followed fork child).
+    /// the same file system in the same event format (a followed fork child).
     pub fn process(&self, pid: u32) -> Result<Self> {
         let name = format!("pid_{pid}");
         let dir = match self.session.create_dir(&name, safedir::PRIVATE_DIR) {
@@ -219,6 +221,7 @@ impl SessionLayout {
             pid: Arc::new(dir),
             fs: self.fs.clone(),
             reserve: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            format: self.format,
         })
     }
 
@@ -227,6 +230,18 @@ impl SessionLayout {
     pub fn with_fs(mut self, fs: Arc<dyn FileSystem>) -> Self {
         self.fs = fs;
         self
+    }
+
+    /// The same layout, writing threads' events in `format` from now on ([`EventFormat::Atc`]
+    /// unless set).
+    pub fn with_format(mut self, format: EventFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The encoding of the threads' event files.
+    pub fn format(&self) -> EventFormat {
+        self.format
     }
 
     /// The file system the layout's files are written through.
@@ -259,9 +274,9 @@ impl SessionLayout {
         self.pid.join(&thread_name(tid))
     }
 
-    /// `<pid dir>/thread_<tid>/index.atf`.
+    /// `<pid dir>/thread_<tid>/index.atc` (or `index.atf`, see [`with_format`](Self::with_format)).
     pub fn index_path(&self, tid: u32) -> PathBuf {
-        self.thread_dir(tid).join(INDEX)
+        self.thread_dir(tid).join(self.format.file_name())
     }
 
     /// `<pid dir>/thread_<tid>/detail.atf`.
@@ -269,10 +284,11 @@ impl SessionLayout {
         self.thread_dir(tid).join(DETAIL)
     }
 
-    /// Creates the thread's directory if needed and its `index.atf`.
+    /// Creates the thread's directory if needed and its event file, in the layout's format.
     pub fn create_index(&self, tid: u32, clock: ClockType) -> Result<IndexWriter> {
         let dir = self.ensure_thread_dir(tid)?;
-        IndexWriter::create_in(&*self.fs, &dir, INDEX, tid, clock)
+        let name = self.format.file_name();
+        IndexWriter::create_in_format(&*self.fs, &dir, name, tid, clock, self.format)
     }
 
     /// Creates the thread's directory if needed and its `detail.atf`.
@@ -340,7 +356,7 @@ impl SessionLayout {
     }
 
     /// Makes the session durable, and only the session: the trace files of every thread
-    /// directory (`index.atf`, `detail.atf` where it exists) and then every directory (thread,
+    /// directory (`index.atc` or `index.atf`, `detail.atf` where it exists) and then every directory (thread,
     /// process, session) are fsynced, all through the directory handles the session was created
     /// with, so a session directory renamed or replaced by a link meanwhile cannot redirect a
     /// sync. Unlike `syncfs`, it never waits for other programs' dirty data on the same file
@@ -365,7 +381,7 @@ impl SessionLayout {
         let fs = &*self.fs;
         let files: Vec<(&Dir, &str)> = dirs
             .iter()
-            .flat_map(|dir| [(dir, INDEX), (dir, DETAIL)])
+            .flat_map(|dir| [(dir, INDEX_ATC), (dir, INDEX_ATF), (dir, DETAIL)])
             .chain(manifests.iter().map(|&dir| (dir, MANIFEST)))
             .collect();
         let synced = std::sync::atomic::AtomicUsize::new(0);
@@ -440,8 +456,9 @@ impl SessionLayout {
 
 /// File name of the space set aside for the final manifest.
 const RESERVE: &str = ".manifest-reserve";
-/// File name of a thread's index file.
-const INDEX: &str = "index.atf";
+/// File names of a thread's event file, in either format.
+const INDEX_ATC: &str = EventFormat::Atc.file_name();
+const INDEX_ATF: &str = EventFormat::Atf2.file_name();
 /// File name of a thread's detail file.
 const DETAIL: &str = "detail.atf";
 
@@ -611,7 +628,7 @@ fn open_thread(
     warnings: &mut Vec<Warning>,
 ) {
     let thread_dir = dir.join(format!("thread_{id}"));
-    let index = match IndexReader::open(thread_dir.join("index.atf")) {
+    let index = match IndexReader::open(EventFormat::events_path(&thread_dir)) {
         Ok(index) => index,
         Err(error) => {
             warnings.push(Warning::ThreadUnreadable {
@@ -667,7 +684,7 @@ fn open_thread(
             return;
         }
     };
-    if index.finished() && index.header().has_detail() != detail.is_some() {
+    if index.finished() && index.has_detail() != detail.is_some() {
         damage.push(Damage::new(
             index.path(),
             8..12,
@@ -678,13 +695,13 @@ fn open_thread(
             },
         ));
     }
-    if index.header().clock_type != clock_type {
+    if index.clock_type() != clock_type {
         damage.push(Damage::new(
             index.path(),
             16..17,
             format!(
                 "the header's clock type {} differs from the manifest's {clock_type}",
-                index.header().clock_type
+                index.clock_type()
             ),
         ));
     }
@@ -826,6 +843,10 @@ mod tests {
         );
         assert_eq!(
             layout.index_path(7),
+            layout.pid_dir().join("thread_7/index.atc")
+        );
+        assert_eq!(
+            layout.clone().with_format(EventFormat::Atf2).index_path(7),
             layout.pid_dir().join("thread_7/index.atf")
         );
         assert_eq!(
@@ -947,7 +968,7 @@ mod tests {
             Warning::ThreadUnreadable { thread_id: 31, .. }
         ));
         assert!(
-            s.warnings[0].to_string().contains("thread_31/index.atf"),
+            s.warnings[0].to_string().contains("thread_31/index.atc"),
             "{}",
             s.warnings[0]
         );
@@ -969,7 +990,7 @@ mod tests {
         let s = Session::open(layout.pid_dir()).unwrap();
         assert!(s.threads.is_empty());
         assert!(
-            s.warnings[0].to_string().contains("not an ATF index file"),
+            s.warnings[0].to_string().contains("not an ATC event file"),
             "{}",
             s.warnings[0]
         );

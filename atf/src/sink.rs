@@ -166,39 +166,6 @@ pub(crate) fn parent_and_name(path: &Path) -> io::Result<(Dir, String)> {
     Ok((Dir::open(parent)?, name.to_owned()))
 }
 
-/// Creates the trace file `name` in `dir` and writes its `header` whole; `what` names the kind of
-/// file in messages (`"index"` or `"detail"`). If the header cannot be written whole, the file is removed
-/// again: no file is better than one no reader opens.
-pub(crate) fn create_with_header(
-    fs: &dyn FileSystem,
-    dir: &Dir,
-    name: &str,
-    header: &[u8],
-    what: &str,
-) -> crate::Result<(Box<dyn FileSink>, std::path::PathBuf)> {
-    let (create, write) = if what == "index" {
-        (
-            "create the index file (is the directory writable, the name unused?)",
-            "write the index header (is the disk full or failing?); the file was removed",
-        )
-    } else {
-        (
-            "create the detail file (is the directory writable, the name unused?)",
-            "write the detail header (is the disk full or failing?); the file was removed",
-        )
-    };
-    let path = dir.join(name);
-    let mut file = fs
-        .create_new(dir, name)
-        .map_err(|e| crate::Error::io(&path, create, e))?;
-    if let Err(e) = write_all(&mut *file, header) {
-        drop(file);
-        let _ = fs.remove_file(dir, name);
-        return Err(crate::Error::io(&path, write, e));
-    }
-    Ok((file, path))
-}
-
 /// Writes all of `bytes` at the sink's position: a short write is continued from where it
 /// stopped, `EINTR` is retried, so no byte is lost or written twice. Any other error is returned
 /// as is; the bytes before it are in the file.

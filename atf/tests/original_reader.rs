@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use atf::{
-    ClockType, DetailRecordHeader, EventKind, IndexEvent, Manifest, SessionLayout, Symbol,
-    ThreadEntry, DETAIL_CALL, NO_DETAIL,
+    ClockType, DetailRecordHeader, EventFormat, EventKind, IndexEvent, Manifest, SessionLayout,
+    Symbol, ThreadEntry, DETAIL_CALL, NO_DETAIL,
 };
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -143,7 +143,10 @@ fn as_orig(e: &IndexEvent) -> OrigEvent {
 /// the writers finish or are abandoned mid-run as in a SIGKILL.
 fn record_session(out: &Path, finish: bool) -> (SessionLayout, Vec<(u32, Vec<IndexEvent>)>) {
     let module = atf::module_id("/opt/App/bin/app");
-    let layout = SessionLayout::create(out, 555).unwrap();
+    // Recorded with `--format atf2`, the format these readers know.
+    let layout = SessionLayout::create(out, 555)
+        .unwrap()
+        .with_format(EventFormat::Atf2);
     let mut manifest = Manifest::new(ClockType::Boottime);
     manifest.threads = [1u32, 2, 3]
         .iter()

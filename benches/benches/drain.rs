@@ -1,8 +1,10 @@
 //! Drain throughput to the page cache: `cargo bench -p benches --bench drain`.
 //!
-//! Sixteen threads' index lanes are filled (untimed), then one drain pass moves them to their
-//! `index.atf` files (timed): records/s and bytes/s of the drain alone, the figure the final flush
-//! depends on (seed: at least 100 MB/s; our target: 1 GB/s). The session is replaced every 64 MiB
+//! Sixteen threads' index lanes are filled (untimed) with what a thread calling one function in a
+//! loop produces (call, return, 20 ns apart), then one drain pass moves them to their event files
+//! (timed): records/s and bytes/s (of 32-byte ring records) of the drain alone, the figure the
+//! final flush depends on (seed: at least 100 MB/s; our target: 1 GB/s), for each event format:
+//! `drain/atc/...` (the default, encoding included) and `drain/atf2/...`. The session is replaced every 64 MiB
 //! (16 passes), like the ATF writer benchmark: on a VM, page-cache pages that were never used before
 //! cost a host fault on first touch, which would measure the VM's memory provisioning, not the drain.
 
@@ -29,24 +31,34 @@ fn per_lane() -> usize {
     c.index.rings as usize * c.index.ring_capacity / atf::EVENT_SIZE
 }
 
-/// Runs `iters` timed passes over full lanes, in sessions of [`PASSES_PER_SESSION`] passes.
-fn timed_passes(iters: u64) -> Duration {
-    let event = atf::IndexEvent {
-        timestamp_ns: 1,
-        function_id: 0x401000,
-        thread_id: 100,
-        kind: atf::EventKind::Call,
-        call_depth: 3,
-        detail_seq: atf::NO_DETAIL,
-    }
-    .encode();
+/// Runs `iters` timed passes over full lanes in `format`, in sessions of [`PASSES_PER_SESSION`]
+/// passes.
+fn timed_passes(iters: u64, format: atf::EventFormat) -> Duration {
+    let event = |i: u64| {
+        atf::IndexEvent {
+            timestamp_ns: 1_000 + 20 * i,
+            function_id: 0x401000,
+            thread_id: 100,
+            kind: if i % 2 == 0 {
+                atf::EventKind::Call
+            } else {
+                atf::EventKind::Return
+            },
+            call_depth: 0,
+            detail_seq: atf::NO_DETAIL,
+        }
+        .encode()
+    };
+    let mut seq = 0u64;
     let mut total = Duration::ZERO;
     let mut done = 0;
     while done < iters {
         let region = SharedRegion::create_with_clock(&config(), &Clock::boottime()).unwrap();
         let registry = region.registry().unwrap();
         let out = tempfile::tempdir().unwrap();
-        let layout = atf::SessionLayout::create(out.path(), 1).unwrap();
+        let layout = atf::SessionLayout::create(out.path(), 1)
+            .unwrap()
+            .with_format(format);
         let manifest = atf::Manifest::new(atf::ClockType::Boottime);
         let mut drain = drain::Drain::new(registry, layout, manifest).unwrap();
         let mut producers: Vec<_> = (0..THREADS)
@@ -60,7 +72,8 @@ fn timed_passes(iters: u64) -> Duration {
             for (producer, writer) in producers.iter_mut() {
                 for _ in 0..per_lane() {
                     if writer.begin() {
-                        let _ = producer.push(&event);
+                        let _ = producer.push(&event(seq));
+                        seq += 1;
                         writer.end();
                     }
                 }
@@ -76,17 +89,19 @@ fn timed_passes(iters: u64) -> Duration {
 
 fn drain_pass(c: &mut Criterion) {
     let bytes = (THREADS as usize * per_lane() * atf::EVENT_SIZE) as u64;
-    let mut group = c.benchmark_group("drain");
-    group.sample_size(20);
-    group.throughput(Throughput::Bytes(bytes));
-    group.bench_function("pass_16_threads_full_lanes", |b| {
-        b.iter_custom(timed_passes)
-    });
-    group.throughput(Throughput::Elements(bytes / atf::EVENT_SIZE as u64));
-    group.bench_function("pass_16_threads_full_lanes_records", |b| {
-        b.iter_custom(timed_passes)
-    });
-    group.finish();
+    for format in atf::EventFormat::ALL {
+        let mut group = c.benchmark_group(format!("drain/{}", format.name()));
+        group.sample_size(20);
+        group.throughput(Throughput::Bytes(bytes));
+        group.bench_function("pass_16_threads_full_lanes", |b| {
+            b.iter_custom(|iters| timed_passes(iters, format))
+        });
+        group.throughput(Throughput::Elements(bytes / atf::EVENT_SIZE as u64));
+        group.bench_function("pass_16_threads_full_lanes_records", |b| {
+            b.iter_custom(|iters| timed_passes(iters, format))
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, drain_pass);

@@ -20,11 +20,21 @@
 //!   events persisted per second, ring-full drops, the stop's time and whether it was clean; the
 //!   same with 4 threads, and the ratio of the two rates.
 //!
+//! - **Whole-process overhead and bytes per event**: the wall time of the whole traced process
+//!   (start to exit, the tracer's drain, final flush and fsync included) of the same
+//!   `-finstrument-functions` binary ([`OVERHEAD_C`], one function called 5 M times per thread),
+//!   1 and 4 threads: untraced, under `tracer spawn` (ATC, and `--format atf2`) and under
+//!   `uftrace record`, interleaved run by run, the output removed and `sync`ed between runs, the
+//!   median of 7; overhead = traced − untraced, and its ratio to uftrace's. With it, the bytes per
+//!   event of the trace files and how often a producer waited for ring space (the drain keeping
+//!   up); then bytes per event of a 4-thread spinning 3-level call tree ([`SPIN_C`], 1 s).
+//!
 //! `cargo bench -p benches --bench e2e` runs 10 M calls per thread, 20 shutdowns of 64 threads per
 //! gesture (`E2E_SHUTDOWN_THREADS=<n>` for another count) and 5 oversubscribed runs of 256
 //! (`E2E_BUSY_THREADS=<n>`); `cargo test --benches` runs one short pass of each (2 shutdowns of
 //! 8 threads, one run of 16). A shutdown that was not clean is listed, not counted.
-//! `E2E_ONLY=shutdown` runs the shutdown and oversubscribed parts alone.
+//! `E2E_ONLY=shutdown` runs the shutdown and oversubscribed parts alone, `E2E_ONLY=whole` the
+//! whole-process part alone.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -39,12 +49,214 @@ fn main() {
     let full = full_run();
     let dir = tempfile::tempdir().expect("temp dir");
     let tracer = build_tracer();
-    if std::env::var("E2E_ONLY").as_deref() != Ok("shutdown") {
+    let only = std::env::var("E2E_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "whole" {
+        whole_process(dir.path(), &tracer, full);
+        spinning_tree_bytes(dir.path(), &tracer, full);
+    }
+    if only.is_empty() {
         overhead(dir.path(), &tracer, full);
         attach_overhead(dir.path(), &tracer, full);
     }
-    shutdown_latency(dir.path(), &tracer, full);
-    oversubscribed(dir.path(), &tracer, full);
+    if only.is_empty() || only == "shutdown" {
+        shutdown_latency(dir.path(), &tracer, full);
+        oversubscribed(dir.path(), &tracer, full);
+    }
+}
+
+/// One way of running the workload in [`whole_process`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    Untraced,
+    Tracer(&'static str),
+    Uftrace,
+}
+
+/// What one traced run left: its wall time, the trace's bytes per event, the producer waits.
+struct Run {
+    wall_ms: f64,
+    bytes_per_event: Option<f64>,
+    waits: Option<u64>,
+}
+
+/// Runs `binary args` as `runner` says, whole, and times it; the output is measured, then
+/// removed and synced so the next run starts from the same state.
+fn run_whole(dir: &Path, tracer: &Path, runner: Runner, binary: &Path, args: &[String]) -> Run {
+    let out = dir.join("whole-out");
+    let mut cmd = match runner {
+        Runner::Untraced => Command::new(binary),
+        Runner::Tracer(format) => {
+            let mut c = Command::new(tracer);
+            c.args(["spawn", "--format", format, "--output"])
+                .arg(&out)
+                .arg(binary)
+                .arg("--");
+            c
+        }
+        Runner::Uftrace => {
+            let mut c = Command::new("uftrace");
+            c.arg("record").arg("-d").arg(&out).arg(binary);
+            c
+        }
+    };
+    cmd.args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let result = cmd.output().expect("the workload runs");
+    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert!(result.status.success(), "{:?} failed", cmd.get_program());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let (bytes_per_event, waits) = match runner {
+        Runner::Tracer(_) => (
+            trace_bytes_per_event(&out),
+            summary_count(&stderr, "waits for ring space"),
+        ),
+        _ => (None, None),
+    };
+    let _ = std::fs::remove_dir_all(&out);
+    // SAFETY: sync has no preconditions; it flushes the removal (and everything else) so the next
+    // run does not pay for this one's writeback.
+    unsafe { libc::sync() };
+    Run {
+        wall_ms,
+        bytes_per_event,
+        waits,
+    }
+}
+
+/// Bytes of the event files (`index.*`) per event of the one session under `out`.
+fn trace_bytes_per_event(out: &Path) -> Option<f64> {
+    let session = std::fs::read_dir(out).ok()?.flatten().next()?.path();
+    let pid_dir = std::fs::read_dir(session).ok()?.flatten().next()?.path();
+    let s = atf::Session::open(pid_dir).ok()?;
+    let bytes: u64 = s
+        .threads
+        .iter()
+        .filter_map(|t| std::fs::metadata(t.index.path()).ok())
+        .map(|m| m.len())
+        .sum();
+    Some(bytes as f64 / s.event_count().max(1) as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
+}
+
+/// See the module documentation: whole-process overhead against uftrace's, bytes per event, and
+/// the producer's waits for ring space.
+fn whole_process(dir: &Path, tracer: &Path, full: bool) {
+    let binary = build_c(dir, "whole_instr", OVERHEAD_C, true);
+    let calls: u64 = if full { 5_000_000 } else { 100_000 };
+    let runs = if full { 7 } else { 1 };
+    let uftrace = uftrace_available();
+    let mut runners = vec![
+        Runner::Untraced,
+        Runner::Tracer("atc"),
+        Runner::Tracer("atf2"),
+    ];
+    if uftrace {
+        runners.push(Runner::Uftrace);
+    }
+    println!(
+        "whole-process wall time, ms: the -finstrument-functions workload, {calls} calls per \
+         thread, median of {runs} interleaved runs, output removed and synced between runs"
+    );
+    println!(
+        "{:>7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>7} {:>7} | {:>6}",
+        "threads",
+        "untraced",
+        "atc",
+        "atf2",
+        "uftrace",
+        "ovh atc",
+        "ovh atf2",
+        "ovh uft",
+        "atc/uft",
+        "atf2/uft",
+        "B/ev atc",
+        "B/ev v2",
+        "waits"
+    );
+    for threads in [1u32, 4] {
+        let args = [threads.to_string(), calls.to_string()];
+        let mut walls: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
+        let (mut bpe, mut waits) = (vec![Vec::new(); runners.len()], vec![0u64; runners.len()]);
+        for _ in 0..runs {
+            for (i, &runner) in runners.iter().enumerate() {
+                let run = run_whole(dir, tracer, runner, &binary, &args);
+                walls[i].push(run.wall_ms);
+                bpe[i].extend(run.bytes_per_event);
+                waits[i] += run.waits.unwrap_or(0);
+            }
+        }
+        let m: Vec<f64> = walls.into_iter().map(median).collect();
+        let uft = m.get(3).copied();
+        let ovh = |i: usize| m[i] - m[0];
+        let ratio =
+            |i: usize| uft.map_or("-".to_owned(), |u| format!("{:.2}x", ovh(i) / (u - m[0])));
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        println!(
+            "{threads:>7} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>9.1} {:>9.1} {:>9} | {:>9} {:>9} | {:>7.2} {:>7.2} | {:>6}",
+            m[0],
+            m[1],
+            m[2],
+            show(uft),
+            ovh(1),
+            ovh(2),
+            show(uft.map(|u| u - m[0])),
+            ratio(1),
+            ratio(2),
+            median(bpe[1].clone()),
+            median(bpe[2].clone()),
+            waits[1] + waits[2],
+        );
+    }
+    if !uftrace {
+        println!("(uftrace is not installed: `apt-get install uftrace` adds its columns)");
+    }
+    println!(
+        "ovh = traced - untraced; x/uft = our overhead / uftrace's; waits = times a traced thread \
+         found its rings full and waited for the drain, over all tracer runs"
+    );
+}
+
+/// Bytes per event of the spinning 3-level call tree (`top` → `mid` → `leaf` twice), 4 threads,
+/// recorded for a second, in both formats.
+fn spinning_tree_bytes(dir: &Path, tracer: &Path, full: bool) {
+    let spin = build_c(dir, "spin", SPIN_C, true);
+    let seconds = if full { "1" } else { "0.2" };
+    println!();
+    println!("bytes per event, 4 threads spinning in a 3-level call tree, {seconds} s recorded:");
+    for format in ["atc", "atf2"] {
+        let out = dir.join("spin-bytes");
+        let result = Command::new(tracer)
+            .args([
+                "spawn",
+                "--format",
+                format,
+                "--duration",
+                seconds,
+                "--output",
+            ])
+            .arg(&out)
+            .arg(&spin)
+            .arg("4")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("the tracer runs");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        let events = summary_count(&stderr, "persisted").unwrap_or(0);
+        let bpe = trace_bytes_per_event(&out).unwrap_or(f64::NAN);
+        let waits = summary_count(&stderr, "waits for ring space").unwrap_or(0);
+        println!(
+            "  {format:>5}: {bpe:.2} B/event over {events} events, {waits} waits for ring space"
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
 
 /// Runs `cmd` (the workload, possibly wrapped) and parses the workload's "<cpu ns> <wall ns>".

@@ -1,10 +1,11 @@
 //! Session readers over a large session: `cargo bench -p benches --bench report`.
 //!
-//! Builds one session of 10 M index events once (4 threads × 2.5 M, call trees up to 12 deep over
-//! 256 named functions, in a temporary directory), then times, each over the whole session:
-//! - `read_10M/report`: `tracer report` (sort by total), output discarded;
-//! - `read_10M/replay`: `tracer replay`, output discarded;
-//! - `read_10M/export_chrome`: `tracer export --format chrome`, output discarded.
+//! Builds one session of 10 M index events once per event format (4 threads × 2.5 M, call trees up
+//! to 12 deep over 256 named functions, in a temporary directory), then times, each over the whole
+//! session, for `<format>` = `atc` (the default) and `atf2`:
+//! - `read_10M/<format>/report`: `tracer report` (sort by total), output discarded;
+//! - `read_10M/<format>/replay`: `tracer replay`, output discarded;
+//! - `read_10M/<format>/export_chrome`: `tracer export --format chrome`, output discarded.
 //!
 //! `cargo test --benches` runs each once on 100 k events. `READ_BENCH_EVENTS=<n>` sets the size;
 //! `READ_BENCH_KEEP=<dir>` writes the session under `<dir>` and keeps it (to run the binary on it).
@@ -29,7 +30,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atf::{ClockType, EventKind, IndexEvent, Manifest, SessionLayout, Symbol, ThreadEntry};
+use atf::{
+    ClockType, EventFormat, EventKind, IndexEvent, Manifest, SessionLayout, Symbol, ThreadEntry,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const THREADS: u32 = 4;
@@ -37,9 +40,11 @@ const FUNCTIONS: u64 = 256;
 const MAX_DEPTH: u32 = 12;
 const BASE_ADDRESS: u64 = 0x40_0000;
 
-/// Writes a session of about `events` events under `out`; returns its pid directory.
-fn build_session(out: &Path, events: u64) -> PathBuf {
-    let layout = SessionLayout::create(out, 4242).unwrap();
+/// Writes a session of about `events` events under `out` in `format`; returns its pid directory.
+fn build_session(out: &Path, events: u64, format: EventFormat) -> PathBuf {
+    let layout = SessionLayout::create(out, 4242)
+        .unwrap()
+        .with_format(format);
     let mut m = Manifest::new(ClockType::Boottime);
     m.target_pid = 4242;
     m.executable = "/usr/bin/bench_app".into();
@@ -131,20 +136,25 @@ fn readers(c: &mut Criterion) {
     let out = std::env::var_os("READ_BENCH_KEEP")
         .map(PathBuf::from)
         .unwrap_or_else(|| temp.path().to_path_buf());
-    let dir = build_session(&out, events);
-    let label = if events % 1_000_000 == 0 {
-        format!("read_{}M", events / 1_000_000)
-    } else {
-        format!("read_{}k", events / 1_000)
-    };
+    for format in EventFormat::ALL {
+        let dir = build_session(&out.join(format.name()), events, format);
+        let label = if events % 1_000_000 == 0 {
+            format!("read_{}M/{}", events / 1_000_000, format.name())
+        } else {
+            format!("read_{}k/{}", events / 1_000, format.name())
+        };
+        read_group(c, &label, &dir, events);
+    }
+}
 
+fn read_group(c: &mut Criterion, label: &str, dir: &Path, events: u64) {
     let mut group = c.benchmark_group(label);
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(events));
     group.bench_function("report", |b| {
         let a = args::ReportArgs {
-            session: session_arg(&dir),
+            session: session_arg(dir),
             sort: args::SortKey::Total,
             tids: vec![],
             names: Default::default(),
@@ -153,7 +163,7 @@ fn readers(c: &mut Criterion) {
     });
     group.bench_function("replay", |b| {
         let a = args::ReplayArgs {
-            session: session_arg(&dir),
+            session: session_arg(dir),
             tids: vec![],
             filter: None,
             depth: None,
@@ -164,7 +174,7 @@ fn readers(c: &mut Criterion) {
     });
     group.bench_function("export_chrome", |b| {
         let a = args::ExportArgs {
-            session: session_arg(&dir),
+            session: session_arg(dir),
             format: args::ExportFormat::Chrome,
             output: None,
             names: Default::default(),

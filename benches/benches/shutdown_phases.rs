@@ -138,6 +138,7 @@ fn manager(c: &mut Criterion) {
             after_stop: 12,
             dropped: Vec::new(),
             bytes_written: 64_000 * 32,
+            ring_waits: 0,
             files_synced: 3,
             threads_flushed: 64,
             target: TargetFate::Exited { pid: 1, code: 0 },

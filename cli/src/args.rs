@@ -88,6 +88,30 @@ pub struct RecordOptions {
     #[arg(long, value_name = "SCOPE", value_enum, default_value_t = LibraryCalls::Main,
           env = "TRACER_LIBRARY_CALLS", hide_env_values = true)]
     pub library_calls: LibraryCalls,
+
+    /// How each thread's calls and returns are written: atc (compact, 2 to 3 bytes an event) or
+    /// atf2 (ATF v2 index.atf, 32 bytes an event, for tools that read that format).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = TraceFormat::Atc,
+          hide_possible_values = true)]
+    pub format: TraceFormat,
+}
+
+/// On-disk encodings of a thread's events (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceFormat {
+    /// ATC, `index.atc` (docs/atc.md): the default.
+    Atc,
+    /// ATF v2, `index.atf`.
+    Atf2,
+}
+
+impl From<TraceFormat> for atf::EventFormat {
+    fn from(f: TraceFormat) -> Self {
+        match f {
+            TraceFormat::Atc => atf::EventFormat::Atc,
+            TraceFormat::Atf2 => atf::EventFormat::Atf2,
+        }
+    }
 }
 
 /// `--library-calls`: whose calls into shared libraries are recorded.
@@ -221,8 +245,9 @@ pub struct ExportArgs {
     /// The output format.
     #[arg(long, short, value_enum, default_value_t = ExportFormat::Chrome)]
     pub format: ExportFormat,
-    /// Write here instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
+    /// Write here instead of standard output (chrome); the directory the converted session is
+    /// written under (atf2, atc: required).
+    #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// Name display.
     #[command(flatten)]
@@ -234,6 +259,11 @@ pub struct ExportArgs {
 pub enum ExportFormat {
     /// Chrome trace-event JSON (opens in ui.perfetto.dev and chrome://tracing).
     Chrome,
+    /// A copy of the session with every thread's events in ATF v2 (`index.atf`), for readers of
+    /// that format.
+    Atf2,
+    /// A copy of the session with every thread's events in ATC (`index.atc`).
+    Atc,
 }
 
 /// A detail-window trigger.

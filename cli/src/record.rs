@@ -233,7 +233,8 @@ pub(crate) fn record(
         .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
     let layout = atf::SessionLayout::create_in(output, pid)
         .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?
-        .with_manifest_reserve(MANIFEST_RESERVE);
+        .with_manifest_reserve(MANIFEST_RESERVE)
+        .with_format(opts.format.into());
     let output_dir = layout.pid_dir().to_path_buf();
     let session = layout.clone();
     let drain = drain::Drain::new(registry, layout, manifest)
@@ -832,6 +833,7 @@ impl Recorder {
             .chain(d.other.iter().map(|(k, v)| (k.replace('_', " "), *v)))
             .collect();
             s.bytes_written = report.stats.bytes;
+            s.ring_waits = report.stats.ring_waits;
             s.files_synced = report.stats.files_synced;
             s.threads_flushed = report.threads.len() as u64;
         }

@@ -1,10 +1,10 @@
 //! The drain: the tracer-side consumer that moves every thread's events from the shared-memory
-//! lanes (`registry` + `ring`) into ATF v2 trace files (`atf`), losing nothing.
+//! lanes (`registry` + `ring`) into trace files (`atf`: ATC by default, ATF v2 on request), losing nothing.
 //!
 //! It owns:
 //! - [`Drain`]: one pass over every active or exited slot (slots are sparse, so it walks what the
 //!   registry lists, not `0..thread_count`), writing each lane's committed bytes to its thread's
-//!   `index.atf` in whole-ring-sized batches (no per-event write), returning rings to the free queue
+//!   `index.atc` (or `index.atf`, see [`atf::EventFormat`]) in whole-ring-sized batches (no per-event write), returning rings to the free queue
 //!   at once, persisting marked detail windows, and recycling the slots of exited threads once their
 //!   lanes are empty. After the stop handshake, [`Drain::final_drain`] empties every lane (exited
 //!   threads and, for a crashed target, the active detail windows included) and finishes every
@@ -97,8 +97,14 @@ pub struct DrainStats {
     pub events: u64,
     /// Detail records written, all threads.
     pub detail_records: u64,
-    /// Bytes written to trace files (events and records, headers excluded).
+    /// Bytes of the trace files: the event files as encoded (ATC chunks, or ATF v2's 32 bytes an
+    /// event, headers included) and the detail records written.
     pub bytes: u64,
+    /// Event bytes taken from the rings (32 an event): the input the event files encode.
+    pub ring_bytes: u64,
+    /// Times a producer found every ring of its index lane full and had to wait for the drain
+    /// (all threads): 0 when the drain kept up.
+    pub ring_waits: u64,
     /// Submitted rings consumed and returned to producers.
     pub rings_returned: u64,
     /// Passes run.
@@ -197,6 +203,8 @@ struct ThreadFiles {
     written: u64,
     /// Bytes of the index file whose writeback was started (see `flush_all`).
     submitted: u64,
+    /// Bytes of the index file written, as of its last flush or its finish.
+    index_bytes: u64,
     /// Detail records written (after a write error: the whole records the file holds).
     detail_written: u64,
     /// Records of marked windows taken from the lanes, written or not: those not written (an
@@ -236,6 +244,8 @@ pub struct Drain<'r, B: Backend = StdBackend> {
     owners: BTreeMap<u32, Owner<'r, B>>,
     files: BTreeMap<(ProcKey, u32), ThreadFiles>,
     stats: DrainStats,
+    /// Detail record bytes written, all threads.
+    detail_bytes: u64,
     live: Arc<LiveStats>,
     /// Writebacks started and not yet waited for, oldest first: `((process, tid), offset, len)`.
     in_flight: std::collections::VecDeque<((ProcKey, u32), u64, u64)>,
@@ -288,7 +298,7 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// use std::sync::Arc;
     /// use atf::fault::{FaultPlan, FaultyFs};
     /// let region = registry::SharedRegion::create(&registry::RegionConfig::default())?;
-    /// let plan = FaultPlan::new().only_paths_containing(".atf").full_after(1 << 20, libc::ENOSPC);
+    /// let plan = FaultPlan::new().only_paths_containing("index.at").full_after(1 << 20, libc::ENOSPC);
     /// let layout = atf::SessionLayout::create("/tmp/traces", 1)?.with_fs(Arc::new(FaultyFs::new(plan)));
     /// let drain = drain::Drain::new(region.registry()?, layout, atf::Manifest::new(atf::ClockType::Boottime))?;
     /// # Ok(()) }
@@ -315,6 +325,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             owners: BTreeMap::new(),
             files: BTreeMap::new(),
             stats: DrainStats::default(),
+            detail_bytes: 0,
             live: Arc::new(LiveStats::default()),
             in_flight: Default::default(),
             in_flight_bytes: 0,
@@ -643,6 +654,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                     fail_index(files);
                     return Err(e.into());
                 }
+                files.index_bytes = w.bytes_written();
                 unsubmitted += w.bytes_written().saturating_sub(files.submitted);
             }
             if let Some(w) = files.detail.as_mut() {
@@ -729,7 +741,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         owner.taken += r.bytes / atf::EVENT_SIZE as u64;
         if let Some(writer) = files.index.as_ref() {
             files.written = writer.event_count();
-            self.stats.bytes += r.bytes;
+            self.stats.ring_bytes += r.bytes;
         }
         let mut moved = r.bytes;
         self.stats.rings_returned += r.rings_returned;
@@ -744,7 +756,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             })
             .map_err(|e| lane_error(tid, e))?;
         moved += r.bytes;
-        self.stats.bytes += persisted.bytes;
+        self.detail_bytes += persisted.bytes;
         self.stats.rings_returned += r.rings_returned;
         if let Some(e) = persisted.error {
             return Err(e.into());
@@ -763,6 +775,8 @@ impl<'r, B: Backend> Drain<'r, B> {
         self.stats.events = self.files.values().map(|f| f.written).sum();
         self.stats.detail_records = self.files.values().map(|f| f.detail_written).sum();
         self.stats.threads = self.files.len() as u64;
+        let index_bytes: u64 = self.files.values().map(|f| f.index_bytes).sum();
+        self.stats.bytes = index_bytes + self.detail_bytes;
         self.live.events.store(self.stats.events, Relaxed);
         self.live.bytes.store(self.stats.bytes, Relaxed);
         self.live.threads.store(self.stats.threads, Relaxed);
@@ -816,6 +830,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 detail_counts: Counts::default(),
                 written: 0,
                 submitted: 0,
+                index_bytes: 0,
                 detail_written: 0,
                 detail_taken: 0,
                 detail_failed: false,
@@ -895,7 +910,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
-        self.stats.bytes += persisted.bytes;
+        self.detail_bytes += persisted.bytes;
         persisted.error.map_or(Ok(()), |e| Err(e.into()))
     }
 
@@ -911,6 +926,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         // pass for final (an accepted event "not written").
         let state = self.registry.slot_info(slot).map(|s| s.state);
         let mut c = self.registry.counts(slot)?;
+        self.stats.ring_waits += c.ring_waits;
         if self.stopped && state != Some(SlotState::Exited) {
             reconcile_after_stop(&mut c, owner.taken);
         }
@@ -1105,6 +1121,7 @@ fn finish_files(files: &mut ThreadFiles) -> Result<(), DrainError> {
         let path = index.path().to_owned();
         let finished = index.finish_unsynced();
         if let Ok(summary) = &finished {
+            files.index_bytes = summary.file_bytes;
             if summary.event_count > 0 {
                 files.time_range = Some((summary.time_start_ns, summary.time_end_ns));
             }

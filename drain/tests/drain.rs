@@ -305,7 +305,7 @@ fn drain__write_fails_mid_run__then_error_names_file_and_cause_and_session_reada
         .find(|l| l.starts_with("DRAIN ERROR"))
         .unwrap();
     assert!(
-        line.contains("index.atf"),
+        line.contains("index.atc"),
         "the error does not name the file: {line}"
     );
     assert!(

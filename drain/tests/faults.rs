@@ -173,7 +173,7 @@ fn drain__eintr_storm_and_short_writes__then_files_equal_the_accepted_events() {
     let fs = Arc::new(FaultyFs::new(
         FaultPlan::new()
             .interrupt_writes_every(2)
-            .short_writes_every(1, 4096),
+            .short_writes_every(1, 64),
     ));
     let out = tempfile::tempdir().unwrap();
     let region = SharedRegion::create(&config()).unwrap();
@@ -220,15 +220,15 @@ fn drain__disk_full_mid_run__then_enospc_names_the_file_and_session_readable_and
     const EVENTS: u64 = 50_000;
     let fs = Arc::new(FaultyFs::new(
         FaultPlan::new()
-            .only_paths_containing(".atf")
-            .full_after(600 << 10, libc::ENOSPC),
+            .only_paths_containing("index.at")
+            .full_after(60 << 10, libc::ENOSPC),
     ));
     let run = record_on(fs.clone(), THREADS, EVENTS);
     let first = run.errors.first().expect("the full disk was reported");
     let (path, errno) = file_and_cause(first);
     assert_eq!(errno, libc::ENOSPC);
     assert!(
-        path.to_string_lossy().ends_with(".atf"),
+        path.to_string_lossy().ends_with(".atc"),
         "{}",
         path.display()
     );
@@ -249,13 +249,13 @@ fn drain__eio_mid_run__then_error_names_the_file_and_cause_and_session_readable_
     const EVENTS: u64 = 50_000;
     let fs = Arc::new(FaultyFs::new(
         FaultPlan::new()
-            .only_paths_containing("index.atf")
+            .only_paths_containing("index.atc")
             .fail_writes_from(10, libc::EIO),
     ));
     let run = record_on(fs, THREADS, EVENTS);
     let (path, errno) = file_and_cause(run.errors.first().expect("EIO was reported"));
     assert_eq!(errno, libc::EIO);
-    assert!(path.ends_with("index.atf"), "{}", path.display());
+    assert!(path.ends_with("index.atc"), "{}", path.display());
     let (not_written, _) = check_session(&run.pid_dir, THREADS, EVENTS);
     assert!(not_written > 0);
 }
@@ -374,7 +374,7 @@ proptest! {
     ) {
         const THREADS: u32 = 2;
         const EVENTS: u64 = 20_000;
-        let plan = FaultPlan::random(seed).only_paths_containing(".atf");
+        let plan = FaultPlan::random(seed).only_paths_containing(".at");
         let fs = Arc::new(FaultyFs::with_stall(plan.slow_sync(Duration::ZERO), |_| {}));
         let run = record_on(fs, THREADS, EVENTS);
         for e in run.errors.iter().chain(run.finished.as_ref().err()) {

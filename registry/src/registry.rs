@@ -93,6 +93,9 @@ pub struct ThreadCounts {
     pub accepted: u64,
     /// Dropped: every ring full after the bounded wait.
     pub ring_full: u64,
+    /// Times the thread found every index ring full and waited for the drain (whether or not
+    /// space came back): a measure of the drain keeping up, not an accounting term.
+    pub ring_waits: u64,
     /// Dropped: acceptance already stopped.
     pub shutdown: u64,
     /// Dropped: a hook ran inside a hook (signal handler, instrumented callback).
@@ -838,6 +841,7 @@ impl<'a, B: Backend> Registry<'a, B> {
             attempted: c[C_ATTEMPTED].load(Relaxed) + reentrant,
             accepted: ip.accepted,
             ring_full: ip.dropped_full,
+            ring_waits: ip.waits,
             shutdown: c[C_SHUTDOWN].load(Relaxed),
             reentrant,
             detail_accepted: dp.accepted,

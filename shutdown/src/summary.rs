@@ -54,6 +54,9 @@ pub struct Statistics {
     pub dropped: Vec<(String, u64)>,
     /// Bytes written to the trace files.
     pub bytes_written: u64,
+    /// Times a traced thread found its rings full and waited for the drain (0: the drain kept
+    /// up with every thread).
+    pub ring_waits: u64,
     /// Files (and directories) fsynced.
     pub files_synced: u64,
     /// Threads whose rings were flushed.
@@ -74,6 +77,7 @@ impl Default for Statistics {
             after_stop: 0,
             dropped: Vec::new(),
             bytes_written: 0,
+            ring_waits: 0,
             files_synced: 0,
             threads_flushed: 0,
             target: TargetFate::Unknown,
@@ -235,6 +239,7 @@ impl Summary {
             thousands(s.events_attempted)
         );
         let _ = writeln!(out, "  bytes written          {}", bytes(s.bytes_written));
+        let _ = writeln!(out, "  waits for ring space   {}", thousands(s.ring_waits));
         let _ = writeln!(
             out,
             "  files synced           {}",

@@ -260,6 +260,7 @@ fn stats(pipeline: &FakePipeline) -> Statistics {
         after_stop: 12,
         dropped: vec![("ring full".into(), 3), ("registry full".into(), 0)],
         bytes_written: pipeline.persisted * 32 + 4096,
+        ring_waits: 0,
         files_synced: 3,
         threads_flushed: pipeline.buffers.len() as u64,
         target: TargetFate::Exited {

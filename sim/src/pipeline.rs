@@ -594,7 +594,8 @@ pub(crate) fn check(
         .parent()
         .expect("the manifest lies in the pid directory")
         .to_owned();
-    let layout_index = |tid: u32| session.join(format!("thread_{tid}")).join("index.atf");
+    let layout_index =
+        |tid: u32| atf::EventFormat::events_path(&session.join(format!("thread_{tid}")));
     let layout_detail = |tid: u32| session.join(format!("thread_{tid}")).join("detail.atf");
     let entries: BTreeMap<u32, &atf::ThreadEntry> =
         report.threads.iter().map(|t| (t.id, t)).collect();
@@ -825,11 +826,11 @@ pub(crate) fn check_manifest_readable(out: &Path) {
 /// Schedules (in this process) whose drain failed on a write and passed the fault checks.
 pub static FAULTS_SEEN: AtomicU64 = AtomicU64::new(0);
 
-/// `<out>/<session>/<pid dir>/thread_<tid>/index.atf`, wherever they exist.
+/// `<out>/<session>/<pid dir>/thread_<tid>/index.atc` (or `index.atf`), wherever they exist.
 fn index_files(out: &Path, tid: u32) -> Vec<std::path::PathBuf> {
     pid_dirs(out)
         .iter()
-        .map(|pid| pid.join(format!("thread_{tid}")).join("index.atf"))
+        .map(|pid| atf::EventFormat::events_path(&pid.join(format!("thread_{tid}"))))
         .filter(|f| f.exists())
         .collect()
 }

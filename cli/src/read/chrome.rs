@@ -163,7 +163,7 @@ fn write_process(
             count += 1;
             Ok(())
         };
-        for event in thread.index.events() {
+        for event in thread.index.events_past_damage() {
             walker.event(&event.map_err(input_error)?, &mut sink)?;
         }
         walker.finish(end, &mut sink)?;

@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use atf::{
-    ClockType, DetailRecordHeader, EventKind, IndexEvent, Manifest, SessionLayout, Symbol,
-    ThreadEntry, DETAIL_CALL, NO_DETAIL,
+    ClockType, DetailRecordHeader, EventFormat, EventKind, IndexEvent, Manifest, SessionLayout,
+    Symbol, ThreadEntry, DETAIL_CALL, NO_DETAIL,
 };
 
 use super::testing::{FOO, MAIN};
@@ -18,9 +18,12 @@ use crate::args::{ExportArgs, ExportFormat, ReplayArgs, ReportArgs, SessionArg, 
 /// How long one case may take before it counts as a hang.
 const WATCHDOG: Duration = Duration::from_secs(20);
 
-/// A finished session of one thread: main { foo } with a detail record on each call.
-fn small_session(out: &Path) -> SessionLayout {
-    let layout = SessionLayout::create(out, 4242).unwrap();
+/// A finished session of one thread, its events in `format`: main { foo } with a detail record
+/// on each call.
+fn small_session(out: &Path, format: EventFormat) -> SessionLayout {
+    let layout = SessionLayout::create(out, 4242)
+        .unwrap()
+        .with_format(format);
     let mut m = Manifest::new(ClockType::Boottime);
     m.target_pid = 4242;
     m.executable = "/usr/bin/app".into();
@@ -165,11 +168,23 @@ fn files(layout: &SessionLayout) -> [PathBuf; 3] {
     ]
 }
 
+/// Whether `path` is a trace file (checksummed, every change to it must be reported) rather
+/// than the manifest.
+fn is_trace_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "atf" || e == "atc")
+}
+
 #[test]
 fn readers__every_byte_of_every_file_flipped__then_no_panic_no_hang_and_trace_file_flips_reported()
 {
+    for format in EventFormat::ALL {
+        every_byte_flipped(format);
+    }
+}
+
+fn every_byte_flipped(format: EventFormat) {
     let out = tempfile::tempdir().unwrap();
-    let layout = small_session(out.path());
+    let layout = small_session(out.path(), format);
     let clean = read_all(layout.pid_dir(), "undamaged");
     assert!(
         clean.error.is_none() && clean.warnings.is_empty(),
@@ -179,7 +194,7 @@ fn readers__every_byte_of_every_file_flipped__then_no_panic_no_hang_and_trace_fi
     let mut unreported = Vec::new();
     for path in files(&layout) {
         let original = std::fs::read(&path).unwrap();
-        let checksummed = path.extension().is_some_and(|e| e == "atf");
+        let checksummed = is_trace_file(&path);
         for at in 0..original.len() {
             let masks: &[u8] = if checksummed {
                 &[0x01, 0x80, 0xff]
@@ -207,12 +222,18 @@ fn readers__every_byte_of_every_file_flipped__then_no_panic_no_hang_and_trace_fi
 
 #[test]
 fn readers__every_file_cut_at_every_length__then_no_panic_no_hang_and_trace_file_cuts_reported() {
+    for format in EventFormat::ALL {
+        every_cut(format);
+    }
+}
+
+fn every_cut(format: EventFormat) {
     let out = tempfile::tempdir().unwrap();
-    let layout = small_session(out.path());
+    let layout = small_session(out.path(), format);
     let mut unreported = Vec::new();
     for path in files(&layout) {
         let original = std::fs::read(&path).unwrap();
-        let is_trace = path.extension().is_some_and(|e| e == "atf");
+        let is_trace = is_trace_file(&path);
         for len in 0..original.len() {
             std::fs::write(&path, &original[..len]).unwrap();
             let case = format!("{} cut to {len} bytes", path.display());
@@ -231,8 +252,14 @@ fn readers__every_file_cut_at_every_length__then_no_panic_no_hang_and_trace_file
 
 #[test]
 fn readers__files_replaced_by_fifo_directory_symlink_or_device__then_refused_naming_them() {
+    for format in EventFormat::ALL {
+        replaced(format);
+    }
+}
+
+fn replaced(format: EventFormat) {
     let out = tempfile::tempdir().unwrap();
-    let layout = small_session(out.path());
+    let layout = small_session(out.path(), format);
     let root = nix_is_root();
     for path in files(&layout) {
         let saved = path.with_extension("saved");

@@ -345,7 +345,7 @@ mod tests {
         std::fs::write(s.layout.index_path(9), [0xffu8; 100]).unwrap();
         let text = info_text(&s);
         assert!(text.contains("UNBALANCED: 7: attempted 10"), "{text}");
-        assert!(text.contains("not an ATF index file"), "{text}");
+        assert!(text.contains("not an ATC event file"), "{text}");
         assert!(text.contains("SIGSEGV"), "{text}");
         insta::with_settings!({filters => path_filters()}, {
             insta::assert_snapshot!("info_killed", text);

@@ -29,7 +29,7 @@ use std::io::{self, Write};
 use std::path::Path;
 pub(crate) use text::clean;
 
-use crate::args::{ExportArgs, ReplayArgs, ReportArgs, SessionArg};
+use crate::args::{ExportArgs, ExportFormat, ReplayArgs, ReportArgs, SessionArg};
 use crate::error::CliError;
 
 /// `tracer info`: what a session holds (target, times, threads, accounting, files), for each of
@@ -155,7 +155,14 @@ fn open_all(path: &Path) -> Result<Vec<atf::Session>, CliError> {
 
 /// `tracer export`: Chrome trace-event JSON, to `args.output` if given, else to `out`.
 pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let crate::args::ExportFormat::Chrome = args.format;
+    let format = match args.format {
+        ExportFormat::Chrome => None,
+        ExportFormat::Atf2 => Some(atf::EventFormat::Atf2),
+        ExportFormat::Atc => Some(atf::EventFormat::Atc),
+    };
+    if let Some(format) = format {
+        return convert(args, format, out);
+    }
     let sessions = open_all(&args.session.session)?;
     for warning in sessions.iter().flat_map(warnings) {
         eprintln!("tracer: warning: {warning}");
@@ -197,6 +204,45 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
             ))
         }
     }
+}
+
+/// `tracer export --format atf2|atc`: the session written again under `--output` with every
+/// thread's events in `format`.
+fn convert(
+    args: &ExportArgs,
+    format: atf::EventFormat,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let Some(output) = &args.output else {
+        return Err(CliError::usage(format!(
+            "--format {} writes a session directory; name where with --output DIR",
+            format.name()
+        )));
+    };
+    let mut sessions = open_all(&args.session.session)?;
+    for warning in sessions.iter().flat_map(warnings) {
+        eprintln!("tracer: warning: {warning}");
+    }
+    for session in &mut sessions {
+        // The manifest as recorded (`open` escaped its strings for display).
+        session.manifest = atf::Manifest::read(session.dir.join("manifest.json"))
+            .map_err(|e| CliError::runtime(e.to_string()))?;
+    }
+    let done = atf::convert_session(&sessions, output, format).map_err(|e| {
+        CliError::runtime(format!(
+            "{e}; the session was not converted (what was written under {} is incomplete)",
+            output.display()
+        ))
+    })?;
+    finish(writeln!(
+        out,
+        "wrote {} events of {} threads in {} processes ({}) to {}",
+        done.events,
+        done.threads,
+        done.pid_dirs.len(),
+        format.name(),
+        done.session_dir.display()
+    ))
 }
 
 /// Opens the session the user named; any problem with that path is a usage error naming it.

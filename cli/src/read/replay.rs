@@ -79,10 +79,14 @@ pub(crate) fn write(
             current: Vec::new(),
         };
         let mut walker = Walker::new();
-        for (seq, event) in thread.index.events().enumerate() {
+        // Past a damaged chunk (reported before the tree): its events are missing, the
+        // positions of the others stay right, so detail records stay with their events.
+        let mut events = thread.index.events_past_damage();
+        while let Some(event) = events.next() {
             let event = event.map_err(input_error)?;
+            let seq = events.next_seq() - 1;
             if let Some(details) = printer.details.as_mut() {
-                printer.current = details.take(seq as u64)?;
+                printer.current = details.take(seq)?;
             }
             walker.event(&event, &mut |step: Step| printer.step(step))?;
         }

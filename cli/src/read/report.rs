@@ -91,7 +91,7 @@ pub(crate) fn compute(session: &atf::Session, tids: &[u32]) -> io::Result<Stats>
             }
             Ok(())
         };
-        for event in thread.index.events() {
+        for event in thread.index.events_past_damage() {
             walker.event(&event.map_err(input_error)?, &mut sink)?;
         }
         walker.finish(end, &mut sink)?;
