@@ -63,9 +63,12 @@ macro_rules! restore_arguments {
 }
 pub(crate) use restore_arguments;
 
-/// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc)` with the address
-/// of the instrumented function's return-address word (`$slot`: computed from `rbp`, or from `r11`,
-/// the stack pointer at the hook's entry) and the hook's return address, restores them, returns.
+/// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc, regs)` with the
+/// address of the instrumented function's return-address word (`$slot`: computed from `rbp`, or
+/// from `r11`, the stack pointer at the hook's entry), the hook's return address and, when detail
+/// records are on, the registers as the hook received them (the detail payload's block, see
+/// `hook::REGS`, at `[rsp + 208]`; `r11` reads as the stack pointer: the hook's first instruction
+/// takes it), else null; restores them, returns.
 macro_rules! entry_hook {
     ($(#[$meta:meta])* $name:ident, slot = $slot:literal, entry = $entry:path) => {
         $(#[$meta])*
@@ -82,9 +85,33 @@ macro_rules! entry_hook {
                 // scratch register no call passes anything in).
                 "mov r11, rsp",
                 "and rsp, -16",
-                "sub rsp, 208",
+                "sub rsp, 352",
                 "mov [rsp + 192], r11",
                 save_arguments!(),
+                "xor edx, edx",
+                "cmp byte ptr [rip + {detail}], 0",
+                "je 2f",
+                // Detail records: every register, in the detail payload's order.
+                "mov [rsp + 208], rdi",
+                "mov [rsp + 216], rsi",
+                "mov [rsp + 224], rdx",
+                "mov [rsp + 232], rcx",
+                "mov [rsp + 240], r8",
+                "mov [rsp + 248], r9",
+                "mov [rsp + 256], rax",
+                "mov [rsp + 264], rbx",
+                "mov [rsp + 272], rbp",
+                "mov [rsp + 280], r10",
+                "mov [rsp + 288], r11",
+                "mov [rsp + 296], r12",
+                "mov [rsp + 304], r13",
+                "mov [rsp + 312], r14",
+                "mov [rsp + 320], r15",
+                "mov [rsp + 328], r11",
+                "mov rax, [r11]",
+                "mov [rsp + 336], rax",
+                "lea rdx, [rsp + 208]",
+                "2:",
                 $slot,
                 "mov rsi, [r11]",
                 "call {entry}",
@@ -92,10 +119,16 @@ macro_rules! entry_hook {
                 "mov rsp, [rsp + 192]",
                 "ret",
                 entry = sym $entry,
+                detail = sym crate::process::DETAIL_ON,
             )
         }
     };
 }
+
+const _: () = assert!(
+    208 + crate::hook::REGS * 8 <= 352 && crate::hook::REGS == retstack::DETAIL_REGS,
+    "the hooks' register block is the detail payload's, inside the hook's frame"
+);
 
 entry_hook!(
     /// The `-pg` hook (the name x86-64 gcc and clang call).
@@ -119,15 +152,15 @@ entry_hook!(
 
 retstack::return_trampoline!(
     /// Where a hooked function returns to: records the return and goes on to the real caller.
-    tracer_return_hook => on_return
+    tracer_return_hook => on_return, detail = crate::process::DETAIL_ON
 );
 
-extern "C" fn mcount_entry(slot: *mut u64, pc: u64) {
-    enter(slot, pc);
+extern "C" fn mcount_entry(slot: *mut u64, pc: u64, regs: *const u64) {
+    enter(slot, pc, regs);
 }
 
-extern "C" fn fentry_entry(slot: *mut u64, pc: u64) {
-    enter(slot, fentry_function(pc));
+extern "C" fn fentry_entry(slot: *mut u64, pc: u64, regs: *const u64) {
+    enter(slot, fentry_function(pc), regs);
 }
 
 /// The first byte of the function whose `__fentry__` call returns to `pc`: the call is `e8 rel32`
@@ -159,9 +192,9 @@ fn fentry_function(pc: u64) -> u64 {
 /// Records the call of `function`, whose return address is at `slot`, and hooks its return (inside
 /// the agent: see `live`); the `-pg` hooks and the library-call stubs (see `plt`) share it.
 #[inline(always)]
-pub(crate) fn enter(slot: *mut u64, function: u64) {
+pub(crate) fn enter(slot: *mut u64, function: u64, regs: *const u64) {
     let seat = crate::live::enter();
-    let stopped = enter_inside(slot, function);
+    let stopped = enter_inside(slot, function, regs);
     crate::live::leave(seat);
     if let Some(stopped) = stopped {
         crate::live::retire_stopped(stopped);
@@ -170,7 +203,7 @@ pub(crate) fn enter(slot: *mut u64, function: u64) {
 
 /// [`enter`]'s body, inside. Returns the attachment this thread has just seen stopped.
 #[inline(always)]
-fn enter_inside(slot: *mut u64, function: u64) -> Option<crate::live::Retiring> {
+fn enter_inside(slot: *mut u64, function: u64, regs: *const u64) -> Option<crate::live::Retiring> {
     let st = crate::hook::free_state()?;
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
@@ -202,9 +235,9 @@ fn enter_inside(slot: *mut u64, function: u64) -> Option<crate::live::Retiring> 
     if hooked == retstack::Hooked::Yes {
         if any_dead {
             // Those returns took the thread's state afresh: so does this call.
-            event(CALL, function, core::ptr::null());
+            event(CALL, function, regs);
         } else {
-            return crate::hook::record(st, CALL, function, core::ptr::null());
+            return crate::hook::record(st, CALL, function, regs);
         }
     } else if sh.overflows() == 1 {
         overflow_notice();
@@ -223,7 +256,7 @@ fn overflow_notice() {
 
 /// The return trampoline's handler: pops the frame entered from `slot`, records its return (and
 /// those of frames skipped by a `longjmp`), and gives back where to return to.
-extern "C" fn on_return(slot: u64) -> u64 {
+extern "C" fn on_return(slot: u64, regs: *mut u64) -> u64 {
     let t = tls();
     // SAFETY: only this thread touches its TLS block; a hooked frame implies a shadow stack.
     let shadow = unsafe { (*t).shadow };
@@ -243,7 +276,12 @@ extern "C" fn on_return(slot: u64) -> u64 {
     }
     match frame {
         Some(f) => {
-            event(RETURN, f.function, core::ptr::null());
+            if !regs.is_null() {
+                // SAFETY: the trampoline's register block (`hook::REGS` words): its last word is
+                // the return address, which only the frame knows.
+                unsafe { regs.add(crate::hook::REGS - 1).write(f.ret) };
+            }
+            event(RETURN, f.function, regs);
             f.ret
         }
         None => lost(slot),

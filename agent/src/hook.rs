@@ -334,8 +334,11 @@ fn write_detail(st: &mut ThreadState, kind: u32, function: u64, ts: u64, regs: *
     // A trigger marks the window that now holds its record.
     if kind == CALL {
         let reg = &st.agent.reg;
-        let n = reg.trigger_count();
-        if (0..n).any(|i| reg.trigger(i) == function) {
+        let n = reg.trigger_range_count();
+        if (0..n).any(|i| {
+            let (start, end) = reg.trigger_range(i);
+            (start..end).contains(&function)
+        }) {
             st.detail.mark_active();
         }
     }

@@ -513,7 +513,7 @@ extern "C" fn enter(slot: *mut u64, target: &Target) -> usize {
         return real;
     }
     match target.kind.load(Relaxed) {
-        0 => crate::entry::enter(slot, target.id),
+        0 => crate::entry::enter(slot, target.id, core::ptr::null()),
         1 => {
             event(CALL, target.id, core::ptr::null());
             event(RETURN, target.id, core::ptr::null());

@@ -7,7 +7,8 @@ use core::sync::atomic::{AtomicU32, AtomicU8};
 
 use registry::Registry;
 
-/// 1 when detail records are on: read by the naked hooks (see `hook`).
+/// 1 when detail records are on: read by the naked hooks (see `hook`), and by the entry-only
+/// hooks and the return trampoline (see `entry`).
 pub(crate) static DETAIL_ON: AtomicU8 = AtomicU8::new(0);
 
 /// Turns detail records on or off for the hooks.

@@ -23,8 +23,8 @@ pub(crate) struct Names {
     /// Every image's modules and functions.
     pub(crate) images: Images,
     triggers: Vec<String>,
-    /// Published trigger addresses.
-    armed: Vec<u64>,
+    /// Published trigger functions, `[start, end)`.
+    armed: Vec<(u64, u64)>,
     /// Trigger names found in some image.
     found: BTreeSet<String>,
     /// Said already: more trigger addresses than the region holds.
@@ -65,26 +65,27 @@ impl Names {
                 if !found.is_empty() {
                     self.found.insert(name.clone());
                 }
-                for address in found {
-                    if !self.armed.contains(&address) {
-                        self.armed.push(address);
+                for range in found {
+                    if !self.armed.iter().any(|a| a.0 == range.0) {
+                        self.armed.push(range);
                     }
                 }
             }
         }
         if self.armed.len() != before {
-            if self.armed.len() > registry::MAX_TRIGGERS && !self.overflow_said {
+            let room = registry::MAX_TRIGGERS / 2;
+            if self.armed.len() > room && !self.overflow_said {
                 eprintln!(
                     "tracer: warning: the trigger names match {} functions, the region holds {}; \
                      the first {} are armed (name fewer or more precise functions)",
                     self.armed.len(),
-                    registry::MAX_TRIGGERS,
-                    registry::MAX_TRIGGERS
+                    room,
+                    room
                 );
                 self.overflow_said = true;
             }
-            let n = self.armed.len().min(registry::MAX_TRIGGERS);
-            let _ = reg.set_triggers(&self.armed[..n]);
+            let n = self.armed.len().min(room);
+            let _ = reg.set_trigger_ranges(&self.armed[..n]);
         }
         reg.ack_modules(self.images.consumed());
     }

@@ -704,3 +704,64 @@ fn attach__patchable_program_3_rounds__then_sleds_patched_while_attached_and_cod
         assert!(alive, "round {round}: the target died");
     }
 }
+
+/// `mid(0x1234)` calls `leaf` twice and returns `0x1236 + 0x1238`.
+const TRIGGER_C: &str = r#"
+#include <stdio.h>
+__attribute__((noinline)) long leaf(long a, double x) { return a + (long)x; }
+__attribute__((noinline)) long mid(long a) { return leaf(a, 2.5) + leaf(a + 1, 3.5); }
+int main(void) { printf("done %ld\n", mid(0x1234)); return 0; }
+"#;
+
+/// `--trigger symbol=mid` on a program built with `flags`: the window is kept, and `replay`
+/// shows mid's call with its argument (the hook's `rdi`) and its return with the value (`rax`).
+fn trigger_shows_arguments_and_return_value(name: &str, flags: &[&str]) {
+    let exe = build(name, TRIGGER_C, flags);
+    let tmp = output_dir();
+    let out = tracer()
+        .current_dir(tmp.path())
+        .args(["spawn", "--trigger", "symbol=mid", "-o"])
+        .arg(tmp.path())
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dir = session_dir(tmp.path());
+    let replay = run(&["replay", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&replay.stdout).into_owned();
+    assert!(text.contains("mid() {"), "{text}");
+    let call = text.split("mid() {").nth(1).unwrap();
+    assert!(call.contains("/* detail of the call ("), "{text}");
+    assert!(
+        call.contains("rdi 0000000000001234"),
+        "mid's argument: {text}"
+    );
+    assert!(call.contains("in mid+0x"), "{text}");
+    // The return's detail follows the line that closes the call.
+    let after = call.split("} /* mid */").nth(1).unwrap();
+    let ret = after.split(" */").next().unwrap();
+    assert!(ret.contains("/* detail of the return"), "{text}");
+    assert!(
+        ret.contains(&format!("rax {:016x}", 0x1236 + 0x1238)),
+        "mid's value: {text}"
+    );
+    assert!(ret.contains("returning to main+0x"), "{text}");
+}
+
+#[test]
+fn pg__trigger_symbol__then_its_argument_and_return_value_shown() {
+    trigger_shows_arguments_and_return_value("trigger_pg", &["-O1", "-pg"]);
+}
+
+#[test]
+fn mfentry__trigger_symbol__then_its_argument_and_return_value_shown() {
+    trigger_shows_arguments_and_return_value("trigger_fentry", &["-O1", "-pg", "-mfentry"]);
+}
+
+#[test]
+fn patchable__trigger_symbol__then_its_argument_and_return_value_shown() {
+    trigger_shows_arguments_and_return_value(
+        "trigger_pfe",
+        &["-O1", "-fpatchable-function-entry=5"],
+    );
+}

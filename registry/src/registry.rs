@@ -753,6 +753,39 @@ impl<'a, B: Backend> Registry<'a, B> {
         Ok(())
     }
 
+    /// Replaces the trigger functions, each as its code's `[start, end)` (at most
+    /// [`MAX_TRIGGERS`] / 2): a thread that calls one of them marks its active detail ring for
+    /// persistence. A range, not an address, because an entry-only hook (`mcount`, a patched
+    /// sled) reports an address inside the function. Stored as consecutive pairs of the trigger
+    /// list (see [`Self::trigger_range`]).
+    pub fn set_trigger_ranges(&self, ranges: &[(u64, u64)]) -> Result<(), RegistryError> {
+        let mut flat = [0u64; MAX_TRIGGERS];
+        if ranges.len() * 2 > MAX_TRIGGERS {
+            return Err(RegistryError::BadConfig(format!(
+                "{} trigger functions: at most {}",
+                ranges.len(),
+                MAX_TRIGGERS / 2
+            )));
+        }
+        for (i, &(start, end)) in ranges.iter().enumerate() {
+            flat[2 * i] = start;
+            flat[2 * i + 1] = end;
+        }
+        self.set_triggers(&flat[..ranges.len() * 2])
+    }
+
+    /// Number of trigger functions published with [`Self::set_trigger_ranges`].
+    #[inline(always)]
+    pub fn trigger_range_count(&self) -> usize {
+        self.trigger_count() / 2
+    }
+
+    /// Trigger function `i`'s `[start, end)` (below [`Self::trigger_range_count`]).
+    #[inline(always)]
+    pub fn trigger_range(&self, i: usize) -> (u64, u64) {
+        (self.trigger(2 * i), self.trigger(2 * i + 1))
+    }
+
     /// Number of valid trigger addresses. Acquire: pairs with the Release in `set_triggers`.
     #[inline(always)]
     pub fn trigger_count(&self) -> usize {

@@ -312,6 +312,13 @@ fn registry__triggers__then_published_in_order() {
     assert_eq!(reg.trigger_count(), 2);
     assert_eq!((reg.trigger(0), reg.trigger(1)), (0x1000, 0x2000));
     assert!(reg.set_triggers(&[0; MAX_TRIGGERS + 1]).is_err());
+    reg.set_trigger_ranges(&[(0x1000, 0x1040), (0x2000, 0x2010)])
+        .unwrap();
+    assert_eq!(reg.trigger_range_count(), 2);
+    assert_eq!(reg.trigger_range(1), (0x2000, 0x2010));
+    assert!(reg
+        .set_trigger_ranges(&[(0, 0); MAX_TRIGGERS / 2 + 1])
+        .is_err());
 }
 
 #[test]

@@ -320,14 +320,30 @@ impl ShadowStack {
     }
 }
 
+/// A detail flag that is never set: [`return_trampoline!`] without `detail` uses it.
+#[doc(hidden)]
+pub static DETAIL_NEVER: u8 = 0;
+
+/// Words in the register block a trampoline with `detail` passes: `rdi`, `rsi`, `rdx`, `rcx`,
+/// `r8`, `r9`, `rax`, `rbx`, `rbp`, `r10`, `r11`, `r12`–`r15`, `rsp`, and a last word left 0 for
+/// the handler to fill with the return address (only the frame knows it). `r11` reads as the
+/// stack pointer (the trampoline's first instruction takes it); `rsp` is the stack pointer the
+/// function returned with.
+pub const DETAIL_REGS: usize = 17;
+
 /// Defines `pub unsafe extern "C" fn $name()`, a return trampoline: entered by a hooked
 /// function's `ret`, it saves the return-value registers (`rax`, `rdx`, `xmm0`, `xmm1`), calls
-/// `$handler(slot: u64) -> u64` with the slot it was entered from and jumps to the address the
-/// handler returns (the frame's original return address), with the registers as the function
-/// left them. The handler must not return without an address to go to.
+/// `$handler(slot: u64, regs: *mut u64) -> u64` with the slot it was entered from and jumps to
+/// the address the handler returns (the frame's original return address), with the registers as
+/// the function left them. `regs` is null, or, while the byte `$flag` is nonzero, a block of
+/// [`DETAIL_REGS`] words (the registers as the function returned). Without `detail`, the handler
+/// is `$handler(slot: u64) -> u64`. The handler must not return without an address to go to.
 #[macro_export]
 macro_rules! return_trampoline {
     ($(#[$meta:meta])* $name:ident => $handler:path) => {
+        $crate::return_trampoline!($(#[$meta])* $name => $handler, detail = $crate::DETAIL_NEVER);
+    };
+    ($(#[$meta:meta])* $name:ident => $handler:path, detail = $flag:path) => {
         $(#[$meta])*
         ///
         /// # Safety
@@ -339,22 +355,45 @@ macro_rules! return_trampoline {
                 // did; r11 and r10 are scratch at a return (neither carries a return value).
                 "mov r11, rsp",
                 "and rsp, -16",
-                "sub rsp, 64",
-                "mov [rsp + 48], r11",
-                "mov [rsp], rax",
-                "mov [rsp + 8], rdx",
-                "movdqu [rsp + 16], xmm0",
-                "movdqu [rsp + 32], xmm1",
+                "sub rsp, 192",
+                "mov [rsp + 176], r11",
+                "mov [rsp + 48], rax",
+                "mov [rsp + 16], rdx",
+                "movdqu [rsp + 144], xmm0",
+                "movdqu [rsp + 160], xmm1",
+                "cmp byte ptr [rip + {flag}], 0",
+                "je 2f",
+                "mov [rsp], rdi",
+                "mov [rsp + 8], rsi",
+                "mov [rsp + 24], rcx",
+                "mov [rsp + 32], r8",
+                "mov [rsp + 40], r9",
+                "mov [rsp + 56], rbx",
+                "mov [rsp + 64], rbp",
+                "mov [rsp + 72], r10",
+                "mov [rsp + 80], r11",
+                "mov [rsp + 88], r12",
+                "mov [rsp + 96], r13",
+                "mov [rsp + 104], r14",
+                "mov [rsp + 112], r15",
+                "mov [rsp + 120], r11",
+                "mov qword ptr [rsp + 128], 0",
+                "mov rsi, rsp",
+                "jmp 3f",
+                "2:",
+                "xor esi, esi",
+                "3:",
                 "lea rdi, [r11 - 8]",
                 "call {handler}",
                 "mov r10, rax",
-                "mov rax, [rsp]",
-                "mov rdx, [rsp + 8]",
-                "movdqu xmm0, [rsp + 16]",
-                "movdqu xmm1, [rsp + 32]",
-                "mov rsp, [rsp + 48]",
+                "mov rax, [rsp + 48]",
+                "mov rdx, [rsp + 16]",
+                "movdqu xmm0, [rsp + 144]",
+                "movdqu xmm1, [rsp + 160]",
+                "mov rsp, [rsp + 176]",
                 "jmp r10",
                 handler = sym $handler,
+                flag = sym $flag,
             )
         }
     };

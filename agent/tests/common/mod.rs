@@ -226,7 +226,8 @@ pub fn run_preloading(
     }
     let region = SharedRegion::create(config).unwrap();
     let reg = region.registry().unwrap();
-    reg.set_triggers(triggers).unwrap();
+    let ranges: Vec<(u64, u64)> = triggers.iter().map(|&a| (a, a + 1)).collect();
+    reg.set_trigger_ranges(&ranges).unwrap();
     let fd = region.inheritable_fd().unwrap();
     let mut child = Command::new(program)
         .args(args)

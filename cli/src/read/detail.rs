@@ -56,6 +56,11 @@ impl Code {
 
     /// `name` or `name+0x1d` for an address inside a named function (within 64 KiB of its
     /// start, the symbols carrying no sizes), else the address in hex.
+    /// Whether `address` is a function's first byte.
+    fn starts_function(&self, address: u64) -> bool {
+        self.symbols.binary_search_by_key(&address, |s| s.0).is_ok()
+    }
+
     fn describe(&self, address: u64) -> String {
         let i = self.symbols.partition_point(|s| s.0 <= address);
         match i.checked_sub(1).map(|i| &self.symbols[i]) {
@@ -171,12 +176,24 @@ impl<'a> Details<'a> {
             }
             lines.push(line.trim_end().to_owned());
         }
-        // At the hook's entry rdi is the instrumented function, rsi the call site in its caller.
-        lines.push(format!(
-            " *   in {}, called from {}",
-            self.code.describe(payload.registers[0]),
-            self.code.describe(payload.registers[1])
-        ));
+        let regs = &payload.registers;
+        let ret = regs[DETAIL_REGISTERS.len() - 1];
+        if self.code.starts_function(regs[0]) {
+            // At a `-finstrument-functions` hook's entry rdi is the instrumented function, rsi
+            // the call site in its caller.
+            lines.push(format!(
+                " *   in {}, called from {}",
+                self.code.describe(regs[0]),
+                self.code.describe(regs[1])
+            ));
+        } else if h.event_type == atf::DETAIL_RETURN {
+            // An entry-only hook's return (the registers as the function returned).
+            lines.push(format!(" *   returning to {}", self.code.describe(ret)));
+        } else {
+            // An entry-only hook (`-pg`, a patched sled): the registers hold the arguments, and
+            // the hook returns into the function.
+            lines.push(format!(" *   in {}", self.code.describe(ret)));
+        }
         let rsp = payload.registers[DETAIL_REGISTERS.len() - 2];
         lines.push(format!(
             " *   stack: {} bytes from rsp {rsp:#x}{}",

@@ -133,11 +133,12 @@ impl Images {
         self.images.values().any(Capture::instrumented)
     }
 
-    /// The tagged addresses of the functions called `name` in `image` (see [`Capture::resolve`]).
-    pub fn resolve(&self, image: u32, name: &str) -> Vec<u64> {
+    /// The tagged `[start, end)` of the functions called `name` in `image` (see
+    /// [`Capture::resolve_ranges`]).
+    pub fn resolve(&self, image: u32, name: &str) -> Vec<(u64, u64)> {
         self.images
             .get(&image)
-            .map(|c| c.resolve(name))
+            .map(|c| c.resolve_ranges(name))
             .unwrap_or_default()
     }
 

@@ -274,8 +274,15 @@ impl Capture {
     /// any alias), its demangled name (`ns::bar(int)`), or the demangled name without its
     /// parameter list (`ns::bar`, every overload), or its short name as the readers show it
     /// (`ns::Box::get` for `ns::Box<int>::get() const`). Sorted, without duplicates; empty if none.
+    #[cfg(test)]
     pub fn resolve(&self, name: &str) -> Vec<u64> {
-        let mut out: Vec<u64> = self
+        self.resolve_ranges(name).into_iter().map(|r| r.0).collect()
+    }
+
+    /// [`Capture::resolve`], each function as its code's `[start, end)` (one byte for a symbol
+    /// without a size).
+    pub fn resolve_ranges(&self, name: &str) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = self
             .functions()
             .filter(|f| {
                 f.name == name
@@ -283,10 +290,10 @@ impl Capture {
                     || strip_params(&f.name) == Some(name)
                     || short_name(&f.name) == name
             })
-            .map(|f| f.address)
+            .map(|f| (f.address, f.address + f.size.max(1)))
             .collect();
         out.sort_unstable();
-        out.dedup();
+        out.dedup_by_key(|r| r.0);
         out
     }
 
