@@ -158,14 +158,23 @@ fn malformed(path: &Path, what: &str) -> SymbolError {
     }
 }
 
-/// Parses the x86-64 ELF `file` (opened from `path`, which names it in errors).
-pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, SymbolError> {
-    let cache = ReadCache::new(file);
-    let data = &cache;
+/// The ELF header of `data` (read from `path`) and its byte order.
+fn parse_header<'data, R: ReadRef<'data>>(
+    path: &Path,
+    data: R,
+) -> Result<(&'data Header, Endianness), SymbolError> {
     let header = Header::parse(data).map_err(|e| malformed(path, &e.to_string()))?;
     let endian = header
         .endian()
         .map_err(|e| malformed(path, &e.to_string()))?;
+    Ok((header, endian))
+}
+
+/// Parses the x86-64 ELF `file` (opened from `path`, which names it in errors).
+pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, SymbolError> {
+    let cache = ReadCache::new(file);
+    let data = &cache;
+    let (header, endian) = parse_header(path, data)?;
     if header.e_machine(endian) != elf::EM_X86_64 {
         return Err(malformed(path, "not an x86-64 object"));
     }
@@ -265,6 +274,67 @@ pub(super) fn read(path: &Path, file: &File, want: Want) -> Result<ElfObject, Sy
         }
     }
     Ok(out)
+}
+
+/// A function an object's dynamic symbol table defines: its link-time address and its first
+/// bytes (what a caller compares with the target's memory before calling it there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Definition {
+    pub address: u64,
+    pub code: Vec<u8>,
+}
+
+/// Each of `names` as the ELF `file` (opened from `path`) defines it in `.dynsym`, with its
+/// first `code_len` bytes; `None` where it is not defined there. Reads the headers, `.dynsym` and
+/// those bytes only.
+pub(crate) fn dynamic_definitions(
+    path: &Path,
+    file: &File,
+    names: &[&str],
+    code_len: u64,
+) -> Result<Vec<Option<Definition>>, SymbolError> {
+    let cache = ReadCache::new(file);
+    let data = &cache;
+    let (header, endian) = parse_header(path, data)?;
+    let phdrs = header
+        .program_headers(endian, data)
+        .map_err(|e| malformed(path, &e.to_string()))?;
+    let sections = header
+        .sections(endian, data)
+        .map_err(|e| malformed(path, &e.to_string()))?;
+    let Some((syms, strings)) = table(path, &sections, endian, data, elf::SHT_DYNSYM)? else {
+        return Ok(vec![None; names.len()]);
+    };
+    let code_at = |address: u64| -> Vec<u8> {
+        phdrs
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+            .find(|ph| {
+                let lo = ph.p_vaddr(endian);
+                address >= lo && address + code_len <= lo + ph.p_filesz(endian)
+            })
+            .and_then(|ph| {
+                let offset = address - ph.p_vaddr(endian) + ph.p_offset(endian);
+                data.read_bytes_at(offset, code_len).ok()
+            })
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    };
+    Ok(names
+        .iter()
+        .map(|name| {
+            syms.iter()
+                .find(|s| {
+                    s.st_shndx(endian) != elf::SHN_UNDEF
+                        && s.st_value(endian) != 0
+                        && strings.get(s.st_name(endian)) == Ok(name.as_bytes())
+                })
+                .map(|s| Definition {
+                    address: s.st_value(endian),
+                    code: code_at(s.st_value(endian)),
+                })
+        })
+        .collect())
 }
 
 type Table<'data> = (&'data [Sym64], StringTable<'data, &'data [u8]>);

@@ -212,6 +212,20 @@ pub struct Capture {
     pub skipped: Vec<Skipped>,
 }
 
+pub(crate) use elf::Definition;
+
+/// Each of `names` as the ELF file at `path` defines it in its dynamic symbol table (`None`: not
+/// defined there): its link-time address and first `code_len` bytes. Only the headers, `.dynsym`
+/// and those bytes are read (the attach looks up a few functions of libc and of the agent).
+pub(crate) fn dynamic_definitions(
+    path: &Path,
+    names: &[&str],
+    code_len: u64,
+) -> Result<Vec<Option<elf::Definition>>, SymbolError> {
+    let file = File::open(path).map_err(|e| SymbolError::open(path, e))?;
+    elf::dynamic_definitions(path, &file, names, code_len)
+}
+
 /// Reads `/proc/<pid>/maps` and every ELF object mapped in the process.
 ///
 /// Cost: one read of the maps file, then for each object its headers and `.dynsym`, and for an
