@@ -82,6 +82,20 @@ fn attach_inside(path: &CStr) -> (c_int, Option<live::Retiring>) {
     (hooks as c_int, replaced)
 }
 
+/// Spawn mode with `--library-calls all`: `dlopen` and `dlmopen` go through the trampolines (the
+/// program's other entries point at the agent already: it is preloaded), so what a later load
+/// adds gets its library-call entries redirected and its objects reported before the program gets
+/// the handle.
+pub(crate) fn follow_loads(generation: u32) {
+    // SAFETY: this thread's errno (the lookups below may set it).
+    let errno = unsafe { *libc::__errno_location() };
+    dlopen::prepare();
+    got::set_targets(targets());
+    got::run(got::Pass::Attach { generation });
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
 /// What the GOT entries are redirected to: the agent's hooks, its unwinder stand-ins and the
 /// `dlopen` trampolines (after [`dlopen::prepare`], which finds what those call).
 fn targets() -> got::Targets {

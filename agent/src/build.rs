@@ -45,7 +45,11 @@ fn from_env() -> Result<Agent, String> {
     // Spawn: the constructor runs before the program starts threads, so registering here is cheap.
     process::register_now(&agent.reg);
     // Before the program runs (one thread): its library calls go through the agent's stubs.
-    crate::plt::redirect(agent.reg.library_calls());
+    let scope = agent.reg.library_calls();
+    crate::plt::redirect(scope);
+    if scope == registry::LibraryCalls::All {
+        crate::attach::follow_loads(agent.generation);
+    }
     let sleds = patch::apply(agent.generation);
     if sleds.skipped > 0 {
         say(&format!(

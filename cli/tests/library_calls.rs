@@ -325,16 +325,39 @@ fn pthread_exit__two_frames_deep__then_thread_ends_and_stream_intact() {
 fn fork__child_returns_through_hooked_call__then_both_run_on() {
     let exe = libcalls("libcalls_fork", &[]);
     let (out, tmp) = run_spawn(&[], &[], &exe, &["fork"]);
-    // The child's stream starts with the return of `fork`, whose call is in its parent's.
-    let (_, traces) = check_session_with(&session_dir(tmp.path()), true);
+    // Each process has its own directory; the child's stream starts with the return of `fork`,
+    // whose call is in its parent's.
+    let session = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("session_")
+        })
+        .unwrap();
+    let mut traces = Vec::new();
+    for dir in std::fs::read_dir(&session).unwrap() {
+        let dir = dir.unwrap().path();
+        if dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pid_")
+        {
+            traces.extend(check_session_with(&dir, true).1);
+        }
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("done") && !stdout.contains("failed"),
         "{stdout}"
     );
     let all = total(&traces);
-    assert!(count(&all, "fork") >= 1, "{all:?}");
+    assert_eq!(count(&all, "fork"), 1, "{all:?}");
     assert_eq!(count(&all, "waitpid"), 1, "{all:?}");
+    assert_eq!(count(&all, "getpid"), 3, "the child's: {all:?}");
 }
 
 #[test]
@@ -352,21 +375,22 @@ fn vfork__child_shares_the_stack__then_parent_unharmed_and_counts_exact() {
 }
 
 #[test]
-fn exec__into_itself__then_calls_of_both_images_attempted_and_the_stream_intact() {
+fn exec__into_itself__then_calls_of_both_images_recorded_in_one_stream() {
     let exe = libcalls("libcalls_exec", &[]);
     let (out, tmp) = run_spawn(&[], &[], &exe, &["exec"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
     let (session, traces) = check_session(&session_dir(tmp.path()));
     let all = total(&traces);
     assert_eq!(count(&all, "execv"), 1, "{all:?}");
-    assert!(count(&all, "getpid") >= 2, "{all:?}");
-    // The first image: 8 strcmp, 2 getpid, execv (no return); the new one: 9 strcmp, 3 getpid,
-    // puts, each returned: 21 + 26 events, each written or counted as dropped.
     assert_eq!(
-        session.manifest.accounting.index.attempted, 47,
-        "{:?}",
-        session.manifest.accounting.index
+        count(&all, "getpid"),
+        5,
+        "2 before the exec, 3 after: {all:?}"
     );
+    // The first image: 8 strcmp, 2 getpid, execv (no return); the new one: 9 strcmp, 3 getpid,
+    // puts, each returned: 21 + 26 events, all written.
+    let acc = &session.manifest.accounting.index;
+    assert_eq!((acc.attempted, acc.persisted), (47, 47), "{acc:?}");
 }
 
 #[test]
@@ -665,4 +689,95 @@ fn attach__uninstrumented_program_20_rounds__then_calls_recorded_got_restored_an
     assert!(child.try_wait().unwrap().is_none(), "the target lives");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+const DLOPENS_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) { printf("dlopen failed: %s\n", dlerror()); return 1; }
+    long (*work)(void) = (long (*)(void))dlsym(lib, "lib_work");
+    long s = 0;
+    for (int i = 0; i < 3; i++) s += work();
+    printf("done %ld\n", s > 0 ? 1L : 0L);
+    return 0;
+}
+"#;
+
+#[test]
+fn scope_all__library_loaded_with_dlopen__then_its_calls_recorded_and_named() {
+    with_library();
+    let lib = workdir().join("liblcwork.so");
+    let exe = build("dlopens", DLOPENS_C, &["-O1", "-ldl"]);
+    let (out, traces, _tmp) = spawn_with(
+        &["--library-calls", "all"],
+        &[],
+        &exe,
+        &[lib.to_str().unwrap()],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
+    let all = total(&traces);
+    assert_eq!(
+        count(&all, "dlopen"),
+        0,
+        "dlopen itself is left alone: {all:?}"
+    );
+    assert_eq!(count(&all, "getpid"), 21, "3 x lib_work's 7: {all:?}");
+}
+
+/// `throws <n>`: n times, a nested function throws (through `__cxa_allocate_exception` and
+/// `__cxa_throw`) and its caller catches; a comparator of `qsort` throws out of `qsort` once.
+const THROWS_CC: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <unistd.h>
+static volatile long sink;
+__attribute__((noinline)) void thrower(int n) { sink += getpid(); if (n >= 0) throw std::runtime_error("x"); }
+__attribute__((noinline)) int catcher(int n) { try { thrower(n); } catch (const std::exception &) { return 1; } return 0; }
+static int cmp(const void *a, const void *b) { if (*(const int *)a == 7) throw 7; return *(const int *)a - *(const int *)b; }
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 5, caught = 0;
+    for (int i = 0; i < n; i++) caught += catcher(i);
+    int v[16];
+    for (int i = 0; i < 16; i++) v[i] = 15 - i;
+    try { qsort(v, 16, sizeof v[0], cmp); } catch (int) { caught++; }
+    std::printf("done %d\n", caught);
+    return 0;
+}
+"#;
+
+#[test]
+fn cxa_throw__caught_by_the_caller_and_out_of_qsort__then_every_call_returns_once() {
+    let exe = build(
+        "throws",
+        THROWS_CC,
+        &[
+            "-x",
+            "c++",
+            "-O1",
+            "-fexceptions",
+            "-Wl,--no-as-needed",
+            "-lstdc++",
+        ],
+    );
+    let (out, traces, _tmp) = spawn_with(&[], &[], &exe, &["5"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done 6"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let all = total(&traces);
+    assert_eq!(count(&all, "__cxa_throw"), 6, "{all:?}");
+    assert_eq!(count(&all, "getpid"), 5, "{all:?}");
+    assert_eq!(count(&all, "qsort"), 1, "{all:?}");
+    let main = traces
+        .iter()
+        .find(|t| t.by_name.contains_key("qsort"))
+        .unwrap();
+    assert_eq!(
+        main.returns, main.calls,
+        "thrown-through calls returned: {main:?}"
+    );
 }
