@@ -49,7 +49,9 @@
 //!   slots its previous image of the same pid left active.
 //! - **Images and names.** Each agent start takes a new image serial from the region, reports the
 //!   objects the loader has mapped into the region's module log (and, after each `dlopen`, the
-//!   objects it added; see `modules`), and tags every function id it records with the serial
+//!   objects it added: spawn's preloaded agent exports `dlopen`/`dlmopen` stand-ins that keep the
+//!   caller's search path, attach redirects the GOT entries to the same ones; see `modules` and
+//!   `attach::dlopen`), and tags every function id it records with the serial
 //!   (`registry::image_tag`): an exec'd program's functions never share ids with its parent's,
 //!   even at the same addresses (`-no-pie`). A fork child keeps its parent's image.
 //!

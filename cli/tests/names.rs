@@ -153,3 +153,64 @@ fn trigger__unknown_name__then_said_once_and_nothing_guessed() {
     let session = atf::Session::open(&dir).unwrap();
     assert!(session.manifest.detail_windows.is_empty());
 }
+
+/// A library the program loads with `dlopen`: built into the test's work dir, instrumented.
+const PLUGIN_C: &str = r#"
+__attribute__((noinline)) int plug_leaf(int x) { return x * 3; }
+__attribute__((noinline)) int plug_entry(int n) {
+    int s = 0;
+    for (int i = 0; i < n; i++) s += plug_leaf(i);
+    return s;
+}
+"#;
+
+/// Loads `libplugin.so` by its bare name (found through the program's own `$ORIGIN` run path,
+/// which only the program's calls search) and calls into it 7 times.
+const DLOPEN_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+__attribute__((noinline)) int host_call(int (*f)(int), int n) { return f(n); }
+int main(void) {
+    void *h = dlopen("libplugin.so", RTLD_NOW);
+    if (!h) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 3; }
+    int (*f)(int) = (int (*)(int))dlsym(h, "plug_entry");
+    return host_call(f, 7) == 63 ? 0 : 1;
+}
+"#;
+
+#[test]
+fn names__spawned_program_dlopens_a_library_10_runs__then_its_functions_named_and_counted() {
+    build(
+        "libplugin.so",
+        PLUGIN_C,
+        &["-O1", "-shared", "-fPIC", "-finstrument-functions"],
+    );
+    let exe = build(
+        "dlopener",
+        DLOPEN_C,
+        &["-O1", "-finstrument-functions", "-Wl,-rpath,$ORIGIN"],
+    );
+    for run in 0..10 {
+        let tmp = output_dir();
+        // Exit 0: the bare name was found the way the program's own call finds it.
+        let (dir, err) = record(tmp.path(), &exe, &[]);
+        assert!(!err.contains("warning"), "run {run}: {err}");
+        let (_, traces) = check_session(&dir);
+        let mut calls = std::collections::BTreeMap::new();
+        for t in traces {
+            for (name, n) in t.by_name {
+                *calls.entry(name).or_insert(0u64) += n;
+            }
+        }
+        let want: std::collections::BTreeMap<String, u64> = [
+            ("host_call", 1),
+            ("main", 1),
+            ("plug_entry", 1),
+            ("plug_leaf", 7),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(calls, want, "run {run}");
+    }
+}

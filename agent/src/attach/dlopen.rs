@@ -36,6 +36,14 @@
 //!   does. A thread that calls into a new library between its load and the redirection (only
 //!   possible through a pointer obtained before that load returned) records the function's
 //!   return without its call.
+//!
+//! **Spawn.** The same trampolines are the agent's exported `dlopen` and `dlmopen`: preloaded,
+//! the agent comes before glibc in the global lookup, so the program's calls (and its libraries')
+//! bind to them from the start, with no GOT to redirect. Their first call finds the real function
+//! ([`resolve`]: the global lookup's answer if it is not the agent's own, else the next
+//! definition after the agent) and whether a shadow stack is active; from then on they behave as
+//! under attach, so every object a `dlopen` adds is in the module log (named, see
+//! `crate::modules`), and its patchable sleds are patched, before the program gets the handle.
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicU8, AtomicUsize};
@@ -81,12 +89,21 @@ pub(super) fn trampolines() -> (usize, usize) {
 
 /// The definition of `name` the program's calls bind to: the global lookup's answer, if it is a
 /// definition of that name (not an executable's PLT entry standing for it, which would lead back
-/// to a redirected entry).
+/// to a redirected entry) and not the agent's own export; else the next definition after the
+/// agent (spawn: the agent is preloaded, so the global lookup finds its export first).
 fn resolve(name: &CStr) -> Option<usize> {
-    // SAFETY: RTLD_DEFAULT (null) and a NUL-terminated name; glibc defines both names, so the
-    // thread's dlerror state is left alone.
-    let found = unsafe { libc::dlsym(core::ptr::null_mut(), name.as_ptr()) };
-    if found.is_null() {
+    [core::ptr::null_mut(), libc::RTLD_NEXT]
+        .into_iter()
+        .find_map(|scope| definition(scope, name))
+}
+
+/// `name`'s definition as `dlsym(scope, name)` finds it, if it is one, and not the agent's.
+fn definition(scope: *mut c_void, name: &CStr) -> Option<usize> {
+    // SAFETY: RTLD_DEFAULT (null) or RTLD_NEXT and a NUL-terminated name; glibc defines both
+    // names, so the thread's dlerror state is left alone.
+    let found = unsafe { libc::dlsym(scope, name.as_ptr()) };
+    let (ours_dlopen, ours_dlmopen) = trampolines();
+    if found.is_null() || [ours_dlopen, ours_dlmopen].contains(&(found as usize)) {
         return None;
     }
     // SAFETY: all-zero is a valid Dl_info (null pointers).
@@ -100,6 +117,38 @@ fn resolve(name: &CStr) -> Option<usize> {
     }
     // SAFETY: dladdr gives a NUL-terminated symbol name.
     (unsafe { CStr::from_ptr(info.dli_sname) } == name).then_some(found as usize)
+}
+
+/// A trampoline's first call in a process the agent was preloaded into (`prepare` never ran):
+/// finds the function it calls (`which`: 0 `dlopen`, 1 `dlmopen`) and whether a shadow stack
+/// is active. Never returns 0: without glibc's function the program could not have called it.
+extern "C" fn resolve_lazily(which: u64) -> usize {
+    // SAFETY: this thread's errno (the lookups may set it; the function called next sets its own).
+    let errno = unsafe { *libc::__errno_location() };
+    if shadow_stack_active() {
+        PLAIN_CALL.store(1, Relaxed);
+    }
+    let (real, name) = if which == 0 {
+        (&REAL_DLOPEN, c"dlopen")
+    } else {
+        (&REAL_DLMOPEN, c"dlmopen")
+    };
+    // Acquire/Release: as in `prepare` (two threads' first calls find the same address).
+    let mut address = real.load(Acquire);
+    if address == 0 {
+        address = resolve(name).unwrap_or(0);
+        real.store(address, Release);
+    }
+    if address == 0 {
+        crate::say::say(&format!(
+            "{} is called but glibc's definition cannot be found; aborting",
+            name.to_string_lossy()
+        ));
+        std::process::abort();
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+    address
 }
 
 /// Whether this thread runs with a CET shadow stack (`ARCH_SHSTK_STATUS`; a kernel without them
@@ -143,32 +192,73 @@ extern "C" fn loaded(handle: *mut c_void) {
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// Replaces `dlopen`: the real one, called as if from the caller (see the module doc).
+/// Replaces `dlopen`: the real one, called as if from the caller (see the module doc). Exported
+/// as `dlopen`, so a preloaded agent stands in front of glibc's from the start.
 ///
 /// # Safety
-/// Reached only through a GOT entry, with `dlopen`'s arguments.
+/// Called as `dlopen`, with its arguments.
 #[unsafe(naked)]
-unsafe extern "C" fn dlopen_trampoline() {
+#[export_name = "dlopen"]
+pub unsafe extern "C" fn dlopen_trampoline() {
     core::arch::naked_asm!(
         "endbr64",
         "mov r11, qword ptr [rip + {real}]",
+        "test r11, r11",
+        "jz 1f",
         "jmp {hop}",
+        "1:",
+        "mov eax, 0",
+        "jmp {first}",
         real = sym REAL_DLOPEN,
         hop = sym hop,
+        first = sym first_call,
     )
 }
 
-/// Replaces `dlmopen`, as [`dlopen_trampoline`] does `dlopen`.
+/// Replaces `dlmopen`, as [`dlopen_trampoline`] does `dlopen`; exported as `dlmopen`.
 ///
 /// # Safety
-/// Reached only through a GOT entry, with `dlmopen`'s arguments.
+/// Called as `dlmopen`, with its arguments.
 #[unsafe(naked)]
-unsafe extern "C" fn dlmopen_trampoline() {
+#[export_name = "dlmopen"]
+pub unsafe extern "C" fn dlmopen_trampoline() {
     core::arch::naked_asm!(
         "endbr64",
         "mov r11, qword ptr [rip + {real}]",
+        "test r11, r11",
+        "jz 1f",
         "jmp {hop}",
+        "1:",
+        "mov eax, 1",
+        "jmp {first}",
         real = sym REAL_DLMOPEN,
+        hop = sym hop,
+        first = sym first_call,
+    )
+}
+
+/// A trampoline whose function is not known yet: eax says which (0 `dlopen`, 1 `dlmopen`);
+/// [rsp] is the caller's return address and rsp = 8 (mod 16), as at the trampoline's entry.
+/// Finds the function with [`resolve_lazily`], the arguments (rdi, rsi, rdx) saved around the
+/// call, and goes on to [`hop`] with it in r11.
+///
+/// # Safety
+/// Entered by a jump from a trampoline, as described.
+#[unsafe(naked)]
+unsafe extern "C" fn first_call() {
+    core::arch::naked_asm!(
+        // Three pushes: rsp = 0 (mod 16) for the call.
+        "push rdi",
+        "push rsi",
+        "push rdx",
+        "mov edi, eax",
+        "call {resolve}",
+        "pop rdx",
+        "pop rsi",
+        "pop rdi",
+        "mov r11, rax",
+        "jmp {hop}",
+        resolve = sym resolve_lazily,
         hop = sym hop,
     )
 }
