@@ -1,8 +1,9 @@
 //! Making an [`Agent`]: spawn mode's from the environment ([`spawn`]), an attachment's from the
 //! region the tracer gives ([`for_attach`]). Either maps the region, makes the thread array,
 //! reports the image's objects into the module log and makes sure the process-wide hooks exist;
-//! spawn mode also registers for the stop handshake's membarrier and patches the NOP sleds of
-//! `-fpatchable-function-entry` builds.
+//! spawn mode also registers for the stop handshake's membarrier. Changing the program's code
+//! (library-call stubs, patched sleds) is left to the caller: the attach, or spawn mode's
+//! constructor.
 
 use core::sync::atomic::AtomicU32;
 
@@ -44,20 +45,8 @@ fn from_env() -> Result<Agent, String> {
     let agent = build_agent(region, 1)?;
     // Spawn: the constructor runs before the program starts threads, so registering here is cheap.
     process::register_now(&agent.reg);
-    // Before the program runs (one thread): its library calls go through the agent's stubs.
-    let scope = agent.reg.library_calls();
-    crate::plt::redirect(scope);
-    if scope == registry::LibraryCalls::All {
-        crate::attach::follow_loads(agent.generation);
-    }
-    let sleds = patch::apply(agent.generation);
-    if sleds.skipped > 0 {
-        say(&format!(
-            "{} patchable function entries left unpatched (their calls are not recorded): an \
-             unknown NOP form, or code that cannot be made writable",
-            sleds.skipped
-        ));
-    }
+    // The program's code is changed (library-call stubs, patched sleds) by the constructor, once
+    // the agent is published: see `crate::constructor`.
     Ok(agent)
 }
 

@@ -95,8 +95,30 @@ extern "C" fn constructor() {
         || std::env::var_os(registry::ENV_REGION_PATH).is_some()
     {
         let seat = live::enter();
-        let _ = live::agent_or_init(build::spawn);
+        if let Some(agent) = live::agent_or_init(build::spawn) {
+            change_program(agent);
+        }
         live::leave(seat);
+    }
+}
+
+/// Spawn mode, before the program's `main` (one thread, normally): its library calls go through
+/// the agent's stubs and its patchable entries' sleds call the agent. Done here, not when the agent
+/// is built (which a hook called by an earlier library's constructor may do), so that making an
+/// agent never depends on the hooks.
+fn change_program(agent: &state::Agent) {
+    let scope = agent.reg.library_calls();
+    plt::redirect(scope);
+    if scope == registry::LibraryCalls::All {
+        attach::follow_loads(agent.generation);
+    }
+    let sleds = patch::apply(agent.generation);
+    if sleds.skipped > 0 {
+        say::say(&format!(
+            "{} patchable function entries left unpatched (their calls are not recorded): an \
+             unknown NOP form, or code that cannot be made writable",
+            sleds.skipped
+        ));
     }
 }
 

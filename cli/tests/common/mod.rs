@@ -113,7 +113,7 @@ pub fn output_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// The one session directory (`.../session_*/pid_*`) under `out`.
+/// The target's directory (`.../session_*/pid_<target>`) of the one session under `out`.
 pub fn session_dir(out: &Path) -> PathBuf {
     let session = std::fs::read_dir(out)
         .unwrap()
@@ -125,10 +125,21 @@ pub fn session_dir(out: &Path) -> PathBuf {
                 .starts_with("session_")
         })
         .expect("a session directory");
-    std::fs::read_dir(&session)
+    // The target's directory: a followed process's manifest names the process it came from
+    // (directory order is the file system's, so the first one listed may be a child's).
+    let pids: Vec<PathBuf> = std::fs::read_dir(&session)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pid_"))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pid_"))
+        .collect();
+    let followed = |p: &PathBuf| {
+        std::fs::read_to_string(p.join("manifest.json"))
+            .is_ok_and(|m| m.contains("\"followed_from\""))
+    };
+    pids.iter()
+        .find(|p| !followed(p))
+        .or(pids.first())
+        .cloned()
         .expect("a pid directory")
 }
 
