@@ -327,28 +327,10 @@ fn fork__child_returns_through_hooked_call__then_both_run_on() {
     let (out, tmp) = run_spawn(&[], &[], &exe, &["fork"]);
     // Each process has its own directory; the child's stream starts with the return of `fork`,
     // whose call is in its parent's.
-    let session = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("session_")
-        })
-        .unwrap();
-    let mut traces = Vec::new();
-    for dir in std::fs::read_dir(&session).unwrap() {
-        let dir = dir.unwrap().path();
-        if dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("pid_")
-        {
-            traces.extend(check_session_with(&dir, true).1);
-        }
-    }
+    let traces: Vec<ThreadTrace> = pid_dirs(tmp.path())
+        .iter()
+        .flat_map(|dir| check_session_with(dir, true).1)
+        .collect();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("done") && !stdout.contains("failed"),
@@ -780,4 +762,73 @@ fn cxa_throw__caught_by_the_caller_and_out_of_qsort__then_every_call_returns_onc
         main.returns, main.calls,
         "thrown-through calls returned: {main:?}"
     );
+}
+
+/// `reloader <lib>`: every 20 ms loads `lib`, calls its `lib_work` (7 `getpid`s) and unloads it,
+/// printing `tick <n>` each time.
+const RELOADER_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (long n = 0;; n++) {
+        void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+        if (!lib) { printf("dlopen failed\n"); return 1; }
+        long (*work)(void) = (long (*)(void))dlsym(lib, "lib_work");
+        printf("tick %ld %ld\n", n, work() > 0 ? 1L : 0L);
+        fflush(stdout);
+        dlclose(lib);
+        usleep(20000);
+    }
+}
+"#;
+
+#[test]
+fn attach_scope_all__library_loaded_after_the_attach__then_its_calls_recorded() {
+    let _heavy = heavy();
+    with_library();
+    let lib = workdir().join("liblcwork.so");
+    let exe = build("reloader", RELOADER_C, &["-O1", "-ldl"]);
+    let mut child = std::process::Command::new(&exe)
+        .arg(&lib)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut next = move || lines.next().unwrap().unwrap();
+    assert!(next().starts_with("tick 0"));
+    let tmp = output_dir();
+    let out = tracer()
+        .env_remove("TRACER_LIBRARY_CALLS")
+        .args([
+            "attach",
+            "--library-calls",
+            "all",
+            "--duration",
+            "0.5",
+            "-o",
+        ])
+        .arg(tmp.path())
+        .arg(child.id().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (_, traces) = check_session_with(&session_dir(tmp.path()), true);
+    let all = total(&traces);
+    let loads = count(&all, "dlopen");
+    assert_eq!(loads, 0, "dlopen itself is left alone: {all:?}");
+    assert!(
+        count(&all, "lib_work") == 0,
+        "called through dlsym, not the GOT: {all:?}"
+    );
+    let getpids = count(&all, "getpid");
+    assert!(
+        getpids >= 7 && getpids % 7 == 0,
+        "whole lib_work calls: {all:?}"
+    );
+    for _ in 0..3 {
+        assert!(next().starts_with("tick "), "the target runs on");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -115,6 +115,22 @@ pub fn output_dir() -> tempfile::TempDir {
 
 /// The target's directory (`.../session_*/pid_<target>`) of the one session under `out`.
 pub fn session_dir(out: &Path) -> PathBuf {
+    // The target's directory: a followed process's manifest names the process it came from
+    // (directory order is the file system's, so the first one listed may be a child's).
+    let pids = pid_dirs(out);
+    let followed = |p: &PathBuf| {
+        std::fs::read_to_string(p.join("manifest.json"))
+            .is_ok_and(|m| m.contains("\"followed_from\""))
+    };
+    pids.iter()
+        .find(|p| !followed(p))
+        .or(pids.first())
+        .cloned()
+        .expect("a pid directory")
+}
+
+/// Every process directory (`.../session_*/pid_*`) of the one session under `out`.
+pub fn pid_dirs(out: &Path) -> Vec<PathBuf> {
     let session = std::fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -125,22 +141,11 @@ pub fn session_dir(out: &Path) -> PathBuf {
                 .starts_with("session_")
         })
         .expect("a session directory");
-    // The target's directory: a followed process's manifest names the process it came from
-    // (directory order is the file system's, so the first one listed may be a child's).
-    let pids: Vec<PathBuf> = std::fs::read_dir(&session)
+    std::fs::read_dir(&session)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pid_"))
-        .collect();
-    let followed = |p: &PathBuf| {
-        std::fs::read_to_string(p.join("manifest.json"))
-            .is_ok_and(|m| m.contains("\"followed_from\""))
-    };
-    pids.iter()
-        .find(|p| !followed(p))
-        .or(pids.first())
-        .cloned()
-        .expect("a pid directory")
+        .collect()
 }
 
 /// Per-thread facts read back from a session.
