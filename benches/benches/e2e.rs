@@ -34,7 +34,7 @@
 //! (`E2E_BUSY_THREADS=<n>`); `cargo test --benches` runs one short pass of each (2 shutdowns of
 //! 8 threads, one run of 16). A shutdown that was not clean is listed, not counted.
 //! `E2E_ONLY=shutdown` runs the shutdown and oversubscribed parts alone, `E2E_ONLY=whole` the
-//! whole-process part alone.
+//! whole-process part alone, `E2E_ONLY=overhead` the per-call overhead against uftrace alone.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -54,8 +54,10 @@ fn main() {
         whole_process(dir.path(), &tracer, full);
         spinning_tree_bytes(dir.path(), &tracer, full);
     }
-    if only.is_empty() {
+    if only.is_empty() || only == "overhead" {
         overhead(dir.path(), &tracer, full);
+    }
+    if only.is_empty() {
         attach_overhead(dir.path(), &tracer, full);
     }
     if only.is_empty() || only == "shutdown" {
