@@ -14,6 +14,8 @@
 //! so none can be unloaded meanwhile.
 
 use core::ffi::{c_int, c_void};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use patchsite::{Kind, Sled};
@@ -68,10 +70,16 @@ pub(crate) struct Applied {
 
 /// Patches the sleds of every loaded object, for attachment `generation`.
 pub(crate) fn apply(generation: u32) -> Applied {
-    let mut applied = Applied::default();
     let Ok(mut book) = BOOK.lock() else {
-        return applied;
+        return Applied::default();
     };
+    // Relaxed: read and written under the book's lock only.
+    ACTIVE.store(generation, Relaxed);
+    apply_locked(&mut book, generation)
+}
+
+fn apply_locked(book: &mut Vec<Object>, generation: u32) -> Applied {
+    let mut applied = Applied::default();
     let hook = tracer_patch_entry as *const () as usize;
     each_object(|o| {
         let i = match book
@@ -105,15 +113,18 @@ pub(crate) fn apply(generation: u32) -> Applied {
     applied
 }
 
-/// After a `dlopen`: patches what it loaded, if sleds are patched now.
+/// The attachment whose sleds are patched now (0: none, the program runs its NOPs).
+static ACTIVE: AtomicU32 = AtomicU32::new(0);
+
+/// After a `dlopen`: patches what it loaded, while an attachment (or spawn's agent) records.
 pub(crate) fn after_dlopen() {
-    let generation = BOOK
-        .lock()
-        .ok()
-        .and_then(|b| b.iter().map(|o| o.generation).max())
-        .unwrap_or(0);
+    let Ok(mut book) = BOOK.lock() else {
+        return;
+    };
+    // Relaxed: written under the book's lock, held here.
+    let generation = ACTIVE.load(Relaxed);
     if generation != 0 {
-        apply(generation);
+        apply_locked(&mut book, generation);
     }
 }
 
@@ -122,6 +133,8 @@ pub(crate) fn restore(generation: u32) {
     let Ok(mut book) = BOOK.lock() else {
         return;
     };
+    // Relaxed: under the book's lock, as in `apply`; only the attachment that patched ends it.
+    let _ = ACTIVE.compare_exchange(generation, 0, Relaxed, Relaxed);
     if !book.iter().any(|o| o.generation == generation) {
         return;
     }

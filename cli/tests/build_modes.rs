@@ -765,3 +765,39 @@ fn patchable__trigger_symbol__then_its_argument_and_return_value_shown() {
         &["-O1", "-fpatchable-function-entry=5"],
     );
 }
+
+/// A plugin built with `-fpatchable-function-entry`, loaded with `dlopen` after the start.
+const PLUGIN_C: &str = r#"
+__attribute__((noinline)) int plugin_leaf(int n) { return n + 1; }
+int plugin_entry(int n) { return plugin_leaf(n) + plugin_leaf(n + 1); }
+"#;
+
+/// `dl <plugin>`: a `-pg` program that loads the plugin and calls `plugin_entry` 10 times.
+const DLOPEN_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { printf("dlopen failed: %s\n", dlerror()); return 1; }
+    int (*entry)(int) = (int (*)(int))dlsym(h, "plugin_entry");
+    int s = 0;
+    for (int i = 0; i < 10; i++) s += entry(i);
+    printf("done %d\n", s);
+    return 0;
+}
+"#;
+
+#[test]
+fn patchable__library_loaded_with_dlopen__then_its_sleds_patched_and_calls_counted() {
+    let plugin = build(
+        "libpatchplugin.so",
+        PLUGIN_C,
+        &["-O0", "-shared", "-fPIC", "-fpatchable-function-entry=5"],
+    );
+    let exe = build("dlopen_pg", DLOPEN_C, &["-O0", "-pg", "-ldl"]);
+    let (_, traces) = trace(&exe, &[plugin.to_str().unwrap()]);
+    assert_eq!(traces.len(), 1);
+    // main, then 10 x (plugin_entry, plugin_leaf x 2).
+    assert_eq!(traces[0].calls, 1 + 10 * 3, "{:?}", traces[0]);
+}
