@@ -113,11 +113,20 @@ fn change_program(agent: &state::Agent) {
         attach::follow_loads(agent.generation);
     }
     let sleds = patch::apply(agent.generation);
-    if sleds.skipped > 0 {
+    if sleds.no_room > 0 {
         say::say(&format!(
-            "{} patchable function entries left unpatched (their calls are not recorded): an \
-             unknown NOP form, or code that cannot be made writable",
-            sleds.skipped
+            "{} patchable function entries left unpatched (their calls are not recorded): no free \
+             address range below the code for their calls to land in (a non-PIE executable); \
+             build with -fPIE, or with -pg -mfentry",
+            sleds.no_room
+        ));
+    }
+    if sleds.skipped > sleds.no_room {
+        say::say(&format!(
+            "{} patchable function entries left unpatched (their calls are not recorded): fewer \
+             than 5 NOP bytes after the entry, an unknown NOP form, or code that cannot be made \
+             writable",
+            sleds.skipped - sleds.no_room
         ));
     }
 }

@@ -66,6 +66,9 @@ pub(crate) struct Applied {
     /// Sleds left alone: an unknown form, a NOP straddling an 8-byte word, or an object whose
     /// code could not be made writable or whose landing found no free place.
     pub(crate) skipped: usize,
+    /// Of `skipped`: sleds of objects whose landing found no free place (a non-PIE executable
+    /// loaded low in the address space has none below its code).
+    pub(crate) no_room: usize,
 }
 
 /// Patches the sleds of every loaded object, for attachment `generation`.
@@ -93,6 +96,11 @@ fn apply_locked(book: &mut Vec<Object>, generation: u32) -> Applied {
                     book.len() - 1
                 }
                 Prepared::Nothing => return,
+                Prepared::NoRoom(n) => {
+                    applied.skipped += n;
+                    applied.no_room += n;
+                    return;
+                }
                 Prepared::Refused(n) => {
                     applied.skipped += n;
                     return;
@@ -157,6 +165,8 @@ enum Prepared {
     Nothing,
     /// Sleds, but none can be patched (how many).
     Refused(usize),
+    /// Sleds, but no place for the landing (how many).
+    NoRoom(usize),
 }
 
 /// Finds an object's sleds and maps its landing.
@@ -195,7 +205,7 @@ fn prepare(o: &Loaded<'_>, hook: usize) -> Prepared {
     sites.sort_unstable_by_key(|s| s.at);
     sites.dedup_by_key(|s| s.at);
     let Some(disp) = map_landing(&sites, hook) else {
-        return Prepared::Refused(skipped + sites.len());
+        return Prepared::NoRoom(skipped + sites.len());
     };
     let mut text: Vec<(usize, usize, c_int)> = Vec::new();
     for (lo, hi, flags) in o.loads() {

@@ -801,3 +801,46 @@ fn patchable__library_loaded_with_dlopen__then_its_sleds_patched_and_calls_count
     // main, then 10 x (plugin_entry, plugin_leaf x 2).
     assert_eq!(traces[0].calls, 1 + 10 * 3, "{:?}", traces[0]);
 }
+
+#[test]
+fn patchable__non_pie_executable__then_runs_untraced_with_one_line_naming_the_fix() {
+    let exe = build(
+        "rec_pfe_nopie",
+        REC_C,
+        &["-O0", "-no-pie", "-fpatchable-function-entry=5"],
+    );
+    let tmp = output_dir();
+    let out = tracer()
+        .current_dir(tmp.path())
+        .args(["spawn", "-o"])
+        .arg(tmp.path())
+        .arg(&exe)
+        .args(["--", "1"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("patchable")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("build with -fPIE"), "{err}");
+}
+
+#[test]
+fn patchable__sleds_shorter_than_a_call__then_runs_untraced_with_one_line_saying_why() {
+    let exe = build("rec_pfe_4", REC_C, &["-O0", "-fpatchable-function-entry=4"]);
+    let tmp = output_dir();
+    let out = tracer()
+        .current_dir(tmp.path())
+        .args(["spawn", "-o"])
+        .arg(tmp.path())
+        .arg(&exe)
+        .args(["--", "1"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("patchable")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("fewer than 5 NOP bytes"), "{err}");
+}

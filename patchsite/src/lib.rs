@@ -23,6 +23,11 @@
 //!   A multi-byte NOP is one instruction, so no thread can be inside it: it is replaced whole,
 //!   by one aligned 8-byte store ([`Sled::atomic_word`]); one that straddles an 8-byte word is
 //!   left alone.
+//! - The protocol is a contract with the CPU's instruction fetch, not between threads' memory
+//!   operations, so it has no loom model: the test
+//!   `steps__patch_and_restore_every_displacement__then_every_state_from_every_offset_is_safe`
+//!   walks every intermediate state of the site (any subset of a phase's stores visible) from
+//!   every offset a preempted thread can resume at.
 //! - The call lands at `call_at + 5 + displacement`, below the object's code: the caller maps a
 //!   page there per object that jumps on to its entry hook (the displacement is chosen so that
 //!   region is free).
