@@ -255,6 +255,13 @@ fn pg__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no
 }
 
 #[test]
+fn patchable__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no_crash() {
+    let (_, traces) = trace(&patchable(), &["1", "10000", "deep"]);
+    let worker = traces.iter().max_by_key(|t| t.calls).unwrap();
+    assert_eq!(worker.calls, 1 + FIB15 + 4095, "{worker:?}");
+}
+
+#[test]
 fn pg__longjmp_out_of_hooked_frames__then_skipped_frames_return_and_nesting_holds() {
     // Each jump: jump, dive x10 (the tenth longjmps), all popped on jump's return.
     check_workers(&pg(), 2, &["0", "jump"], FIB15, 1 + FIB15 + 2 * 11);
@@ -405,8 +412,25 @@ fn mfentry__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_ret
 }
 
 #[test]
+fn patchable__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
+    let exe = cxx("throw_pfe", &["-O1", "-fpatchable-function-entry=5"]);
+    check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
+}
+
+#[test]
 fn pg__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact() {
-    let (out, tmp) = spawn_in_fresh_dir(&pg(), &["2", "0", "fork"]);
+    fork_with_hooked_frames(&pg());
+}
+
+#[test]
+fn patchable__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact() {
+    fork_with_hooked_frames(&patchable());
+}
+
+/// Workers fork 6 hooked frames deep: every child returns through 6 of them, and every worker
+/// records its calls exactly.
+fn fork_with_hooked_frames(exe: &std::path::Path) {
+    let (out, tmp) = spawn_in_fresh_dir(exe, &["2", "0", "fork"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
     let session = session_dir(tmp.path()).parent().unwrap().to_path_buf();
     // The children's threads are in their own pid directories, or with the parent's: either
