@@ -337,6 +337,44 @@ pub(crate) fn dynamic_definitions(
         .collect())
 }
 
+/// Bytes per x86-64 PLT entry.
+const PLT_ENTRY: u64 = 16;
+
+/// The link-time addresses of the PLT entries of the ELF `file` (opened from `path`) through which
+/// its code calls out (`.plt.sec` with IBT, else `.plt` but its first, resolver entry), and the
+/// lowest address a `PT_LOAD` segment starts at (to place them in a process). No PLT
+/// (`-fno-plt`): none.
+pub(crate) fn plt_entries(path: &Path, file: &File) -> Result<(u64, Vec<u64>), SymbolError> {
+    let cache = ReadCache::new(file);
+    let data = &cache;
+    let (header, endian) = parse_header(path, data)?;
+    let lowest = header
+        .program_headers(endian, data)
+        .map_err(|e| malformed(path, &e.to_string()))?
+        .iter()
+        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+        .map(|ph| ph.p_vaddr(endian))
+        .min()
+        .unwrap_or(0);
+    let sections = header
+        .sections(endian, data)
+        .map_err(|e| malformed(path, &e.to_string()))?;
+    let (section, skip) = match sections.section_by_name(endian, b".plt.sec") {
+        Some((_, s)) => (s, 0),
+        None => match sections.section_by_name(endian, b".plt") {
+            Some((_, s)) => (s, PLT_ENTRY),
+            None => return Ok((lowest, Vec::new())),
+        },
+    };
+    let (start, size) = (section.sh_addr(endian), section.sh_size(endian));
+    Ok((
+        lowest,
+        (start + skip..start + size)
+            .step_by(PLT_ENTRY as usize)
+            .collect(),
+    ))
+}
+
 type Table<'data> = (&'data [Sym64], StringTable<'data, &'data [u8]>);
 
 /// The first symbol table of type `sh_type` and its string table, each read in one piece.

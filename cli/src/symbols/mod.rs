@@ -212,6 +212,13 @@ pub struct Capture {
     pub skipped: Vec<Skipped>,
 }
 
+/// The link-time addresses of the PLT entries of the ELF file at `path` through which its code
+/// calls out, and the lowest address its segments start at (see the attach's safe points).
+pub(crate) fn plt_entries(path: &Path) -> Result<(u64, Vec<u64>), SymbolError> {
+    let file = File::open(path).map_err(|e| SymbolError::open(path, e))?;
+    elf::plt_entries(path, &file)
+}
+
 pub(crate) use elf::Definition;
 
 /// Each of `names` as the ELF file at `path` defines it in its dynamic symbol table (`None`: not

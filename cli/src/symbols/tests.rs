@@ -814,3 +814,17 @@ fn demangle__every_symbol_of_a_real_cpp_program__then_same_as_cxxfilt() {
         differ.join("\n")
     );
 }
+
+#[test]
+fn plt_entries__program_calling_libc__then_its_plt_entries_and_none_with_no_plt() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = "#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf(\"%d\\n\", getpid()); return 0; }\n";
+    let with_plt = build(dir.path(), "calls", source, &["-fno-builtin"]);
+    let (lowest, entries) = plt_entries(&with_plt).unwrap();
+    assert!(!entries.is_empty(), "printf and getpid go through the PLT");
+    assert!(entries
+        .iter()
+        .all(|&a| a > lowest && (a - entries[0]) % 16 == 0));
+    let no_plt = build(dir.path(), "no_plt", source, &["-fno-builtin", "-fno-plt"]);
+    assert_eq!(plt_entries(&no_plt).unwrap().1, Vec::<u64>::new());
+}

@@ -106,39 +106,19 @@ pub(super) fn target_symbols(pid: i32, agent: &Path) -> Result<TargetSymbols> {
 /// The run-time addresses of the executable's PLT entries (`.plt.sec` with IBT, else `.plt` but
 /// its first, resolver entry); none if it cannot be read or has no PLT (`-fno-plt`).
 pub(super) fn plt_entries(pid: i32, maps: &str) -> Vec<u64> {
-    use object::{Object, ObjectSection, ObjectSegment};
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return Vec::new();
     };
     let Some((start, _)) = module(maps, |_, path, _| Path::new(path) == exe) else {
         return Vec::new();
     };
-    let Ok(data) = std::fs::read(format!("/proc/{pid}/exe")) else {
-        return Vec::new();
-    };
-    let Ok(elf) = object::File::parse(&*data) else {
+    let Ok((lowest, entries)) = symbols::plt_entries(Path::new(&format!("/proc/{pid}/exe"))) else {
         return Vec::new();
     };
     // The first mapping (file offset 0) holds the lowest segment.
-    let Some(first) = elf.segments().map(|s| s.address()).min() else {
-        return Vec::new();
-    };
-    let bias = start.wrapping_sub(first & !0xfff);
-    let (section, skip) = match elf.section_by_name(".plt.sec") {
-        Some(s) => (s, 0),
-        None => match elf.section_by_name(".plt") {
-            Some(s) => (s, PLT_ENTRY),
-            None => return Vec::new(),
-        },
-    };
-    (section.address() + skip..section.address() + section.size())
-        .step_by(PLT_ENTRY as usize)
-        .map(|a| a.wrapping_add(bias))
-        .collect()
+    let bias = start.wrapping_sub(lowest & !0xfff);
+    entries.iter().map(|a| a.wrapping_add(bias)).collect()
 }
-
-/// Bytes per x86-64 PLT entry.
-const PLT_ENTRY: u64 = 16;
 
 /// What `path` defines of `names`, as the tracer's ELF reader reads it.
 fn definitions(path: &Path, names: &[&str]) -> Result<Vec<Option<symbols::Definition>>> {
