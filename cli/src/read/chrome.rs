@@ -132,6 +132,7 @@ fn write_process(
                         End::Returned => None,
                         End::Unwound => Some("return not recorded; ends at its caller's return"),
                         End::Unfinished => Some("unfinished; ends at the end of the recording"),
+                        End::Exec => Some("ended by exec: the process replaced its program"),
                     };
                     (
                         frame.function,
@@ -144,7 +145,11 @@ fn write_process(
                     function,
                     origin,
                     at.saturating_sub(origin),
-                    Some("called before the recording started"),
+                    Some(if session.manifest.followed_from.is_some() {
+                        "called in the parent before the fork"
+                    } else {
+                        "called before the recording started"
+                    }),
                 ),
             };
             let name = escaped

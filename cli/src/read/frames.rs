@@ -5,6 +5,9 @@
 //! instant. A return with no open frame of its function belongs to a call made before the recording
 //! joined: it is an [`Step::Orphan`], and since that function was the caller of everything still open,
 //! those frames are unwound first. At the end of the stream, open frames end as [`End::Unfinished`].
+//! An event of another process image (its function id carries another image tag: the thread's
+//! process called `exec`) ends every frame still open as [`End::Exec`] at that event's instant: the
+//! old program's calls never return, and the new program starts at depth 0.
 //! The result is always well nested.
 
 use std::io;
@@ -31,6 +34,8 @@ pub(crate) enum End {
     Unwound,
     /// The stream ended before it returned.
     Unfinished,
+    /// The process replaced its program (`exec`) while the call was open.
+    Exec,
 }
 
 /// What one event (or the end of the stream) means.
@@ -80,6 +85,8 @@ impl Step {
 pub(crate) struct Walker {
     stack: Vec<Frame>,
     last: u64,
+    /// The image tag of the last call or return (see `registry::image_tag`).
+    image: u64,
 }
 
 impl Walker {
@@ -95,6 +102,14 @@ impl Walker {
         F: FnMut(Step) -> io::Result<()>,
     {
         self.last = ev.timestamp_ns;
+        let image = ev.function_id - registry::untagged(ev.function_id);
+        if image != self.image && matches!(ev.kind, EventKind::Call | EventKind::Return) {
+            // A new program in this thread (exec): the old one's open calls end here.
+            while !self.stack.is_empty() {
+                self.pop(ev.timestamp_ns, End::Exec, sink)?;
+            }
+            self.image = image;
+        }
         match ev.kind {
             EventKind::Call => {
                 let depth = self.stack.len();
@@ -307,6 +322,29 @@ mod tests {
         assert_eq!(
             exits(&steps),
             [(1, 10, 0, 1, End::Returned), (1, 40, 10, 0, End::Returned)]
+        );
+    }
+
+    #[test]
+    fn walker__another_image_mid_stream__then_open_calls_end_by_exec_and_the_new_program_at_depth_0(
+    ) {
+        let tagged = |f: u64| f | registry::image_tag(1);
+        let steps = walk(
+            &[
+                ev(Call, 1, 0),
+                ev(Call, 2, 10),
+                ev(Call, tagged(1), 30),
+                ev(Return, tagged(1), 40),
+            ],
+            50,
+        );
+        assert_eq!(
+            exits(&steps),
+            [
+                (2, 20, 0, 1, End::Exec),
+                (1, 30, 20, 0, End::Exec),
+                (tagged(1), 10, 0, 0, End::Returned)
+            ]
         );
     }
 

@@ -120,6 +120,16 @@ fn pid_in_name(dir: &Path) -> Option<u32> {
         .ok()
 }
 
+/// When the call of a return with no recorded call was made: a followed process starts inside
+/// the calls its parent had open when it forked; the target, before the recording began.
+pub(crate) fn orphan_origin(manifest: &atf::Manifest) -> &'static str {
+    if manifest.followed_from.is_some() {
+        "made in the parent before the fork"
+    } else {
+        "made before the recording started"
+    }
+}
+
 /// Every process of the session at `path`: a `pid_<pid>` directory alone, or each `pid_<pid>`
 /// directory of a `session_<...>` directory, the target first (its manifest is not marked
 /// `followed_from`), then the followed processes by pid.

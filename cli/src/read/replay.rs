@@ -105,10 +105,10 @@ pub(crate) fn write(
         if orphans > 0 {
             writeln!(
                 out,
-                "# thread {}: {} made before the recording started, shown at depth 0 without a \
-                 duration",
+                "# thread {}: {} {}, shown at depth 0 without a duration",
                 thread.id,
-                plural(orphans, "return of a call", "returns of calls")
+                plural(orphans, "return of a call", "returns of calls"),
+                super::orphan_origin(&session.manifest)
             )?;
         }
     }
@@ -168,11 +168,14 @@ impl Printer<'_, '_> {
                 let duration = match how {
                     End::Returned => Some(Duration(step.duration())),
                     End::Unwound | End::Unfinished => None,
+                    // It lasted until the program was replaced.
+                    End::Exec => Some(Duration(step.duration())),
                 };
                 let note = match how {
                     End::Returned => "",
                     End::Unwound => ": return not recorded",
                     End::Unfinished => ": unfinished",
+                    End::Exec => ": ended by exec",
                 };
                 let returned = if how == End::Returned {
                     std::mem::take(&mut self.current)

@@ -83,7 +83,8 @@ pub(crate) fn compute(session: &atf::Session, tids: &[u32]) -> io::Result<Stats>
                     if row.active == 0 {
                         row.total_ns += duration;
                     }
-                    if how != End::Returned {
+                    // A call the program's exec ended did end (the process moved on).
+                    if !matches!(how, End::Returned | End::Exec) {
                         stats.unreturned += 1;
                     }
                 }
@@ -173,8 +174,9 @@ pub(crate) fn write(
     if stats.orphans > 0 {
         writeln!(
             out,
-            "# left out: {} made before the recording started",
-            plural(stats.orphans, "return of a call", "returns of calls")
+            "# left out: {} {}",
+            plural(stats.orphans, "return of a call", "returns of calls"),
+            super::orphan_origin(&session.manifest)
         )?;
     }
     Ok(())
