@@ -155,7 +155,8 @@ fn fork_exec__no_pie_same_addresses__then_never_the_parents_names() {
 fn exec_in_place(pie: bool) {
     let (forker, other) = programs(pie);
     for _ in 0..3 {
-        let (_tmp, _, procs) = record(&[], &forker, &["inplace", "0", other.to_str().unwrap()]);
+        let (_tmp, session, procs) =
+            record(&[], &forker, &["inplace", "0", other.to_str().unwrap()]);
         assert_eq!(procs.len(), 1, "{procs:?}");
         assert_eq!(
             procs[0].calls,
@@ -163,6 +164,14 @@ fn exec_in_place(pie: bool) {
             "both images in the process's directory, each under its names"
         );
         assert_eq!(procs[0].not_written, 0);
+        // The old program's open calls end at the exec; the new one starts at depth 0.
+        let replay = run(&["replay", session.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&replay.stdout);
+        assert!(text.contains("/* main: ended by exec */"), "{text}");
+        assert!(!text.contains("unfinished"), "{text}");
+        let mains: Vec<&str> = text.lines().filter(|l| l.ends_with("main() {")).collect();
+        assert_eq!(mains.len(), 2, "{text}");
+        assert!(mains.iter().all(|l| l.ends_with("] | main() {")), "{text}");
     }
 }
 
