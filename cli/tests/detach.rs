@@ -165,6 +165,58 @@ fn detach__twenty_rounds__then_no_region_stays_and_maps_and_vmsize_are_flat_afte
     assert_eq!(target.output(), "");
 }
 
+/// Eight workers calling `top()` → `mid()` → `leaf()` without pause, recursing a little so that
+/// returns are in flight at every moment; silent.
+const BUSY_C: &str = r#"
+#include <pthread.h>
+#include <unistd.h>
+static volatile long sink;
+__attribute__((noinline)) void leaf(long i) { sink += i; }
+__attribute__((noinline)) void mid(long i) { if (i & 1) mid(i - 1); else leaf(i); }
+__attribute__((noinline)) void top(long i) { mid(i & 7); }
+void *worker(void *arg) { (void)arg; for (long i = 0;; i++) top(i); return NULL; }
+int main(void) {
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) pthread_create(&t[i], NULL, worker, NULL);
+    for (;;) pause();
+}
+"#;
+
+#[test]
+fn detach__eight_threads_calling_without_pause__then_every_round_unmaps_and_the_target_lives() {
+    let _heavy = heavy();
+    // Calls in flight at the detach, through the enter/exit hooks and through the return
+    // trampoline (`-pg`: frames hooked before the detach return after it).
+    for (name, flags) in [
+        ("busy_cyg", &["-O1", "-finstrument-functions"][..]),
+        ("busy_pg", &["-O1", "-pg"][..]),
+    ] {
+        let exe = build(name, BUSY_C, flags);
+        let dir = tempfile::tempdir().unwrap();
+        let mut target = Target::start(dir.path(), "exec", &exe);
+        for round in 1..=6 {
+            let tmp = output_dir();
+            let result = attach(&target.pid(), tmp.path());
+            let err = stderr(&result);
+            assert_eq!(result.status.code(), Some(0), "{name} round {round}: {err}");
+            let (session, _) = check_session_with(&session_dir(tmp.path()), true);
+            assert!(session.event_count() > 0, "{name} round {round}");
+            assert_eq!(
+                target.settled_footprint().2,
+                0,
+                "{name} round {round}: region left"
+            );
+            assert!(target.alive(), "{name} round {round}: the target died");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            target.alive(),
+            "{name}: the target died after the last detach"
+        );
+        assert_eq!(target.output(), "", "{name}");
+    }
+}
+
 /// A static i386 program that calls `pause()` for ever (`mov eax, 29; int 0x80; jmp` back): an
 /// ELF header, one loadable segment, 9 bytes of code.
 fn i386_pause_elf() -> Vec<u8> {
