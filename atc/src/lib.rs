@@ -130,34 +130,20 @@ impl FileHeader {
     pub fn encode(&self) -> [u8; FILE_HEADER_SIZE] {
         let mut b = [0u8; FILE_HEADER_SIZE];
         b[0..4].copy_from_slice(&FILE_MAGIC);
-        b[4] = self.endian;
-        b[5] = self.version;
-        b[6] = self.arch;
-        b[7] = self.os;
-        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
-        b[12..16].copy_from_slice(&self.thread_id.to_le_bytes());
-        b[16] = self.clock_type;
-        b[20..24].copy_from_slice(&self.chunk_header_size.to_le_bytes());
+        self.put_fields(&mut b);
         b
     }
 
     /// The header in 64 bytes, or `None` if they do not start with `ATC1`.
     pub fn decode(b: &[u8; FILE_HEADER_SIZE]) -> Option<Self> {
-        if b[0..4] != FILE_MAGIC {
-            return None;
-        }
-        Some(FileHeader {
-            endian: b[4],
-            version: b[5],
-            arch: b[6],
-            os: b[7],
-            flags: u32_at(b, 8),
-            thread_id: u32_at(b, 12),
-            clock_type: b[16],
-            chunk_header_size: u32_at(b, 20),
-        })
+        (b[0..4] == FILE_MAGIC).then(|| Self::get_fields(b))
     }
 }
+
+event::le_fields!(FileHeader, FILE_HEADER_SIZE, {
+    endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
+    thread_id: u32 @ 12, clock_type: u8 @ 16, chunk_header_size: u32 @ 20,
+});
 
 /// The 56-byte header of a chunk: everything its payload needs to decode alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,34 +173,13 @@ impl ChunkHeader {
     pub fn encode(&self) -> [u8; CHUNK_HEADER_SIZE] {
         let mut b = [0u8; CHUNK_HEADER_SIZE];
         b[0..4].copy_from_slice(&CHUNK_MAGIC);
-        b[4..8].copy_from_slice(&self.payload_len.to_le_bytes());
-        b[8..12].copy_from_slice(&self.event_count.to_le_bytes());
-        b[12..16].copy_from_slice(&self.crc.to_le_bytes());
-        b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
-        b[24..32].copy_from_slice(&self.time_first_ns.to_le_bytes());
-        b[32..40].copy_from_slice(&self.time_last_ns.to_le_bytes());
-        b[40..44].copy_from_slice(&self.thread_id.to_le_bytes());
-        b[44..48].copy_from_slice(&self.start_depth.to_le_bytes());
-        b[48..52].copy_from_slice(&self.next_detail.to_le_bytes());
+        self.put_fields(&mut b);
         b
     }
 
     /// The header in 56 bytes, or `None` if they do not start with `ATCK`.
     pub fn decode(b: &[u8; CHUNK_HEADER_SIZE]) -> Option<Self> {
-        if b[0..4] != CHUNK_MAGIC {
-            return None;
-        }
-        Some(ChunkHeader {
-            payload_len: u32_at(b, 4),
-            event_count: u32_at(b, 8),
-            crc: u32_at(b, 12),
-            first_seq: u64_at(b, 16),
-            time_first_ns: u64_at(b, 24),
-            time_last_ns: u64_at(b, 32),
-            thread_id: u32_at(b, 40),
-            start_depth: u32_at(b, 44),
-            next_detail: u32_at(b, 48),
-        })
+        (b[0..4] == CHUNK_MAGIC).then(|| Self::get_fields(b))
     }
 
     /// The CRC-32C a chunk with these header bytes and this payload must carry.
@@ -232,6 +197,12 @@ impl ChunkHeader {
             && self.payload_len >= self.event_count.min(1)
     }
 }
+
+event::le_fields!(ChunkHeader, CHUNK_HEADER_SIZE, {
+    payload_len: u32 @ 4, event_count: u32 @ 8, crc: u32 @ 12, first_seq: u64 @ 16,
+    time_first_ns: u64 @ 24, time_last_ns: u64 @ 32, thread_id: u32 @ 40, start_depth: u32 @ 44,
+    next_detail: u32 @ 48,
+});
 
 /// One entry of the chunk index: where a chunk starts and what it covers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -281,9 +252,7 @@ impl Trailer {
     pub fn encode(&self) -> [u8; TRAILER_SIZE] {
         let mut b = [0u8; TRAILER_SIZE];
         b[0..4].copy_from_slice(&TRAILER_MAGIC);
-        b[8..16].copy_from_slice(&self.index_offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.event_count.to_le_bytes());
-        b[24..28].copy_from_slice(&self.chunk_count.to_le_bytes());
+        self.put_fields(&mut b);
         let crc = crc32c::crc32c(&b[8..]);
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         b
@@ -294,13 +263,13 @@ impl Trailer {
         if b[0..4] != TRAILER_MAGIC || u32_at(b, 4) != crc32c::crc32c(&b[8..]) {
             return None;
         }
-        Some(Trailer {
-            index_offset: u64_at(b, 8),
-            event_count: u64_at(b, 16),
-            chunk_count: u32_at(b, 24),
-        })
+        Some(Self::get_fields(b))
     }
 }
+
+event::le_fields!(Trailer, TRAILER_SIZE, {
+    index_offset: u64 @ 8, event_count: u64 @ 16, chunk_count: u32 @ 24,
+});
 
 /// The bytes of an index block listing `entries`: magic, count, CRC-32C of the entries, then
 /// the entries.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::chunk::ChunkReader;
 use crate::engine::{check_common_header, open_with_header, verify_range, FileCore, Kind};
 use crate::error::{Error, Result};
-use crate::le::{put_u32, put_u64, u32_at, u64_at};
+#[cfg(test)]
+use crate::le::put_u32;
+use crate::le::u32_at;
 use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage};
 use crate::{
@@ -64,37 +66,21 @@ impl DetailHeader {
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0..4].copy_from_slice(&DETAIL_MAGIC);
-        b[4] = self.endian;
-        b[5] = self.version;
-        b[6] = self.arch;
-        b[7] = self.os;
-        put_u32(&mut b, 8, self.flags);
-        put_u32(&mut b, 12, self.thread_id);
-        put_u64(&mut b, 20, self.events_offset);
-        put_u64(&mut b, 28, self.event_count);
-        put_u64(&mut b, 36, self.bytes_length);
-        put_u64(&mut b, 44, self.index_seq_start);
-        put_u64(&mut b, 52, self.index_seq_end);
+        self.put_fields(&mut b);
         b
     }
 
     /// The fields of 64 header bytes; the magic is the caller's to check.
     pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
-        DetailHeader {
-            endian: b[4],
-            version: b[5],
-            arch: b[6],
-            os: b[7],
-            flags: u32_at(b, 8),
-            thread_id: u32_at(b, 12),
-            events_offset: u64_at(b, 20),
-            event_count: u64_at(b, 28),
-            bytes_length: u64_at(b, 36),
-            index_seq_start: u64_at(b, 44),
-            index_seq_end: u64_at(b, 52),
-        }
+        Self::get_fields(b)
     }
 }
+
+event::le_fields!(DetailHeader, HEADER_SIZE, {
+    endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
+    thread_id: u32 @ 12, events_offset: u64 @ 20, event_count: u64 @ 28,
+    bytes_length: u64 @ 36, index_seq_start: u64 @ 44, index_seq_end: u64 @ 52,
+});
 
 /// The 24-byte header of a detail record; the payload follows it.
 ///
@@ -173,28 +159,20 @@ impl DetailFooter {
     pub fn encode(&self) -> [u8; FOOTER_SIZE] {
         let mut b = [0u8; FOOTER_SIZE];
         b[0..4].copy_from_slice(&DETAIL_FOOTER_MAGIC);
-        put_u32(&mut b, 4, self.checksum);
-        put_u64(&mut b, 8, self.event_count);
-        put_u64(&mut b, 16, self.bytes_length);
-        put_u64(&mut b, 24, self.time_start_ns);
-        put_u64(&mut b, 32, self.time_end_ns);
+        self.put_fields(&mut b);
         b
     }
 
     /// The footer in 64 bytes, or `None` if they do not start with `2DTA`.
     pub fn decode(b: &[u8; FOOTER_SIZE]) -> Option<Self> {
-        if b[0..4] != DETAIL_FOOTER_MAGIC {
-            return None;
-        }
-        Some(DetailFooter {
-            checksum: u32_at(b, 4),
-            event_count: u64_at(b, 8),
-            bytes_length: u64_at(b, 16),
-            time_start_ns: u64_at(b, 24),
-            time_end_ns: u64_at(b, 32),
-        })
+        (b[0..4] == DETAIL_FOOTER_MAGIC).then(|| Self::get_fields(b))
     }
 }
+
+event::le_fields!(DetailFooter, FOOTER_SIZE, {
+    checksum: u32 @ 4, event_count: u64 @ 8, bytes_length: u64 @ 16, time_start_ns: u64 @ 24,
+    time_end_ns: u64 @ 32,
+});
 
 /// What a finished detail file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,9 @@ use crate::engine::{
     check_common_header, has_magic, open_with_header, verify_range, FileCore, Kind, WRITE_BUFFER,
 };
 use crate::error::{Error, Result};
-use crate::le::{put_u32, put_u64, u32_at, u64_at};
+#[cfg(test)]
+use crate::le::put_u32;
+use crate::le::{put_u64, u64_at};
 use crate::manifest::TscCalibration;
 use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage, EventCheck};
@@ -141,39 +143,13 @@ impl IndexHeader {
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0..4].copy_from_slice(&INDEX_MAGIC);
-        b[4] = self.endian;
-        b[5] = self.version;
-        b[6] = self.arch;
-        b[7] = self.os;
-        put_u32(&mut b, 8, self.flags);
-        put_u32(&mut b, 12, self.thread_id);
-        b[16] = self.clock_type;
-        put_u32(&mut b, 24, self.event_size);
-        put_u32(&mut b, 28, self.event_count);
-        put_u64(&mut b, 32, self.events_offset);
-        put_u64(&mut b, 40, self.footer_offset);
-        put_u64(&mut b, 48, self.time_start_ns);
-        put_u64(&mut b, 56, self.time_end_ns);
+        self.put_fields(&mut b);
         b
     }
 
     /// The fields of 64 header bytes; the magic is the caller's to check.
     pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
-        IndexHeader {
-            endian: b[4],
-            version: b[5],
-            arch: b[6],
-            os: b[7],
-            flags: u32_at(b, 8),
-            thread_id: u32_at(b, 12),
-            clock_type: b[16],
-            event_size: u32_at(b, 24),
-            event_count: u32_at(b, 28),
-            events_offset: u64_at(b, 32),
-            footer_offset: u64_at(b, 40),
-            time_start_ns: u64_at(b, 48),
-            time_end_ns: u64_at(b, 56),
-        }
+        Self::get_fields(b)
     }
 
     /// Whether bit 0 of `flags` says a detail file exists.
@@ -181,6 +157,13 @@ impl IndexHeader {
         self.flags & FLAG_HAS_DETAIL != 0
     }
 }
+
+event::le_fields!(IndexHeader, HEADER_SIZE, {
+    endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
+    thread_id: u32 @ 12, clock_type: u8 @ 16, event_size: u32 @ 24, event_count: u32 @ 28,
+    events_offset: u64 @ 32, footer_offset: u64 @ 40, time_start_ns: u64 @ 48,
+    time_end_ns: u64 @ 56,
+});
 
 /// Whether the bytes after the header of a file in the recording state are a footer cut short
 /// rather than events: fewer than a whole footer, starting with the footer's magic `2ITA`. An
@@ -215,28 +198,20 @@ impl IndexFooter {
     pub fn encode(&self) -> [u8; FOOTER_SIZE] {
         let mut b = [0u8; FOOTER_SIZE];
         b[0..4].copy_from_slice(&INDEX_FOOTER_MAGIC);
-        put_u32(&mut b, 4, self.checksum);
-        put_u64(&mut b, 8, self.event_count);
-        put_u64(&mut b, 16, self.time_start_ns);
-        put_u64(&mut b, 24, self.time_end_ns);
-        put_u64(&mut b, 32, self.bytes_written);
+        self.put_fields(&mut b);
         b
     }
 
     /// The footer in 64 bytes, or `None` if they do not start with `2ITA`.
     pub fn decode(b: &[u8; FOOTER_SIZE]) -> Option<Self> {
-        if b[0..4] != INDEX_FOOTER_MAGIC {
-            return None;
-        }
-        Some(IndexFooter {
-            checksum: u32_at(b, 4),
-            event_count: u64_at(b, 8),
-            time_start_ns: u64_at(b, 16),
-            time_end_ns: u64_at(b, 24),
-            bytes_written: u64_at(b, 32),
-        })
+        (b[0..4] == INDEX_FOOTER_MAGIC).then(|| Self::get_fields(b))
     }
 }
+
+event::le_fields!(IndexFooter, FOOTER_SIZE, {
+    checksum: u32 @ 4, event_count: u64 @ 8, time_start_ns: u64 @ 16, time_end_ns: u64 @ 24,
+    bytes_written: u64 @ 32,
+});
 
 /// What a finished index file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -245,7 +245,7 @@ fn spinning_tree_bytes(dir: &Path, tracer: &Path, full: bool) {
             ])
             .arg(&out)
             .arg(&spin)
-            .arg("4")
+            .args(["--", "4"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()

@@ -106,6 +106,53 @@ impl Record {
     }
 }
 
+/// Implements `put_fields` and `get_fields` for a struct of integer fields stored little-endian
+/// at fixed byte offsets of an `N`-byte block (a file header, footer or trailer), and checks at
+/// compile time that every field fits in the block. Magic numbers and reserved bytes are the
+/// caller's: `put_fields` writes only the listed fields, `get_fields` reads only them.
+///
+/// ```
+/// struct Trailer { count: u32, offset: u64 }
+/// event::le_fields!(Trailer, 16, { count: u32 @ 4, offset: u64 @ 8 });
+/// let mut b = [0u8; 16];
+/// Trailer { count: 3, offset: 64 }.put_fields(&mut b);
+/// assert_eq!(b[4], 3);
+/// assert_eq!(Trailer::get_fields(&b).offset, 64);
+/// ```
+#[macro_export]
+macro_rules! le_fields {
+    ($name:ident, $size:expr, { $($field:ident: $ty:ident @ $off:expr),* $(,)? }) => {
+        impl $name {
+            /// Writes every field at its offset of `b`, little-endian; other bytes are untouched.
+            #[inline(always)]
+            pub fn put_fields(&self, b: &mut [u8; $size]) {
+                $( $crate::put_le(b, $off, self.$field.to_le_bytes()); )*
+            }
+
+            /// Reads every field from its offset of `b`.
+            #[inline(always)]
+            pub fn get_fields(b: &[u8; $size]) -> Self {
+                $name { $( $field: $ty::from_le_bytes($crate::get_le(b, $off)), )* }
+            }
+        }
+        const _: () = { $( assert!($off + ::core::mem::size_of::<$ty>() <= $size); )* };
+    };
+}
+
+/// Copies `bytes` to `b[off..off + N]` (for [`le_fields!`]).
+#[inline(always)]
+pub fn put_le<const N: usize>(b: &mut [u8], off: usize, bytes: [u8; N]) {
+    b[off..off + N].copy_from_slice(&bytes);
+}
+
+/// The `N` bytes at `b[off..]` (for [`le_fields!`]).
+#[inline(always)]
+pub fn get_le<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[off..off + N]);
+    out
+}
+
 /// Size of a [`DetailHeader`].
 pub const DETAIL_HEADER_SIZE: usize = 24;
 /// Detail record `event_type` of a call.
