@@ -125,22 +125,7 @@ pub struct FileHeader {
     pub chunk_header_size: u32,
 }
 
-impl FileHeader {
-    /// The 64 bytes, magic included, reserved bytes zero.
-    pub fn encode(&self) -> [u8; FILE_HEADER_SIZE] {
-        let mut b = [0u8; FILE_HEADER_SIZE];
-        b[0..4].copy_from_slice(&FILE_MAGIC);
-        self.put_fields(&mut b);
-        b
-    }
-
-    /// The header in 64 bytes, or `None` if they do not start with `ATC1`.
-    pub fn decode(b: &[u8; FILE_HEADER_SIZE]) -> Option<Self> {
-        (b[0..4] == FILE_MAGIC).then(|| Self::get_fields(b))
-    }
-}
-
-event::le_fields!(FileHeader, FILE_HEADER_SIZE, {
+event::le_fields!(FileHeader, FILE_HEADER_SIZE, magic FILE_MAGIC, {
     endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
     thread_id: u32 @ 12, clock_type: u8 @ 16, chunk_header_size: u32 @ 20,
 });
@@ -169,19 +154,6 @@ pub struct ChunkHeader {
 }
 
 impl ChunkHeader {
-    /// The 56 bytes, magic included, with the stored `crc`.
-    pub fn encode(&self) -> [u8; CHUNK_HEADER_SIZE] {
-        let mut b = [0u8; CHUNK_HEADER_SIZE];
-        b[0..4].copy_from_slice(&CHUNK_MAGIC);
-        self.put_fields(&mut b);
-        b
-    }
-
-    /// The header in 56 bytes, or `None` if they do not start with `ATCK`.
-    pub fn decode(b: &[u8; CHUNK_HEADER_SIZE]) -> Option<Self> {
-        (b[0..4] == CHUNK_MAGIC).then(|| Self::get_fields(b))
-    }
-
     /// The CRC-32C a chunk with these header bytes and this payload must carry.
     pub fn checksum(raw: &[u8; CHUNK_HEADER_SIZE], payload: &[u8]) -> u32 {
         let mut zeroed = *raw;
@@ -198,7 +170,7 @@ impl ChunkHeader {
     }
 }
 
-event::le_fields!(ChunkHeader, CHUNK_HEADER_SIZE, {
+event::le_fields!(ChunkHeader, CHUNK_HEADER_SIZE, magic CHUNK_MAGIC, {
     payload_len: u32 @ 4, event_count: u32 @ 8, crc: u32 @ 12, first_seq: u64 @ 16,
     time_first_ns: u64 @ 24, time_last_ns: u64 @ 32, thread_id: u32 @ 40, start_depth: u32 @ 44,
     next_detail: u32 @ 48,

@@ -61,22 +61,9 @@ impl DetailHeader {
             index_seq_end: 0,
         }
     }
-
-    /// The 64 bytes of this header, magic included, reserved bytes zero.
-    pub fn encode(&self) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
-        b[0..4].copy_from_slice(&DETAIL_MAGIC);
-        self.put_fields(&mut b);
-        b
-    }
-
-    /// The fields of 64 header bytes; the magic is the caller's to check.
-    pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
-        Self::get_fields(b)
-    }
 }
 
-event::le_fields!(DetailHeader, HEADER_SIZE, {
+event::le_fields!(DetailHeader, HEADER_SIZE, magic DETAIL_MAGIC, {
     endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
     thread_id: u32 @ 12, events_offset: u64 @ 20, event_count: u64 @ 28,
     bytes_length: u64 @ 36, index_seq_start: u64 @ 44, index_seq_end: u64 @ 52,
@@ -154,22 +141,7 @@ pub struct DetailFooter {
     pub time_end_ns: u64,
 }
 
-impl DetailFooter {
-    /// The 64 bytes of this footer, magic included, reserved bytes zero.
-    pub fn encode(&self) -> [u8; FOOTER_SIZE] {
-        let mut b = [0u8; FOOTER_SIZE];
-        b[0..4].copy_from_slice(&DETAIL_FOOTER_MAGIC);
-        self.put_fields(&mut b);
-        b
-    }
-
-    /// The footer in 64 bytes, or `None` if they do not start with `2DTA`.
-    pub fn decode(b: &[u8; FOOTER_SIZE]) -> Option<Self> {
-        (b[0..4] == DETAIL_FOOTER_MAGIC).then(|| Self::get_fields(b))
-    }
-}
-
-event::le_fields!(DetailFooter, FOOTER_SIZE, {
+event::le_fields!(DetailFooter, FOOTER_SIZE, magic DETAIL_FOOTER_MAGIC, {
     checksum: u32 @ 4, event_count: u64 @ 8, bytes_length: u64 @ 16, time_start_ns: u64 @ 24,
     time_end_ns: u64 @ 32,
 });
@@ -410,7 +382,7 @@ impl DetailReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let (file, len, raw) = open_with_header(path, "an ATF detail", DETAIL_MAGIC)?;
-        let header = DetailHeader::decode(&raw);
+        let header = DetailHeader::get_fields(&raw); // the magic was checked on opening
         check_common_header(path, header.endian, header.version)?;
         if header.events_offset != HEADER_SIZE as u64 {
             return Err(Error::corrupt(
@@ -928,7 +900,7 @@ mod tests {
         assert_eq!(b[44..52], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
         assert_eq!(b[52..60], 0xf1f2_f3f4_f5f6_f7f8u64.to_le_bytes());
         assert_eq!(b[60..64], [0; 4], "reserved");
-        assert_eq!(DetailHeader::decode(&b), h);
+        assert_eq!(DetailHeader::decode(&b), Some(h));
     }
 
     #[test]

@@ -139,26 +139,13 @@ impl IndexHeader {
         }
     }
 
-    /// The 64 bytes of this header, magic included, reserved bytes zero.
-    pub fn encode(&self) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
-        b[0..4].copy_from_slice(&INDEX_MAGIC);
-        self.put_fields(&mut b);
-        b
-    }
-
-    /// The fields of 64 header bytes; the magic is the caller's to check.
-    pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
-        Self::get_fields(b)
-    }
-
     /// Whether bit 0 of `flags` says a detail file exists.
     pub fn has_detail(&self) -> bool {
         self.flags & FLAG_HAS_DETAIL != 0
     }
 }
 
-event::le_fields!(IndexHeader, HEADER_SIZE, {
+event::le_fields!(IndexHeader, HEADER_SIZE, magic INDEX_MAGIC, {
     endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
     thread_id: u32 @ 12, clock_type: u8 @ 16, event_size: u32 @ 24, event_count: u32 @ 28,
     events_offset: u64 @ 32, footer_offset: u64 @ 40, time_start_ns: u64 @ 48,
@@ -193,22 +180,7 @@ pub struct IndexFooter {
     pub bytes_written: u64,
 }
 
-impl IndexFooter {
-    /// The 64 bytes of this footer, magic included, reserved bytes zero.
-    pub fn encode(&self) -> [u8; FOOTER_SIZE] {
-        let mut b = [0u8; FOOTER_SIZE];
-        b[0..4].copy_from_slice(&INDEX_FOOTER_MAGIC);
-        self.put_fields(&mut b);
-        b
-    }
-
-    /// The footer in 64 bytes, or `None` if they do not start with `2ITA`.
-    pub fn decode(b: &[u8; FOOTER_SIZE]) -> Option<Self> {
-        (b[0..4] == INDEX_FOOTER_MAGIC).then(|| Self::get_fields(b))
-    }
-}
-
-event::le_fields!(IndexFooter, FOOTER_SIZE, {
+event::le_fields!(IndexFooter, FOOTER_SIZE, magic INDEX_FOOTER_MAGIC, {
     checksum: u32 @ 4, event_count: u64 @ 8, time_start_ns: u64 @ 16, time_end_ns: u64 @ 24,
     bytes_written: u64 @ 32,
 });
@@ -628,7 +600,7 @@ impl IndexReader {
             });
         }
         let (file, len, raw) = open_with_header(path, "an ATF index", INDEX_MAGIC)?;
-        let header = IndexHeader::decode(&raw);
+        let header = IndexHeader::get_fields(&raw); // the magic was checked on opening
         check_common_header(path, header.endian, header.version)?;
         if header.event_size != EVENT_SIZE as u32 {
             return Err(Error::corrupt(
@@ -1246,7 +1218,7 @@ pub(crate) mod tests {
         assert_eq!(b[40..48], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
         assert_eq!(b[48..56], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
         assert_eq!(b[56..64], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
-        assert_eq!(IndexHeader::decode(&b), h);
+        assert_eq!(IndexHeader::decode(&b), Some(h));
     }
 
     #[test]
@@ -1316,7 +1288,7 @@ pub(crate) mod tests {
         let summary = write_finished(&path, 10);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 64 + 320 + 64);
-        let header = IndexHeader::decode(bytes[..64].try_into().unwrap());
+        let header = IndexHeader::get_fields(bytes[..64].try_into().unwrap());
         assert_eq!(header.event_count, 10);
         assert_eq!(header.footer_offset, 384);
         assert_eq!(header.time_start_ns, event(0).timestamp_ns);
@@ -1335,7 +1307,7 @@ pub(crate) mod tests {
         let _w = IndexWriter::create(&path, 9, ClockType::Boottime).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 64);
-        let header = IndexHeader::decode(bytes[..64].try_into().unwrap());
+        let header = IndexHeader::get_fields(bytes[..64].try_into().unwrap());
         assert_eq!((header.event_count, header.footer_offset), (0, 64));
         let r = IndexReader::open(&path).unwrap();
         assert!(!r.finished());

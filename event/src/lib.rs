@@ -109,7 +109,9 @@ impl Record {
 /// Implements `put_fields` and `get_fields` for a struct of integer fields stored little-endian
 /// at fixed byte offsets of an `N`-byte block (a file header, footer or trailer), and checks at
 /// compile time that every field fits in the block. Magic numbers and reserved bytes are the
-/// caller's: `put_fields` writes only the listed fields, `get_fields` reads only them.
+/// caller's: `put_fields` writes only the listed fields, `get_fields` reads only them. With
+/// `magic M` after the size, it also implements `encode` (the magic, the fields, zeros elsewhere)
+/// and `decode` (`None` unless the block starts with the magic).
 ///
 /// ```
 /// struct Trailer { count: u32, offset: u64 }
@@ -121,6 +123,26 @@ impl Record {
 /// ```
 #[macro_export]
 macro_rules! le_fields {
+    ($name:ident, $size:expr, magic $magic:expr, { $($field:ident: $ty:ident @ $off:expr),* $(,)? }) => {
+        impl $name {
+            /// The bytes of this block: the magic at 0, every field at its offset, every other
+            /// byte zero.
+            #[inline]
+            pub fn encode(&self) -> [u8; $size] {
+                let mut b = [0u8; $size];
+                b[..4].copy_from_slice(&$magic);
+                self.put_fields(&mut b);
+                b
+            }
+
+            /// The block stored in `b`, or `None` if `b` does not start with the magic.
+            #[inline]
+            pub fn decode(b: &[u8; $size]) -> Option<Self> {
+                (b[..4] == $magic).then(|| Self::get_fields(b))
+            }
+        }
+        $crate::le_fields!($name, $size, { $($field: $ty @ $off),* });
+    };
     ($name:ident, $size:expr, { $($field:ident: $ty:ident @ $off:expr),* $(,)? }) => {
         impl $name {
             /// Writes every field at its offset of `b`, little-endian; other bytes are untouched.
