@@ -11,7 +11,8 @@ use crate::symbols::Images;
 
 /// Raises the soft limit on open files to the hard limit: a followed process's main-thread file
 /// stays open while the process lives (an `exec` continues it), so a program with many children
-/// alive at once needs many. Best effort: the limit stays as it was if it cannot be raised.
+/// alive at once needs many. Best effort: the limit stays as it was if it cannot be raised. Call
+/// it once the target has started: the limit is inherited, and the target's must stay its own.
 pub(crate) fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -78,7 +78,6 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     // children's agents know whether they are followed.
     let names = crate::names::Names::new(&opts.trigger, &registry, true);
     registry.set_follow_processes(!opts.no_follow);
-    crate::processes::raise_fd_limit();
 
     // Signals first, so a Ctrl-C during start-up is a clean stop, not a dead tracer.
     let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
@@ -87,6 +86,8 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
 
     let child = start_target(&args, &agent, fd)?;
+    // After the start: the target keeps the open-file limit it was given, only the tracer's grows.
+    crate::processes::raise_fd_limit();
     // Now that the target runs with its own priority, give the tracer's threads (this one, and the
     // timer and drain threads started below) a larger CPU share, so the stop stays fast however
     // busy the target is. Best effort: without the privilege the priority stays as it was.

@@ -266,3 +266,44 @@ fn readers__session_directory__then_every_process_covered() {
     let one = format!("{s}/pid_{}", procs[1].pid);
     assert!(!text(&["replay", &one]).contains("# process"));
 }
+
+/// Prints the soft open-file limit it runs with.
+const NOFILE_C: &str = r#"
+#include <stdio.h>
+#include <sys/resource.h>
+__attribute__((noinline)) long soft_limit(void) {
+    struct rlimit r;
+    getrlimit(RLIMIT_NOFILE, &r);
+    return (long)r.rlim_cur;
+}
+int main(void) { printf("%ld\n", soft_limit()); return 0; }
+"#;
+
+#[test]
+fn spawn__soft_open_file_limit_below_hard__then_the_target_keeps_its_own() {
+    let exe = build("nofile", NOFILE_C, &["-O0", "-finstrument-functions"]);
+    let tmp = output_dir();
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-parameter.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    let soft = 256.min(hard.rlim_max);
+    let script = format!("ulimit -Sn {soft} && exec \"$0\" spawn --output \"$1\" \"$2\"",);
+    let result = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .arg(env!("CARGO_BIN_EXE_tracer"))
+        .arg(tmp.path())
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    assert_eq!(
+        String::from_utf8_lossy(&result.stdout).trim(),
+        soft.to_string()
+    );
+}
