@@ -288,12 +288,10 @@ fn spawn__soft_open_file_limit_below_hard__then_the_target_keeps_its_own() {
         rlim_max: 0,
     };
     // SAFETY: a valid out-parameter.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
-        0
-    );
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+    assert_eq!(got, 0);
     let soft = 256.min(hard.rlim_max);
-    let script = format!("ulimit -Sn {soft} && exec \"$0\" spawn --output \"$1\" \"$2\"",);
+    let script = format!("ulimit -Sn {soft} && exec \"$0\" spawn --output \"$1\" \"$2\"");
     let result = std::process::Command::new("sh")
         .args(["-c", &script])
         .arg(env!("CARGO_BIN_EXE_tracer"))
