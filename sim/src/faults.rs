@@ -6,7 +6,7 @@
 //! syncs (the stall hook yields to the scheduler and lets virtual time pass); the recording's full
 //! invariants hold exactly as without faults. Kinds that fail the drain: a disk full part-way
 //! (`ENOSPC`), `EIO` on the n-th write, and a failing fsync or `syncfs` (`EIO`); the checks are
-//! then those after a write fault (see [`crate::pipeline`]) and the error carries the plan's errno.
+//! then those after a write fault (the `checks` module) and the error carries the plan's errno.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -185,7 +185,7 @@ pub fn count(drawn: &Drawn) {
 
 /// [`draw`] with bounds from `scenario`'s size: a write fault within its first writes, a full
 /// disk within the bytes its threads write.
-pub fn draw_for(scenario: &crate::pipeline::Scenario) -> Drawn {
+pub fn draw_for(scenario: &crate::scenario::Scenario) -> Drawn {
     let events = u64::from(scenario.producers * scenario.lives * scenario.events);
     let details = match scenario.detail_every {
         0 => 0,

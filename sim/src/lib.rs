@@ -2,15 +2,15 @@
 //! schedulers, running the real protocol code of `ring` and `registry`, the real `drain`, and the
 //! real shutdown manager (`shutdown`) and duration timer (`timer`).
 //!
-//! Producer threads ([`pipeline`]) do what the agent's hook does: register, or count an orphan
+//! Producer threads ([`world`]) do what the agent's hook does: register, or count an orphan
 //! drop when the registry is full or closed; `begin`, a detail record and a window mark now and
 //! then, the index event with a per-thread sequence number, `end`; exit; a new thread with a new
 //! tid registers in the freed slot. The drain thread runs `drain::Drain` passes into ATF files.
 //! Two ways to stop the recording:
 //!
-//! - The stopper ([`pipeline::run`]): at a random point it runs the stop handshake, closes
+//! - The stopper ([`stopper`]): at a random point it runs the stop handshake, closes
 //!   registrations and has the drain run its final drain and write the manifest.
-//! - The real shutdown manager ([`managed`], [`pipeline::Scenario::managed`]): a manager thread
+//! - The real shutdown manager ([`managed`], [`Scenario::managed`]): a manager thread
 //!   starts a `timer::Timer` of a random virtual duration, waits for a request
 //!   (`Shutdown::wait`) and runs `Shutdown::execute` once, over a `Pipeline` of the simulated
 //!   registry and drain that does what `tracer record`'s does; requests come from the timer, a
@@ -31,7 +31,7 @@
 //! begun; the timer never fires early and its cancel agrees with its callback. A forced shutdown
 //! guarantees less (see [`managed`]).
 //!
-//! Write faults ([`pipeline::Scenario::faulty`]): a child process of the test binary runs the same
+//! Write faults ([`Scenario::faulty`]): a child process of the test binary runs the same
 //! pipeline (with the stopper, then with the shutdown manager) under `RLIMIT_FSIZE`, so the
 //! drain's writes end in a real short write and then `EFBIG`. Every such schedule checks that the
 //! error names the file and carries the OS cause, that nothing panics, that each index file reads
@@ -39,8 +39,8 @@
 //! `tracer record` runs them after a drain error) still write a finished manifest, balanced per
 //! thread, whose `persisted` is what the reader finds and whose `not_written` names the rest.
 //!
-//! File-system faults ([`faults`], [`pipeline::Scenario::faulty_fs`] and
-//! [`pipeline::Scenario::managed_faulty_fs`]), in this process: the drain's session layout writes
+//! File-system faults ([`faults`], [`Scenario::faulty_fs`] and
+//! [`Scenario::managed_faulty_fs`]), in this process: the drain's session layout writes
 //! through an `atf::fault::FaultyFs` whose plan each schedule draws from shuttle's random source
 //! (a replay draws the same plan), one kind per schedule. `EINTR` storms, short writes and slow
 //! syncs (the stall hook yields and lets virtual time pass) must lose nothing: the full invariants
@@ -86,26 +86,47 @@
 //! # Example
 //!
 //! ```no_run
-//! use sim::pipeline::Scenario;
+//! use sim::Scenario;
 //! // 50 random schedules of the default scenario (3 producers, 2 slots, detail windows).
 //! sim::check_random(&Scenario::default(), 50);
 //! ```
 
+//! # Modules
+//!
+//! [`scenario`] says what a schedule simulates; [`world`] is the region and the producer threads;
+//! [`stopper`] and [`managed`] are the two runners, which stop the recording their own way and run
+//! [`checks`] (shared) on the result; [`faults`] draws the file-system faults; [`clock`] is the
+//! virtual time. Each module uses only modules listed before it (the runners use the world, the
+//! checks, the faults and the clock; nothing uses a runner but this file).
+
+pub mod checks;
 pub mod clock;
 pub mod faults;
 pub mod managed;
-pub mod pipeline;
 mod replay;
+pub mod scenario;
+pub mod stopper;
+pub mod world;
 
 use std::path::PathBuf;
 
 use shuttle::scheduler::{PctScheduler, RandomScheduler, Scheduler};
 use shuttle::{Config, Runner};
 
-use pipeline::Scenario;
+pub use scenario::Scenario;
 
 /// The backend every simulated protocol runs on: shuttle's primitives and its virtual clock.
 pub use modelsync::Shuttle;
+
+/// Runs one recording of `scenario` under the current shuttle schedule, with the runner it asks
+/// for, and checks every invariant (a violation panics, failing the schedule).
+pub fn run(scenario: &Scenario, out: &std::path::Path) {
+    if scenario.managed {
+        managed::run(scenario, out)
+    } else {
+        stopper::run(scenario, out)
+    }
+}
 
 /// Schedules per scheduler and scenario in `cargo test`, unless [`ITERATIONS_ENV`] says otherwise.
 pub const DEFAULT_ITERATIONS: usize = 100;
@@ -151,7 +172,7 @@ fn run_with<S: Scheduler + 'static>(scheduler: S, scenario: &Scenario) {
         // A fresh output directory per schedule, so no schedule reads another's files.
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = base.join(format!("{n}"));
-        pipeline::run(&scenario, &out);
+        run(&scenario, &out);
         let _ = std::fs::remove_dir_all(&out);
     });
 }
@@ -379,7 +400,7 @@ mod tests {
         let n = iterations(DEFAULT_ITERATIONS);
         check_random(&Scenario::faulty(), n);
         check_pct(&Scenario::faulty(), n, PCT_DEPTH);
-        let seen = pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+        let seen = checks::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
         assert!(seen > 0, "no schedule reached the file-size limit");
     }
 
@@ -398,7 +419,7 @@ mod tests {
         };
         check_random(&managed, n);
         check_pct(&managed, n, PCT_DEPTH);
-        let seen = pipeline::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+        let seen = checks::FAULTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
         assert!(seen > 0, "no managed schedule reached the file-size limit");
         assert!(
             managed::coverage().by_error > 0,

@@ -66,9 +66,11 @@ use shutdown::{
 };
 use timer::Timer;
 
+use crate::checks;
 use crate::clock;
-use crate::pipeline::{self, Ledger, Scenario, Shared};
-use crate::Shuttle;
+use crate::scenario::Scenario;
+use crate::world::{self, Fate, Ledger, Shared};
+use modelsync::Shuttle;
 
 /// A phase's bounded waits poll this often (virtual time).
 const POLL: Duration = Duration::from_millis(1);
@@ -683,10 +685,9 @@ pub(crate) fn run(scenario: &Scenario, out: &Path) {
                     if killed.load(Relaxed) {
                         break;
                     }
-                    let tid = pipeline::tid_of(p, life);
+                    let tid = world::tid_of(p, life);
                     let die = die_at.filter(|_| life == 0);
-                    let ledger =
-                        pipeline::producer(&shared, &scenario, tid, &progress, &killed, die);
+                    let ledger = world::producer(&shared, &scenario, tid, &progress, &killed, die);
                     let died = shared.dead.lock().expect("dead lock").contains(&tid);
                     ledgers.lock().expect("ledger lock").insert(tid, ledger);
                     if died {
@@ -860,7 +861,7 @@ fn check_requests(shutdown: &Shutdown<Shuttle>, end: &ManagerEnd, log: &Log) {
 
 /// The recording's invariants: the full ones when every graceful phase returned, what a forced
 /// shutdown guarantees otherwise (see the module documentation), what a write fault guarantees
-/// after one (see [`pipeline`]).
+/// after one (see [`crate::checks`]).
 fn check_recording(
     end: &ManagerEnd,
     errors: &[drain::DrainError],
@@ -875,7 +876,7 @@ fn check_recording(
             "the drain failed without a fault: {errors:?}"
         );
         for e in errors {
-            pipeline::check_after_fault(e, ledgers, out);
+            checks::check_after_fault(e, ledgers, out);
         }
         // The final manifest (its stop reason is the error's text) may itself fail (a size
         // limit, a full disk, a failed fsync of its temporary file): the previous one is then
@@ -884,7 +885,7 @@ fn check_recording(
         let final_error = errors
             .last()
             .filter(|_| matches!(end.finished, Some(Err(_))));
-        pipeline::check_manifest_after_errors(final_error, ledgers, out);
+        checks::check_manifest_after_errors(final_error, ledgers, out);
         return;
     }
     let finished = match &end.finished {
@@ -896,11 +897,11 @@ fn check_recording(
         .iter()
         .all(|p| matches!(p.status, PhaseStatus::Completed | PhaseStatus::Overran));
     if graceful_returned {
-        pipeline::check(finished, ledgers, scenario, false);
+        checks::check(finished, ledgers, scenario, false);
     } else {
         assert!(end.report.forced.is_some());
-        pipeline::check_written_prefixes(ledgers, out);
-        pipeline::check_accounted_as_written(ledgers, out);
+        checks::check_written_prefixes(ledgers, out);
+        checks::check_accounted_as_written(ledgers, out);
         let totals = &finished.accounting.index;
         assert!(totals.balanced(), "totals unbalanced: {totals:?}");
         let stopped = matches!(
@@ -946,7 +947,6 @@ fn check_errors_reported(
 
 /// Every drop the manifest counts for a thread, by reason, is one the thread saw.
 fn check_drops_seen(report: &drain::Report, ledgers: &BTreeMap<u32, Ledger>) {
-    use pipeline::Fate;
     for entry in &report.threads {
         let Some(ledger) = ledgers.get(&entry.id) else {
             panic!("the manifest names thread {}, which never ran", entry.id)
