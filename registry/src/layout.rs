@@ -17,6 +17,22 @@ use ring::{CachePadded, FullPolicy, PoolConfig, RecordKind, RingPool};
 
 use crate::RegistryError;
 
+/// How the stop handshake orders a producer's "I am writing" against the stopper's "stop".
+///
+/// Both are the same Dekker pattern (producer: store `in_write`, barrier, load `accepting`;
+/// stopper: clear `accepting`, barrier, wait for every odd `in_write` to change); they differ in who pays for the
+/// barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Producers use a compiler barrier only (free); the stopper calls
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which runs a full barrier on every CPU
+    /// currently running a thread of a process registered for it (each agent registers its
+    /// process). A process whose registration failed falls back to [`Handshake::Fence`] by itself.
+    Membarrier,
+    /// `fence(SeqCst)` on both sides (an `mfence` per event on the producer side).
+    Fence,
+}
+
 /// `"TRG1"`: the first four bytes of a region.
 pub const REGION_MAGIC: u32 = u32::from_le_bytes(*b"TRG1");
 /// Layout version of the region. Bumped on any change of layout or protocol.
@@ -58,7 +74,7 @@ pub(crate) const O_SHUTDOWN: usize = 3;
 pub(crate) const O_WAITING: usize = 4;
 pub(crate) const ORPHAN_COUNTERS: usize = 5;
 
-/// Handshake modes (see [`crate::Handshake`]).
+/// Handshake modes (see [`Handshake`]).
 pub(crate) const HS_MEMBARRIER: u32 = 1;
 pub(crate) const HS_FENCE: u32 = 2;
 
@@ -110,7 +126,7 @@ pub struct ControlBlock<B: Backend = StdBackend> {
     /// Trigger function addresses; `session.trigger_count` says how many are valid.
     pub(crate) triggers: [B::AtomicU64; MAX_TRIGGERS],
     /// The module log's allocators and acknowledgement (see [`crate::modules`]).
-    pub(crate) modules: CachePadded<crate::modules::ModuleLine<B>>,
+    pub(crate) modules: CachePadded<crate::module_log::ModuleLine<B>>,
 }
 
 /// The session line.
@@ -215,8 +231,8 @@ pub struct RegionConfig {
     pub stack_bytes: u32,
     /// Whether producers write detail records.
     pub detail_enabled: bool,
-    /// How the stop handshake orders producers (see [`crate::Handshake`]).
-    pub handshake: crate::Handshake,
+    /// How the stop handshake orders producers (see [`Handshake`]).
+    pub handshake: Handshake,
     /// Which objects' calls into shared libraries the agent records (through their GOT).
     pub library_calls: LibraryCalls,
 }
@@ -267,7 +283,7 @@ impl Default for RegionConfig {
             wait_timeout_us: 50_000,
             stack_bytes: DEFAULT_STACK_BYTES,
             detail_enabled: true,
-            handshake: crate::Handshake::Membarrier,
+            handshake: Handshake::Membarrier,
             library_calls: LibraryCalls::None,
         }
     }
@@ -397,8 +413,8 @@ pub(crate) fn geometry<B: Backend>(config: &RegionConfig) -> Result<Geometry, Re
     let capacity = config.capacity as usize;
     let modules_offset = core::mem::size_of::<ControlBlock<B>>().next_multiple_of(PAGE);
     let slots_offset = (modules_offset
-        + crate::modules::MODULE_LOG_CAPACITY
-            * core::mem::size_of::<crate::modules::ModuleEntry<B>>())
+        + crate::module_log::MODULE_LOG_CAPACITY
+            * core::mem::size_of::<crate::module_log::ModuleEntry<B>>())
     .next_multiple_of(PAGE);
     let slot_stride = core::mem::size_of::<Slot<B>>();
     let lanes_offset = (slots_offset + capacity * slot_stride).next_multiple_of(PAGE);

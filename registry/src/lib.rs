@@ -65,15 +65,16 @@ mod layout;
 pub mod membarrier;
 #[cfg(all(test, feature = "loom"))]
 mod models;
+mod module_log;
 pub mod modules;
 mod region;
 mod registry;
 
 pub use clock::{Clock, ClockSource};
 pub use layout::{
-    layout_size, ControlBlock, LaneConfig, LibraryCalls, RegionConfig, Slot, DEFAULT_STACK_BYTES,
-    MAX_CAPACITY, MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, MIN_FIT_RING, REGION_MAGIC,
-    REGION_VERSION,
+    layout_size, ControlBlock, Handshake, LaneConfig, LibraryCalls, RegionConfig, Slot,
+    DEFAULT_STACK_BYTES, MAX_CAPACITY, MAX_STACK_BYTES, MAX_TRIGGERS, MIN_CAPACITY, MIN_FIT_RING,
+    REGION_MAGIC, REGION_VERSION,
 };
 pub use modules::{
     image_tag, untagged, Module, ModuleRecord, ModuleReport, MODULE_LAST, MODULE_LOG_CAPACITY,
@@ -81,8 +82,8 @@ pub use modules::{
 };
 pub use region::{file_size_limit, Mapping, SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
-    Handshake, Lanes, OpenSections, OrphanCounts, OrphanReason, Patient, Registration, Registry,
-    SlotInfo, SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,
+    Lanes, OpenSections, OrphanCounts, OrphanReason, Patient, Registration, Registry, SlotInfo,
+    SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,
 };
 
 /// Why a region could not be created, opened or used.
@@ -123,10 +124,10 @@ pub enum RegistryError {
     #[error("invalid region configuration: {0}")]
     BadConfig(String),
     /// A lane's ring pool is invalid.
-    #[error("thread lane: {0}")]
+    #[error("thread lane")]
     Ring(#[from] ring::RingError),
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

@@ -21,22 +21,6 @@ const SETTLING: u32 = 2;
 /// Not accepting, and the tracer no longer waits.
 const STOPPED: u32 = 0;
 
-/// How the stop handshake orders a producer's "I am writing" against the stopper's "stop".
-///
-/// Both are the same Dekker pattern (producer: store `in_write`, barrier, load `accepting`;
-/// stopper: clear `accepting`, barrier, wait for every odd `in_write` to change); they differ in who pays for the
-/// barrier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handshake {
-    /// Producers use a compiler barrier only (free); the stopper calls
-    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which runs a full barrier on every CPU
-    /// currently running a thread of a process registered for it (each agent registers its
-    /// process). A process whose registration failed falls back to [`Handshake::Fence`] by itself.
-    Membarrier,
-    /// `fence(SeqCst)` on both sides (an `mfence` per event on the producer side).
-    Fence,
-}
-
 /// A slot's lifecycle state, as the tracer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotState {
@@ -468,20 +452,20 @@ impl<'a, B: Backend> Registry<'a, B> {
             heartbeat: CachePadded(B::AtomicU64::new(0)),
             orphans: CachePadded(core::array::from_fn(|_| B::AtomicU64::new(0))),
             triggers: core::array::from_fn(|_| B::AtomicU64::new(0)),
-            modules: CachePadded(crate::modules::ModuleLine::new()),
+            modules: CachePadded(crate::module_log::ModuleLine::new()),
         };
         // SAFETY: the caller gives exclusive, aligned memory of at least layout_size bytes (checked),
         // which covers the control block at offset 0.
         unsafe { base.cast::<ControlBlock<B>>().as_ptr().write(control) };
-        let entry_size = core::mem::size_of::<crate::modules::ModuleEntry<B>>();
-        for i in 0..crate::modules::MODULE_LOG_CAPACITY {
+        let entry_size = core::mem::size_of::<crate::module_log::ModuleEntry<B>>();
+        for i in 0..crate::module_log::MODULE_LOG_CAPACITY {
             // SAFETY: entry i lies inside the module log, inside the exclusive memory (the geometry
             // reserves MODULE_LOG_CAPACITY entries from the page-aligned modules_offset).
             unsafe {
                 base.as_ptr()
                     .add(g.modules_offset + i * entry_size)
-                    .cast::<crate::modules::ModuleEntry<B>>()
-                    .write(crate::modules::ModuleEntry::new())
+                    .cast::<crate::module_log::ModuleEntry<B>>()
+                    .write(crate::module_log::ModuleEntry::new())
             };
         }
         for i in 0..g.capacity as usize {
