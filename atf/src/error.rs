@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused an operation on a file or directory.
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -42,7 +42,7 @@ pub enum Error {
         actual: u32,
     },
     /// `manifest.json` is not valid JSON or lacks a required key.
-    #[error("{}: invalid manifest: {source}; the session metadata is unreadable", path.display())]
+    #[error("{}: invalid manifest, the session metadata is unreadable", path.display())]
     Manifest {
         /// The manifest file.
         path: PathBuf,

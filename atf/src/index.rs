@@ -1700,7 +1700,10 @@ pub(crate) mod tests {
             w.append(&batch(0..1000)).unwrap(); // buffered
             let err = w.flush().unwrap_err();
             assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
-            assert!(err.to_string().contains("os error 28"), "{err}");
+            // The OS error is the source, not repeated in the message.
+            let cause = std::error::Error::source(&err).map(|c| c.to_string());
+            assert!(cause.is_some_and(|c| c.contains("os error 28")), "{err:?}");
+            assert!(!err.to_string().contains("os error 28"), "{err}");
             // The writer refuses more; the file keeps what reached it.
             let refused = w.append(&batch(1000..1001)).unwrap_err();
             assert!(matches!(refused, Error::WriterFailed { .. }), "{refused}");

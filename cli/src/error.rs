@@ -1,51 +1,88 @@
-//! The binary's one error type, mapped to exit codes in one place ([`CliError::exit_code`]).
+//! The binary's one error type, mapped to exit codes in one place ([`CliError::exit_code`]), and
+//! printed with its chain of causes in one place ([`CliError::render`]).
 
-use std::fmt;
+/// The error that caused a [`CliError`], kept typed (for its own chain of causes) instead of
+/// flattened into the message.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A failure the user sees as one line on stderr.
-#[derive(Debug)]
+/// A failure the user sees as one line on stderr: what the tracer was doing, then each cause.
+#[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The user asked for something that cannot work (exit 2): a bad argument, a missing file,
     /// an output directory that cannot be written.
-    Usage(String),
+    #[error("{message}")]
+    Usage {
+        /// What was wrong, and the fix when there is one.
+        message: String,
+        /// The underlying error.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The tracer itself failed while running (exit 1).
-    Runtime(String),
+    #[error("{message}")]
+    Runtime {
+        /// What the tracer was doing.
+        message: String,
+        /// The underlying error.
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// A session could not be read or written (exit 1).
+    #[error(transparent)]
+    Session(#[from] atf::Error),
+    /// The shutdown machinery failed (exit 1).
+    #[error(transparent)]
+    Shutdown(#[from] shutdown::Error),
 }
 
 impl CliError {
     /// Exit status: 2 for bad input, 1 for run-time failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => 2,
-            CliError::Runtime(_) => 1,
+            CliError::Usage { .. } => 2,
+            CliError::Runtime { .. } | CliError::Session(_) | CliError::Shutdown(_) => 1,
         }
     }
 
     /// A bad-input error.
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError::Usage(message.into())
+        CliError::Usage {
+            message: message.into(),
+            cause: None,
+        }
     }
 
     /// A run-time error.
     pub fn runtime(message: impl Into<String>) -> Self {
-        CliError::Runtime(message.into())
+        CliError::Runtime {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// The same error, caused by `cause` (printed after the message by [`CliError::render`]).
+    pub fn because(self, cause: impl Into<Cause>) -> Self {
+        match self {
+            CliError::Usage { message, .. } => CliError::Usage {
+                message,
+                cause: Some(cause.into()),
+            },
+            CliError::Runtime { message, .. } => CliError::Runtime {
+                message,
+                cause: Some(cause.into()),
+            },
+            typed => typed,
+        }
+    }
+
+    /// The one line the user sees: the message, then each cause, `: `-separated.
+    pub fn render(&self) -> String {
+        chain(self)
     }
 }
 
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let message = match self {
-            CliError::Usage(m) | CliError::Runtime(m) => m,
-        };
-        // One line, always: the first line of whatever the cause said.
-        f.write_str(message.lines().next().unwrap_or("failed"))
-    }
-}
-
-impl std::error::Error for CliError {}
-
-impl From<atf::Error> for CliError {
-    fn from(e: atf::Error) -> Self {
-        CliError::Runtime(e.to_string())
-    }
+/// `error` and its causes on one line (see [`shutdown::error_chain`]), for messages that go on
+/// after the cause or are kept as text.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    shutdown::error_chain(error)
 }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tracer: {}", read::clean(&e.to_string()));
+            eprintln!("tracer: {}", read::clean(&e.render()));
             ExitCode::from(e.exit_code())
         }
     }
@@ -47,11 +47,7 @@ fn run(command: args::Command) -> Result<ExitCode, error::CliError> {
     match out.flush() {
         // A closed pipe (`tracer replay s | head`) is the reader's choice, not a failure.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => {
-            return Err(error::CliError::runtime(format!(
-                "writing the output failed: {e}"
-            )))
-        }
+        Err(e) => return Err(error::CliError::runtime("writing the output failed").because(e)),
         Ok(()) => {}
     }
     Ok(ExitCode::SUCCESS)

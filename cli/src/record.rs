@@ -17,7 +17,7 @@ use registry::{RegionConfig, Registry, SharedRegion};
 use shutdown::{Budgets, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Summary};
 
 use crate::args::{RecordOptions, SpawnArgs};
-use crate::error::CliError;
+use crate::error::{chain, CliError};
 use crate::symbols;
 
 /// The longest a producer waits for the drain when its lane is full, whatever happens: a last
@@ -39,7 +39,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
     ignore_file_size_signal();
     timer::duration_from_secs(opts.duration)
-        .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        .map_err(|e| CliError::usage("--duration").because(e))?;
     let exe_info = symbols::inspect_executable(&args.executable).ok();
     if let Some(reason) = exe_info.as_ref().and_then(|i| i.unsupported()) {
         return Err(CliError::usage(reason));
@@ -67,23 +67,23 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
 
     let config = region_config(opts)?;
     let region = SharedRegion::create(&config)
-        .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot create the shared region").because(e))?;
     let fd = region
         .inheritable_fd()
-        .map_err(|e| CliError::runtime(format!("cannot share the region with the target: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot share the region with the target").because(e))?;
     let registry = region
         .leak()
-        .map_err(|e| CliError::runtime(format!("the shared region is unusable: {e}")))?;
+        .map_err(|e| CliError::runtime("the shared region is unusable").because(e))?;
     // Before the target starts: its agent then waits for the trigger addresses, and its
     // children's agents know whether they are followed.
     let names = crate::names::Names::new(&opts.trigger, &registry, true);
     registry.set_follow_processes(!opts.no_follow);
 
     // Signals first, so a Ctrl-C during start-up is a clean stop, not a dead tracer.
-    let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
+    let shutdown = Shutdown::new()?;
     let signals = shutdown
         .install_signals()
-        .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot install signal handlers").because(e))?;
 
     let child = start_target(&args, &agent, fd)?;
     // After the start: the target keeps the open-file limit it was given, only the tracer's grows.
@@ -96,8 +96,9 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     // SAFETY: `fd` is the inheritable duplicate made for the child, owned by nobody else here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     let pid = child.id();
-    let pidfd = pidfd_open(pid)
-        .map_err(|e| CliError::runtime(format!("cannot watch the target (pid {pid}): {e}")))?;
+    let pidfd = pidfd_open(pid).map_err(|e| {
+        CliError::runtime(format!("cannot watch the target (pid {pid})")).because(e)
+    })?;
     let manifest = initial_manifest(&args, pid, registry);
     let target = Target {
         child: Some(child),
@@ -231,25 +232,30 @@ pub(crate) fn record(
     let attached = target.child.is_none();
     let pid = target.pid;
     let duration = timer::duration_from_secs(opts.duration)
-        .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        .map_err(|e| CliError::usage("--duration").because(e))?;
     let layout = atf::SessionLayout::create_in(output, pid)
-        .map_err(|e| CliError::usage(format!("{e}; choose another directory with --output")))?
+        .map_err(|e| {
+            CliError::usage(format!(
+                "{}; choose another directory with --output",
+                chain(&e)
+            ))
+        })?
         .with_manifest_reserve(MANIFEST_RESERVE)
         .with_format(opts.format.into());
     let output_dir = layout.pid_dir().to_path_buf();
     let session = layout.clone();
     let drain = drain::Drain::new(registry, layout, manifest)
         .map(|d| d.follow_processes(true))
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+        .map_err(|e| CliError::runtime("cannot start the drain").because(e))?;
     let live = drain.live();
     let on_error = {
         let shutdown = shutdown.clone();
         move |e: &drain::DrainError| {
-            shutdown.request(Reason::Error(e.to_string()));
+            shutdown.request(Reason::Error(chain(e)));
         }
     };
     let drain_thread = drain::DrainThread::spawn(drain, on_error)
-        .map_err(|e| CliError::runtime(format!("cannot start the drain thread: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot start the drain thread").because(e))?;
     let timer = match duration {
         Some(d) => {
             let shutdown = shutdown.clone();
@@ -257,7 +263,7 @@ pub(crate) fn record(
                 timer::Timer::start(d, move || {
                     shutdown.request(Reason::Timer);
                 })
-                .map_err(|e| CliError::runtime(format!("cannot start the duration timer: {e}")))?,
+                .map_err(|e| CliError::runtime("cannot start the duration timer").because(e))?,
             )
         }
         None => None,
@@ -304,12 +310,10 @@ pub(crate) fn record(
         recorder.crashed = true;
     }
 
-    let report = shutdown
-        .execute(&mut recorder, &budgets())
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let report = shutdown.execute(&mut recorder, &budgets())?;
     signals
         .restore()
-        .map_err(|e| CliError::runtime(format!("cannot restore signal handlers: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot restore signal handlers").because(e))?;
 
     let stats = recorder.statistics(&output_dir);
     recorder.attempted = stats.events_attempted;
@@ -373,8 +377,9 @@ pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
     let dir = match &opts.output {
         Some(path) => atf::Dir::create_all(path, safedir::PRIVATE_DIR).map_err(|e| {
             CliError::usage(format!(
-                "cannot create the output directory {}: {e}; choose another with --output",
-                path.display()
+                "cannot create the output directory {}: {}; choose another with --output",
+                path.display(),
+                chain(&e)
             ))
         })?,
         None => safedir::private_dir_under_shared(
@@ -386,14 +391,16 @@ pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
                 CliError::usage(format!(
-                    "{e}; ask the owner of {shared} to let every user make a directory in it \
+                    "{}; ask the owner of {shared} to let every user make a directory in it \
                      (`chmod 1777 {shared}`), or choose another directory with --output",
+                    chain(&e),
                     shared = crate::args::DEFAULT_OUTPUT
                 ))
             }
-            safedir::Error::Io { .. } => {
-                CliError::usage(format!("{e}; choose another directory with --output"))
-            }
+            safedir::Error::Io { .. } => CliError::usage(format!(
+                "{}; choose another directory with --output",
+                chain(&e)
+            )),
             refused => CliError::usage(format!("{refused} with --output")),
         })?,
     };
@@ -543,7 +550,7 @@ fn start_target(args: &SpawnArgs, agent: &Path, fd: i32) -> Result<Child, CliErr
                 "{shown} cannot be executed (permission denied); check its mode and its \
                      file system's noexec flag"
             )),
-            _ => CliError::runtime(format!("cannot start {shown}: {e}")),
+            _ => CliError::runtime(format!("cannot start {shown}")).because(e),
         }
     })
 }
@@ -869,8 +876,8 @@ impl registry::StopWatch for StopWatch<'_, '_> {
 /// second signal.
 const PHASE_POLL: Duration = Duration::from_millis(10);
 
-fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
-    shutdown::Error::phase(e.to_string())
+fn phase_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> shutdown::Error {
+    shutdown::Error::phase(e)
 }
 
 impl Pipeline for Recorder {
@@ -935,7 +942,7 @@ impl Pipeline for Recorder {
             .pass_unless(&|| ctx.forced())
             .map(|_| ())
             .map_err(|e| {
-                self.error = Some(e.to_string());
+                self.error = Some(chain(&e));
                 phase_error(e)
             })
     }
@@ -945,7 +952,7 @@ impl Pipeline for Recorder {
             return Err(phase_error("the drain thread ended abnormally"));
         };
         drain.final_drain(self.crashed).map_err(|e| {
-            self.error = Some(e.to_string());
+            self.error = Some(chain(&e));
             phase_error(e)
         })
     }
@@ -989,7 +996,7 @@ impl Pipeline for Recorder {
         match error {
             None => Ok(()),
             Some(e) => {
-                self.error = Some(e.to_string());
+                self.error = Some(chain(&e));
                 Err(phase_error(e))
             }
         }

@@ -74,10 +74,10 @@ pub const DIRTY_BUDGET: u64 = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     /// Writing the session failed (the message names the file and the cause).
-    #[error("writing the trace failed: {0}")]
+    #[error("writing the trace failed")]
     Io(#[from] atf::Error),
     /// The shared region broke its protocol (the target corrupted it, or a bug).
-    #[error("thread {tid}'s lane is unreadable: {source}; its events from here on are lost")]
+    #[error("thread {tid}'s lane is unreadable, its events from here on are lost")]
     Lane {
         /// The thread.
         tid: u32,
@@ -86,7 +86,7 @@ pub enum DrainError {
         source: ring::RingError,
     },
     /// The registry refused an operation.
-    #[error("the shared region is unusable: {0}")]
+    #[error("the shared region is unusable")]
     Registry(#[from] registry::RegistryError),
 }
 

@@ -178,7 +178,12 @@ fn child_drain_process() {
     let drain = Drain::new(registry, layout, manifest_for(std::process::id())).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = DrainThread::spawn(drain, move |e| {
-        let _ = tx.send(e.to_string());
+        // The error and its causes, as the tracer prints them.
+        let chain: Vec<String> =
+            std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        let _ = tx.send(chain.join(": "));
     })
     .unwrap();
     std::thread::spawn(move || produce(registry, 4, u64::MAX / 2));

@@ -49,7 +49,7 @@ pub const PRIVATE_FILE: u32 = 0o600;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         /// The directory or file.
         path: PathBuf,

@@ -42,6 +42,7 @@
 
 #![deny(missing_docs)]
 
+mod error;
 mod phase;
 mod request;
 mod signal;
@@ -51,6 +52,7 @@ mod summary;
 #[cfg(all(test, feature = "loom"))]
 mod models;
 
+pub use error::{error_chain, Error};
 pub use modelsync::{Backend, StdBackend};
 pub use phase::{
     Budgets, ForceCause, Phase, PhaseContext, PhaseReport, PhaseStatus, Pipeline, Report, State,
@@ -58,55 +60,3 @@ pub use phase::{
 pub use request::{signal_name, Outcome, Reason, Shutdown};
 pub use signal::{handler_address, SignalGuard, SHUTDOWN_SIGNALS};
 pub use summary::{Statistics, Summary, TargetFate};
-
-use std::io;
-
-/// Everything that can go wrong in this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The wake eventfd could not be created.
-    #[error(
-        "cannot create the shutdown eventfd: {0} (raise the open-file limit, e.g. `ulimit -n`)"
-    )]
-    WakeFd(#[source] io::Error),
-    /// Waiting on or draining the wake eventfd failed.
-    #[error("cannot wait on the shutdown eventfd: {0}")]
-    Wait(#[source] io::Error),
-    /// `sigaction` refused our handler.
-    #[error("cannot install the {signal} handler: {source}")]
-    Install {
-        /// The signal's name.
-        signal: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// `sigaction` refused to put the original handler back.
-    #[error("cannot restore the original {signal} handler: {source}")]
-    Restore {
-        /// The signal's name.
-        signal: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// A second installation while the first guard is alive.
-    #[error(
-        "shutdown signal handlers are already installed; restore or drop the first SignalGuard \
-         before installing again"
-    )]
-    AlreadyInstalled,
-    /// [`Shutdown::execute`] was called twice.
-    #[error("the shutdown phases already ran; call Shutdown::execute once per shutdown")]
-    AlreadyExecuted,
-    /// A [`Pipeline`] phase failed (its message).
-    #[error("{0}")]
-    Phase(String),
-}
-
-impl Error {
-    /// A phase failure with this message, for [`Pipeline`] implementations.
-    pub fn phase(message: impl Into<String>) -> Self {
-        Error::Phase(message.into())
-    }
-}

@@ -326,7 +326,7 @@ impl<B: Backend> Shutdown<B> {
             };
             let elapsed = B::Clock::now().saturating_duration_since(began);
             let status = match result {
-                Err(e) => PhaseStatus::Failed(e.to_string()),
+                Err(e) => PhaseStatus::Failed(crate::error_chain(&e)),
                 Ok(()) if elapsed > budget => PhaseStatus::Overran,
                 Ok(()) => PhaseStatus::Completed,
             };

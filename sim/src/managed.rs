@@ -155,7 +155,8 @@ fn drain_thread(
     let mut errors = Vec::new();
     let mut keep = |r: Result<(), drain::DrainError>| {
         r.map_err(|e| {
-            let text = e.to_string();
+            // What the tracer shows: the error and its causes, on one line.
+            let text = shutdown::error_chain(&e);
             errors.push(e);
             text
         })
@@ -250,8 +251,9 @@ struct SimPipeline {
     abandoned_reply: bool,
 }
 
-fn phase_error(e: impl std::fmt::Display) -> shutdown::Error {
-    shutdown::Error::phase(e.to_string())
+/// A phase's failure: an error value (kept with its causes) or a message.
+fn phase_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> shutdown::Error {
+    shutdown::Error::phase(e)
 }
 
 impl SimPipeline {
@@ -286,7 +288,11 @@ impl SimPipeline {
     }
 
     /// The phase's error after it stopped waiting: forced, or out of budget.
-    fn gave_up(&mut self, ctx: &Ctx<'_>, what: impl std::fmt::Display) -> shutdown::Error {
+    fn gave_up(
+        &mut self,
+        ctx: &Ctx<'_>,
+        what: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> shutdown::Error {
         if ctx.forced() {
             self.gave_up_forced = true;
         }
@@ -394,7 +400,10 @@ impl Pipeline<Shuttle> for SimPipeline {
                 _ => None,
             })
             .ok_or_else(|| phase_error("the drain thread ended abnormally"))?;
-        let result = finished.as_ref().map(drop).map_err(phase_error);
+        let result = finished
+            .as_ref()
+            .map(drop)
+            .map_err(|e| phase_error(e.as_str()));
         self.finished = Some(finished.map(|r| *r));
         result
     }
@@ -927,7 +936,7 @@ fn check_errors_reported(
     let report = &end.report;
     for e in errors {
         crate::faults::check_errno(drawn, e);
-        let text = e.to_string();
+        let text = shutdown::error_chain(e);
         let shown = matches!(&report.reason, Reason::Error(r) if r.contains(&text))
             || report
                 .phases

@@ -50,7 +50,7 @@ pub enum TimerError {
     #[error("duration `{0}` is not a number; give seconds such as 10 or 2.5 (0 = no limit)")]
     NotANumber(String),
     /// The timer thread could not be started.
-    #[error("cannot start the duration timer thread: {0}")]
+    #[error("cannot start the duration timer thread")]
     Spawn(#[source] std::io::Error),
 }
 

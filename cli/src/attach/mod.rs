@@ -34,7 +34,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
     let pid = args.pid;
     timer::duration_from_secs(opts.duration)
-        .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        .map_err(|e| CliError::usage("--duration").because(e))?;
     let library_calls = opts.library_calls != crate::args::LibraryCalls::None;
     check_target(pid, library_calls)?;
     record::ignore_file_size_signal();
@@ -44,7 +44,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let config = record::region_config(opts)?;
     let config = record::fit_region(config, address_space_headroom(pid))?;
     let region = SharedRegion::create(&config)
-        .map_err(|e| CliError::runtime(format!("cannot create the shared region: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot create the shared region").because(e))?;
     let fd = region
         .fd()
         .ok_or_else(|| CliError::runtime("the shared region has no memfd"))?
@@ -52,13 +52,13 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let region_path = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
     let registry = region
         .leak()
-        .map_err(|e| CliError::runtime(format!("the shared region is unusable: {e}")))?;
+        .map_err(|e| CliError::runtime("the shared region is unusable").because(e))?;
     let pidfd = record::pidfd_open(pid as u32).map_err(|_| no_process(pid))?;
 
-    let shutdown = Shutdown::new().map_err(|e| CliError::runtime(e.to_string()))?;
+    let shutdown = Shutdown::new()?;
     let signals = shutdown
         .install_signals()
-        .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| CliError::runtime("cannot install signal handlers").because(e))?;
 
     // The tracer's threads get a larger CPU share (best effort), so each target thread it stops
     // is released as soon as its stop is seen, however busy the target keeps the CPUs.
@@ -258,8 +258,9 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
         )));
     }
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let info = symbols::inspect_executable(&exe)
-        .map_err(|e| CliError::usage(format!("cannot read the executable of pid {pid}: {e}")))?;
+    let info = symbols::inspect_executable(&exe).map_err(|e| {
+        CliError::usage(format!("cannot read the executable of pid {pid}")).because(e)
+    })?;
     if let Some(reason) = info.unsupported() {
         return Err(CliError::usage(format!("pid {pid}: {reason}")));
     }

@@ -103,7 +103,7 @@ fn read_all(dir: &Path, case: &str) -> Outcome {
     std::thread::spawn(move || {
         let outcome = match atf::Session::open(&dir) {
             Err(e) => Outcome {
-                error: Some(e.to_string()),
+                error: Some(crate::error::chain(&e)),
                 warnings: Vec::new(),
             },
             Ok(session) => Outcome {

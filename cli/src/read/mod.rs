@@ -30,7 +30,7 @@ use std::path::Path;
 pub(crate) use text::clean;
 
 use crate::args::{ExportArgs, ExportFormat, ReplayArgs, ReportArgs, SessionArg};
-use crate::error::CliError;
+use crate::error::{chain, CliError};
 
 /// `tracer info`: what a session holds (target, times, threads, accounting, files), for each of
 /// its processes.
@@ -198,7 +198,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
                 Err(e) => {
                     return Err(match atf_error(&e) {
-                        Some(a) => CliError::runtime(a.to_string()),
+                        Some(a) => CliError::runtime(chain(a)),
                         None => CliError::runtime(format!(
                             "{}: writing the export failed: {e}; is the disk full?",
                             path.display()
@@ -275,7 +275,7 @@ fn open(path: &Path) -> Result<atf::Session, CliError> {
                 ));
             }
         }
-        CliError::usage(e.to_string())
+        CliError::usage(chain(&e))
     })?;
     session.manifest = text::clean_manifest(&session.manifest);
     Ok(session)
@@ -340,8 +340,8 @@ fn finish(result: io::Result<()>) -> Result<(), CliError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(match atf_error(&e) {
-            Some(a) => CliError::runtime(a.to_string()),
-            None => CliError::runtime(format!("writing the output failed: {e}")),
+            Some(a) => CliError::runtime(chain(a)),
+            None => CliError::runtime("writing the output failed").because(e),
         }),
     }
 }
