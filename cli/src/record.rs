@@ -1025,7 +1025,7 @@ impl Recorder {
     fn take_drain(&mut self) {
         if let Some(thread) = self.drain_thread.take() {
             if let Some(e) = thread.error() {
-                self.error.get_or_insert(e);
+                self.error.get_or_insert_with(|| chain(&*e));
             }
             self.drain = thread.stop();
         }

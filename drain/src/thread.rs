@@ -19,7 +19,7 @@ pub struct DrainThread {
     handle: Option<JoinHandle<Drain<'static>>>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<Arc<DrainError>>>>,
 }
 
 impl std::fmt::Debug for DrainThread {
@@ -55,8 +55,9 @@ impl DrainThread {
                             idle = (idle * 2).min(MAX_IDLE);
                         }
                         Err(e) => {
+                            let e = Arc::new(e);
                             if let Ok(mut slot) = error2.lock() {
-                                *slot = Some(e.to_string());
+                                *slot = Some(e.clone());
                             }
                             if let Some(f) = on_error.take() {
                                 f(&e);
@@ -85,8 +86,8 @@ impl DrainThread {
         self.waker.clone()
     }
 
-    /// The error that stopped the thread, if any.
-    pub fn error(&self) -> Option<String> {
+    /// The error that stopped the thread, if any (with its causes).
+    pub fn error(&self) -> Option<Arc<DrainError>> {
         self.error.lock().ok().and_then(|e| e.clone())
     }
 
