@@ -21,26 +21,69 @@ pub(crate) fn spawn() -> Option<Agent> {
     tls::set_initialiser(false);
     match result {
         Ok(agent) => Some(agent),
-        Err(msg) => {
-            if !msg.is_empty() {
-                say(&format!("{msg}; the program runs untraced"));
-            }
+        Err(BuildError::NotFollowed) => None,
+        Err(e) => {
+            say(&format!("{e}; the program runs untraced"));
             None
         }
     }
 }
 
-fn from_env() -> Result<Agent, String> {
+/// Why no agent was made.
+#[derive(Debug)]
+pub(crate) enum BuildError {
+    /// No region in the environment: the program was not started by the tracer.
+    NoRegion,
+    /// A process the target started, with following turned off: untraced, silently.
+    NotFollowed,
+    /// The region is unusable.
+    Region(registry::RegistryError),
+    /// No pthread key was left for the thread-exit teardown.
+    TeardownKey(std::io::Error),
+    /// The per-thread state could not be mapped.
+    ThreadState(std::io::Error),
+}
+
+impl core::fmt::Display for BuildError {
+    /// The message, then each cause, `: `-separated (one line on stderr).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let cause: Option<&dyn std::error::Error> = match self {
+            BuildError::NoRegion => {
+                return write!(
+                    f,
+                    "no region ({} and {} are unset): start the program with `tracer spawn`",
+                    registry::ENV_REGION_FD,
+                    registry::ENV_REGION_PATH
+                )
+            }
+            BuildError::NotFollowed => return f.write_str("not followed"),
+            BuildError::Region(e) => Some(e),
+            BuildError::TeardownKey(e) => {
+                f.write_str("no pthread key left for thread teardown")?;
+                Some(e)
+            }
+            BuildError::ThreadState(e) => {
+                f.write_str("cannot map the per-thread state")?;
+                Some(e)
+            }
+        };
+        let mut first = matches!(self, BuildError::Region(_));
+        for e in std::iter::successors(cause, |e| e.source()) {
+            if !first {
+                f.write_str(": ")?;
+            }
+            first = false;
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn from_env() -> Result<Agent, BuildError> {
     let region = match SharedRegion::from_env() {
         Ok(Some(r)) => r,
-        Ok(None) => {
-            return Err(format!(
-                "no region ({} and {} are unset): start the program with `tracer spawn`",
-                registry::ENV_REGION_FD,
-                registry::ENV_REGION_PATH
-            ))
-        }
-        Err(e) => return Err(e.to_string()),
+        Ok(None) => return Err(BuildError::NoRegion),
+        Err(e) => return Err(BuildError::Region(e)),
     };
     let agent = build_agent(region, 1)?;
     // Spawn: the constructor runs before the program starts threads, so registering here is cheap.
@@ -52,7 +95,7 @@ fn from_env() -> Result<Agent, String> {
 
 /// An agent over `region`, serving attachment `generation` (attach: the caller is a thread the
 /// tracer holds, so the membarrier registration, if still needed, runs on a thread of its own).
-pub(crate) fn for_attach(region: SharedRegion, generation: u32) -> Result<Agent, String> {
+pub(crate) fn for_attach(region: SharedRegion, generation: u32) -> Result<Agent, BuildError> {
     let agent = build_agent(region, generation)?;
     if agent.reg.handshake() == registry::Handshake::Membarrier {
         process::register_in_background();
@@ -60,14 +103,14 @@ pub(crate) fn for_attach(region: SharedRegion, generation: u32) -> Result<Agent,
     Ok(agent)
 }
 
-fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
-    let view = region.registry().map_err(|e| e.to_string())?;
+fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, BuildError> {
+    let view = region.registry().map_err(BuildError::Region)?;
     if !view.traces_process(std::process::id()) {
-        // A process the target started, with following turned off: untraced, silently.
-        return Err(String::new());
+        return Err(BuildError::NotFollowed);
     }
     let capacity = view.capacity() as usize;
-    process::process_hooks(thread::teardown, thread::after_fork_in_child)?;
+    process::process_hooks(thread::teardown, thread::after_fork_in_child)
+        .map_err(BuildError::TeardownKey)?;
     detach::on_detach(restore_patches);
     let threads_len = capacity * core::mem::size_of::<ThreadState>();
     // SAFETY: a fresh private anonymous mapping; nothing else is affected.
@@ -82,14 +125,14 @@ fn build_agent(region: SharedRegion, generation: u32) -> Result<Agent, String> {
         )
     };
     if threads == libc::MAP_FAILED {
-        return Err("cannot map the per-thread state".into());
+        return Err(BuildError::ThreadState(std::io::Error::last_os_error()));
     }
     let (reg, mapping) = match region.leak_unmappable() {
         Ok(leaked) => leaked,
         Err(e) => {
             // SAFETY: mapped just above, used by nothing yet.
             unsafe { libc::munmap(threads, threads_len) };
-            return Err(e.to_string());
+            return Err(BuildError::Region(e));
         }
     };
     let pid = std::process::id();

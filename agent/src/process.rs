@@ -38,19 +38,20 @@ pub(crate) fn teardown_key() -> Option<libc::pthread_key_t> {
 }
 
 /// The teardown key (destructor `teardown`) and the fork handler (`in_child`), made once per
-/// process (a later attach reuses them).
+/// process (a later attach reuses them). The error is `pthread_key_create`'s.
 pub(crate) fn process_hooks(
     teardown: unsafe extern "C" fn(*mut libc::c_void),
     in_child: unsafe extern "C" fn(),
-) -> Result<libc::pthread_key_t, String> {
+) -> Result<libc::pthread_key_t, std::io::Error> {
     // Acquire: pairs with the Release store below: the key is stored before the flag.
     if PROCESS_HOOKS.load(Acquire) != 0 {
         return Ok(KEY.load(Relaxed));
     }
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `key` is a valid out-parameter; the destructor is an extern "C" fn.
-    if unsafe { libc::pthread_key_create(&mut key, Some(teardown)) } != 0 {
-        return Err("no pthread key left for thread teardown".into());
+    let rc = unsafe { libc::pthread_key_create(&mut key, Some(teardown)) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
     }
     // SAFETY: the handler is an extern "C" fn that only touches the agent's state.
     unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
