@@ -235,12 +235,12 @@ fn convert(
     }
     for session in &mut sessions {
         // The manifest as recorded (`open` escaped its strings for display).
-        session.manifest = atf::Manifest::read(session.dir.join("manifest.json"))
-            .map_err(|e| CliError::runtime(e.to_string()))?;
+        session.manifest = atf::Manifest::read(session.dir.join("manifest.json"))?;
     }
     let done = atf::convert_session(&sessions, output, format).map_err(|e| {
         CliError::runtime(format!(
-            "{e}; the session was not converted (what was written under {} is incomplete)",
+            "{}; the session was not converted (what was written under {} is incomplete)",
+            chain(&e),
             output.display()
         ))
     })?;
