@@ -19,6 +19,10 @@ pub(crate) struct Names {
     starts: Vec<u64>,
     /// `(base, size, file name)`, sorted by base.
     modules: Vec<(u64, u64, String)>,
+    /// Ids no symbol names (shown as `file+0x<offset>` or `0x<hex>`).
+    unnamed: std::collections::HashSet<u64>,
+    /// Those of them shown (asked for with [`Names::get`]).
+    shown_unnamed: std::collections::HashSet<u64>,
 }
 
 impl Names {
@@ -53,20 +57,55 @@ impl Names {
             known,
             starts,
             modules,
+            unnamed: Default::default(),
+            shown_unnamed: Default::default(),
         }
     }
 
-    /// The name of `id`.
+    /// The name of `id`, as shown (see [`Names::unnamed_note`]).
     pub fn get(&mut self, id: u64) -> &str {
-        if !self.known.contains_key(&id) {
-            let fallback = self.fallback(id);
-            self.known.insert(id, fallback);
+        self.resolve(id);
+        if self.unnamed.contains(&id) {
+            self.shown_unnamed.insert(id);
         }
         &self.known[&id]
     }
 
-    /// A name for an id the symbols do not list.
-    fn fallback(&self, id: u64) -> String {
+    /// The name of `id`, to match it against a filter (not counted as shown).
+    pub fn peek(&mut self, id: u64) -> &str {
+        self.resolve(id);
+        &self.known[&id]
+    }
+
+    fn resolve(&mut self, id: u64) {
+        if !self.known.contains_key(&id) {
+            let (fallback, named) = self.fallback(id);
+            if !named {
+                self.unnamed.insert(id);
+            }
+            self.known.insert(id, fallback);
+        }
+    }
+
+    /// The note said once after a listing that showed functions without a name, if it did.
+    pub fn unnamed_note(&self) -> Option<String> {
+        let unnamed = self.shown_unnamed.len();
+        (unnamed > 0).then(|| {
+            format!(
+                "{} no name: no symbol of the objects the program reported covers {} \
+                 (shown as file+offset, or as the address outside every object)",
+                if unnamed == 1 {
+                    "1 function has".to_owned()
+                } else {
+                    format!("{unnamed} functions have")
+                },
+                if unnamed == 1 { "it" } else { "them" }
+            )
+        })
+    }
+
+    /// A name for an id the symbols do not list, and whether it is a symbol's.
+    fn fallback(&self, id: u64) -> (String, bool) {
         let module = |a: u64| {
             let i = self.modules.partition_point(|m| m.0 <= a);
             i.checked_sub(1)
@@ -75,17 +114,17 @@ impl Names {
         let s = self.starts.partition_point(|&a| a <= id);
         if let Some(&start) = s.checked_sub(1).and_then(|s| self.starts.get(s)) {
             if id - start <= PROLOGUE_MAX && module(start) == module(id) {
-                return self.known[&start].clone();
+                return (self.known[&start].clone(), true);
             }
         }
         let i = self.modules.partition_point(|m| m.0 <= id);
         if i > 0 {
             let (base, size, file) = &self.modules[i - 1];
             if id - base < *size {
-                return format!("{file}+{:#x}", id - base);
+                return (format!("{file}+{:#x}", id - base), false);
             }
         }
-        format!("{id:#x}")
+        (format!("{id:#x}"), false)
     }
 }
 
@@ -128,5 +167,8 @@ mod tests {
             "0x402000",
             "too far past any symbol"
         );
+        let note = names.unnamed_note().expect("unnamed ids were shown");
+        assert!(note.starts_with("4 functions have no name"), "{note}");
+        assert!(Names::new(&m, false).unnamed_note().is_none());
     }
 }

@@ -112,6 +112,9 @@ pub(crate) fn write(
             )?;
         }
     }
+    if let Some(note) = names.unnamed_note() {
+        writeln!(out, "# {note}")?;
+    }
     Ok(())
 }
 
@@ -140,7 +143,7 @@ impl Printer<'_, '_> {
             } => {
                 if let Some(filter) = self.options.filter {
                     if self.filter_base.is_none() {
-                        if !self.names.get(function).contains(filter) {
+                        if !self.names.peek(function).contains(filter) {
                             return Ok(());
                         }
                         self.filter_base = Some(depth);

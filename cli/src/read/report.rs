@@ -171,6 +171,9 @@ pub(crate) fn write(
             plural(stats.unreturned, "call had", "calls had")
         )?;
     }
+    if let Some(note) = names.unnamed_note() {
+        writeln!(out, "# {note}")?;
+    }
     if stats.orphans > 0 {
         writeln!(
             out,
