@@ -582,6 +582,7 @@ impl Session {
                     manifest.clock_type,
                     entry.id,
                     entry.has_detail,
+                    !manifest.finished,
                     &mut threads,
                     &mut warnings,
                 );
@@ -601,6 +602,7 @@ impl Session {
                 manifest.clock_type,
                 id,
                 false,
+                !manifest.finished,
                 &mut threads,
                 &mut warnings,
             );
@@ -619,16 +621,38 @@ impl Session {
     }
 }
 
+/// What an empty file in an unfinished session is said to be.
+const EMPTY_NOTE: &str =
+    "empty: the tracer stopped before writing its header, so it holds no events";
+
+/// Whether `path` is a regular file of 0 bytes (not following a link).
+fn is_empty_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.len() == 0)
+}
+
 fn open_thread(
     dir: &Path,
     clock_type: u8,
     id: u32,
     has_detail: bool,
+    unfinished: bool,
     threads: &mut Vec<SessionThread>,
     warnings: &mut Vec<Warning>,
 ) {
     let thread_dir = dir.join(format!("thread_{id}"));
-    let index = match IndexReader::open(EventFormat::events_path(&thread_dir)) {
+    let events_path = EventFormat::events_path(&thread_dir);
+    // A tracer killed between creating a thread's file and writing its header leaves it empty:
+    // in an unfinished session that is crash residue holding no events, not damage. (In a
+    // finished session every file has its header, so an empty one is reported below.)
+    // `symlink_metadata`: a link or FIFO in its place still goes to the reader, which refuses it.
+    if unfinished && is_empty_file(&events_path) {
+        warnings.push(Warning::FileRecovered {
+            path: events_path,
+            note: EMPTY_NOTE.to_owned(),
+        });
+        return;
+    }
+    let index = match IndexReader::open(events_path) {
         Ok(index) => index,
         Err(error) => {
             warnings.push(Warning::ThreadUnreadable {
@@ -646,7 +670,13 @@ fn open_thread(
     }
     let detail_path = thread_dir.join("detail.atf");
     // `symlink_metadata`: a symlink or FIFO in its place is reported by the reader, not skipped.
-    let detail = if fs::symlink_metadata(&detail_path).is_ok() {
+    let detail = if unfinished && is_empty_file(&detail_path) {
+        warnings.push(Warning::FileRecovered {
+            path: detail_path,
+            note: EMPTY_NOTE.to_owned(),
+        });
+        None
+    } else if fs::symlink_metadata(&detail_path).is_ok() {
         match DetailReader::open(&detail_path) {
             Ok(detail) => {
                 if let Some(note) = detail.recovery_note() {
@@ -946,6 +976,42 @@ mod tests {
             .count();
         assert_eq!(recovered, 2);
         assert!(s.warnings.iter().all(|w| !w.to_string().is_empty()));
+    }
+
+    #[test]
+    fn session__tracer_killed_between_creating_a_file_and_its_header__then_empty_thread_not_damage()
+    {
+        for finished in [false, true] {
+            let out = tempfile::tempdir().unwrap();
+            let layout = SessionLayout::create(out.path(), 99).unwrap();
+            let mut m = manifest_for(&[41, 42]);
+            m.finished = finished;
+            layout.write_manifest(&mut m).unwrap();
+            let mut w41 = layout.create_index(41, ClockType::Boottime).unwrap();
+            w41.append(&batch(41, 5)).unwrap();
+            w41.flush().unwrap();
+            std::mem::forget(w41);
+            // Thread 42's file was created, and the tracer died before its header went out.
+            let dir42 = layout.pid_dir().join("thread_42");
+            fs::create_dir(&dir42).unwrap();
+            fs::File::create(EventFormat::events_path(&dir42)).unwrap();
+
+            let s = Session::open(layout.pid_dir()).unwrap();
+            assert_eq!(s.threads.iter().map(|t| t.id).collect::<Vec<_>>(), [41]);
+            assert_eq!(s.event_count(), 5);
+            let thread_42 = |w: &&Warning| w.to_string().contains("thread_42");
+            let w42 = s.warnings.iter().find(thread_42).unwrap();
+            if finished {
+                // A finished session wrote every header: an empty file there is damage.
+                assert!(
+                    matches!(w42, Warning::ThreadUnreadable { thread_id: 42, .. }),
+                    "{w42}"
+                );
+            } else {
+                assert!(matches!(w42, Warning::FileRecovered { .. }), "{w42}");
+                assert!(w42.to_string().contains("holds no events"), "{w42}");
+            }
+        }
     }
 
     #[test]
