@@ -320,7 +320,7 @@ fn refusal(pid: i32, e: inject::InjectError) -> CliError {
             "pid {pid} is already being recorded by another tracer (spawn or attach); stop that \
              one first"
         )),
-        InjectError::Other(m) => CliError::runtime(format!("cannot attach to pid {pid}: {m}")),
+        other => CliError::runtime(format!("cannot attach to pid {pid}")).because(other),
     }
 }
 

@@ -47,10 +47,7 @@ impl Tracer {
             None => {
                 let handle = self.call(tid, saved, sp, syms.dlopen, agent_at, RTLD_NOW)?;
                 if handle == 0 {
-                    return Err(InjectError::Other(format!(
-                        "the target could not load {} (dlopen failed)",
-                        agent.display()
-                    )));
+                    return Err(InjectError::LoadFailed(agent.to_path_buf()));
                 }
                 // glibc's handle is the object's `struct link_map`, whose first field is its
                 // load bias (`l_addr`).
@@ -65,28 +62,17 @@ impl Tracer {
             }
         };
         if attach == 0 {
-            return Err(InjectError::Other(format!(
-                "{} has no tracer_agent_attach; rebuild the tracer",
-                agent.display()
-            )));
+            return Err(InjectError::NoAttachEntry(agent.to_path_buf()));
         }
         let hooks = self.call(tid, saved, sp, attach, region_at, 0)? as i32 as i64;
         if hooks == -2 {
             return Err(InjectError::AlreadyRecorded);
         }
         if hooks == -1 {
-            return Err(InjectError::Other(format!(
-                "the agent could not open the tracer's region {} from inside the target (can \
-                 it read the tracer's /proc/<pid>/fd? both must run as the same user)",
-                region_path.display()
-            )));
+            return Err(InjectError::RegionUnreachable(region_path.to_path_buf()));
         }
         if hooks < 0 {
-            return Err(InjectError::Other(
-                "the agent found the tracer's region unusable (a tracer and agent of different \
-                 versions?); rebuild the tracer"
-                    .into(),
-            ));
+            return Err(InjectError::RegionUnusable);
         }
         Ok(hooks)
     }
@@ -123,9 +109,7 @@ impl Tracer {
         let deadline = Instant::now() + CALL_WAIT;
         loop {
             let Some((who, status)) = self.wait(deadline)? else {
-                return Err(InjectError::Other(
-                    "the target did not finish loading the agent within 5 s".into(),
-                ));
+                return Err(InjectError::CallTimedOut);
             };
             if who != tid {
                 self.handle(who, status)?;
@@ -140,10 +124,7 @@ impl Tracer {
                 if regs.rip == 0 {
                     return Ok(regs.rax);
                 }
-                return Err(InjectError::Other(format!(
-                    "the target faulted while loading the agent (at {:#x})",
-                    regs.rip
-                )));
+                return Err(InjectError::Faulted(regs.rip));
             }
             // Another signal or event on this thread: let it run on (handlers return here).
             let deliver = if status >> 16 == 0 { sig } else { 0 };

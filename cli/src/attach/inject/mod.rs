@@ -78,26 +78,73 @@ fn schedstat(pid: i32, tid: i32) -> Option<(u64, u64)> {
     Some((f.next()??, f.next()??))
 }
 
-/// Why an injection failed.
-#[derive(Debug)]
+/// Why an injection failed. The first four are answered by the caller with their own advice;
+/// the others read as one line, with the system's error as their source where there is one.
+#[derive(Debug, thiserror::Error)]
 pub enum InjectError {
     /// `PTRACE_SEIZE` refused (errno).
+    #[error("PTRACE_SEIZE was refused (errno {0})")]
     Seize(i32),
     /// The process is gone.
+    #[error("the process exited")]
     Exited,
     /// No thread called an instrumented function in time.
+    #[error("no thread reached a safe point in time")]
     NoSafePoint,
     /// Another live tracer records the process (its agent's region still accepts events).
+    #[error("another tracer records the process")]
     AlreadyRecorded,
-    /// Anything else, said as one line.
-    Other(String),
+    /// The target maps no C library, whose loader functions the injection calls.
+    #[error("the target has no libc mapped (statically linked?)")]
+    NoLibc,
+    /// The target's C library lacks a function the injection calls.
+    #[error("{library} does not define {name}")]
+    LibcLacks {
+        /// The library file.
+        library: std::path::PathBuf,
+        /// The function.
+        name: &'static str,
+    },
+    /// The agent library lacks its entry points: a tracer built from mixed versions.
+    #[error("{0} does not define the agent's functions; rebuild the tracer")]
+    AgentIncomplete(std::path::PathBuf),
+    /// The target's `dlopen` of the agent returned no handle.
+    #[error("the target could not load {0} (dlopen failed)")]
+    LoadFailed(std::path::PathBuf),
+    /// The loaded agent has no attach entry point.
+    #[error("{0} has no tracer_agent_attach; rebuild the tracer")]
+    NoAttachEntry(std::path::PathBuf),
+    /// The agent could not open the tracer's region through `/proc/<tracer>/fd`.
+    #[error(
+        "the agent could not open the tracer's region {0} from inside the target (can it read \
+         the tracer's /proc/<pid>/fd? both must run as the same user)"
+    )]
+    RegionUnreachable(std::path::PathBuf),
+    /// The agent found the region's layout not its own.
+    #[error(
+        "the agent found the tracer's region unusable (a tracer and agent of different \
+         versions?); rebuild the tracer"
+    )]
+    RegionUnusable,
+    /// A function called in the target did not return in time.
+    #[error("the target did not finish loading the agent within 5 s")]
+    CallTimedOut,
+    /// A function called in the target faulted somewhere else than at its return.
+    #[error("the target faulted while loading the agent (at {0:#x})")]
+    Faulted(u64),
+    /// Reading a library's symbols failed.
+    #[error("cannot read the symbols the injection needs")]
+    Symbols(#[source] crate::symbols::SymbolError),
+    /// A system call on the target (ptrace, its memory, its /proc files) failed.
+    #[error("a system call on the target failed")]
+    Os(#[source] std::io::Error),
 }
 
 impl From<std::io::Error> for InjectError {
     fn from(e: std::io::Error) -> Self {
         match e.raw_os_error() {
             Some(libc::ESRCH) | Some(libc::ENOENT) => InjectError::Exited,
-            _ => InjectError::Other(e.to_string()),
+            _ => InjectError::Os(e),
         }
     }
 }
@@ -231,7 +278,7 @@ impl Tracer {
                 if e.raw_os_error() == Some(libc::ECHILD) {
                     return Err(InjectError::Exited);
                 }
-                return Err(InjectError::Other(format!("waitpid: {e}")));
+                return Err(InjectError::Os(e));
             }
             if Instant::now() >= deadline {
                 return Ok(None);

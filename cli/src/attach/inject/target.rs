@@ -37,9 +37,7 @@ pub(super) fn target_symbols(pid: i32, agent: &Path) -> Result<TargetSymbols> {
     let (libc_base, libc_path) = module(&maps, |name, _, _| {
         name.starts_with("libc.so") || name.starts_with("libc-")
     })
-    .ok_or_else(|| {
-        InjectError::Other("the target has no libc mapped (statically linked?)".into())
-    })?;
+    .ok_or(InjectError::NoLibc)?;
     // The target's own view of the file (it may live in another mount namespace).
     let in_root = Path::new(&format!("/proc/{pid}/root"))
         .join(libc_path.strip_prefix("/").unwrap_or(&libc_path));
@@ -55,12 +53,9 @@ pub(super) fn target_symbols(pid: i32, agent: &Path) -> Result<TargetSymbols> {
         libc[i]
             .as_ref()
             .map(|d| libc_base + d.address)
-            .ok_or_else(|| {
-                InjectError::Other(format!(
-                    "{} does not define {}",
-                    libc_path.display(),
-                    wanted[i]
-                ))
+            .ok_or_else(|| InjectError::LibcLacks {
+                library: libc_path.clone(),
+                name: wanted[i],
             })
     };
     let mut hooks = vec![required(0)?];
@@ -77,10 +72,7 @@ pub(super) fn target_symbols(pid: i32, agent: &Path) -> Result<TargetSymbols> {
     wanted.extend(ENTRY_ONLY_HOOKS);
     let ours = definitions(agent, &wanted)?;
     let [Some(attach), Some(enter), Some(exit)] = [&ours[0], &ours[1], &ours[2]] else {
-        return Err(InjectError::Other(format!(
-            "{} does not define the agent's functions; rebuild the tracer",
-            agent.display()
-        )));
+        return Err(InjectError::AgentIncomplete(agent.to_path_buf()));
     };
     // Loaded already if the same file (same inode) is mapped: an earlier attach loaded it.
     let agent_path = std::fs::canonicalize(agent).unwrap_or_else(|_| agent.to_path_buf());
@@ -124,7 +116,7 @@ pub(super) fn plt_entries(pid: i32, maps: &str) -> Vec<u64> {
 fn definitions(path: &Path, names: &[&str]) -> Result<Vec<Option<symbols::Definition>>> {
     symbols::dynamic_definitions(path, names, CODE_CHECK).map_err(|e| match e {
         SymbolError::Open { source, .. } => InjectError::from(source),
-        other => InjectError::Other(other.to_string()),
+        other => InjectError::Symbols(other),
     })
 }
 
@@ -166,6 +158,6 @@ mod tests {
         assert!(found[1].is_some());
         assert!(found[2].is_none());
         let refused = target_symbols(std::process::id() as i32, &libc);
-        assert!(matches!(refused, Err(InjectError::Other(m)) if m.contains("agent's functions")));
+        assert!(matches!(refused, Err(InjectError::AgentIncomplete(_))));
     }
 }
