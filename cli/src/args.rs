@@ -142,13 +142,48 @@ pub struct SpawnArgs {
     #[command(flatten)]
     pub record: RecordOptions,
 
-    /// The program to run (a path, or a name looked up in PATH).
-    #[arg(value_name = "EXECUTABLE", value_parser = parse_executable)]
+    /// The program to run (a path, or a name looked up in PATH), then its arguments, passed as
+    /// typed: options after the program are the program's (the tracer's go before it). A `--`
+    /// before the program, or right after it, is optional and not passed on.
+    #[arg(
+        value_name = "PROGRAM [ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    command: Vec<OsString>,
+
+    /// The program, found by [`SpawnArgs::resolve`].
+    #[arg(skip)]
     pub executable: PathBuf,
 
-    /// Arguments passed to the program (put them after `--`).
-    #[arg(value_name = "ARGS", last = true)]
+    /// Its arguments, set by [`SpawnArgs::resolve`].
+    #[arg(skip)]
     pub args: Vec<OsString>,
+}
+
+impl SpawnArgs {
+    /// Splits the command line after the tracer's options into the program (looked up as
+    /// [`parse_executable`] does) and its arguments; the error is the one-line reason.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        let mut words = std::mem::take(&mut self.command).into_iter();
+        let program = words
+            .next()
+            .ok_or("no program given; for example: tracer spawn ./app")?;
+        let name = program.to_str().ok_or_else(|| {
+            format!(
+                "the program name {} is not valid UTF-8; rename the file",
+                program.to_string_lossy()
+            )
+        })?;
+        self.executable = parse_executable(name)?;
+        let mut words = words.peekable();
+        // `tracer spawn ./app -- args`, the form that separates the program's arguments: the
+        // `--` is the tracer's, not the program's.
+        words.next_if(|w| w == "--");
+        self.args = words.collect();
+        Ok(())
+    }
 }
 
 /// `tracer attach`.

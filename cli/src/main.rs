@@ -18,10 +18,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let mut cli = match args::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if let args::Command::Spawn(spawn) = &mut cli.command {
+        if let Err(reason) = spawn.resolve() {
+            eprintln!("tracer: {}", read::clean(&reason));
+            return ExitCode::from(2);
+        }
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

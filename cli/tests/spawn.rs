@@ -234,3 +234,47 @@ fn system__uninstrumented_target__then_runs_and_says_why_nothing_recorded() {
         "said more than once: {err}"
     );
 }
+
+#[test]
+fn system__program_arguments_with_or_without_dashes__then_passed_as_typed() {
+    let exe = build(
+        "print_args",
+        r#"#include <stdio.h>
+__attribute__((noinline)) static void show(const char *a) { printf("[%s]", a); }
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) show(argv[i]);
+    printf("\n");
+    return 0;
+}
+"#,
+        &["-O1", "-finstrument-functions"],
+    );
+    let exe = exe.to_str().unwrap();
+    // As people type it: the program's own options right after it, tracer options before it.
+    for (args, printed) in [
+        (
+            vec![exe, "-v", "--size", "10", "in.txt"],
+            "[-v][--size][10][in.txt]",
+        ),
+        (vec![exe, "--", "-v", "x"], "[-v][x]"),
+        (vec!["--", exe, "a", "b"], "[a][b]"),
+        (vec![exe, "--duration", "1"], "[--duration][1]"),
+        (vec![exe, "-o", "x", "--", "y"], "[-o][x][--][y]"),
+        (vec![exe, "--", "--", "z"], "[--][z]"),
+    ] {
+        let tmp = output_dir();
+        let out = tracer()
+            .args(["spawn", "--output"])
+            .arg(tmp.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().next(), Some(printed), "{args:?}");
+        let (session, _) = check_session(&session_dir(tmp.path()));
+        // main, then show once per argument: a call and a return each.
+        let arguments = printed.matches('[').count() as u64;
+        assert_eq!(session.event_count(), 2 * (1 + arguments), "{args:?}");
+    }
+}
