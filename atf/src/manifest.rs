@@ -121,6 +121,15 @@ pub struct Symbol {
     pub symbol_index: u32,
     /// Demangled name.
     pub name: String,
+    /// The function's size in bytes, 0 when unknown (and then not written). An id inside
+    /// `[function id, function id + size)` (what an entry-only hook such as `mcount` reports) is
+    /// this function; an id past it is not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Symbol {
@@ -131,6 +140,7 @@ impl Symbol {
             module_id,
             symbol_index,
             name: name.into(),
+            size: 0,
         }
     }
 

@@ -54,6 +54,7 @@ fn build_session(out: &Path, events: u64, format: EventFormat) -> PathBuf {
             module_id: 1,
             symbol_index: i as u32,
             name: format!("namespace::function_{i}"),
+            size: 0x40,
         })
         .collect();
     let per_thread = (events / u64::from(THREADS)) & !1;

@@ -33,6 +33,7 @@ fn small_session(out: &Path, format: EventFormat) -> SessionLayout {
             module_id: 0,
             symbol_index: 0,
             name: name.into(),
+            size: 0,
         });
     }
     let tid = 7;

@@ -1,14 +1,16 @@
 //! Function ids to names: the manifest's `symbols` first (short by default, see
-//! [`symname::short_name`]); then, for an address a little past a symbol in the same module (the
-//! id an `mcount` hook reports: its return address, just after the function's prologue), that
-//! symbol; then `<module file>+0x<offset>` for an address inside a listed module, else `0x<hex>`.
+//! [`symname::short_name`]); then, for an address inside a symbol's function (the id an `mcount`
+//! hook reports: its return address, just after the function's prologue), that symbol: inside its
+//! recorded size, or, for a symbol recorded without one, within [`PROLOGUE_MAX`] bytes of its start
+//! in the same module; then `<module file>+0x<offset>` for an address inside a listed module,
+//! else `0x<hex>`.
 
 use std::collections::HashMap;
 
 use atf::Manifest;
 
 /// How far past its function's first byte an `mcount` call can return (the prologue: frame
-/// setup, saved registers, stack allocation).
+/// setup, saved registers, stack allocation): the limit for symbols recorded without a size.
 const PROLOGUE_MAX: u64 = 512;
 
 /// Names of a session's functions, resolved once per id.
@@ -17,6 +19,8 @@ pub(crate) struct Names {
     known: HashMap<u64, String>,
     /// The symbols' addresses, sorted.
     starts: Vec<u64>,
+    /// Sizes of the symbols that have one (from the manifest).
+    sizes: HashMap<u64, u64>,
     /// `(base, size, file name)`, sorted by base.
     modules: Vec<(u64, u64, String)>,
     /// Ids no symbol names (shown as `file+0x<offset>` or `0x<hex>`).
@@ -30,8 +34,12 @@ impl Names {
     /// signature as recorded.
     pub fn new(manifest: &Manifest, full: bool) -> Self {
         let mut known = HashMap::with_capacity(manifest.symbols.len());
+        let mut sizes = HashMap::new();
         for symbol in &manifest.symbols {
             if let Some(id) = symbol.function_id() {
+                if symbol.size > 0 {
+                    sizes.entry(id).or_insert(symbol.size);
+                }
                 known.entry(id).or_insert_with(|| {
                     if full {
                         symbol.name.clone()
@@ -56,6 +64,7 @@ impl Names {
         Names {
             known,
             starts,
+            sizes,
             modules,
             unnamed: Default::default(),
             shown_unnamed: Default::default(),
@@ -113,7 +122,11 @@ impl Names {
         };
         let s = self.starts.partition_point(|&a| a <= id);
         if let Some(&start) = s.checked_sub(1).and_then(|s| self.starts.get(s)) {
-            if id - start <= PROLOGUE_MAX && module(start) == module(id) {
+            let inside = match self.sizes.get(&start) {
+                Some(&size) => id - start < size,
+                None => id - start <= PROLOGUE_MAX && module(start) == module(id),
+            };
+            if inside {
                 return (self.known[&start].clone(), true);
             }
         }
@@ -143,6 +156,15 @@ mod tests {
             module_id: 0,
             symbol_index: 0,
             name: "compute".into(),
+            size: 0,
+        });
+        // A sized symbol: ids inside it are it, ids past it are not (however close).
+        m.symbols.push(Symbol {
+            function_id: "0x0000000000501000".into(),
+            module_id: 0,
+            symbol_index: 1,
+            name: "tiny".into(),
+            size: 0x10,
         });
         m.modules.push(Module {
             module_id: 5,
@@ -167,8 +189,10 @@ mod tests {
             "0x402000",
             "too far past any symbol"
         );
+        assert_eq!(names.get(0x501000 + 0xf), "tiny", "inside its size");
+        assert_eq!(names.get(0x501000 + 0x10), "0x501010", "past its size");
         let note = names.unnamed_note().expect("unnamed ids were shown");
-        assert!(note.starts_with("4 functions have no name"), "{note}");
+        assert!(note.starts_with("5 functions have no name"), "{note}");
         assert!(Names::new(&m, false).unnamed_note().is_none());
     }
 }

@@ -104,6 +104,7 @@ impl TestSession {
                 module_id: atf::module_id("/usr/bin/app"),
                 symbol_index: (id & 0xfff) as u32,
                 name: name.into(),
+                size: 0,
             });
         }
         m.modules.push(Module {

@@ -368,6 +368,7 @@ impl Capture {
                         module_id: m.module_id,
                         symbol_index: f.symbol_index,
                         name: f.name.clone(),
+                        size: f.size,
                     })
             })
             .collect()
