@@ -1,8 +1,8 @@
-//! Reader and writer for ATF v2, the on-disk trace format (`shared/ATF.md`): per-thread `index.atf`
-//! (64-byte header, 32-byte events, 64-byte footer), `detail.atf` (64-byte header, length-prefixed
+//! Reader and writer for ATF v2, the on-disk trace format (specified in `docs/format.md`):
+//! per-thread `index.atf` (64-byte header, 32-byte events, 64-byte footer), `detail.atf` (64-byte header, length-prefixed
 //! records, 64-byte footer) and the session's `manifest.json`.
 //!
-//! Contract: every byte layout is exactly the one ATF.md gives (little-endian, encoded field by field
+//! Contract: every byte layout is exactly the one `docs/format.md` gives (little-endian, encoded field by field
 //! at fixed offsets), so readers built for the original format open our files. A session is readable at
 //! every instant: writers put a valid header first and only ever append whole events, the manifest is
 //! replaced atomically, and the readers recover every complete event of a file that was never finished

@@ -1,6 +1,6 @@
 //! Proof that readers written for the original ATF v2 format open our sessions: a minimal reader that
-//! decodes only with the byte offsets of `shared/ATF.md` (no code from this crate), applied to
-//! sessions written by this crate, finished and killed mid-run.
+//! decodes only with the byte offsets of the ATF v2 specification in `docs/format.md` (no code
+//! from this crate), applied to sessions written by this crate, finished and killed mid-run.
 
 #![allow(non_snake_case)]
 

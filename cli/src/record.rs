@@ -1,6 +1,6 @@
 //! Recording: `tracer spawn`. Composes the pipeline's crates — the shared region (`registry`),
 //! the agent, the drain thread (`drain`), the duration timer (`timer`) and signal-driven shutdown
-//! (`shutdown`) — around a child process, and stops it the way DESIGN.md orders:
+//! (`shutdown`) — around a child process, and stops it in the order `docs/design.md` gives:
 //! stop accepting events → close registrations → stop the drain thread (flush) → final drain →
 //! fsync → cleanup (the target gets the stop signal and is waited for) → summary → exit 0.
 

@@ -4,7 +4,7 @@
 //! ELF objects each process image mapped, see [`modules`]), a table of thread slots and, per slot, two lanes (index and detail [`ring::RingPool`]s), with the counters of the
 //! accounting invariant.
 //!
-//! Contracts kept here (DESIGN.md contracts 3 and 4, each modelled with loom:
+//! Contracts kept here (slots, registration closing and the stop handshake, each modelled with loom:
 //! `cargo test -p registry --features loom --release --lib`):
 //! - **Slots.** A claim is a CAS FREE → CLAIMED, so it is unique under races; the claimer
 //!   initialises the slot's lanes and publishes ACTIVE (Release). The owner publishes EXITED at
