@@ -63,9 +63,13 @@ fn replay__one_byte_of_an_event_flipped__then_warning_names_file_and_range_befor
     let tmp = output_dir();
     let (dir, index) = recorded(tmp.path());
     let mut bytes = std::fs::read(&index).unwrap();
-    // ATC: a byte of the first chunk's payload (its header is 56 bytes, after the file's 64).
-    // The chunk fails its checksum and is reported from its first byte on.
-    let at = 64 + 56 + 9;
+    // ATC: a byte in the middle of the first chunk's payload (the chunk's 56-byte header follows
+    // the file's 64; its payload length is at bytes 4..8 of it, and depends on how many events
+    // the drain's first pass found). The chunk fails its checksum and is reported from its first
+    // byte on.
+    let payload_len = u32::from_le_bytes(bytes[64 + 4..64 + 8].try_into().unwrap()) as usize;
+    assert!(payload_len > 0);
+    let at = 64 + 56 + payload_len / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&index, &bytes).unwrap();
     let (code, stdout, stderr) = run_with_watchdog(&["replay", dir.to_str().unwrap()]);
