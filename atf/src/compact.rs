@@ -497,12 +497,10 @@ impl ChunkEvents<'_> {
 #[cfg(test)]
 #[allow(non_snake_case)]
 mod tests {
-    use std::sync::Arc;
-
-    use proptest::prelude::*;
 
     use crate::fault::{FaultPlan, FaultyFs};
-    use crate::index::tests::{batch, event, faults::os_error, read_all};
+    use crate::index::tests::{batch, event, read_all, Atc};
+    use crate::testkit::os_error;
     use crate::{ClockType, Error, EventFormat, IndexEvent, IndexReader, IndexWriter};
 
     /// `pairs` calls and returns of one function, 20 ns apart: what the agent writes.
@@ -661,69 +659,5 @@ mod tests {
         assert_eq!(read_all(&r), (0..40).map(event).collect::<Vec<_>>());
     }
 
-    #[test]
-    fn compact_writer__dropped_unfinished__then_open_chunk_written_and_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.atc");
-        let mut w = IndexWriter::create_compact(&path, 77, ClockType::Boottime).unwrap();
-        w.append(&batch(0..10)).unwrap();
-        drop(w);
-        let r = IndexReader::open(&path).unwrap();
-        assert!(!r.finished());
-        assert_eq!(read_all(&r), (0..10).map(event).collect::<Vec<_>>());
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-        #[test]
-        fn compact_writer__random_fault_plan__then_no_panic_and_file_a_prefix_of_the_events(
-            seed in any::<u64>(),
-            ops in proptest::collection::vec((0u8..5, 1u64..3_000), 1..10),
-            end in 0u8..3,
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atc");
-            let plan = FaultPlan::random(seed).slow_sync(std::time::Duration::ZERO);
-            let fs = Arc::new(FaultyFs::with_stall(plan, |_| {}));
-            let mut w = match create(&fs, &path) {
-                Ok(w) => w,
-                Err(e) => {
-                    prop_assert!(os_error(&e, &path).is_some());
-                    prop_assert!(!path.exists());
-                    return Ok(());
-                }
-            };
-            let mut next = 0u64;
-            let mut clean = true;
-            for (op, n) in ops {
-                let result = match op {
-                    0 | 1 => {
-                        next += n;
-                        w.append(&batch(next - n..next))
-                    }
-                    2 => w.flush(),
-                    3 => w.sync(),
-                    _ => w.set_has_detail(n % 2 == 0),
-                };
-                clean &= result.is_ok();
-            }
-            let finished = match end {
-                0 => w.finish().is_ok(),
-                1 => w.finish_unsynced().is_ok(),
-                _ => {
-                    drop(w);
-                    false
-                }
-            };
-            let r = IndexReader::open(&path).unwrap();
-            let events = read_all(&r);
-            prop_assert!(events.len() as u64 <= next);
-            prop_assert_eq!(&events, &(0..events.len() as u64).map(event).collect::<Vec<_>>());
-            if finished && clean {
-                prop_assert!(r.finished());
-                prop_assert_eq!(events.len() as u64, next);
-            }
-        }
-    }
+    writer_tests!(Atc);
 }

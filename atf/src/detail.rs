@@ -834,7 +834,6 @@ mod tests {
     use super::*;
     use crate::chunk::CHUNK;
     use crate::{DETAIL_CALL, DETAIL_RETURN};
-    use proptest::prelude::*;
 
     fn record(i: u32) -> DetailRecord {
         let payload: Vec<u8> = (0..(i as usize * 13) % 200)
@@ -1032,52 +1031,6 @@ mod tests {
     }
 
     #[test]
-    fn detail_reader__file_cut_at_every_length__then_every_complete_record_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.atf");
-        write_finished(&src, 6);
-        let full = std::fs::read(&src).unwrap();
-        let ends: Vec<usize> = (0..6u32)
-            .scan(64usize, |off, i| {
-                *off += record(i).header.total_length as usize;
-                Some(*off)
-            })
-            .collect();
-        let path = dir.path().join("cut.atf");
-        for cut in 0..=full.len() {
-            std::fs::write(&path, &full[..cut]).unwrap();
-            match DetailReader::open(&path) {
-                Err(e) => assert!(cut < 64, "cut at {cut}: {e}"),
-                Ok(r) => {
-                    let complete = ends.iter().filter(|&&end| end <= cut).count();
-                    assert_eq!(r.finished(), cut == full.len(), "cut at {cut}");
-                    assert_eq!(r.record_count(), complete as u64, "cut at {cut}");
-                    let expected: Vec<DetailRecord> = (0..complete as u32).map(record).collect();
-                    assert_eq!(read_all(&r), expected, "cut at {cut}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn detail_writer__forgotten_after_flush__then_reader_recovers_flushed_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("detail.atf");
-        let mut w = DetailWriter::create(&path, 77).unwrap();
-        w.append(&encoded(0..20)).unwrap();
-        w.sync().unwrap();
-        w.append(&encoded(20..25)).unwrap();
-        std::mem::forget(w);
-        let r = DetailReader::open(&path).unwrap();
-        assert!(!r.finished());
-        assert_eq!(read_all(&r), (0..20).map(record).collect::<Vec<_>>());
-        assert!(r
-            .recovery_note()
-            .unwrap()
-            .contains("recovered 20 complete records"));
-    }
-
-    #[test]
     fn detail_reader__garbage_header__then_corrupt_error_naming_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("detail.atf");
@@ -1104,254 +1057,59 @@ mod tests {
         assert!(msg.contains("total_length 1000000"), "{msg}");
     }
 
-    fn open_and_read(bytes: &[u8]) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("detail.atf");
-        std::fs::write(&path, bytes).unwrap();
-        if let Ok(r) = DetailReader::open(&path) {
+    /// `detail.atf` in the shared tests.
+    struct Detail;
+
+    impl crate::testkit::FileKind for Detail {
+        type Writer = DetailWriter;
+        type Reader = DetailReader;
+        type Item = DetailRecord;
+        const NAME: &'static str = "detail.atf";
+        const MAGIC: &'static [u8] = b"ATD2\x01\x01";
+        const ITEMS: &'static str = "records";
+        const OPS: u8 = 4;
+        const STORM: (&'static [u64], u64, usize) = (&[3000], 2, 777);
+        const PARTIAL_NOTE: &'static str = "trailing bytes";
+
+        same_named_calls!(DetailWriter, DetailReader);
+
+        fn item(i: u64) -> DetailRecord {
+            record(i as u32)
+        }
+        fn create_with(fs: &dyn FileSystem, path: &Path) -> Result<DetailWriter> {
+            DetailWriter::create_with(fs, path, 77)
+        }
+        fn append(w: &mut DetailWriter, range: std::ops::Range<u64>) -> Result<()> {
+            w.append(&encoded(range.start as u32..range.end as u32))
+        }
+        fn append_one(w: &mut DetailWriter, i: u64) -> Result<()> {
+            let r = record(i as u32);
+            w.append_record(&r.header, &r.payload)
+        }
+        fn extra(_: &mut DetailWriter, op: u8, _: u64) -> Result<()> {
+            unreachable!("detail.atf has no operation {op}")
+        }
+        fn read_all(r: &DetailReader) -> Vec<DetailRecord> {
+            read_all(r)
+        }
+        fn count(r: &DetailReader) -> u64 {
+            r.record_count()
+        }
+        fn read_anything(r: &DetailReader) {
             for record in r.records().flatten() {
                 assert_eq!(
-                    record.payload.len() + 24,
+                    record.payload.len() + RECORD_HEADER_SIZE,
                     record.header.total_length as usize
                 );
             }
-            let _ = r.verify_checksum();
+        }
+        fn bytes_of(n: u64) -> u64 {
+            (0..n as u32)
+                .map(|i| u64::from(record(i).header.total_length))
+                .sum()
         }
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-        #[test]
-        fn detail_reader__arbitrary_bytes__then_no_panic(
-            bytes in proptest::collection::vec(any::<u8>(), 0..600),
-            magic in any::<bool>(),
-        ) {
-            let mut bytes = bytes;
-            if magic && bytes.len() >= 8 {
-                bytes[0..6].copy_from_slice(b"ATD2\x01\x01");
-            }
-            open_and_read(&bytes);
-        }
-
-        #[test]
-        fn detail_reader__mutated_valid_file__then_no_panic(
-            n in 0u32..12,
-            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
-            cut in any::<usize>(),
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("src.atf");
-            write_finished(&path, n);
-            let mut bytes = std::fs::read(&path).unwrap();
-            for (at, value) in flips {
-                let at = at % bytes.len();
-                bytes[at] = value;
-            }
-            let keep = cut % (bytes.len() + 1);
-            open_and_read(&bytes[..keep]);
-        }
-    }
-
-    mod faults {
-        use super::*;
-        use crate::fault::{FaultPlan, FaultyFs};
-        use crate::index::tests::faults::os_error;
-        use std::sync::Arc;
-        use std::time::Duration;
-
-        fn faulty(plan: FaultPlan) -> Arc<FaultyFs> {
-            Arc::new(FaultyFs::new(plan))
-        }
-
-        /// Bytes of records `0..n`.
-        fn bytes_of(n: u32) -> usize {
-            (0..n).map(|i| record(i).header.total_length as usize).sum()
-        }
-
-        #[test]
-        fn detail_writer__eintr_storm_and_short_writes__then_file_holds_every_record_once() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            let fs = faulty(
-                FaultPlan::new()
-                    .interrupt_writes_every(2)
-                    .short_writes_every(1, 777),
-            );
-            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
-            w.append(&encoded(0..3000)).unwrap();
-            for i in 3000..3010 {
-                let r = record(i);
-                w.append_record(&r.header, &r.payload).unwrap();
-            }
-            w.sync().unwrap();
-            w.append(&encoded(3010..4000)).unwrap();
-            w.finish().unwrap();
-            let r = DetailReader::open(&path).unwrap();
-            assert!(r.finished());
-            assert_eq!(read_all(&r), (0..4000).map(record).collect::<Vec<_>>());
-            assert!(r.verify_checksum().unwrap());
-            let injected = fs.injected();
-            assert!(
-                injected.interrupts > 10 && injected.short_writes > 10,
-                "{injected:?}"
-            );
-        }
-
-        #[test]
-        fn detail_writer__disk_full_mid_flush__then_enospc_naming_file_and_whole_records_readable()
-        {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            // Room for the header, 40 records and half of the 41st.
-            let room = 64 + bytes_of(40) + record(40).header.total_length as usize / 2;
-            let fs = faulty(FaultPlan::new().full_after(room as u64, libc::ENOSPC));
-            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
-            w.append(&encoded(0..100)).unwrap();
-            let err = w.flush().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
-            assert!(matches!(
-                w.append(&encoded(100..101)),
-                Err(Error::WriterFailed { .. })
-            ));
-            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
-            let r = DetailReader::open(&path).unwrap();
-            assert!(!r.finished());
-            assert_eq!(read_all(&r), (0..40).map(record).collect::<Vec<_>>());
-        }
-
-        #[test]
-        fn detail_writer__write_fails_with_eio__then_error_carries_it_and_earlier_records_readable()
-        {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            // Write 1 is the header, 2 the first flush, 3 the second.
-            let fs = faulty(FaultPlan::new().fail_writes_from(3, libc::EIO));
-            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
-            w.append(&encoded(0..20)).unwrap();
-            w.flush().unwrap();
-            w.append(&encoded(20..30)).unwrap();
-            let err = w.finish().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::EIO));
-            let r = DetailReader::open(&path).unwrap();
-            assert_eq!(read_all(&r), (0..20).map(record).collect::<Vec<_>>());
-        }
-
-        #[test]
-        fn detail_writer__footer_cut_short_by_full_disk__then_records_readable() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            let room = 64 + bytes_of(10) + 30;
-            let fs = faulty(FaultPlan::new().full_after(room as u64, libc::ENOSPC));
-            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
-            w.append(&encoded(0..10)).unwrap();
-            let err = w.finish().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
-            let r = DetailReader::open(&path).unwrap();
-            assert!(!r.finished());
-            assert_eq!(read_all(&r), (0..10).map(record).collect::<Vec<_>>());
-        }
-
-        #[test]
-        fn detail_writer__fsync_fails__then_error_says_state_unknown_and_sync_not_retried() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            let fs = faulty(FaultPlan::new().fail_sync(1, libc::EIO));
-            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
-            w.append(&encoded(0..10)).unwrap();
-            let err = w.sync().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::EIO));
-            assert!(err.to_string().contains("unknown"), "{err}");
-            assert!(matches!(w.sync(), Err(Error::WriterFailed { .. })));
-            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
-            assert_eq!(DetailReader::open(&path).unwrap().record_count(), 10);
-        }
-
-        #[test]
-        fn detail_writer__slow_fsync__then_finish_completes() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            let plan = FaultPlan::new().slow_sync(Duration::from_secs(3600));
-            let fs = Arc::new(FaultyFs::with_stall(plan, |_| std::thread::yield_now()));
-            let mut w = DetailWriter::create_with(&*fs, &path, 77).unwrap();
-            w.append(&encoded(0..10)).unwrap();
-            w.finish().unwrap();
-            assert_eq!(fs.injected().stalls, 1);
-            assert!(DetailReader::open(&path).unwrap().finished());
-        }
-
-        #[test]
-        fn detail_writer__header_cannot_be_written__then_create_fails_and_leaves_no_file() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("detail.atf");
-            let fs = faulty(FaultPlan::new().fail_write(1, libc::EIO));
-            let err = DetailWriter::create_with(&*fs, &path, 77).err().unwrap();
-            assert_eq!(os_error(&err, &path), Some(libc::EIO));
-            assert!(!path.exists());
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-            #[test]
-            fn detail_writer__random_fault_plan__then_no_panic_and_file_a_prefix_of_the_records(
-                seed in any::<u64>(),
-                ops in proptest::collection::vec((0u8..4, 1u32..3_000), 1..10),
-                end in 0u8..3,
-            ) {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("detail.atf");
-                let plan = FaultPlan::random(seed);
-                let fs = Arc::new(FaultyFs::with_stall(plan.slow_sync(Duration::ZERO), |_| {}));
-                let mut w = match DetailWriter::create_with(&*fs, &path, 77) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        prop_assert!(os_error(&e, &path).is_some());
-                        prop_assert!(!path.exists());
-                        return Ok(());
-                    }
-                };
-                let mut next = 0u32;
-                let mut clean = true;
-                for (op, n) in ops {
-                    let result = match op {
-                        0 => {
-                            next += n;
-                            w.append(&encoded(next - n..next))
-                        }
-                        1 => {
-                            let r = record(next);
-                            next += 1;
-                            w.append_record(&r.header, &r.payload)
-                        }
-                        2 => w.flush(),
-                        _ => w.sync(),
-                    };
-                    if let Err(e) = result {
-                        prop_assert!(
-                            matches!(e, Error::Io { .. } | Error::WriterFailed { .. }),
-                            "{e}"
-                        );
-                        clean = false;
-                    }
-                }
-                let finished = match end {
-                    0 => w.finish().is_ok(),
-                    1 => w.finish_unsynced().is_ok(),
-                    _ => {
-                        drop(w);
-                        false
-                    }
-                };
-                let r = DetailReader::open(&path).unwrap();
-                let records = read_all(&r);
-                prop_assert!(records.len() as u32 <= next);
-                prop_assert_eq!(&records, &(0..records.len() as u32).map(record).collect::<Vec<_>>());
-                if finished && clean {
-                    prop_assert!(r.finished());
-                    prop_assert_eq!(records.len() as u32, next);
-                }
-            }
-        }
-    }
+    writer_tests!(Detail);
+    whole_item_tests!(Detail);
 }

@@ -1138,7 +1138,6 @@ fn read_timestamp(file: &File, path: &Path, seq: u64) -> Result<u64> {
 pub(crate) mod tests {
     use super::*;
     use crate::NO_DETAIL;
-    use proptest::prelude::*;
 
     pub(crate) fn event(i: u64) -> IndexEvent {
         IndexEvent {
@@ -1373,94 +1372,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn index_writer__forgotten_after_flush__then_reader_recovers_every_flushed_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.atf");
-        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
-        w.append(&batch(0..1000)).unwrap();
-        w.flush().unwrap();
-        w.append(&batch(1000..1500)).unwrap();
-        w.sync().unwrap();
-        w.append(&batch(1500..1600)).unwrap(); // buffered only: lost, as in a SIGKILL
-        std::mem::forget(w);
-        let r = IndexReader::open(&path).unwrap();
-        assert!(!r.finished());
-        assert!(r
-            .recovery_note()
-            .unwrap()
-            .contains("recovered 1500 complete events"));
-        assert_eq!(r.event_count(), 1500);
-        assert_eq!(
-            r.time_range(),
-            (event(0).timestamp_ns, event(1499).timestamp_ns)
-        );
-        assert_eq!(read_all(&r), (0..1500).map(event).collect::<Vec<_>>());
-        assert!(!r.verify_checksum().unwrap());
-    }
-
-    #[test]
-    fn index_writer__dropped_unfinished__then_buffered_events_flushed_without_footer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.atf");
-        let mut w = IndexWriter::create(&path, 77, ClockType::Boottime).unwrap();
-        w.append(&batch(0..10)).unwrap();
-        drop(w);
-        let r = IndexReader::open(&path).unwrap();
-        assert!(!r.finished());
-        assert_eq!(read_all(&r).len(), 10);
-    }
-
-    fn check_cut(path: &Path, full: &[u8], cut: usize, finished_at: Option<usize>, events: u64) {
-        std::fs::write(path, &full[..cut]).unwrap();
-        match IndexReader::open(path) {
-            Err(e) => {
-                assert!(cut < 64, "cut at {cut}: {e}");
-                assert!(e.to_string().contains("shorter than the 64-byte"), "{e}");
-            }
-            Ok(r) => {
-                assert!(cut >= 64);
-                assert_eq!(r.finished(), Some(cut) == finished_at, "cut at {cut}");
-                let complete = ((cut - 64) / 32) as u64;
-                let expected = complete.min(events);
-                assert_eq!(r.event_count(), expected, "cut at {cut}");
-                let got = read_all(&r);
-                assert_eq!(
-                    got,
-                    (0..expected).map(event).collect::<Vec<_>>(),
-                    "cut at {cut}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn index_reader__finished_file_cut_at_every_length__then_every_complete_event_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.atf");
-        write_finished(&src, 10);
-        let full = std::fs::read(&src).unwrap();
-        let path = dir.path().join("cut.atf");
-        for cut in 0..=full.len() {
-            check_cut(&path, &full, cut, Some(full.len()), 10);
-        }
-    }
-
-    #[test]
-    fn index_reader__unfinished_file_cut_at_every_length__then_every_complete_event_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.atf");
-        let mut w = IndexWriter::create(&src, 77, ClockType::Boottime).unwrap();
-        w.append(&batch(0..10)).unwrap();
-        w.flush().unwrap();
-        std::mem::forget(w);
-        let full = std::fs::read(&src).unwrap();
-        let path = dir.path().join("cut.atf");
-        for cut in 0..=full.len() {
-            check_cut(&path, &full, cut, None, 10);
-        }
-    }
-
-    #[test]
     fn index_reader__header_patched_but_footer_missing__then_events_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.atf");
@@ -1583,163 +1494,84 @@ pub(crate) mod tests {
         );
     }
 
-    fn open_and_read(bytes: &[u8]) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.atf");
-        std::fs::write(&path, bytes).unwrap();
-        if let Ok(r) = IndexReader::open(&path) {
-            let n = r.events().filter(|e| e.is_ok()).count() as u64;
-            assert_eq!(n, r.event_count());
-            let _ = r.verify_checksum();
+    /// The event files in the shared tests: `index.atf` (ATF v2) and, with `ATC`, `index.atc`.
+    pub(crate) struct Events<const ATC: bool>;
+    /// `index.atf` in the shared tests.
+    pub(crate) type Atf = Events<false>;
+    /// `index.atc` in the shared tests.
+    pub(crate) type Atc = Events<true>;
+
+    impl<const ATC: bool> crate::testkit::FileKind for Events<ATC> {
+        type Writer = IndexWriter;
+        type Reader = IndexReader;
+        type Item = IndexEvent;
+        const NAME: &'static str = if ATC { "index.atc" } else { "index.atf" };
+        const MAGIC: &'static [u8] = if ATC { &atc::FILE_MAGIC } else { b"ATI2" };
+        const ITEMS: &'static str = "events";
+        const OPS: u8 = 6;
+        const STORM: (&'static [u64], u64, usize) = (&[1, 3, 40_000, 2048, 1, 20_000], 3, 10_000);
+        const PARTIAL_NOTE: &'static str = "partial trailing event";
+
+        same_named_calls!(IndexWriter, IndexReader);
+
+        fn item(i: u64) -> IndexEvent {
+            event(i)
+        }
+        fn create_with(fs: &dyn FileSystem, path: &Path) -> Result<IndexWriter> {
+            let format = if ATC {
+                EventFormat::Atc
+            } else {
+                EventFormat::Atf2
+            };
+            IndexWriter::create_with_format(fs, path, 77, ClockType::Boottime, format)
+        }
+        fn append(w: &mut IndexWriter, range: std::ops::Range<u64>) -> Result<()> {
+            w.append(&batch(range))
+        }
+        fn append_one(w: &mut IndexWriter, i: u64) -> Result<()> {
+            w.append_event(&event(i))
+        }
+        fn extra(w: &mut IndexWriter, op: u8, n: u64) -> Result<()> {
+            match op {
+                4 => w.set_has_detail(n % 2 == 0),
+                _ => w.start_writeback(),
+            }
+        }
+        fn read_all(r: &IndexReader) -> Vec<IndexEvent> {
+            read_all(r)
+        }
+        fn count(r: &IndexReader) -> u64 {
+            r.event_count()
+        }
+        fn read_anything(r: &IndexReader) {
+            if ATC {
+                // A damaged chunk is skipped: fewer events than counted.
+                r.events_past_damage().for_each(drop);
+            } else {
+                let n = r.events().filter(|e| e.is_ok()).count() as u64;
+                assert_eq!(n, r.event_count());
+            }
             let _ = r.event(r.event_count().saturating_sub(1));
         }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-        #[test]
-        fn index_reader__arbitrary_bytes__then_no_panic(
-            bytes in proptest::collection::vec(any::<u8>(), 0..600),
-            magic in any::<bool>(),
-        ) {
-            let mut bytes = bytes;
-            if magic && bytes.len() >= 4 {
-                bytes[0..4].copy_from_slice(b"ATI2");
-            }
-            open_and_read(&bytes);
+        fn bytes_of(n: u64) -> u64 {
+            assert!(!ATC, "index.atc stores events in compressed chunks");
+            n * EVENT_SIZE as u64
         }
-
-        #[test]
-        fn index_reader__mutated_valid_file__then_no_panic(
-            n in 0u64..20,
-            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
-            cut in any::<usize>(),
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("src.atf");
-            write_finished(&path, n);
-            let mut bytes = std::fs::read(&path).unwrap();
-            for (at, value) in flips {
-                let at = at % bytes.len();
-                bytes[at] = value;
-            }
-            let keep = cut % (bytes.len() + 1);
-            open_and_read(&bytes[..keep]);
+        fn extras_held(r: &IndexReader) -> bool {
+            r.has_detail()
         }
     }
 
-    pub(crate) mod faults {
+    writer_tests!(Atf);
+    whole_item_tests!(Atf);
+
+    mod faults {
         use super::*;
         use crate::fault::{FaultPlan, FaultyFs};
-        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-        use std::sync::Arc;
-        use std::time::Duration;
+        use crate::testkit::os_error;
 
-        fn faulty(plan: FaultPlan) -> Arc<FaultyFs> {
-            Arc::new(FaultyFs::new(plan))
-        }
-
-        /// The OS error of an I/O error, after checking that its message names `path`.
-        pub(crate) fn os_error(err: &Error, path: &Path) -> Option<i32> {
-            match err {
-                Error::Io {
-                    path: at, source, ..
-                } => {
-                    assert_eq!(at, path, "{err}");
-                    assert!(
-                        err.to_string().contains(&path.display().to_string()),
-                        "{err}"
-                    );
-                    source.raw_os_error()
-                }
-                other => panic!("not an I/O error: {other}"),
-            }
-        }
-
-        #[test]
-        fn index_writer__eintr_storm_and_short_writes__then_file_holds_every_event_once() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atf");
-            let fs = faulty(
-                FaultPlan::new()
-                    .interrupt_writes_every(3)
-                    .short_writes_every(1, 10_000),
-            );
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            let mut next = 0u64;
-            // Small batches (buffered), a batch written straight from the slice, single events.
-            for n in [1u64, 3, 40_000, 2048, 1, 20_000] {
-                w.append(&batch(next..next + n)).unwrap();
-                next += n;
-            }
-            w.set_has_detail(true).unwrap();
-            w.sync().unwrap();
-            w.append_event(&event(next)).unwrap();
-            next += 1;
-            w.start_writeback().unwrap();
-            let summary = w.finish().unwrap();
-            assert_eq!(summary.event_count, next);
-
-            let r = IndexReader::open(&path).unwrap();
-            assert!(r.finished());
-            assert!(r.has_detail());
-            assert_eq!(read_all(&r), (0..next).map(event).collect::<Vec<_>>());
-            assert!(r.verify_checksum().unwrap());
-            let injected = fs.injected();
-            assert!(injected.interrupts > 10, "{injected:?}");
-            assert!(injected.short_writes > 10, "{injected:?}");
-        }
-
-        #[test]
-        fn index_writer__disk_full_mid_flush__then_enospc_naming_file_and_whole_events_readable() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atf");
-            let fs = faulty(FaultPlan::new().full_after(64 + 100 * 32 + 7, libc::ENOSPC));
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            w.append(&batch(0..1000)).unwrap(); // buffered
-            let err = w.flush().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
-            // The OS error is the source, not repeated in the message.
-            let cause = std::error::Error::source(&err).map(|c| c.to_string());
-            assert!(cause.is_some_and(|c| c.contains("os error 28")), "{err:?}");
-            assert!(!err.to_string().contains("os error 28"), "{err}");
-            // The writer refuses more; the file keeps what reached it.
-            let refused = w.append(&batch(1000..1001)).unwrap_err();
-            assert!(matches!(refused, Error::WriterFailed { .. }), "{refused}");
-            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 + 100 * 32 + 7);
-            let r = IndexReader::open(&path).unwrap();
-            assert!(!r.finished());
-            assert_eq!(read_all(&r), (0..100).map(event).collect::<Vec<_>>());
-            assert!(
-                r.recovery_note()
-                    .unwrap()
-                    .contains("partial trailing event"),
-                "{:?}",
-                r.recovery_note()
-            );
-        }
-
-        #[test]
-        fn index_writer__write_fails_with_eio_or_efbig__then_error_carries_it_and_earlier_events_readable(
-        ) {
-            for errno in [libc::EIO, libc::EFBIG] {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("index.atf");
-                // Write 1 is the header, 2 the first flush, 3 the second.
-                let fs = faulty(FaultPlan::new().fail_write(3, errno));
-                let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-                w.append(&batch(0..10)).unwrap();
-                w.flush().unwrap();
-                w.append(&batch(10..20)).unwrap();
-                let err = w.flush().unwrap_err();
-                assert_eq!(os_error(&err, &path), Some(errno));
-                assert!(matches!(w.flush(), Err(Error::WriterFailed { .. })));
-                drop(w);
-                let r = IndexReader::open(&path).unwrap();
-                assert_eq!(read_all(&r), (0..10).map(event).collect::<Vec<_>>());
-            }
+        fn faulty(plan: FaultPlan) -> FaultyFs {
+            FaultyFs::new(plan)
         }
 
         #[test]
@@ -1752,7 +1584,7 @@ pub(crate) mod tests {
                     .short_writes_every(1, 100_000)
                     .fail_write(5, libc::EIO),
             );
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+            let mut w = IndexWriter::create_with(&fs, &path, 77, ClockType::Boottime).unwrap();
             let err = w.append(&batch(0..40_000)).unwrap_err();
             assert_eq!(os_error(&err, &path), Some(libc::EIO));
             let r = IndexReader::open(&path).unwrap();
@@ -1764,164 +1596,18 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn index_writer__footer_cut_short_by_full_disk__then_its_bytes_never_read_as_an_event() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atf");
-            let fs = faulty(FaultPlan::new().full_after(64 + 10 * 32 + 40, libc::ENOSPC));
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            w.append(&batch(0..10)).unwrap();
-            let err = w.finish().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
-            let r = IndexReader::open(&path).unwrap();
-            assert!(!r.finished());
-            assert_eq!(read_all(&r), (0..10).map(event).collect::<Vec<_>>());
-        }
-
-        #[test]
         fn index_writer__empty_file_footer_cut_short__then_no_phantom_event() {
             for cut in [4, 31, 32, 47, 63] {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("index.atf");
                 let fs = faulty(FaultPlan::new().full_after(64 + cut, libc::ENOSPC));
-                let w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
+                let w = IndexWriter::create_with(&fs, &path, 77, ClockType::Boottime).unwrap();
                 let err = w.finish().unwrap_err();
                 assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
                 assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 + cut);
                 let r = IndexReader::open(&path).unwrap();
                 assert!(!r.finished());
                 assert_eq!(read_all(&r), Vec::new(), "cut after {cut} bytes");
-            }
-        }
-
-        #[test]
-        fn index_writer__fsync_fails__then_error_says_state_unknown_and_sync_not_retried() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atf");
-            let fs = faulty(FaultPlan::new().fail_sync(1, libc::EIO));
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            w.append(&batch(0..10)).unwrap();
-            let err = w.sync().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::EIO));
-            assert!(err.to_string().contains("unknown"), "{err}");
-            // The next fsync would succeed, but it would not cover the failed one: refused.
-            assert!(matches!(w.sync(), Err(Error::WriterFailed { .. })));
-            assert!(matches!(w.finish(), Err(Error::WriterFailed { .. })));
-            assert_eq!(fs.injected().sync_calls, 1);
-            // The written events are in the file (the page cache), readable.
-            assert_eq!(IndexReader::open(&path).unwrap().event_count(), 10);
-
-            // The fsync of `finish` is reported the same way.
-            let path = dir.path().join("index2.atf");
-            let fs = faulty(FaultPlan::new().fail_sync(1, libc::EIO));
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            w.append(&batch(0..10)).unwrap();
-            let err = w.finish().unwrap_err();
-            assert_eq!(os_error(&err, &path), Some(libc::EIO));
-            assert_eq!(read_all(&IndexReader::open(&path).unwrap()).len(), 10);
-        }
-
-        #[test]
-        fn index_writer__slow_fsync__then_sync_and_finish_complete() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atf");
-            let stalls = Arc::new(AtomicU64::new(0));
-            let seen = stalls.clone();
-            let plan = FaultPlan::new().slow_sync(Duration::from_secs(3600));
-            let fs = Arc::new(FaultyFs::with_stall(plan, move |d| {
-                assert_eq!(d, Duration::from_secs(3600));
-                seen.fetch_add(1, Relaxed);
-            }));
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            w.append(&batch(0..10)).unwrap();
-            w.sync().unwrap();
-            w.finish().unwrap();
-            assert_eq!(stalls.load(Relaxed), 2);
-            assert!(IndexReader::open(&path).unwrap().finished());
-
-            // The default stall really sleeps.
-            let path = dir.path().join("index2.atf");
-            let fs = faulty(FaultPlan::new().slow_sync(Duration::from_millis(5)));
-            let mut w = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime).unwrap();
-            w.append(&batch(0..10)).unwrap();
-            w.finish().unwrap();
-            assert_eq!(fs.injected().stalls, 1);
-        }
-
-        #[test]
-        fn index_writer__header_cannot_be_written__then_create_fails_and_leaves_no_file() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("index.atf");
-            let fs = faulty(FaultPlan::new().full_after(10, libc::ENOSPC));
-            let err = IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime)
-                .err()
-                .unwrap();
-            assert_eq!(os_error(&err, &path), Some(libc::ENOSPC));
-            assert!(err.to_string().contains("removed"), "{err}");
-            assert!(!path.exists());
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-            #[test]
-            fn index_writer__random_fault_plan__then_no_panic_and_file_a_prefix_of_the_events(
-                seed in any::<u64>(),
-                ops in proptest::collection::vec((0u8..6, 1u64..5_000), 1..10),
-                end in 0u8..3,
-            ) {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("index.atf");
-                let plan = FaultPlan::random(seed);
-                let fs = Arc::new(FaultyFs::with_stall(plan.slow_sync(Duration::ZERO), |_| {}));
-                let mut w = match IndexWriter::create_with(&*fs, &path, 77, ClockType::Boottime) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        prop_assert!(os_error(&e, &path).is_some());
-                        prop_assert!(!path.exists());
-                        return Ok(());
-                    }
-                };
-                let mut next = 0u64;
-                let mut clean = true;
-                for (op, n) in ops {
-                    let result = match op {
-                        0 => {
-                            next += n;
-                            w.append(&batch(next - n..next))
-                        }
-                        1 => {
-                            next += 1;
-                            w.append_event(&event(next - 1))
-                        }
-                        2 => w.flush(),
-                        3 => w.sync(),
-                        4 => w.set_has_detail(n % 2 == 0),
-                        _ => w.start_writeback(),
-                    };
-                    if let Err(e) = result {
-                        prop_assert!(
-                            matches!(e, Error::Io { .. } | Error::WriterFailed { .. }),
-                            "{e}"
-                        );
-                        clean = false;
-                    }
-                }
-                let finished = match end {
-                    0 => w.finish().is_ok(),
-                    1 => w.finish_unsynced().is_ok(),
-                    _ => {
-                        drop(w);
-                        false
-                    }
-                };
-                let r = IndexReader::open(&path).unwrap();
-                let events = read_all(&r);
-                prop_assert!(events.len() as u64 <= next);
-                prop_assert_eq!(&events, &(0..events.len() as u64).map(event).collect::<Vec<_>>());
-                if finished && clean {
-                    prop_assert!(r.finished());
-                    prop_assert_eq!(events.len() as u64, next);
-                }
             }
         }
     }

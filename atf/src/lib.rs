@@ -41,6 +41,10 @@
 //! # }
 //! ```
 
+#[cfg(test)]
+#[macro_use]
+#[allow(non_snake_case)]
+mod testkit;
 mod chunk;
 mod compact;
 mod convert;
