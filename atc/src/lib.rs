@@ -104,31 +104,16 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// The 64-byte file header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileHeader {
-    /// Byte 4: 1 = little-endian.
-    pub endian: u8,
-    /// Byte 5: [`VERSION`].
-    pub version: u8,
-    /// Byte 6: 1 x86_64, 2 arm64 (as in ATF v2).
-    pub arch: u8,
-    /// Byte 7: 4 Linux.
-    pub os: u8,
-    /// Bytes 8..12: [`FLAG_HAS_DETAIL`].
-    pub flags: u32,
-    /// Bytes 12..16: OS thread id.
-    pub thread_id: u32,
-    /// Byte 16: the clock (3 = `CLOCK_BOOTTIME` nanoseconds, as in ATF v2).
-    pub clock_type: u8,
-    /// Bytes 20..24: [`CHUNK_HEADER_SIZE`].
-    pub chunk_header_size: u32,
+event::file_header! {
+    /// The 64-byte file header (the prefix every trace file kind shares, then the clock and the
+    /// chunk header size). Byte 5, `version`, is [`VERSION`]; `flags` holds [`FLAG_HAS_DETAIL`].
+    pub struct FileHeader(FILE_HEADER_SIZE, magic FILE_MAGIC) {
+        /// Byte 16: the clock (3 = `CLOCK_BOOTTIME` nanoseconds, as in ATF v2).
+        clock_type: u8 @ 16,
+        /// Bytes 20..24: [`CHUNK_HEADER_SIZE`].
+        chunk_header_size: u32 @ 20,
+    }
 }
-
-event::le_fields!(FileHeader, FILE_HEADER_SIZE, magic FILE_MAGIC, {
-    endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
-    thread_id: u32 @ 12, clock_type: u8 @ 16, chunk_header_size: u32 @ 20,
-});
 
 /// The 56-byte header of a chunk: everything its payload needs to decode alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

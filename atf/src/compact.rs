@@ -13,9 +13,9 @@ use event::Record;
 
 use crate::engine::{check_common_header, open_with_header, Kind};
 use crate::error::{Error, Result};
-use crate::verify::{self, field_matches, Damage, EventCheck};
+use crate::verify::{self, Damage, EventCheck};
 use crate::IndexEvent;
-use crate::{current_arch, ClockType, ENDIAN_LITTLE, FILE_VERSION, OS_LINUX};
+use crate::{ClockType, FILE_VERSION};
 
 /// Error messages of the ATC file.
 pub(crate) static KIND: Kind = Kind {
@@ -27,14 +27,10 @@ pub(crate) static KIND: Kind = Kind {
 /// The header of a file recorded on this machine.
 pub(crate) fn file_header(thread_id: u32, clock: ClockType) -> atc::FileHeader {
     atc::FileHeader {
-        endian: ENDIAN_LITTLE,
-        version: atc::VERSION,
-        arch: current_arch(),
-        os: OS_LINUX,
-        flags: 0,
         thread_id,
         clock_type: clock.to_raw(),
         chunk_header_size: CHUNK_HEADER_SIZE as u32,
+        ..atc::FileHeader::this_machine(atc::VERSION)
     }
 }
 
@@ -286,19 +282,14 @@ impl Chunks {
         path: &Path,
         thread_id: u32,
     ) -> Result<Vec<Damage>> {
-        let mut out = Vec::new();
-        let mut raw = [0u8; atc::FILE_HEADER_SIZE];
-        file.read_exact_at(&mut raw, 0)
-            .map_err(|e| Error::io(path, "read the event file header", e))?;
         let h = &self.header;
-        field_matches(
+        let (raw, mut out) = verify::header_and_thread::<{ atc::FILE_HEADER_SIZE }>(
+            file,
             path,
-            12..16,
-            "the header's thread id",
-            h.thread_id.into(),
-            thread_id.into(),
-            &mut out,
-        );
+            "read the event file header",
+            h.thread_id,
+            thread_id,
+        )?;
         if crate::ClockType::from_raw(h.clock_type).is_none() {
             out.push(Damage::new(
                 path,

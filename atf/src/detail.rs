@@ -13,109 +13,41 @@ use crate::le::u32_at;
 use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage};
 use crate::{
-    current_arch, DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, ENDIAN_LITTLE, FILE_VERSION, FOOTER_SIZE,
-    HEADER_SIZE, OS_LINUX, RECORD_HEADER_SIZE,
+    DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, FILE_VERSION, FOOTER_SIZE, HEADER_SIZE, RECORD_HEADER_SIZE,
 };
 
-/// The 64-byte header of `detail.atf` (magic `ATD2` at 0 is implied).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DetailHeader {
-    /// Byte 4: 1 = little-endian.
-    pub endian: u8,
-    /// Byte 5: 1.
-    pub version: u8,
-    /// Byte 6: 1 x86_64, 2 arm64.
-    pub arch: u8,
-    /// Byte 7: 4 Linux.
-    pub os: u8,
-    /// Bytes 8..12.
-    pub flags: u32,
-    /// Bytes 12..16: OS thread id.
-    pub thread_id: u32,
-    /// Bytes 20..28: 64.
-    pub events_offset: u64,
-    /// Bytes 28..36: number of records, 0 while recording.
-    pub event_count: u64,
-    /// Bytes 36..44: bytes of records, 0 while recording.
-    pub bytes_length: u64,
-    /// Bytes 44..52: `index_seq` of the first record.
-    pub index_seq_start: u64,
-    /// Bytes 52..60: `index_seq` of the last record.
-    pub index_seq_end: u64,
+event::file_header! {
+    /// The 64-byte header of `detail.atf` (magic `ATD2` at 0 is implied): the prefix every trace
+    /// file kind shares, 4 reserved bytes, then:
+    pub struct DetailHeader(HEADER_SIZE, magic DETAIL_MAGIC) {
+        /// Bytes 20..28: 64.
+        events_offset: u64 @ 20,
+        /// Bytes 28..36: number of records, 0 while recording.
+        event_count: u64 @ 28,
+        /// Bytes 36..44: bytes of records, 0 while recording.
+        bytes_length: u64 @ 36,
+        /// Bytes 44..52: `index_seq` of the first record.
+        index_seq_start: u64 @ 44,
+        /// Bytes 52..60: `index_seq` of the last record.
+        index_seq_end: u64 @ 52,
+    }
 }
 
 impl DetailHeader {
     /// The header of a file being recorded on this machine.
     pub fn recording(thread_id: u32) -> Self {
         DetailHeader {
-            endian: ENDIAN_LITTLE,
-            version: FILE_VERSION,
-            arch: current_arch(),
-            os: OS_LINUX,
-            flags: 0,
             thread_id,
             events_offset: HEADER_SIZE as u64,
-            event_count: 0,
-            bytes_length: 0,
-            index_seq_start: 0,
-            index_seq_end: 0,
+            ..DetailHeader::this_machine(FILE_VERSION)
         }
     }
 }
 
-event::le_fields!(DetailHeader, HEADER_SIZE, magic DETAIL_MAGIC, {
-    endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
-    thread_id: u32 @ 12, events_offset: u64 @ 20, event_count: u64 @ 28,
-    bytes_length: u64 @ 36, index_seq_start: u64 @ 44, index_seq_end: u64 @ 52,
-});
-
-/// The 24-byte header of a detail record; the payload follows it.
-///
-/// The payload is the agent's capture (registers, stack pointer, stack byte count, stack bytes);
-/// this crate stores it as opaque bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DetailRecordHeader {
-    /// Bytes 0..4: header plus payload.
-    pub total_length: u32,
-    /// Bytes 4..6: [`crate::DETAIL_CALL`] or [`crate::DETAIL_RETURN`].
-    pub event_type: u16,
-    /// Bytes 6..8.
-    pub flags: u16,
-    /// Bytes 8..12: position of the linked event in `index.atf`.
-    pub index_seq: u32,
-    /// Bytes 12..16: OS thread id.
-    pub thread_id: u32,
-    /// Bytes 16..24: nanoseconds on the session clock.
-    pub timestamp_ns: u64,
-}
-
-impl DetailRecordHeader {
-    /// The 24 bytes of this record header.
-    pub fn encode(&self) -> [u8; RECORD_HEADER_SIZE] {
-        event::DetailHeader {
-            total_length: self.total_length,
-            event_type: self.event_type,
-            flags: self.flags,
-            index_seq: self.index_seq,
-            thread_id: self.thread_id,
-            timestamp_ns: self.timestamp_ns,
-        }
-        .to_bytes()
-    }
-
-    /// The record header in 24 bytes.
-    pub fn decode(b: &[u8; RECORD_HEADER_SIZE]) -> Self {
-        let h = event::DetailHeader::from_bytes(b);
-        DetailRecordHeader {
-            total_length: h.total_length,
-            event_type: h.event_type,
-            flags: h.flags,
-            index_seq: h.index_seq,
-            thread_id: h.thread_id,
-            timestamp_ns: h.timestamp_ns,
-        }
-    }
-}
+/// The 24-byte header of a detail record, the payload following it: the layout the agent writes
+/// ([`event::DetailHeader`]). The payload is the agent's capture (registers, stack pointer, stack
+/// byte count, stack bytes); this crate stores it as opaque bytes.
+pub use event::DetailHeader as DetailRecordHeader;
 
 /// One detail record as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,25 +58,21 @@ pub struct DetailRecord {
     pub payload: Vec<u8>,
 }
 
-/// The 64-byte footer of `detail.atf` (magic `2DTA` at 0 is implied).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DetailFooter {
-    /// Bytes 4..8: CRC-32C of the record bytes; 0 = not computed.
-    pub checksum: u32,
-    /// Bytes 8..16: number of records.
-    pub event_count: u64,
-    /// Bytes 16..24: bytes of records.
-    pub bytes_length: u64,
-    /// Bytes 24..32: first record's timestamp.
-    pub time_start_ns: u64,
-    /// Bytes 32..40: last record's timestamp.
-    pub time_end_ns: u64,
+event::le_struct! {
+    /// The 64-byte footer of `detail.atf` (magic `2DTA` at 0 is implied).
+    pub struct DetailFooter(FOOTER_SIZE, magic DETAIL_FOOTER_MAGIC) {
+        /// Bytes 4..8: CRC-32C of the record bytes; 0 = not computed.
+        checksum: u32 @ 4,
+        /// Bytes 8..16: number of records.
+        event_count: u64 @ 8,
+        /// Bytes 16..24: bytes of records.
+        bytes_length: u64 @ 16,
+        /// Bytes 24..32: first record's timestamp.
+        time_start_ns: u64 @ 24,
+        /// Bytes 32..40: last record's timestamp.
+        time_end_ns: u64 @ 32,
+    }
 }
-
-event::le_fields!(DetailFooter, FOOTER_SIZE, magic DETAIL_FOOTER_MAGIC, {
-    checksum: u32 @ 4, event_count: u64 @ 8, bytes_length: u64 @ 16, time_start_ns: u64 @ 24,
-    time_end_ns: u64 @ 32,
-});
 
 /// What a finished detail file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,7 +203,7 @@ impl DetailWriter {
         while off < records.len() {
             let mut raw = [0u8; RECORD_HEADER_SIZE];
             raw.copy_from_slice(&records[off..off + RECORD_HEADER_SIZE]);
-            let header = DetailRecordHeader::decode(&raw);
+            let header = DetailRecordHeader::from_bytes(&raw);
             self.totals.add(&header);
             off += header.total_length as usize;
         }
@@ -293,7 +221,7 @@ impl DetailWriter {
             )));
         }
         self.totals.add(header);
-        self.write_bytes(&header.encode())?;
+        self.write_bytes(&header.to_bytes())?;
         self.write_bytes(payload)
     }
 
@@ -429,7 +357,7 @@ impl DetailReader {
             };
             let mut buf = [0u8; RECORD_HEADER_SIZE];
             buf.copy_from_slice(raw);
-            let rec = DetailRecordHeader::decode(&buf);
+            let rec = DetailRecordHeader::from_bytes(&buf);
             if (rec.total_length as usize) < RECORD_HEADER_SIZE {
                 stop = Some(format!(
                     "an invalid record length {} at offset {at}",
@@ -541,20 +469,14 @@ impl DetailReader {
     /// be read.
     pub fn verify(&self, thread_id: u32, index_events: u64) -> Result<Vec<Damage>> {
         let path = &self.path;
-        let mut out = Vec::new();
-        let mut raw = [0u8; HEADER_SIZE];
-        self.file
-            .read_exact_at(&mut raw, 0)
-            .map_err(|e| Error::io(path, "read the detail header", e))?;
         let h = &self.header;
-        field_matches(
+        let (raw, mut out) = verify::header_and_thread::<HEADER_SIZE>(
+            &self.file,
             path,
-            12..16,
-            "the header's thread id",
-            h.thread_id.into(),
-            thread_id.into(),
-            &mut out,
-        );
+            "read the detail header",
+            h.thread_id,
+            thread_id,
+        )?;
         field_matches(
             path,
             8..12,
@@ -784,7 +706,7 @@ impl Iterator for Records<'_> {
             Ok(Some(bytes)) => {
                 let mut raw = [0u8; RECORD_HEADER_SIZE];
                 raw.copy_from_slice(bytes);
-                DetailRecordHeader::decode(&raw)
+                DetailRecordHeader::from_bytes(&raw)
             }
             Ok(None) => {
                 let e = Error::corrupt(
@@ -860,7 +782,7 @@ mod tests {
         let mut out = Vec::new();
         for i in range {
             let r = record(i);
-            out.extend_from_slice(&r.header.encode());
+            out.extend_from_slice(&r.header.to_bytes());
             out.extend_from_slice(&r.payload);
         }
         out
@@ -889,7 +811,7 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(&b[0..4], b"ATD2");
-        assert_eq!((b[4], b[5], b[6], b[7]), (1, 1, current_arch(), 4));
+        assert_eq!((b[4], b[5], b[6], b[7]), (1, 1, crate::current_arch(), 4));
         assert_eq!(b[8..12], 0xa1a2_a3a4u32.to_le_bytes());
         assert_eq!(b[12..16], 0xb1b2_b3b4u32.to_le_bytes());
         assert_eq!(b[16..20], [0; 4], "reserved");
@@ -912,7 +834,7 @@ mod tests {
             thread_id: 0xe1e2_e3e4,
             timestamp_ns: 0xf1f2_f3f4_f5f6_f7f8,
         };
-        let b = h.encode();
+        let b = h.to_bytes();
         assert_eq!(b.len(), 24);
         assert_eq!(b[0..4], 0xa1a2_a3a4u32.to_le_bytes());
         assert_eq!(b[4..6], 0xb1b2u16.to_le_bytes());
@@ -920,7 +842,7 @@ mod tests {
         assert_eq!(b[8..12], 0xd1d2_d3d4u32.to_le_bytes());
         assert_eq!(b[12..16], 0xe1e2_e3e4u32.to_le_bytes());
         assert_eq!(b[16..24], 0xf1f2_f3f4_f5f6_f7f8u64.to_le_bytes());
-        assert_eq!(DetailRecordHeader::decode(&b), h);
+        assert_eq!(DetailRecordHeader::from_bytes(&b), h);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use crate::manifest::TscCalibration;
 use crate::sink::{self, Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage, EventCheck};
 use crate::{
-    current_arch, ClockType, EventFormat, EventKind, ENDIAN_LITTLE, EVENT_SIZE, FILE_VERSION,
-    FLAG_HAS_DETAIL, FOOTER_SIZE, HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC, OS_LINUX,
+    ClockType, EventFormat, EventKind, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL, FOOTER_SIZE,
+    HEADER_SIZE, INDEX_FOOTER_MAGIC, INDEX_MAGIC,
 };
 
 /// One index event (32 bytes on disk).
@@ -88,54 +88,38 @@ impl From<IndexEvent> for event::Record {
     }
 }
 
-/// The 64-byte header of `index.atf` (magic `ATI2` at 0 is implied).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexHeader {
-    /// Byte 4: 1 = little-endian.
-    pub endian: u8,
-    /// Byte 5: 1.
-    pub version: u8,
-    /// Byte 6: 1 x86_64, 2 arm64.
-    pub arch: u8,
-    /// Byte 7: 4 Linux.
-    pub os: u8,
-    /// Bytes 8..12: bit 0 = a detail file exists.
-    pub flags: u32,
-    /// Bytes 12..16: OS thread id, equal to the directory's id.
-    pub thread_id: u32,
-    /// Byte 16: [`ClockType`] as a byte.
-    pub clock_type: u8,
-    /// Bytes 24..28: 32.
-    pub event_size: u32,
-    /// Bytes 28..32: final count, 0 while recording (saturates at `u32::MAX`; the footer has the u64).
-    pub event_count: u32,
-    /// Bytes 32..40: 64.
-    pub events_offset: u64,
-    /// Bytes 40..48: offset of the footer, 64 while recording.
-    pub footer_offset: u64,
-    /// Bytes 48..56: timestamp of the first event.
-    pub time_start_ns: u64,
-    /// Bytes 56..64: timestamp of the last event.
-    pub time_end_ns: u64,
+event::file_header! {
+    /// The 64-byte header of `index.atf` (magic `ATI2` at 0 is implied): the prefix every trace
+    /// file kind shares (`flags` bit 0: a detail file exists; `thread_id` equal to the
+    /// directory's id), then:
+    pub struct IndexHeader(HEADER_SIZE, magic INDEX_MAGIC) {
+        /// Byte 16: [`ClockType`] as a byte.
+        clock_type: u8 @ 16,
+        /// Bytes 24..28: 32.
+        event_size: u32 @ 24,
+        /// Bytes 28..32: final count, 0 while recording (saturates at `u32::MAX`; the footer has the u64).
+        event_count: u32 @ 28,
+        /// Bytes 32..40: 64.
+        events_offset: u64 @ 32,
+        /// Bytes 40..48: offset of the footer, 64 while recording.
+        footer_offset: u64 @ 40,
+        /// Bytes 48..56: timestamp of the first event.
+        time_start_ns: u64 @ 48,
+        /// Bytes 56..64: timestamp of the last event.
+        time_end_ns: u64 @ 56,
+    }
 }
 
 impl IndexHeader {
     /// The header of a file being recorded on this machine: no events, footer offset 64.
     pub fn recording(thread_id: u32, clock: ClockType) -> Self {
         IndexHeader {
-            endian: ENDIAN_LITTLE,
-            version: FILE_VERSION,
-            arch: current_arch(),
-            os: OS_LINUX,
-            flags: 0,
             thread_id,
             clock_type: clock.to_raw(),
             event_size: EVENT_SIZE as u32,
-            event_count: 0,
             events_offset: HEADER_SIZE as u64,
             footer_offset: HEADER_SIZE as u64,
-            time_start_ns: 0,
-            time_end_ns: 0,
+            ..IndexHeader::this_machine(FILE_VERSION)
         }
     }
 
@@ -144,13 +128,6 @@ impl IndexHeader {
         self.flags & FLAG_HAS_DETAIL != 0
     }
 }
-
-event::le_fields!(IndexHeader, HEADER_SIZE, magic INDEX_MAGIC, {
-    endian: u8 @ 4, version: u8 @ 5, arch: u8 @ 6, os: u8 @ 7, flags: u32 @ 8,
-    thread_id: u32 @ 12, clock_type: u8 @ 16, event_size: u32 @ 24, event_count: u32 @ 28,
-    events_offset: u64 @ 32, footer_offset: u64 @ 40, time_start_ns: u64 @ 48,
-    time_end_ns: u64 @ 56,
-});
 
 /// Whether the bytes after the header of a file in the recording state are a footer cut short
 /// rather than events: fewer than a whole footer, starting with the footer's magic `2ITA`. An
@@ -165,25 +142,21 @@ fn torn_empty_footer(file: &File, len: u64) -> Result<bool, std::io::Error> {
     Ok(magic == INDEX_FOOTER_MAGIC)
 }
 
-/// The 64-byte footer of `index.atf` (magic `2ITA` at 0 is implied).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexFooter {
-    /// Bytes 4..8: CRC-32C of the event bytes; 0 = not computed.
-    pub checksum: u32,
-    /// Bytes 8..16: number of events (authoritative).
-    pub event_count: u64,
-    /// Bytes 16..24: timestamp of the first event.
-    pub time_start_ns: u64,
-    /// Bytes 24..32: timestamp of the last event.
-    pub time_end_ns: u64,
-    /// Bytes 32..40: bytes of event data (`event_count * 32`).
-    pub bytes_written: u64,
+event::le_struct! {
+    /// The 64-byte footer of `index.atf` (magic `2ITA` at 0 is implied).
+    pub struct IndexFooter(FOOTER_SIZE, magic INDEX_FOOTER_MAGIC) {
+        /// Bytes 4..8: CRC-32C of the event bytes; 0 = not computed.
+        checksum: u32 @ 4,
+        /// Bytes 8..16: number of events (authoritative).
+        event_count: u64 @ 8,
+        /// Bytes 16..24: timestamp of the first event.
+        time_start_ns: u64 @ 16,
+        /// Bytes 24..32: timestamp of the last event.
+        time_end_ns: u64 @ 24,
+        /// Bytes 32..40: bytes of event data (`event_count * 32`).
+        bytes_written: u64 @ 32,
+    }
 }
-
-event::le_fields!(IndexFooter, FOOTER_SIZE, magic INDEX_FOOTER_MAGIC, {
-    checksum: u32 @ 4, event_count: u64 @ 8, time_start_ns: u64 @ 16, time_end_ns: u64 @ 24,
-    bytes_written: u64 @ 32,
-});
 
 /// What a finished index file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -908,19 +881,13 @@ impl IndexReader {
         thread_id: u32,
     ) -> Result<Vec<Damage>> {
         let path = &self.path;
-        let mut out = Vec::new();
-        let mut raw = [0u8; HEADER_SIZE];
-        self.file
-            .read_exact_at(&mut raw, 0)
-            .map_err(|e| Error::io(path, "read the index header", e))?;
-        field_matches(
+        let (raw, mut out) = verify::header_and_thread::<HEADER_SIZE>(
+            &self.file,
             path,
-            12..16,
-            "the header's thread id",
-            h.thread_id.into(),
-            thread_id.into(),
-            &mut out,
-        );
+            "read the index header",
+            h.thread_id,
+            thread_id,
+        )?;
         if ClockType::from_raw(h.clock_type).is_none() {
             out.push(Damage::new(
                 path,
@@ -1205,7 +1172,7 @@ pub(crate) mod tests {
         assert_eq!(&b[0..4], b"ATI2");
         assert_eq!(b[4], 1, "endian");
         assert_eq!(b[5], 1, "version");
-        assert_eq!(b[6], current_arch());
+        assert_eq!(b[6], crate::current_arch());
         assert_eq!(b[7], 4, "os");
         assert_eq!(b[8..12], 1u32.to_le_bytes());
         assert_eq!(b[12..16], 0xa1a2_a3a4u32.to_le_bytes());

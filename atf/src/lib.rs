@@ -145,29 +145,11 @@ pub const DETAIL_MAGIC: [u8; 4] = *b"ATD2";
 /// Magic of a detail footer.
 pub const DETAIL_FOOTER_MAGIC: [u8; 4] = *b"2DTA";
 
-/// Header `endian` value: little-endian, the only one defined.
-pub const ENDIAN_LITTLE: u8 = 1;
+pub use event::{current_arch, ARCH_ARM64, ARCH_X86_64, ENDIAN_LITTLE, OS_LINUX};
 /// Header `version` value of both files.
 pub const FILE_VERSION: u8 = 1;
-/// Header `arch` value for x86_64.
-pub const ARCH_X86_64: u8 = 1;
-/// Header `arch` value for arm64.
-pub const ARCH_ARM64: u8 = 2;
-/// Header `os` value for Linux.
-pub const OS_LINUX: u8 = 4;
 /// Index header `flags` bit: the thread has a `detail.atf`.
 pub const FLAG_HAS_DETAIL: u32 = 1;
-
-/// The `arch` header value of the machine running this code (0 if neither x86_64 nor arm64).
-pub const fn current_arch() -> u8 {
-    if cfg!(target_arch = "x86_64") {
-        ARCH_X86_64
-    } else if cfg!(target_arch = "aarch64") {
-        ARCH_ARM64
-    } else {
-        0
-    }
-}
 
 /// The clock an index file's timestamps are read from (index header byte 16, manifest `clock_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -257,6 +257,31 @@ pub(crate) fn platform(path: &Path, arch: u8, os: u8, out: &mut Vec<Damage>) {
     );
 }
 
+/// The start of every file kind's check: the raw `N`-byte header of `file` (`what` names it in a
+/// read error) and the damage found so far: none, or the thread id stored at 12..16 (`stored`)
+/// differing from `thread_id`, the one the file's directory names.
+pub(crate) fn header_and_thread<const N: usize>(
+    file: &File,
+    path: &Path,
+    what: &'static str,
+    stored: u32,
+    thread_id: u32,
+) -> Result<([u8; N], Vec<Damage>)> {
+    let mut raw = [0u8; N];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut raw, 0)
+        .map_err(|e| Error::io(path, what, e))?;
+    let mut out = Vec::new();
+    field_matches(
+        path,
+        12..16,
+        "the header's thread id",
+        stored.into(),
+        thread_id.into(),
+        &mut out,
+    );
+    Ok((raw, out))
+}
+
 /// Damage if a stored field differs from what the rest of the file says it must be.
 pub(crate) fn field_matches(
     path: &Path,

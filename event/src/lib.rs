@@ -175,6 +175,122 @@ pub fn get_le<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     out
 }
 
+/// Header `endian` value of every trace file: little-endian, the only one defined.
+pub const ENDIAN_LITTLE: u8 = 1;
+/// Header `arch` value for x86_64.
+pub const ARCH_X86_64: u8 = 1;
+/// Header `arch` value for arm64.
+pub const ARCH_ARM64: u8 = 2;
+/// Header `os` value for Linux.
+pub const OS_LINUX: u8 = 4;
+
+/// The `arch` header value of the machine running this code (0 if neither x86_64 nor arm64).
+pub const fn current_arch() -> u8 {
+    if cfg!(target_arch = "x86_64") {
+        ARCH_X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        ARCH_ARM64
+    } else {
+        0
+    }
+}
+
+/// Declares a struct of integer fields stored little-endian at fixed offsets of an `N`-byte
+/// block that starts with a 4-byte magic (a file header, footer or trailer), each field written
+/// once with its offset, and implements its conversions with [`le_fields!`].
+///
+/// ```
+/// event::le_struct! {
+///     /// A 16-byte trailer.
+///     pub struct Trailer(16, magic *b"TRLR") {
+///         /// Bytes 8..16: where the index starts.
+///         offset: u64 @ 8,
+///     }
+/// }
+/// let b = Trailer { offset: 64 }.encode();
+/// assert_eq!((&b[0..4], b[8]), (&b"TRLR"[..], 64));
+/// assert_eq!(Trailer::decode(&b), Some(Trailer { offset: 64 }));
+/// ```
+#[macro_export]
+macro_rules! le_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident($size:expr, magic $magic:expr) {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ident @ $off:expr ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        $crate::le_fields!($name, $size, magic $magic, { $( $field: $ty @ $off ),* });
+    };
+}
+
+/// Declares the header struct of a trace file kind with [`le_struct!`]: the fields every kind's
+/// header starts with (after the 4-byte magic: `endian` at 4, `version` at 5, `arch` at 6, `os`
+/// at 7, `flags` at 8..12, `thread_id` at 12..16), then the kind's own fields at their offsets;
+/// also implements `this_machine(version)`, the prefix of a file written here with every other
+/// field 0.
+///
+/// ```
+/// event::file_header! {
+///     /// A 32-byte header.
+///     pub struct Header(32, magic *b"DEMO") {
+///         /// Bytes 16..24: events.
+///         count: u64 @ 16,
+///     }
+/// }
+/// let h = Header { count: 5, ..Header::this_machine(1) };
+/// let b = h.encode();
+/// assert_eq!((&b[0..4], b[4], b[16]), (&b"DEMO"[..], event::ENDIAN_LITTLE, 5));
+/// assert_eq!(Header::decode(&b), Some(h));
+/// ```
+#[macro_export]
+macro_rules! file_header {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident($size:expr, magic $magic:expr) {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ident @ $off:expr ),* $(,)?
+        }
+    ) => {
+        $crate::le_struct! {
+            $(#[$meta])*
+            pub struct $name($size, magic $magic) {
+                /// Byte 4: 1 = little-endian.
+                endian: u8 @ 4,
+                /// Byte 5: the format version.
+                version: u8 @ 5,
+                /// Byte 6: 1 x86_64, 2 arm64.
+                arch: u8 @ 6,
+                /// Byte 7: 4 Linux.
+                os: u8 @ 7,
+                /// Bytes 8..12: flags (bit 0 in event files: the thread has a detail file).
+                flags: u32 @ 8,
+                /// Bytes 12..16: OS thread id.
+                thread_id: u32 @ 12,
+                $( $(#[$field_meta])* $field: $ty @ $off, )*
+            }
+        }
+
+        impl $name {
+            /// The header of a file written on this machine in format `version`: little-endian,
+            /// this machine's `arch`, Linux; every other field 0.
+            pub fn this_machine(version: u8) -> Self {
+                $name {
+                    endian: $crate::ENDIAN_LITTLE,
+                    version,
+                    arch: $crate::current_arch(),
+                    os: $crate::OS_LINUX,
+                    ..Default::default()
+                }
+            }
+        }
+    };
+}
+
 /// Size of a [`DetailHeader`].
 pub const DETAIL_HEADER_SIZE: usize = 24;
 /// Detail record `event_type` of a call.
