@@ -42,7 +42,7 @@ pub fn produce(registry: Registry<'_>, threads: u32, per_thread: u64) {
                                 thread_id: tid,
                                 timestamp_ns: seq + 1,
                             };
-                            let mut record = header.encode().to_vec();
+                            let mut record = header.to_bytes().to_vec();
                             record.extend_from_slice(&[0xab; 8]);
                             let _ = detail.push(&record);
                             detail.mark_active();
