@@ -9,6 +9,13 @@
 //!
 //! `cargo bench -p benches --bench agent_overhead` (full run); `cargo test --benches` runs a
 //! 100 k-call pass.
+//!
+//! `cargo bench -p benches --bench agent_overhead -- instructions` counts instructions instead,
+//! steadier than times on a shared machine: each program under `valgrind --tool=callgrind`, one
+//! thread, run with 100 k and 200 k calls; the difference of the whole process's counts over
+//! 100 k is the instructions per call+return pair (start-up and exit cancel out). With
+//! `AGENT_OVERHEAD_PROFILES=<dir>`, the 200 k-call profiles are kept there, one per program and
+//! mode, for `callgrind_annotate --inclusive=yes <file>`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +27,24 @@ use registry::{Handshake, LaneConfig, RegionConfig, SharedRegion};
 
 fn cc(dir: &Path, name: &str, instrument: bool) -> PathBuf {
     benches::build_c(dir, name, benches::OVERHEAD_C, instrument)
+}
+
+/// [`benches::OVERHEAD_C`] compiled with `flags`, linked without them.
+fn compiled_with(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let object = dir.join(format!("{name}.o"));
+    let mut flags = flags.to_vec();
+    flags.extend(["-c", "-o", object.to_str().unwrap()]);
+    // Compiles into `object` (the `-o` given last wins).
+    benches::build_c_with(dir, &format!("{name}_compile"), benches::OVERHEAD_C, &flags);
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-pthread", "-o"])
+        .arg(&out)
+        .arg(&object)
+        .status()
+        .unwrap();
+    assert!(status.success(), "linking {name}");
+    out
 }
 
 /// libagent.so, next to this benchmark's deps (built as a dependency of the benches crate).
@@ -39,7 +64,46 @@ fn agent_so() -> PathBuf {
 
 /// (CPU ns per pair, wall ns per pair).
 fn measure(program: &Path, threads: u32, calls: u64, region: Option<&RegionConfig>) -> (f64, f64) {
-    let mut cmd = Command::new(program);
+    let (out, _) = run(Command::new(program), program, threads, calls, region);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Instructions the whole process executes with `calls` pairs on one thread, under callgrind.
+/// The profile goes to `profile`, or nowhere.
+fn instructions(
+    program: &Path,
+    calls: u64,
+    region: Option<&RegionConfig>,
+    profile: Option<PathBuf>,
+) -> u64 {
+    let mut cmd = Command::new("valgrind");
+    let profile = profile.unwrap_or_else(|| PathBuf::from("/dev/null"));
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", profile.display()))
+        .arg(program);
+    let (out, _) = run(cmd, program, 1, calls, region);
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| {
+            l.split_once("Collected :")
+                .map(|(_, n)| n.trim().parse().ok())
+        })
+        .flatten()
+        .unwrap_or_else(|| panic!("no instruction count from callgrind:\n{text}"))
+}
+
+/// Runs `cmd` (the workload `program`, or a tool in front of it) with the workload's arguments,
+/// preloading the agent and draining its rings when `region` is given. Returns its output and
+/// the records drained.
+fn run(
+    mut cmd: Command,
+    program: &Path,
+    threads: u32,
+    calls: u64,
+    region: Option<&RegionConfig>,
+) -> (std::process::Output, Option<u64>) {
     // A `-pg` program writes gmon.out into its working directory.
     cmd.current_dir(program.parent().unwrap());
     cmd.args([threads.to_string(), calls.to_string()])
@@ -83,15 +147,17 @@ fn measure(program: &Path, threads: u32, calls: u64, region: Option<&RegionConfi
     let out = cmd.output().unwrap();
     stop.store(true, Ordering::Relaxed);
     let records = drain.map(|d| d.join().unwrap());
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().unwrap());
-    let (cpu, wall) = (it.next().unwrap(), it.next().unwrap());
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if let Some(records) = records {
         // Not every record is drained before the stop (no final drain here); most are.
         assert!(records > 0);
     }
-    (cpu, wall)
+    (out, records)
 }
 
 fn main() {
@@ -136,39 +202,77 @@ fn main() {
         detail_enabled: true,
         ..base.clone()
     };
+    let runs: [(&str, &Path, Option<&RegionConfig>); 11] = [
+        ("untraced (no -finstrument-functions)", &plain, None),
+        ("glibc no-op hooks", &instrumented, None),
+        ("agent, index lane", &instrumented, Some(&base)),
+        (
+            "agent, index lane, fenced handshake",
+            &instrumented,
+            Some(&fenced),
+        ),
+        (
+            "agent, index + detail (128 stack bytes)",
+            &instrumented,
+            Some(&detail),
+        ),
+        ("-pg, glibc's mcount", &pg, None),
+        ("-pg, agent (mcount + return trampoline)", &pg, Some(&base)),
+        ("-pg -mfentry, glibc's __fentry__", &fentry, None),
+        (
+            "-pg -mfentry, agent (__fentry__ + trampoline)",
+            &fentry,
+            Some(&base),
+        ),
+        ("patchable entries, untraced (NOPs)", &patchable, None),
+        (
+            "patchable entries, agent (patched + trampoline)",
+            &patchable,
+            Some(&base),
+        ),
+    ];
+    if std::env::args().any(|a| a == "instructions") {
+        // `-pg` compiled but linked without it: gmon's profiling timer (SIGPROF) kills a program
+        // under valgrind. The hooks are called all the same.
+        let pg = compiled_with(dir.path(), "pg_nogmon", &["-pg"]);
+        let fentry = compiled_with(dir.path(), "fentry_nogmon", &["-pg", "-mfentry"]);
+        let runs = runs.map(|(name, program, region)| match name {
+            n if n.starts_with("-pg -mfentry") => (name, fentry.as_path(), region),
+            n if n.starts_with("-pg") => (name, pg.as_path(), region),
+            _ => (name, program, region),
+        });
+        // 100 k more pairs than the first run: the difference over them is per pair.
+        let (n, more) = (100_000u64, 200_000u64);
+        println!(
+            "agent_overhead: instructions per call+return pair, whole process, 1 thread \
+             (callgrind, {more} minus {n} calls, over {})",
+            more - n
+        );
+        let profiles = std::env::var_os("AGENT_OVERHEAD_PROFILES").map(PathBuf::from);
+        for (i, (name, program, region)) in runs.into_iter().enumerate() {
+            if name.starts_with("patchable entries, agent") {
+                // Under valgrind no free address range lies near the code for the sleds' calls
+                // to land in: the agent leaves them unpatched.
+                println!("    {name:<48} {:>8}", "-");
+                continue;
+            }
+            let profile = profiles.as_ref().map(|d| {
+                let program = program.file_name().unwrap().to_string_lossy();
+                d.join(format!("callgrind.{i:02}.{program}"))
+            });
+            let a = instructions(program, n, region, None);
+            let b = instructions(program, more, region, profile);
+            println!(
+                "    {name:<48} {:8.1}",
+                (b as f64 - a as f64) / (more - n) as f64
+            );
+        }
+        return;
+    }
     println!(
         "agent_overhead: {calls} calls per thread, ns per call+return pair (thread CPU | wall)"
     );
     for &threads in thread_counts {
-        let runs: [(&str, &Path, Option<&RegionConfig>); 11] = [
-            ("untraced (no -finstrument-functions)", &plain, None),
-            ("glibc no-op hooks", &instrumented, None),
-            ("agent, index lane", &instrumented, Some(&base)),
-            (
-                "agent, index lane, fenced handshake",
-                &instrumented,
-                Some(&fenced),
-            ),
-            (
-                "agent, index + detail (128 stack bytes)",
-                &instrumented,
-                Some(&detail),
-            ),
-            ("-pg, glibc's mcount", &pg, None),
-            ("-pg, agent (mcount + return trampoline)", &pg, Some(&base)),
-            ("-pg -mfentry, glibc's __fentry__", &fentry, None),
-            (
-                "-pg -mfentry, agent (__fentry__ + trampoline)",
-                &fentry,
-                Some(&base),
-            ),
-            ("patchable entries, untraced (NOPs)", &patchable, None),
-            (
-                "patchable entries, agent (patched + trampoline)",
-                &patchable,
-                Some(&base),
-            ),
-        ];
         let noop = measure(&instrumented, threads, calls, None).0;
         println!("  {threads} thread(s):");
         for (name, program, region) in runs {

@@ -331,6 +331,25 @@ pub static DETAIL_NEVER: u8 = 0;
 /// function returned with.
 pub const DETAIL_REGS: usize = 17;
 
+/// Assembly (one string literal, for `naked_asm!`) that stores the 15 integer registers but `rsp`
+/// into a register block at `[rsp + {regs}]`, in the block's order (see [`DETAIL_REGS`]): `rdi`,
+/// `rsi`, `rdx`, `rcx`, `r8`, `r9`, `rax`, `rbx`, `rbp`, `r10`, `r11`, `r12`–`r15`. The caller
+/// passes `regs = const <offset>` and fills the last two words (the stack pointer and the return
+/// address) itself. Every naked hook that records registers (this crate's trampoline, the agent's
+/// entry hooks) stores them with it, so they agree on the layout.
+#[macro_export]
+macro_rules! store_registers {
+    () => {
+        $crate::store_registers!(@
+            rdi 0, rsi 8, rdx 16, rcx 24, r8 32, r9 40, rax 48, rbx 56, rbp 64, r10 72, r11 80,
+            r12 88, r13 96, r14 104, r15 112
+        )
+    };
+    (@ $($reg:ident $at:literal),*) => {
+        concat!($("mov [rsp + {regs} + ", $at, "], ", stringify!($reg), "\n"),*)
+    };
+}
+
 /// Defines `pub unsafe extern "C" fn $name()`, a return trampoline: entered by a hooked
 /// function's `ret`, it saves the return-value registers (`rax`, `rdx`, `xmm0`, `xmm1`), calls
 /// `$handler(slot: u64, regs: *mut u64) -> u64` with the slot it was entered from and jumps to
@@ -363,19 +382,7 @@ macro_rules! return_trampoline {
                 "movdqu [rsp + 160], xmm1",
                 "cmp byte ptr [rip + {flag}], 0",
                 "je 2f",
-                "mov [rsp], rdi",
-                "mov [rsp + 8], rsi",
-                "mov [rsp + 24], rcx",
-                "mov [rsp + 32], r8",
-                "mov [rsp + 40], r9",
-                "mov [rsp + 56], rbx",
-                "mov [rsp + 64], rbp",
-                "mov [rsp + 72], r10",
-                "mov [rsp + 80], r11",
-                "mov [rsp + 88], r12",
-                "mov [rsp + 96], r13",
-                "mov [rsp + 104], r14",
-                "mov [rsp + 112], r15",
+                $crate::store_registers!(),
                 "mov [rsp + 120], r11",
                 "mov qword ptr [rsp + 128], 0",
                 "mov rsi, rsp",
@@ -394,6 +401,7 @@ macro_rules! return_trampoline {
                 "jmp r10",
                 handler = sym $handler,
                 flag = sym $flag,
+                regs = const 0,
             )
         }
     };

@@ -192,50 +192,46 @@ extern "C" fn loaded(handle: *mut c_void) {
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// Replaces `dlopen`: the real one, called as if from the caller (see the module doc). Exported
-/// as `dlopen`, so a preloaded agent stands in front of glibc's from the start.
-///
-/// # Safety
-/// Called as `dlopen`, with its arguments.
-#[unsafe(naked)]
-#[export_name = "dlopen"]
-pub unsafe extern "C" fn dlopen_trampoline() {
-    core::arch::naked_asm!(
-        "endbr64",
-        "mov r11, qword ptr [rip + {real}]",
-        "test r11, r11",
-        "jz 1f",
-        "jmp {hop}",
-        "1:",
-        "mov eax, 0",
-        "jmp {first}",
-        real = sym REAL_DLOPEN,
-        hop = sym hop,
-        first = sym first_call,
-    )
+/// Defines an exported stand-in for a loading function: a jump to [`hop`] with the real function
+/// in r11 once it is known (`$real`), else to [`first_call`] with `$which` in eax (its index in
+/// [`resolve_lazily`]).
+macro_rules! load_trampoline {
+    ($(#[$meta:meta])* $name:ident, export = $export:literal, real = $real:path, which = $which:literal) => {
+        $(#[$meta])*
+        ///
+        /// # Safety
+        #[doc = concat!("Called as `", $export, "`, with its arguments.")]
+        #[unsafe(naked)]
+        #[export_name = $export]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                "endbr64",
+                "mov r11, qword ptr [rip + {real}]",
+                "test r11, r11",
+                "jz 1f",
+                "jmp {hop}",
+                "1:",
+                "mov eax, {which}",
+                "jmp {first}",
+                real = sym $real,
+                hop = sym hop,
+                first = sym first_call,
+                which = const $which,
+            )
+        }
+    };
 }
 
-/// Replaces `dlmopen`, as [`dlopen_trampoline`] does `dlopen`; exported as `dlmopen`.
-///
-/// # Safety
-/// Called as `dlmopen`, with its arguments.
-#[unsafe(naked)]
-#[export_name = "dlmopen"]
-pub unsafe extern "C" fn dlmopen_trampoline() {
-    core::arch::naked_asm!(
-        "endbr64",
-        "mov r11, qword ptr [rip + {real}]",
-        "test r11, r11",
-        "jz 1f",
-        "jmp {hop}",
-        "1:",
-        "mov eax, 1",
-        "jmp {first}",
-        real = sym REAL_DLMOPEN,
-        hop = sym hop,
-        first = sym first_call,
-    )
-}
+load_trampoline!(
+    /// Replaces `dlopen`: the real one, called as if from the caller (see the module doc).
+    /// Exported as `dlopen`, so a preloaded agent stands in front of glibc's from the start.
+    dlopen_trampoline, export = "dlopen", real = REAL_DLOPEN, which = 0
+);
+
+load_trampoline!(
+    /// Replaces `dlmopen`, as [`dlopen_trampoline`] does `dlopen`; exported as `dlmopen`.
+    dlmopen_trampoline, export = "dlmopen", real = REAL_DLMOPEN, which = 1
+);
 
 /// A trampoline whose function is not known yet: eax says which (0 `dlopen`, 1 `dlmopen`);
 /// [rsp] is the caller's return address and rsp = 8 (mod 16), as at the trampoline's entry.
