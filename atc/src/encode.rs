@@ -18,14 +18,20 @@ const MAX_DELTA: u64 = 1 << 60;
 /// must survive a crash); [`finish`](Self::finish) seals and appends the chunk index and the
 /// trailer. The encoder remembers where each chunk starts (from the `base` offset it was given)
 /// to build the index.
+///
+/// The drain runs it on every event a traced program makes, so it is built for speed: it reads
+/// only the fields a prediction needs (two 8-byte words decide whether an event is the predicted
+/// call or return), writes varints straight into a payload buffer sized for a full chunk plus
+/// one event, remembers the last function called (a loop calling one function never probes the
+/// dictionary), and keeps the general path (any event, stored exactly) out of line.
 pub struct Encoder {
     thread_id: u32,
     /// File offset of the next sealed chunk.
     offset: u64,
-    /// Stream position of the next record.
-    seq: u64,
+    /// Records in the sealed chunks (the stream position of the open chunk's first record).
+    sealed: u64,
     header: ChunkHeader,
-    payload: Vec<u8>,
+    payload: Payload,
     count: u32,
     prev_ts: u64,
     /// The depth counter: a call at depth d leaves d + 1, a return leaves its own depth.
@@ -33,7 +39,30 @@ pub struct Encoder {
     next_detail: u32,
     stack: Vec<u64>,
     dict: Dict,
+    /// The last function a call in the open chunk named, and its dictionary number: valid while
+    /// `last_call_valid` (reset with the dictionary).
+    last_call: (u64, u32),
+    last_call_valid: bool,
     index: Vec<IndexEntry>,
+}
+
+/// Bytes 16..24 of a record (thread id, kind) as one little-endian word.
+#[inline(always)]
+const fn who(thread_id: u32, kind: u32) -> u64 {
+    thread_id as u64 | (kind as u64) << 32
+}
+
+/// Bytes 24..32 of a record (call depth, detail sequence number) for an event without detail.
+#[inline(always)]
+const fn at_depth(depth: u32) -> u64 {
+    depth as u64 | (NO_DETAIL as u64) << 32
+}
+
+#[inline(always)]
+fn u64_at(raw: &[u8; event::SIZE], off: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&raw[off..off + 8]);
+    u64::from_le_bytes(b)
 }
 
 impl Encoder {
@@ -42,22 +71,24 @@ impl Encoder {
         Encoder {
             thread_id,
             offset: base,
-            seq: 0,
+            sealed: 0,
             header: ChunkHeader::default(),
-            payload: Vec::with_capacity(CHUNK_TARGET_BYTES + 64),
+            payload: Payload::new(),
             count: 0,
             prev_ts: 0,
             depth: 0,
             next_detail: 0,
             stack: Vec::new(),
             dict: Dict::new(),
+            last_call: (0, 0),
+            last_call_valid: false,
             index: Vec::new(),
         }
     }
 
     /// Records taken so far.
     pub fn event_count(&self) -> u64 {
-        self.seq
+        self.sealed + u64::from(self.count)
     }
 
     /// Records in the open (unsealed) chunk.
@@ -79,44 +110,117 @@ impl Encoder {
     /// into `out`.
     pub fn push_bytes(&mut self, records: &[u8], out: &mut Vec<u8>) {
         for raw in records.chunks_exact(event::SIZE) {
-            let mut b = [0u8; event::SIZE];
-            b.copy_from_slice(raw);
-            self.push(&b, out);
+            let raw: &[u8; event::SIZE] = raw.try_into().expect("chunks_exact gives whole records");
+            self.push(raw, out);
         }
     }
 
     /// Encodes one record, sealing the chunk into `out` if it is full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, raw: &[u8; event::SIZE], out: &mut Vec<u8>) {
+        let ts = u64_at(raw, 0);
+        // Time going backwards wraps to a huge delta: the general path stores it.
+        let delta = ts.wrapping_sub(self.prev_ts);
+        if self.count == 0 || delta >= MAX_DELTA || !self.encode_predicted(raw, ts, delta) {
+            self.push_general(raw, out);
+            return;
+        }
+        self.count += 1;
+        // A chunk at CHUNK_MAX_EVENTS events holds at least as many bytes (see the assertion
+        // below), so the byte count alone says when it is full.
+        if self.payload.len >= CHUNK_TARGET_BYTES {
+            self.seal(out);
+        }
+    }
+
+    /// [`push`](Self::push) of a record that opens a chunk, is far from the previous one in time,
+    /// or is not a predicted call or return.
+    #[inline(never)]
+    fn push_general(&mut self, raw: &[u8; event::SIZE], out: &mut Vec<u8>) {
         let r = Record::from_bytes(raw);
         if self.count > 0 && r.timestamp_ns.abs_diff(self.prev_ts) >= MAX_DELTA {
             self.seal(out);
         }
         if self.count == 0 {
-            self.open(&r);
+            self.open(r.timestamp_ns);
         }
-        self.encode(&r);
+        self.encode_general(&r);
         self.count += 1;
-        self.seq += 1;
-        if self.payload.len() >= CHUNK_TARGET_BYTES || self.count >= CHUNK_MAX_EVENTS {
+        if self.payload.len >= CHUNK_TARGET_BYTES {
             self.seal(out);
         }
     }
 
-    fn open(&mut self, r: &Record) {
+    fn open(&mut self, ts: u64) {
         self.header = ChunkHeader {
-            first_seq: self.seq,
-            time_first_ns: r.timestamp_ns,
+            first_seq: self.sealed,
+            time_first_ns: ts,
             thread_id: self.thread_id,
             start_depth: self.depth,
             next_detail: self.next_detail,
             ..ChunkHeader::default()
         };
-        self.prev_ts = r.timestamp_ns;
+        self.prev_ts = ts;
     }
 
+    /// The common events, without detail: the return of the call on top of the stack, and a
+    /// call at the current depth of the function called last or of one in the dictionary.
+    /// Returns false, having written nothing, for any other event.
     #[inline(always)]
-    fn encode(&mut self, r: &Record) {
+    fn encode_predicted(&mut self, raw: &[u8; event::SIZE], ts: u64, delta: u64) -> bool {
+        let function = u64_at(raw, 8);
+        let who_kind = u64_at(raw, 16);
+        let depth_detail = u64_at(raw, 24);
+        if who_kind == who(self.thread_id, RETURN)
+            && depth_detail == at_depth(self.depth.saturating_sub(1))
+            && self.stack.last() == Some(&function)
+        {
+            self.payload.put((delta << 3) | op::RET);
+            self.stack.pop();
+            self.depth = depth_detail as u32;
+            self.prev_ts = ts;
+            return true;
+        }
+        if who_kind == who(self.thread_id, CALL) && depth_detail == at_depth(self.depth) {
+            let slot = if self.last_call_valid && self.last_call.0 == function {
+                self.last_call.1
+            } else {
+                match self.dict.find(function) {
+                    Some((slot, new)) => {
+                        self.payload.put((delta << 3) | op::CALL);
+                        self.payload.put(u64::from(slot));
+                        if new {
+                            self.payload.put(function);
+                        }
+                        self.called(function, slot);
+                        self.prev_ts = ts;
+                        return true;
+                    }
+                    None => return false,
+                }
+            };
+            self.payload.put((delta << 3) | op::CALL);
+            self.payload.put(u64::from(slot));
+            self.called(function, slot);
+            self.prev_ts = ts;
+            return true;
+        }
+        false
+    }
+
+    /// What a predicted call of `function` (dictionary number `slot`) does to the state.
+    #[inline(always)]
+    fn called(&mut self, function: u64, slot: u32) {
+        self.stack.push(function);
+        self.depth = self.depth.wrapping_add(1);
+        self.last_call = (function, slot);
+        self.last_call_valid = true;
+    }
+
+    /// Any event: predicted with its detail sequence number when it can be, stored in full
+    /// otherwise.
+    #[inline(always)]
+    fn encode_general(&mut self, r: &Record) {
         let back = r.timestamp_ns < self.prev_ts;
         let delta = r.timestamp_ns.abs_diff(self.prev_ts);
         self.prev_ts = r.timestamp_ns;
@@ -132,7 +236,7 @@ impl Encoder {
                 && self.stack.last() == Some(&r.function_id)
                 && r.call_depth == self.depth.saturating_sub(1)
             {
-                varint::put(&mut self.payload, (delta << 3) | (op::RET + d));
+                self.payload.put((delta << 3) | (op::RET + d));
                 self.stack.pop();
                 self.depth = r.call_depth;
                 self.note_detail(r.detail_seq);
@@ -140,25 +244,24 @@ impl Encoder {
             }
             if r.kind == CALL && r.call_depth == self.depth {
                 if let Some((slot, new)) = self.dict.find(r.function_id) {
-                    varint::put(&mut self.payload, (delta << 3) | (op::CALL + d));
-                    varint::put(&mut self.payload, u64::from(slot));
+                    self.payload.put((delta << 3) | (op::CALL + d));
+                    self.payload.put(u64::from(slot));
                     if new {
-                        varint::put(&mut self.payload, r.function_id);
+                        self.payload.put(r.function_id);
                     }
-                    self.stack.push(r.function_id);
-                    self.depth = r.call_depth.wrapping_add(1);
+                    self.called(r.function_id, slot);
                     self.note_detail(r.detail_seq);
                     return;
                 }
             }
         }
         let code = if back { op::FULL_BACK } else { op::FULL };
-        varint::put(&mut self.payload, (delta << 3) | code);
-        varint::put(&mut self.payload, u64::from(r.kind));
-        varint::put(&mut self.payload, r.function_id);
-        varint::put(&mut self.payload, u64::from(r.call_depth));
-        varint::put(&mut self.payload, u64::from(r.detail_seq.wrapping_add(1)));
-        varint::put(&mut self.payload, u64::from(r.thread_id));
+        self.payload.put((delta << 3) | code);
+        self.payload.put(u64::from(r.kind));
+        self.payload.put(r.function_id);
+        self.payload.put(u64::from(r.call_depth));
+        self.payload.put(u64::from(r.detail_seq.wrapping_add(1)));
+        self.payload.put(u64::from(r.thread_id));
         apply_full(r, &mut self.stack, &mut self.depth);
         self.note_detail(r.detail_seq);
     }
@@ -176,20 +279,23 @@ impl Encoder {
         if self.count == 0 {
             return false;
         }
-        self.header.payload_len = self.payload.len() as u32;
+        let payload = self.payload.bytes();
+        self.header.payload_len = payload.len() as u32;
         self.header.event_count = self.count;
         self.header.time_last_ns = self.prev_ts;
         self.header.crc = 0;
         let raw = self.header.encode();
-        self.header.crc = ChunkHeader::checksum(&raw, &self.payload);
+        self.header.crc = ChunkHeader::checksum(&raw, payload);
         out.extend_from_slice(&self.header.encode());
-        out.extend_from_slice(&self.payload);
+        out.extend_from_slice(payload);
         self.index.push(IndexEntry::of(self.offset, &self.header));
-        self.offset += (CHUNK_HEADER_SIZE + self.payload.len()) as u64;
-        self.payload.clear();
+        self.offset += (CHUNK_HEADER_SIZE + payload.len()) as u64;
+        self.payload.len = 0;
+        self.sealed += u64::from(self.count);
         self.count = 0;
         self.stack.clear();
         self.dict.clear();
+        self.last_call_valid = false;
         true
     }
 
@@ -200,10 +306,52 @@ impl Encoder {
         encode_index(&self.index, out);
         let trailer = Trailer {
             index_offset,
-            event_count: self.seq,
+            event_count: self.sealed,
             chunk_count: self.index.len() as u32,
         };
         out.extend_from_slice(&trailer.encode());
+    }
+}
+
+/// Largest encoding of one event: an event stored in full (the op varint, three 32-bit fields of
+/// up to 5 bytes, two 64-bit ones of up to 10).
+const EVENT_MAX: usize = 2 * varint::MAX_LEN + 4 * 5;
+
+/// The open chunk's payload: a buffer that holds a full chunk plus the event that fills it, so
+/// varints are written in place with no growth check (the encoder seals once `len` reaches
+/// [`CHUNK_TARGET_BYTES`], before the next event).
+struct Payload {
+    buf: Box<[u8; PAYLOAD_CAPACITY]>,
+    len: usize,
+}
+
+const PAYLOAD_CAPACITY: usize = CHUNK_TARGET_BYTES + EVENT_MAX + varint::MAX_LEN;
+// Every event takes at least one byte: a chunk of CHUNK_MAX_EVENTS events has reached
+// CHUNK_TARGET_BYTES, so `push` checks the bytes only.
+const _: () = assert!(CHUNK_MAX_EVENTS as usize >= CHUNK_TARGET_BYTES);
+
+impl Payload {
+    fn new() -> Self {
+        Payload {
+            buf: vec![0u8; PAYLOAD_CAPACITY]
+                .into_boxed_slice()
+                .try_into()
+                .expect("PAYLOAD_CAPACITY bytes"),
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn put(&mut self, v: u64) {
+        let at = self.len;
+        let dst: &mut [u8; varint::MAX_LEN] = (&mut self.buf[at..at + varint::MAX_LEN])
+            .try_into()
+            .expect("a varint-sized window");
+        self.len = at + varint::put_at(dst, v);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -225,13 +373,20 @@ pub(crate) fn apply_full(r: &Record, stack: &mut Vec<u64>, depth: &mut u32) {
 }
 
 /// The chunk's function dictionary: function id to its number in order of first appearance.
-/// Open addressing at most half full; a generation stamp empties it in O(1) per chunk.
+/// Open addressing at most half full, one 16-byte entry a probe (key, number and generation side
+/// by side); a generation stamp empties it in O(1) per chunk.
 struct Dict {
-    keys: Vec<u64>,
-    slots: Vec<u32>,
-    gens: Vec<u32>,
+    entries: Vec<DictEntry>,
     gen: u32,
     len: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct DictEntry {
+    key: u64,
+    slot: u32,
+    /// The entry is in use when this is the dictionary's generation.
+    gen: u32,
 }
 
 const DICT_BITS: u32 = 13;
@@ -239,11 +394,8 @@ const _: () = assert!((1 << DICT_BITS) >= 2 * DICT_MAX);
 
 impl Dict {
     fn new() -> Self {
-        let n = 1 << DICT_BITS;
         Dict {
-            keys: vec![0; n],
-            slots: vec![0; n],
-            gens: vec![0; n],
+            entries: vec![DictEntry::default(); 1 << DICT_BITS],
             gen: 1,
             len: 0,
         }
@@ -256,20 +408,23 @@ impl Dict {
         let mask = (1usize << DICT_BITS) - 1;
         let mut h = (function.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - DICT_BITS)) as usize;
         loop {
-            if self.gens[h] != self.gen {
+            let e = &mut self.entries[h & mask];
+            if e.gen != self.gen {
                 if self.len as usize >= DICT_MAX {
                     return None;
                 }
-                self.gens[h] = self.gen;
-                self.keys[h] = function;
-                self.slots[h] = self.len;
+                *e = DictEntry {
+                    key: function,
+                    slot: self.len,
+                    gen: self.gen,
+                };
                 self.len += 1;
-                return Some((self.len - 1, true));
+                return Some((e.slot, true));
             }
-            if self.keys[h] == function {
-                return Some((self.slots[h], false));
+            if e.key == function {
+                return Some((e.slot, false));
             }
-            h = (h + 1) & mask;
+            h = (h & mask) + 1;
         }
     }
 
@@ -277,7 +432,7 @@ impl Dict {
         self.len = 0;
         self.gen = self.gen.wrapping_add(1);
         if self.gen == 0 {
-            self.gens.fill(0);
+            self.entries.fill(DictEntry::default());
             self.gen = 1;
         }
     }
