@@ -109,28 +109,105 @@ impl Encoder {
     /// Encodes whole 32-byte records (a trailing partial record is ignored), sealing full chunks
     /// into `out`.
     pub fn push_bytes(&mut self, records: &[u8], out: &mut Vec<u8>) {
-        for raw in records.chunks_exact(event::SIZE) {
-            let raw: &[u8; event::SIZE] = raw.try_into().expect("chunks_exact gives whole records");
-            self.push(raw, out);
+        let whole = &records[..records.len() - records.len() % event::SIZE];
+        let mut at = 0;
+        while at < whole.len() {
+            at += self.run_predicted(&whole[at..]) * event::SIZE;
+            if self.payload.len >= CHUNK_TARGET_BYTES {
+                self.seal(out);
+            }
+            if let Some(raw) = whole.get(at..at + event::SIZE) {
+                self.push_general(raw.try_into().expect("a whole record"), out);
+                at += event::SIZE;
+            }
         }
     }
 
     /// Encodes one record, sealing the chunk into `out` if it is full.
-    #[inline(always)]
+    #[inline]
     pub fn push(&mut self, raw: &[u8; event::SIZE], out: &mut Vec<u8>) {
-        let ts = u64_at(raw, 0);
-        // Time going backwards wraps to a huge delta: the general path stores it.
-        let delta = ts.wrapping_sub(self.prev_ts);
-        if self.count == 0 || delta >= MAX_DELTA || !self.encode_predicted(raw, ts, delta) {
-            self.push_general(raw, out);
-            return;
+        self.push_bytes(raw, out);
+    }
+
+    /// Encodes the predicted events at the start of `records` (whole records) into the open
+    /// chunk and returns how many it took: it stops before the first event that is not the
+    /// predicted call or return without detail (see below), that is far from the previous one in
+    /// time, or that would not fit the chunk, and takes nothing when no chunk is open.
+    ///
+    /// Predicted: the return of the function on top of the stack at the depth below the current
+    /// one, and a call at the current depth of the function called last or of one the dictionary
+    /// holds or has room for; both of the chunk's thread, with no detail, time not going back.
+    /// The state it changes stays in registers for the run and is stored once at the end.
+    #[inline(always)]
+    fn run_predicted(&mut self, records: &[u8]) -> usize {
+        if self.count == 0 {
+            return 0;
         }
-        self.count += 1;
-        // A chunk at CHUNK_MAX_EVENTS events holds at least as many bytes (see the assertion
-        // below), so the byte count alone says when it is full.
-        if self.payload.len >= CHUNK_TARGET_BYTES {
-            self.seal(out);
+        let ret_who = who(self.thread_id, RETURN);
+        let call_who = who(self.thread_id, CALL);
+        let (mut prev_ts, mut depth, mut len) = (self.prev_ts, self.depth, self.payload.len);
+        let (mut last_call, mut last_call_valid) = (self.last_call, self.last_call_valid);
+        let buf = &mut *self.payload.buf;
+        let stack = &mut self.stack;
+        let dict = &mut self.dict;
+        let mut taken = 0;
+        for raw in records.chunks_exact(event::SIZE) {
+            if len >= CHUNK_TARGET_BYTES {
+                break;
+            }
+            let raw: &[u8; event::SIZE] = raw.try_into().expect("a whole record");
+            let ts = u64_at(raw, 0);
+            // Time going backwards wraps to a huge delta.
+            let delta = ts.wrapping_sub(prev_ts);
+            if delta >= MAX_DELTA {
+                break;
+            }
+            let function = u64_at(raw, 8);
+            let who_kind = u64_at(raw, 16);
+            let depth_detail = u64_at(raw, 24);
+            if who_kind == ret_who
+                && depth_detail == at_depth(depth.saturating_sub(1))
+                && stack.last() == Some(&function)
+            {
+                len += put(buf, len, (delta << 3) | op::RET);
+                stack.pop();
+                depth = depth_detail as u32;
+            } else if who_kind == call_who && depth_detail == at_depth(depth) {
+                let slot = if last_call_valid && last_call.0 == function {
+                    last_call.1
+                } else {
+                    let Some((slot, new)) = dict.find(function) else {
+                        break;
+                    };
+                    if new {
+                        // The introduction: the number (the dictionary's length), then the id.
+                        len += put(buf, len, (delta << 3) | op::CALL);
+                        len += put(buf, len, u64::from(slot));
+                        len += put(buf, len, function);
+                        stack.push(function);
+                        depth = depth.wrapping_add(1);
+                        (last_call, last_call_valid) = ((function, slot), true);
+                        prev_ts = ts;
+                        taken += 1;
+                        continue;
+                    }
+                    slot
+                };
+                len += put(buf, len, (delta << 3) | op::CALL);
+                len += put(buf, len, u64::from(slot));
+                stack.push(function);
+                depth = depth.wrapping_add(1);
+                (last_call, last_call_valid) = ((function, slot), true);
+            } else {
+                break;
+            }
+            prev_ts = ts;
+            taken += 1;
         }
+        (self.prev_ts, self.depth, self.payload.len) = (prev_ts, depth, len);
+        (self.last_call, self.last_call_valid) = (last_call, last_call_valid);
+        self.count += taken as u32;
+        taken
     }
 
     /// [`push`](Self::push) of a record that opens a chunk, is far from the previous one in time,
@@ -161,51 +238,6 @@ impl Encoder {
             ..ChunkHeader::default()
         };
         self.prev_ts = ts;
-    }
-
-    /// The common events, without detail: the return of the call on top of the stack, and a
-    /// call at the current depth of the function called last or of one in the dictionary.
-    /// Returns false, having written nothing, for any other event.
-    #[inline(always)]
-    fn encode_predicted(&mut self, raw: &[u8; event::SIZE], ts: u64, delta: u64) -> bool {
-        let function = u64_at(raw, 8);
-        let who_kind = u64_at(raw, 16);
-        let depth_detail = u64_at(raw, 24);
-        if who_kind == who(self.thread_id, RETURN)
-            && depth_detail == at_depth(self.depth.saturating_sub(1))
-            && self.stack.last() == Some(&function)
-        {
-            self.payload.put((delta << 3) | op::RET);
-            self.stack.pop();
-            self.depth = depth_detail as u32;
-            self.prev_ts = ts;
-            return true;
-        }
-        if who_kind == who(self.thread_id, CALL) && depth_detail == at_depth(self.depth) {
-            let slot = if self.last_call_valid && self.last_call.0 == function {
-                self.last_call.1
-            } else {
-                match self.dict.find(function) {
-                    Some((slot, new)) => {
-                        self.payload.put((delta << 3) | op::CALL);
-                        self.payload.put(u64::from(slot));
-                        if new {
-                            self.payload.put(function);
-                        }
-                        self.called(function, slot);
-                        self.prev_ts = ts;
-                        return true;
-                    }
-                    None => return false,
-                }
-            };
-            self.payload.put((delta << 3) | op::CALL);
-            self.payload.put(u64::from(slot));
-            self.called(function, slot);
-            self.prev_ts = ts;
-            return true;
-        }
-        false
     }
 
     /// What a predicted call of `function` (dictionary number `slot`) does to the state.
@@ -343,16 +375,22 @@ impl Payload {
 
     #[inline(always)]
     fn put(&mut self, v: u64) {
-        let at = self.len;
-        let dst: &mut [u8; varint::MAX_LEN] = (&mut self.buf[at..at + varint::MAX_LEN])
-            .try_into()
-            .expect("a varint-sized window");
-        self.len = at + varint::put_at(dst, v);
+        self.len += put(&mut self.buf, self.len, v);
     }
 
     fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+}
+
+/// Writes the varint `v` at `buf[at..]` and returns its length. The encoder starts an event only
+/// below [`CHUNK_TARGET_BYTES`], so its varints fit the buffer.
+#[inline(always)]
+fn put(buf: &mut [u8; PAYLOAD_CAPACITY], at: usize, v: u64) -> usize {
+    let dst: &mut [u8; varint::MAX_LEN] = (&mut buf[at..at + varint::MAX_LEN])
+        .try_into()
+        .expect("a varint-sized window");
+    varint::put_at(dst, v)
 }
 
 /// What a fully stored event does to the chunk's call stack and depth counter (the decoder

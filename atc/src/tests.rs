@@ -110,6 +110,36 @@ fn encoder__full_chunks__then_each_decodes_alone_and_the_index_lists_them() {
 }
 
 #[test]
+fn encoder__ring_sized_slices__then_the_same_bytes_as_one_record_at_a_time() {
+    // Three-level tree with a detail-linked event and a foreign thread now and then, so runs of
+    // predicted events end at chunk boundaries, at general events and at slice ends.
+    let mut records = tree(60_000, 3, 13, 7);
+    for (i, r) in records.iter_mut().enumerate() {
+        if i % 977 == 0 {
+            r.thread_id = 8;
+        }
+    }
+    let one_by_one = encode_all(&records);
+    let raw: Vec<u8> = records.iter().flat_map(|r| r.to_bytes()).collect();
+    for slice in [32, 96, 4 << 10, 64 << 10, raw.len()] {
+        let mut enc = Encoder::new(7, 0);
+        let mut out = Vec::new();
+        for piece in raw.chunks(slice) {
+            enc.push_bytes(piece, &mut out);
+        }
+        enc.seal(&mut out);
+        assert_eq!(enc.event_count(), records.len() as u64);
+        assert!(
+            out == one_by_one,
+            "slices of {slice} bytes encode differently"
+        );
+    }
+    let (decoded, headers) = decode_all(&one_by_one);
+    assert_eq!(decoded, records);
+    assert!(headers.len() > 2, "{} chunks", headers.len());
+}
+
+#[test]
 fn encoder__events_that_break_predictions__then_stored_in_full_and_lossless() {
     let base = Record {
         timestamp_ns: 5_000,
@@ -253,6 +283,22 @@ proptest! {
             if i % seal_every == 0 {
                 enc.seal(&mut out);
             }
+        }
+        enc.seal(&mut out);
+        prop_assert_eq!(enc.event_count(), records.len() as u64);
+        prop_assert_eq!(decode_all(&out).0, records);
+    }
+
+    #[test]
+    fn encoder__arbitrary_records_in_arbitrary_slices__then_decoded_bit_for_bit(
+        records in proptest::collection::vec(arb_record(), 0..300),
+        per_slice in 1usize..40,
+    ) {
+        let raw: Vec<u8> = records.iter().flat_map(|r| r.to_bytes()).collect();
+        let mut enc = Encoder::new(7, 0);
+        let mut out = Vec::new();
+        for piece in raw.chunks(per_slice * event::SIZE) {
+            enc.push_bytes(piece, &mut out);
         }
         enc.seal(&mut out);
         prop_assert_eq!(enc.event_count(), records.len() as u64);

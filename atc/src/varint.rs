@@ -60,7 +60,11 @@ mod tests {
             let mut pos = 0;
             assert_eq!(get(&buf, &mut pos), Some(v), "{v:#x}");
             assert_eq!(pos, n, "{v:#x}");
-            assert_eq!(n, (64 - v.leading_zeros()).max(1).div_ceil(7) as usize, "{v:#x}");
+            assert_eq!(
+                n,
+                (64 - v.leading_zeros()).max(1).div_ceil(7) as usize,
+                "{v:#x}"
+            );
         }
     }
 }
