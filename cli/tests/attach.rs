@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -143,62 +143,6 @@ fn idle_app() -> PathBuf {
     )
 }
 
-/// A running target whose stdout is read line by line; killed when dropped.
-struct Running {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Running {
-    fn start(exe: &Path, args: &[&str]) -> Running {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the target starts");
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Running { child, lines }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn next_line(&mut self) -> String {
-        self.lines
-            .next()
-            .expect("the target prints a line")
-            .expect("readable output")
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Kills the target and returns what it wrote on stderr.
-    fn finish(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut err = String::new();
-        use std::io::Read;
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        err
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn attach(pid: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["attach", "--output", out.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -229,7 +173,7 @@ fn calls_by_name(traces: Vec<ThreadTrace>) -> std::collections::BTreeMap<String,
 fn attach__multithreaded_program_for_1s__then_events_recorded_and_target_unharmed() {
     let _heavy = heavy();
     let tmp = output_dir();
-    let mut target = Running::start(&loop_app(), &["4"]);
+    let mut target = Target::start(&loop_app(), &["4"]);
     assert_eq!(target.next_line(), "tick 0 ok");
     let result = attach(&target.pid(), tmp.path(), &["--duration", "1"]);
     let err = stderr(&result);
@@ -253,13 +197,13 @@ fn attach__multithreaded_program_for_1s__then_events_recorded_and_target_unharme
         assert_eq!(line, &format!("tick {} ok", n + 1), "{ticks:?}");
     }
     assert!(target.alive());
-    assert_eq!(target.finish(), "", "the target wrote on stderr");
+    assert_eq!(target.kill(), "", "the target wrote on stderr");
 }
 
 /// Attaches `rounds` times (0.1 s each) to a running target: every session is readable and holds
 /// calls of `function`, the target survives every round, and it is still making progress (not
 /// deadlocked) and silent on stderr at the end.
-fn attach_rounds(mut target: Running, rounds: u32, function: &str) {
+fn attach_rounds(mut target: Target, rounds: u32, function: &str) {
     let pid = target.pid();
     for round in 0..rounds {
         let tmp = output_dir();
@@ -276,7 +220,7 @@ fn attach_rounds(mut target: Running, rounds: u32, function: &str) {
     let before = target.next_line();
     let after = target.next_line();
     assert_ne!(before, after, "the target stopped making progress");
-    assert_eq!(target.finish(), "");
+    assert_eq!(target.kill(), "");
 }
 
 #[test]
@@ -287,7 +231,7 @@ fn attach__detach_20_times_to_malloc_heavy_program__then_no_crash_no_deadlock_se
         MALLOC_C,
         &["-O1", "-g", "-finstrument-functions"],
     );
-    let mut target = Running::start(&exe, &["4"]);
+    let mut target = Target::start(&exe, &["4"]);
     assert_eq!(target.next_line(), "alive 0");
     attach_rounds(target, 20, "make");
 }
@@ -296,7 +240,7 @@ fn attach__detach_20_times_to_malloc_heavy_program__then_no_crash_no_deadlock_se
 fn attach__sigint_to_tracer__then_clean_stop_and_target_keeps_running() {
     let _heavy = heavy();
     let tmp = output_dir();
-    let mut target = Running::start(&loop_app(), &["2"]);
+    let mut target = Target::start(&loop_app(), &["2"]);
     target.next_line();
     let tracer = tracer()
         .args([
@@ -329,7 +273,7 @@ fn attach__sigint_to_tracer__then_clean_stop_and_target_keeps_running() {
 #[test]
 fn attach__target_exits_while_recorded__then_session_written_and_exit_0() {
     let tmp = output_dir();
-    let mut target = Running::start(&loop_app(), &["2", "1"]);
+    let mut target = Target::start(&loop_app(), &["2", "1"]);
     target.next_line();
     let result = attach(&target.pid(), tmp.path(), &[]);
     let err = stderr(&result);
@@ -365,7 +309,7 @@ fn attach__pid_not_a_number__then_refused() {
 #[test]
 fn attach__uninstrumented_program__then_refused_with_rebuild_hint() {
     let exe = build("attach_plain", IDLE_C, &["-O1"]);
-    let target = Running::start(&exe, &[]);
+    let target = Target::start(&exe, &[]);
     let tmp = output_dir();
     let result = attach(&target.pid(), tmp.path(), &[]);
     let err = stderr(&result);
@@ -389,7 +333,7 @@ fn attach__statically_linked_program__then_refused() {
         eprintln!("skipped: no static libc here");
         return;
     }
-    let target = Running::start(&exe, &[]);
+    let target = Target::start(&exe, &[]);
     let tmp = output_dir();
     let result = attach(&target.pid(), tmp.path(), &[]);
     let err = stderr(&result);
@@ -399,8 +343,8 @@ fn attach__statically_linked_program__then_refused() {
 
 #[test]
 fn attach__process_already_traced__then_refused_naming_the_tracer() {
-    let target = Running::start(&loop_app(), &["1"]);
-    let pid = target.child.id() as i32;
+    let target = Target::start(&loop_app(), &["1"]);
+    let pid = target.pid().parse::<i32>().unwrap();
     // SAFETY: seizing our own child; it keeps running (SEIZE does not stop it).
     let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
@@ -417,7 +361,7 @@ fn attach__process_of_another_user__then_refused_saying_so() {
     // SAFETY: geteuid has no preconditions.
     let result = if unsafe { libc::geteuid() } == 0 {
         // As root, run the tracer as another user against a target of root's.
-        let target = Running::start(&loop_app(), &["1"]);
+        let target = Target::start(&loop_app(), &["1"]);
         use std::os::unix::process::CommandExt;
         let out = tracer()
             .args(["attach", "--output", "/tmp", &target.pid()])
@@ -437,7 +381,7 @@ fn attach__process_of_another_user__then_refused_saying_so() {
 #[test]
 fn attach__target_calls_no_instrumented_function__then_refused_after_waiting() {
     let exe = idle_app();
-    let mut target = Running::start(&exe, &[]);
+    let mut target = Target::start(&exe, &[]);
     std::thread::sleep(Duration::from_millis(100));
     let tmp = output_dir();
     let result = attach(&target.pid(), tmp.path(), &[]);
@@ -450,7 +394,7 @@ fn attach__target_calls_no_instrumented_function__then_refused_after_waiting() {
 #[test]
 fn attach__target_exits_during_attach__then_clean_message() {
     let exe = idle_app();
-    let target = Running::start(&exe, &["1"]);
+    let target = Target::start(&exe, &["1"]);
     std::thread::sleep(Duration::from_millis(100));
     let tmp = output_dir();
     let result = attach(&target.pid(), tmp.path(), &[]);
@@ -462,8 +406,8 @@ fn attach__target_exits_during_attach__then_clean_message() {
 
 #[test]
 fn attach__stopped_process__then_refused_with_resume_hint() {
-    let mut target = Running::start(&idle_app(), &[]);
-    let pid = target.child.id() as i32;
+    let mut target = Target::start(&idle_app(), &[]);
+    let pid = target.pid().parse::<i32>().unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let start = Instant::now();
@@ -523,7 +467,7 @@ fn attach__process_recorded_by_tracer_spawn__then_refused_and_spawn_session_inta
 #[test]
 fn attach__second_tracer_then_refused__first_tracer_killed__then_attach_again_works() {
     let _heavy = heavy();
-    let mut target = Running::start(&loop_app(), &["2"]);
+    let mut target = Target::start(&loop_app(), &["2"]);
     target.next_line();
     let first_out = output_dir();
     let mut first = tracer()
@@ -710,82 +654,11 @@ fn plugin_host() -> PathBuf {
     .clone()
 }
 
-/// A running `plugin_host`, driven line by line; killed when dropped.
-struct Host {
-    child: Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Host {
-    fn start() -> Host {
-        let mut child = Command::new(plugin_host())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the host starts");
-        let stdin = child.stdin.take().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert_eq!(lines.next().unwrap().unwrap(), "ready");
-        Host {
-            child,
-            stdin: Some(stdin),
-            lines,
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Sends one command and returns the host's answer.
-    fn ask(&mut self, command: &str) -> String {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{command}").expect("the host reads commands");
-        self.lines
-            .next()
-            .expect("the host answers")
-            .expect("readable output")
-    }
-
-    /// Asks `command` until the answer is `want` (the stop is seen by a host thread shortly after
-    /// the tracer has left); fails after 20 s.
-    fn ask_until(&mut self, command: &str, want: &str) {
-        let start = Instant::now();
-        loop {
-            let answer = self.ask(command);
-            if answer == want {
-                return;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "{answer}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Closes its stdin (it exits 0) and returns what it wrote on stderr.
-    fn finish(mut self) -> String {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), Some(0));
-        let mut err = String::new();
-        use std::io::Read;
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        err
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running `plugin_host`, driven line by line, once it is ready for commands.
+fn host() -> Target {
+    let mut host = Target::start(&plugin_host(), &[]);
+    assert_eq!(host.next_line(), "ready");
+    host
 }
 
 /// `tracer attach --output <out> <pid>` in the background, returned once it has attached (the
@@ -829,7 +702,7 @@ const REDIRECTED: &str = "dlopen=libagent.so enter=libagent.so";
 
 #[test]
 fn attach__library_dlopened_by_runpath_after_attach__then_its_calls_traced_and_its_got_restored() {
-    let mut host = Host::start();
+    let mut host = host();
     assert_eq!(host.ask("whois"), format!("whois {UNTRACED}"));
     let tmp = output_dir();
     let tracer = attach_in_background(&host.pid(), tmp.path());
@@ -869,12 +742,12 @@ fn attach__library_dlopened_by_runpath_after_attach__then_its_calls_traced_and_i
     let (_, calls) = check_joined(&session_dir(again.path()));
     assert_eq!(calls.get("plug_leaf").copied(), Some(2), "{calls:?}");
     host.ask_until("whois", &format!("whois {UNTRACED}"));
-    assert_eq!(host.finish(), "", "the host wrote on stderr");
+    assert_eq!(host.close(), "", "the host wrote on stderr");
 }
 
 #[test]
 fn attach__dlopen_of_missing_library_while_attached__then_null_and_the_same_dlerror() {
-    let mut host = Host::start();
+    let mut host = host();
     let untraced = host.ask("missing");
     assert!(
         untraced.starts_with("missing libno_such_plugin.so: "),
@@ -888,12 +761,12 @@ fn attach__dlopen_of_missing_library_while_attached__then_null_and_the_same_dler
     check_joined(&session_dir(tmp.path()));
     host.ask_until("whois", &format!("whois {UNTRACED}"));
     assert_eq!(host.ask("missing"), untraced);
-    assert_eq!(host.finish(), "");
+    assert_eq!(host.close(), "");
 }
 
 #[test]
 fn attach__redirected_library_dlclosed_before_the_stop__then_stop_restores_the_rest_unharmed() {
-    let mut host = Host::start();
+    let mut host = host();
     let tmp = output_dir();
     let tracer = attach_in_background(&host.pid(), tmp.path());
     assert_eq!(host.ask("load"), "load ok");
@@ -912,7 +785,7 @@ fn attach__redirected_library_dlclosed_before_the_stop__then_stop_restores_the_r
     assert_eq!(host.ask("load"), "load ok");
     assert_eq!(host.ask("plugwhois"), format!("plugwhois {UNTRACED}"));
     assert_eq!(host.ask("run"), "run 14");
-    assert_eq!(host.finish(), "");
+    assert_eq!(host.close(), "");
 }
 
 /// `dl_storm <threads>`: each worker loads `libplug.so` (through the storm's DT_RUNPATH), calls
@@ -970,7 +843,7 @@ fn attach__threads_dlopen_and_dlclose_in_a_loop__then_10_attaches_no_crash_sessi
             "-Wl,--enable-new-dtags,-rpath,$ORIGIN/plugins",
         ],
     );
-    let mut target = Running::start(&exe, &["3"]);
+    let mut target = Target::start(&exe, &["3"]);
     assert_eq!(target.next_line(), "alive 0");
     attach_rounds(target, 10, "round_trip");
 }
@@ -1036,15 +909,7 @@ fn attach_entry_only_build_of(name: &str, source: &str, flags: &[&str]) {
     let exe = build(name, source, flags);
     let dir = tempfile::tempdir().unwrap();
     // A `-pg` program writes gmon.out into its working directory when it exits.
-    let mut child = Command::new(&exe)
-        .arg("4")
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the target starts");
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut target = Running { child, lines };
+    let mut target = Target::spawn(Command::new(&exe).arg("4").current_dir(dir.path()));
     assert_eq!(target.next_line(), "tick 0 ok");
     let pid = target.pid();
     for round in 0..5 {
@@ -1071,7 +936,7 @@ fn attach_entry_only_build_of(name: &str, source: &str, flags: &[&str]) {
         ok, 3,
         "the workers stopped making progress after the detach"
     );
-    assert_eq!(target.finish(), "", "the target wrote on stderr");
+    assert_eq!(target.kill(), "", "the target wrote on stderr");
 }
 
 #[test]

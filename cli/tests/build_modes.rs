@@ -147,131 +147,112 @@ fn check_workers(exe: &std::path::Path, threads: u32, args: &[&str], most: u64, 
     }
 }
 
-/// Built once per test binary: tests run in parallel, and `build` is not safe to race.
+/// The compiler flags of each build mode, after the optimisation level.
+const PG: &[&str] = &["-pg"];
+const FENTRY: &[&str] = &["-pg", "-mfentry"];
+const PATCHABLE: &[&str] = &["-fpatchable-function-entry=5"];
+/// Sleds with NOPs before the entry too (`N,M`): the call goes at the sled's end.
+const PATCHABLE_16_8: &[&str] = &["-fpatchable-function-entry=16,8"];
+
+/// `flags` after `opt`.
+fn with(opt: &'static str, flags: &[&'static str]) -> Vec<&'static str> {
+    [&[opt][..], flags].concat()
+}
+
+/// [`REC_C`] at -O0 in a build mode.
+fn rec(name: &str, mode: &[&'static str]) -> std::path::PathBuf {
+    build(name, REC_C, &with("-O0", mode))
+}
+
 fn pg() -> std::path::PathBuf {
-    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| build("rec_pg", REC_C, &["-O0", "-pg"]))
-        .clone()
+    rec("rec_pg", PG)
 }
 
 fn fentry() -> std::path::PathBuf {
-    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| build("rec_fentry", REC_C, &["-O0", "-pg", "-mfentry"]))
-        .clone()
+    rec("rec_fentry", FENTRY)
 }
 
 fn patchable() -> std::path::PathBuf {
-    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| build("rec_pfe", REC_C, &["-O0", "-fpatchable-function-entry=5"]))
-        .clone()
-}
-
-/// Sleds with NOPs before the entry too (`N,M`): the call goes at the sled's end.
-fn patchable_before_entry() -> std::path::PathBuf {
-    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| {
-        build(
-            "rec_pfe_16_8",
-            REC_C,
-            &["-O0", "-fpatchable-function-entry=16,8"],
-        )
-    })
-    .clone()
+    rec("rec_pfe", PATCHABLE)
 }
 
 /// fib(15) makes 1973 calls; the worker's own call makes one more.
 const FIB15: u64 = 1973;
 
-#[test]
-fn pg__1_thread__then_exact_counts() {
-    check_workers(&pg(), 1, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn pg__64_threads__then_exact_counts_in_every_thread() {
-    check_workers(&pg(), 64, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn mfentry__1_thread__then_exact_counts() {
-    check_workers(&fentry(), 1, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn mfentry__64_threads__then_exact_counts_in_every_thread() {
-    check_workers(&fentry(), 64, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn patchable__1_thread__then_exact_counts() {
-    check_workers(&patchable(), 1, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn patchable__64_threads__then_exact_counts_in_every_thread() {
-    check_workers(&patchable(), 64, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn patchable_16_8__64_threads__then_exact_counts_in_every_thread() {
-    check_workers(&patchable_before_entry(), 64, &[], FIB15, FIB15 + 1);
-}
-
-#[test]
-fn patchable__signal_handler_on_an_alternate_stack__then_its_calls_nest_inside() {
-    check_workers(
+tests_of!(check_workers {
+    pg__1_thread__then_exact_counts: (&pg(), 1, &[], FIB15, FIB15 + 1),
+    pg__64_threads__then_exact_counts_in_every_thread: (&pg(), 64, &[], FIB15, FIB15 + 1),
+    mfentry__1_thread__then_exact_counts: (&fentry(), 1, &[], FIB15, FIB15 + 1),
+    mfentry__64_threads__then_exact_counts_in_every_thread: (&fentry(), 64, &[], FIB15, FIB15 + 1),
+    patchable__1_thread__then_exact_counts: (&patchable(), 1, &[], FIB15, FIB15 + 1),
+    patchable__64_threads__then_exact_counts_in_every_thread: (
+        &patchable(),
+        64,
+        &[],
+        FIB15,
+        FIB15 + 1
+    ),
+    patchable_16_8__64_threads__then_exact_counts_in_every_thread: (
+        &rec("rec_pfe_16_8", PATCHABLE_16_8),
+        64,
+        &[],
+        FIB15,
+        FIB15 + 1
+    ),
+    // The handler's fib(5) calls count with the worker's fib(15): same function.
+    patchable__signal_handler_on_an_alternate_stack__then_its_calls_nest_inside: (
         &patchable(),
         2,
         &["0", "sig"],
         FIB15 + 15,
-        1 + FIB15 + 1 + 15,
-    );
-}
-
-#[test]
-fn pg__siglongjmp_out_of_a_handler_through_hooked_frames__then_skipped_frames_return() {
+        1 + FIB15 + 1 + 15
+    ),
+    mfentry__signal_handler_on_an_alternate_stack__then_its_calls_nest_inside: (
+        &fentry(),
+        2,
+        &["0", "sig"],
+        FIB15 + 15,
+        1 + FIB15 + 1 + 15
+    ),
     // Each sjump: sjump, sdive x10, on_usr2, escape x4 (the fourth siglongjmps), all popped on
     // sjump's return.
-    check_workers(&pg(), 2, &["0", "sigjump"], FIB15, 1 + FIB15 + 2 * 16);
-}
-
-#[test]
-fn patchable__siglongjmp_out_of_a_handler_through_hooked_frames__then_skipped_frames_return() {
-    check_workers(
+    pg__siglongjmp_out_of_a_handler_through_hooked_frames__then_skipped_frames_return: (
+        &pg(),
+        2,
+        &["0", "sigjump"],
+        FIB15,
+        1 + FIB15 + 2 * 16
+    ),
+    patchable__siglongjmp_out_of_a_handler_through_hooked_frames__then_skipped_frames_return: (
         &patchable(),
         2,
         &["0", "sigjump"],
         FIB15,
-        1 + FIB15 + 2 * 16,
-    );
-}
-
-#[test]
-fn pg__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no_crash() {
-    // The shadow stack holds 4096 frames: worker and deep(0..=4094) are hooked, the rest not.
-    let (_, traces) = trace(&pg(), &["1", "10000", "deep"]);
-    let worker = traces.iter().max_by_key(|t| t.calls).unwrap();
-    assert_eq!(worker.calls, 1 + FIB15 + 4095, "{worker:?}");
-}
-
-#[test]
-fn patchable__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no_crash() {
-    let (_, traces) = trace(&patchable(), &["1", "10000", "deep"]);
-    let worker = traces.iter().max_by_key(|t| t.calls).unwrap();
-    assert_eq!(worker.calls, 1 + FIB15 + 4095, "{worker:?}");
-}
-
-#[test]
-fn pg__longjmp_out_of_hooked_frames__then_skipped_frames_return_and_nesting_holds() {
+        1 + FIB15 + 2 * 16
+    ),
     // Each jump: jump, dive x10 (the tenth longjmps), all popped on jump's return.
-    check_workers(&pg(), 2, &["0", "jump"], FIB15, 1 + FIB15 + 2 * 11);
+    pg__longjmp_out_of_hooked_frames__then_skipped_frames_return_and_nesting_holds: (
+        &pg(),
+        2,
+        &["0", "jump"],
+        FIB15,
+        1 + FIB15 + 2 * 11
+    ),
+});
+
+/// Recursion 10000 deep: the shadow stack holds 4096 frames, so worker and deep(0..=4094) are
+/// hooked and the rest not, and nothing crashes.
+fn recursion_deeper_than_the_shadow_stack(exe: std::path::PathBuf) {
+    let (_, traces) = trace(&exe, &["1", "10000", "deep"]);
+    let worker = traces.iter().max_by_key(|t| t.calls).unwrap();
+    assert_eq!(worker.calls, 1 + FIB15 + 4095, "{worker:?}");
 }
 
-#[test]
-fn mfentry__signal_handler_on_an_alternate_stack__then_its_calls_nest_inside() {
-    // The handler's fib(5) calls count with the worker's fib(15): same function.
-    check_workers(&fentry(), 2, &["0", "sig"], FIB15 + 15, 1 + FIB15 + 1 + 15);
-}
+tests_of!(recursion_deeper_than_the_shadow_stack {
+    pg__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no_crash: (pg()),
+    patchable__recursion_deeper_than_the_shadow_stack__then_deeper_calls_left_out_and_no_crash:
+        (patchable()),
+});
 
 /// A `-finstrument-functions` library called from a `-pg` executable.
 const LIB_C: &str = r#"
@@ -315,15 +296,13 @@ fn mixed_in_pg(name: &str, lib_flag: &str) {
     assert_eq!(traces[0].calls, 1 + 100 * 7, "{:?}", traces[0]);
 }
 
-#[test]
-fn mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree() {
-    mixed_in_pg("mixed", "-finstrument-functions");
-}
-
-#[test]
-fn mixed__patchable_library_in_a_pg_executable__then_one_nested_tree() {
-    mixed_in_pg("mixedpfe", "-fpatchable-function-entry=5");
-}
+tests_of!(mixed_in_pg {
+    mixed__finstrument_library_in_a_pg_executable__then_one_nested_tree: (
+        "mixed",
+        "-finstrument-functions"
+    ),
+    mixed__patchable_library_in_a_pg_executable__then_one_nested_tree: ("mixedpfe", PATCHABLE[0]),
+});
 
 /// Optimised builds call the hook at any stack alignment (gcc calls `mcount` right after pushing
 /// the saved registers): counts per function of the shared workload, at -O2.
@@ -341,20 +320,11 @@ fn optimised(name: &str, flags: &[&str]) {
     }
 }
 
-#[test]
-fn pg__O2_build__then_exact_counts_per_function() {
-    optimised("app_pg_o2", &["-O2", "-pg"]);
-}
-
-#[test]
-fn mfentry__O2_build__then_exact_counts_per_function() {
-    optimised("app_fentry_o2", &["-O2", "-pg", "-mfentry"]);
-}
-
-#[test]
-fn patchable__O2_build__then_exact_counts_per_function() {
-    optimised("app_pfe_o2", &["-O2", "-fpatchable-function-entry=5"]);
-}
+tests_of!(optimised {
+    pg__O2_build__then_exact_counts_per_function: ("app_pg_o2", &with("-O2", PG)),
+    mfentry__O2_build__then_exact_counts_per_function: ("app_fentry_o2", &with("-O2", FENTRY)),
+    patchable__O2_build__then_exact_counts_per_function: ("app_pfe_o2", &with("-O2", PATCHABLE)),
+});
 
 /// `throw <threads>`: each worker, 100 times: `catcher()` calls `thrower(5)`, which recurses to
 /// depth 0 and throws through the hooked frames, caught in `catcher`; then `after()`, whose
@@ -392,40 +362,33 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn cxx(name: &str, flags: &[&str]) -> std::path::PathBuf {
-    let mut all = vec!["-x", "c++"];
-    all.extend_from_slice(flags);
+/// [`THROW_CC`] built at -O1 in a build mode: each worker's 100 throws through hooked frames are
+/// caught, and every call returns.
+fn cxx_exceptions_through_hooked_frames(name: &str, mode: &[&'static str]) {
+    let mut all = vec!["-x", "c++", "-O1"];
+    all.extend_from_slice(mode);
     all.extend_from_slice(&["-Wl,--no-as-needed", "-lstdc++"]);
-    build(name, THROW_CC, &all)
-}
-
-#[test]
-fn pg__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
-    let exe = cxx("throw_pg", &["-O1", "-pg"]);
+    let exe = build(name, THROW_CC, &all);
     check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
 }
 
-#[test]
-fn mfentry__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
-    let exe = cxx("throw_fentry", &["-O1", "-pg", "-mfentry"]);
-    check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
-}
+tests_of!(cxx_exceptions_through_hooked_frames {
+    pg__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns: ("throw_pg", PG),
+    mfentry__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns: (
+        "throw_fentry",
+        FENTRY
+    ),
+    patchable__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns: (
+        "throw_pfe",
+        PATCHABLE
+    ),
+});
 
-#[test]
-fn patchable__cxx_exceptions_through_hooked_frames__then_caught_and_every_call_returns() {
-    let exe = cxx("throw_pfe", &["-O1", "-fpatchable-function-entry=5"]);
-    check_workers(&exe, 4, &[], 600, 1 + 100 * 14);
-}
-
-#[test]
-fn pg__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact() {
-    fork_with_hooked_frames(&pg());
-}
-
-#[test]
-fn patchable__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact() {
-    fork_with_hooked_frames(&patchable());
-}
+tests_of!(fork_with_hooked_frames {
+    pg__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact: (&pg()),
+    patchable__fork_with_hooked_frames__then_child_returns_through_them_and_parent_exact:
+        (&patchable()),
+});
 
 /// Workers fork 6 hooked frames deep: every child returns through 6 of them, and every worker
 /// records its calls exactly.
@@ -544,10 +507,14 @@ int main(int argc, char **argv) {
 /// Attaches to a [`GATE_C`] program built with `flags`, opens the gate once the tracer says it
 /// is attached, and records until the program exits: every worker made exactly `fib(15)`'s calls
 /// and its own, all returned.
-fn attach_exact(name: &str, flags: &[&str], threads: u32) {
+fn attach_exact(name: &str, mode: &[&'static str], threads: u32) {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
-    let exe = build(name, GATE_C, flags);
+    let exe = build(
+        name,
+        GATE_C,
+        &[&with("-O0", mode)[..], &["-pthread"]].concat(),
+    );
     let dir = output_dir();
     let gate = dir.path().join("gate");
     let mut target = std::process::Command::new(&exe)
@@ -603,33 +570,12 @@ fn attach_exact(name: &str, flags: &[&str], threads: u32) {
     }
 }
 
-#[test]
-fn attach__patchable_1_thread__then_exact_counts() {
-    attach_exact(
-        "gate_pfe_1",
-        &["-O0", "-pthread", "-fpatchable-function-entry=5"],
-        1,
-    );
-}
-
-#[test]
-fn attach__patchable_64_threads__then_exact_counts_in_every_thread() {
-    attach_exact(
-        "gate_pfe_64",
-        &["-O0", "-pthread", "-fpatchable-function-entry=5"],
-        64,
-    );
-}
-
-#[test]
-fn attach__pg_64_threads__then_exact_counts_in_every_thread() {
-    attach_exact("gate_pg", &["-O0", "-pthread", "-pg"], 64);
-}
-
-#[test]
-fn attach__mfentry_64_threads__then_exact_counts_in_every_thread() {
-    attach_exact("gate_fentry", &["-O0", "-pthread", "-pg", "-mfentry"], 64);
-}
+tests_of!(attach_exact {
+    attach__patchable_1_thread__then_exact_counts: ("gate_pfe_1", PATCHABLE, 1),
+    attach__patchable_64_threads__then_exact_counts_in_every_thread: ("gate_pfe_64", PATCHABLE, 64),
+    attach__pg_64_threads__then_exact_counts_in_every_thread: ("gate_pg", PG, 64),
+    attach__mfentry_64_threads__then_exact_counts_in_every_thread: ("gate_fentry", FENTRY, 64),
+});
 
 /// `spin`: two threads call `top()` (which calls `mid()` and `leaf()`) for ever, printing `ready`.
 const SPIN_C: &str = r#"
@@ -739,8 +685,8 @@ int main(void) { printf("done %ld\n", mid(0x1234)); return 0; }
 
 /// `--trigger symbol=mid` on a program built with `flags`: the window is kept, and `replay`
 /// shows mid's call with its argument (the hook's `rdi`) and its return with the value (`rax`).
-fn trigger_shows_arguments_and_return_value(name: &str, flags: &[&str]) {
-    let exe = build(name, TRIGGER_C, flags);
+fn trigger_shows_arguments_and_return_value(name: &str, mode: &[&'static str]) {
+    let exe = build(name, TRIGGER_C, &with("-O1", mode));
     let tmp = output_dir();
     let out = tracer()
         .current_dir(tmp.path())
@@ -772,23 +718,11 @@ fn trigger_shows_arguments_and_return_value(name: &str, flags: &[&str]) {
     assert!(ret.contains("returning to main+0x"), "{text}");
 }
 
-#[test]
-fn pg__trigger_symbol__then_its_argument_and_return_value_shown() {
-    trigger_shows_arguments_and_return_value("trigger_pg", &["-O1", "-pg"]);
-}
-
-#[test]
-fn mfentry__trigger_symbol__then_its_argument_and_return_value_shown() {
-    trigger_shows_arguments_and_return_value("trigger_fentry", &["-O1", "-pg", "-mfentry"]);
-}
-
-#[test]
-fn patchable__trigger_symbol__then_its_argument_and_return_value_shown() {
-    trigger_shows_arguments_and_return_value(
-        "trigger_pfe",
-        &["-O1", "-fpatchable-function-entry=5"],
-    );
-}
+tests_of!(trigger_shows_arguments_and_return_value {
+    pg__trigger_symbol__then_its_argument_and_return_value_shown: ("trigger_pg", PG),
+    mfentry__trigger_symbol__then_its_argument_and_return_value_shown: ("trigger_fentry", FENTRY),
+    patchable__trigger_symbol__then_its_argument_and_return_value_shown: ("trigger_pfe", PATCHABLE),
+});
 
 /// A plugin built with `-fpatchable-function-entry`, loaded with `dlopen` after the start.
 const PLUGIN_C: &str = r#"
@@ -826,13 +760,10 @@ fn patchable__library_loaded_with_dlopen__then_its_sleds_patched_and_calls_count
     assert_eq!(traces[0].calls, 1 + 10 * 3, "{:?}", traces[0]);
 }
 
-#[test]
-fn patchable__non_pie_executable__then_runs_untraced_with_one_line_naming_the_fix() {
-    let exe = build(
-        "rec_pfe_nopie",
-        REC_C,
-        &["-O0", "-no-pie", "-fpatchable-function-entry=5"],
-    );
+/// [`REC_C`] built with `flags` runs untraced under `tracer spawn`, done and exit 0, with one
+/// line about its patchable sleds that says `why`.
+fn runs_untraced_with_one_line(name: &str, flags: &[&str], why: &str) {
+    let exe = build(name, REC_C, flags);
     let tmp = output_dir();
     let out = tracer()
         .current_dir(tmp.path())
@@ -847,24 +778,18 @@ fn patchable__non_pie_executable__then_runs_untraced_with_one_line_naming_the_fi
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
     let said: Vec<&str> = err.lines().filter(|l| l.contains("patchable")).collect();
     assert_eq!(said.len(), 1, "{err}");
-    assert!(said[0].contains("build with -fPIE"), "{err}");
+    assert!(said[0].contains(why), "{err}");
 }
 
-#[test]
-fn patchable__sleds_shorter_than_a_call__then_runs_untraced_with_one_line_saying_why() {
-    let exe = build("rec_pfe_4", REC_C, &["-O0", "-fpatchable-function-entry=4"]);
-    let tmp = output_dir();
-    let out = tracer()
-        .current_dir(tmp.path())
-        .args(["spawn", "-o"])
-        .arg(tmp.path())
-        .arg(&exe)
-        .args(["--", "1"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let said: Vec<&str> = err.lines().filter(|l| l.contains("patchable")).collect();
-    assert_eq!(said.len(), 1, "{err}");
-    assert!(said[0].contains("fewer than 5 NOP bytes"), "{err}");
-}
+tests_of!(runs_untraced_with_one_line {
+    patchable__non_pie_executable__then_runs_untraced_with_one_line_naming_the_fix: (
+        "rec_pfe_nopie",
+        &with("-O0", &["-no-pie", PATCHABLE[0]]),
+        "build with -fPIE"
+    ),
+    patchable__sleds_shorter_than_a_call__then_runs_untraced_with_one_line_saying_why: (
+        "rec_pfe_4",
+        &["-O0", "-fpatchable-function-entry=4"],
+        "fewer than 5 NOP bytes"
+    ),
+});

@@ -67,13 +67,25 @@ pub fn workdir() -> &'static Path {
         .path()
 }
 
-/// Compiles `source` with `cc` and `flags` into the work dir, once per name.
+/// Compiles `source` with `cc` and `flags` into the work dir, once per name and test binary:
+/// tests run in parallel, and a second test asking for the same program waits for the first
+/// build instead of racing it (or running a half-written file).
 pub fn build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    type Built = std::sync::Arc<OnceLock<PathBuf>>;
+    static BUILT: std::sync::Mutex<std::collections::BTreeMap<String, Built>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let cell = BUILT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(name.to_owned())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| compile(name, source, flags)).clone()
+}
+
+fn compile(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let dir = workdir();
     let exe = dir.join(name);
-    if exe.exists() {
-        return exe;
-    }
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).unwrap();
     let out = Command::new("cc")
@@ -92,11 +104,32 @@ pub fn build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     exe
 }
 
+/// One `#[test]` per row, each calling `check` with the row's arguments: for cases that differ
+/// only by data (a build mode, a thread count, the counts expected).
+///
+/// ```ignore
+/// tests_of!(check_workers {
+///     pg__1_thread__then_exact_counts: (&pg(), 1, &[], FIB15, FIB15 + 1),
+/// });
+/// ```
+#[allow(unused_macros)]
+macro_rules! tests_of {
+    ($check:ident { $( $(#[$meta:meta])* $name:ident: ($($arg:expr),* $(,)?) ),* $(,)? }) => {
+        $(
+            $(#[$meta])*
+            #[test]
+            fn $name() {
+                $check($($arg),*);
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use tests_of;
+
 /// The instrumented workload.
 pub fn app() -> PathBuf {
-    static APP: OnceLock<PathBuf> = OnceLock::new();
-    APP.get_or_init(|| build("app", APP_C, &["-O1", "-g", "-finstrument-functions"]))
-        .clone()
+    build("app", APP_C, &["-O1", "-g", "-finstrument-functions"])
 }
 
 /// The tracer binary under test. Library calls are off (`TRACER_LIBRARY_CALLS=none`), so the
@@ -366,4 +399,115 @@ pub fn spawn_in_fresh_dir(exe: &Path, args: &[&str]) -> (Output, tempfile::TempD
         .expect("the tracer runs");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     (out, tmp)
+}
+
+/// A target program with its stdout read line by line and its stdin held open for commands
+/// (a program that reads none ignores it); killed when dropped, so a failed assertion leaves
+/// nothing running.
+pub struct Target {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Target {
+    /// Starts `exe args`.
+    pub fn start(exe: &Path, args: &[&str]) -> Target {
+        Target::spawn(Command::new(exe).args(args))
+    }
+
+    /// Starts `command` with stdin, stdout and stderr piped.
+    pub fn spawn(command: &mut Command) -> Target {
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the target starts");
+        let stdin = child.stdin.take();
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(
+            child.stdout.take().expect("piped stdout"),
+        ));
+        Target {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The target's pid, as the tracer takes it.
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The next line the target prints.
+    pub fn next_line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("the target prints a line")
+            .expect("readable output")
+    }
+
+    /// Whether the target still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends one command line and returns the target's answer, its next line.
+    pub fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{command}").expect("the target reads commands");
+        self.next_line()
+    }
+
+    /// Asks `command` until the answer is `want` (a change the target sees shortly after the
+    /// tracer has left); fails after 20 s.
+    pub fn ask_until(&mut self, command: &str, want: &str) {
+        let start = std::time::Instant::now();
+        loop {
+            let answer = self.ask(command);
+            if answer == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{answer}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the target and returns what it wrote on stderr.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr()
+    }
+
+    /// Closes its stdin, checks that it then exits 0, and returns what it wrote on stderr.
+    pub fn close(mut self) -> String {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        self.stderr()
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        std::io::Read::read_to_string(
+            &mut self.child.stderr.take().expect("piped stderr"),
+            &mut err,
+        )
+        .unwrap();
+        err
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
