@@ -215,25 +215,40 @@ fn small_pool(policy: FullPolicy) -> PoolConfig {
     }
 }
 
+/// One pool model run: the only producer pushes records 1..=`records` into a [`small_pool`] on
+/// its own thread, while this thread, the only consumer, runs `while_producing` with the pool and
+/// a drain call (`true`: the active ring's committed prefix too); then the producer is joined and
+/// the rest drained. Every accepted record has arrived, once and in order. Returns the counters.
+fn pool_run(
+    policy: FullPolicy,
+    records: u64,
+    while_producing: impl FnOnce(&RingPool<'_, Loom>, &mut dyn FnMut(bool)),
+) -> crate::PoolCounters {
+    let shared = Shared::pool(small_pool(policy));
+    let producer = spawn_pool_producer(&shared, records);
+    let pool = shared.pool_view();
+    // SAFETY: the only consumer.
+    let mut rx = unsafe { pool.consumer() };
+    let mut got = Vec::new();
+    while_producing(&pool, &mut |active| {
+        rx.drain(active, |c| collect(&mut got, c)).unwrap();
+    });
+    producer.join().unwrap();
+    rx.drain(true, |c| collect(&mut got, c)).unwrap();
+    let counters = pool.counters();
+    assert_eq!(got.len() as u64, counters.accepted);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    counters
+}
+
 /// Swap-on-full, submit and return: the producer writes 5 records into a pool of two 2-record rings
 /// (so it must swap and reuse a returned ring); the consumer drains submitted rings only. Every
 /// accepted record arrives once and in order; accepted + dropped = attempted.
 #[test]
 fn pool__swap_submit_return__then_submitted_rings_whole_and_returned_empty() {
     loom::model(|| {
-        let shared = Shared::pool(small_pool(FullPolicy::DropNewest));
-        let producer = spawn_pool_producer(&shared, 5);
-        let pool = shared.pool_view();
-        // SAFETY: the only consumer.
-        let mut rx = unsafe { pool.consumer() };
-        let mut got = Vec::new();
-        rx.drain(false, |c| collect(&mut got, c)).unwrap();
-        producer.join().unwrap();
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        let counters = pool.counters();
+        let counters = pool_run(FullPolicy::DropNewest, 5, |_, drain| drain(false));
         assert_eq!(counters.attempted(), 5);
-        assert_eq!(got.len() as u64, counters.accepted);
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
     });
 }
 
@@ -242,18 +257,10 @@ fn pool__swap_submit_return__then_submitted_rings_whole_and_returned_empty() {
 #[test]
 fn pool__active_prefix_read_while_producing__then_order_kept() {
     loom::model(|| {
-        let shared = Shared::pool(small_pool(FullPolicy::DropNewest));
-        let producer = spawn_pool_producer(&shared, 4);
-        let pool = shared.pool_view();
-        // SAFETY: the only consumer.
-        let mut rx = unsafe { pool.consumer() };
-        let mut got = Vec::new();
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        producer.join().unwrap();
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        assert_eq!(got.len() as u64, pool.counters().accepted);
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+        pool_run(FullPolicy::DropNewest, 4, |_, drain| {
+            drain(true);
+            drain(true);
+        });
     });
 }
 
@@ -264,21 +271,14 @@ fn pool__active_prefix_read_while_producing__then_order_kept() {
 #[test]
 fn pool__active_read_during_half_done_swap__then_reused_ring_not_read_before_earlier_ring() {
     loom::model(|| {
-        let shared = Shared::pool(small_pool(FullPolicy::DropNewest));
-        let producer = spawn_pool_producer(&shared, 5);
-        let pool = shared.pool_view();
-        // SAFETY: the only consumer.
-        let mut rx = unsafe { pool.consumer() };
-        let mut got = Vec::new();
-        // Start once ring 0 is full (a yield is not a preemption: the bound is left for the swap).
-        while pool.counters().accepted < 2 {
-            thread::yield_now();
-        }
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        producer.join().unwrap();
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        assert_eq!(got.len() as u64, pool.counters().accepted);
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+        pool_run(FullPolicy::DropNewest, 5, |pool, drain| {
+            // Start once ring 0 is full (a yield is not a preemption: the bound is left for the
+            // swap).
+            while pool.counters().accepted < 2 {
+                thread::yield_now();
+            }
+            drain(true);
+        });
     });
 }
 
@@ -289,19 +289,10 @@ fn pool__active_read_during_half_done_swap__then_reused_ring_not_read_before_ear
 #[test]
 fn pool__wait_policy_with_live_consumer__then_invariant_holds() {
     loom::model(|| {
-        let shared = Shared::pool(small_pool(FullPolicy::Wait { timeout_us: 1 }));
-        let producer = spawn_pool_producer(&shared, 5);
-        let pool = shared.pool_view();
-        // SAFETY: the only consumer.
-        let mut rx = unsafe { pool.consumer() };
-        let mut got = Vec::new();
-        rx.drain(false, |c| collect(&mut got, c)).unwrap();
-        producer.join().unwrap();
-        rx.drain(true, |c| collect(&mut got, c)).unwrap();
-        let c = pool.counters();
-        assert_eq!(c.attempted(), 5);
-        assert_eq!(got.len() as u64, c.accepted);
-        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        let counters = pool_run(FullPolicy::Wait { timeout_us: 1 }, 5, |_, drain| {
+            drain(false)
+        });
+        assert_eq!(counters.attempted(), 5);
         <Loom as Backend>::deadline_after(0);
     });
 }

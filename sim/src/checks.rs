@@ -217,17 +217,23 @@ pub(crate) fn check_written_prefixes(ledgers: &BTreeMap<u32, Ledger>, out: &Path
     }
 }
 
-/// After a write fault or a forced shutdown, the manifest is still written, finished and balanced
-/// for every thread, and what it calls persisted is exactly what the reader finds in the file; no
-/// thread is counted for more events than it attempted.
-pub(crate) fn check_accounted_as_written(ledgers: &BTreeMap<u32, Ledger>, out: &Path) {
+/// The session's one manifest (a session of one process).
+fn the_manifest(out: &Path) -> std::path::PathBuf {
     let manifests: Vec<_> = pid_dirs(out)
         .into_iter()
         .map(|d| d.join("manifest.json"))
         .filter(|m| m.exists())
         .collect();
     assert_eq!(manifests.len(), 1, "one session manifest: {manifests:?}");
-    let manifest = atf::Manifest::read(&manifests[0])
+    manifests.into_iter().next().unwrap()
+}
+
+/// After a write fault or a forced shutdown, the manifest is still written, finished and balanced
+/// for every thread, and what it calls persisted is exactly what the reader finds in the file; no
+/// thread is counted for more events than it attempted.
+pub(crate) fn check_accounted_as_written(ledgers: &BTreeMap<u32, Ledger>, out: &Path) {
+    let manifest_path = the_manifest(out);
+    let manifest = atf::Manifest::read(&manifest_path)
         .unwrap_or_else(|e| panic!("the final manifest is unreadable: {e}"));
     assert!(manifest.finished, "the manifest is not final");
     for entry in &manifest.threads {
@@ -260,19 +266,14 @@ pub(crate) fn check_accounted_as_written(ledgers: &BTreeMap<u32, Ledger>, out: &
 /// After the final manifest's write failed: the session's one manifest is the previous one (the
 /// drain's first, not finished), intact and readable, and no temporary manifest is left behind.
 pub(crate) fn check_manifest_readable(out: &Path) {
-    let manifests: Vec<_> = pid_dirs(out)
-        .into_iter()
-        .map(|d| d.join("manifest.json"))
-        .filter(|m| m.exists())
-        .collect();
-    assert_eq!(manifests.len(), 1, "one session manifest: {manifests:?}");
-    let previous = atf::Manifest::read(&manifests[0])
+    let manifest_path = the_manifest(out);
+    let previous = atf::Manifest::read(&manifest_path)
         .unwrap_or_else(|e| panic!("the manifest left after a failed write is unreadable: {e}"));
     assert!(
         !previous.finished,
         "the final manifest's write failed, yet the manifest is the final one"
     );
-    let tmp = manifests[0].with_file_name("manifest.json.tmp");
+    let tmp = manifest_path.with_file_name("manifest.json.tmp");
     assert!(
         !tmp.exists(),
         "the failed temporary manifest was left behind: {}",

@@ -185,17 +185,7 @@ fn drain_thread(
         let reply = match command {
             None => {
                 if let Err(e) = keep(drain.pass().map(drop)) {
-                    let reason = Reason::Error(e);
-                    let outcome = shutdown.request(reason.clone());
-                    let after = shutdown.state();
-                    record(
-                        log,
-                        Made {
-                            reason,
-                            outcome,
-                            after,
-                        },
-                    );
+                    request_logged(&shutdown, log, Reason::Error(e));
                     passing = false;
                 }
                 let pause = shuttle::rand::thread_rng().gen_range(0..=scenario.drain_pause);
@@ -287,6 +277,26 @@ impl SimPipeline {
         }
     }
 
+    /// One drain step of the phases: sends `command` and waits for its reply (`wanted`); a reply
+    /// that does not come before the phase's budget is `late` and gives up.
+    fn drain_step(
+        &mut self,
+        ctx: &Ctx<'_>,
+        command: Command,
+        late: &'static str,
+        wanted: impl Fn(Reply) -> Option<Result<(), String>>,
+    ) -> Result<(), shutdown::Error> {
+        self.called(ctx);
+        self.send(command)?;
+        match self.reply(Some(ctx), wanted) {
+            Some(r) => r.map_err(phase_error),
+            None => {
+                self.abandoned_reply = true;
+                Err(self.gave_up(ctx, late))
+            }
+        }
+    }
+
     /// The phase's error after it stopped waiting: forced, or out of budget.
     fn gave_up(
         &mut self,
@@ -352,33 +362,27 @@ impl Pipeline<Shuttle> for SimPipeline {
     }
 
     fn flush(&mut self, ctx: &Ctx<'_>) -> Result<(), shutdown::Error> {
-        self.called(ctx);
-        self.send(Command::Pass)?;
-        match self.reply(Some(ctx), |r| match r {
-            Reply::Passed(r) => Some(r),
-            _ => None,
-        }) {
-            Some(r) => r.map_err(phase_error),
-            None => {
-                self.abandoned_reply = true;
-                Err(self.gave_up(ctx, "the drain's pass did not end in time"))
-            }
-        }
+        self.drain_step(
+            ctx,
+            Command::Pass,
+            "the drain's pass did not end in time",
+            |r| match r {
+                Reply::Passed(r) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     fn final_drain(&mut self, ctx: &Ctx<'_>) -> Result<(), shutdown::Error> {
-        self.called(ctx);
-        self.send(Command::Final)?;
-        match self.reply(Some(ctx), |r| match r {
-            Reply::Drained(r) => Some(r),
-            _ => None,
-        }) {
-            Some(r) => r.map_err(phase_error),
-            None => {
-                self.abandoned_reply = true;
-                Err(self.gave_up(ctx, "the final drain did not end in time"))
-            }
-        }
+        self.drain_step(
+            ctx,
+            Command::Final,
+            "the final drain did not end in time",
+            |r| match r {
+                Reply::Drained(r) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     fn sync(&mut self, ctx: &Ctx<'_>) -> Result<(), shutdown::Error> {
@@ -419,6 +423,11 @@ impl Pipeline<Shuttle> for SimPipeline {
 /// `tracer record` requests it on the target's exit, and the request is logged.
 fn target_ended(shutdown: &Shutdown<Shuttle>, log: &SharedLog, reason: Reason) {
     clock::target_ended();
+    request_logged(shutdown, log, reason);
+}
+
+/// Requests the shutdown for `reason` and logs the request, its outcome and the state after it.
+fn request_logged(shutdown: &Shutdown<Shuttle>, log: &SharedLog, reason: Reason) {
     let outcome = shutdown.request(reason.clone());
     let after = shutdown.state();
     record(

@@ -74,16 +74,10 @@ impl Scenario {
             producers: 2,
             lives: 1,
             events: 24,
-            capacity: 2,
             detail_every: 1,
             mark_every: 3,
-            stop_early: true,
             drain_pause: 600,
-            faults: false,
-            fs_faults: false,
-            managed: false,
-            strict_forced_drops: false,
-            dies_mid_write: false,
+            ..Scenario::default()
         }
     }
 
@@ -94,16 +88,9 @@ impl Scenario {
             producers: 2,
             lives: 1,
             events: 160,
-            capacity: 2,
             detail_every: 4,
-            mark_every: 2,
-            stop_early: true,
-            drain_pause: 0,
             faults: true,
-            fs_faults: false,
-            managed: false,
-            strict_forced_drops: false,
-            dies_mid_write: false,
+            ..Scenario::default()
         }
     }
 
@@ -114,16 +101,8 @@ impl Scenario {
             producers: 2,
             lives: 1,
             events: 40,
-            capacity: 2,
-            detail_every: 2,
-            mark_every: 2,
-            stop_early: true,
-            drain_pause: 0,
-            faults: false,
             fs_faults: true,
-            managed: false,
-            strict_forced_drops: false,
-            dies_mid_write: false,
+            ..Scenario::default()
         }
     }
 
@@ -141,16 +120,9 @@ impl Scenario {
             producers: 2,
             lives: 4,
             events: 3,
-            capacity: 2,
             detail_every: 1,
             mark_every: 1,
-            stop_early: true,
-            drain_pause: 0,
-            faults: false,
-            fs_faults: false,
-            managed: false,
-            strict_forced_drops: false,
-            dies_mid_write: false,
+            ..Scenario::default()
         }
     }
 

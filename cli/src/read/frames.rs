@@ -232,95 +232,83 @@ mod tests {
 
     use EventKind::{Call, Exception, Return};
 
+    /// Events written `c1@0 r1@20`: `c` a call, `r` a return, `x` an exception, of function 1
+    /// at 0 and 20 ns.
+    fn evs(script: &str) -> Vec<IndexEvent> {
+        script
+            .split_whitespace()
+            .map(|e| {
+                let kind = match &e[..1] {
+                    "c" => Call,
+                    "r" => Return,
+                    _ => Exception,
+                };
+                let (function, ts) = e[1..].split_once('@').unwrap();
+                ev(kind, function.parse().unwrap(), ts.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The exits the walker reports for the events of `script` ended at `end`.
+    fn exits_of(script: &str, end: u64) -> Vec<(u64, u64, u64, usize, End)> {
+        exits(&walk(&evs(script), end))
+    }
+
     #[test]
     fn walker__nested_calls__then_exits_with_children_time() {
-        let steps = walk(
-            &[
-                ev(Call, 1, 0),
-                ev(Call, 2, 10),
-                ev(Return, 2, 30),
-                ev(Call, 3, 40),
-                ev(Exception, 3, 45),
-                ev(Return, 1, 100),
-            ],
-            100,
-        );
-        assert_eq!(
-            exits(&steps),
-            [
-                (2, 20, 0, 1, End::Returned),
-                (3, 5, 0, 1, End::Returned),
-                (1, 100, 25, 0, End::Returned),
-            ]
-        );
+        let got = exits_of("c1@0 c2@10 r2@30 c3@40 x3@45 r1@100", 100);
+        let want = [
+            (2, 20, 0, 1, End::Returned),
+            (3, 5, 0, 1, End::Returned),
+            (1, 100, 25, 0, End::Returned),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
     fn walker__return_first__then_orphan_at_depth_zero() {
-        let steps = walk(&[ev(Return, 9, 5), ev(Call, 1, 10), ev(Return, 1, 20)], 20);
+        let steps = walk(&evs("r9@5 c1@10 r1@20"), 20);
         assert_eq!(steps[0], Step::Orphan { function: 9, at: 5 });
         assert_eq!(exits(&steps), [(1, 10, 0, 0, End::Returned)]);
     }
 
     #[test]
     fn walker__caller_returns_while_callees_open__then_callees_unwound_and_nesting_kept() {
-        let steps = walk(
-            &[
-                ev(Call, 1, 0),
-                ev(Call, 2, 10),
-                ev(Call, 3, 20),
-                ev(Return, 1, 50),
-            ],
-            60,
-        );
-        assert_eq!(
-            exits(&steps),
-            [
-                (3, 30, 0, 2, End::Unwound),
-                (2, 40, 30, 1, End::Unwound),
-                (1, 50, 40, 0, End::Returned),
-            ]
-        );
+        let got = exits_of("c1@0 c2@10 c3@20 r1@50", 60);
+        let want = [
+            (3, 30, 0, 2, End::Unwound),
+            (2, 40, 30, 1, End::Unwound),
+            (1, 50, 40, 0, End::Returned),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
     fn walker__orphan_return_with_frames_open__then_frames_unwound_first() {
-        let steps = walk(&[ev(Call, 1, 0), ev(Return, 9, 50)], 60);
+        let steps = walk(&evs("c1@0 r9@50"), 60);
         assert_eq!(exits(&steps), [(1, 50, 0, 0, End::Unwound)]);
-        assert_eq!(
-            steps.last(),
-            Some(&Step::Orphan {
-                function: 9,
-                at: 50
-            })
-        );
+        let orphan = Step::Orphan {
+            function: 9,
+            at: 50,
+        };
+        assert_eq!(steps.last(), Some(&orphan));
     }
 
     #[test]
     fn walker__stream_ends_mid_call__then_unfinished_at_the_end() {
-        let steps = walk(&[ev(Call, 1, 0), ev(Call, 2, 10)], 100);
-        assert_eq!(
-            exits(&steps),
-            [
-                (2, 90, 0, 1, End::Unfinished),
-                (1, 100, 90, 0, End::Unfinished)
-            ]
-        );
+        let got = exits_of("c1@0 c2@10", 100);
+        let want = [
+            (2, 90, 0, 1, End::Unfinished),
+            (1, 100, 90, 0, End::Unfinished),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
     fn walker__recursion__then_innermost_frame_closed_first() {
-        let steps = walk(
-            &[
-                ev(Call, 1, 0),
-                ev(Call, 1, 10),
-                ev(Return, 1, 20),
-                ev(Return, 1, 40),
-            ],
-            40,
-        );
+        let got = exits_of("c1@0 c1@10 r1@20 r1@40", 40);
         assert_eq!(
-            exits(&steps),
+            got,
             [(1, 10, 0, 1, End::Returned), (1, 40, 10, 0, End::Returned)]
         );
     }
