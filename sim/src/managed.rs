@@ -185,7 +185,7 @@ fn drain_thread(
         let reply = match command {
             None => {
                 if let Err(e) = keep(drain.pass().map(drop)) {
-                    request_logged(&shutdown, log, Reason::Error(e));
+                    request_logged(shutdown, log, Reason::Error(e));
                     passing = false;
                 }
                 let pause = shuttle::rand::thread_rng().gen_range(0..=scenario.drain_pause);
