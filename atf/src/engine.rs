@@ -157,6 +157,13 @@ impl FileCore {
         Ok(())
     }
 
+    /// Flushes, then a second handle on the file for [`FileSink::writeback`] from another thread
+    /// (`None` if the sink has none: see [`FileSink::writeback_handle`]).
+    pub(crate) fn writeback_handle(&mut self) -> Result<Option<Box<dyn FileSink>>> {
+        self.flush()?;
+        Ok(self.file.writeback_handle())
+    }
+
     /// Ends the file after its last bytes were written: `fsync` when `sync`, then nothing more
     /// is written, not even on drop.
     pub(crate) fn finish(&mut self, sync: bool) -> Result<()> {

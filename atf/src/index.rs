@@ -451,6 +451,15 @@ impl IndexWriter {
         self.core.writeback(offset, len, wait)
     }
 
+    /// Flushes, then a second handle on the file for [`crate::FileSink::writeback`] from another
+    /// thread: a writer that must not stall on the disk starts and waits for its writeback there.
+    /// `None` when the file system gives no such handle (the caller then uses
+    /// [`writeback`](Self::writeback)).
+    pub fn writeback_handle(&mut self) -> Result<Option<Box<dyn crate::FileSink>>> {
+        self.flush()?;
+        self.core.writeback_handle()
+    }
+
     /// Completes the file and fsyncs it. ATF v2: patches the header (count, footer offset, time
     /// range), then appends the footer with the CRC-32C of the events; the header is patched
     /// first, so a crash in between leaves a header whose footer offset is the end of the file,

@@ -45,6 +45,13 @@ pub trait FileSink: Send + Sync + fmt::Debug {
     fn writeback(&mut self, offset: u64, len: u64, wait: bool) {
         let _ = (offset, len, wait);
     }
+
+    /// A second handle on the same open file, for [`writeback`](Self::writeback) from another
+    /// thread, so a writer that must not stall on the disk can hand its writeback to a helper.
+    /// `None` by default: the caller then does the writeback itself.
+    fn writeback_handle(&self) -> Option<Box<dyn FileSink>> {
+        None
+    }
 }
 
 /// Where the writers create their files, and how they rename and make them durable.
@@ -114,6 +121,13 @@ impl FileSink for File {
         unsafe {
             libc::sync_file_range(self.as_raw_fd(), offset, len, flags);
         }
+    }
+
+    fn writeback_handle(&self) -> Option<Box<dyn FileSink>> {
+        // A duplicate descriptor: the same open file, closed when the handle drops.
+        self.try_clone()
+            .ok()
+            .map(|f| Box::new(f) as Box<dyn FileSink>)
     }
 
     fn start_writeback(&mut self) {

@@ -44,6 +44,7 @@
 
 mod thread;
 mod waker;
+mod writeback;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,10 +65,10 @@ pub use waker::Waker;
 /// Bytes written to the page cache, over all files, before the drain starts their writeback.
 const WRITEBACK_BATCH: u64 = 4 << 20;
 /// The most bytes whose writeback was started and not seen finished, over all files. Past it the
-/// drain waits for the oldest writeback (the disk sets the pace, and producers wait for ring
-/// space, losing nothing): so the final fsync has at most this much plus one batch to write,
-/// whatever the recording's length, and the session never fills the page cache with dirty data
-/// (which would also slow everyone else's writes).
+/// writeback helper waits for the oldest writeback, and past twice it the drain waits for the
+/// helper (the disk sets the pace, and producers wait for ring space, losing nothing): so the
+/// final fsync has a bounded backlog to write, whatever the recording's length, and the session
+/// never fills the page cache with dirty data (which would also slow everyone else's writes).
 pub const DIRTY_BUDGET: u64 = 16 << 20;
 
 /// Why the drain stopped.
@@ -111,6 +112,10 @@ pub struct DrainStats {
     pub passes: u64,
     /// Time spent inside passes and the final drain.
     pub busy: Duration,
+    /// Bytes of the event files whose writeback was started while recording (see
+    /// [`DIRTY_BUDGET`]), on the writeback helper thread or, for a file system that gives it no
+    /// handle, on the drain's.
+    pub writeback_bytes: u64,
     /// Files fsynced by [`Drain::finish`] (trace files, manifest, directories).
     pub files_synced: u64,
     /// Threads seen.
@@ -247,7 +252,10 @@ pub struct Drain<'r, B: Backend = StdBackend> {
     /// Detail record bytes written, all threads.
     detail_bytes: u64,
     live: Arc<LiveStats>,
-    /// Writebacks started and not yet waited for, oldest first: `((process, tid), offset, len)`.
+    /// The writeback helper, started at the first writeback (see `start_writeback`).
+    writeback: Option<writeback::Writeback>,
+    /// Writebacks started on this thread and not yet waited for, oldest first (files whose
+    /// file system gives no handle for the helper): `((process, tid), offset, len)`.
     in_flight: std::collections::VecDeque<((ProcKey, u32), u64, u64)>,
     /// Their bytes.
     in_flight_bytes: u64,
@@ -327,6 +335,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             stats: DrainStats::default(),
             detail_bytes: 0,
             live: Arc::new(LiveStats::default()),
+            writeback: None,
             in_flight: Default::default(),
             in_flight_bytes: 0,
             manifest_written: Instant::now(),
@@ -670,23 +679,41 @@ impl<'r, B: Backend> Drain<'r, B> {
         Ok(())
     }
 
-    /// Starts the writeback of every index file's bytes written since the last call, then waits
-    /// for the oldest writebacks until at most [`DIRTY_BUDGET`] bytes are in flight. Writeback is
-    /// a hint: its errors show at the final fsync, which reports them.
+    /// Starts the writeback of every index file's bytes written since the last call, on the
+    /// writeback helper thread (see `writeback`), so the drain does not stall on the disk; waits
+    /// only when the disk is far behind. A file whose file system gives no handle for the helper
+    /// is written back here, waiting for the oldest writebacks until at most [`DIRTY_BUDGET`]
+    /// bytes are in flight. Writeback is a hint: its errors show at the final fsync, which
+    /// reports them.
     fn start_writeback(&mut self) {
+        if self.writeback.is_none() {
+            // No helper (no thread to be had): everything is written back here.
+            self.writeback = writeback::Writeback::start().ok();
+        }
         for (&key, files) in self.files.iter_mut() {
             let Some(w) = files.index.as_mut() else {
                 continue;
             };
             let end = w.bytes_written();
-            if end > files.submitted {
-                let range = (key, files.submitted, end - files.submitted);
-                if w.writeback(range.1, range.2, false).is_ok() {
+            if end <= files.submitted {
+                continue;
+            }
+            let range = (key, files.submitted, end - files.submitted);
+            let mut handed = false;
+            if let (Some(helper), Ok(Some(handle))) = (&self.writeback, w.writeback_handle()) {
+                handed = helper.submit(handle, range.1, range.2).is_ok();
+            }
+            if handed || w.writeback(range.1, range.2, false).is_ok() {
+                self.stats.writeback_bytes += range.2;
+                if !handed {
                     self.in_flight_bytes += range.2;
                     self.in_flight.push_back(range);
-                    files.submitted = end;
                 }
+                files.submitted = end;
             }
+        }
+        if let Some(helper) = &self.writeback {
+            helper.throttle();
         }
         while self.in_flight_bytes > DIRTY_BUDGET {
             let Some((key, offset, len)) = self.in_flight.pop_front() else {

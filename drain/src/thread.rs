@@ -1,18 +1,31 @@
 //! The drain thread: passes while there is work, an adaptive sleep when idle, an immediate wake on
 //! [`Waker::kick`], and a clean hand-back of the [`Drain`] for the final drain.
+//!
+//! The idle sleep grows with the time since a pass last found events ([`idle_sleep`]), not with
+//! the count of empty passes: a producer that pauses for a moment (descheduled on a busy machine,
+//! between two bursts) finds the drain polling every [`MIN_IDLE`] when it resumes, while a target
+//! that has been quiet for tens of milliseconds costs the tracer at most ~500 wake-ups a second.
 
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{Drain, DrainError, Waker};
 
 /// The shortest idle sleep: short enough that a busy producer's rings never fill while we sleep
-/// (64 KiB rings hold 2048 events, ~50 µs of a thread calling non-stop).
+/// (a lane of 4 rings of 64 KiB holds 8192 events, ~140 µs of a thread calling non-stop).
 const MIN_IDLE: Duration = Duration::from_micros(50);
 /// The longest idle sleep: an idle target costs the tracer ~500 wake-ups a second at most.
 const MAX_IDLE: Duration = Duration::from_millis(2);
+/// The idle sleep is the time since events were last found divided by this (within
+/// [`MIN_IDLE`]..=[`MAX_IDLE`]): [`MAX_IDLE`] after 32 ms without events.
+const IDLE_DIVISOR: u32 = 16;
+
+/// How long to sleep after an empty pass, `quiet` after the last pass that found events.
+fn idle_sleep(quiet: Duration) -> Duration {
+    (quiet / IDLE_DIVISOR).clamp(MIN_IDLE, MAX_IDLE)
+}
 
 /// A running drain thread. [`DrainThread::stop`] hands the [`Drain`] back for the final drain.
 pub struct DrainThread {
@@ -44,15 +57,15 @@ impl DrainThread {
             .name("drain".into())
             .spawn(move || {
                 raise_priority();
-                let mut idle = MIN_IDLE;
+                // Before any event: the target is starting, poll as if it were busy.
+                let mut last_events = Instant::now();
                 let mut on_error = Some(on_error);
                 // Acquire: pairs with the Release store in `stop`.
                 while !stop2.load(Acquire) {
                     match drain.pass_until(&stop2) {
-                        Ok(pass) if pass.bytes > 0 => idle = MIN_IDLE,
+                        Ok(pass) if pass.bytes > 0 => last_events = Instant::now(),
                         Ok(_) => {
-                            waker2.wait(idle);
-                            idle = (idle * 2).min(MAX_IDLE);
+                            waker2.wait(idle_sleep(last_events.elapsed()));
                         }
                         Err(e) => {
                             let e = Arc::new(e);
@@ -120,5 +133,23 @@ impl Drop for DrainThread {
             self.waker.kick();
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_sleep__grows_with_the_quiet_time__then_bounded() {
+        assert_eq!(idle_sleep(Duration::ZERO), MIN_IDLE);
+        assert_eq!(idle_sleep(Duration::from_micros(500)), MIN_IDLE);
+        assert_eq!(
+            idle_sleep(Duration::from_millis(4)),
+            Duration::from_micros(250)
+        );
+        assert_eq!(idle_sleep(Duration::from_millis(32)), MAX_IDLE);
+        assert_eq!(idle_sleep(Duration::from_secs(60)), MAX_IDLE);
     }
 }

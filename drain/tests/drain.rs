@@ -126,6 +126,48 @@ fn drain_thread__final_drain__then_all_data_written() {
 }
 
 #[test]
+fn drain_thread__more_than_twice_the_dirty_budget__then_written_back_as_it_goes_and_every_event_kept(
+) {
+    // ATF v2 (32 bytes an event) so a few threads write well past the budget quickly.
+    let out = tempfile::tempdir().unwrap();
+    let region = SharedRegion::create(&small_config()).unwrap();
+    let registry = region.leak().unwrap();
+    let layout = SessionLayout::create(out.path(), std::process::id())
+        .unwrap()
+        .with_format(atf::EventFormat::Atf2);
+    let drain = Drain::new(registry, layout, manifest_for(std::process::id())).unwrap();
+    let thread = DrainThread::spawn(drain, |e| panic!("drain failed: {e}")).unwrap();
+
+    const THREADS: u32 = 3;
+    const EVENTS: u64 = 450_000;
+    let bytes = u64::from(THREADS) * EVENTS * atf::EVENT_SIZE as u64;
+    assert!(bytes > 2 * drain::DIRTY_BUDGET + (4 << 20));
+    produce(registry, THREADS, EVENTS);
+
+    assert!(registry
+        .stop_accepting(Duration::from_secs(5))
+        .stragglers
+        .is_empty());
+    registry
+        .close_registrations(Duration::from_secs(5))
+        .unwrap();
+    let mut drain = thread.stop().expect("drain thread ended cleanly");
+    drain.final_drain(false).unwrap();
+    let report = drain.finish(&Outcome::default()).unwrap();
+    assert!(
+        report.stats.writeback_bytes >= 2 * drain::DIRTY_BUDGET,
+        "{} bytes written back while recording",
+        report.stats.writeback_bytes
+    );
+    for entry in &report.threads {
+        assert_eq!(entry.index.persisted, EVENTS, "thread {}", entry.id);
+        assert!(entry.index.balanced(), "thread {}", entry.id);
+    }
+    let session = Session::open(report.manifest.parent().unwrap()).unwrap();
+    assert_eq!(session.event_count(), u64::from(THREADS) * EVENTS);
+}
+
+#[test]
 fn drain__exited_slots__then_recycled_and_reused_by_new_threads() {
     let out = tempfile::tempdir().unwrap();
     let region = SharedRegion::create(&small_config()).unwrap();
