@@ -10,15 +10,18 @@
 //! id is its return address, an address inside the function that the readers resolve to the
 //! enclosing symbol.
 
+use core::sync::atomic::compiler_fence;
+use core::sync::atomic::Ordering::SeqCst;
+
 use crate::hook::{event, CALL, RETURN};
 use crate::say::say;
 use crate::shadow::{make_shadow, SHADOW_CAPACITY};
 use crate::tls::tls;
 
-/// Assembly that saves every register a called function may take arguments in (`rdi`..`r9`,
-/// `rax` for variadic calls, `r10` for a static chain, `xmm0`-`xmm7`) at `[rsp]`..`[rsp + 192)`
-/// (the entry hooks here and the library-call stubs' entry, see `plt`).
-macro_rules! save_arguments {
+/// Assembly that saves the integer registers a called function may take arguments in (`rdi`..`r9`,
+/// `rax` for variadic calls, `r10` for a static chain) at `[rsp]`..`[rsp + 64)` (the entry hooks
+/// here, the library-call stubs' entry, see `plt`, and the `dlopen` stand-ins' first call).
+macro_rules! save_integer_arguments {
     () => {
         "mov [rsp], rdi
          mov [rsp + 8], rsi
@@ -27,8 +30,32 @@ macro_rules! save_arguments {
          mov [rsp + 32], r8
          mov [rsp + 40], r9
          mov [rsp + 48], rax
-         mov [rsp + 56], r10
-         movdqu [rsp + 64], xmm0
+         mov [rsp + 56], r10"
+    };
+}
+pub(crate) use save_integer_arguments;
+
+/// Assembly that restores what [`save_integer_arguments`] saved.
+macro_rules! restore_integer_arguments {
+    () => {
+        "mov rdi, [rsp]
+         mov rsi, [rsp + 8]
+         mov rdx, [rsp + 16]
+         mov rcx, [rsp + 24]
+         mov r8, [rsp + 32]
+         mov r9, [rsp + 40]
+         mov rax, [rsp + 48]
+         mov r10, [rsp + 56]"
+    };
+}
+pub(crate) use restore_integer_arguments;
+
+/// Assembly that saves the vector argument registers (`xmm0`-`xmm7`) at `[rsp + 64]`..`[rsp +
+/// 192)`: only on a hook's slow path, whose Rust code may use them (the fast paths leave them
+/// alone, see [`enter_fast`]).
+macro_rules! save_vector_arguments {
+    () => {
+        "movdqu [rsp + 64], xmm0
          movdqu [rsp + 80], xmm1
          movdqu [rsp + 96], xmm2
          movdqu [rsp + 112], xmm3
@@ -38,20 +65,12 @@ macro_rules! save_arguments {
          movdqu [rsp + 176], xmm7"
     };
 }
-pub(crate) use save_arguments;
+pub(crate) use save_vector_arguments;
 
-/// Assembly that restores what [`save_arguments`] saved.
-macro_rules! restore_arguments {
+/// Assembly that restores what [`save_vector_arguments`] saved.
+macro_rules! restore_vector_arguments {
     () => {
-        "mov rdi, [rsp]
-         mov rsi, [rsp + 8]
-         mov rdx, [rsp + 16]
-         mov rcx, [rsp + 24]
-         mov r8, [rsp + 32]
-         mov r9, [rsp + 40]
-         mov rax, [rsp + 48]
-         mov r10, [rsp + 56]
-         movdqu xmm0, [rsp + 64]
+        "movdqu xmm0, [rsp + 64]
          movdqu xmm1, [rsp + 80]
          movdqu xmm2, [rsp + 96]
          movdqu xmm3, [rsp + 112]
@@ -61,16 +80,18 @@ macro_rules! restore_arguments {
          movdqu xmm7, [rsp + 176]"
     };
 }
-pub(crate) use restore_arguments;
+pub(crate) use restore_vector_arguments;
 
-/// Defines an entry hook: saves the argument registers, calls `$entry(slot, pc, regs)` with the
-/// address of the instrumented function's return-address word (`$slot`: computed from `rbp`, or
-/// from `r11`, the stack pointer at the hook's entry), the hook's return address and, when detail
-/// records are on, the registers as the hook received them (the detail payload's block, see
-/// `hook::REGS`, at `[rsp + 208]`; `r11` reads as the stack pointer: the hook's first instruction
-/// takes it), else null; restores them, returns.
+/// Defines an entry hook: saves the integer argument registers and calls `$fast(slot, pc) -> code`
+/// with the address of the instrumented function's return-address word (`$slot`: computed from
+/// `rbp`, or from `r11`, the stack pointer at the hook's entry) and the hook's return address. The
+/// fast path leaves the vector registers alone; on any answer but `FAST_DONE` the hook saves
+/// them too and calls `$slow(slot, pc, regs, code)`. With detail records on, the fast path is
+/// skipped: `$slow` gets `FAST_DECLINED` and the registers as the hook received them (the detail
+/// payload's block, see `hook::REGS`, at `[rsp + 208]`; `r11` reads as the stack pointer: the
+/// hook's first instruction takes it), else null. Restores what it saved, returns.
 macro_rules! entry_hook {
-    ($(#[$meta:meta])* $name:ident, slot = $slot:literal, entry = $entry:path) => {
+    ($(#[$meta:meta])* $name:ident, slot = $slot:literal, fast = $fast:path, slow = $slow:path) => {
         $(#[$meta])*
         ///
         /// # Safety
@@ -87,15 +108,16 @@ macro_rules! entry_hook {
                 "and rsp, -16",
                 "sub rsp, 352",
                 "mov [rsp + 192], r11",
-                save_arguments!(),
+                save_integer_arguments!(),
                 "cmp byte ptr [rip + {detail}], 0",
                 "jne 3f",
-                "xor edx, edx",
-                "2:",
                 $slot,
                 "mov rsi, [r11]",
-                "call {entry}",
-                restore_arguments!(),
+                "call {fast}",
+                "test rax, rax",
+                "jnz 4f",
+                "2:",
+                restore_integer_arguments!(),
                 "mov rsp, [rsp + 192]",
                 "ret",
                 // Detail records: every register as the hook received it, in the detail
@@ -106,9 +128,24 @@ macro_rules! entry_hook {
                 "mov rax, [r11]",
                 "mov [rsp + {regs} + 128], rax",
                 "lea rdx, [rsp + {regs}]",
+                "mov ecx, {declined}",
+                "jmp 5f",
+                // The fast path's answer (rax) for the slow one.
+                "4:",
+                "xor edx, edx",
+                "mov rcx, rax",
+                "5:",
+                save_vector_arguments!(),
+                "mov r11, [rsp + 192]",
+                $slot,
+                "mov rsi, [r11]",
+                "call {slow}",
+                restore_vector_arguments!(),
                 "jmp 2b",
-                entry = sym $entry,
+                fast = sym $fast,
+                slow = sym $slow,
                 detail = sym crate::process::DETAIL_ON,
+                declined = const crate::hook::FAST_DECLINED,
                 regs = const 208,
             )
         }
@@ -122,35 +159,147 @@ const _: () = assert!(
 
 entry_hook!(
     /// The `-pg` hook (the name x86-64 gcc and clang call).
-    mcount, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
+    mcount, slot = "lea rdi, [rbp + 8]", fast = mcount_fast, slow = mcount_slow
 );
 entry_hook!(
     /// The `-pg` hook under its other name (some toolchains call `_mcount`).
-    _mcount, slot = "lea rdi, [rbp + 8]", entry = mcount_entry
+    _mcount, slot = "lea rdi, [rbp + 8]", fast = mcount_fast, slow = mcount_slow
 );
 entry_hook!(
     /// The `-pg -mfentry` hook, the function's first instruction.
-    __fentry__, slot = "lea rdi, [r11 + 8]", entry = fentry_entry
+    __fentry__, slot = "lea rdi, [r11 + 8]", fast = fentry_fast, slow = fentry_slow
 );
 
 entry_hook!(
     /// What a patched `-fpatchable-function-entry` sled calls (through its object's landing, see
     /// `patch`): like `__fentry__`, before the function's frame exists, but at the sled's end, so
     /// its id is the address after the sled, inside the function (as `mcount`'s).
-    tracer_patch_entry, slot = "lea rdi, [r11 + 8]", entry = mcount_entry
+    tracer_patch_entry, slot = "lea rdi, [r11 + 8]", fast = mcount_fast, slow = mcount_slow
 );
 
 retstack::return_trampoline!(
     /// Where a hooked function returns to: records the return and goes on to the real caller.
-    tracer_return_hook => on_return, detail = crate::process::DETAIL_ON
+    tracer_return_hook => on_return, fast = return_fast, detail = crate::process::DETAIL_ON
 );
 
-extern "C" fn mcount_entry(slot: *mut u64, pc: u64, regs: *const u64) {
-    enter(slot, pc, regs);
+extern "C" fn mcount_fast(slot: *mut u64, pc: u64) -> u64 {
+    enter_fast(slot, pc)
 }
 
-extern "C" fn fentry_entry(slot: *mut u64, pc: u64, regs: *const u64) {
-    enter(slot, fentry_function(pc), regs);
+extern "C" fn fentry_fast(slot: *mut u64, pc: u64) -> u64 {
+    enter_fast(slot, fentry_function(pc))
+}
+
+extern "C" fn mcount_slow(slot: *mut u64, pc: u64, regs: *const u64, code: u64) {
+    crate::hook::after_fast(code, (), || enter(slot, pc, regs));
+}
+
+extern "C" fn fentry_slow(slot: *mut u64, pc: u64, regs: *const u64, code: u64) {
+    crate::hook::after_fast(code, (), || enter(slot, fentry_function(pc), regs));
+}
+
+/// The entry hooks' fast path: records the call of `function` and hooks its return when this
+/// thread is registered in the live attachment, has its presence seat and its shadow stack, and
+/// nothing unusual is in the way (see `hook::ready_fast`, `ShadowStack::try_hook_fast`); else
+/// declines before changing anything. It calls nothing and leaves every vector register alone, so
+/// the naked hooks save those only when it does not answer `FAST_DONE` (the system test
+/// `hot_path__disassembled__then_no_vector_register_and_no_call` checks the compiled code).
+#[inline(always)]
+pub(crate) fn enter_fast(slot: *mut u64, function: u64) -> u64 {
+    use crate::hook::{FAST_DECLINED, FAST_DONE, FAST_RECLAIM};
+    let t = tls();
+    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
+    let (raw, state, shadow, generation) =
+        unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
+    if state.is_null() || shadow.is_null() {
+        return FAST_DECLINED;
+    }
+    let Some(seat) = crate::live::enter_seated(raw) else {
+        return FAST_DECLINED;
+    };
+    let code = if generation != crate::live::generation() {
+        FAST_DECLINED
+    } else {
+        // SAFETY: the live generation's state of this thread (see `hook::free_state`), kept
+        // mapped while it is inside.
+        let st = unsafe { &mut *state };
+        // SAFETY: this thread's own shadow stack (made by it, never freed while it runs).
+        let sh = unsafe { &mut *shadow };
+        if crate::hook::ready_fast(st) {
+            st.busy = 1;
+            compiler_fence(SeqCst);
+            // SAFETY: `slot` is the entered function's return-address word, on this thread's
+            // stack (the naked hook computed it from the frame the compiler set up).
+            let code = if unsafe { sh.try_hook_fast(slot, function, trampoline()) } {
+                crate::hook::record_fast(st, CALL, function)
+            } else {
+                FAST_DECLINED
+            };
+            compiler_fence(SeqCst);
+            st.busy = 0;
+            code
+        } else {
+            FAST_DECLINED
+        }
+    };
+    // A declined or refused event goes inside again on its slow path, whose leave reclaims.
+    if crate::live::leave_deferred(seat) && code == FAST_DONE {
+        FAST_RECLAIM
+    } else {
+        code
+    }
+}
+
+/// The return trampoline's fast path, as [`enter_fast`]: pops the innermost frame when it is the
+/// one returning and records its return, or declines before changing anything.
+extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
+    use crate::hook::{FAST_DECLINED, FAST_DONE, FAST_RECLAIM};
+    let declined = retstack::FastReturn {
+        ret: 0,
+        code: FAST_DECLINED,
+    };
+    let t = tls();
+    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
+    let (raw, state, shadow, generation) =
+        unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
+    if state.is_null() || shadow.is_null() {
+        return declined;
+    }
+    let Some(seat) = crate::live::enter_seated(raw) else {
+        return declined;
+    };
+    let answer = if generation != crate::live::generation() {
+        declined
+    } else {
+        // SAFETY: as in `enter_fast`.
+        let st = unsafe { &mut *state };
+        // SAFETY: as in `enter_fast`.
+        let sh = unsafe { &mut *shadow };
+        if crate::hook::ready_fast(st) {
+            st.busy = 1;
+            compiler_fence(SeqCst);
+            let answer = match sh.try_unhook_fast(slot) {
+                Some((ret, function)) => retstack::FastReturn {
+                    ret,
+                    code: crate::hook::record_fast(st, RETURN, function),
+                },
+                None => declined,
+            };
+            compiler_fence(SeqCst);
+            st.busy = 0;
+            answer
+        } else {
+            declined
+        }
+    };
+    if crate::live::leave_deferred(seat) && answer.code == FAST_DONE {
+        retstack::FastReturn {
+            ret: answer.ret,
+            code: FAST_RECLAIM,
+        }
+    } else {
+        answer
+    }
 }
 
 /// The first byte of the function whose `__fentry__` call returns to `pc`: the call is `e8 rel32`
@@ -244,9 +393,15 @@ fn overflow_notice() {
     ));
 }
 
-/// The return trampoline's handler: pops the frame entered from `slot`, records its return (and
+/// The return trampoline's handler, after [`return_fast`] answered `code` (`ret`: the frame it
+/// popped, unless it declined): pops the frame entered from `slot`, records its return (and
 /// those of frames skipped by a `longjmp`), and gives back where to return to.
-extern "C" fn on_return(slot: u64, regs: *mut u64) -> u64 {
+extern "C" fn on_return(slot: u64, regs: *mut u64, code: u64, ret: u64) -> u64 {
+    crate::hook::after_fast(code, ret, || on_return_full(slot, regs))
+}
+
+/// [`on_return`] when the fast path did nothing.
+fn on_return_full(slot: u64, regs: *mut u64) -> u64 {
     let t = tls();
     // SAFETY: only this thread touches its TLS block; a hooked frame implies a shadow stack.
     let shadow = unsafe { (*t).shadow };

@@ -193,21 +193,119 @@ pub(crate) fn record(
             Err(ring::PushError::Full) => {}
         }
         st.writer.end();
-    } else if !st.stop_seen {
-        st.stop_seen = true;
-        // The first time this thread sees the stop: the program's changes are undone (attach
-        // mode: its hook GOT entries go back to glibc's), then the attachment is retired.
-        crate::detach::run(st.agent);
-        stopped = Some(crate::live::stopped(st.agent));
-        step_aside();
-    } else if st.settle_pauses < MAX_SETTLE_PAUSES && st.writer.stop_settling() {
-        // The tracer still waits for threads preempted inside a write: leave them the CPU.
-        st.settle_pauses += 1;
-        pause(SETTLE_PAUSE_NS);
+    } else {
+        stopped = refused(st);
     }
     compiler_fence(SeqCst);
     st.busy = 0;
     stopped
+}
+
+/// After the stop handshake refused an event of this thread (inside, busy): the first time, the
+/// program's changes are undone (attach mode: its hook GOT entries go back to glibc's) and the
+/// attachment is returned, to retire once out; later, a pause while the tracer settles.
+fn refused(st: &mut ThreadState) -> Option<crate::live::Retiring> {
+    if !st.stop_seen {
+        st.stop_seen = true;
+        crate::detach::run(st.agent);
+        let stopped = crate::live::stopped(st.agent);
+        step_aside();
+        Some(stopped)
+    } else {
+        if st.settle_pauses < MAX_SETTLE_PAUSES && st.writer.stop_settling() {
+            // The tracer still waits for threads preempted inside a write: leave them the CPU.
+            st.settle_pauses += 1;
+            pause(SETTLE_PAUSE_NS);
+        }
+        None
+    }
+}
+
+/// What a fast path (see `entry`) tells its naked hook: the event is recorded.
+pub(crate) const FAST_DONE: u64 = retstack::FAST_DONE;
+/// Nothing was done: the hook saves the vector registers and takes the full path.
+pub(crate) const FAST_DECLINED: u64 = retstack::FAST_DECLINED;
+/// The stop handshake refused the event (counted): the hook saves the vector registers and calls
+/// [`after_fast`], which does what a refusal does (see [`refused`]).
+pub(crate) const FAST_REFUSED: u64 = 2;
+/// The event is recorded, and the thread left last while an attachment waits to be freed: the
+/// hook saves the vector registers and calls [`after_fast`], which frees it.
+pub(crate) const FAST_RECLAIM: u64 = 3;
+
+/// Whether this thread's next event can be recorded on the fast path: not inside a hook, the TSC
+/// clock, events accepted and room in the active ring. Reads only.
+#[inline(always)]
+pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
+    st.busy == 0
+        && st.clock.source == registry::ClockSource::Tsc
+        && st.writer.still_accepting()
+        && st.index.fits_words::<{ ::event::SIZE / 8 }>()
+}
+
+/// [`record`] on the fast path (the caller checked [`ready_fast`] and holds `busy`): calls nothing
+/// and leaves the vector registers alone. [`FAST_DONE`], or [`FAST_REFUSED`] when the stop came
+/// in between (the event is counted as a shutdown drop; the caller's hook runs [`after_fast`]).
+#[inline(always)]
+pub(crate) fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64 {
+    let depth = if kind == CALL {
+        st.depth += 1;
+        st.depth - 1
+    } else {
+        st.depth = st.depth.saturating_sub(1);
+        st.depth
+    };
+    crate::thread::refresh_fence(st);
+    if !st.writer.begin() {
+        return FAST_REFUSED;
+    }
+    let words = ::event::Record {
+        timestamp_ns: st.clock.tsc_to_ns(registry::clock::rdtsc()),
+        function_id: function | st.tag,
+        thread_id: st.tid,
+        kind,
+        call_depth: depth,
+        detail_seq: NO_DETAIL,
+    }
+    .to_words();
+    if st.index.try_push_words(&words) {
+        st.index_seq = st.index_seq.wrapping_add(1);
+    } else {
+        // Never taken: `ready_fast` found room, and only this thread fills the ring.
+        st.index.give_up();
+    }
+    st.writer.end();
+    FAST_DONE
+}
+
+/// The slow half of a fast path's answer (`code`, not [`FAST_DONE`]), with the vector registers
+/// saved: a refusal's consequences, a reclaim, or, declined, `full` (the whole event).
+#[inline(always)]
+pub(crate) fn after_fast<T>(code: u64, done: T, full: impl FnOnce() -> T) -> T {
+    match code {
+        FAST_RECLAIM => crate::live::reclaim_now(),
+        FAST_REFUSED => after_refusal(),
+        _ => return full(),
+    }
+    done
+}
+
+/// [`refused`] for a fast path's refusal, inside again.
+#[cold]
+#[inline(never)]
+fn after_refusal() {
+    let seat = crate::live::enter();
+    let stopped = free_state().and_then(|st| {
+        st.busy = 1;
+        compiler_fence(SeqCst);
+        let stopped = refused(st);
+        compiler_fence(SeqCst);
+        st.busy = 0;
+        stopped
+    });
+    crate::live::leave(seat);
+    if let Some(stopped) = stopped {
+        crate::live::retire_stopped(stopped);
+    }
 }
 
 /// How long the drain's heartbeat may be silent before a producer waiting for ring space checks

@@ -278,6 +278,33 @@ pub(crate) fn leave(seat: Seat) {
     }
 }
 
+/// [`enter`] for a thread that has its seat already (`raw`, its TLS block's seat field): `None`
+/// when it has none yet (nothing marked). Claims nothing and calls nothing, for the entry hooks'
+/// fast path (see `entry`).
+#[inline(always)]
+pub(crate) fn enter_seated(raw: u32) -> Option<Seat> {
+    if raw == SEAT_NONE {
+        return None;
+    }
+    let seat = from_tls(raw);
+    PRESENCE.enter(seat);
+    Some(seat)
+}
+
+/// [`leave`] without the reclaim: `true` when the caller must call [`reclaim_now`] (once out).
+#[inline(always)]
+#[must_use]
+pub(crate) fn leave_deferred(seat: Seat) -> bool {
+    PRESENCE.leave(seat)
+}
+
+/// Frees what waits for every thread to be out (after [`leave_deferred`] said so).
+#[cold]
+#[inline(never)]
+pub(crate) fn reclaim_now() {
+    reclaim();
+}
+
 #[cold]
 #[inline(never)]
 fn reclaim() {
@@ -306,6 +333,7 @@ fn claim() -> Seat {
     seat
 }
 
+#[inline(always)]
 fn from_tls(raw: u32) -> Seat {
     if raw == SEAT_SHARED {
         Seat::SHARED

@@ -42,8 +42,11 @@ use std::sync::Mutex;
 use registry::LibraryCalls;
 
 use crate::attach::got::{self, Object, PAGE};
-use crate::entry::{restore_arguments, save_arguments};
-use crate::hook::{event, CALL, RETURN};
+use crate::entry::{
+    restore_integer_arguments, restore_vector_arguments, save_integer_arguments,
+    save_vector_arguments,
+};
+use crate::hook::{event, CALL, FAST_DECLINED, FAST_DONE, RETURN};
 
 /// How a library function's return is handled.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -474,10 +477,11 @@ fn loader_base() -> usize {
     unsafe { libc::getauxval(libc::AT_BASE) as usize }
 }
 
-/// Where every stub jumps: saves the argument registers (`rdi`..`r9`, `rax` for variadic calls,
-/// `r10`, `xmm0`-`xmm7`), calls [`enter`] with the return-address word's address and the stub's
-/// target, restores them and jumps to the real function, the stack as the caller left it (its
-/// return address now the trampoline's, if the return was hooked).
+/// Where every stub jumps: saves the integer argument registers (`rdi`..`r9`, `rax` for variadic
+/// calls, `r10`), calls [`plt_fast`] with the return-address word's address and the stub's
+/// target (and, unless it answers `FAST_DONE`, saves `xmm0`-`xmm7` too and calls [`plt_slow`]),
+/// restores them and jumps to the real function, the stack as the caller left it (its return
+/// address now the trampoline's, if the return was hooked).
 ///
 /// # Safety
 /// Only reached from a stub, at a called function's entry, with `r11` the stub's [`Target`].
@@ -489,16 +493,48 @@ unsafe extern "C" fn plt_entry() {
         "and rsp, -16",
         "sub rsp, 208",
         "mov [rsp + 192], r11",
-        save_arguments!(),
+        save_integer_arguments!(),
         "mov rdi, r11",
         "mov rsi, [r11 - 8]",
-        "call {enter}",
+        "call {fast}",
+        "test rdx, rdx",
+        "jnz 4f",
+        "2:",
         "mov r11, rax",
-        restore_arguments!(),
+        restore_integer_arguments!(),
         "mov rsp, [rsp + 192]",
         "jmp r11",
-        enter = sym enter,
+        // The fast path's answer (rax, rdx) for the slow one.
+        "4:",
+        save_vector_arguments!(),
+        "mov rdi, [rsp + 192]",
+        "mov rsi, [rdi - 8]",
+        "mov rcx, rax",
+        "call {slow}",
+        restore_vector_arguments!(),
+        "jmp 2b",
+        fast = sym plt_fast,
+        slow = sym plt_slow,
     )
+}
+
+/// A library call's fast path (see `entry::enter_fast`): the real function, and `FAST_DONE`
+/// when nothing more is to be done.
+extern "C" fn plt_fast(slot: *mut u64, target: &Target) -> retstack::FastReturn {
+    let real = target.real.load(Relaxed) as u64;
+    let code = if !crate::live::is_ready() {
+        FAST_DONE // see `enter`
+    } else if target.kind.load(Relaxed) == Kind::Returns as u8 {
+        crate::entry::enter_fast(slot, target.id)
+    } else {
+        FAST_DECLINED
+    };
+    retstack::FastReturn { ret: real, code }
+}
+
+/// A library call's slow path, after [`plt_fast`] answered `code`; returns the real function.
+extern "C" fn plt_slow(slot: *mut u64, target: &Target, code: u64, real: usize) -> usize {
+    crate::hook::after_fast(code, real, || enter(slot, target))
 }
 
 /// Records a library call entered with its return address at `slot`; returns the real function.

@@ -69,6 +69,17 @@ const _: () = {
 };
 
 impl Record {
+    /// This record as four words, whose little-endian bytes are [`Record::to_bytes`].
+    #[inline(always)]
+    pub fn to_words(&self) -> [u64; SIZE / 8] {
+        [
+            self.timestamp_ns,
+            self.function_id,
+            u64::from(self.thread_id) | u64::from(self.kind) << 32,
+            u64::from(self.call_depth) | u64::from(self.detail_seq) << 32,
+        ]
+    }
+
     /// The 32 little-endian bytes of this record.
     #[inline(always)]
     pub fn to_bytes(&self) -> [u8; SIZE] {
@@ -445,6 +456,13 @@ mod tests {
         assert_eq!(Record::from_bytes(&b), r);
         assert_eq!(Record::iter(&[b, b].concat()).count(), 2);
         assert_eq!(Record::iter(&b[..31]).count(), 0);
+        for (i, w) in r.to_words().iter().enumerate() {
+            assert_eq!(
+                w.to_le_bytes(),
+                b[i * 8..i * 8 + 8],
+                "word {i} is its 8 bytes"
+            );
+        }
     }
 
     #[test]

@@ -187,6 +187,77 @@ impl ShadowStack {
         Hooked::Yes
     }
 
+    /// [`ShadowStack::hook`] when nothing unusual is in the way: the stack is free (see
+    /// [`ShadowStack::try_enter`]; marked in use meanwhile), no frame is restored, there is room,
+    /// and the innermost frame is not proven dead by this hook. `false`: nothing done; call
+    /// [`ShadowStack::hook`]. Calls nothing, and stores the frame one word at a time (volatile
+    /// stores): a hook that left the vector registers unsaved can call it.
+    ///
+    /// # Safety
+    /// As for [`ShadowStack::hook`].
+    #[inline(always)]
+    pub unsafe fn try_hook_fast(&mut self, slot: *mut u64, function: u64, trampoline: u64) -> bool {
+        let at = slot as u64;
+        let len = self.frames.len();
+        if self.busy != 0
+            || self.restored != 0
+            || len >= self.capacity
+            || len >= self.frames.capacity()
+        {
+            return false;
+        }
+        // SAFETY: the caller guarantees `slot` is this function's live return-address word.
+        let ret = unsafe { slot.read() };
+        if let Some(top) = self.frames.last() {
+            if self.is_dead(top, at, ret, trampoline) {
+                return false;
+            }
+        }
+        self.busy = 1;
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        // SAFETY: `len` is below the vector's capacity (checked above): the element is in its
+        // buffer; it is initialised word by word before the length covers it.
+        unsafe {
+            let frame = self.frames.as_mut_ptr().add(len);
+            (&raw mut (*frame).ret).write_volatile(ret);
+            (&raw mut (*frame).function).write_volatile(function);
+            (&raw mut (*frame).slot).write_volatile(at);
+            self.frames.set_len(len + 1);
+            slot.write(trampoline);
+        }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        self.busy = 0;
+        true
+    }
+
+    /// [`ShadowStack::unhook`] when the innermost frame is the one entered from `slot` and the
+    /// stack is free: pops it and gives back its original return address and function. `None`:
+    /// nothing done; call [`ShadowStack::unhook`]. Calls nothing and reads the frame one word at
+    /// a time, as [`ShadowStack::try_hook_fast`].
+    #[inline(always)]
+    pub fn try_unhook_fast(&mut self, slot: u64) -> Option<(u64, u64)> {
+        let len = self.frames.len();
+        if self.busy != 0 || self.restored != 0 || len == 0 {
+            return None;
+        }
+        // SAFETY: `len - 1` is an initialised element of the vector.
+        let top = unsafe { self.frames.as_ptr().add(len - 1) };
+        // SAFETY: as above.
+        let (ret, function, at) = unsafe {
+            (
+                (&raw const (*top).ret).read_volatile(),
+                (&raw const (*top).function).read_volatile(),
+                (&raw const (*top).slot).read_volatile(),
+            )
+        };
+        if at != slot {
+            return None;
+        }
+        // SAFETY: one initialised element fewer; `Frame` needs no drop.
+        unsafe { self.frames.set_len(len - 1) };
+        Some((ret, function))
+    }
+
     /// Whether `frame` is proven gone by a hook at `at` whose slot holds `ret`: on the thread's
     /// stack, below the new slot, or at the same slot no longer holding the trampoline (a tail
     /// call reuses its caller's slot, still hooked: that frame is live and returns later).
@@ -320,6 +391,23 @@ impl ShadowStack {
     }
 }
 
+/// What a trampoline's fast handler gives back (see [`return_trampoline!`]): where to return to,
+/// and a code, [`FAST_DONE`] or any other for the handler.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastReturn {
+    /// The original return address (meaningless unless the code says the frame was popped).
+    pub ret: u64,
+    /// [`FAST_DONE`]: return to `ret` now; [`FAST_DECLINED`]: nothing was done; any other value
+    /// is the caller's own, handed to the handler.
+    pub code: u64,
+}
+
+/// A fast handler's code: the return is handled, go to `ret`.
+pub const FAST_DONE: u64 = 0;
+/// A fast handler's code: nothing was done (the slow handler does everything).
+pub const FAST_DECLINED: u64 = 1;
+
 /// A detail flag that is never set: [`return_trampoline!`] without `detail` uses it.
 #[doc(hidden)]
 pub static DETAIL_NEVER: u8 = 0;
@@ -351,18 +439,24 @@ macro_rules! store_registers {
 }
 
 /// Defines `pub unsafe extern "C" fn $name()`, a return trampoline: entered by a hooked
-/// function's `ret`, it saves the return-value registers (`rax`, `rdx`, `xmm0`, `xmm1`), calls
-/// `$handler(slot: u64, regs: *mut u64) -> u64` with the slot it was entered from and jumps to
-/// the address the handler returns (the frame's original return address), with the registers as
-/// the function left them. `regs` is null, or, while the byte `$flag` is nonzero, a block of
-/// [`DETAIL_REGS`] words (the registers as the function returned). Without `detail`, the handler
-/// is `$handler(slot: u64) -> u64`. The handler must not return without an address to go to.
+/// function's `ret`, it saves the integer return-value registers (`rax`, `rdx`) and calls
+/// `$fast(slot: u64) -> FastReturn` with the slot it was entered from. [`FAST_DONE`]: it jumps to
+/// the returned address with the registers as the function left them. Any other code: it saves
+/// the vector return registers (`xmm0`, `xmm1`) too and calls `$handler(slot: u64, regs: *mut u64,
+/// code: u64, ret: u64) -> u64` with the fast handler's answer, then jumps to the address the
+/// handler returns (the frame's original return address). So `$fast` must leave every vector
+/// register alone (it may decline whatever it cannot do that way), and `$handler` may use any.
+/// While the byte `$flag` is nonzero, `$fast` is skipped: the handler is called with
+/// [`FAST_DECLINED`] and `regs`, a block of [`DETAIL_REGS`] words (the registers as the function
+/// returned); else `regs` is null. Neither handler may return without an address to go to.
 #[macro_export]
 macro_rules! return_trampoline {
-    ($(#[$meta:meta])* $name:ident => $handler:path) => {
-        $crate::return_trampoline!($(#[$meta])* $name => $handler, detail = $crate::DETAIL_NEVER);
+    ($(#[$meta:meta])* $name:ident => $handler:path, fast = $fast:path) => {
+        $crate::return_trampoline!(
+            $(#[$meta])* $name => $handler, fast = $fast, detail = $crate::DETAIL_NEVER
+        );
     };
-    ($(#[$meta:meta])* $name:ident => $handler:path, detail = $flag:path) => {
+    ($(#[$meta:meta])* $name:ident => $handler:path, fast = $fast:path, detail = $flag:path) => {
         $(#[$meta])*
         ///
         /// # Safety
@@ -370,7 +464,7 @@ macro_rules! return_trampoline {
         #[unsafe(naked)]
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
-                // Entered by `ret`: rsp = slot + 8. Aligned for the handler whatever the caller
+                // Entered by `ret`: rsp = slot + 8. Aligned for the handlers whatever the caller
                 // did; r11 and r10 are scratch at a return (neither carries a return value).
                 "mov r11, rsp",
                 "and rsp, -16",
@@ -378,29 +472,44 @@ macro_rules! return_trampoline {
                 "mov [rsp + 176], r11",
                 "mov [rsp + 48], rax",
                 "mov [rsp + 16], rdx",
-                "movdqu [rsp + 144], xmm0",
-                "movdqu [rsp + 160], xmm1",
                 "cmp byte ptr [rip + {flag}], 0",
-                "je 2f",
+                "jne 3f",
+                "lea rdi, [r11 - 8]",
+                "call {fast}",
+                "test rdx, rdx",
+                "jnz 4f",
+                "2:",
+                "mov r10, rax",
+                "mov rax, [rsp + 48]",
+                "mov rdx, [rsp + 16]",
+                "mov rsp, [rsp + 176]",
+                "jmp r10",
+                // Detail records: the registers as the function returned.
+                "3:",
                 $crate::store_registers!(),
                 "mov [rsp + 120], r11",
                 "mov qword ptr [rsp + 128], 0",
                 "mov rsi, rsp",
-                "jmp 3f",
-                "2:",
+                "mov edx, {declined}",
+                "xor ecx, ecx",
+                "jmp 5f",
+                // The fast handler's answer (rax, rdx) for the handler.
+                "4:",
                 "xor esi, esi",
-                "3:",
-                "lea rdi, [r11 - 8]",
+                "mov rcx, rax",
+                "5:",
+                "movdqu [rsp + 144], xmm0",
+                "movdqu [rsp + 160], xmm1",
+                "mov rdi, [rsp + 176]",
+                "sub rdi, 8",
                 "call {handler}",
-                "mov r10, rax",
-                "mov rax, [rsp + 48]",
-                "mov rdx, [rsp + 16]",
                 "movdqu xmm0, [rsp + 144]",
                 "movdqu xmm1, [rsp + 160]",
-                "mov rsp, [rsp + 176]",
-                "jmp r10",
+                "jmp 2b",
+                fast = sym $fast,
                 handler = sym $handler,
                 flag = sym $flag,
+                declined = const $crate::FAST_DECLINED,
                 regs = const 0,
             )
         }
@@ -617,6 +726,52 @@ mod tests {
         // SAFETY: as above.
         unsafe { st.resume_at(s.slot(51) as u64, TRAMP, |f| gone.push(f.function)) };
         assert_eq!(gone, [2]);
+    }
+
+    #[test]
+    fn try_hook_fast__usual_nesting__then_same_frames_as_hook_and_popped_by_try_unhook_fast() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        for (i, f) in [(60usize, 1u64), (50, 2)] {
+            s.0[i] = 100 + f;
+            // SAFETY: a word of our fake stack.
+            assert!(unsafe { st.try_hook_fast(s.slot(i), f, TRAMP) });
+            assert_eq!(s.0[i], TRAMP);
+        }
+        assert_eq!(
+            st.frames()[1],
+            Frame {
+                ret: 102,
+                function: 2,
+                slot: s.slot(50) as u64
+            }
+        );
+        assert_eq!(st.try_unhook_fast(s.slot(60) as u64), None, "not the top");
+        assert_eq!(st.try_unhook_fast(s.slot(50) as u64), Some((102, 2)));
+        assert_eq!(st.try_unhook_fast(s.slot(60) as u64), Some((101, 1)));
+        assert!(st.is_empty());
+    }
+
+    #[test]
+    fn try_hook_fast__dead_top_full_busy_or_restored__then_declined_and_nothing_changed() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(2, s.bounds());
+        // SAFETY: words of our fake stack.
+        unsafe {
+            st.hook(s.slot(40), 1, TRAMP, |_| {});
+            // A call at or above a frame's slot proves it dead: the slow path pops it.
+            assert!(!st.try_hook_fast(s.slot(50), 2, TRAMP));
+            assert!(st.try_hook_fast(s.slot(30), 2, TRAMP));
+            assert!(!st.try_hook_fast(s.slot(20), 3, TRAMP), "full");
+        }
+        assert_eq!(st.len(), 2);
+        assert!(st.try_enter());
+        assert_eq!(st.try_unhook_fast(s.slot(30) as u64), None, "busy");
+        st.leave();
+        // SAFETY: as above.
+        unsafe { st.restore_all(TRAMP) };
+        assert_eq!(st.try_unhook_fast(s.slot(30) as u64), None, "restored");
+        assert_eq!(st.len(), 2);
     }
 
     #[test]

@@ -566,6 +566,25 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
         self.push_unless(record, || false).map_err(|_| Dropped)
     }
 
+    /// Whether one record of `N` words fits in the active ring now (see
+    /// [`Producer::fits_words`]); no ring is swapped.
+    #[inline(always)]
+    pub fn fits_words<const N: usize>(&mut self) -> bool {
+        self.ring.fits_words::<N>()
+    }
+
+    /// Writes one record of `N` words into the active ring if it fits now, and counts it; never
+    /// swaps rings, waits or calls out (see [`Producer::try_push_words`]). `false`: nothing
+    /// written or counted.
+    #[inline(always)]
+    pub fn try_push_words<const N: usize>(&mut self, words: &[u64; N]) -> bool {
+        if !self.ring.try_push_words(words) {
+            return false;
+        }
+        self.count(ACCEPTED);
+        true
+    }
+
     /// Like [`PoolProducer::push`], but a wait for space ends as soon as `abandon()` says so: the
     /// record is then not written and *not* counted here ([`PushError::Abandoned`]); the caller
     /// accounts for it (the agent abandons when acceptance stops, and counts a shutdown drop).
@@ -937,5 +956,26 @@ mod tests {
         assert_eq!(rx.readable_active(), Readable::Swapped);
         rx.drain(true, |c| collect(&mut got, c)).unwrap();
         assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn try_push_words__until_the_active_ring_is_full__then_written_counted_and_never_swapped() {
+        let region = HeapRegion::new(RingPool::<StdBackend>::layout_size(&CONFIG));
+        // SAFETY: fresh, aligned, exclusive memory of the right size.
+        let pool = unsafe { RingPool::<StdBackend>::init(region.as_non_null(), &CONFIG) }.unwrap();
+        // SAFETY: the only producer and the only consumer of the pool.
+        let (mut tx, mut rx) = unsafe { (pool.producer(), pool.consumer()) };
+        assert!(!tx.fits_words::<2>(), "records of 8 bytes, not 16");
+        assert!(!tx.try_push_words(&[1u64, 2]));
+        assert!(tx.try_push_words(&[7u64]));
+        assert!(tx.try_push_words(&[8u64]));
+        assert!(!tx.fits_words::<1>(), "the active ring (16 bytes) is full");
+        assert!(!tx.try_push_words(&[9u64]), "no swap to the free ring");
+        assert_eq!(pool.active(), 0);
+        assert_eq!(tx.pool().counters().accepted, 2);
+        let mut got = Vec::new();
+        rx.drain(true, |c| collect(&mut got, c)).unwrap();
+        assert_eq!(got, [7, 8]);
+        assert!(tx.try_push_words(&[10u64]), "room again once drained");
     }
 }

@@ -486,6 +486,35 @@ impl<'a, B: Backend> Producer<'a, B> {
         Ok(())
     }
 
+    /// Whether one fixed-size record of `N` little-endian words fits now: the ring holds records
+    /// of `8 * N` bytes and has room for one (this may refresh the cached tail).
+    #[inline(always)]
+    pub fn fits_words<const N: usize>(&mut self) -> bool {
+        self.ring.kind == RecordKind::Fixed(8 * N as u32) && self.has_room(8 * N as u64)
+    }
+
+    /// Writes one fixed-size record given as `N` little-endian words, if it [fits
+    /// now](Self::fits_words); `false`: nothing written. Each word is one volatile store, and
+    /// nothing is called: code that must leave the vector registers alone (a hook that did not
+    /// save them) can write with it.
+    #[inline(always)]
+    pub fn try_push_words<const N: usize>(&mut self, words: &[u64; N]) -> bool {
+        if !self.fits_words::<N>() {
+            return false;
+        }
+        let size = 8 * N as u64;
+        self.ring.track(self.head, self.head + size, true);
+        let at = self.ring.at(self.head).cast::<u64>();
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: `fits_words` proved [head, head + size) is free, the record size divides the
+            // capacity so the span does not wrap, and positions are multiples of the record size
+            // (a multiple of 8), so each word is aligned. Only the producer writes free space.
+            unsafe { at.add(i).write_volatile(w.to_le()) };
+        }
+        self.publish(size);
+        true
+    }
+
     /// Writes one variable-size record (framed, 8-byte aligned). Fails with [`Full`] when there is
     /// no room now; a record longer than [`Ring::max_record_len`] never fits and also returns `Full`.
     pub fn push_variable(&mut self, record: &[u8]) -> Result<(), Full> {

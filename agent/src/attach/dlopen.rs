@@ -50,6 +50,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize};
 use std::ffi::{c_void, CStr};
 
 use super::got::{self, Pass};
+use crate::entry::{restore_integer_arguments, save_integer_arguments};
 
 /// The function each trampoline calls (0: not found, its entries are not redirected).
 static REAL_DLOPEN: AtomicUsize = AtomicUsize::new(0);
@@ -235,7 +236,7 @@ load_trampoline!(
 
 /// A trampoline whose function is not known yet: eax says which (0 `dlopen`, 1 `dlmopen`);
 /// [rsp] is the caller's return address and rsp = 8 (mod 16), as at the trampoline's entry.
-/// Finds the function with [`resolve_lazily`], the arguments (rdi, rsi, rdx) saved around the
+/// Finds the function with [`resolve_lazily`], the integer argument registers saved around the
 /// call, and goes on to [`hop`] with it in r11.
 ///
 /// # Safety
@@ -243,16 +244,14 @@ load_trampoline!(
 #[unsafe(naked)]
 unsafe extern "C" fn first_call() {
     core::arch::naked_asm!(
-        // Three pushes: rsp = 0 (mod 16) for the call.
-        "push rdi",
-        "push rsi",
-        "push rdx",
+        // rsp = 0 (mod 16) for the call.
+        "sub rsp, 72",
+        save_integer_arguments!(),
         "mov edi, eax",
         "call {resolve}",
-        "pop rdx",
-        "pop rsi",
-        "pop rdi",
         "mov r11, rax",
+        restore_integer_arguments!(),
+        "add rsp, 72",
         "jmp {hop}",
         resolve = sym resolve_lazily,
         hop = sym hop,
