@@ -10,77 +10,45 @@
 //! id is its return address, an address inside the function that the readers resolve to the
 //! enclosing symbol.
 
-use core::sync::atomic::compiler_fence;
-use core::sync::atomic::Ordering::SeqCst;
-
-use crate::hook::{event, CALL, RETURN};
+use crate::hook::{event, CALL, FAST_DECLINED, RETURN};
 use crate::say::say;
 use crate::shadow::{make_shadow, SHADOW_CAPACITY};
 use crate::tls::tls;
 
-/// Assembly that saves the integer registers a called function may take arguments in (`rdi`..`r9`,
-/// `rax` for variadic calls, `r10` for a static chain) at `[rsp]`..`[rsp + 64)` (the entry hooks
-/// here, the library-call stubs' entry, see `plt`, and the `dlopen` stand-ins' first call).
-macro_rules! save_integer_arguments {
-    () => {
-        "mov [rsp], rdi
-         mov [rsp + 8], rsi
-         mov [rsp + 16], rdx
-         mov [rsp + 24], rcx
-         mov [rsp + 32], r8
-         mov [rsp + 40], r9
-         mov [rsp + 48], rax
-         mov [rsp + 56], r10"
+/// Assembly that moves each register to (`store`) or from (`load`) its word at `[rsp + offset]`,
+/// with the instruction `$op`.
+macro_rules! at_rsp {
+    (store $op:literal: $($reg:ident $at:literal),*) => {
+        concat!($($op, " [rsp + ", $at, "], ", stringify!($reg), "\n"),*)
+    };
+    (load $op:literal: $($reg:ident $at:literal),*) => {
+        concat!($($op, " ", stringify!($reg), ", [rsp + ", $at, "]\n"),*)
     };
 }
-pub(crate) use save_integer_arguments;
+pub(crate) use at_rsp;
 
-/// Assembly that restores what [`save_integer_arguments`] saved.
-macro_rules! restore_integer_arguments {
-    () => {
-        "mov rdi, [rsp]
-         mov rsi, [rsp + 8]
-         mov rdx, [rsp + 16]
-         mov rcx, [rsp + 24]
-         mov r8, [rsp + 32]
-         mov r9, [rsp + 40]
-         mov rax, [rsp + 48]
-         mov r10, [rsp + 56]"
+/// Assembly that saves (`store`) or restores (`load`) the integer registers a called function may
+/// take arguments in (`rdi`..`r9`, `rax` for variadic calls, `r10` for a static chain) at
+/// `[rsp]`..`[rsp + 64)` (the entry hooks here, the library-call stubs' entry, see `plt`, and the
+/// `dlopen` stand-ins' first call).
+macro_rules! integer_arguments {
+    ($dir:ident) => {
+        crate::entry::at_rsp!($dir "mov":
+            rdi 0, rsi 8, rdx 16, rcx 24, r8 32, r9 40, rax 48, r10 56)
     };
 }
-pub(crate) use restore_integer_arguments;
+pub(crate) use integer_arguments;
 
-/// Assembly that saves the vector argument registers (`xmm0`-`xmm7`) at `[rsp + 64]`..`[rsp +
-/// 192)`: only on a hook's slow path, whose Rust code may use them (the fast paths leave them
-/// alone, see [`enter_fast`]).
-macro_rules! save_vector_arguments {
-    () => {
-        "movdqu [rsp + 64], xmm0
-         movdqu [rsp + 80], xmm1
-         movdqu [rsp + 96], xmm2
-         movdqu [rsp + 112], xmm3
-         movdqu [rsp + 128], xmm4
-         movdqu [rsp + 144], xmm5
-         movdqu [rsp + 160], xmm6
-         movdqu [rsp + 176], xmm7"
+/// Assembly that saves (`store`) or restores (`load`) the vector argument registers
+/// (`xmm0`-`xmm7`) at `[rsp + 64]`..`[rsp + 192)`: only on a hook's slow path, whose Rust code may
+/// use them (the fast paths leave them alone, see [`enter_fast`]).
+macro_rules! vector_arguments {
+    ($dir:ident) => {
+        crate::entry::at_rsp!($dir "movdqu":
+            xmm0 64, xmm1 80, xmm2 96, xmm3 112, xmm4 128, xmm5 144, xmm6 160, xmm7 176)
     };
 }
-pub(crate) use save_vector_arguments;
-
-/// Assembly that restores what [`save_vector_arguments`] saved.
-macro_rules! restore_vector_arguments {
-    () => {
-        "movdqu xmm0, [rsp + 64]
-         movdqu xmm1, [rsp + 80]
-         movdqu xmm2, [rsp + 96]
-         movdqu xmm3, [rsp + 112]
-         movdqu xmm4, [rsp + 128]
-         movdqu xmm5, [rsp + 144]
-         movdqu xmm6, [rsp + 160]
-         movdqu xmm7, [rsp + 176]"
-    };
-}
-pub(crate) use restore_vector_arguments;
+pub(crate) use vector_arguments;
 
 /// Defines an entry hook: saves the integer argument registers and calls `$fast(slot, pc) -> code`
 /// with the address of the instrumented function's return-address word (`$slot`: computed from
@@ -108,7 +76,7 @@ macro_rules! entry_hook {
                 "and rsp, -16",
                 "sub rsp, 352",
                 "mov [rsp + 192], r11",
-                save_integer_arguments!(),
+                integer_arguments!(store),
                 "cmp byte ptr [rip + {detail}], 0",
                 "jne 3f",
                 $slot,
@@ -117,7 +85,7 @@ macro_rules! entry_hook {
                 "test rax, rax",
                 "jnz 4f",
                 "2:",
-                restore_integer_arguments!(),
+                integer_arguments!(load),
                 "mov rsp, [rsp + 192]",
                 "ret",
                 // Detail records: every register as the hook received it, in the detail
@@ -135,12 +103,12 @@ macro_rules! entry_hook {
                 "xor edx, edx",
                 "mov rcx, rax",
                 "5:",
-                save_vector_arguments!(),
+                vector_arguments!(store),
                 "mov r11, [rsp + 192]",
                 $slot,
                 "mov rsi, [r11]",
                 "call {slow}",
-                restore_vector_arguments!(),
+                vector_arguments!(load),
                 "jmp 2b",
                 fast = sym $fast,
                 slow = sym $slow,
@@ -206,100 +174,39 @@ extern "C" fn fentry_slow(slot: *mut u64, pc: u64, regs: *const u64, code: u64) 
 /// `hot_path__disassembled__then_no_vector_register_and_no_call` checks the compiled code).
 #[inline(always)]
 pub(crate) fn enter_fast(slot: *mut u64, function: u64) -> u64 {
-    use crate::hook::{FAST_DECLINED, FAST_DONE, FAST_RECLAIM};
-    let t = tls();
-    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
-    let (raw, state, shadow, generation) =
-        unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
-    if state.is_null() || shadow.is_null() {
-        return FAST_DECLINED;
-    }
-    let Some(seat) = crate::live::enter_seated(raw) else {
-        return FAST_DECLINED;
-    };
-    let code = if generation != crate::live::generation() {
-        FAST_DECLINED
-    } else {
-        // SAFETY: the live generation's state of this thread (see `hook::free_state`), kept
-        // mapped while it is inside.
-        let st = unsafe { &mut *state };
-        // SAFETY: this thread's own shadow stack (made by it, never freed while it runs).
-        let sh = unsafe { &mut *shadow };
-        if crate::hook::ready_fast(st) {
-            st.busy = 1;
-            compiler_fence(SeqCst);
-            // SAFETY: `slot` is the entered function's return-address word, on this thread's
-            // stack (the naked hook computed it from the frame the compiler set up).
-            let code = if unsafe { sh.try_hook_fast(slot, function, trampoline()) } {
+    crate::hook::fast(
+        FAST_DECLINED,
+        #[inline(always)]
+        |st, sh| {
+            // SAFETY: `slot` is the entered function's return-address word, on this thread's stack
+            // (the naked hook computed it from the frame the compiler set up).
+            if unsafe { sh.try_hook_fast(slot, function, trampoline()) } {
                 crate::hook::record_fast(st, CALL, function)
             } else {
                 FAST_DECLINED
-            };
-            compiler_fence(SeqCst);
-            st.busy = 0;
-            code
-        } else {
-            FAST_DECLINED
-        }
-    };
-    // A declined or refused event goes inside again on its slow path, whose leave reclaims.
-    if crate::live::leave_deferred(seat) && code == FAST_DONE {
-        FAST_RECLAIM
-    } else {
-        code
-    }
+            }
+        },
+    )
 }
 
 /// The return trampoline's fast path, as [`enter_fast`]: pops the innermost frame when it is the
 /// one returning and records its return, or declines before changing anything.
 extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
-    use crate::hook::{FAST_DECLINED, FAST_DONE, FAST_RECLAIM};
     let declined = retstack::FastReturn {
         ret: 0,
         code: FAST_DECLINED,
     };
-    let t = tls();
-    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
-    let (raw, state, shadow, generation) =
-        unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
-    if state.is_null() || shadow.is_null() {
-        return declined;
-    }
-    let Some(seat) = crate::live::enter_seated(raw) else {
-        return declined;
-    };
-    let answer = if generation != crate::live::generation() {
-        declined
-    } else {
-        // SAFETY: as in `enter_fast`.
-        let st = unsafe { &mut *state };
-        // SAFETY: as in `enter_fast`.
-        let sh = unsafe { &mut *shadow };
-        if crate::hook::ready_fast(st) {
-            st.busy = 1;
-            compiler_fence(SeqCst);
-            let answer = match sh.try_unhook_fast(slot) {
-                Some((ret, function)) => retstack::FastReturn {
-                    ret,
-                    code: crate::hook::record_fast(st, RETURN, function),
-                },
-                None => declined,
-            };
-            compiler_fence(SeqCst);
-            st.busy = 0;
-            answer
-        } else {
-            declined
-        }
-    };
-    if crate::live::leave_deferred(seat) && answer.code == FAST_DONE {
-        retstack::FastReturn {
-            ret: answer.ret,
-            code: FAST_RECLAIM,
-        }
-    } else {
-        answer
-    }
+    crate::hook::fast(
+        declined,
+        #[inline(always)]
+        |st, sh| match sh.try_unhook_fast(slot) {
+            Some((ret, function)) => retstack::FastReturn {
+                ret,
+                code: crate::hook::record_fast(st, RETURN, function),
+            },
+            None => declined,
+        },
+    )
 }
 
 /// The first byte of the function whose `__fentry__` call returns to `pc`: the call is `e8 rel32`

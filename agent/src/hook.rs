@@ -117,8 +117,15 @@ pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
 /// agent around everything that touches it, see `live`).
 #[inline(always)]
 pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
+    inside(|st| record(st, kind, function, regs));
+}
+
+/// Runs `f` on this thread's free state (see [`free_state`]) inside the agent, and retires the
+/// attachment it says it has seen stopped once out.
+#[inline(always)]
+fn inside(f: impl FnOnce(&mut ThreadState) -> Option<crate::live::Retiring>) {
     let seat = crate::live::enter();
-    let stopped = free_state().and_then(|st| record(st, kind, function, regs));
+    let stopped = free_state().and_then(f);
     crate::live::leave(seat);
     if let Some(stopped) = stopped {
         crate::live::retire_stopped(stopped);
@@ -141,14 +148,7 @@ pub(crate) fn record(
     // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
     // handler interrupting it), so the compiler must not move the hook's work above it.
     compiler_fence(SeqCst);
-    let depth = if kind == CALL {
-        st.depth += 1;
-        st.depth - 1
-    } else {
-        st.depth = st.depth.saturating_sub(1);
-        st.depth
-    };
-    crate::thread::refresh_fence(st);
+    let depth = step_depth(st, kind);
     if st.writer.begin() {
         let ts = st.clock.now_ns();
         let detail_seq = if regs.is_null() {
@@ -242,19 +242,90 @@ pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
         && st.index.fits_words::<{ ::event::SIZE / 8 }>()
 }
 
+/// What a fast path answers: a code, alone or with more (see `retstack::FastReturn`).
+pub(crate) trait FastAnswer: Copy {
+    /// Its code: [`FAST_DONE`], [`FAST_DECLINED`], [`FAST_REFUSED`] or [`FAST_RECLAIM`].
+    fn code(self) -> u64;
+    /// The same answer with another code.
+    fn with_code(self, code: u64) -> Self;
+}
+
+impl FastAnswer for u64 {
+    #[inline(always)]
+    fn code(self) -> u64 {
+        self
+    }
+    #[inline(always)]
+    fn with_code(self, code: u64) -> Self {
+        code
+    }
+}
+
+impl FastAnswer for retstack::FastReturn {
+    #[inline(always)]
+    fn code(self) -> u64 {
+        self.code
+    }
+    #[inline(always)]
+    fn with_code(self, code: u64) -> Self {
+        retstack::FastReturn { code, ..self }
+    }
+}
+
+/// The fast paths' frame: when this thread already has its presence seat, its state in the live
+/// attachment and its shadow stack, and the state is [`ready_fast`], runs `f` on them inside and
+/// busy; else answers `declined` having changed nothing. A thread that leaves last while an
+/// attachment waits to be freed turns a [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls nothing and
+/// leaves the vector registers alone (so must `f`): the naked hooks save those only when the
+/// answer is not [`FAST_DONE`].
+#[inline(always)]
+pub(crate) fn fast<A: FastAnswer>(
+    declined: A,
+    f: impl FnOnce(&mut ThreadState, &mut retstack::ShadowStack) -> A,
+) -> A {
+    let t = tls();
+    // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
+    let (raw, state, shadow, generation) =
+        unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
+    if state.is_null() || shadow.is_null() {
+        return declined;
+    }
+    let Some(seat) = crate::live::enter_seated(raw) else {
+        return declined;
+    };
+    let answer = if generation != crate::live::generation() {
+        declined
+    } else {
+        // SAFETY: the live generation's state of this thread (see `free_state`), kept mapped
+        // while it is inside; a signal handler on this thread is kept out by `busy`.
+        let st = unsafe { &mut *state };
+        // SAFETY: this thread's own shadow stack (made by it, never freed while it runs).
+        let sh = unsafe { &mut *shadow };
+        if ready_fast(st) {
+            st.busy = 1;
+            compiler_fence(SeqCst);
+            let answer = f(st, sh);
+            compiler_fence(SeqCst);
+            st.busy = 0;
+            answer
+        } else {
+            declined
+        }
+    };
+    // A declined or refused event goes inside again on its slow path, whose leave reclaims.
+    if crate::live::leave_deferred(seat) && answer.code() == FAST_DONE {
+        answer.with_code(FAST_RECLAIM)
+    } else {
+        answer
+    }
+}
+
 /// [`record`] on the fast path (the caller checked [`ready_fast`] and holds `busy`): calls nothing
 /// and leaves the vector registers alone. [`FAST_DONE`], or [`FAST_REFUSED`] when the stop came
 /// in between (the event is counted as a shutdown drop; the caller's hook runs [`after_fast`]).
 #[inline(always)]
 pub(crate) fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64 {
-    let depth = if kind == CALL {
-        st.depth += 1;
-        st.depth - 1
-    } else {
-        st.depth = st.depth.saturating_sub(1);
-        st.depth
-    };
-    crate::thread::refresh_fence(st);
+    let depth = step_depth(st, kind);
     if !st.writer.begin() {
         return FAST_REFUSED;
     }
@@ -293,8 +364,7 @@ pub(crate) fn after_fast<T>(code: u64, done: T, full: impl FnOnce() -> T) -> T {
 #[cold]
 #[inline(never)]
 fn after_refusal() {
-    let seat = crate::live::enter();
-    let stopped = free_state().and_then(|st| {
+    inside(|st| {
         st.busy = 1;
         compiler_fence(SeqCst);
         let stopped = refused(st);
@@ -302,10 +372,21 @@ fn after_refusal() {
         st.busy = 0;
         stopped
     });
-    crate::live::leave(seat);
-    if let Some(stopped) = stopped {
-        crate::live::retire_stopped(stopped);
-    }
+}
+
+/// The depth this event of `kind` records at (a call one deeper after it, a return one
+/// shallower before it), and the producer barrier brought up to date for the write to come.
+#[inline(always)]
+fn step_depth(st: &mut ThreadState, kind: u32) -> u32 {
+    let depth = if kind == CALL {
+        st.depth += 1;
+        st.depth - 1
+    } else {
+        st.depth = st.depth.saturating_sub(1);
+        st.depth
+    };
+    crate::thread::refresh_fence(st);
+    depth
 }
 
 /// How long the drain's heartbeat may be silent before a producer waiting for ring space checks

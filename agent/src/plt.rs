@@ -42,10 +42,7 @@ use std::sync::Mutex;
 use registry::LibraryCalls;
 
 use crate::attach::got::{self, Object, PAGE};
-use crate::entry::{
-    restore_integer_arguments, restore_vector_arguments, save_integer_arguments,
-    save_vector_arguments,
-};
+use crate::entry::{integer_arguments, vector_arguments};
 use crate::hook::{event, CALL, FAST_DECLINED, FAST_DONE, RETURN};
 
 /// How a library function's return is handled.
@@ -493,7 +490,7 @@ unsafe extern "C" fn plt_entry() {
         "and rsp, -16",
         "sub rsp, 208",
         "mov [rsp + 192], r11",
-        save_integer_arguments!(),
+        integer_arguments!(store),
         "mov rdi, r11",
         "mov rsi, [r11 - 8]",
         "call {fast}",
@@ -501,17 +498,17 @@ unsafe extern "C" fn plt_entry() {
         "jnz 4f",
         "2:",
         "mov r11, rax",
-        restore_integer_arguments!(),
+        integer_arguments!(load),
         "mov rsp, [rsp + 192]",
         "jmp r11",
         // The fast path's answer (rax, rdx) for the slow one.
         "4:",
-        save_vector_arguments!(),
+        vector_arguments!(store),
         "mov rdi, [rsp + 192]",
         "mov rsi, [rdi - 8]",
         "mov rcx, rax",
         "call {slow}",
-        restore_vector_arguments!(),
+        vector_arguments!(load),
         "jmp 2b",
         fast = sym plt_fast,
         slow = sym plt_slow,

@@ -50,7 +50,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize};
 use std::ffi::{c_void, CStr};
 
 use super::got::{self, Pass};
-use crate::entry::{restore_integer_arguments, save_integer_arguments};
+use crate::entry::integer_arguments;
 
 /// The function each trampoline calls (0: not found, its entries are not redirected).
 static REAL_DLOPEN: AtomicUsize = AtomicUsize::new(0);
@@ -246,11 +246,11 @@ unsafe extern "C" fn first_call() {
     core::arch::naked_asm!(
         // rsp = 0 (mod 16) for the call.
         "sub rsp, 72",
-        save_integer_arguments!(),
+        integer_arguments!(store),
         "mov edi, eax",
         "call {resolve}",
         "mov r11, rax",
-        restore_integer_arguments!(),
+        integer_arguments!(load),
         "add rsp, 72",
         "jmp {hop}",
         resolve = sym resolve_lazily,
