@@ -27,6 +27,8 @@ fn main() {
         "event",
         "retstack",
         "patchsite",
+        "quiesce",
+        "modelsync",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
