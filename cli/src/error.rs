@@ -33,6 +33,10 @@ pub enum CliError {
     /// The shutdown machinery failed (exit 1).
     #[error(transparent)]
     Shutdown(#[from] shutdown::Error),
+    /// `attach` refused the process or failed to join it (exit 2 or 1, see
+    /// [`Refused::exit_code`](crate::attach::Refused::exit_code)).
+    #[error(transparent)]
+    Attach(#[from] crate::attach::Refused),
 }
 
 impl CliError {
@@ -41,6 +45,7 @@ impl CliError {
         match self {
             CliError::Usage { .. } => 2,
             CliError::Runtime { .. } | CliError::Session(_) | CliError::Shutdown(_) => 1,
+            CliError::Attach(refused) => refused.exit_code(),
         }
     }
 

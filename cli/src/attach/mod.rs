@@ -15,7 +15,10 @@
 //! (the round within which every thread was stopped once).
 
 mod inject;
+mod refused;
 mod sleds;
+
+pub use refused::Refused;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -63,8 +66,8 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     // The tracer's threads get a larger CPU share (best effort), so each target thread it stops
     // is released as soon as its stop is seen, however busy the target keeps the CPUs.
     record::raise_priority();
-    let injected =
-        inject::inject(pid, &agent, &region_path, library_calls).map_err(|e| refusal(pid, e))?;
+    let injected = inject::inject(pid, &agent, &region_path, library_calls)
+        .map_err(|e| Refused::of_injection(pid, e))?;
     // On a busy target most of the hold can be the thread waiting for a CPU, as it would anyway.
     let waiting = injected
         .held_scheduling
@@ -185,9 +188,7 @@ fn address_space_headroom(pid: i32) -> Option<(u64, String, String)> {
 }
 
 fn no_process(pid: i32) -> CliError {
-    CliError::usage(format!(
-        "no process with pid {pid}; give the pid of a running program (see `pgrep`)"
-    ))
+    Refused::NoProcess { pid }.into()
 }
 
 /// The refusals that can be decided before touching the process. With `library_calls`, a program
@@ -197,9 +198,7 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
         return Err(no_process(pid));
     }
     if pid as u32 == std::process::id() {
-        return Err(CliError::usage(
-            "the tracer cannot attach to itself; give another pid",
-        ));
+        return Err(Refused::Itself.into());
     }
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| no_process(pid))?;
@@ -211,15 +210,10 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
             .unwrap_or_default()
     };
     if field("State:").first().map(String::as_str) == Some("Z") {
-        return Err(CliError::usage(format!(
-            "pid {pid} has exited (a zombie waiting for its parent); give a running process"
-        )));
+        return Err(Refused::Zombie { pid }.into());
     }
     if field("State:").first().map(String::as_str) == Some("T") {
-        return Err(CliError::usage(format!(
-            "pid {pid} is stopped (SIGSTOP or Ctrl-Z), so it cannot reach a safe point; resume it \
-             with `kill -CONT {pid}` first"
-        )));
+        return Err(Refused::Stopped { pid }.into());
     }
     if let Some(tracer) = field("TracerPid:")
         .first()
@@ -227,10 +221,8 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
     {
         if tracer != 0 {
             let name = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
-            return Err(CliError::usage(format!(
-                "pid {pid} is already traced by pid {tracer} ({}); detach that debugger or tracer first",
-                name.trim()
-            )));
+            let name = name.trim().to_owned();
+            return Err(Refused::Traced { pid, tracer, name }.into());
         }
     }
     // Started by `tracer spawn`: its calls go to the preloaded agent, recording for that tracer.
@@ -239,10 +231,8 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
         .split(|&b| b == 0)
         .any(|v| v.starts_with(format!("{}=", registry::ENV_REGION_FD).as_bytes()));
     if spawned {
-        return Err(CliError::usage(format!(
-            "pid {pid} is already being recorded by another tracer (it was started by `tracer \
-             spawn`); stop that one first"
-        )));
+        let how = "it was started by `tracer spawn`";
+        return Err(Refused::Recorded { pid, how }.into());
     }
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -251,27 +241,22 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
         .filter_map(|v| v.parse().ok())
         .collect();
     if me != 0 && !uids.is_empty() && uids.iter().any(|&u| u != me) {
-        return Err(CliError::usage(format!(
-            "pid {pid} belongs to another user (uid {}) and the tracer runs as uid {me}; run the \
-             tracer as that user",
-            uids[0]
-        )));
+        let owner = uids[0];
+        return Err(Refused::OtherUser { pid, owner, me }.into());
     }
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let info = symbols::inspect_executable(&exe).map_err(|e| {
-        CliError::usage(format!("cannot read the executable of pid {pid}")).because(e)
+    let info = symbols::inspect_executable(&exe).map_err(|e| Refused::Unreadable {
+        pid,
+        cause: e.into(),
     })?;
     if let Some(reason) = info.unsupported() {
-        return Err(CliError::usage(format!("pid {pid}: {reason}")));
+        return Err(Refused::Unsupported { pid, reason }.into());
     }
     if let symbols::ExeKind::Elf {
         interpreter: None, ..
     } = info.kind
     {
-        return Err(CliError::usage(format!(
-            "pid {pid} is statically linked, so the agent cannot be loaded into it; rebuild it \
-             dynamically linked"
-        )));
+        return Err(Refused::Static { pid }.into());
     }
     if !info.traceable() {
         // Its libraries may be instrumented even if the executable is not.
@@ -286,74 +271,11 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
                 symbols::BUILD_MODES
             );
         } else if !instrumented {
-            let exe_name = std::fs::read_link(&exe).unwrap_or(exe);
-            return Err(CliError::usage(format!(
-                "pid {pid} ({}) has no instrumentation hooks; rebuild it with {} and start it \
-                 again",
-                exe_name.display(),
-                symbols::BUILD_MODES
-            )));
+            let exe = std::fs::read_link(&exe).unwrap_or(exe);
+            return Err(Refused::NoHooks { pid, exe }.into());
         }
     }
     Ok(())
-}
-
-/// The one-line reason for a failed injection.
-fn refusal(pid: i32, e: inject::InjectError) -> CliError {
-    use inject::InjectError;
-    match e {
-        InjectError::Seize(errno) if errno == libc::EPERM || errno == libc::EACCES => {
-            CliError::usage(ptrace_denied(pid))
-        }
-        InjectError::Seize(errno) => CliError::runtime(format!(
-            "cannot trace pid {pid}: {}",
-            std::io::Error::from_raw_os_error(errno)
-        )),
-        InjectError::Exited => CliError::runtime(format!(
-            "pid {pid} exited during the attach; nothing was recorded"
-        )),
-        InjectError::NoSafePoint => CliError::runtime(format!(
-            "pid {pid} called no instrumented function and no library function through its PLT \
-             within 3 s, so there was no safe point to load the agent; attach while it runs"
-        )),
-        InjectError::AlreadyRecorded => CliError::usage(format!(
-            "pid {pid} is already being recorded by another tracer (spawn or attach); stop that \
-             one first"
-        )),
-        other => CliError::runtime(format!("cannot attach to pid {pid}")).because(other),
-    }
-}
-
-/// Why ptrace was refused for a process of our own user: the Yama policy, a seccomp filter, or a
-/// container without the capability.
-fn ptrace_denied(pid: i32) -> String {
-    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    let own = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let seccomp = own
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-    match scope {
-        Some(3) => format!(
-            "cannot trace pid {pid}: kernel.yama.ptrace_scope is 3 (ptrace disabled until reboot)"
-        ),
-        Some(n @ 1..=2) => format!(
-            "cannot trace pid {pid}: kernel.yama.ptrace_scope is {n}, which forbids attaching to \
-             a process that is not a child; run `sudo sysctl kernel.yama.ptrace_scope=0` or run the \
-             tracer with CAP_SYS_PTRACE"
-        ),
-        _ if seccomp != 0 => format!(
-            "cannot trace pid {pid}: a seccomp filter on the tracer forbids ptrace (a container \
-             limit?); run it where ptrace is allowed (e.g. docker --cap-add=SYS_PTRACE)"
-        ),
-        _ => format!(
-            "cannot trace pid {pid}: permission denied by the kernel (another user's process, a \
-             set-uid program, or a container without CAP_SYS_PTRACE)"
-        ),
-    }
 }
 
 fn initial_manifest(pid: i32, registry: registry::Registry<'static>) -> atf::Manifest {
