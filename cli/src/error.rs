@@ -33,10 +33,45 @@ pub enum CliError {
     /// The shutdown machinery failed (exit 1).
     #[error(transparent)]
     Shutdown(#[from] shutdown::Error),
-    /// `attach` refused the process or failed to join it (exit 2 or 1, see
-    /// [`Refused::exit_code`](crate::attach::Refused::exit_code)).
+    /// A command's own typed refusal or failure (as `attach`'s), with its exit status.
     #[error(transparent)]
-    Attach(#[from] crate::attach::Refused),
+    Refused(Refusal),
+}
+
+/// A command's own error type (kept typed: [`Refusal::error`] downcasts to it), with the exit
+/// status it maps to; its message and causes are its own.
+#[derive(Debug)]
+pub struct Refusal {
+    error: Cause,
+    exit_code: u8,
+}
+
+impl Refusal {
+    /// `error`, exiting with `exit_code`.
+    pub fn new(error: impl Into<Cause>, exit_code: u8) -> Self {
+        Refusal {
+            error: error.into(),
+            exit_code,
+        }
+    }
+
+    /// The typed error (to downcast).
+    #[cfg(test)]
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.error
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
 }
 
 impl CliError {
@@ -45,7 +80,7 @@ impl CliError {
         match self {
             CliError::Usage { .. } => 2,
             CliError::Runtime { .. } | CliError::Session(_) | CliError::Shutdown(_) => 1,
-            CliError::Attach(refused) => refused.exit_code(),
+            CliError::Refused(refusal) => refusal.exit_code,
         }
     }
 

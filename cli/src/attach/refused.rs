@@ -194,6 +194,13 @@ impl Denial {
     }
 }
 
+impl From<Refused> for crate::error::CliError {
+    fn from(refused: Refused) -> Self {
+        let exit_code = refused.exit_code();
+        crate::error::CliError::Refused(crate::error::Refusal::new(refused, exit_code))
+    }
+}
+
 impl Refused {
     /// The refusal of a failed injection.
     pub fn of_injection(pid: i32, e: InjectError) -> Refused {
@@ -227,5 +234,37 @@ impl Refused {
             | Refused::Injection { .. } => 1,
             _ => 2,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(non_snake_case)]
+mod tests {
+    use super::*;
+    use crate::error::CliError;
+
+    fn refused(e: &CliError) -> &Refused {
+        let CliError::Refused(r) = e else {
+            panic!("not a refusal: {e:?}")
+        };
+        r.error().downcast_ref::<Refused>().expect("a Refused")
+    }
+
+    #[test]
+    fn refused__seize_fails__then_exit_1_typed_and_the_cause_printed_once() {
+        let e: CliError = Refused::of_injection(7, InjectError::Seize(libc::ESRCH)).into();
+        assert_eq!(e.exit_code(), 1);
+        assert!(matches!(refused(&e), Refused::Seize { pid: 7, .. }));
+        let line = e.render();
+        assert!(line.starts_with("cannot trace pid 7: "), "{line}");
+        assert_eq!(line.matches("No such process").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn refused__no_process__then_exit_2_naming_the_fix() {
+        let e: CliError = Refused::NoProcess { pid: 0 }.into();
+        assert_eq!(e.exit_code(), 2);
+        assert!(matches!(refused(&e), Refused::NoProcess { pid: 0 }));
+        assert!(e.render().contains("see `pgrep`"), "{}", e.render());
     }
 }
