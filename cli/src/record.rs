@@ -2,7 +2,8 @@
 //! the agent, the drain thread (`drain`), the duration timer (`timer`) and signal-driven shutdown
 //! (`shutdown`) — around a child process, and stops it in the order `docs/design.md` gives:
 //! stop accepting events → close registrations → stop the drain thread (flush) → final drain →
-//! fsync → cleanup (the target gets the stop signal and is waited for) → summary → exit 0.
+//! fsync (the target gets the stop signal first and ends meanwhile) → cleanup (a target still
+//! running is waited for) → summary → exit 0.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -763,20 +764,50 @@ impl Recorder {
         self.target_fate.is_none()
     }
 
-    /// Stops the target if it still runs: the stop signal, a grace period, then SIGKILL.
-    /// A second signal (`forced`) cuts the grace period short.
-    fn stop_target(&mut self, deadline: Instant, forced: &dyn Fn() -> bool) {
+    /// Sends the target it spawned the stop signal, once, if it still runs; returns whether it
+    /// still runs. Attached targets are left running.
+    fn signal_target(&mut self) -> bool {
         if self.attached || !self.target_alive() {
+            return false;
+        }
+        let Some(target) = self.child.as_ref() else {
+            return false;
+        };
+        if self.stop_signal_sent.is_none() {
+            let signal = self.stop_signal.unwrap_or(libc::SIGTERM);
+            // SAFETY: signalling our own child, which we have not reaped (so the pid is still
+            // ours).
+            unsafe { libc::kill(target.pid as libc::pid_t, signal) };
+            self.stop_signal_sent = Some(signal);
+        }
+        true
+    }
+
+    /// Waits up to `wait` for the target to end; returns its fate if it did.
+    fn target_fate_within(&mut self, wait: Duration) -> Option<atf::TargetFate> {
+        let end = Instant::now() + wait;
+        while self.target_alive() {
+            let left = end.saturating_duration_since(Instant::now());
+            let Some(target) = self.child.as_ref().filter(|_| !left.is_zero()) else {
+                return None;
+            };
+            let mut fd = libc::pollfd {
+                fd: target.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut fd, 1, left.as_millis().max(1) as i32) };
+        }
+        self.target_fate.clone()
+    }
+
+    /// Stops the target if it still runs: the stop signal (unless sent already), a grace
+    /// period, then SIGKILL. A second signal (`forced`) cuts the grace period short.
+    fn stop_target(&mut self, deadline: Instant, forced: &dyn Fn() -> bool) {
+        if !self.signal_target() {
             return;
         }
-        let Some(target) = self.child.as_mut() else {
-            return;
-        };
-        let signal = self.stop_signal.unwrap_or(libc::SIGTERM);
-        let pid = target.pid as libc::pid_t;
-        // SAFETY: signalling our own child, which we have not reaped (so the pid is still ours).
-        unsafe { libc::kill(pid, signal) };
-        self.stop_signal_sent = Some(signal);
         let grace_end = deadline.min(Instant::now() + STOP_GRACE);
         loop {
             if self.reap().is_some() {
@@ -871,6 +902,10 @@ impl registry::StopWatch for StopWatch<'_, '_> {
         self.ctx.forced()
     }
 }
+
+/// How long the manifest's write waits, after the session's files are synced, for a target
+/// signalled before them to end: about what writing the manifest again would cost.
+const FATE_WAIT: Duration = Duration::from_millis(5);
 
 /// How long closing registrations waits at a time before it looks again at its deadline and at a
 /// second signal.
@@ -990,8 +1025,21 @@ impl Pipeline for Recorder {
             target_fate: self.target_fate.clone().unwrap_or(atf::TargetFate::Running),
             wall_end_unix_ns: drain::wall_now_ns(),
         };
+        // The trace is complete (the final drain is done and acceptance stopped): the target
+        // gets its stop signal now, and ends while the session's files are synced, so the
+        // manifest, written last, says how it ended, instead of being written again in cleanup.
+        // One that takes longer than a few milliseconds more (it handles the signal, say) is
+        // waited for in cleanup, as before.
+        let signalled = self.signal_target();
+        let mut late_fate = || {
+            if signalled {
+                self.target_fate_within(FATE_WAIT)
+            } else {
+                None
+            }
+        };
         // The counts are reported even when files failed (their events are `not_written`).
-        let (report, error) = drain.finish_counted(&outcome);
+        let (report, error) = drain.finish_counted_then(&outcome, &mut late_fate);
         self.report = Some(report);
         match error {
             None => Ok(()),

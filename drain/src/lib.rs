@@ -500,7 +500,20 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// region's counters and what the drain wrote, so it is true even when files, the manifest
     /// or the sync failed (events that did not reach a file are `not_written`). The first error,
     /// if any, comes with it.
-    pub fn finish_counted(mut self, outcome: &Outcome) -> (Report, Option<DrainError>) {
+    pub fn finish_counted(self, outcome: &Outcome) -> (Report, Option<DrainError>) {
+        self.finish_counted_then(outcome, &mut || None)
+    }
+
+    /// [`Drain::finish_counted`], asking `late_fate` for the target's fate once the trace files
+    /// and directories are durable, just before the target's manifest is written: a tracer that
+    /// signalled its target before finishing learns how it ended while the files were synced,
+    /// and writes the manifest once, with the fate, instead of again after. `None` keeps
+    /// `outcome.target_fate`.
+    pub fn finish_counted_then(
+        mut self,
+        outcome: &Outcome,
+        late_fate: &mut dyn FnMut() -> Option<TargetFate>,
+    ) -> (Report, Option<DrainError>) {
         let started = Instant::now();
         self.stopped = true;
         let mut first = None;
@@ -570,20 +583,18 @@ impl<'r, B: Backend> Drain<'r, B> {
                 .flat_map(|(_, f)| f.windows.clone())
                 .collect();
             m.finished = true;
-            // Every manifest is written even if one fails; the first error is returned.
-            // The target's manifest is synced as it is replaced; the followed processes' are
-            // made durable by the one sync of the file system below.
-            let written = if key == ROOT {
-                process.layout.write_manifest(&mut process.manifest)
-            } else {
-                process
+            // Every manifest is written even if one fails; the first error is returned. The
+            // followed processes' are made durable by the session's sync below; the target's is
+            // written after it (synced as it is replaced), when its fate is most likely known.
+            if key != ROOT {
+                match process
                     .layout
                     .write_manifest_unsynced(&mut process.manifest)
-            };
-            match written {
-                Ok(()) => process.dirty = false,
-                Err(e) => {
-                    write_error.get_or_insert(e);
+                {
+                    Ok(()) => process.dirty = false,
+                    Err(e) => {
+                        write_error.get_or_insert(e);
+                    }
                 }
             }
             processes.push(ProcessReport {
@@ -592,19 +603,12 @@ impl<'r, B: Backend> Drain<'r, B> {
                 accounting: own,
             });
         }
-        // A failed manifest write or sync is the error returned, over a file's: it says a
-        // manifest on disk is the previous one, or that durability is unknown. Either way the
-        // report carries the true accounting.
-        let manifest_written = write_error.is_none();
-        if let Some(e) = write_error {
-            first = Some(e.into());
-        }
         // The session's own trace files (finished unsynced), the followed processes' manifests
         // (written unsynced) and every thread, process and session directory, fsynced in
-        // parallel through the session's directory handles (the target's manifest was fsynced
-        // as it was written): never other programs' dirty data, as a syncfs would. Writeback
-        // started during the recording leaves them little to write.
-        if manifest_written {
+        // parallel through the session's directory handles (the target's manifest is fsynced
+        // as it is written, below): never other programs' dirty data, as a syncfs would.
+        // Writeback started during the recording leaves them little to write.
+        if write_error.is_none() {
             let others: Vec<&SessionLayout> = self
                 .procs
                 .iter()
@@ -612,10 +616,31 @@ impl<'r, B: Backend> Drain<'r, B> {
                 .map(|(_, process)| &process.layout)
                 .collect();
             match self.root().layout.sync_session(&others) {
-                // What it synced, and the target's manifest.
-                Ok(synced) => self.stats.files_synced += synced as u64 + 1,
+                Ok(synced) => self.stats.files_synced += synced as u64,
                 Err(e) => first = Some(e.into()),
             }
+        }
+        if let Some(fate) = late_fate() {
+            if let Some(root) = self.procs.get_mut(&ROOT) {
+                root.manifest.target_fate = Some(fate);
+            }
+        }
+        if let Some(root) = self.procs.get_mut(&ROOT) {
+            match root.layout.write_manifest(&mut root.manifest) {
+                Ok(()) => {
+                    root.dirty = false;
+                    self.stats.files_synced += 1;
+                }
+                Err(e) => {
+                    write_error.get_or_insert(e);
+                }
+            }
+        }
+        // A failed manifest write or sync is the error returned, over a file's: it says a
+        // manifest on disk is the previous one, or that durability is unknown. Either way the
+        // report carries the true accounting.
+        if let Some(e) = write_error {
+            first = Some(e.into());
         }
         self.stats.busy += started.elapsed();
         let report = Report {
