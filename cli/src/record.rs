@@ -974,7 +974,7 @@ impl Pipeline for Recorder {
         };
         // A second signal ends the pass between two threads (the shutdown is then forced).
         drain
-            .pass_unless(&|| ctx.forced())
+            .stop_pass_unless(&|| ctx.forced())
             .map(|_| ())
             .map_err(|e| {
                 self.error = Some(chain(&e));

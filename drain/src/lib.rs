@@ -423,6 +423,18 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// [`Drain::pass`], ending early (between two slots) once `stop()` says so: the shutdown's
     /// flush phase gives up its pass on a second signal this way.
     pub fn pass_unless(&mut self, stop: &dyn Fn() -> bool) -> Result<Pass, DrainError> {
+        self.pass_inner(stop, true)
+    }
+
+    /// The shutdown's flush pass: [`Drain::pass_unless`] without rewriting the manifest, which
+    /// [`Drain::finish_counted`] writes moments later in its final form (each rewrite is two
+    /// fsyncs and a rename on the stop's path). Until then readers find new threads by their
+    /// directories, as between two passes.
+    pub fn stop_pass_unless(&mut self, stop: &dyn Fn() -> bool) -> Result<Pass, DrainError> {
+        self.pass_inner(stop, false)
+    }
+
+    fn pass_inner(&mut self, stop: &dyn Fn() -> bool, manifests: bool) -> Result<Pass, DrainError> {
         let started = Instant::now();
         self.registry.beat(registry::clock::boottime_ns());
         let mut moved = 0;
@@ -436,7 +448,9 @@ impl<'r, B: Backend> Drain<'r, B> {
             moved += self.drain_slot(info, false)?;
         }
         self.flush_all()?;
-        self.write_manifests()?;
+        if manifests {
+            self.write_manifests()?;
+        }
         self.stats.passes += 1;
         self.stats.busy += started.elapsed();
         Ok(Pass { bytes: moved })
