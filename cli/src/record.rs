@@ -788,9 +788,7 @@ impl Recorder {
         let end = Instant::now() + wait;
         while self.target_alive() {
             let left = end.saturating_duration_since(Instant::now());
-            let Some(target) = self.child.as_ref().filter(|_| !left.is_zero()) else {
-                return None;
-            };
+            let target = self.child.as_ref().filter(|_| !left.is_zero())?;
             let mut fd = libc::pollfd {
                 fd: target.pidfd.as_raw_fd(),
                 events: libc::POLLIN,
