@@ -765,16 +765,21 @@ impl Recorder {
     }
 
     /// Sends the target it spawned the stop signal, once, if it still runs; returns whether it
-    /// still runs. Attached targets are left running.
-    fn signal_target(&mut self) -> bool {
+    /// still runs. Attached targets are left running. `unless_ending`: not to a target already
+    /// on its way out (a fatal signal pending for it, or exiting), the group's signal having
+    /// reached it too: the summary then says so, and cleanup signals it if it is still there.
+    fn signal_target(&mut self, unless_ending: bool) -> bool {
         if self.attached || !self.target_alive() {
             return false;
         }
         let Some(target) = self.child.as_ref() else {
             return false;
         };
+        let signal = self.stop_signal.unwrap_or(libc::SIGTERM);
+        if unless_ending && process_ending(target.pid, signal) {
+            return false;
+        }
         if self.stop_signal_sent.is_none() {
-            let signal = self.stop_signal.unwrap_or(libc::SIGTERM);
             // SAFETY: signalling our own child, which we have not reaped (so the pid is still
             // ours).
             unsafe { libc::kill(target.pid as libc::pid_t, signal) };
@@ -803,7 +808,7 @@ impl Recorder {
     /// Stops the target if it still runs: the stop signal (unless sent already), a grace
     /// period, then SIGKILL. A second signal (`forced`) cuts the grace period short.
     fn stop_target(&mut self, deadline: Instant, forced: &dyn Fn() -> bool) {
-        if !self.signal_target() {
+        if !self.signal_target(false) {
             return;
         }
         let grace_end = deadline.min(Instant::now() + STOP_GRACE);
@@ -899,6 +904,36 @@ impl registry::StopWatch for StopWatch<'_, '_> {
     fn cancelled(&mut self) -> bool {
         self.ctx.forced()
     }
+}
+
+/// Whether process `pid` is already ending: SIGKILL or `signal` pending for it or one of its
+/// threads (a fatal signal to a process queues SIGKILL to each of its threads), or its main
+/// thread exiting. Best effort, from `/proc/<pid>/status` and `/proc/<pid>/stat`: a process
+/// whose files cannot be read is not known to be ending.
+fn process_ending(pid: u32, signal: i32) -> bool {
+    let mask = |status: &str, key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        let pending = mask(&status, "SigPnd:") | mask(&status, "ShdPnd:");
+        if pending & (bit(libc::SIGKILL) | bit(signal)) != 0 {
+            return true;
+        }
+    }
+    // The flags are the 9th field of stat, the 7th after the command's closing parenthesis.
+    const PF_EXITING: u64 = 0x4;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// How long the manifest's write waits, after the session's files are synced, for a target
@@ -1028,12 +1063,14 @@ impl Pipeline for Recorder {
         // manifest, written last, says how it ended, instead of being written again in cleanup.
         // One that takes longer than a few milliseconds more (it handles the signal, say) is
         // waited for in cleanup, as before.
-        let signalled = self.signal_target();
+        let signalled = self.signal_target(true);
+        // A target that had ended already (the group's signal killed it too) was reaped just
+        // now, after the outcome above: its fate is known too.
         let mut late_fate = || {
             if signalled {
                 self.target_fate_within(FATE_WAIT)
             } else {
-                None
+                self.target_fate.clone()
             }
         };
         // The counts are reported even when files failed (their events are `not_written`).
