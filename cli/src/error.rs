@@ -44,6 +44,7 @@ pub enum CliError {
 pub struct Refusal {
     error: Cause,
     exit_code: u8,
+    fix: Option<String>,
 }
 
 impl Refusal {
@@ -52,7 +53,14 @@ impl Refusal {
         Refusal {
             error: error.into(),
             exit_code,
+            fix: None,
         }
+    }
+
+    /// The same, with the fix printed after the error's causes.
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
     }
 
     /// The typed error (to downcast).
@@ -115,9 +123,13 @@ impl CliError {
         }
     }
 
-    /// The one line the user sees: the message, then each cause, `: `-separated.
+    /// The one line the user sees: the message, then each cause, `: `-separated, then the fix
+    /// if it comes after the causes.
     pub fn render(&self) -> String {
-        chain(self)
+        match self {
+            CliError::Refused(Refusal { fix: Some(fix), .. }) => format!("{}; {fix}", chain(self)),
+            _ => chain(self),
+        }
     }
 }
 

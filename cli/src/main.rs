@@ -7,6 +7,7 @@
 mod args;
 mod attach;
 mod error;
+mod failure;
 mod names;
 mod processes;
 mod read;

@@ -19,6 +19,7 @@ use shutdown::{Budgets, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Su
 
 use crate::args::{RecordOptions, SpawnArgs};
 use crate::error::{chain, CliError};
+use crate::failure::{Output, Start};
 use crate::symbols;
 
 /// The longest a producer waits for the drain when its lane is full, whatever happens: a last
@@ -39,8 +40,7 @@ const TICK: Duration = Duration::from_millis(250);
 pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
     ignore_file_size_signal();
-    timer::duration_from_secs(opts.duration)
-        .map_err(|e| CliError::usage("--duration").because(e))?;
+    timer::duration_from_secs(opts.duration).map_err(|e| Start::Duration(e.into()))?;
     let exe_info = symbols::inspect_executable(&args.executable).ok();
     if let Some(reason) = exe_info.as_ref().and_then(|i| i.unsupported()) {
         return Err(CliError::usage(reason));
@@ -67,14 +67,11 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let agent = find_agent()?;
 
     let config = region_config(opts)?;
-    let region = SharedRegion::create(&config)
-        .map_err(|e| CliError::runtime("cannot create the shared region").because(e))?;
+    let region = SharedRegion::create(&config).map_err(|e| Start::CreateRegion(e.into()))?;
     let fd = region
         .inheritable_fd()
-        .map_err(|e| CliError::runtime("cannot share the region with the target").because(e))?;
-    let registry = region
-        .leak()
-        .map_err(|e| CliError::runtime("the shared region is unusable").because(e))?;
+        .map_err(|e| Start::ShareRegion(e.into()))?;
+    let registry = region.leak().map_err(|e| Start::Region(e.into()))?;
     // Before the target starts: its agent then waits for the trigger addresses, and its
     // children's agents know whether they are followed.
     let names = crate::names::Names::new(&opts.trigger, &registry, true);
@@ -84,7 +81,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     let shutdown = Shutdown::new()?;
     let signals = shutdown
         .install_signals()
-        .map_err(|e| CliError::runtime("cannot install signal handlers").because(e))?;
+        .map_err(|e| Start::Signals(e.into()))?;
 
     let child = start_target(&args, &agent, fd)?;
     // After the start: the target keeps the open-file limit it was given, only the tracer's grows.
@@ -97,8 +94,9 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     // SAFETY: `fd` is the inheritable duplicate made for the child, owned by nobody else here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     let pid = child.id();
-    let pidfd = pidfd_open(pid).map_err(|e| {
-        CliError::runtime(format!("cannot watch the target (pid {pid})")).because(e)
+    let pidfd = pidfd_open(pid).map_err(|e| Start::Watch {
+        pid,
+        cause: e.into(),
     })?;
     let manifest = initial_manifest(&args, pid, registry);
     let target = Target {
@@ -232,22 +230,17 @@ pub(crate) fn record(
     // Attached targets are not our children.
     let attached = target.child.is_none();
     let pid = target.pid;
-    let duration = timer::duration_from_secs(opts.duration)
-        .map_err(|e| CliError::usage("--duration").because(e))?;
+    let duration =
+        timer::duration_from_secs(opts.duration).map_err(|e| Start::Duration(e.into()))?;
     let layout = atf::SessionLayout::create_in(output, pid)
-        .map_err(|e| {
-            CliError::usage(format!(
-                "{}; choose another directory with --output",
-                chain(&e)
-            ))
-        })?
+        .map_err(Output::Session)?
         .with_manifest_reserve(MANIFEST_RESERVE)
         .with_format(opts.format.into());
     let output_dir = layout.pid_dir().to_path_buf();
     let session = layout.clone();
     let drain = drain::Drain::new(registry, layout, manifest)
         .map(|d| d.follow_processes(true))
-        .map_err(|e| CliError::runtime("cannot start the drain").because(e))?;
+        .map_err(|e| Start::Drain(e.into()))?;
     let live = drain.live();
     let on_error = {
         let shutdown = shutdown.clone();
@@ -255,8 +248,8 @@ pub(crate) fn record(
             shutdown.request(Reason::Error(chain(e)));
         }
     };
-    let drain_thread = drain::DrainThread::spawn(drain, on_error)
-        .map_err(|e| CliError::runtime("cannot start the drain thread").because(e))?;
+    let drain_thread =
+        drain::DrainThread::spawn(drain, on_error).map_err(|e| Start::DrainThread(e.into()))?;
     let timer = match duration {
         Some(d) => {
             let shutdown = shutdown.clone();
@@ -264,7 +257,7 @@ pub(crate) fn record(
                 timer::Timer::start(d, move || {
                     shutdown.request(Reason::Timer);
                 })
-                .map_err(|e| CliError::runtime("cannot start the duration timer").because(e))?,
+                .map_err(|e| Start::Timer(e.into()))?,
             )
         }
         None => None,
@@ -314,7 +307,7 @@ pub(crate) fn record(
     let report = shutdown.execute(&mut recorder, &budgets())?;
     signals
         .restore()
-        .map_err(|e| CliError::runtime("cannot restore signal handlers").because(e))?;
+        .map_err(|e| Start::RestoreSignals(e.into()))?;
 
     let stats = recorder.statistics(&output_dir);
     recorder.attempted = stats.events_attempted;
@@ -376,32 +369,18 @@ fn no_events_reason(
 /// another user. It must accept new entries; nothing is written to find out.
 pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
     let dir = match &opts.output {
-        Some(path) => atf::Dir::create_all(path, safedir::PRIVATE_DIR).map_err(|e| {
-            CliError::usage(format!(
-                "cannot create the output directory {}: {}; choose another with --output",
-                path.display(),
-                chain(&e)
-            ))
-        })?,
+        Some(path) => {
+            atf::Dir::create_all(path, safedir::PRIVATE_DIR).map_err(|e| Output::Create {
+                path: path.clone(),
+                cause: e.into(),
+            })?
+        }
         None => safedir::private_dir_under_shared(
             Path::new(crate::args::DEFAULT_OUTPUT),
             &safedir::user_dir_name(),
         )
         .map_err(|e| match e {
-            safedir::Error::Io { ref source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                CliError::usage(format!(
-                    "{}; ask the owner of {shared} to let every user make a directory in it \
-                     (`chmod 1777 {shared}`), or choose another directory with --output",
-                    chain(&e),
-                    shared = crate::args::DEFAULT_OUTPUT
-                ))
-            }
-            safedir::Error::Io { .. } => CliError::usage(format!(
-                "{}; choose another directory with --output",
-                chain(&e)
-            )),
+            safedir::Error::Io { .. } => Output::Default(e).into(),
             refused => CliError::usage(format!("{refused} with --output")),
         })?,
     };
@@ -416,11 +395,9 @@ pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
         )
     } == 0;
     if !writable {
-        let e = std::io::Error::last_os_error();
-        return Err(CliError::usage(format!(
-            "cannot write to the output directory {}: {e}; choose another with --output",
-            dir.path().display()
-        )));
+        let cause = std::io::Error::last_os_error();
+        let path = dir.path().to_path_buf();
+        return Err(Output::NotWritable { path, cause }.into());
     }
     Ok(dir)
 }

@@ -29,6 +29,7 @@ use shutdown::Shutdown;
 
 use crate::args::AttachArgs;
 use crate::error::CliError;
+use crate::failure::Start;
 use crate::record::{self, Target};
 use crate::symbols;
 
@@ -36,8 +37,7 @@ use crate::symbols;
 pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
     let opts = &args.record;
     let pid = args.pid;
-    timer::duration_from_secs(opts.duration)
-        .map_err(|e| CliError::usage("--duration").because(e))?;
+    timer::duration_from_secs(opts.duration).map_err(|e| Start::Duration(e.into()))?;
     let library_calls = opts.library_calls != crate::args::LibraryCalls::None;
     check_target(pid, library_calls)?;
     record::ignore_file_size_signal();
@@ -46,22 +46,16 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
 
     let config = record::region_config(opts)?;
     let config = record::fit_region(config, address_space_headroom(pid))?;
-    let region = SharedRegion::create(&config)
-        .map_err(|e| CliError::runtime("cannot create the shared region").because(e))?;
-    let fd = region
-        .fd()
-        .ok_or_else(|| CliError::runtime("the shared region has no memfd"))?
-        .as_raw_fd();
+    let region = SharedRegion::create(&config).map_err(|e| Start::CreateRegion(e.into()))?;
+    let fd = region.fd().ok_or(Start::NoMemfd)?.as_raw_fd();
     let region_path = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
-    let registry = region
-        .leak()
-        .map_err(|e| CliError::runtime("the shared region is unusable").because(e))?;
+    let registry = region.leak().map_err(|e| Start::Region(e.into()))?;
     let pidfd = record::pidfd_open(pid as u32).map_err(|_| no_process(pid))?;
 
     let shutdown = Shutdown::new()?;
     let signals = shutdown
         .install_signals()
-        .map_err(|e| CliError::runtime("cannot install signal handlers").because(e))?;
+        .map_err(|e| Start::Signals(e.into()))?;
 
     // The tracer's threads get a larger CPU share (best effort), so each target thread it stops
     // is released as soon as its stop is seen, however busy the target keeps the CPUs.
