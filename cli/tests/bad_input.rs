@@ -109,3 +109,49 @@ fn cli__version__then_prints_version() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tracer "));
 }
+
+#[test]
+fn cli__reading_a_missing_session__then_exit_2_naming_what_to_pass() {
+    for command in ["info", "replay", "report"] {
+        assert_one_line_error(
+            &[command, "/nonexistent/session"],
+            2,
+            "no such session directory; pass a session_<...> or pid_<pid> directory",
+        );
+    }
+}
+
+#[test]
+fn cli__output_directory_given_as_a_session__then_exit_2_naming_a_session_in_it() {
+    let (_, out) = spawn_in_fresh_dir(&app(), &["1", "10"]);
+    assert_one_line_error(
+        &["replay", out.path().to_str().unwrap()],
+        2,
+        "this is an output directory, not a session; pass one of the sessions in it",
+    );
+}
+
+#[test]
+fn cli__export_to_an_uncreatable_file__then_exit_2_cause_once_then_the_fix() {
+    let (_, tmp) = spawn_in_fresh_dir(&app(), &["1", "10"]);
+    let session = session_dir(tmp.path());
+    let file = workdir().join("not-a-dir-for-export");
+    std::fs::write(&file, "x").unwrap();
+    let target = file.join("trace.json");
+    let out = run(&[
+        "export",
+        session.to_str().unwrap(),
+        "--output",
+        target.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot create the output file: "), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with("; check that its directory exists and is writable"),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}

@@ -11,6 +11,7 @@
 
 mod chrome;
 mod detail;
+mod failure;
 mod frames;
 mod info;
 mod names;
@@ -30,7 +31,8 @@ use std::path::Path;
 pub(crate) use text::clean;
 
 use crate::args::{ExportArgs, ExportFormat, ReplayArgs, ReportArgs, SessionArg};
-use crate::error::{chain, CliError};
+use crate::error::CliError;
+use failure::ReadFailure;
 
 /// `tracer info`: what a session holds (target, times, threads, accounting, files), for each of
 /// its processes.
@@ -50,9 +52,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let sessions = open_all(&args.session.session)?;
     check_tids(&sessions, &args.tids)?;
     if args.depth == Some(0) {
-        return Err(CliError::usage(
-            "--depth 0 would show nothing; use 1 for the outermost calls, or more",
-        ));
+        return Err(ReadFailure::DepthZero.into());
     }
     let options = replay::Options {
         tids: &args.tids,
@@ -180,12 +180,9 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     match &args.output {
         None => finish(chrome::write_all(&sessions, args.names.full_names, out).map(|_| ())),
         Some(path) => {
-            let file = std::fs::File::create(path).map_err(|e| {
-                CliError::usage(format!(
-                    "{}: cannot create the output file: {e}; check that its directory exists and \
-                     is writable",
-                    path.display()
-                ))
+            let file = std::fs::File::create(path).map_err(|cause| ReadFailure::CreateOutput {
+                path: path.clone(),
+                cause,
             })?;
             let mut file = io::BufWriter::with_capacity(1 << 20, file);
             let written =
@@ -197,13 +194,14 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
                 Err(e) => {
-                    return Err(match atf_error(&e) {
-                        Some(a) => CliError::runtime(chain(a)),
-                        None => CliError::runtime(format!(
-                            "{}: writing the export failed: {e}; is the disk full?",
-                            path.display()
-                        )),
-                    })
+                    return Err(match into_atf_error(e) {
+                        Ok(a) => ReadFailure::Read(a),
+                        Err(cause) => ReadFailure::WriteExport {
+                            path: path.clone(),
+                            cause,
+                        },
+                    }
+                    .into())
                 }
             };
             finish(writeln!(
@@ -224,10 +222,8 @@ fn convert(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let Some(output) = &args.output else {
-        return Err(CliError::usage(format!(
-            "--format {} writes a session directory; name where with --output DIR",
-            format.name()
-        )));
+        let format = format.name();
+        return Err(ReadFailure::NoOutputDir { format }.into());
     };
     let mut sessions = open_all(&args.session.session)?;
     for warning in sessions.iter().flat_map(warnings) {
@@ -237,12 +233,11 @@ fn convert(
         // The manifest as recorded (`open` escaped its strings for display).
         session.manifest = atf::Manifest::read(session.dir.join("manifest.json"))?;
     }
-    let done = atf::convert_session(&sessions, output, format).map_err(|e| {
-        CliError::runtime(format!(
-            "{}; the session was not converted (what was written under {} is incomplete)",
-            chain(&e),
-            output.display()
-        ))
+    let done = atf::convert_session(&sessions, output, format).map_err(|cause| {
+        ReadFailure::NotConverted {
+            cause,
+            output: output.clone(),
+        }
     })?;
     finish(writeln!(
         out,
@@ -258,24 +253,17 @@ fn convert(
 /// Opens the session the user named; any problem with that path is a usage error naming it.
 fn open(path: &Path) -> Result<atf::Session, CliError> {
     if !path.exists() {
-        return Err(CliError::usage(format!(
-            "{}: no such session directory; pass a session_<...> or pid_<pid> directory written by \
-             `tracer spawn` (default under /tmp/ada_traces/<user>)",
-            path.display()
-        )));
+        let path = path.to_path_buf();
+        return Err(ReadFailure::NoSession { path }.into());
     }
     let mut session = atf::Session::open(path).map_err(|e| {
         if let atf::Error::NotASession { .. } = e {
             if let Some(latest) = latest_session_in(path) {
-                return CliError::usage(format!(
-                    "{}: this is an output directory, not a session; pass one of the sessions in \
-                     it, e.g. {}",
-                    path.display(),
-                    latest.display()
-                ));
+                let path = path.to_path_buf();
+                return ReadFailure::OutputDirectory { path, latest };
             }
         }
-        CliError::usage(chain(&e))
+        ReadFailure::Unreadable(e)
     })?;
     session.manifest = text::clean_manifest(&session.manifest);
     Ok(session)
@@ -304,15 +292,8 @@ fn check_tids(sessions: &[atf::Session], tids: &[u32]) -> Result<(), CliError> {
     let threads = || sessions.iter().flat_map(|s| s.threads.iter());
     for tid in tids {
         if !threads().any(|t| t.id == *tid) {
-            let have: Vec<String> = threads().map(|t| t.id.to_string()).collect();
-            return Err(CliError::usage(format!(
-                "thread {tid} is not in the session; its threads are {} (see `tracer info`)",
-                if have.is_empty() {
-                    "none".to_owned()
-                } else {
-                    have.join(", ")
-                }
-            )));
+            let have = threads().map(|t| t.id).collect();
+            return Err(ReadFailure::NoThread { tid: *tid, have }.into());
         }
     }
     Ok(())
@@ -328,9 +309,13 @@ fn input_error(e: atf::Error) -> io::Error {
     io::Error::other(e)
 }
 
-/// The session error inside an `io::Error` made by [`input_error`].
-fn atf_error(e: &io::Error) -> Option<&atf::Error> {
-    e.get_ref()?.downcast_ref::<atf::Error>()
+/// The session error inside an `io::Error` made by [`input_error`], or the `io::Error` itself.
+fn into_atf_error(e: io::Error) -> Result<atf::Error, io::Error> {
+    if !e.get_ref().is_some_and(|inner| inner.is::<atf::Error>()) {
+        return Err(e);
+    }
+    let inner = e.into_inner().expect("checked above");
+    Ok(*inner.downcast::<atf::Error>().expect("checked above"))
 }
 
 /// Maps a reader's outcome: a closed pipe is a clean stop, a session read error or an output
@@ -339,10 +324,11 @@ fn finish(result: io::Result<()>) -> Result<(), CliError> {
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(match atf_error(&e) {
-            Some(a) => CliError::runtime(chain(a)),
-            None => CliError::runtime("writing the output failed").because(e),
-        }),
+        Err(e) => Err(match into_atf_error(e) {
+            Ok(a) => ReadFailure::Read(a),
+            Err(e) => ReadFailure::WriteOutput(e),
+        }
+        .into()),
     }
 }
 
