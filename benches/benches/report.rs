@@ -81,12 +81,14 @@ fn build_session(out: &Path, events: u64, format: EventFormat) -> PathBuf {
             let can_call = (stack.len() as u64) + 1 < remaining;
             let call =
                 can_call && (stack.is_empty() || (stack.len() < MAX_DEPTH as usize && r & 1 == 0));
-            let (kind, function) = if call {
+            // The agent's depths: a call at depth d (the frames open below it) returns at d.
+            let (kind, function, depth) = if call {
                 let f = BASE_ADDRESS + ((r >> 32) % FUNCTIONS) * 0x40;
                 stack.push(f);
-                (EventKind::Call, f)
+                (EventKind::Call, f, stack.len() - 1)
             } else {
-                (EventKind::Return, stack.pop().unwrap())
+                let f = stack.pop().unwrap();
+                (EventKind::Return, f, stack.len())
             };
             batch.extend_from_slice(
                 &IndexEvent {
@@ -94,7 +96,7 @@ fn build_session(out: &Path, events: u64, format: EventFormat) -> PathBuf {
                     function_id: function,
                     thread_id: tid,
                     kind,
-                    call_depth: stack.len() as u32,
+                    call_depth: depth as u32,
                     detail_seq: atf::NO_DETAIL,
                 }
                 .encode(),
