@@ -17,6 +17,8 @@ pub(crate) struct ChunkReader<'a> {
     buf: Vec<u8>,
     /// Consumed prefix of `buf`.
     start: usize,
+    /// The CRC-32C of every byte read so far, if kept (see [`Self::keep_crc32c`]).
+    crc: Option<u32>,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -27,7 +29,21 @@ impl<'a> ChunkReader<'a> {
             end,
             buf: Vec::new(),
             start: 0,
+            crc: None,
         }
+    }
+
+    /// From now on, keeps the CRC-32C of the bytes read from the file as they arrive (call it
+    /// before reading anything), so a pass that reads the whole range gets its checksum without
+    /// going over the bytes again.
+    pub(crate) fn keep_crc32c(&mut self) {
+        self.crc = Some(0);
+    }
+
+    /// The CRC-32C of the bytes read from the file so far (the whole range once [`Self::take`]
+    /// has returned `None`), if [`Self::keep_crc32c`] was called; 0 otherwise.
+    pub(crate) fn crc32c_so_far(&self) -> u32 {
+        self.crc.unwrap_or(0)
     }
 
     /// Bytes of the range not yet returned.
@@ -85,6 +101,9 @@ impl<'a> ChunkReader<'a> {
         if let Err(err) = self.file.read_exact_at(&mut self.buf[have..], self.pos) {
             self.buf.truncate(have);
             return Err(err);
+        }
+        if let Some(crc) = &mut self.crc {
+            *crc = crc32c::crc32c_append(*crc, &self.buf[have..]);
         }
         self.pos += want as u64;
         Ok(())

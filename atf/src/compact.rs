@@ -249,7 +249,29 @@ impl Chunks {
             raw: Vec::new(),
             buf: Vec::new(),
             pos: 0,
+            range: 0..0,
+            check: None,
         }
+    }
+
+    /// Every event, past damage, checked as it is decoded (see [`ChunkEvents::finish_check`]):
+    /// the header against `thread_id` and the format, each chunk (checksum, decoding, its index
+    /// entry, its place in the stream), each event, and bytes an unfinished file could not
+    /// account for.
+    pub(crate) fn events_checked<'a>(
+        &'a self,
+        file: &'a File,
+        path: &'a Path,
+        thread_id: u32,
+    ) -> Result<ChunkEvents<'a>> {
+        let mut events = self.events_from(file, path, 0);
+        events.past_damage = true;
+        events.check = Some(Box::new(ChunkCheck {
+            damage: self.header_damage(file, path, thread_id)?,
+            events: EventCheck::new(path, thread_id),
+            decoded: 0,
+        }));
+        Ok(events)
     }
 
     /// The stream position of the first event at or after `time_ns` (the event count if none).
@@ -273,15 +295,9 @@ impl Chunks {
         Ok(())
     }
 
-    /// Every damaged range of the file (see [`crate::IndexReader::verify`]): the header against
-    /// `thread_id` and the format, each chunk (checksum, decoding, its index entry, its place in
-    /// the stream), each event, and bytes an unfinished file could not account for.
-    pub(crate) fn verify_damage(
-        &self,
-        file: &File,
-        path: &Path,
-        thread_id: u32,
-    ) -> Result<Vec<Damage>> {
+    /// The file header's damage: its thread id against `thread_id`, its clock, flags, reserved
+    /// bytes and platform.
+    fn header_damage(&self, file: &File, path: &Path, thread_id: u32) -> Result<Vec<Damage>> {
         let h = &self.header;
         let (raw, mut out) = verify::header_and_thread::<{ atc::FILE_HEADER_SIZE }>(
             file,
@@ -307,70 +323,13 @@ impl Chunks {
         verify::reserved_zero(path, 17, &raw[17..20], "header", &mut out);
         verify::reserved_zero(path, 24, &raw[24..], "header", &mut out);
         verify::platform(path, h.arch, h.os, &mut out);
-
-        let mut check = EventCheck::new(path, thread_id);
-        let (mut rawc, mut buf, mut decoder) = (Vec::new(), Vec::new(), Decoder::default());
-        let mut decoded = 0u64;
-        for (i, entry) in self.entries.iter().enumerate() {
-            let end = self.entries.get(i + 1).map_or(self.end, |n| n.offset);
-            let range = entry.offset..end;
-            if let Err(e) = self.read_chunk(file, path, i, &mut rawc, &mut decoder, &mut buf) {
-                if let Error::Io { .. } = e {
-                    return Err(e);
-                }
-                out.push(Damage::new(
-                    path,
-                    range,
-                    format!("{e}; the chunk's events are not read"),
-                ));
-                continue;
-            }
-            let (first, last) = (buf[0].timestamp_ns, buf[buf.len() - 1].timestamp_ns);
-            if (entry.time_first_ns, entry.time_last_ns) != (first, last) {
-                out.push(Damage::new(
-                    path,
-                    range.clone(),
-                    format!(
-                        "the chunk index gives this chunk the times {}..{} ns, its events run \
-                         {first}..{last} ns",
-                        entry.time_first_ns, entry.time_last_ns
-                    ),
-                ));
-            }
-            if entry.first_seq != decoded {
-                out.push(Damage::new(
-                    path,
-                    range.clone(),
-                    format!(
-                        "the chunk starts at event {} but {decoded} events precede it",
-                        entry.first_seq
-                    ),
-                ));
-            }
-            decoded = entry.first_seq + buf.len() as u64;
-            for r in &buf {
-                check.event(range.clone(), &IndexEvent::from(*r));
-            }
-        }
-        if self.finished && decoded != self.event_count && out.is_empty() {
-            out.push(Damage::new(
-                path,
-                self.len - atc::TRAILER_SIZE as u64..self.len,
-                format!(
-                    "the trailer counts {} events but the chunks hold {decoded}",
-                    self.event_count
-                ),
-            ));
-        }
-        if let Some((at, why)) = &self.stopped {
-            out.push(Damage::new(
-                path,
-                *at..self.len,
-                format!("{why}; the bytes from there on are not read"),
-            ));
-        }
-        out.extend(check.finish());
         Ok(out)
+    }
+
+    /// The bytes of chunk `i`: from its header to the next chunk (or the end of the chunks).
+    fn range(&self, i: usize) -> std::ops::Range<u64> {
+        let end = self.entries.get(i + 1).map_or(self.end, |n| n.offset);
+        self.entries[i].offset..end
     }
 
     /// Reads chunk `i` into `raw` (one read) and decodes it into `buf` (emptied first).
@@ -383,8 +342,7 @@ impl Chunks {
         decoder: &mut Decoder,
         buf: &mut Vec<Record>,
     ) -> Result<()> {
-        let offset = self.entries[i].offset;
-        let end = self.entries.get(i + 1).map_or(self.end, |n| n.offset);
+        let std::ops::Range { start: offset, end } = self.range(i);
         raw.resize((end - offset) as usize, 0);
         file.read_exact_at(raw, offset)
             .map_err(|e| Error::io(path, "read a chunk (did the file shrink?)", e))?;
@@ -428,6 +386,54 @@ pub(crate) struct ChunkEvents<'a> {
     raw: Vec<u8>,
     buf: Vec<Record>,
     pos: usize,
+    /// The bytes of the chunk `buf` was decoded from.
+    range: std::ops::Range<u64>,
+    /// A verifying pass's findings (see [`Chunks::events_checked`]).
+    check: Option<Box<ChunkCheck>>,
+}
+
+/// What a verifying pass over an ATC file has found so far.
+struct ChunkCheck {
+    /// The header's damage, then each damaged chunk's, in file order.
+    damage: Vec<Damage>,
+    events: EventCheck,
+    /// Events up to the end of the last chunk that decoded.
+    decoded: u64,
+}
+
+impl ChunkCheck {
+    /// Checks chunk `i`, which decoded to `events`, against its index entry and the chunks
+    /// before it.
+    fn chunk(&mut self, chunks: &Chunks, path: &Path, i: usize, events: &[Record]) {
+        let entry = &chunks.entries[i];
+        let range = chunks.range(i);
+        let (first, last) = (
+            events[0].timestamp_ns,
+            events[events.len() - 1].timestamp_ns,
+        );
+        if (entry.time_first_ns, entry.time_last_ns) != (first, last) {
+            self.damage.push(Damage::new(
+                path,
+                range.clone(),
+                format!(
+                    "the chunk index gives this chunk the times {}..{} ns, its events run \
+                     {first}..{last} ns",
+                    entry.time_first_ns, entry.time_last_ns
+                ),
+            ));
+        }
+        if entry.first_seq != self.decoded {
+            self.damage.push(Damage::new(
+                path,
+                range,
+                format!(
+                    "the chunk starts at event {} but {} events precede it",
+                    entry.first_seq, self.decoded
+                ),
+            ));
+        }
+        self.decoded = entry.first_seq + events.len() as u64;
+    }
 }
 
 impl ChunkEvents<'_> {
@@ -447,6 +453,44 @@ impl ChunkEvents<'_> {
         self.past_damage = true;
     }
 
+    /// For a verifying pass ([`Chunks::events_checked`]): reads whatever events are left, then
+    /// returns every damaged range found: the header's, each damaged chunk's in file order, the
+    /// trailer's count, where an unfinished file stopped, each kind of damaged event (an error
+    /// only if the file could not be read). Without a check, nothing.
+    pub(crate) fn finish_check(mut self) -> Result<Vec<Damage>> {
+        while let Some(event) = self.next() {
+            event?;
+        }
+        let Some(check) = self.check.take() else {
+            return Ok(Vec::new());
+        };
+        let (chunks, path) = (self.chunks, self.path);
+        let ChunkCheck {
+            damage: mut out,
+            events,
+            decoded,
+        } = *check;
+        if chunks.finished && decoded != chunks.event_count && out.is_empty() {
+            out.push(Damage::new(
+                path,
+                chunks.len - atc::TRAILER_SIZE as u64..chunks.len,
+                format!(
+                    "the trailer counts {} events but the chunks hold {decoded}",
+                    chunks.event_count
+                ),
+            ));
+        }
+        if let Some((at, why)) = &chunks.stopped {
+            out.push(Damage::new(
+                path,
+                *at..chunks.len,
+                format!("{why}; the bytes from there on are not read"),
+            ));
+        }
+        out.extend(events.finish());
+        Ok(out)
+    }
+
     #[inline]
     pub(crate) fn next(&mut self) -> Option<Result<Record>> {
         while self.pos >= self.buf.len() {
@@ -464,6 +508,13 @@ impl ChunkEvents<'_> {
                 &mut self.buf,
             ) {
                 let skippable = !matches!(e, Error::Io { .. });
+                if let (Some(check), true) = (&mut self.check, skippable) {
+                    check.damage.push(Damage::new(
+                        self.path,
+                        self.chunks.range(i),
+                        format!("{e}; the chunk's events are not read"),
+                    ));
+                }
                 if self.past_damage && skippable {
                     self.buf.clear();
                     self.pos = 0;
@@ -473,11 +524,18 @@ impl ChunkEvents<'_> {
                 self.next = self.chunks.entries.len();
                 return Some(Err(e));
             }
+            if let Some(check) = &mut self.check {
+                check.chunk(self.chunks, self.path, i, &self.buf);
+            }
+            self.range = self.chunks.range(i);
             self.pos = (self.skip as usize).min(self.buf.len());
             self.skip = 0;
             self.next_seq = self.chunks.entries[i].first_seq + self.pos as u64;
         }
         let r = self.buf[self.pos];
+        if let Some(check) = &mut self.check {
+            check.events.event(self.range.clone(), &IndexEvent::from(r));
+        }
         self.pos += 1;
         self.next_seq += 1;
         self.remaining = self.remaining.saturating_sub(1);

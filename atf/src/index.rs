@@ -798,7 +798,11 @@ impl IndexReader {
             Layout::Atf { .. } => {
                 let end = HEADER_SIZE as u64 + self.event_count * EVENT_SIZE as u64;
                 let start = HEADER_SIZE as u64 + seq * EVENT_SIZE as u64;
-                Inner::Atf(ChunkReader::new(&self.file, start, end), seq)
+                Inner::Atf(AtfEvents {
+                    chunks: ChunkReader::new(&self.file, start, end),
+                    seq,
+                    check: None,
+                })
             }
             Layout::Atc(chunks) => Inner::Atc(chunks.events_from(&self.file, &self.path, seq)),
         };
@@ -877,18 +881,35 @@ impl IndexReader {
     /// clock, flags and reserved bytes, the header's copies of the footer's fields, the footer's
     /// time range and length against the events, the CRC-32C of the events, and each event.
     pub fn verify(&self, thread_id: u32) -> Result<Vec<Damage>> {
-        match &self.layout {
-            Layout::Atf { header, footer } => self.verify_atf(header, footer.as_ref(), thread_id),
-            Layout::Atc(chunks) => chunks.verify_damage(&self.file, &self.path, thread_id),
-        }
+        self.events_checked(thread_id)?.finish()
     }
 
-    fn verify_atf(
-        &self,
-        h: &IndexHeader,
-        footer: Option<&IndexFooter>,
-        thread_id: u32,
-    ) -> Result<Vec<Damage>> {
+    /// Every event, as [`events_past_damage`](Self::events_past_damage), checked as it is read:
+    /// once the iterator has run to the end, [`CheckedEvents::finish`] returns what
+    /// [`verify`](Self::verify) would, without a second pass over the file. (`verify` is this,
+    /// with the events thrown away.)
+    pub fn events_checked(&self, thread_id: u32) -> Result<CheckedEvents<'_>> {
+        let mut events = self.events_past_damage();
+        match (&self.layout, &mut events.inner) {
+            (Layout::Atf { header, .. }, Inner::Atf(atf)) => {
+                atf.chunks.keep_crc32c();
+                atf.check = Some(Box::new(AtfCheck {
+                    damage: self.atf_header_damage(header, thread_id)?,
+                    events: EventCheck::new(&self.path, thread_id),
+                    first_last: None,
+                }));
+            }
+            (Layout::Atc(chunks), inner) => {
+                *inner = Inner::Atc(chunks.events_checked(&self.file, &self.path, thread_id)?);
+            }
+            (Layout::Atf { .. }, Inner::Atc(_)) => unreachable!("an ATF v2 file reads as ATF v2"),
+        }
+        Ok(CheckedEvents { events })
+    }
+
+    /// The ATF v2 header's damage: its thread id against `thread_id`, clock, flags, reserved
+    /// bytes and platform.
+    fn atf_header_damage(&self, h: &IndexHeader, thread_id: u32) -> Result<Vec<Damage>> {
         let path = &self.path;
         let (raw, mut out) = verify::header_and_thread::<HEADER_SIZE>(
             &self.file,
@@ -913,25 +934,25 @@ impl IndexReader {
         }
         verify::reserved_zero(path, 17, &raw[17..24], "header", &mut out);
         verify::platform(path, h.arch, h.os, &mut out);
+        Ok(out)
+    }
+
+    /// The ATF v2 damage a pass over every event finds, after the header's (`check.damage`): the
+    /// header's copies of the footer's fields, the footer against the events (`crc` is their
+    /// CRC-32C), then each event's.
+    fn atf_end_damage(&self, check: AtfCheck, crc: u32) -> Result<Vec<Damage>> {
+        let Layout::Atf { header: h, footer } = &self.layout else {
+            unreachable!("only an ATF v2 file has an ATF v2 check");
+        };
+        let footer = footer.as_ref();
+        let path = &self.path;
+        let AtfCheck {
+            damage: mut out,
+            events: check,
+            first_last,
+        } = check;
         let n = self.event_count;
         let events_end = HEADER_SIZE as u64 + n * EVENT_SIZE as u64;
-        let mut first_last = None;
-        let mut check = EventCheck::new(path, thread_id);
-        let mut crc = 0u32;
-        ChunkReader::new(&self.file, HEADER_SIZE as u64, events_end)
-            .each(|at, bytes| {
-                crc = crc32c::crc32c_append(crc, bytes);
-                for (i, raw) in bytes.chunks_exact(EVENT_SIZE).enumerate() {
-                    let mut b = [0u8; EVENT_SIZE];
-                    b.copy_from_slice(raw);
-                    let event = IndexEvent::decode(&b);
-                    let start = at + (i * EVENT_SIZE) as u64;
-                    check.event(start..start + EVENT_SIZE as u64, &event);
-                    let first = first_last.map_or(event.timestamp_ns, |(f, _)| f);
-                    first_last = Some((first, event.timestamp_ns));
-                }
-            })
-            .map_err(|e| Error::io(path, "read the index events (did the file shrink?)", e))?;
         let (first, last) = first_last.unwrap_or((0, 0));
         match footer {
             Some(f) => {
@@ -1048,9 +1069,103 @@ pub struct Events<'a> {
 }
 
 enum Inner<'a> {
-    /// The bytes left, and the stream position of the next event.
-    Atf(ChunkReader<'a>, u64),
+    Atf(AtfEvents<'a>),
     Atc(compact::ChunkEvents<'a>),
+}
+
+/// ATF v2 events being read.
+struct AtfEvents<'a> {
+    /// The bytes left.
+    chunks: ChunkReader<'a>,
+    /// The stream position of the next event.
+    seq: u64,
+    /// A verifying pass's findings (see [`IndexReader::events_checked`]).
+    check: Option<Box<AtfCheck>>,
+}
+
+/// What a verifying pass over an ATF v2 file has found so far.
+struct AtfCheck {
+    /// The header's damage.
+    damage: Vec<Damage>,
+    events: EventCheck,
+    /// Timestamps of the first and last event read.
+    first_last: Option<(u64, u64)>,
+}
+
+/// A thread's events read and verified in one pass ([`IndexReader::events_checked`]): an
+/// iterator like [`IndexReader::events_past_damage`], then [`finish`](Self::finish) for the
+/// damage found.
+pub struct CheckedEvents<'a> {
+    events: Events<'a>,
+}
+
+impl CheckedEvents<'_> {
+    /// The stream position of the next event returned (see [`Events::next_seq`]).
+    pub fn next_seq(&self) -> u64 {
+        self.events.next_seq()
+    }
+
+    /// Reads whatever events are left and returns every damaged range found, as
+    /// [`IndexReader::verify`] lists them; an error if the file could not be read.
+    pub fn finish(self) -> Result<Vec<Damage>> {
+        let Events { reader, inner, .. } = self.events;
+        match inner {
+            Inner::Atc(chunks) => chunks.finish_check(),
+            Inner::Atf(mut atf) => {
+                let mut raw = [0u8; EVENT_SIZE];
+                while let Some(bytes) = atf
+                    .chunks
+                    .take(EVENT_SIZE)
+                    .map_err(|e| reader.events_io_error(e))?
+                {
+                    raw.copy_from_slice(bytes);
+                    atf.check_event(&raw);
+                }
+                let crc = atf.chunks.crc32c_so_far();
+                match atf.check {
+                    Some(check) => reader.atf_end_damage(*check, crc),
+                    None => Ok(Vec::new()),
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for CheckedEvents<'_> {
+    type Item = Result<IndexEvent>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.events.next()
+    }
+}
+
+impl AtfEvents<'_> {
+    /// Decodes the event in `bytes` (32 of them) and, in a verifying pass, checks it.
+    #[inline]
+    fn check_event(&mut self, bytes: &[u8]) -> IndexEvent {
+        let mut raw = [0u8; EVENT_SIZE];
+        raw.copy_from_slice(bytes);
+        let event = IndexEvent::decode(&raw);
+        if let Some(check) = &mut self.check {
+            let start = HEADER_SIZE as u64 + self.seq * EVENT_SIZE as u64;
+            check.events.event(start..start + EVENT_SIZE as u64, &event);
+            let first = check.first_last.map_or(event.timestamp_ns, |(f, _)| f);
+            check.first_last = Some((first, event.timestamp_ns));
+        }
+        self.seq += 1;
+        event
+    }
+}
+
+impl IndexReader {
+    fn events_io_error(&self, e: std::io::Error) -> Error {
+        Error::io(
+            &self.path,
+            "read the index events (did the file shrink?)",
+            e,
+        )
+    }
 }
 
 impl Events<'_> {
@@ -1058,7 +1173,7 @@ impl Events<'_> {
     /// returned an event, that event's position is one less. Detail records link to events by it.
     pub fn next_seq(&self) -> u64 {
         match &self.inner {
-            Inner::Atf(_, seq) => *seq,
+            Inner::Atf(atf) => atf.seq,
             Inner::Atc(chunks) => chunks.next_seq(),
         }
     }
@@ -1074,19 +1189,14 @@ impl Iterator for Events<'_> {
         }
         let result = match &mut self.inner {
             Inner::Atc(chunks) => chunks.next()?.map(IndexEvent::from),
-            Inner::Atf(chunks, seq) => match chunks.take(EVENT_SIZE) {
+            Inner::Atf(atf) => match atf.chunks.take(EVENT_SIZE) {
                 Ok(Some(bytes)) => {
                     let mut raw = [0u8; EVENT_SIZE];
                     raw.copy_from_slice(bytes);
-                    *seq += 1;
-                    Ok(IndexEvent::decode(&raw))
+                    Ok(atf.check_event(&raw))
                 }
                 Ok(None) => return None,
-                Err(e) => Err(Error::io(
-                    &self.reader.path,
-                    "read the index events (did the file shrink?)",
-                    e,
-                )),
+                Err(e) => Err(self.reader.events_io_error(e)),
             },
         };
         self.failed = result.is_err();
@@ -1095,7 +1205,7 @@ impl Iterator for Events<'_> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = match &self.inner {
-            Inner::Atf(chunks, _) => (chunks.remaining() / EVENT_SIZE as u64) as usize,
+            Inner::Atf(atf) => (atf.chunks.remaining() / EVENT_SIZE as u64) as usize,
             Inner::Atc(chunks) => chunks.remaining() as usize,
         };
         (0, Some(n))

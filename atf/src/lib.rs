@@ -67,7 +67,8 @@ pub use detail::{
 pub use error::{Error, Result};
 pub use event;
 pub use index::{
-    Events, IndexEvent, IndexFooter, IndexHeader, IndexReader, IndexSummary, IndexWriter,
+    CheckedEvents, Events, IndexEvent, IndexFooter, IndexHeader, IndexReader, IndexSummary,
+    IndexWriter,
 };
 pub use manifest::{
     Accounting, ClockInfo, Counts, DetailWindow, Drops, Manifest, Module, Symbol, TargetFate,

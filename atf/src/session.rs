@@ -578,6 +578,22 @@ pub struct Session {
     pub threads: Vec<SessionThread>,
     /// Problems that leave the session readable.
     pub warnings: Vec<Warning>,
+    /// Threads whose events are verified by the reader's own pass (see
+    /// [`Session::open_deferred`]), in thread order.
+    pending: Vec<Pending>,
+}
+
+/// A thread of a [`Session::open_deferred`] session whose events are not verified yet.
+struct Pending {
+    thread_id: u32,
+    /// Where its damage goes in `warnings`: where [`Session::open`] puts it, counted without the
+    /// damage of any other pending thread.
+    at: usize,
+    /// What the reader's pass over its events found, once reported.
+    found: Option<Vec<Damage>>,
+    /// The damage opening found in the thread's other fields and files (the header's detail
+    /// flag and clock, the detail file), reported after its events'.
+    rest: Vec<Damage>,
 }
 
 impl Session {
@@ -585,52 +601,123 @@ impl Session {
     /// exactly one of them. Missing or unreadable thread files, unfinished files and an unfinished
     /// session are [`Warning`]s; only an unusable directory or manifest is an error.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = resolve_pid_dir(dir.as_ref())?;
-        let manifest = Manifest::read(dir.join(MANIFEST))?;
-        let mut warnings = Vec::new();
-        if !manifest.finished {
-            warnings.push(Warning::Unfinished);
+        Self::open_with(dir.as_ref(), false)
+    }
+
+    /// Opens a session as [`open`](Self::open) does, except that each thread's events are not
+    /// read: every file is opened and its structure checked (headers, footer, trailer, chunk
+    /// index), and the check of the events themselves (every checksum, every chunk, every event)
+    /// is left to a reader that reads them all anyway, so the files are read once instead of
+    /// twice. Such a reader reads each thread through
+    /// [`IndexReader::events_checked`](crate::IndexReader::events_checked), hands what it found
+    /// to [`report_damage`](Self::report_damage), and at the end calls
+    /// [`finish_verification`](Self::finish_verification), which verifies the threads it did not
+    /// read and puts every thread's damage in [`warnings`](Self::warnings) where `open` puts it:
+    /// from then on the session is the one `open` returns. Until then `warnings` lacks the
+    /// events' damage, so a reader prints nothing of it before.
+    pub fn open_deferred(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir.as_ref(), true)
+    }
+
+    /// Whether thread `thread_id`'s events are yet to be verified (see
+    /// [`open_deferred`](Self::open_deferred)).
+    pub fn unverified(&self, thread_id: u32) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.thread_id == thread_id && p.found.is_none())
+    }
+
+    /// Records what a pass over thread `thread_id`'s events found
+    /// ([`CheckedEvents::finish`](crate::CheckedEvents::finish)); nothing if the thread was
+    /// verified already.
+    pub fn report_damage(&mut self, thread_id: u32, found: Vec<Damage>) {
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.thread_id == thread_id && p.found.is_none())
+        {
+            p.found = Some(found);
         }
-        let mut threads = Vec::new();
+    }
+
+    /// Verifies every thread whose events no pass reported on (a thread that cannot be read is
+    /// left out, as [`open`](Self::open) leaves it out), and puts every thread's damage in
+    /// [`warnings`](Self::warnings) where `open` puts it.
+    pub fn finish_verification(&mut self) {
+        // What goes where, in thread order; each place counts only `open`'s own warnings.
+        let mut places: Vec<(usize, Vec<Warning>)> = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            let found = match p.found {
+                Some(found) => Ok(found),
+                None => match self.threads.iter().position(|t| t.id == p.thread_id) {
+                    Some(i) => self.threads[i]
+                        .index
+                        .verify(p.thread_id)
+                        .map_err(|e| (i, e)),
+                    None => continue,
+                },
+            };
+            let warnings = match found {
+                Ok(found) => found
+                    .into_iter()
+                    .chain(p.rest)
+                    .map(Warning::Damaged)
+                    .collect(),
+                Err((i, error)) => {
+                    self.threads.remove(i);
+                    vec![Warning::ThreadUnreadable {
+                        thread_id: p.thread_id,
+                        error,
+                    }]
+                }
+            };
+            places.push((p.at, warnings));
+        }
+        // From the last place to the first, so each insertion leaves the earlier places right.
+        for (at, warnings) in places.into_iter().rev() {
+            self.warnings.splice(at..at, warnings);
+        }
+    }
+
+    fn open_with(dir: &Path, deferred: bool) -> Result<Self> {
+        let dir = resolve_pid_dir(dir)?;
+        let manifest = Manifest::read(dir.join(MANIFEST))?;
+        let mut session = Session {
+            dir,
+            manifest,
+            threads: Vec::new(),
+            warnings: Vec::new(),
+            pending: Vec::new(),
+        };
+        if !session.manifest.finished {
+            session.warnings.push(Warning::Unfinished);
+        }
         let mut seen = std::collections::BTreeSet::new();
-        for entry in &manifest.threads {
-            if seen.insert(entry.id) {
-                open_thread(
-                    &dir,
-                    manifest.clock_type,
-                    entry.id,
-                    entry.has_detail,
-                    !manifest.finished,
-                    &mut threads,
-                    &mut warnings,
-                );
+        let listed: Vec<(u32, bool)> = session
+            .manifest
+            .threads
+            .iter()
+            .map(|t| (t.id, t.has_detail))
+            .collect();
+        for (id, has_detail) in listed {
+            if seen.insert(id) {
+                session.open_thread(id, has_detail, deferred);
             }
         }
-        let mut unlisted: Vec<u32> = fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, "list the session directory", e))?
+        let mut unlisted: Vec<u32> = fs::read_dir(&session.dir)
+            .map_err(|e| Error::io(&session.dir, "list the session directory", e))?
             .flatten()
             .filter_map(|e| thread_id_of(&e.file_name().to_string_lossy()))
             .filter(|id| !seen.contains(id))
             .collect();
         unlisted.sort_unstable();
         for id in unlisted {
-            warnings.push(Warning::UnlistedThread { thread_id: id });
-            open_thread(
-                &dir,
-                manifest.clock_type,
-                id,
-                false,
-                !manifest.finished,
-                &mut threads,
-                &mut warnings,
-            );
+            session
+                .warnings
+                .push(Warning::UnlistedThread { thread_id: id });
+            session.open_thread(id, false, deferred);
         }
-        Ok(Session {
-            dir,
-            manifest,
-            threads,
-            warnings,
-        })
+        Ok(session)
     }
 
     /// Index events readable in all threads.
@@ -648,62 +735,119 @@ fn is_empty_file(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.len() == 0)
 }
 
-fn open_thread(
-    dir: &Path,
-    clock_type: u8,
-    id: u32,
-    has_detail: bool,
-    unfinished: bool,
-    threads: &mut Vec<SessionThread>,
-    warnings: &mut Vec<Warning>,
-) {
-    let thread_dir = dir.join(format!("thread_{id}"));
-    let events_path = EventFormat::events_path(&thread_dir);
-    // A tracer killed between creating a thread's file and writing its header leaves it empty:
-    // in an unfinished session that is crash residue holding no events, not damage. (In a
-    // finished session every file has its header, so an empty one is reported below.)
-    // `symlink_metadata`: a link or FIFO in its place still goes to the reader, which refuses it.
-    if unfinished && is_empty_file(&events_path) {
-        warnings.push(Warning::FileRecovered {
-            path: events_path,
-            note: EMPTY_NOTE.to_owned(),
-        });
-        return;
-    }
-    let index = match IndexReader::open(events_path) {
-        Ok(index) => index,
-        Err(error) => {
-            warnings.push(Warning::ThreadUnreadable {
-                thread_id: id,
-                error,
+impl Session {
+    /// Opens thread `id`'s files into `threads`, saying what is wrong with them in `warnings`;
+    /// `deferred`: its events' damage is left for the reader's pass (see
+    /// [`Session::open_deferred`]).
+    fn open_thread(&mut self, id: u32, has_detail: bool, deferred: bool) {
+        let clock_type = self.manifest.clock_type;
+        let unfinished = !self.manifest.finished;
+        let (threads, warnings) = (&mut self.threads, &mut self.warnings);
+        let thread_dir = self.dir.join(format!("thread_{id}"));
+        let events_path = EventFormat::events_path(&thread_dir);
+        // A tracer killed between creating a thread's file and writing its header leaves it empty:
+        // in an unfinished session that is crash residue holding no events, not damage. (In a
+        // finished session every file has its header, so an empty one is reported below.)
+        // `symlink_metadata`: a link or FIFO in its place still goes to the reader, which refuses it.
+        if unfinished && is_empty_file(&events_path) {
+            warnings.push(Warning::FileRecovered {
+                path: events_path,
+                note: EMPTY_NOTE.to_owned(),
             });
             return;
         }
-    };
-    if let Some(note) = index.recovery_note() {
-        warnings.push(Warning::FileRecovered {
-            path: index.path().to_path_buf(),
-            note: note.to_owned(),
-        });
-    }
-    let detail_path = thread_dir.join("detail.atf");
-    // `symlink_metadata`: a symlink or FIFO in its place is reported by the reader, not skipped.
-    let detail = if unfinished && is_empty_file(&detail_path) {
-        warnings.push(Warning::FileRecovered {
-            path: detail_path,
-            note: EMPTY_NOTE.to_owned(),
-        });
-        None
-    } else if fs::symlink_metadata(&detail_path).is_ok() {
-        match DetailReader::open(&detail_path) {
-            Ok(detail) => {
-                if let Some(note) = detail.recovery_note() {
-                    warnings.push(Warning::FileRecovered {
-                        path: detail_path,
-                        note: note.to_owned(),
-                    });
+        let index = match IndexReader::open(events_path) {
+            Ok(index) => index,
+            Err(error) => {
+                warnings.push(Warning::ThreadUnreadable {
+                    thread_id: id,
+                    error,
+                });
+                return;
+            }
+        };
+        if let Some(note) = index.recovery_note() {
+            warnings.push(Warning::FileRecovered {
+                path: index.path().to_path_buf(),
+                note: note.to_owned(),
+            });
+        }
+        let detail_path = thread_dir.join("detail.atf");
+        // `symlink_metadata`: a symlink or FIFO in its place is reported by the reader, not skipped.
+        let detail = if unfinished && is_empty_file(&detail_path) {
+            warnings.push(Warning::FileRecovered {
+                path: detail_path,
+                note: EMPTY_NOTE.to_owned(),
+            });
+            None
+        } else if fs::symlink_metadata(&detail_path).is_ok() {
+            match DetailReader::open(&detail_path) {
+                Ok(detail) => {
+                    if let Some(note) = detail.recovery_note() {
+                        warnings.push(Warning::FileRecovered {
+                            path: detail_path,
+                            note: note.to_owned(),
+                        });
+                    }
+                    Some(detail)
                 }
-                Some(detail)
+                Err(error) => {
+                    warnings.push(Warning::DetailUnreadable {
+                        thread_id: id,
+                        error,
+                    });
+                    None
+                }
+            }
+        } else {
+            if has_detail {
+                warnings.push(Warning::DetailMissing {
+                    thread_id: id,
+                    path: detail_path,
+                });
+            }
+            None
+        };
+        let verified = if deferred {
+            Ok(Vec::new())
+        } else {
+            index.verify(id)
+        };
+        let mut damage = match verified {
+            Ok(damage) => damage,
+            Err(error) => {
+                warnings.push(Warning::ThreadUnreadable {
+                    thread_id: id,
+                    error,
+                });
+                return;
+            }
+        };
+        if index.finished() && index.has_detail() != detail.is_some() {
+            damage.push(Damage::new(
+                index.path(),
+                8..12,
+                if detail.is_some() {
+                    "the header says the thread has no detail records, but it has a detail file"
+                } else {
+                    "the header says the thread has detail records, but no detail file is readable"
+                },
+            ));
+        }
+        if index.clock_type() != clock_type {
+            damage.push(Damage::new(
+                index.path(),
+                16..17,
+                format!(
+                    "the header's clock type {} differs from the manifest's {clock_type}",
+                    index.clock_type()
+                ),
+            ));
+        }
+        let detail = detail.and_then(|d| match d.verify(id, index.event_count()) {
+            Ok(found) => {
+                damage.extend(found);
+                Some(d)
             }
             Err(error) => {
                 warnings.push(Warning::DetailUnreadable {
@@ -712,62 +856,19 @@ fn open_thread(
                 });
                 None
             }
-        }
-    } else {
-        if has_detail {
-            warnings.push(Warning::DetailMissing {
+        });
+        if deferred {
+            self.pending.push(Pending {
                 thread_id: id,
-                path: detail_path,
+                at: warnings.len(),
+                found: None,
+                rest: damage,
             });
+        } else {
+            warnings.extend(damage.into_iter().map(Warning::Damaged));
         }
-        None
-    };
-    let mut damage = match index.verify(id) {
-        Ok(damage) => damage,
-        Err(error) => {
-            warnings.push(Warning::ThreadUnreadable {
-                thread_id: id,
-                error,
-            });
-            return;
-        }
-    };
-    if index.finished() && index.has_detail() != detail.is_some() {
-        damage.push(Damage::new(
-            index.path(),
-            8..12,
-            if detail.is_some() {
-                "the header says the thread has no detail records, but it has a detail file"
-            } else {
-                "the header says the thread has detail records, but no detail file is readable"
-            },
-        ));
+        threads.push(SessionThread { id, index, detail });
     }
-    if index.clock_type() != clock_type {
-        damage.push(Damage::new(
-            index.path(),
-            16..17,
-            format!(
-                "the header's clock type {} differs from the manifest's {clock_type}",
-                index.clock_type()
-            ),
-        ));
-    }
-    let detail = detail.and_then(|d| match d.verify(id, index.event_count()) {
-        Ok(found) => {
-            damage.extend(found);
-            Some(d)
-        }
-        Err(error) => {
-            warnings.push(Warning::DetailUnreadable {
-                thread_id: id,
-                error,
-            });
-            None
-        }
-    });
-    warnings.extend(damage.into_iter().map(Warning::Damaged));
-    threads.push(SessionThread { id, index, detail });
 }
 
 fn resolve_pid_dir(dir: &Path) -> Result<PathBuf> {
@@ -1030,6 +1131,57 @@ mod tests {
                 assert!(w42.to_string().contains("holds no events"), "{w42}");
             }
         }
+    }
+
+    #[test]
+    fn session__opened_deferred__then_after_the_pass_the_warnings_open_gives_in_its_order() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        let mut m = manifest_for(&[11, 12, 13]);
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        for tid in [11u32, 12, 13] {
+            let mut w = layout.create_index(tid, ClockType::Boottime).unwrap();
+            for part in batch(tid, 150).chunks(50 * 32) {
+                w.append(part).unwrap();
+                w.flush().unwrap(); // a chunk of 50 events
+            }
+            // Thread 12 says it has detail records and has none: damage found on opening.
+            w.set_has_detail(tid == 12).unwrap();
+            w.finish().unwrap();
+        }
+        // A byte in the middle of the first chunk's payload of threads 11 and 13.
+        for tid in [11u32, 13] {
+            let path = layout.index_path(tid);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[atc::FILE_HEADER_SIZE + atc::CHUNK_HEADER_SIZE + 20] ^= 0x10;
+            fs::write(&path, bytes).unwrap();
+        }
+        let said = |s: &Session| s.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let opened = Session::open(layout.pid_dir()).unwrap();
+        assert!(said(&opened).len() >= 3, "{:#?}", said(&opened));
+
+        // A pass over thread 13 alone (`report --tid 13`): 11 and 12 are verified at the end.
+        let mut s = Session::open_deferred(layout.pid_dir()).unwrap();
+        assert!(s.unverified(13) && s.unverified(11));
+        assert!(
+            said(&s).len() < said(&opened).len(),
+            "the events' damage waits for the pass"
+        );
+        let t13 = s.threads.iter().find(|t| t.id == 13).unwrap();
+        let mut events = t13.index.events_checked(13).unwrap();
+        let read = events.by_ref().map(Result::unwrap).count();
+        assert_eq!(read, 100, "the damaged chunk is skipped");
+        let found = events.finish().unwrap();
+        assert_eq!(found, t13.index.verify(13).unwrap());
+        s.report_damage(13, found);
+        assert!(!s.unverified(13));
+        s.finish_verification();
+        assert_eq!(said(&s), said(&opened));
+        assert!(!s.unverified(11));
+        // Nothing left to do the second time.
+        s.finish_verification();
+        assert_eq!(said(&s), said(&opened));
     }
 
     #[test]

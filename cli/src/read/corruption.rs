@@ -132,7 +132,23 @@ fn read_all(dir: &Path, case: &str) -> Outcome {
             tids: vec![],
             names: Default::default(),
         };
-        let _ = super::report(&report, &mut sink);
+        // `report` verifies the events in its own pass over them: it must find what opening
+        // the session finds, in the same order.
+        let mut reported = Vec::new();
+        if super::report(&report, &mut reported).is_ok() && outcome.error.is_none() {
+            let said: Vec<String> = String::from_utf8_lossy(&reported)
+                .lines()
+                .filter_map(|l| l.strip_prefix("# warning: "))
+                .map(str::to_owned)
+                .collect();
+            if said != outcome.warnings {
+                let _ = tx.send(Err(format!(
+                    "report warned {said:#?}, opening warned {:#?}",
+                    outcome.warnings
+                )));
+                return;
+            }
+        }
         let export = ExportArgs {
             session,
             format: ExportFormat::Chrome,
@@ -140,14 +156,15 @@ fn read_all(dir: &Path, case: &str) -> Outcome {
             names: Default::default(),
         };
         let _ = super::export(&export, &mut sink);
-        let _ = tx.send((
+        let _ = tx.send(Ok((
             outcome,
             replayed.is_ok(),
             String::from_utf8_lossy(&sink).into_owned(),
-        ));
+        )));
     });
     match rx.recv_timeout(WATCHDOG) {
-        Ok((outcome, replayed, text)) => {
+        Ok(Err(differ)) => panic!("{case}: {differ}"),
+        Ok(Ok((outcome, replayed, text))) => {
             if replayed && !outcome.warnings.is_empty() {
                 assert!(
                     text.contains("# warning: "),

@@ -1,6 +1,7 @@
 //! Reading sessions back: `info`, `replay`, `report` and `export`, in the spirit of uftrace's commands.
 //!
-//! Opening a session verifies it (checksums, headers, every event: `atf::Session::open`), and the
+//! Opening a session verifies it (checksums, headers, every event: `atf::Session::open`; `report`
+//! verifies the events in its own pass over them, see [`report`]), and the
 //! warnings come first in every output. Then every reader streams: it walks each thread's events
 //! once, front to back, holding only the open call stack of that thread (and, for `report`, one
 //! row per function). Every string from the session is printed with its control characters
@@ -37,7 +38,7 @@ use failure::ReadFailure;
 /// `tracer info`: what a session holds (target, times, threads, accounting, files), for each of
 /// its processes.
 pub fn info(args: &SessionArg, out: &mut dyn Write) -> Result<(), CliError> {
-    let sessions = open_all(&args.session)?;
+    let sessions = open_all(&args.session, Verify::AtOpen)?;
     for (n, session) in sessions.iter().enumerate() {
         if n > 0 {
             finish(writeln!(out))?;
@@ -49,7 +50,7 @@ pub fn info(args: &SessionArg, out: &mut dyn Write) -> Result<(), CliError> {
 
 /// `tracer replay`: the call tree of each thread with durations.
 pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let sessions = open_all(&args.session.session)?;
+    let mut sessions = open_all(&args.session.session, Verify::AtOpen)?;
     check_tids(&sessions, &args.tids)?;
     if args.depth == Some(0) {
         return Err(ReadFailure::DepthZero.into());
@@ -61,34 +62,47 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         full_names: args.names.full_names,
         details: !args.no_detail,
     };
-    for_each_process(&sessions, &args.tids, out, |session, out| {
+    for_each_process(&mut sessions, &args.tids, out, |session, out| {
         replay::write(session, &options, out)
     })
 }
 
 /// `tracer report`: per-function calls, total time, self time and average, sorted.
+///
+/// `report` reads every event of the threads it shows, and prints its rows (and the warnings
+/// before them) only once it has read them all, so it verifies the events in that same pass
+/// ([`atf::Session::open_deferred`]) instead of reading the files twice.
 pub fn report(args: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let sessions = open_all(&args.session.session)?;
+    let mut sessions = open_all(&args.session.session, Verify::WhileReading)?;
     check_tids(&sessions, &args.tids)?;
-    for_each_process(&sessions, &args.tids, out, |session, out| {
+    for_each_process(&mut sessions, &args.tids, out, |session, out| {
         report::write(session, &args.tids, args.sort, args.names.full_names, out)
     })
+}
+
+/// When a reader's sessions verify their events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verify {
+    /// On opening ([`atf::Session::open`]), before the reader shows anything.
+    AtOpen,
+    /// In the reader's own pass over the events ([`atf::Session::open_deferred`]).
+    WhileReading,
 }
 
 /// Runs `write` for each process of `sessions` that has one of `tids` (all if empty), under a
 /// `# process <pid> (<executable>)` line when there are several.
 fn for_each_process(
-    sessions: &[atf::Session],
+    sessions: &mut [atf::Session],
     tids: &[u32],
     out: &mut dyn Write,
-    mut write: impl FnMut(&atf::Session, &mut dyn Write) -> io::Result<()>,
+    mut write: impl FnMut(&mut atf::Session, &mut dyn Write) -> io::Result<()>,
 ) -> Result<(), CliError> {
-    let chosen: Vec<&atf::Session> = sessions
-        .iter()
-        .filter(|s| tids.is_empty() || s.threads.iter().any(|t| tids.contains(&t.id)))
-        .collect();
-    for (n, session) in chosen.iter().enumerate() {
-        if sessions.len() > 1 {
+    let several = sessions.len() > 1;
+    let chosen = sessions
+        .iter_mut()
+        .filter(|s| tids.is_empty() || s.threads.iter().any(|t| tids.contains(&t.id)));
+    for (n, session) in chosen.enumerate() {
+        if several {
             let m = &session.manifest;
             let header = format!(
                 "{}# process {} ({})",
@@ -133,9 +147,9 @@ pub(crate) fn orphan_origin(manifest: &atf::Manifest) -> &'static str {
 /// Every process of the session at `path`: a `pid_<pid>` directory alone, or each `pid_<pid>`
 /// directory of a `session_<...>` directory, the target first (its manifest is not marked
 /// `followed_from`), then the followed processes by pid.
-fn open_all(path: &Path) -> Result<Vec<atf::Session>, CliError> {
+fn open_all(path: &Path, verify: Verify) -> Result<Vec<atf::Session>, CliError> {
     if path.join("manifest.json").exists() {
-        return Ok(vec![open(path)?]);
+        return Ok(vec![open(path, verify)?]);
     }
     let mut dirs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(path)
         .into_iter()
@@ -146,12 +160,12 @@ fn open_all(path: &Path) -> Result<Vec<atf::Session>, CliError> {
         .filter(|(_, p)| p.join("manifest.json").exists())
         .collect();
     if dirs.len() < 2 {
-        return Ok(vec![open(path)?]);
+        return Ok(vec![open(path, verify)?]);
     }
     dirs.sort();
     let mut sessions = dirs
         .iter()
-        .map(|(_, dir)| open(dir))
+        .map(|(_, dir)| open(dir, verify))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(target) = sessions
         .iter()
@@ -173,7 +187,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(format) = format {
         return convert(args, format, out);
     }
-    let sessions = open_all(&args.session.session)?;
+    let sessions = open_all(&args.session.session, Verify::AtOpen)?;
     for warning in sessions.iter().flat_map(warnings) {
         eprintln!("tracer: warning: {warning}");
     }
@@ -225,7 +239,7 @@ fn convert(
         let format = format.name();
         return Err(ReadFailure::NoOutputDir { format }.into());
     };
-    let mut sessions = open_all(&args.session.session)?;
+    let mut sessions = open_all(&args.session.session, Verify::AtOpen)?;
     for warning in sessions.iter().flat_map(warnings) {
         eprintln!("tracer: warning: {warning}");
     }
@@ -251,12 +265,16 @@ fn convert(
 }
 
 /// Opens the session the user named; any problem with that path is a usage error naming it.
-fn open(path: &Path) -> Result<atf::Session, CliError> {
+fn open(path: &Path, verify: Verify) -> Result<atf::Session, CliError> {
     if !path.exists() {
         let path = path.to_path_buf();
         return Err(ReadFailure::NoSession { path }.into());
     }
-    let mut session = atf::Session::open(path).map_err(|e| {
+    let opened = match verify {
+        Verify::AtOpen => atf::Session::open(path),
+        Verify::WhileReading => atf::Session::open_deferred(path),
+    };
+    let mut session = opened.map_err(|e| {
         if let atf::Error::NotASession { .. } = e {
             if let Some(latest) = latest_session_in(path) {
                 let path = path.to_path_buf();
