@@ -178,10 +178,12 @@ pub(crate) fn enter_fast(slot: *mut u64, function: u64) -> u64 {
         FAST_DECLINED,
         #[inline(always)]
         |st, sh| {
-            // SAFETY: `slot` is the entered function's return-address word, on this thread's stack
-            // (the naked hook computed it from the frame the compiler set up).
-            if unsafe { sh.try_hook_fast(slot, function, trampoline()) } {
-                crate::hook::record_fast(st, CALL, function)
+            // SAFETY: this thread's own shadow stack (made by it, never freed while it runs);
+            // `slot` is the entered function's return-address word, on this thread's stack (the
+            // naked hook computed it from the frame the compiler set up).
+            if !sh.is_null() && unsafe { (*sh).try_hook_fast(slot, function, trampoline()) } {
+                // SAFETY: `fast` runs this only on a state it found ready.
+                unsafe { crate::hook::record_fast(st, CALL, function) }
             } else {
                 FAST_DECLINED
             }
@@ -199,10 +201,12 @@ extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
     crate::hook::fast(
         declined,
         #[inline(always)]
-        |st, sh| match sh.try_unhook_fast(slot) {
+        // SAFETY: this thread's own shadow stack, if it has one.
+        |st, sh| match unsafe { sh.as_mut() }.and_then(|sh| sh.try_unhook_fast(slot)) {
             Some((ret, function)) => retstack::FastReturn {
                 ret,
-                code: crate::hook::record_fast(st, RETURN, function),
+                // SAFETY: `fast` runs this only on a state it found ready.
+                code: unsafe { crate::hook::record_fast(st, RETURN, function) },
             },
             None => declined,
         },

@@ -117,7 +117,28 @@ pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
 /// agent around everything that touches it, see `live`).
 #[inline(always)]
 pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
-    inside(|st| record(st, kind, function, regs));
+    if !regs.is_null() {
+        // Detail records: the full path.
+        inside(|st| record(st, kind, function, regs));
+        return;
+    }
+    let code = fast(
+        FAST_DECLINED,
+        #[inline(always)]
+        // SAFETY: `fast` runs this only on a state it found `ready_fast`.
+        |st, _| unsafe { record_fast(st, kind, function) },
+    );
+    if code != FAST_DONE {
+        event_slow(code, kind, function);
+    }
+}
+
+/// [`event`] (without registers) after its fast path answered `code`.
+#[inline(never)]
+fn event_slow(code: u64, kind: u32, function: u64) {
+    after_fast(code, (), || {
+        inside(|st| record(st, kind, function, core::ptr::null()))
+    });
 }
 
 /// Runs `f` on this thread's free state (see [`free_state`]) inside the agent, and retires the
@@ -233,12 +254,12 @@ pub(crate) const FAST_REFUSED: u64 = 2;
 pub(crate) const FAST_RECLAIM: u64 = 3;
 
 /// Whether this thread's next event can be recorded on the fast path: not inside a hook, the TSC
-/// clock, events accepted and room in the active ring. Reads only.
+/// clock and room in the active ring (acceptance is the handshake's to check: a stopped one
+/// refuses in `SlotWriter::begin`). Reads only.
 #[inline(always)]
 pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
     st.busy == 0
         && st.clock.source == registry::ClockSource::Tsc
-        && st.writer.still_accepting()
         && st.index.fits_words::<{ ::event::SIZE / 8 }>()
 }
 
@@ -272,22 +293,23 @@ impl FastAnswer for retstack::FastReturn {
     }
 }
 
-/// The fast paths' frame: when this thread already has its presence seat, its state in the live
-/// attachment and its shadow stack, and the state is [`ready_fast`], runs `f` on them inside and
-/// busy; else answers `declined` having changed nothing. A thread that leaves last while an
+/// The fast paths' frame: when this thread already has its presence seat and its state in the
+/// live attachment, and the state is [`ready_fast`], runs `f` on it and the thread's shadow stack
+/// (null if it has none yet) inside and busy; else answers `declined` having changed nothing. A thread that leaves last while an
 /// attachment waits to be freed turns a [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls nothing and
 /// leaves the vector registers alone (so must `f`): the naked hooks save those only when the
-/// answer is not [`FAST_DONE`].
+/// answer is not [`FAST_DONE`]. `f` runs only on a state found [`ready_fast`], and may record one
+/// event with [`record_fast`].
 #[inline(always)]
 pub(crate) fn fast<A: FastAnswer>(
     declined: A,
-    f: impl FnOnce(&mut ThreadState, &mut retstack::ShadowStack) -> A,
+    f: impl FnOnce(&mut ThreadState, *mut retstack::ShadowStack) -> A,
 ) -> A {
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
     let (raw, state, shadow, generation) =
         unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
-    if state.is_null() || shadow.is_null() {
+    if state.is_null() {
         return declined;
     }
     let Some(seat) = crate::live::enter_seated(raw) else {
@@ -299,12 +321,10 @@ pub(crate) fn fast<A: FastAnswer>(
         // SAFETY: the live generation's state of this thread (see `free_state`), kept mapped
         // while it is inside; a signal handler on this thread is kept out by `busy`.
         let st = unsafe { &mut *state };
-        // SAFETY: this thread's own shadow stack (made by it, never freed while it runs).
-        let sh = unsafe { &mut *shadow };
         if ready_fast(st) {
             st.busy = 1;
             compiler_fence(SeqCst);
-            let answer = f(st, sh);
+            let answer = f(st, shadow);
             compiler_fence(SeqCst);
             st.busy = 0;
             answer
@@ -320,11 +340,15 @@ pub(crate) fn fast<A: FastAnswer>(
     }
 }
 
-/// [`record`] on the fast path (the caller checked [`ready_fast`] and holds `busy`): calls nothing
+/// [`record`] on the fast path (the caller checked [`ready_fast`] since this thread's last event,
+/// and holds `busy`): calls nothing
 /// and leaves the vector registers alone. [`FAST_DONE`], or [`FAST_REFUSED`] when the stop came
 /// in between (the event is counted as a shutdown drop; the caller's hook runs [`after_fast`]).
+///
+/// # Safety
+/// [`ready_fast`] returned true for `st` since this thread's last event.
 #[inline(always)]
-pub(crate) fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64 {
+pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64 {
     let depth = step_depth(st, kind);
     if !st.writer.begin() {
         return FAST_REFUSED;
@@ -338,12 +362,10 @@ pub(crate) fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64
         detail_seq: NO_DETAIL,
     }
     .to_words();
-    if st.index.try_push_words(&words) {
-        st.index_seq = st.index_seq.wrapping_add(1);
-    } else {
-        // Never taken: `ready_fast` found room, and only this thread fills the ring.
-        st.index.give_up();
-    }
+    // SAFETY: `ready_fast` found room for one record (the caller's contract), and only this
+    // thread fills the ring.
+    unsafe { st.index.push_words_fitted(&words) };
+    st.index_seq = st.index_seq.wrapping_add(1);
     st.writer.end();
     FAST_DONE
 }
@@ -365,6 +387,10 @@ pub(crate) fn after_fast<T>(code: u64, done: T, full: impl FnOnce() -> T) -> T {
 #[inline(never)]
 fn after_refusal() {
     inside(|st| {
+        if st.writer.still_accepting() {
+            // A newer attachment took over meanwhile: the refusal was the old one's.
+            return None;
+        }
         st.busy = 1;
         compiler_fence(SeqCst);
         let stopped = refused(st);

@@ -585,6 +585,17 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
         true
     }
 
+    /// [`PoolProducer::try_push_words`] without the check, for a caller that made it already.
+    ///
+    /// # Safety
+    /// [`PoolProducer::fits_words`] returned true for `N` since this producer's last write.
+    #[inline(always)]
+    pub unsafe fn push_words_fitted<const N: usize>(&mut self, words: &[u64; N]) {
+        // SAFETY: the caller's contract, for the active ring (no write swapped it since).
+        unsafe { self.ring.push_words_fitted(words) };
+        self.count(ACCEPTED);
+    }
+
     /// Like [`PoolProducer::push`], but a wait for space ends as soon as `abandon()` says so: the
     /// record is then not written and *not* counted here ([`PushError::Abandoned`]); the caller
     /// accounts for it (the agent abandons when acceptance stops, and counts a shutdown drop).

@@ -502,17 +502,29 @@ impl<'a, B: Backend> Producer<'a, B> {
         if !self.fits_words::<N>() {
             return false;
         }
+        // SAFETY: it fits, just checked.
+        unsafe { self.push_words_fitted(words) };
+        true
+    }
+
+    /// [`Producer::try_push_words`] without the check, for a caller that made it already.
+    ///
+    /// # Safety
+    /// [`Producer::fits_words`] returned true for `N` since this producer's last write: else the
+    /// words could overwrite bytes the consumer is reading.
+    #[inline(always)]
+    pub unsafe fn push_words_fitted<const N: usize>(&mut self, words: &[u64; N]) {
         let size = 8 * N as u64;
         self.ring.track(self.head, self.head + size, true);
         let at = self.ring.at(self.head).cast::<u64>();
         for (i, w) in words.iter().enumerate() {
-            // SAFETY: `fits_words` proved [head, head + size) is free, the record size divides the
+            // SAFETY: `fits_words` proved [head, head + size) is free (the caller's contract), the
+            // record size divides the
             // capacity so the span does not wrap, and positions are multiples of the record size
             // (a multiple of 8), so each word is aligned. Only the producer writes free space.
             unsafe { at.add(i).write_volatile(w.to_le()) };
         }
         self.publish(size);
-        true
     }
 
     /// Writes one variable-size record (framed, 8-byte aligned). Fails with [`Full`] when there is
