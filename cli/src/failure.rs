@@ -49,16 +49,116 @@ pub enum Start {
     /// The `--duration` timer cannot be started.
     #[error("cannot start the duration timer")]
     Timer(#[source] Cause),
+    /// A limit leaves no room for even the smallest shared region.
+    #[error(
+        "{what} leaves the shared region {limit_kib} KiB, below the {smallest_kib} KiB the \
+         smallest one needs; raise it with `{raise}`"
+    )]
+    RegionLimit {
+        /// The limit, as the user knows it ("the file-size limit (ulimit -f)").
+        what: String,
+        /// What it leaves, in KiB.
+        limit_kib: u64,
+        /// What the smallest region takes, in KiB.
+        smallest_kib: u64,
+        /// The command that raises it.
+        raise: String,
+    },
+    /// The agent library cannot be put where targets load it from.
+    #[error(transparent)]
+    Agent(#[from] Agent),
+    /// The program cannot be started.
+    #[error(transparent)]
+    Exec(#[from] Exec),
+}
+
+/// The agent library, written once to a cache directory, cannot be used from there.
+#[derive(Debug, thiserror::Error)]
+pub enum Agent {
+    /// `ulimit -f` forbids writing it.
+    #[error(
+        "the file-size limit (ulimit -f) of {limit_kib} KiB is below the agent library's \
+         {agent_kib} KiB, which the tracer writes once to its cache; run it once without the \
+         limit, or raise it"
+    )]
+    FileSizeLimit {
+        /// The limit, in KiB.
+        limit_kib: u64,
+        /// The library's size, in KiB.
+        agent_kib: u64,
+    },
+    /// Writing it failed (fix: another cache directory).
+    #[error("cannot write the agent library to the cache")]
+    Write(#[source] Cause),
+    /// The cache is on a noexec mount.
+    #[error(
+        "{}: the cache is on a file system mounted noexec, where the program cannot load the \
+         agent; point XDG_CACHE_HOME at a directory on another file system",
+        path.display()
+    )]
+    Noexec {
+        /// Where the library is.
+        path: PathBuf,
+    },
+}
+
+/// The program given to `spawn` cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Exec {
+    /// Not an executable format of this machine (exit 2).
+    #[error(
+        "{shown} is not a program this system can run (exec format error); give an executable \
+         built for this machine"
+    )]
+    Format {
+        /// The program, as given.
+        shown: String,
+    },
+    /// Not executable (exit 2).
+    #[error(
+        "{shown} cannot be executed (permission denied); check its mode and its file system's \
+         noexec flag"
+    )]
+    Denied {
+        /// The program, as given.
+        shown: String,
+    },
+    /// Any other failure of the start (exit 1).
+    #[error("cannot start {shown}")]
+    Other {
+        /// The program, as given.
+        shown: String,
+        /// The system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+}
+
+impl Exec {
+    /// The failure of starting `shown` with `cause`.
+    pub fn of(shown: String, cause: std::io::Error) -> Exec {
+        match cause.raw_os_error() {
+            Some(libc::ENOEXEC) => Exec::Format { shown },
+            Some(libc::EACCES) => Exec::Denied { shown },
+            _ => Exec::Other { shown, cause },
+        }
+    }
 }
 
 impl From<Start> for CliError {
     fn from(start: Start) -> Self {
-        let exit_code = if matches!(start, Start::Duration(_)) {
-            2
-        } else {
-            1
+        let exit_code = match start {
+            Start::Duration(_) | Start::Exec(Exec::Format { .. } | Exec::Denied { .. }) => 2,
+            _ => 1,
         };
-        CliError::Refused(Refusal::new(start, exit_code))
+        // The fix that follows the cause.
+        let fix = matches!(start, Start::Agent(Agent::Write(_)))
+            .then_some("point XDG_CACHE_HOME at a writable directory");
+        let refusal = Refusal::new(start, exit_code);
+        CliError::Refused(match fix {
+            Some(fix) => refusal.with_fix(fix),
+            None => refusal,
+        })
     }
 }
 
@@ -147,5 +247,33 @@ mod tests {
         assert_eq!(e.render(), "cannot start the drain thread: no threads left");
         let bad: CliError = Start::Duration("not a number of seconds".into()).into();
         assert_eq!(bad.exit_code(), 2);
+    }
+
+    #[test]
+    fn program_cannot_start__then_a_bad_program_is_exit_2_and_a_failed_start_exit_1() {
+        let start = |errno| -> CliError {
+            let e = std::io::Error::from_raw_os_error(errno);
+            Start::Exec(Exec::of("./app".to_owned(), e)).into()
+        };
+        assert_eq!(start(libc::ENOEXEC).exit_code(), 2);
+        assert!(start(libc::ENOEXEC)
+            .render()
+            .contains("give an executable built"));
+        assert_eq!(start(libc::EACCES).exit_code(), 2);
+        let failed = start(libc::ENOMEM);
+        assert_eq!(failed.exit_code(), 1);
+        assert_eq!(failed.render().matches("Cannot allocate memory").count(), 1);
+    }
+
+    #[test]
+    fn agent_cache_unwritable__then_cause_once_then_the_fix() {
+        let cause = std::io::Error::from_raw_os_error(libc::EROFS);
+        let e: CliError = Start::Agent(Agent::Write(cause.into())).into();
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(
+            e.render(),
+            "cannot write the agent library to the cache: Read-only file system (os error 30); \
+             point XDG_CACHE_HOME at a writable directory"
+        );
     }
 }

@@ -19,7 +19,7 @@ use shutdown::{Budgets, PhaseContext, Pipeline, Reason, Shutdown, Statistics, Su
 
 use crate::args::{RecordOptions, SpawnArgs};
 use crate::error::{chain, CliError};
-use crate::failure::{Output, Start};
+use crate::failure::{Agent, Exec, Output, Start};
 use crate::symbols;
 
 /// The longest a producer waits for the drain when its lane is full, whatever happens: a last
@@ -164,12 +164,13 @@ pub(crate) fn fit_region(
             ..full.clone()
         })
         .unwrap_or(0) as u64;
-        return Err(CliError::runtime(format!(
-            "{what} leaves the shared region {} KiB, below the {} KiB the smallest one needs; raise \
-             it with `{raise}`",
-            kib(limit),
-            kib(smallest)
-        )));
+        return Err(Start::RegionLimit {
+            what,
+            limit_kib: kib(limit),
+            smallest_kib: kib(smallest),
+            raise,
+        }
+        .into());
     };
     if fitted != full {
         eprintln!(
@@ -423,23 +424,15 @@ pub(crate) fn find_agent() -> Result<PathBuf, CliError> {
         privcache::materialize_as(access, "tracer", key, "libagent.so", AGENT)
     })
     .map_err(|e| match registry::file_size_limit() {
-        Some(limit) if limit < AGENT.len() as u64 => CliError::runtime(format!(
-            "the file-size limit (ulimit -f) of {} KiB is below the agent library's {} KiB, which \
-             the tracer writes once to its cache; run it once without the limit, or raise it",
-            limit >> 10,
-            AGENT.len() >> 10
-        )),
-        _ => CliError::runtime(format!(
-            "cannot write the agent library to the cache: {e}; point XDG_CACHE_HOME at a \
-             writable directory"
-        )),
-    })?;
+        Some(limit) if limit < AGENT.len() as u64 => Agent::FileSizeLimit {
+            limit_kib: limit >> 10,
+            agent_kib: AGENT.len() as u64 >> 10,
+        },
+        _ => Agent::Write(e.into()),
+    })
+    .map_err(Start::Agent)?;
     if on_noexec_mount(&path) {
-        return Err(CliError::runtime(format!(
-            "{}: the cache is on a file system mounted noexec, where the program cannot load the \
-             agent; point XDG_CACHE_HOME at a directory on another file system",
-            path.display()
-        )));
+        return Err(Start::Agent(Agent::Noexec { path }).into());
     }
     Ok(path)
 }
@@ -517,20 +510,9 @@ fn start_target(args: &SpawnArgs, agent: &Path, fd: i32) -> Result<Child, CliErr
             Ok(())
         });
     }
-    command.spawn().map_err(|e| {
-        let shown = args.executable.display();
-        match e.raw_os_error() {
-            Some(libc::ENOEXEC) => CliError::usage(format!(
-                "{shown} is not a program this system can run (exec format error); give an \
-                     executable built for this machine"
-            )),
-            Some(libc::EACCES) => CliError::usage(format!(
-                "{shown} cannot be executed (permission denied); check its mode and its \
-                     file system's noexec flag"
-            )),
-            _ => CliError::runtime(format!("cannot start {shown}")).because(e),
-        }
-    })
+    command
+        .spawn()
+        .map_err(|e| Start::Exec(Exec::of(args.executable.display().to_string(), e)).into())
 }
 
 /// Ignores SIGXFSZ in the tracer: a trace file that reaches the file-size limit (`ulimit -f`)
