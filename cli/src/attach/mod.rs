@@ -239,10 +239,8 @@ fn check_target(pid: i32, library_calls: bool) -> Result<(), CliError> {
         return Err(Refused::OtherUser { pid, owner, me }.into());
     }
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let info = symbols::inspect_executable(&exe).map_err(|e| Refused::Unreadable {
-        pid,
-        cause: e.into(),
-    })?;
+    let info =
+        symbols::inspect_executable(&exe).map_err(|cause| Refused::Unreadable { pid, cause })?;
     if let Some(reason) = info.unsupported() {
         return Err(Refused::Unsupported { pid, reason }.into());
     }

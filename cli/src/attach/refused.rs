@@ -73,7 +73,7 @@ pub enum Refused {
         pid: i32,
         /// Why.
         #[source]
-        cause: crate::error::Cause,
+        cause: symbols::SymbolError,
     },
     /// An executable the tracer does not support (the reason names the fix).
     #[error("pid {pid}: {reason}")]
@@ -197,7 +197,15 @@ impl Denial {
 impl From<Refused> for crate::error::CliError {
     fn from(refused: Refused) -> Self {
         let exit_code = refused.exit_code();
-        crate::error::CliError::Refused(crate::error::Refusal::new(refused, exit_code))
+        let fix = match &refused {
+            Refused::Unreadable { cause, .. } => cause.fix(),
+            _ => None,
+        };
+        let refusal = crate::error::Refusal::new(refused, exit_code);
+        crate::error::CliError::Refused(match fix {
+            Some(fix) => refusal.with_fix(fix),
+            None => refusal,
+        })
     }
 }
 

@@ -81,6 +81,24 @@ impl SymbolError {
         }
     }
 
+    /// What to do about it, said after the cause (the other variants say it in their message).
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            SymbolError::Proc { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                Some("trace a process of your own user (or run the tracer as that user)")
+            }
+            SymbolError::Proc { .. } => Some("is /proc mounted and the process alive?"),
+            SymbolError::Open { source, .. } => Some(match source.kind() {
+                io::ErrorKind::NotFound => "check the path",
+                io::ErrorKind::PermissionDenied => "make it readable by your user",
+                _ => "check that it is a readable regular file",
+            }),
+            SymbolError::NoProcess { .. } | SymbolError::Malformed { .. } => None,
+        }
+    }
+
     /// Whether the user named something that cannot work (a missing or unreadable file, a pid
     /// that does not exist), as opposed to a failure while running.
     pub fn is_usage(&self) -> bool {
@@ -100,27 +118,8 @@ impl fmt::Display for SymbolError {
                 f,
                 "no process with pid {pid} (it may have exited); check the pid with `ps`"
             ),
-            SymbolError::Proc { pid, source }
-                if source.kind() == io::ErrorKind::PermissionDenied =>
-            {
-                write!(
-                    f,
-                    "cannot read /proc/{pid}/maps: {source}; trace a process of your own user \
-                     (or run the tracer as that user)"
-                )
-            }
-            SymbolError::Proc { pid, source } => write!(
-                f,
-                "cannot read /proc/{pid}/maps: {source}; is /proc mounted and the process alive?"
-            ),
-            SymbolError::Open { path, source } => {
-                let fix = match source.kind() {
-                    io::ErrorKind::NotFound => "check the path",
-                    io::ErrorKind::PermissionDenied => "make it readable by your user",
-                    _ => "check that it is a readable regular file",
-                };
-                write!(f, "cannot read {}: {source}; {fix}", path.display())
-            }
+            SymbolError::Proc { pid, .. } => write!(f, "cannot read /proc/{pid}/maps"),
+            SymbolError::Open { path, .. } => write!(f, "cannot read {}", path.display()),
             SymbolError::Malformed { path, reason } => write!(
                 f,
                 "{}: malformed ELF file ({reason}); it may be truncated or corrupt, rebuild it",
@@ -141,11 +140,13 @@ impl std::error::Error for SymbolError {
 
 impl From<SymbolError> for crate::error::CliError {
     fn from(e: SymbolError) -> Self {
-        if e.is_usage() {
-            crate::error::CliError::usage(e.to_string())
-        } else {
-            crate::error::CliError::runtime(e.to_string())
-        }
+        let exit_code = if e.is_usage() { 2 } else { 1 };
+        let fix = e.fix();
+        let refusal = crate::error::Refusal::new(e, exit_code);
+        crate::error::CliError::Refused(match fix {
+            Some(fix) => refusal.with_fix(fix),
+            None => refusal,
+        })
     }
 }
 

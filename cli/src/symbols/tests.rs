@@ -546,13 +546,14 @@ fn inspect_executable__missing_or_truncated__then_error_names_file_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
     let err = inspect_executable(&missing).unwrap_err();
-    let msg = err.to_string();
+    assert!(err.is_usage());
+    let msg = crate::error::CliError::from(err).render();
     assert!(
         msg.starts_with(&format!("cannot read {}:", missing.display())),
         "{msg}"
     );
     assert!(msg.ends_with("; check the path"), "{msg}");
-    assert!(err.is_usage());
+    assert_eq!(msg.matches("os error").count(), 1, "{msg}");
 
     let exe = build(dir.path(), "app", PLAIN, &[]);
     let bytes = fs::read(&exe).unwrap();
@@ -645,7 +646,10 @@ fn symbol_error__every_variant__then_one_line_naming_the_fix() {
             reason: "Invalid ELF header size or alignment".to_owned(),
         },
     ];
-    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| crate::error::CliError::from(e).render())
+        .collect();
     assert!(lines.iter().all(|l| !l.contains('\n')));
     insta::assert_snapshot!(lines.join("\n"));
 }
