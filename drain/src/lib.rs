@@ -445,8 +445,14 @@ impl<'r, B: Backend> Drain<'r, B> {
             }
             // Producers waiting for ring space keep waiting while this beat is fresh.
             self.registry.beat(registry::clock::boottime_ns());
-            moved += self.drain_slot(info, false)?;
+            let drained = self.drain_slot(info, false);
+            if drained.is_err() {
+                self.update_live_stats();
+            }
+            moved += drained?;
         }
+        // Once a pass, not once a slot: it sums over every thread's files.
+        self.update_live_stats();
         self.flush_all()?;
         if manifests {
             self.write_manifests()?;
@@ -479,6 +485,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             }
         }
         self.retire_all_and_finish(&mut first);
+        self.update_live_stats();
         self.stats.busy += started.elapsed();
         first.map_or(Ok(()), Err)
     }
@@ -656,6 +663,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         if let Some(e) = write_error {
             first = Some(e.into());
         }
+        self.update_live_stats();
         self.stats.busy += started.elapsed();
         let report = Report {
             manifest: self.root().layout.manifest_path(),
@@ -833,7 +841,6 @@ impl<'r, B: Backend> Drain<'r, B> {
             self.persist_active_detail(info.index, false)?;
             self.retire(info.index)?;
         }
-        self.update_live_stats();
         Ok(moved)
     }
 
