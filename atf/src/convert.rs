@@ -140,14 +140,13 @@ mod tests {
             }
             if tid == 2 {
                 let mut d = layout.create_detail(tid).unwrap();
-                let header = DetailRecordHeader {
-                    total_length: 24 + 8,
-                    event_type: DETAIL_CALL,
-                    flags: 0,
-                    index_seq: 4,
-                    thread_id: tid,
-                    timestamp_ns: event(tid, 4).timestamp_ns,
-                };
+                let header = DetailRecordHeader::for_payload(
+                    DETAIL_CALL,
+                    4,
+                    tid,
+                    event(tid, 4).timestamp_ns,
+                    8,
+                );
                 d.append_record(&header, &[7; 8]).unwrap();
                 d.finish().unwrap();
                 w.set_has_detail(true).unwrap();

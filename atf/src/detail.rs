@@ -910,14 +910,7 @@ mod tests {
             .enumerate()
         {
             let payload: Vec<u8> = (0..size).map(|b| (b % 251) as u8 ^ i as u8).collect();
-            let header = DetailRecordHeader {
-                total_length: (RECORD_HEADER_SIZE + size) as u32,
-                event_type: DETAIL_CALL,
-                flags: 0,
-                index_seq: i as u32,
-                thread_id: 77,
-                timestamp_ns: i as u64,
-            };
+            let header = DetailRecordHeader::for_payload(DETAIL_CALL, i as u32, 77, i as u64, size);
             w.append_record(&header, &payload).unwrap();
             expected.push(DetailRecord { header, payload });
         }

@@ -955,6 +955,39 @@ mod tests {
         (0..n).flat_map(|i| event(tid, i).encode()).collect()
     }
 
+    /// Records a finished session in `layout`: threads `(tid, events)`, the first with one
+    /// detail record, their files finished with or without an fsync (`sync`), then the final
+    /// manifest, and the directories synced.
+    fn record_finished(layout: &SessionLayout, threads: &[(u32, u64)], sync: bool) {
+        let tids: Vec<u32> = threads.iter().map(|t| t.0).collect();
+        let mut m = manifest_for(&tids);
+        layout.write_manifest(&mut m).unwrap();
+        for &(tid, n) in threads {
+            let mut w = layout.create_index(tid, ClockType::Boottime).unwrap();
+            w.append(&batch(tid, n)).unwrap();
+            w.set_has_detail(tid == tids[0]).unwrap();
+            let done = if sync {
+                w.finish()
+            } else {
+                w.finish_unsynced()
+            };
+            done.unwrap();
+        }
+        let mut d = layout.create_detail(tids[0]).unwrap();
+        let header = crate::DetailRecordHeader::for_payload(crate::DETAIL_CALL, 0, tids[0], 0, 4);
+        d.append_record(&header, &[1, 2, 3, 4]).unwrap();
+        let done = if sync {
+            d.finish()
+        } else {
+            d.finish_unsynced()
+        };
+        done.unwrap();
+        m.threads[0].has_detail = true;
+        m.finished = true;
+        layout.write_manifest(&mut m).unwrap();
+        layout.sync_dirs().unwrap();
+    }
+
     fn manifest_for(tids: &[u32]) -> Manifest {
         let mut m = Manifest::new(ClockType::Boottime);
         m.threads = tids
@@ -1024,29 +1057,7 @@ mod tests {
     fn session__finished_recording__then_every_event_and_no_warning() {
         let out = tempfile::tempdir().unwrap();
         let layout = SessionLayout::create(out.path(), 99).unwrap();
-        let mut m = manifest_for(&[11, 12]);
-        layout.write_manifest(&mut m).unwrap();
-        for (tid, n) in [(11u32, 100u64), (12, 5)] {
-            let mut w = layout.create_index(tid, ClockType::Boottime).unwrap();
-            w.append(&batch(tid, n)).unwrap();
-            w.set_has_detail(tid == 11).unwrap();
-            w.finish().unwrap();
-        }
-        let mut d = layout.create_detail(11).unwrap();
-        let header = crate::DetailRecordHeader {
-            total_length: 28,
-            event_type: crate::DETAIL_CALL,
-            flags: 0,
-            index_seq: 0,
-            thread_id: 11,
-            timestamp_ns: 0,
-        };
-        d.append_record(&header, &[1, 2, 3, 4]).unwrap();
-        d.finish().unwrap();
-        m.threads[0].has_detail = true;
-        m.finished = true;
-        layout.write_manifest(&mut m).unwrap();
-        layout.sync_dirs().unwrap();
+        record_finished(&layout, &[(11, 100), (12, 5)], true);
 
         let s = Session::open(layout.session_dir()).unwrap();
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
@@ -1264,27 +1275,7 @@ mod tests {
             .unwrap()
             .with_fs(fs.clone());
         assert_eq!(layout.clone().with_fs(Arc::new(RealFs)), layout);
-        let mut m = manifest_for(&[11]);
-        layout.write_manifest(&mut m).unwrap();
-        let mut w = layout.create_index(11, ClockType::Boottime).unwrap();
-        w.append(&batch(11, 5000)).unwrap();
-        w.set_has_detail(true).unwrap();
-        w.finish_unsynced().unwrap();
-        let mut d = layout.create_detail(11).unwrap();
-        let header = crate::DetailRecordHeader {
-            total_length: 28,
-            event_type: crate::DETAIL_CALL,
-            flags: 0,
-            index_seq: 0,
-            thread_id: 11,
-            timestamp_ns: 0,
-        };
-        d.append_record(&header, &[1, 2, 3, 4]).unwrap();
-        d.finish_unsynced().unwrap();
-        m.threads[0].has_detail = true;
-        m.finished = true;
-        layout.write_manifest(&mut m).unwrap();
-        layout.sync_dirs().unwrap();
+        record_finished(&layout, &[(11, 5000)], false);
         layout.sync_filesystem().unwrap();
 
         let injected = fs.injected();

@@ -180,14 +180,13 @@ fn record_session(out: &Path, finish: bool) -> (SessionLayout, Vec<(u32, Vec<Ind
             let mut d = layout.create_detail(tid).unwrap();
             for i in 0..3u32 {
                 let payload = vec![i as u8; 16 + i as usize];
-                let header = DetailRecordHeader {
-                    total_length: 24 + payload.len() as u32,
-                    event_type: DETAIL_CALL,
-                    flags: 0,
-                    index_seq: i,
-                    thread_id: tid,
-                    timestamp_ns: events[i as usize].timestamp_ns,
-                };
+                let header = DetailRecordHeader::for_payload(
+                    DETAIL_CALL,
+                    i,
+                    tid,
+                    events[i as usize].timestamp_ns,
+                    payload.len(),
+                );
                 d.append_record(&header, &payload).unwrap();
             }
             if finish {

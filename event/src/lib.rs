@@ -347,6 +347,25 @@ const _: () = {
 };
 
 impl DetailHeader {
+    /// The header of a record whose payload is `payload_len` bytes (`total_length` counts the
+    /// header too), flags 0.
+    pub const fn for_payload(
+        event_type: u16,
+        index_seq: u32,
+        thread_id: u32,
+        timestamp_ns: u64,
+        payload_len: usize,
+    ) -> Self {
+        DetailHeader {
+            total_length: (DETAIL_HEADER_SIZE + payload_len) as u32,
+            event_type,
+            flags: 0,
+            index_seq,
+            thread_id,
+            timestamp_ns,
+        }
+    }
+
     /// The 24 little-endian bytes of this header.
     #[inline(always)]
     pub fn to_bytes(&self) -> [u8; DETAIL_HEADER_SIZE] {

@@ -48,14 +48,8 @@ fn small_session(out: &Path, format: EventFormat) -> SessionLayout {
     for (seq, &(kind, function_id, ts, detail_seq)) in events.iter().enumerate() {
         if detail_seq != NO_DETAIL {
             let payload = [seq as u8 + 1; 16];
-            let header = DetailRecordHeader {
-                total_length: 24 + payload.len() as u32,
-                event_type: DETAIL_CALL,
-                flags: 0,
-                index_seq: seq as u32,
-                thread_id: tid,
-                timestamp_ns: ts,
-            };
+            let header =
+                DetailRecordHeader::for_payload(DETAIL_CALL, seq as u32, tid, ts, payload.len());
             detail.append_record(&header, &payload).unwrap();
         }
         index

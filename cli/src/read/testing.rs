@@ -148,14 +148,14 @@ impl TestSession {
                     payload.extend_from_slice(&40u32.to_le_bytes());
                     payload.extend_from_slice(&0u32.to_le_bytes());
                     payload.extend(b"stack: \x01\x02 hello, detail! ".iter().cycle().take(40));
-                    let header = atf::DetailRecordHeader {
-                        total_length: (24 + payload.len()) as u32,
+                    let ts = events.get(seq as usize).map_or(0, |e| e.2);
+                    let header = atf::DetailRecordHeader::for_payload(
                         event_type,
-                        flags: 0,
-                        index_seq: seq,
-                        thread_id: *tid,
-                        timestamp_ns: events.get(seq as usize).map_or(0, |e| e.2),
-                    };
+                        seq,
+                        *tid,
+                        ts,
+                        payload.len(),
+                    );
                     d.append_record(&header, &payload).unwrap();
                 }
                 d.finish().unwrap();

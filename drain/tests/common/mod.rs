@@ -34,14 +34,13 @@ pub fn produce(registry: Registry<'_>, threads: u32, per_thread: u64) {
                     if me.writer.begin() {
                         let _ = index.push(&event.encode());
                         if seq < DETAIL_PER_THREAD {
-                            let header = atf::DetailRecordHeader {
-                                total_length: 32,
-                                event_type: atf::DETAIL_CALL,
-                                flags: 0,
-                                index_seq: seq as u32,
-                                thread_id: tid,
-                                timestamp_ns: seq + 1,
-                            };
+                            let header = atf::DetailRecordHeader::for_payload(
+                                atf::DETAIL_CALL,
+                                seq as u32,
+                                tid,
+                                seq + 1,
+                                8,
+                            );
                             let mut record = header.to_bytes().to_vec();
                             record.extend_from_slice(&[0xab; 8]);
                             let _ = detail.push(&record);
