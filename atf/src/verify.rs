@@ -64,6 +64,7 @@ struct Group {
 }
 
 impl Group {
+    #[cold]
     fn add(&mut self, range: Range<u64>, describe: impl FnOnce() -> String) {
         self.count += 1;
         if self.first.is_none() {
@@ -123,6 +124,7 @@ impl EventCheck {
     }
 
     /// Checks the next event, decoded from the bytes `range`.
+    #[inline]
     pub fn event(&mut self, range: Range<u64>, event: &IndexEvent) {
         if let EventKind::Other(raw) = event.kind {
             self.unknown

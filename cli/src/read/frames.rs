@@ -96,7 +96,7 @@ impl Walker {
     }
 
     /// Feeds one event; `sink` receives what it means, in order.
-    #[inline]
+    #[inline(always)]
     pub fn event<F>(&mut self, ev: &IndexEvent, sink: &mut F) -> io::Result<()>
     where
         F: FnMut(Step) -> io::Result<()>,
