@@ -5,7 +5,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::chunk::ChunkReader;
-use crate::engine::{check_common_header, open_with_header, verify_range, FileCore, Kind};
+use crate::engine::{
+    check_common_header, check_items_offset, open_with_header, verify_range, FileCore, Kind,
+};
 use crate::error::{Error, Result};
 #[cfg(test)]
 use crate::le::put_u32;
@@ -312,15 +314,7 @@ impl DetailReader {
         let (file, len, raw) = open_with_header(path, "an ATF detail", DETAIL_MAGIC)?;
         let header = DetailHeader::get_fields(&raw); // the magic was checked on opening
         check_common_header(path, header.endian, header.version)?;
-        if header.events_offset != HEADER_SIZE as u64 {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "the header puts records at offset {}; ATF v2 puts them at 64",
-                    header.events_offset
-                ),
-            ));
-        }
+        check_items_offset(path, header.events_offset, "records")?;
 
         let min_finished = (HEADER_SIZE + FOOTER_SIZE) as u64;
         if len >= min_finished {
@@ -623,21 +617,14 @@ impl DetailReader {
                     &mut out,
                 );
                 verify::reserved_zero(path, fo + 40, &raw_footer[40..], "footer", &mut out);
-                if f.checksum == 0 && bytes > 0 {
-                    out.push(Damage::new(path, fo + 4..fo + 8, "the footer records no checksum for records that exist; they cannot be verified"));
-                } else if f.checksum != crc {
-                    out.push(Damage::new(
-                        path,
-                        HEADER_SIZE as u64..self.records_end,
-                        format!(
-                            "checksum mismatch: the footer (bytes {}..{}) records {:#010x} but the \
-                             records hash to {crc:#010x}; records read from here may be damaged",
-                            fo + 4,
-                            fo + 8,
-                            f.checksum
-                        ),
-                    ));
-                }
+                verify::footer_checksum(
+                    path,
+                    fo,
+                    (f.checksum, crc),
+                    HEADER_SIZE as u64..self.records_end,
+                    "records",
+                    &mut out,
+                );
             }
             None => {
                 field_matches(

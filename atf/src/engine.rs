@@ -266,6 +266,17 @@ pub(crate) fn check_common_header(path: &Path, endian: u8, version: u8) -> Resul
     Ok(())
 }
 
+/// Checks the header's `events_offset`: ATF v2 puts the `items` (records, events) at 64.
+pub(crate) fn check_items_offset(path: &Path, events_offset: u64, items: &str) -> Result<()> {
+    if events_offset != HEADER_SIZE as u64 {
+        return Err(Error::corrupt(
+            path,
+            format!("the header puts {items} at offset {events_offset}; ATF v2 puts them at 64"),
+        ));
+    }
+    Ok(())
+}
+
 /// Compares the CRC-32C of the bytes `start..end` of `file` with `expected` (a footer's):
 /// `Ok(true)` when they match, `Ok(false)` when nothing was recorded (`None` or 0), an
 /// [`Error::Checksum`] when they differ. `what` names the bytes in a read error.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::chunk::ChunkReader;
 use crate::compact;
 use crate::engine::{
-    check_common_header, has_magic, open_with_header, verify_range, FileCore, Kind, WRITE_BUFFER,
+    check_common_header, check_items_offset, has_magic, open_with_header, verify_range, FileCore,
+    Kind, WRITE_BUFFER,
 };
 use crate::error::{Error, Result};
 #[cfg(test)]
@@ -593,15 +594,7 @@ impl IndexReader {
                 ),
             ));
         }
-        if header.events_offset != HEADER_SIZE as u64 {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "the header puts events at offset {}; ATF v2 puts them at 64",
-                    header.events_offset
-                ),
-            ));
-        }
+        check_items_offset(path, header.events_offset, "events")?;
 
         let fo = header.footer_offset;
         let mut note = None;
@@ -1011,21 +1004,14 @@ impl IndexReader {
                     &mut out,
                 );
                 verify::reserved_zero(path, fo + 40, &raw_footer[40..], "footer", &mut out);
-                if f.checksum == 0 && n > 0 {
-                    out.push(Damage::new(path, fo + 4..fo + 8, "the footer records no checksum for events that exist; they cannot be verified"));
-                } else if f.checksum != crc {
-                    out.push(Damage::new(
-                        path,
-                        HEADER_SIZE as u64..events_end,
-                        format!(
-                            "checksum mismatch: the footer (bytes {}..{}) records {:#010x} but the \
-                             events hash to {crc:#010x}; events read from here may be damaged",
-                            fo + 4,
-                            fo + 8,
-                            f.checksum
-                        ),
-                    ));
-                }
+                verify::footer_checksum(
+                    path,
+                    fo,
+                    (f.checksum, crc),
+                    HEADER_SIZE as u64..events_end,
+                    "events",
+                    &mut out,
+                );
             }
             None => {
                 // The recording state: the fields the writer fills in at the end are still zero.

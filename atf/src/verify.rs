@@ -284,6 +284,38 @@ pub(crate) fn header_and_thread<const N: usize>(
     Ok((raw, out))
 }
 
+/// Damage if the footer's checksum (at `fo + 4`) is missing for `body` bytes of `items`
+/// (records, events) that exist, or differs from `crc`, theirs.
+pub(crate) fn footer_checksum(
+    path: &Path,
+    fo: u64,
+    (stored, crc): (u32, u32),
+    body: Range<u64>,
+    items: &str,
+    out: &mut Vec<Damage>,
+) {
+    if stored == 0 && !body.is_empty() {
+        out.push(Damage::new(
+            path,
+            fo + 4..fo + 8,
+            format!(
+                "the footer records no checksum for {items} that exist; they cannot be verified"
+            ),
+        ));
+    } else if stored != crc {
+        out.push(Damage::new(
+            path,
+            body,
+            format!(
+                "checksum mismatch: the footer (bytes {}..{}) records {stored:#010x} but the \
+                 {items} hash to {crc:#010x}; {items} read from here may be damaged",
+                fo + 4,
+                fo + 8,
+            ),
+        ));
+    }
+}
+
 /// Damage if a stored field differs from what the rest of the file says it must be.
 pub(crate) fn field_matches(
     path: &Path,
