@@ -4,8 +4,10 @@
 //! the thread's [`retstack::ShadowStack`]; [`tracer_return_hook`] records the return.
 //!
 //! The naked hooks save every register an instrumented function may still need (the six integer
-//! argument registers, `rax` for variadic calls, `r10` for a static chain, `xmm0`–`xmm7`) around
-//! the Rust hot path. Function ids: `__fentry__` knows the function's first byte (its own call
+//! argument registers, `rax` for variadic calls, `r10` for a static chain) around a fast path
+//! that leaves the vector registers alone ([`enter_fast`]: a registered thread, room in its ring,
+//! nothing unusual), and `xmm0`–`xmm7` as well only when it declines and the full path runs (its
+//! Rust code may use them). Function ids: `__fentry__` knows the function's first byte (its own call
 //! site, less a leading `endbr64`); `mcount` is called after a prologue of unknown length, so its
 //! id is its return address, an address inside the function that the readers resolve to the
 //! enclosing symbol.

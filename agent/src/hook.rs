@@ -5,10 +5,12 @@
 //! register as the hook received it, the stack pointer and the return address into a frame on the
 //! stack, and pass that frame along.
 //!
-//! Hot path of a registered thread (no lock, no syscall, no allocation): one `fs`-relative TLS
-//! load; the reentrancy guard; the stop handshake's write section (`SlotWriter::begin/end`: two
-//! stores to the slot's own line, a compiler barrier, one load of the session line); one `rdtsc`;
-//! one 32-byte copy into the active ring and a Release store of its head.
+//! Hot path of a registered thread ([`fast`] and [`record_fast`]; no lock, no syscall, no
+//! allocation, no call, no vector register): one `fs`-relative TLS load; the presence mark; the
+//! reentrancy guard; the stop handshake's write section (`SlotWriter::begin/end`: two stores to
+//! the slot's own line, a compiler barrier, one load of the session line); one `rdtsc`; four word
+//! stores into the active ring and a Release store of its head. Anything unusual (a thread not
+//! registered yet, a full ring, the stop, detail records) declines to the full path, [`record`].
 
 use core::sync::atomic::compiler_fence;
 use core::sync::atomic::Ordering::SeqCst;
