@@ -14,8 +14,10 @@
 //! - **Shutdown latency** (the seeds' `shutdown__64_threads__then_under_100ms`): `tracer spawn` on
 //!   64 threads calling instrumented functions non-stop, SIGINT once it records — to the tracer
 //!   alone, then to the process group of the tracer and its target (a terminal's Ctrl-C) — and the
-//!   time until the tracer has exited; p50 and p99 over the runs, with the summary's total and
-//!   its syncing phase.
+//!   time until the tracer has exited; p50 and p99 over the runs, with the summary's total, each
+//!   of its phases, and the time outside them (the signal's delivery, the process's exit).
+//!   `E2E_BASELINE_TRACER=<path to an earlier build's tracer>` stops it in turns with this build,
+//!   run for run, for a before/after comparison on the same machine at the same time.
 //! - **Oversubscribed**: 256 spinning threads (on a 2-CPU machine) recorded 2 s, then SIGINT:
 //!   events persisted per second, ring-full drops, the stop's time and whether it was clean; the
 //!   same with 4 threads, and the ratio of the two rates.
@@ -510,7 +512,10 @@ enum Gesture {
 }
 
 /// The seeds' `shutdown__64_threads__then_under_100ms`, as figures: signal to exit, p50 and p99,
-/// with the signal to the tracer alone and to the whole process group.
+/// with the signal to the tracer alone and to the whole process group, and where the time went
+/// (each phase of the summary, and the rest: signal delivery and the process's exit). With
+/// `E2E_BASELINE_TRACER=<path>` another tracer binary (an earlier build) is stopped in turns with
+/// this one, run for run, so a before/after comparison sees the same machine.
 fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
     let runs = if full { 20 } else { 2 };
     // The one-pass check only proves the driver works: few threads, so a loaded CI machine does
@@ -519,8 +524,13 @@ fn shutdown_latency(dir: &Path, tracer: &Path, full: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 64 } else { 8 });
+    let mut tracers = vec![("this build".to_owned(), tracer.to_path_buf())];
+    if let Some(baseline) = std::env::var_os("E2E_BASELINE_TRACER") {
+        let baseline = std::path::PathBuf::from(baseline);
+        tracers.push((format!("baseline {}", baseline.display()), baseline));
+    }
     for gesture in [Gesture::Tracer, Gesture::Group] {
-        shutdowns(dir, tracer, threads, runs, gesture);
+        shutdowns(dir, &tracers, threads, runs, gesture);
     }
 }
 
@@ -585,63 +595,85 @@ fn stop_once(
     }
 }
 
-/// `runs` stops of `threads` spinning threads: p50/p99 of signal to exit and of the summary's
-/// total; unclean ones are listed and left out of the figures.
-fn shutdowns(dir: &Path, tracer: &Path, threads: u32, runs: u32, gesture: Gesture) {
-    let mut wall = Vec::new();
-    let mut managed = Vec::new();
-    let mut syncing = Vec::new();
-    let mut unclean = Vec::new();
+/// The summary's phases, as its lines name them.
+const PHASES: [&str; 6] = [
+    "stopping acceptance",
+    "closing registrations",
+    "flushing",
+    "final drain",
+    "syncing",
+    "cleanup",
+];
+
+/// `runs` stops of `threads` spinning threads by each of `tracers` in turn: p50/p99 of signal to
+/// exit, of the summary's total and of each phase, and the time outside the phases (the signal's
+/// delivery, the process's exit); unclean ones are listed and left out of the figures.
+fn shutdowns(
+    dir: &Path,
+    tracers: &[(String, std::path::PathBuf)],
+    threads: u32,
+    runs: u32,
+    gesture: Gesture,
+) {
+    // Per tracer: signal to exit, the summary's total, each phase, outside the phases.
+    let mut figures = vec![vec![Vec::new(); PHASES.len() + 3]; tracers.len()];
+    let mut unclean = vec![Vec::new(); tracers.len()];
     for run in 0..runs {
-        let stop = stop_once(dir, tracer, threads, gesture, None);
-        if !stop.clean {
-            let reason = stop
-                .stderr
-                .lines()
-                .find(|l| {
-                    ["failed", "forced", "overran"]
-                        .iter()
-                        .any(|b| l.contains(b))
-                })
-                .unwrap_or("the tracer failed")
-                .trim()
-                .to_owned();
-            unclean.push(format!("run {run}: {reason}"));
-            continue;
+        for (at, (_, tracer)) in tracers.iter().enumerate() {
+            let stop = stop_once(dir, tracer, threads, gesture, None);
+            if !stop.clean {
+                let reason = stop
+                    .stderr
+                    .lines()
+                    .find(|l| {
+                        ["failed", "forced", "overran"]
+                            .iter()
+                            .any(|b| l.contains(b))
+                    })
+                    .unwrap_or("the tracer failed")
+                    .trim()
+                    .to_owned();
+                unclean[at].push(format!("run {run}: {reason}"));
+                continue;
+            }
+            let total = summary_ms(&stop.stderr, "total");
+            let f = &mut figures[at];
+            f[0].push(stop.wall_ms);
+            f[1].extend(total);
+            for (i, phase) in PHASES.iter().enumerate() {
+                f[2 + i].extend(summary_ms(&stop.stderr, phase));
+            }
+            f[PHASES.len() + 2].extend(total.map(|t| stop.wall_ms - t));
         }
-        wall.push(stop.wall_ms);
-        managed.extend(summary_ms(&stop.stderr, "total"));
-        syncing.extend(summary_ms(&stop.stderr, "syncing"));
-    }
-    for v in [&mut wall, &mut managed, &mut syncing] {
-        v.sort_by(f64::total_cmp);
     }
     let who = match gesture {
         Gesture::Tracer => "SIGINT to the tracer alone",
         Gesture::Group => "SIGINT to the process group (Ctrl-C)",
     };
-    println!();
-    println!("shutdown latency, {threads} threads calling non-stop, {who}, {runs} runs");
-    println!(
-        "  signal to tracer exit:      p50 {:8.2} ms   p99 {:8.2} ms   max {:8.2} ms",
-        percentile(&wall, 50.0),
-        percentile(&wall, 99.0),
-        wall.last().copied().unwrap_or(f64::NAN)
-    );
-    println!(
-        "  shutdown phases (summary):  p50 {:8.2} ms   p99 {:8.2} ms",
-        percentile(&managed, 50.0),
-        percentile(&managed, 99.0)
-    );
-    println!(
-        "  of which syncing:           p50 {:8.2} ms   p99 {:8.2} ms",
-        percentile(&syncing, 50.0),
-        percentile(&syncing, 99.0)
-    );
-    if !unclean.is_empty() {
-        println!("  not clean, left out of the figures above:");
-        for line in &unclean {
-            println!("    {line}");
+    let labels = std::iter::once("signal to tracer exit")
+        .chain(std::iter::once("shutdown phases (summary)"))
+        .chain(PHASES.iter().copied())
+        .chain(std::iter::once("outside them (signal, exit)"));
+    let labels: Vec<&str> = labels.collect();
+    for ((name, _), (mut f, unclean)) in tracers.iter().zip(figures.into_iter().zip(unclean)) {
+        println!();
+        println!(
+            "shutdown latency, {threads} threads calling non-stop, {who}, {runs} runs, {name}"
+        );
+        for (label, v) in labels.iter().zip(f.iter_mut()) {
+            v.sort_by(f64::total_cmp);
+            println!(
+                "  {label:<28} p50 {:8.2} ms   p99 {:8.2} ms   max {:8.2} ms",
+                percentile(v, 50.0),
+                percentile(v, 99.0),
+                v.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        if !unclean.is_empty() {
+            println!("  not clean, left out of the figures above:");
+            for line in &unclean {
+                println!("    {line}");
+            }
         }
     }
 }
