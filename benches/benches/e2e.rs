@@ -169,7 +169,7 @@ fn whole_process(dir: &Path, tracer: &Path, full: bool) {
          thread, median of {runs} interleaved runs, output removed and synced between runs"
     );
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>7} {:>7} | {:>6}",
+        "{:>7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>7} {:>7} | {:>9} {:>9}",
         "threads",
         "untraced",
         "atc",
@@ -182,7 +182,8 @@ fn whole_process(dir: &Path, tracer: &Path, full: bool) {
         "atf2/uft",
         "B/ev atc",
         "B/ev v2",
-        "waits"
+        "waits atc",
+        "waits v2"
     );
     for threads in [1u32, 4] {
         let args = [threads.to_string(), calls.to_string()];
@@ -203,7 +204,7 @@ fn whole_process(dir: &Path, tracer: &Path, full: bool) {
             |i: usize| uft.map_or("-".to_owned(), |u| format!("{:.2}x", ovh(i) / (u - m[0])));
         let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
         println!(
-            "{threads:>7} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>9.1} {:>9.1} {:>9} | {:>9} {:>9} | {:>7.2} {:>7.2} | {:>6}",
+            "{threads:>7} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>9.1} {:>9.1} {:>9} | {:>9} {:>9} | {:>7.2} {:>7.2} | {:>9} {:>9}",
             m[0],
             m[1],
             m[2],
@@ -215,7 +216,8 @@ fn whole_process(dir: &Path, tracer: &Path, full: bool) {
             ratio(2),
             median(bpe[1].clone()),
             median(bpe[2].clone()),
-            waits[1] + waits[2],
+            waits[1],
+            waits[2],
         );
     }
     if !uftrace {
@@ -223,7 +225,7 @@ fn whole_process(dir: &Path, tracer: &Path, full: bool) {
     }
     println!(
         "ovh = traced - untraced; x/uft = our overhead / uftrace's; waits = times a traced thread \
-         found its rings full and waited for the drain, over all tracer runs"
+         found its rings full and waited for the drain, over all runs of that format"
     );
 }
 

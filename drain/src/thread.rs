@@ -1,7 +1,9 @@
 //! The drain thread: passes while there is work, an adaptive sleep when idle, an immediate wake on
 //! [`Waker::kick`], and a clean hand-back of the [`Drain`] for the final drain.
 //!
-//! The idle sleep grows with the time since a pass last found events ([`idle_sleep`]), not with
+//! A pass that found less than a ring's worth of events is followed by a short sleep rather than
+//! the next pass at once ([`BUSY_PASS_BYTES`]), so the drain takes a busy producer's events in
+//! batches instead of chasing its write position. The idle sleep grows with the time since a pass last found events ([`idle_sleep`]), not with
 //! the count of empty passes: a producer that pauses for a moment (descheduled on a busy machine,
 //! between two bursts) finds the drain polling every [`MIN_IDLE`] when it resumes, while a target
 //! that has been quiet for tens of milliseconds costs the tracer at most ~500 wake-ups a second.
@@ -18,6 +20,12 @@ use crate::{Drain, DrainError, Waker};
 const MIN_IDLE: Duration = Duration::from_micros(50);
 /// The longest idle sleep: an idle target costs the tracer ~500 wake-ups a second at most.
 const MAX_IDLE: Duration = Duration::from_millis(2);
+/// A pass that moved at least this many bytes is followed by the next at once (the lanes have a
+/// backlog); after a smaller one the drain sleeps [`MIN_IDLE`] first. Passing again at once over
+/// a lane a producer is filling would take a few events at a time and pull the ring's position
+/// cache lines from the producer's core over and over, which costs the producer more than the
+/// drain saves.
+const BUSY_PASS_BYTES: u64 = 64 << 10;
 /// The idle sleep is the time since events were last found divided by this (within
 /// [`MIN_IDLE`]..=[`MAX_IDLE`]): [`MAX_IDLE`] after 32 ms without events.
 const IDLE_DIVISOR: u32 = 16;
@@ -63,8 +71,11 @@ impl DrainThread {
                 // Acquire: pairs with the Release store in `stop`.
                 while !stop2.load(Acquire) {
                     match drain.pass_until(&stop2) {
-                        Ok(pass) if pass.bytes > 0 => last_events = Instant::now(),
-                        Ok(_) => {
+                        Ok(pass) if pass.bytes >= BUSY_PASS_BYTES => last_events = Instant::now(),
+                        Ok(pass) => {
+                            if pass.bytes > 0 {
+                                last_events = Instant::now();
+                            }
                             waker2.wait(idle_sleep(last_events.elapsed()));
                         }
                         Err(e) => {
@@ -114,61 +125,22 @@ impl DrainThread {
     }
 }
 
-/// The CPU time the drain thread is guaranteed, and at most takes, per [`BUDGET_PERIOD`] when
-/// it runs under `SCHED_DEADLINE` (see [`raise_priority`]): half a CPU.
-const BUDGET_RUNTIME: Duration = Duration::from_millis(5);
-/// See [`BUDGET_RUNTIME`].
-const BUDGET_PERIOD: Duration = Duration::from_millis(10);
+/// The drain thread's nice value (the highest time share), when the tracer may set it.
+const DRAIN_NICE: i32 = -20;
 
-/// `struct sched_attr` of `sched_setattr(2)` (its first version, 48 bytes).
-#[repr(C)]
-struct SchedAttr {
-    size: u32,
-    sched_policy: u32,
-    sched_flags: u64,
-    sched_nice: i32,
-    sched_priority: u32,
-    sched_runtime: u64,
-    sched_deadline: u64,
-    sched_period: u64,
-}
-
-const SCHED_DEADLINE: u32 = 6;
-/// Threads the drain thread starts (the writeback helper) get the normal policy.
-const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
-
-/// Gives the drain thread the CPU whenever it has work, within a bound, best effort: a
-/// `SCHED_DEADLINE` reservation of [`BUDGET_RUNTIME`] every [`BUDGET_PERIOD`] when the tracer may
-/// set it (root, `CAP_SYS_NICE`), nice -10 otherwise.
+/// Asks for the largest CPU share for the drain thread ([`DRAIN_NICE`]), best effort: without
+/// the privilege it keeps the tracer's.
 ///
-/// With many busy target threads on few CPUs a time share is not enough: against 256 spinning
-/// threads at nice 0, nice -10 is ~4 % of the CPU time, the drain falls behind, producers wait for
-/// ring space and their sleep/wake churn takes the CPUs further. Under the reservation the drain
-/// runs as soon as it wakes, ahead of every time-shared thread, for up to half a CPU: about what
-/// it needs to keep up with two CPUs of producers calling non-stop, and never more, however far
-/// behind it is (a real-time priority would take a whole CPU from everyone else then).
+/// With many busy target threads on few CPUs the drain's share decides how far it falls behind:
+/// against 256 spinning threads at nice 0, nice -10 is ~4 % of the CPU time and nice -20 ~25 %;
+/// a drain that falls behind makes producers wait for ring space, and their sleep/wake churn takes
+/// the CPUs further. (A `SCHED_DEADLINE` reservation of half a CPU persisted more with 256 threads
+/// but doubled a single producer's cost per call: see BENCHMARKS.md, "Drain and trace files".)
 fn raise_priority() {
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        sched_policy: SCHED_DEADLINE,
-        sched_flags: SCHED_FLAG_RESET_ON_FORK,
-        sched_nice: 0,
-        sched_priority: 0,
-        sched_runtime: BUDGET_RUNTIME.as_nanos() as u64,
-        sched_deadline: BUDGET_PERIOD.as_nanos() as u64,
-        sched_period: BUDGET_PERIOD.as_nanos() as u64,
-    };
-    // SAFETY: sched_setattr reads one valid, fully initialised sched_attr whose size field says
-    // its length; pid 0 is the calling thread. A failure (no privilege, no admission) leaves the
-    // policy as it was.
-    let reserved =
-        unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } == 0;
-    if !reserved {
-        // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
-        unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, -10);
-        }
+    // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, DRAIN_NICE);
     }
 }
 
