@@ -812,27 +812,6 @@ mod tests {
     }
 
     #[test]
-    fn detail_record_header__encode__then_fields_at_atf_md_offsets() {
-        let h = DetailRecordHeader {
-            total_length: 0xa1a2_a3a4,
-            event_type: 0xb1b2,
-            flags: 0xc1c2,
-            index_seq: 0xd1d2_d3d4,
-            thread_id: 0xe1e2_e3e4,
-            timestamp_ns: 0xf1f2_f3f4_f5f6_f7f8,
-        };
-        let b = h.to_bytes();
-        assert_eq!(b.len(), 24);
-        assert_eq!(b[0..4], 0xa1a2_a3a4u32.to_le_bytes());
-        assert_eq!(b[4..6], 0xb1b2u16.to_le_bytes());
-        assert_eq!(b[6..8], 0xc1c2u16.to_le_bytes());
-        assert_eq!(b[8..12], 0xd1d2_d3d4u32.to_le_bytes());
-        assert_eq!(b[12..16], 0xe1e2_e3e4u32.to_le_bytes());
-        assert_eq!(b[16..24], 0xf1f2_f3f4_f5f6_f7f8u64.to_le_bytes());
-        assert_eq!(DetailRecordHeader::from_bytes(&b), h);
-    }
-
-    #[test]
     fn detail_footer__encode__then_fields_at_atf_md_offsets() {
         let f = DetailFooter {
             checksum: 0xa1a2_a3a4,

@@ -487,15 +487,33 @@ mod tests {
     #[test]
     fn detail_header__bytes_at_documented_offsets__then_round_trip() {
         let h = DetailHeader {
-            total_length: 200,
-            event_type: DETAIL_RETURN,
-            flags: 0,
-            index_seq: 9,
-            thread_id: 5,
-            timestamp_ns: 77,
+            total_length: 0xa1a2_a3a4,
+            event_type: 0xb1b2,
+            flags: 0xc1c2,
+            index_seq: 0xd1d2_d3d4,
+            thread_id: 0xe1e2_e3e4,
+            timestamp_ns: 0xf1f2_f3f4_f5f6_f7f8,
         };
         let b = h.to_bytes();
-        assert_eq!((b[0], b[4], b[8], b[12], b[16]), (200, 4, 9, 5, 77));
+        let fields: [&[u8]; 6] = [
+            &0xa1a2_a3a4u32.to_le_bytes(),
+            &0xb1b2u16.to_le_bytes(),
+            &0xc1c2u16.to_le_bytes(),
+            &0xd1d2_d3d4u32.to_le_bytes(),
+            &0xe1e2_e3e4u32.to_le_bytes(),
+            &0xf1f2_f3f4_f5f6_f7f8u64.to_le_bytes(),
+        ];
+        // The fields back to back, in the documented order, and nothing else.
+        let mut expected = [0u8; DETAIL_HEADER_SIZE];
+        let mut at = 0;
+        for f in fields {
+            expected[at..at + f.len()].copy_from_slice(f);
+            at += f.len();
+        }
+        assert_eq!(at, DETAIL_HEADER_SIZE);
+        assert_eq!(b, expected);
         assert_eq!(DetailHeader::from_bytes(&b), h);
+        let short = DetailHeader::for_payload(DETAIL_RETURN, 9, 5, 77, 176);
+        assert_eq!((short.total_length, short.flags), (200, 0));
     }
 }
