@@ -52,6 +52,12 @@ macro_rules! vector_arguments {
 }
 pub(crate) use vector_arguments;
 
+/// 1 when the naked hooks save the vector registers around their fast path too: in builds with
+/// debug assertions, which are unoptimised, and whose fast paths are not the inlined, call-free
+/// code that `agent/tests/hot_path.rs` checks in the release build (they call helpers, which may
+/// use any register). 0 in release builds.
+pub(crate) const SAVE_VECTORS_ALWAYS: u8 = cfg!(debug_assertions) as u8;
+
 /// Defines an entry hook: saves the integer argument registers and calls `$fast(slot, pc) -> code`
 /// with the address of the instrumented function's return-address word (`$slot`: computed from
 /// `rbp`, or from `r11`, the stack pointer at the hook's entry) and the hook's return address. The
@@ -79,6 +85,11 @@ macro_rules! entry_hook {
                 "sub rsp, 352",
                 "mov [rsp + 192], r11",
                 integer_arguments!(store),
+                // Unoptimised builds: the fast path's code is not checked (see
+                // `SAVE_VECTORS_ALWAYS`), so the vectors are saved around it too.
+                ".if {always}",
+                vector_arguments!(store),
+                ".endif",
                 "cmp byte ptr [rip + {detail}], 0",
                 "jne 3f",
                 $slot,
@@ -87,6 +98,9 @@ macro_rules! entry_hook {
                 "test rax, rax",
                 "jnz 4f",
                 "2:",
+                ".if {always}",
+                vector_arguments!(load),
+                ".endif",
                 integer_arguments!(load),
                 "mov rsp, [rsp + 192]",
                 "ret",
@@ -105,7 +119,9 @@ macro_rules! entry_hook {
                 "xor edx, edx",
                 "mov rcx, rax",
                 "5:",
+                ".ifeq {always}",
                 vector_arguments!(store),
+                ".endif",
                 "mov r11, [rsp + 192]",
                 $slot,
                 "mov rsi, [r11]",
@@ -117,6 +133,7 @@ macro_rules! entry_hook {
                 detail = sym crate::process::DETAIL_ON,
                 declined = const crate::hook::FAST_DECLINED,
                 regs = const 208,
+                always = const crate::entry::SAVE_VECTORS_ALWAYS,
             )
         }
     };

@@ -491,19 +491,28 @@ unsafe extern "C" fn plt_entry() {
         "sub rsp, 208",
         "mov [rsp + 192], r11",
         integer_arguments!(store),
+        // Unoptimised builds: see `entry::SAVE_VECTORS_ALWAYS`.
+        ".if {always}",
+        vector_arguments!(store),
+        ".endif",
         "mov rdi, r11",
         "mov rsi, [r11 - 8]",
         "call {fast}",
         "test rdx, rdx",
         "jnz 4f",
         "2:",
+        ".if {always}",
+        vector_arguments!(load),
+        ".endif",
         "mov r11, rax",
         integer_arguments!(load),
         "mov rsp, [rsp + 192]",
         "jmp r11",
         // The fast path's answer (rax, rdx) for the slow one.
         "4:",
+        ".ifeq {always}",
         vector_arguments!(store),
+        ".endif",
         "mov rdi, [rsp + 192]",
         "mov rsi, [rdi - 8]",
         "mov rcx, rax",
@@ -512,6 +521,7 @@ unsafe extern "C" fn plt_entry() {
         "jmp 2b",
         fast = sym plt_fast,
         slow = sym plt_slow,
+        always = const crate::entry::SAVE_VECTORS_ALWAYS,
     )
 }
 

@@ -446,7 +446,8 @@ macro_rules! store_registers {
 /// code: u64, ret: u64) -> u64` with the fast handler's answer, then jumps to the address the
 /// handler returns (the frame's original return address). So `$fast` must leave every vector
 /// register alone (it may decline whatever it cannot do that way), and `$handler` may use any.
-/// While the byte `$flag` is nonzero, `$fast` is skipped: the handler is called with
+/// Where the expanding crate is built with debug assertions (unoptimised, so `$fast` is not the
+/// inlined code of a release build), `xmm0` and `xmm1` are saved around `$fast` too. While the byte `$flag` is nonzero, `$fast` is skipped: the handler is called with
 /// [`FAST_DECLINED`] and `regs`, a block of [`DETAIL_REGS`] words (the registers as the function
 /// returned); else `regs` is null. Neither handler may return without an address to go to.
 #[macro_export]
@@ -472,6 +473,13 @@ macro_rules! return_trampoline {
                 "mov [rsp + 176], r11",
                 "mov [rsp + 48], rax",
                 "mov [rsp + 16], rdx",
+                // Unoptimised builds of the crate that expands this: the fast handler is not
+                // the inlined, call-free code a release build is, so the vectors are saved
+                // around it too.
+                ".if {always}",
+                "movdqu [rsp + 144], xmm0",
+                "movdqu [rsp + 160], xmm1",
+                ".endif",
                 "cmp byte ptr [rip + {flag}], 0",
                 "jne 3f",
                 "lea rdi, [r11 - 8]",
@@ -479,6 +487,10 @@ macro_rules! return_trampoline {
                 "test rdx, rdx",
                 "jnz 4f",
                 "2:",
+                ".if {always}",
+                "movdqu xmm0, [rsp + 144]",
+                "movdqu xmm1, [rsp + 160]",
+                ".endif",
                 "mov r10, rax",
                 "mov rax, [rsp + 48]",
                 "mov rdx, [rsp + 16]",
@@ -498,8 +510,10 @@ macro_rules! return_trampoline {
                 "xor esi, esi",
                 "mov rcx, rax",
                 "5:",
+                ".ifeq {always}",
                 "movdqu [rsp + 144], xmm0",
                 "movdqu [rsp + 160], xmm1",
+                ".endif",
                 "mov rdi, [rsp + 176]",
                 "sub rdi, 8",
                 "call {handler}",
@@ -511,6 +525,7 @@ macro_rules! return_trampoline {
                 flag = sym $flag,
                 declined = const $crate::FAST_DECLINED,
                 regs = const 0,
+                always = const cfg!(debug_assertions) as u8,
             )
         }
     };
