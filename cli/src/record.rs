@@ -118,7 +118,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
         eprintln!("tracer: {}", crate::read::clean(&reason));
     }
     match recorder.error {
-        Some(e) => Err(CliError::runtime(e)),
+        Some(e) => Err(CliError::Refused(crate::error::Refusal::new(e, 1))),
         None => Ok(ExitCode::SUCCESS),
     }
 }
@@ -614,7 +614,8 @@ pub(crate) struct Recorder {
     stop_signal: Option<i32>,
     stop_signal_sent: Option<i32>,
     reason: Option<Reason>,
-    pub(crate) error: Option<String>,
+    /// The drain's error that failed the recording, if any.
+    pub(crate) error: Option<Arc<drain::DrainError>>,
 }
 
 impl Recorder {
@@ -968,20 +969,16 @@ impl Pipeline for Recorder {
         drain
             .stop_pass_unless(&|| ctx.forced())
             .map(|_| ())
-            .map_err(|e| {
-                self.error = Some(chain(&e));
-                phase_error(e)
-            })
+            .map_err(|e| phase_error(self.failed(e)))
     }
 
     fn final_drain(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
         let Some(drain) = self.drain.as_mut() else {
             return Err(phase_error("the drain thread ended abnormally"));
         };
-        drain.final_drain(self.crashed).map_err(|e| {
-            self.error = Some(chain(&e));
-            phase_error(e)
-        })
+        drain
+            .final_drain(self.crashed)
+            .map_err(|e| phase_error(self.failed(e)))
     }
 
     fn sync(&mut self, _ctx: &PhaseContext<'_>) -> Result<(), shutdown::Error> {
@@ -1037,10 +1034,7 @@ impl Pipeline for Recorder {
         self.report = Some(report);
         match error {
             None => Ok(()),
-            Some(e) => {
-                self.error = Some(chain(&e));
-                Err(phase_error(e))
-            }
+            Some(e) => Err(phase_error(self.failed(e))),
         }
     }
 
@@ -1064,10 +1058,18 @@ impl Pipeline for Recorder {
 }
 
 impl Recorder {
+    /// Keeps `e` as the recording's error (the latest phase's, as the one the user sees) and
+    /// returns it for the phase's own error.
+    fn failed(&mut self, e: drain::DrainError) -> Arc<drain::DrainError> {
+        let e = Arc::new(e);
+        self.error = Some(e.clone());
+        e
+    }
+
     fn take_drain(&mut self) {
         if let Some(thread) = self.drain_thread.take() {
             if let Some(e) = thread.error() {
-                self.error.get_or_insert_with(|| chain(&*e));
+                self.error.get_or_insert(e);
             }
             self.drain = thread.stop();
         }

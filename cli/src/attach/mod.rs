@@ -103,7 +103,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode, CliError> {
         );
     }
     match recorder.error {
-        Some(e) => Err(CliError::runtime(e)),
+        Some(e) => Err(CliError::Refused(crate::error::Refusal::new(e, 1))),
         None => Ok(ExitCode::SUCCESS),
     }
 }
