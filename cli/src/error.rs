@@ -8,25 +8,6 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A failure the user sees as one line on stderr: what the tracer was doing, then each cause.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The user asked for something that cannot work (exit 2): a bad argument, a missing file,
-    /// an output directory that cannot be written.
-    #[error("{message}")]
-    Usage {
-        /// What was wrong, and the fix when there is one.
-        message: String,
-        /// The underlying error.
-        #[source]
-        cause: Option<Cause>,
-    },
-    /// The tracer itself failed while running (exit 1).
-    #[error("{message}")]
-    Runtime {
-        /// What the tracer was doing.
-        message: String,
-        /// The underlying error.
-        #[source]
-        cause: Option<Cause>,
-    },
     /// A session could not be read or written (exit 1).
     #[error(transparent)]
     Session(#[from] atf::Error),
@@ -86,40 +67,8 @@ impl CliError {
     /// Exit status: 2 for bad input, 1 for run-time failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage { .. } => 2,
-            CliError::Runtime { .. } | CliError::Session(_) | CliError::Shutdown(_) => 1,
+            CliError::Session(_) | CliError::Shutdown(_) => 1,
             CliError::Refused(refusal) => refusal.exit_code,
-        }
-    }
-
-    /// A bad-input error.
-    pub fn usage(message: impl Into<String>) -> Self {
-        CliError::Usage {
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    /// A run-time error.
-    pub fn runtime(message: impl Into<String>) -> Self {
-        CliError::Runtime {
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    /// The same error, caused by `cause` (printed after the message by [`CliError::render`]).
-    pub fn because(self, cause: impl Into<Cause>) -> Self {
-        match self {
-            CliError::Usage { message, .. } => CliError::Usage {
-                message,
-                cause: Some(cause.into()),
-            },
-            CliError::Runtime { message, .. } => CliError::Runtime {
-                message,
-                cause: Some(cause.into()),
-            },
-            typed => typed,
         }
     }
 

@@ -123,6 +123,12 @@ pub enum Exec {
         /// The program, as given.
         shown: String,
     },
+    /// A program the tracer does not support (exit 2); the reason names the fix.
+    #[error("{reason}")]
+    Unsupported {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// Any other failure of the start (exit 1).
     #[error("cannot start {shown}")]
     Other {
@@ -148,7 +154,10 @@ impl Exec {
 impl From<Start> for CliError {
     fn from(start: Start) -> Self {
         let exit_code = match start {
-            Start::Duration(_) | Start::Exec(Exec::Format { .. } | Exec::Denied { .. }) => 2,
+            Start::Duration(_)
+            | Start::Exec(Exec::Format { .. } | Exec::Denied { .. } | Exec::Unsupported { .. }) => {
+                2
+            }
             _ => 1,
         };
         // The fix that follows the cause.
@@ -186,6 +195,10 @@ pub enum Output {
     /// The default directory under the shared one cannot be made or opened.
     #[error(transparent)]
     Default(safedir::Error),
+    /// The default directory under the shared one is refused as unsafe (its message says why
+    /// and what to do).
+    #[error("{0} with --output")]
+    Unsafe(safedir::Error),
     /// The session directory cannot be created in it.
     #[error(transparent)]
     Session(atf::Error),
@@ -210,6 +223,7 @@ impl Output {
             Output::Default(_) | Output::Session(_) => {
                 "choose another directory with --output".to_owned()
             }
+            Output::Unsafe(_) => String::new(),
         }
     }
 }
@@ -217,7 +231,12 @@ impl Output {
 impl From<Output> for CliError {
     fn from(output: Output) -> Self {
         let fix = output.fix();
-        CliError::Refused(Refusal::new(output, 2).with_fix(fix))
+        let refusal = Refusal::new(output, 2);
+        CliError::Refused(if fix.is_empty() {
+            refusal
+        } else {
+            refusal.with_fix(fix)
+        })
     }
 }
 

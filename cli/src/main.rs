@@ -54,7 +54,7 @@ fn run(command: args::Command) -> Result<ExitCode, error::CliError> {
     match out.flush() {
         // A closed pipe (`tracer replay s | head`) is the reader's choice, not a failure.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(error::CliError::runtime("writing the output failed").because(e)),
+        Err(e) => return Err(read::ReadFailure::WriteOutput(e).into()),
         Ok(()) => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -43,7 +43,7 @@ pub fn spawn(args: SpawnArgs) -> Result<ExitCode, CliError> {
     timer::duration_from_secs(opts.duration).map_err(|e| Start::Duration(e.into()))?;
     let exe_info = symbols::inspect_executable(&args.executable).ok();
     if let Some(reason) = exe_info.as_ref().and_then(|i| i.unsupported()) {
-        return Err(CliError::usage(reason));
+        return Err(Start::Exec(Exec::Unsupported { reason }).into());
     }
     let output = open_output(opts)?;
     let library_calls = opts.library_calls != crate::args::LibraryCalls::None;
@@ -381,8 +381,8 @@ pub(crate) fn open_output(opts: &RecordOptions) -> Result<atf::Dir, CliError> {
             &safedir::user_dir_name(),
         )
         .map_err(|e| match e {
-            safedir::Error::Io { .. } => Output::Default(e).into(),
-            refused => CliError::usage(format!("{refused} with --output")),
+            safedir::Error::Io { .. } => Output::Default(e),
+            refused => Output::Unsafe(refused),
         })?,
     };
     // SAFETY: faccessat on a directory descriptor we hold, with a NUL-terminated "."; no memory

@@ -33,7 +33,7 @@ pub(crate) use text::clean;
 
 use crate::args::{ExportArgs, ExportFormat, ReplayArgs, ReportArgs, SessionArg};
 use crate::error::CliError;
-use failure::ReadFailure;
+pub(crate) use failure::ReadFailure;
 
 /// `tracer info`: what a session holds (target, times, threads, accounting, files), for each of
 /// its processes.
