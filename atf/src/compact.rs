@@ -493,6 +493,53 @@ impl ChunkEvents<'_> {
 
     #[inline]
     pub(crate) fn next(&mut self) -> Option<Result<Record>> {
+        if self.pos >= self.buf.len() {
+            if let Err(e) = self.fill()? {
+                return Some(Err(e));
+            }
+        }
+        let r = self.buf[self.pos];
+        if let Some(check) = &mut self.check {
+            check.events.event(self.range.clone(), &IndexEvent::from(r));
+        }
+        self.pos += 1;
+        self.next_seq += 1;
+        self.remaining = self.remaining.saturating_sub(1);
+        Some(Ok(r))
+    }
+
+    /// Passes every event left to `f`, in order, a decoded chunk at a time: what calling
+    /// [`next`](Self::next) until the end does, without an `Option<Result>` per event. Stops at
+    /// the first error, `f`'s or the file's.
+    #[inline]
+    pub(crate) fn try_each<E: From<Error>>(
+        &mut self,
+        mut f: impl FnMut(IndexEvent) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        loop {
+            if self.pos >= self.buf.len() {
+                match self.fill() {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(())) => {}
+                }
+            }
+            for r in &self.buf[self.pos..] {
+                let event = IndexEvent::from(*r);
+                if let Some(check) = &mut self.check {
+                    check.events.event(self.range.clone(), &event);
+                }
+                self.pos += 1;
+                self.next_seq += 1;
+                self.remaining = self.remaining.saturating_sub(1);
+                f(event)?;
+            }
+        }
+    }
+
+    /// Decodes the next chunk that has events for us into `buf` (checking it in a verifying
+    /// pass); `None` at the end, an error for a damaged chunk unless damage is passed over.
+    fn fill(&mut self) -> Option<Result<()>> {
         while self.pos >= self.buf.len() {
             if self.next >= self.chunks.entries.len() {
                 return None;
@@ -532,14 +579,7 @@ impl ChunkEvents<'_> {
             self.skip = 0;
             self.next_seq = self.chunks.entries[i].first_seq + self.pos as u64;
         }
-        let r = self.buf[self.pos];
-        if let Some(check) = &mut self.check {
-            check.events.event(self.range.clone(), &IndexEvent::from(r));
-        }
-        self.pos += 1;
-        self.next_seq += 1;
-        self.remaining = self.remaining.saturating_sub(1);
-        Some(Ok(r))
+        Some(Ok(()))
     }
 }
 

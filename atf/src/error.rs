@@ -105,3 +105,11 @@ impl Error {
         }
     }
 }
+
+impl From<Error> for std::io::Error {
+    /// The error as an I/O error of kind `Other` carrying it (what a reader that writes its
+    /// output through `io::Write` returns), so `get_ref` and `downcast_ref` give it back.
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e)
+    }
+}

@@ -97,15 +97,16 @@ pub(crate) fn compute(session: &mut atf::Session, tids: &[u32]) -> io::Result<St
             }
             Ok(())
         };
+        let mut walk = |event: IndexEvent| walker.event(&event, &mut sink);
         if session.unverified(thread.id) {
             let mut events = thread
                 .index
                 .events_checked(thread.id)
                 .map_err(input_error)?;
-            walk(&mut events, &mut walker, &mut sink)?;
+            events.try_each(&mut walk)?;
             found.push((thread.id, events.finish().map_err(input_error)?));
         } else {
-            walk(thread.index.events_past_damage(), &mut walker, &mut sink)?;
+            thread.index.events_past_damage().try_each(&mut walk)?;
         }
         walker.finish(end, &mut sink)?;
         stats.events += thread.index.event_count();
@@ -115,18 +116,6 @@ pub(crate) fn compute(session: &mut atf::Session, tids: &[u32]) -> io::Result<St
     }
     session.finish_verification();
     Ok(stats)
-}
-
-/// Feeds `events` to `walker`.
-fn walk(
-    events: impl Iterator<Item = atf::Result<IndexEvent>>,
-    walker: &mut Walker,
-    sink: &mut impl FnMut(Step) -> io::Result<()>,
-) -> io::Result<()> {
-    for event in events {
-        walker.event(&event.map_err(input_error)?, sink)?;
-    }
-    Ok(())
 }
 
 /// Hashes function ids for the row table: one multiply (function ids are addresses, already
