@@ -561,6 +561,13 @@ impl ChunkEvents<'_> {
                         self.chunks.range(i),
                         format!("{e}; the chunk's events are not read"),
                     ));
+                    // The chunk held the events up to the next chunk's first, as the index
+                    // (checked to tile the file) says: the next chunk is not out of place.
+                    check.decoded = self
+                        .chunks
+                        .entries
+                        .get(i + 1)
+                        .map_or(self.chunks.event_count, |next| next.first_seq);
                 }
                 if self.past_damage && skippable {
                     self.buf.clear();
