@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 
 use crate::chunk::ChunkReader;
 use crate::engine::{
-    check_common_header, check_items_offset, open_with_header, verify_range, FileCore, Kind,
+    check_common_header, check_items_offset, finish_methods, in_parent, open_with_header,
+    reader_accessors, verify_range, FileCore, Kind,
 };
 use crate::error::{Error, Result};
 #[cfg(test)]
 use crate::le::put_u32;
 use crate::le::u32_at;
-use crate::sink::{self, Dir, FileSystem, RealFs};
+use crate::sink::{Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage};
 use crate::{
     DETAIL_FOOTER_MAGIC, DETAIL_MAGIC, FILE_VERSION, FOOTER_SIZE, HEADER_SIZE, RECORD_HEADER_SIZE,
@@ -148,10 +149,11 @@ impl DetailWriter {
         path: impl AsRef<Path>,
         thread_id: u32,
     ) -> Result<Self> {
-        let path = path.as_ref();
-        let (dir, name) = sink::parent_and_name(path)
-            .map_err(|e| Error::io(path, "open the directory of the detail file", e))?;
-        Self::create_in(fs, &dir, &name, thread_id)
+        in_parent(
+            path.as_ref(),
+            "open the directory of the detail file",
+            |dir, name| Self::create_in(fs, dir, name, thread_id),
+        )
     }
 
     /// Creates `name` in `dir` on the file system `fs` (new, never an existing file or a link;
@@ -238,17 +240,11 @@ impl DetailWriter {
         self.core.sync()
     }
 
-    /// Flushes, patches the header, appends the footer with the CRC-32C of the records, and fsyncs.
-    pub fn finish(self) -> Result<DetailSummary> {
-        self.complete(true)
-    }
-
-    /// [`finish`](Self::finish) without the fsync, for a caller that makes many files durable at
-    /// once (see [`crate::SessionLayout::sync_filesystem`]): the file is complete and readable, but
-    /// durable only once synced.
-    pub fn finish_unsynced(self) -> Result<DetailSummary> {
-        self.complete(false)
-    }
+    finish_methods!(
+        DetailSummary,
+        /// Flushes, patches the header, appends the footer with the CRC-32C of the records, and
+        /// fsyncs.
+    );
 
     fn complete(mut self, sync: bool) -> Result<DetailSummary> {
         self.core.flush()?;
@@ -397,10 +393,7 @@ impl DetailReader {
         })
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+    reader_accessors!("record");
 
     /// The header as stored.
     pub fn header(&self) -> &DetailHeader {
@@ -417,19 +410,9 @@ impl DetailReader {
         self.footer.is_some()
     }
 
-    /// For a recovered file: why it counts as unfinished and what was recovered.
-    pub fn recovery_note(&self) -> Option<&str> {
-        self.note.as_deref()
-    }
-
     /// Number of records (the footer's count for a finished file).
     pub fn record_count(&self) -> u64 {
         self.record_count
-    }
-
-    /// Timestamps of the first and last record (0, 0 if none).
-    pub fn time_range(&self) -> (u64, u64) {
-        (self.time_start_ns, self.time_end_ns)
     }
 
     /// All records in order, read in large chunks.
@@ -616,10 +599,9 @@ impl DetailReader {
                     t_last,
                     &mut out,
                 );
-                verify::reserved_zero(path, fo + 40, &raw_footer[40..], "footer", &mut out);
-                verify::footer_checksum(
+                verify::footer_tail(
                     path,
-                    fo,
+                    (fo, &raw_footer),
                     (f.checksum, crc),
                     HEADER_SIZE as u64..self.records_end,
                     "records",
@@ -786,7 +768,7 @@ mod tests {
     }
 
     #[test]
-    fn detail_header__encode__then_fields_at_atf_md_offsets() {
+    fn detail_header__encode__then_fields_at_the_format_offsets() {
         let h = DetailHeader {
             flags: 0xa1a2_a3a4,
             thread_id: 0xb1b2_b3b4,
@@ -812,22 +794,18 @@ mod tests {
     }
 
     #[test]
-    fn detail_footer__encode__then_fields_at_atf_md_offsets() {
+    fn detail_footer__encode__then_fields_at_the_format_offsets() {
+        let (checksum, [event_count, bytes_length, time_start_ns, time_end_ns]) =
+            crate::testkit::FOOTER_FIELDS;
         let f = DetailFooter {
-            checksum: 0xa1a2_a3a4,
-            event_count: 0xb1b2_b3b4_b5b6_b7b8,
-            bytes_length: 0xc1c2_c3c4_c5c6_c7c8,
-            time_start_ns: 0xd1d2_d3d4_d5d6_d7d8,
-            time_end_ns: 0xe1e2_e3e4_e5e6_e7e8,
+            checksum,
+            event_count,
+            bytes_length,
+            time_start_ns,
+            time_end_ns,
         };
         let b = f.encode();
-        assert_eq!(&b[0..4], b"2DTA");
-        assert_eq!(b[4..8], 0xa1a2_a3a4u32.to_le_bytes());
-        assert_eq!(b[8..16], 0xb1b2_b3b4_b5b6_b7b8u64.to_le_bytes());
-        assert_eq!(b[16..24], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
-        assert_eq!(b[24..32], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
-        assert_eq!(b[32..40], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
-        assert_eq!(b[40..64], [0; 24], "reserved");
+        crate::testkit::assert_footer_layout(&b, b"2DTA");
         assert_eq!(DetailFooter::decode(&b), Some(f));
     }
 

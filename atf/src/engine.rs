@@ -13,6 +13,59 @@ use crate::error::{Error, Result};
 use crate::sink::{self, Dir, FileSink, FileSystem};
 use crate::{ENDIAN_LITTLE, FILE_VERSION, HEADER_SIZE};
 
+/// The accessors every trace file reader has alike, from its fields `path`, `note`,
+/// `time_start_ns` and `time_end_ns`; `$items` names what the file holds ("records", "events").
+macro_rules! reader_accessors {
+    ($item:literal) => {
+        /// The file.
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// For a recovered file: why it counts as unfinished and what was recovered.
+        pub fn recovery_note(&self) -> Option<&str> {
+            self.note.as_deref()
+        }
+
+        #[doc = concat!("Timestamps of the first and last ", $item, " (0, 0 if none).")]
+        pub fn time_range(&self) -> (u64, u64) {
+            (self.time_start_ns, self.time_end_ns)
+        }
+    };
+}
+pub(crate) use reader_accessors;
+
+/// A writer's `finish` (documented by the attributes given) and `finish_unsynced`, both through
+/// its `complete(self, sync: bool) -> Result<$summary>`.
+macro_rules! finish_methods {
+    ($summary:ty, $(#[$doc:meta])*) => {
+        $(#[$doc])*
+        pub fn finish(self) -> Result<$summary> {
+            self.complete(true)
+        }
+
+        /// [`finish`](Self::finish) without the fsync, for a caller that makes many files durable
+        /// at once (see [`crate::SessionLayout::sync_filesystem`]): the file is complete and
+        /// readable, but durable only once synced.
+        pub fn finish_unsynced(self) -> Result<$summary> {
+            self.complete(false)
+        }
+    };
+}
+pub(crate) use finish_methods;
+
+/// Opens the directory holding `path` (as given) and calls `create` with it and the file's name:
+/// the `create_with` of every writer. `action` is the error's step ("open the directory of the
+/// event file").
+pub(crate) fn in_parent<T>(
+    path: &Path,
+    action: &'static str,
+    create: impl FnOnce(&Dir, &str) -> Result<T>,
+) -> Result<T> {
+    let (dir, name) = sink::parent_and_name(path).map_err(|e| Error::io(path, action, e))?;
+    create(&dir, &name)
+}
+
 /// Writer buffer: appended bytes accumulate here and reach the file in writes of this size.
 pub(crate) const WRITE_BUFFER: usize = 1 << 20;
 

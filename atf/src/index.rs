@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use crate::chunk::ChunkReader;
 use crate::compact;
 use crate::engine::{
-    check_common_header, check_items_offset, has_magic, open_with_header, verify_range, FileCore,
-    Kind, WRITE_BUFFER,
+    check_common_header, check_items_offset, finish_methods, has_magic, in_parent,
+    open_with_header, reader_accessors, verify_range, FileCore, Kind, WRITE_BUFFER,
 };
 use crate::error::{Error, Result};
 #[cfg(test)]
 use crate::le::put_u32;
 use crate::le::{put_u64, u64_at};
 use crate::manifest::TscCalibration;
-use crate::sink::{self, Dir, FileSystem, RealFs};
+use crate::sink::{Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage, EventCheck};
 use crate::{
     ClockType, EventFormat, EventKind, EVENT_SIZE, FILE_VERSION, FLAG_HAS_DETAIL, FOOTER_SIZE,
@@ -256,10 +256,11 @@ impl IndexWriter {
         clock: ClockType,
         format: EventFormat,
     ) -> Result<Self> {
-        let path = path.as_ref();
-        let (dir, name) = sink::parent_and_name(path)
-            .map_err(|e| Error::io(path, "open the directory of the event file", e))?;
-        Self::create_in_format(fs, &dir, &name, thread_id, clock, format)
+        in_parent(
+            path.as_ref(),
+            "open the directory of the event file",
+            |dir, name| Self::create_in_format(fs, dir, name, thread_id, clock, format),
+        )
     }
 
     /// Creates the ATF v2 file `name` in `dir` on the file system `fs` (see
@@ -461,20 +462,13 @@ impl IndexWriter {
         self.core.writeback_handle()
     }
 
-    /// Completes the file and fsyncs it. ATF v2: patches the header (count, footer offset, time
-    /// range), then appends the footer with the CRC-32C of the events; the header is patched
-    /// first, so a crash in between leaves a header whose footer offset is the end of the file,
-    /// which every reader recovers. ATC: appends the chunk index and the trailer.
-    pub fn finish(self) -> Result<IndexSummary> {
-        self.complete(true)
-    }
-
-    /// [`finish`](Self::finish) without the fsync, for a caller that makes many files durable at
-    /// once (see [`crate::SessionLayout::sync_filesystem`]): the file is complete and readable, but
-    /// durable only once synced.
-    pub fn finish_unsynced(self) -> Result<IndexSummary> {
-        self.complete(false)
-    }
+    finish_methods!(
+        IndexSummary,
+        /// Completes the file and fsyncs it. ATF v2: patches the header (count, footer offset,
+        /// time range), then appends the footer with the CRC-32C of the events; the header is
+        /// patched first, so a crash in between leaves a header whose footer offset is the end of
+        /// the file, which every reader recovers. ATC: appends the chunk index and the trailer.
+    );
 
     fn complete(mut self, sync: bool) -> Result<IndexSummary> {
         self.core.check_usable()?;
@@ -693,10 +687,7 @@ impl IndexReader {
         })
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+    reader_accessors!("event");
 
     /// The file's encoding.
     pub fn format(&self) -> EventFormat {
@@ -738,19 +729,9 @@ impl IndexReader {
         }
     }
 
-    /// For a recovered file: why it counts as unfinished and what was recovered.
-    pub fn recovery_note(&self) -> Option<&str> {
-        self.note.as_deref()
-    }
-
     /// Number of readable events.
     pub fn event_count(&self) -> u64 {
         self.event_count
-    }
-
-    /// Timestamps of the first and last event (0, 0 if none).
-    pub fn time_range(&self) -> (u64, u64) {
-        (self.time_start_ns, self.time_end_ns)
     }
 
     /// The clock the timestamps use, if the header names a known one.
@@ -1003,10 +984,9 @@ impl IndexReader {
                     n * EVENT_SIZE as u64,
                     &mut out,
                 );
-                verify::reserved_zero(path, fo + 40, &raw_footer[40..], "footer", &mut out);
-                verify::footer_checksum(
+                verify::footer_tail(
                     path,
-                    fo,
+                    (fo, &raw_footer),
                     (f.checksum, crc),
                     HEADER_SIZE as u64..events_end,
                     "events",
@@ -1383,7 +1363,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn index_event__encode__then_fields_at_atf_md_offsets() {
+    fn index_event__encode__then_fields_at_the_format_offsets() {
         let e = IndexEvent {
             timestamp_ns: 0x0102_0304_0506_0708,
             function_id: 0x1112_1314_1516_1718,
@@ -1404,7 +1384,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn index_header__encode__then_fields_at_atf_md_offsets() {
+    fn index_header__encode__then_fields_at_the_format_offsets() {
         let h = IndexHeader {
             flags: 1,
             thread_id: 0xa1a2_a3a4,
@@ -1435,23 +1415,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn index_footer__encode__then_fields_at_atf_md_offsets() {
+    fn index_footer__encode__then_fields_at_the_format_offsets() {
+        let (checksum, [event_count, time_start_ns, time_end_ns, bytes_written]) =
+            crate::testkit::FOOTER_FIELDS;
         let f = IndexFooter {
-            checksum: 0xa1a2_a3a4,
-            event_count: 0xb1b2_b3b4_b5b6_b7b8,
-            time_start_ns: 0xc1c2_c3c4_c5c6_c7c8,
-            time_end_ns: 0xd1d2_d3d4_d5d6_d7d8,
-            bytes_written: 0xe1e2_e3e4_e5e6_e7e8,
+            checksum,
+            event_count,
+            time_start_ns,
+            time_end_ns,
+            bytes_written,
         };
         let b = f.encode();
-        assert_eq!(b.len(), 64);
-        assert_eq!(&b[0..4], b"2ITA");
-        assert_eq!(b[4..8], 0xa1a2_a3a4u32.to_le_bytes());
-        assert_eq!(b[8..16], 0xb1b2_b3b4_b5b6_b7b8u64.to_le_bytes());
-        assert_eq!(b[16..24], 0xc1c2_c3c4_c5c6_c7c8u64.to_le_bytes());
-        assert_eq!(b[24..32], 0xd1d2_d3d4_d5d6_d7d8u64.to_le_bytes());
-        assert_eq!(b[32..40], 0xe1e2_e3e4_e5e6_e7e8u64.to_le_bytes());
-        assert_eq!(b[40..64], [0; 24], "reserved");
+        crate::testkit::assert_footer_layout(&b, b"2ITA");
         assert_eq!(IndexFooter::decode(&b), Some(f));
         assert_eq!(IndexFooter::decode(&[0; 64]), None);
     }

@@ -1001,7 +1001,7 @@ mod tests {
     }
 
     #[test]
-    fn session_layout__create__then_names_follow_atf_md() {
+    fn session_layout__create__then_names_follow_the_format() {
         let out = tempfile::tempdir().unwrap();
         let layout = SessionLayout::create(out.path().join("traces"), 4321).unwrap();
         let name = layout

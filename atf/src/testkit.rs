@@ -639,3 +639,34 @@ macro_rules! whole_item_tests {
         }
     };
 }
+
+/// The checksum and the four 8-byte fields an ATF v2 footer layout test stores, in file order:
+/// each byte says where it belongs (`0xa1..` the checksum, `0xb1..` at 8, `0xc1..` at 16, `0xd1..`
+/// at 24, `0xe1..` at 32).
+pub(crate) const FOOTER_FIELDS: (u32, [u64; 4]) = (
+    0xa1a2_a3a4,
+    [
+        0xb1b2_b3b4_b5b6_b7b8,
+        0xc1c2_c3c4_c5c6_c7c8,
+        0xd1d2_d3d4_d5d6_d7d8,
+        0xe1e2_e3e4_e5e6_e7e8,
+    ],
+);
+
+/// Asserts that `b` is a 64-byte ATF v2 footer holding [`FOOTER_FIELDS`]: `magic`, the checksum
+/// at 4, the four fields at 8, 16, 24 and 32, and 24 reserved zero bytes.
+pub(crate) fn assert_footer_layout(b: &[u8], magic: &[u8; 4]) {
+    let (checksum, fields) = FOOTER_FIELDS;
+    assert_eq!(b.len(), 64);
+    assert_eq!(&b[0..4], magic);
+    assert_eq!(b[4..8], checksum.to_le_bytes());
+    for (i, field) in fields.iter().enumerate() {
+        assert_eq!(
+            b[8 + 8 * i..16 + 8 * i],
+            field.to_le_bytes(),
+            "field at {}",
+            8 + 8 * i
+        );
+    }
+    assert_eq!(b[40..64], [0; 24], "reserved");
+}

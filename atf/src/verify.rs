@@ -284,16 +284,18 @@ pub(crate) fn header_and_thread<const N: usize>(
     Ok((raw, out))
 }
 
-/// Damage if the footer's checksum (at `fo + 4`) is missing for `body` bytes of `items`
-/// (records, events) that exist, or differs from `crc`, theirs.
-pub(crate) fn footer_checksum(
+/// The end every ATF v2 footer shares: damage if its reserved bytes (40..64 of `raw_footer`, at
+/// file offset `fo`) are not zero, or if its checksum (at `fo + 4`) is missing for `body` bytes
+/// of `items` (records, events) that exist, or differs from `crc`, theirs.
+pub(crate) fn footer_tail(
     path: &Path,
-    fo: u64,
+    (fo, raw_footer): (u64, &[u8]),
     (stored, crc): (u32, u32),
     body: Range<u64>,
     items: &str,
     out: &mut Vec<Damage>,
 ) {
+    reserved_zero(path, fo + 40, &raw_footer[40..], "footer", out);
     if stored == 0 && !body.is_empty() {
         out.push(Damage::new(
             path,
