@@ -84,6 +84,8 @@ pub struct ShadowStack {
     /// The thread's own stack, `[lo, hi)`: only frames inside it are compared by address.
     bounds: (u64, u64),
     frames: Vec<Frame>,
+    /// The most frames: at most `frames.capacity()`, so a push below it never reallocates (the
+    /// vector's buffer stays where it was allocated, see [`ShadowStack::try_hook_fast`]).
     capacity: usize,
 }
 
@@ -189,7 +191,7 @@ impl ShadowStack {
 
     /// [`ShadowStack::hook`] when nothing unusual is in the way: the stack is free (see
     /// [`ShadowStack::try_enter`]; marked in use meanwhile), no frame is restored, there is room,
-    /// and the innermost frame is not proven dead by this hook. `false`: nothing done; call
+    /// and the innermost frame's slot lies above `slot` (the usual nesting). `false`: nothing done; call
     /// [`ShadowStack::hook`]. Calls nothing, and stores the frame one word at a time (volatile
     /// stores): a hook that left the vector registers unsaved can call it.
     ///
@@ -199,26 +201,32 @@ impl ShadowStack {
     pub unsafe fn try_hook_fast(&mut self, slot: *mut u64, function: u64, trampoline: u64) -> bool {
         let at = slot as u64;
         let len = self.frames.len();
-        if self.busy != 0
-            || self.restored != 0
-            || len >= self.capacity
-            || len >= self.frames.capacity()
-        {
+        // One test for both flags (either set: the slow path), and one for room: `capacity` never
+        // exceeds the vector's (see `ShadowStack::boxed`).
+        if (self.busy | self.restored) != 0 || len >= self.capacity {
             return false;
         }
+        let base = self.frames.as_mut_ptr();
         // SAFETY: the caller guarantees `slot` is this function's live return-address word.
         let ret = unsafe { slot.read() };
-        if let Some(top) = self.frames.last() {
-            if self.is_dead(top, at, ret, trampoline) {
+        if len != 0 {
+            // SAFETY: `len - 1` is an initialised element of the vector.
+            let top_slot = unsafe { (*base.add(len - 1)).slot };
+            // The usual nesting: the innermost hooked frame is a caller, its slot above this one.
+            // Anything else (a frame proven dead, a tail call reusing its caller's hooked slot, a
+            // frame on another stack) is left to `hook`, which tells them apart.
+            if top_slot <= at {
                 return false;
             }
         }
         self.busy = 1;
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        // SAFETY: `len` is below the vector's capacity (checked above): the element is in its
-        // buffer; it is initialised word by word before the length covers it.
+        // SAFETY: `len` is below `capacity`, so below the vector's capacity (checked above): the
+        // element is in its buffer; it is initialised word by word before the length covers it.
+        // `base` is still the buffer: only this thread changes the vector, and a signal handler
+        // interrupting it finds `busy` set and leaves the stack alone.
         unsafe {
-            let frame = self.frames.as_mut_ptr().add(len);
+            let frame = base.add(len);
             (&raw mut (*frame).ret).write_volatile(ret);
             (&raw mut (*frame).function).write_volatile(function);
             (&raw mut (*frame).slot).write_volatile(at);
@@ -237,7 +245,7 @@ impl ShadowStack {
     #[inline(always)]
     pub fn try_unhook_fast(&mut self, slot: u64) -> Option<(u64, u64)> {
         let len = self.frames.len();
-        if self.busy != 0 || self.restored != 0 || len == 0 {
+        if (self.busy | self.restored) != 0 || len == 0 {
             return None;
         }
         // SAFETY: `len - 1` is an initialised element of the vector.
@@ -768,7 +776,8 @@ mod tests {
     }
 
     #[test]
-    fn try_hook_fast__dead_top_full_busy_or_restored__then_declined_and_nothing_changed() {
+    fn try_hook_fast__dead_top_tail_call_full_busy_or_restored__then_declined_and_nothing_changed()
+    {
         let mut s = Stack::new();
         let mut st = ShadowStack::boxed(2, s.bounds());
         // SAFETY: words of our fake stack.
@@ -776,6 +785,9 @@ mod tests {
             st.hook(s.slot(40), 1, TRAMP, |_| {});
             // A call at or above a frame's slot proves it dead: the slow path pops it.
             assert!(!st.try_hook_fast(s.slot(50), 2, TRAMP));
+            // A tail call reusing the innermost frame's hooked slot: left to `hook` too.
+            s.0[40] = TRAMP;
+            assert!(!st.try_hook_fast(s.slot(40), 2, TRAMP));
             assert!(st.try_hook_fast(s.slot(30), 2, TRAMP));
             assert!(!st.try_hook_fast(s.slot(20), 3, TRAMP), "full");
         }
