@@ -48,13 +48,7 @@ fn drain_thread__final_drain__then_all_data_written() {
     const EVENTS: u64 = 50_000;
     produce(registry, THREADS, EVENTS);
 
-    assert!(registry
-        .stop_accepting(Duration::from_secs(5))
-        .stragglers
-        .is_empty());
-    registry
-        .close_registrations(Duration::from_secs(5))
-        .unwrap();
+    common::stop_producers(registry);
     let mut drain = thread.stop().expect("drain thread ended cleanly");
     drain.final_drain(false).unwrap();
     let report = drain
@@ -144,13 +138,7 @@ fn drain_thread__more_than_twice_the_dirty_budget__then_written_back_as_it_goes_
     assert!(bytes > 2 * drain::DIRTY_BUDGET + (4 << 20));
     produce(registry, THREADS, EVENTS);
 
-    assert!(registry
-        .stop_accepting(Duration::from_secs(5))
-        .stragglers
-        .is_empty());
-    registry
-        .close_registrations(Duration::from_secs(5))
-        .unwrap();
+    common::stop_producers(registry);
     let mut drain = thread.stop().expect("drain thread ended cleanly");
     drain.final_drain(false).unwrap();
     let report = drain.finish(&Outcome::default()).unwrap();

@@ -77,13 +77,7 @@ fn record_on(fs: Arc<FaultyFs>, threads: u32, events: u64) -> Run {
             std::thread::yield_now();
         }
     });
-    assert!(registry
-        .stop_accepting(Duration::from_secs(5))
-        .stragglers
-        .is_empty());
-    registry
-        .close_registrations(Duration::from_secs(5))
-        .unwrap();
+    common::stop_producers(registry);
     if let Err(e) = drain.final_drain(false) {
         errors.push(e);
     }

@@ -54,3 +54,16 @@ pub fn produce(registry: Registry<'_>, threads: u32, per_thread: u64) {
         }
     });
 }
+
+/// The stop's first two phases as the tracer runs them, with every producer done: acceptance
+/// stops with no thread left inside a write, then registrations close.
+pub fn stop_producers(registry: Registry<'_>) {
+    let stopped = registry.stop_accepting(std::time::Duration::from_secs(5));
+    assert!(
+        stopped.stragglers.is_empty(),
+        "no thread stays inside a write"
+    );
+    registry
+        .close_registrations(std::time::Duration::from_secs(5))
+        .unwrap();
+}
