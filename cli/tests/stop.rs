@@ -192,7 +192,13 @@ fn stop__timeout_sigint_on_tracer_and_group__then_clean_and_nothing_published_lo
         .expect("timeout runs");
     let err = assert_clean_stop(&result);
     assert!(err.contains("SIGINT received"), "{err}");
-    assert!(err.contains("killed by SIGINT"), "{err}");
+    // `timeout` signals the tracer and then the group in two `kill` calls: when it is preempted
+    // between them for longer than the tracer takes to complete the trace (about a millisecond),
+    // the tracer stops the target first, and the summary says so. Either way SIGINT ended it.
+    assert!(
+        err.contains("killed by SIGINT") || err.contains("ended by SIGINT from the tracer"),
+        "{err}"
+    );
     assert_nothing_published_lost(&out);
 }
 
