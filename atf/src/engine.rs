@@ -14,7 +14,7 @@ use crate::sink::{self, Dir, FileSink, FileSystem};
 use crate::{ENDIAN_LITTLE, FILE_VERSION, HEADER_SIZE};
 
 /// The accessors every trace file reader has alike, from its fields `path`, `note`,
-/// `time_start_ns` and `time_end_ns`; `$items` names what the file holds ("records", "events").
+/// `time_start_ns` and `time_end_ns`; `$item` names one thing the file holds ("record", "event").
 macro_rules! reader_accessors {
     ($item:literal) => {
         /// The file.
