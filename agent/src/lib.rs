@@ -30,7 +30,7 @@
 //!   registers in the constructor (one thread: cheap). Attach must not: in a multi-threaded
 //!   process the kernel's registration waits for an RCU grace period (6–16 ms), and the tracer
 //!   holds the loading thread meanwhile. So the first attachment starts a short-lived thread that
-//!   registers and exits; producers fence until they see it done ([`producers_must_fence`]), then
+//!   registers and exits; producers fence until they see it done (`process::producers_must_fence`), then
 //!   drop the fence on their next event. Registration is per process and permanent: later
 //!   attachments find it done.
 //! - **Threads.** Per-thread state lives in the region's slot and in an agent-private array indexed

@@ -1,4 +1,4 @@
-//! The names of a recording: the region's module log read as it fills ([`symbols::Images`]),
+//! The names of a recording: the region's module log read as it fills ([`Images`]),
 //! `--trigger symbol=NAME` armed in each image before its program runs, and the one-line notes
 //! about names that could not be had.
 //!

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// A family of atomics, tracking cells, locks, a wake primitive, a clock, threads and a bounded
 /// backoff, for protocol code to run on. Protocol types are generic over it, with
-/// [`StdBackend`] as the default; the model backends ([`Loom`](crate::Loom),
+/// [`StdBackend`] as the default; the model backends (`Loom`,
 /// [`Shuttle`](crate::Shuttle)) run the very same code on a model checker.
 pub trait Backend: fmt::Debug + Send + Sync + Sized + 'static {
     /// 32-bit atomic.

@@ -6,11 +6,11 @@
 //! [`Monitor`]s (a mutex and its condition variable), a [`Clock`], a [`Wake`] primitive, threads
 //! and a bounded backoff, named together by a [`Backend`]. Protocol code is generic over
 //! `B: Backend`, with [`StdBackend`] (std atomics and locks, an eventfd, `Instant::now()`) as the
-//! default, so production code pays nothing. The same code runs unchanged on [`Loom`] (feature
+//! default, so production code pays nothing. The same code runs unchanged on `Loom` (feature
 //! `loom`: exhaustive models, with plain memory tracked) and [`Shuttle`] (feature `shuttle`:
 //! randomized schedules). Model checkers have no time, so both model backends use one
 //! [`Virtual`] clock and one [`ModelMonitor`] whose timed wait always ends, at its deadline in
-//! virtual time or on a notification. Contract: a protocol that passes its models on [`Loom`]
+//! virtual time or on a notification. Contract: a protocol that passes its models on `Loom`
 //! runs the identical instructions on [`StdBackend`], only with real atomics.
 //!
 //! ```

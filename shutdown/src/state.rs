@@ -7,17 +7,17 @@
 pub enum State {
     /// No phase has begun.
     Running = 0,
-    /// [`Pipeline::stop_acceptance`] is running.
+    /// [`Pipeline::stop_acceptance`](crate::Pipeline::stop_acceptance) is running.
     StoppingAcceptance = 1,
-    /// [`Pipeline::close_registrations`] is running.
+    /// [`Pipeline::close_registrations`](crate::Pipeline::close_registrations) is running.
     ClosingRegistrations = 2,
-    /// [`Pipeline::flush`] is running.
+    /// [`Pipeline::flush`](crate::Pipeline::flush) is running.
     Flushing = 3,
-    /// [`Pipeline::final_drain`] is running.
+    /// [`Pipeline::final_drain`](crate::Pipeline::final_drain) is running.
     FinalDrain = 4,
-    /// [`Pipeline::sync`] is running.
+    /// [`Pipeline::sync`](crate::Pipeline::sync) is running.
     Syncing = 5,
-    /// [`Pipeline::cleanup`] is running.
+    /// [`Pipeline::cleanup`](crate::Pipeline::cleanup) is running.
     Cleanup = 6,
     /// Every phase ran or was skipped.
     Done = 7,

@@ -1,7 +1,7 @@
 //! Reading sessions back: `info`, `replay`, `report` and `export`, in the spirit of uftrace's commands.
 //!
 //! Opening a session verifies it (checksums, headers, every event: `atf::Session::open`; `report`
-//! verifies the events in its own pass over them, see [`report`]), and the
+//! verifies the events in its own pass over them, see [`report()`]), and the
 //! warnings come first in every output. Then every reader streams: it walks each thread's events
 //! once, front to back, holding only the open call stack of that thread (and, for `report`, one
 //! row per function). Every string from the session is printed with its control characters

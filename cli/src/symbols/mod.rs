@@ -292,17 +292,17 @@ impl Capture {
         self.modules.iter().any(|m| m.instrumented)
     }
 
-    /// Runtime addresses of the functions called `name`: the symbol as in the file (`_ZN2ns3barEi`,
-    /// any alias), its demangled name (`ns::bar(int)`), or the demangled name without its
-    /// parameter list (`ns::bar`, every overload), or its short name as the readers show it
-    /// (`ns::Box::get` for `ns::Box<int>::get() const`). Sorted, without duplicates; empty if none.
+    /// The start addresses of [`resolve_ranges`](Self::resolve_ranges).
     #[cfg(test)]
     pub fn resolve(&self, name: &str) -> Vec<u64> {
         self.resolve_ranges(name).into_iter().map(|r| r.0).collect()
     }
 
-    /// [`Capture::resolve`], each function as its code's `[start, end)` (one byte for a symbol
-    /// without a size).
+    /// The code of the functions called `name`, each as its runtime `[start, end)` (one byte for a
+    /// symbol without a size): the symbol as in the file (`_ZN2ns3barEi`, any alias), its
+    /// demangled name (`ns::bar(int)`), or the demangled name without its parameter list
+    /// (`ns::bar`, every overload), or its short name as the readers show it (`ns::Box::get` for
+    /// `ns::Box<int>::get() const`). Sorted, without duplicates; empty if none.
     pub fn resolve_ranges(&self, name: &str) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = self
             .functions()
