@@ -122,16 +122,6 @@ fn cli__reading_a_missing_session__then_exit_2_naming_what_to_pass() {
 }
 
 #[test]
-fn cli__output_directory_given_as_a_session__then_exit_2_naming_a_session_in_it() {
-    let (_, out) = spawn_in_fresh_dir(&app(), &["1", "10"]);
-    assert_one_line_error(
-        &["replay", out.path().to_str().unwrap()],
-        2,
-        "this is an output directory, not a session; pass one of the sessions in it",
-    );
-}
-
-#[test]
 fn cli__export_to_an_uncreatable_file__then_exit_2_cause_once_then_the_fix() {
     let (_, tmp) = spawn_in_fresh_dir(&app(), &["1", "10"]);
     let session = session_dir(tmp.path());

@@ -5,7 +5,7 @@
 //! These tests need root (to act as `nobody` and to give each test its own `/tmp`, a fresh tmpfs
 //! in a private mount namespace, so the machine's real `/tmp/ada_traces` is never touched); they
 //! say so and pass without checking anything when not run as root. Each re-runs itself inside
-//! `unshare -m` with [`INNER`] set.
+//! `unshare -m` (see [`in_private_tmp`]).
 #![allow(non_snake_case)]
 
 mod common;
@@ -18,64 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Set in the re-run inside the private mount namespace.
-const INNER: &str = "TRACER_SAFETY_INNER";
-/// What the inner run prints when it cannot mount its own `/tmp`.
-const CANNOT_MOUNT: &str = "cannot mount a tmpfs on /tmp here";
 /// A root-only file and directory the hostile user points links at.
 const VICTIM_DIR: &str = "/tmp/victim";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid takes nothing and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Runs the test `name` again in its own mount namespace with a fresh tmpfs on `/tmp`, or says why
-/// it cannot. Returns true when the caller is that inner run and should do the work.
-fn in_private_tmp(name: &str) -> bool {
-    if std::env::var_os(INNER).is_some() {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"])
-            .status()
-            .expect("mount runs");
-        if !status.success() {
-            // Said to the outer run, which skips.
-            println!("{CANNOT_MOUNT}");
-            return false;
-        }
-        return true;
-    }
-    if !is_root() {
-        eprintln!("skipped: {name} needs root (to act as another user and mount a private /tmp)");
-        return false;
-    }
-    // The C targets are built outside /tmp, which the inner run replaces.
-    let tmpdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
-        .env("TMPDIR", &tmpdir)
-        .output()
-        .expect("unshare runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if (!out.status.success() && text.contains("unshare failed")) || text.contains(CANNOT_MOUNT) {
-        eprintln!("skipped: {name} needs a private mount namespace and tmpfs mounts: {text}");
-        return false;
-    }
-    assert!(out.status.success(), "inner run of {name} failed:\n{text}");
-    assert!(
-        text.contains("1 passed"),
-        "inner run of {name} ran nothing:\n{text}"
-    );
-    eprintln!("{text}");
-    false
-}
 
 /// `sh -c script` as the user nobody.
 fn nobody_command(script: &str) -> Command {

@@ -18,17 +18,30 @@ pub enum ReadFailure {
         /// The path given.
         path: PathBuf,
     },
-    /// The path is an output directory holding sessions.
+    /// The path is an output directory holding several sessions.
     #[error(
-        "{}: this is an output directory, not a session; pass one of the sessions in it, e.g. {}",
+        "{}: an output directory with {} sessions (newest first: {}); pass the one to read, \
+         e.g. {}",
         path.display(),
-        latest.display()
+        sessions.len(),
+        newest(sessions),
+        path.join(&sessions[0]).display()
     )]
     OutputDirectory {
         /// The path given.
         path: PathBuf,
-        /// Its newest session.
-        latest: PathBuf,
+        /// The names of its sessions, newest first (at least two).
+        sessions: Vec<String>,
+    },
+    /// The path is a directory with no session in it.
+    #[error(
+        "{}: no session here (no manifest.json, pid_<pid> or session_<...> directory in it); pass \
+         a directory written by `tracer spawn` (default under /tmp/ada_traces/<user>)",
+        path.display()
+    )]
+    NoSessionIn {
+        /// The path given.
+        path: PathBuf,
     },
     /// The session cannot be opened.
     #[error(transparent)]
@@ -89,6 +102,18 @@ pub enum ReadFailure {
         /// Where the incomplete copy is.
         output: PathBuf,
     },
+}
+
+/// How many sessions an [`ReadFailure::OutputDirectory`] error names.
+const SESSIONS_NAMED: usize = 5;
+
+/// `a, b, c, d, e and 3 older` from session names sorted newest first.
+fn newest(sessions: &[String]) -> String {
+    let shown = sessions[..sessions.len().min(SESSIONS_NAMED)].join(", ");
+    match sessions.len().saturating_sub(SESSIONS_NAMED) {
+        0 => shown,
+        older => format!("{shown} and {older} older"),
+    }
 }
 
 fn list(tids: &[u32]) -> String {

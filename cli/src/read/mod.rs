@@ -13,6 +13,7 @@
 mod chrome;
 mod detail;
 mod failure;
+mod find;
 mod frames;
 mod info;
 mod names;
@@ -146,8 +147,10 @@ pub(crate) fn orphan_origin(manifest: &atf::Manifest) -> &'static str {
 
 /// Every process of the session at `path`: a `pid_<pid>` directory alone, or each `pid_<pid>`
 /// directory of a `session_<...>` directory, the target first (its manifest is not marked
-/// `followed_from`), then the followed processes by pid.
+/// `followed_from`), then the followed processes by pid. An output directory stands for its
+/// only session ([`find`]).
 fn open_all(path: &Path, verify: Verify) -> Result<Vec<atf::Session>, CliError> {
+    let path = &find::session_path(path)?;
     if path.join("manifest.json").exists() {
         return Ok(vec![open(path, verify)?]);
     }
@@ -274,15 +277,7 @@ fn open(path: &Path, verify: Verify) -> Result<atf::Session, CliError> {
         Verify::AtOpen => atf::Session::open(path),
         Verify::WhileReading => atf::Session::open_deferred(path),
     };
-    let mut session = opened.map_err(|e| {
-        if let atf::Error::NotASession { .. } = e {
-            if let Some(latest) = latest_session_in(path) {
-                let path = path.to_path_buf();
-                return ReadFailure::OutputDirectory { path, latest };
-            }
-        }
-        ReadFailure::Unreadable(e)
-    })?;
+    let mut session = opened.map_err(ReadFailure::Unreadable)?;
     session.manifest = text::clean_manifest(&session.manifest);
     Ok(session)
 }
@@ -293,16 +288,6 @@ fn warnings(session: &atf::Session) -> impl Iterator<Item = String> + '_ {
         .warnings
         .iter()
         .map(|w| text::clean(&w.to_string()).into_owned())
-}
-
-/// The newest `session_<...>` directory inside `dir` (names sort by time).
-fn latest_session_in(dir: &Path) -> Option<std::path::PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("session_") && e.path().is_dir())
-        .map(|e| e.path())
-        .max()
 }
 
 /// Refuses `--tid` values that name no thread of the session, listing the ones it has.
@@ -410,18 +395,17 @@ mod tests {
     }
 
     #[test]
-    fn open__output_directory__then_usage_error_naming_a_session_in_it() {
+    fn open__output_directory_with_one_session__then_reads_that_session() {
         let s = TestSession::build(&[(7, simple_tree(1_000))], true);
         let args = SessionArg {
             session: s.dir.path().to_path_buf(),
         };
-        let err = info(&args, &mut Vec::new()).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        let msg = err.to_string();
-        assert!(msg.contains("this is an output directory"), "{msg}");
-        assert!(
-            msg.contains(&*s.layout.session_dir().to_string_lossy()),
-            "{msg}"
+        let (mut via_output, mut direct) = (Vec::new(), Vec::new());
+        info(&args, &mut via_output).unwrap();
+        info(&s.arg(), &mut direct).unwrap();
+        assert_eq!(
+            String::from_utf8(via_output).unwrap(),
+            String::from_utf8(direct).unwrap()
         );
     }
 

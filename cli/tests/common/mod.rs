@@ -511,3 +511,60 @@ impl Drop for Target {
         let _ = self.child.wait();
     }
 }
+
+/// Set in the re-run inside the private mount namespace.
+pub const INNER: &str = "TRACER_PRIVATE_TMP_INNER";
+/// What the inner run prints when it cannot mount its own `/tmp`.
+pub const CANNOT_MOUNT: &str = "cannot mount a tmpfs on /tmp here";
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs the test `name` again in its own mount namespace with a fresh tmpfs on `/tmp`, or says why
+/// it cannot. Returns true when the caller is that inner run and should do the work.
+pub fn in_private_tmp(name: &str) -> bool {
+    if std::env::var_os(INNER).is_some() {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"])
+            .status()
+            .expect("mount runs");
+        if !status.success() {
+            // Said to the outer run, which skips.
+            println!("{CANNOT_MOUNT}");
+            return false;
+        }
+        return true;
+    }
+    if !is_root() {
+        eprintln!("skipped: {name} needs root (to mount a private /tmp)");
+        return false;
+    }
+    // The C targets are built outside /tmp, which the inner run replaces.
+    let tmpdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .env("TMPDIR", &tmpdir)
+        .output()
+        .expect("unshare runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if (!out.status.success() && text.contains("unshare failed")) || text.contains(CANNOT_MOUNT) {
+        eprintln!("skipped: {name} needs a private mount namespace and tmpfs mounts: {text}");
+        return false;
+    }
+    assert!(out.status.success(), "inner run of {name} failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "inner run of {name} ran nothing:\n{text}"
+    );
+    eprintln!("{text}");
+    false
+}
