@@ -2,8 +2,9 @@
 //! `-finstrument-functions` making 10 M calls (1 and 4 threads), run untraced, with glibc's no-op
 //! hooks, and under the agent (index lane only; with detail records; with the fenced handshake);
 //! the same program built with `-pg`, `-pg -mfentry` and `-fpatchable-function-entry=5`, without
-//! and with the agent,
-//! while this process drains the rings like the tracer does. The program measures its own threads'
+//! and with the agent, while this process drains the rings like the tracer does. The "nested
+//! caller" rows call a traced function that calls the leaf twice, so two of every three pairs are
+//! made from inside a traced call (an entry-only hook's shadow stack is two deep there). The program measures its own threads'
 //! CPU time around the loop, so the drain's CPU is not counted (it is reported separately by the
 //! wall time).
 //!
@@ -12,8 +13,8 @@
 //!
 //! `cargo bench -p benches --bench agent_overhead -- instructions` counts instructions instead,
 //! steadier than times on a shared machine: each program under `valgrind --tool=callgrind`, one
-//! thread, run with 100 k and 200 k calls; the difference of the whole process's counts over
-//! 100 k is the instructions per call+return pair (start-up and exit cancel out). With
+//! thread, run with 120 k and 240 k calls; the difference of the whole process's counts over
+//! 120 k is the instructions per call+return pair (start-up and exit cancel out). With
 //! `AGENT_OVERHEAD_PROFILES=<dir>`, the 200 k-call profiles are kept there, one per program and
 //! mode, for `callgrind_annotate --inclusive=yes <file>`.
 
@@ -62,9 +63,21 @@ fn agent_so() -> PathBuf {
     panic!("libagent.so not found next to {}", deps.display());
 }
 
+/// One row: its name, the program, the agent's region (none: untraced), and whether the loop
+/// calls the nested caller (see [`benches::OVERHEAD_C`]).
+type Row<'a> = (&'a str, &'a Path, Option<&'a RegionConfig>, bool);
+
 /// (CPU ns per pair, wall ns per pair).
-fn measure(program: &Path, threads: u32, calls: u64, region: Option<&RegionConfig>) -> (f64, f64) {
-    let (out, _) = run(Command::new(program), program, threads, calls, region);
+fn measure(program: &Path, threads: u32, calls: u64, row: Row) -> (f64, f64) {
+    let (_, _, region, nested) = row;
+    let (out, _) = run(
+        Command::new(program),
+        program,
+        threads,
+        calls,
+        region,
+        nested,
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut it = text.split_whitespace().map(|v| v.parse::<f64>().unwrap());
     (it.next().unwrap(), it.next().unwrap())
@@ -72,18 +85,14 @@ fn measure(program: &Path, threads: u32, calls: u64, region: Option<&RegionConfi
 
 /// Instructions the whole process executes with `calls` pairs on one thread, under callgrind.
 /// The profile goes to `profile`, or nowhere.
-fn instructions(
-    program: &Path,
-    calls: u64,
-    region: Option<&RegionConfig>,
-    profile: Option<PathBuf>,
-) -> u64 {
+fn instructions(program: &Path, calls: u64, row: Row, profile: Option<PathBuf>) -> u64 {
+    let (_, _, region, nested) = row;
     let mut cmd = Command::new("valgrind");
     let profile = profile.unwrap_or_else(|| PathBuf::from("/dev/null"));
     cmd.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", profile.display()))
         .arg(program);
-    let (out, _) = run(cmd, program, 1, calls, region);
+    let (out, _) = run(cmd, program, 1, calls, region, nested);
     let text = String::from_utf8_lossy(&out.stderr);
     text.lines()
         .find_map(|l| {
@@ -94,19 +103,21 @@ fn instructions(
         .unwrap_or_else(|| panic!("no instruction count from callgrind:\n{text}"))
 }
 
-/// Runs `cmd` (the workload `program`, or a tool in front of it) with the workload's arguments,
-/// preloading the agent and draining its rings when `region` is given. Returns its output and
-/// the records drained.
+/// Runs `cmd` (the workload `program`, or a tool in front of it) with the workload's arguments
+/// (`nested`: its loop calls the nested caller), preloading the agent and draining its rings when
+/// `region` is given. Returns its output and the records drained.
 fn run(
     mut cmd: Command,
     program: &Path,
     threads: u32,
     calls: u64,
     region: Option<&RegionConfig>,
+    nested: bool,
 ) -> (std::process::Output, Option<u64>) {
     // A `-pg` program writes gmon.out into its working directory.
     cmd.current_dir(program.parent().unwrap());
     cmd.args([threads.to_string(), calls.to_string()])
+        .args(nested.then_some("nested"))
         .stdout(Stdio::piped())
         .env_remove("LD_PRELOAD");
     let region = region.map(|c| SharedRegion::create(c).unwrap());
@@ -202,33 +213,66 @@ fn main() {
         detail_enabled: true,
         ..base.clone()
     };
-    let runs: [(&str, &Path, Option<&RegionConfig>); 11] = [
-        ("untraced (no -finstrument-functions)", &plain, None),
-        ("glibc no-op hooks", &instrumented, None),
-        ("agent, index lane", &instrumented, Some(&base)),
+    let runs: [Row; 15] = [
+        ("untraced (no -finstrument-functions)", &plain, None, false),
+        ("glibc no-op hooks", &instrumented, None, false),
+        ("agent, index lane", &instrumented, Some(&base), false),
         (
             "agent, index lane, fenced handshake",
             &instrumented,
             Some(&fenced),
+            false,
         ),
         (
             "agent, index + detail (128 stack bytes)",
             &instrumented,
             Some(&detail),
+            false,
         ),
-        ("-pg, glibc's mcount", &pg, None),
-        ("-pg, agent (mcount + return trampoline)", &pg, Some(&base)),
-        ("-pg -mfentry, glibc's __fentry__", &fentry, None),
+        (
+            "agent, index lane, nested caller",
+            &instrumented,
+            Some(&base),
+            true,
+        ),
+        ("-pg, glibc's mcount", &pg, None, false),
+        (
+            "-pg, agent (mcount + return trampoline)",
+            &pg,
+            Some(&base),
+            false,
+        ),
+        ("-pg, agent, nested caller", &pg, Some(&base), true),
+        ("-pg -mfentry, glibc's __fentry__", &fentry, None, false),
         (
             "-pg -mfentry, agent (__fentry__ + trampoline)",
             &fentry,
             Some(&base),
+            false,
         ),
-        ("patchable entries, untraced (NOPs)", &patchable, None),
+        (
+            "-pg -mfentry, agent, nested caller",
+            &fentry,
+            Some(&base),
+            true,
+        ),
+        (
+            "patchable entries, untraced (NOPs)",
+            &patchable,
+            None,
+            false,
+        ),
         (
             "patchable entries, agent (patched + trampoline)",
             &patchable,
             Some(&base),
+            false,
+        ),
+        (
+            "patchable entries, agent, nested caller",
+            &patchable,
+            Some(&base),
+            true,
         ),
     ];
     if std::env::args().any(|a| a == "instructions") {
@@ -236,20 +280,22 @@ fn main() {
         // under valgrind. The hooks are called all the same.
         let pg = compiled_with(dir.path(), "pg_nogmon", &["-pg"]);
         let fentry = compiled_with(dir.path(), "fentry_nogmon", &["-pg", "-mfentry"]);
-        let runs = runs.map(|(name, program, region)| match name {
-            n if n.starts_with("-pg -mfentry") => (name, fentry.as_path(), region),
-            n if n.starts_with("-pg") => (name, pg.as_path(), region),
-            _ => (name, program, region),
+        let runs = runs.map(|(name, program, region, nested)| match name {
+            n if n.starts_with("-pg -mfentry") => (name, fentry.as_path(), region, nested),
+            n if n.starts_with("-pg") => (name, pg.as_path(), region, nested),
+            _ => (name, program, region, nested),
         });
-        // 100 k more pairs than the first run: the difference over them is per pair.
-        let (n, more) = (100_000u64, 200_000u64);
+        // 120 k more pairs than the first run: the difference over them is per pair (both
+        // multiples of 3, which the nested caller makes its pairs in).
+        let (n, more) = (120_000u64, 240_000u64);
         println!(
             "agent_overhead: instructions per call+return pair, whole process, 1 thread \
              (callgrind, {more} minus {n} calls, over {})",
             more - n
         );
         let profiles = std::env::var_os("AGENT_OVERHEAD_PROFILES").map(PathBuf::from);
-        for (i, (name, program, region)) in runs.into_iter().enumerate() {
+        for (i, row) in runs.into_iter().enumerate() {
+            let (name, program, _, _) = row;
             if name.starts_with("patchable entries, agent") {
                 // Under valgrind no free address range lies near the code for the sleds' calls
                 // to land in: the agent leaves them unpatched.
@@ -260,8 +306,8 @@ fn main() {
                 let program = program.file_name().unwrap().to_string_lossy();
                 d.join(format!("callgrind.{i:02}.{program}"))
             });
-            let a = instructions(program, n, region, None);
-            let b = instructions(program, more, region, profile);
+            let a = instructions(program, n, row, None);
+            let b = instructions(program, more, row, profile);
             println!(
                 "    {name:<48} {:8.1}",
                 (b as f64 - a as f64) / (more - n) as f64
@@ -273,12 +319,13 @@ fn main() {
         "agent_overhead: {calls} calls per thread, ns per call+return pair (thread CPU | wall)"
     );
     for &threads in thread_counts {
-        let noop = measure(&instrumented, threads, calls, None).0;
+        let noop = measure(&instrumented, threads, calls, runs[1]).0;
         println!("  {threads} thread(s):");
-        for (name, program, region) in runs {
-            let (cpu, wall) = measure(program, threads, calls, region);
+        for row in runs {
+            let (name, program, _, _) = row;
+            let (cpu, wall) = measure(program, threads, calls, row);
             println!(
-                "    {name:<42} {cpu:7.2} | {wall:7.2}   ({:.1}x no-op hooks)",
+                "    {name:<48} {cpu:7.2} | {wall:7.2}   ({:.1}x no-op hooks)",
                 cpu / noop
             );
         }

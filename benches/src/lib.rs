@@ -7,24 +7,30 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-/// The per-call overhead workload: `overhead <threads> <calls>`. Each thread calls an instrumented
-/// leaf function `calls` times and measures its own CPU time around the loop; the program prints
-/// `<CPU ns per call+return pair> <wall ns per pair>`. Only `leaf` is instrumented, so the figure is
-/// the cost of one call and one return.
+/// The per-call overhead workload: `overhead <threads> <calls> [nested]`. Each thread calls an
+/// instrumented leaf function `calls` times and measures its own CPU time around the loop; the
+/// program prints `<CPU ns per call+return pair> <wall ns per pair>`. The loop itself is not
+/// instrumented, so the figure is the cost of one call and one return. With `nested`, the loop
+/// calls `mid` instead, an instrumented function that calls `leaf` twice: `calls` pairs in
+/// threes, two of them made from inside a traced call (an entry-only hook's shadow stack is two
+/// deep there, as in real programs).
 pub const OVERHEAD_C: &str = r#"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 static long calls;
+static int nested;
 __attribute__((noinline)) int leaf(int x) { __asm__ volatile("" ::: "memory"); return x + 1; }
+__attribute__((noinline)) int mid(int x) { return leaf(x) + leaf(x + 1); }
 __attribute__((no_instrument_function)) static double now(clockid_t c) {
     struct timespec ts; clock_gettime(c, &ts); return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 __attribute__((no_instrument_function)) void *worker(void *arg) {
     double t0 = now(CLOCK_THREAD_CPUTIME_ID);
     long s = 0;
-    for (long i = 0; i < calls; i++) s += leaf((int)i);
+    if (nested) for (long i = 0; i < calls / 3; i++) s += mid((int)i);
+    else for (long i = 0; i < calls; i++) s += leaf((int)i);
     double t1 = now(CLOCK_THREAD_CPUTIME_ID);
     *(double *)arg = t1 - t0;
     return (void *)s;
@@ -32,6 +38,8 @@ __attribute__((no_instrument_function)) void *worker(void *arg) {
 __attribute__((no_instrument_function)) int main(int argc, char **argv) {
     int threads = atoi(argv[1]);
     calls = atol(argv[2]);
+    nested = argc > 3;
+    if (nested) calls = calls / 3 * 3;
     pthread_t t[64];
     double cpu[64];
     double w0 = now(CLOCK_MONOTONIC);
