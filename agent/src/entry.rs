@@ -7,10 +7,11 @@
 //! argument registers, `rax` for variadic calls, `r10` for a static chain) around a fast path
 //! that leaves the vector registers alone ([`enter_fast`]: a registered thread, room in its ring,
 //! nothing unusual), and `xmm0`–`xmm7` as well only when it declines and the full path runs (its
-//! Rust code may use them). Function ids: `__fentry__` knows the function's first byte (its own call
-//! site, less a leading `endbr64`); `mcount` is called after a prologue of unknown length, so its
-//! id is its return address, an address inside the function that the readers resolve to the
-//! enclosing symbol.
+//! Rust code may use them). Function ids: each hook's return address, an address inside the
+//! function (after `mcount`'s prologue of unknown length, after `__fentry__`'s call, after a
+//! patched sled) that the readers resolve to the enclosing symbol; the same for every call of the
+//! function, and free to compute (the function's first byte would cost `__fentry__` two reads of
+//! the code before its return address on every call, for no name the readers do not find).
 
 use crate::hook::{event, CALL, FAST_DECLINED, RETURN};
 use crate::say::say;
@@ -58,16 +59,24 @@ pub(crate) use vector_arguments;
 /// use any register). 0 in release builds.
 pub(crate) const SAVE_VECTORS_ALWAYS: u8 = cfg!(debug_assertions) as u8;
 
+/// Bytes of an entry hook's fast-path frame: the eight integer argument registers, and a word
+/// that keeps the fast path's call aligned when the hook is called with the stack aligned (the
+/// usual case; the fast path relies on no alignment, see [`SAVE_VECTORS_ALWAYS`]).
+pub(crate) const HOOK_FRAME: usize = 72;
+
 /// Defines an entry hook: saves the integer argument registers and calls `$fast(slot, pc) -> code`
 /// with the address of the instrumented function's return-address word (`$slot`: computed from
-/// `rbp`, or from `r11`, the stack pointer at the hook's entry) and the hook's return address. The
-/// fast path leaves the vector registers alone; on any answer but `FAST_DONE` the hook saves
-/// them too and calls `$slow(slot, pc, regs, code)`. With detail records on, the fast path is
-/// skipped: `$slow` gets `FAST_DECLINED` and the registers as the hook received them (the detail
-/// payload's block, see `hook::REGS`, at `[rsp + 208]`; `r11` reads as the stack pointer: the
-/// hook's first instruction takes it), else null. Restores what it saved, returns.
+/// `rbp`, or from `rsp`, [`HOOK_FRAME`] below the stack pointer at the hook's entry; `$slot_slow`
+/// the same from `r11`, that frame) and the hook's return address. The fast path leaves the
+/// vector registers alone and needs no stack alignment; on any answer but `FAST_DONE` the hook
+/// aligns the stack, saves the vector registers too and calls `$slow(slot, pc, regs, code)`. The
+/// fast path declines while detail records are on (see `hook::ready_fast`): then `$slow` gets
+/// `FAST_DECLINED` and the registers as the hook received them (the detail payload's block, see
+/// `hook::REGS`, at `[rsp + 208]`; `r11` reads as the stack pointer at the hook's entry), else
+/// null. Restores what it saved, returns.
 macro_rules! entry_hook {
-    ($(#[$meta:meta])* $name:ident, slot = $slot:literal, fast = $fast:path, slow = $slow:path) => {
+    ($(#[$meta:meta])* $name:ident, slot = $slot:literal, slot_slow = $slot_slow:literal,
+        fast = $fast:path, slow = $slow:path) => {
         $(#[$meta])*
         ///
         /// # Safety
@@ -76,63 +85,80 @@ macro_rules! entry_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
-                // The call site's alignment is unknown (gcc calls `mcount` right after pushing
-                // the saved registers; `__fentry__` is called before the function's frame
-                // exists), so align for the Rust callee: r11 keeps the entry rsp (r11 is a
-                // scratch register no call passes anything in).
+                "sub rsp, {frame}",
+                integer_arguments!(store),
+                $slot,
+                "mov rsi, [rsp + {frame}]",
+                // Unoptimised builds: the fast path's code is not checked (see
+                // `SAVE_VECTORS_ALWAYS`), so it gets an aligned stack and the vectors are saved
+                // around it too.
+                ".if {always}",
+                "mov r11, rsp",
+                "and rsp, -16",
+                "sub rsp, 208",
+                "mov [rsp + 192], r11",
+                vector_arguments!(store),
+                ".endif",
+                "call {fast}",
+                ".if {always}",
+                vector_arguments!(load),
+                "mov rsp, [rsp + 192]",
+                ".endif",
+                "test rax, rax",
+                "jnz 4f",
+                "2:",
+                integer_arguments!(load),
+                "add rsp, {frame}",
+                "ret",
+                // The fast path's answer (rax) for the slow one, on an aligned frame above the
+                // fast path's (r11).
+                "4:",
                 "mov r11, rsp",
                 "and rsp, -16",
                 "sub rsp, 352",
                 "mov [rsp + 192], r11",
-                integer_arguments!(store),
-                // Unoptimised builds: the fast path's code is not checked (see
-                // `SAVE_VECTORS_ALWAYS`), so the vectors are saved around it too.
-                ".if {always}",
                 vector_arguments!(store),
-                ".endif",
+                "mov rcx, rax",
+                "xor edx, edx",
+                "cmp rcx, {declined}",
+                "jne 5f",
                 "cmp byte ptr [rip + {detail}], 0",
-                "jne 3f",
-                $slot,
-                "mov rsi, [r11]",
-                "call {fast}",
-                "test rax, rax",
-                "jnz 4f",
-                "2:",
-                ".if {always}",
-                vector_arguments!(load),
-                ".endif",
-                integer_arguments!(load),
-                "mov rsp, [rsp + 192]",
-                "ret",
+                "je 5f",
                 // Detail records: every register as the hook received it, in the detail
-                // payload's order.
-                "3:",
-                retstack::store_registers!(),
-                "mov [rsp + {regs} + 120], r11",
-                "mov rax, [r11]",
+                // payload's order: rdi..rax and r10 from the fast path's frame, r11 and rsp the
+                // stack pointer at the hook's entry, the others untouched since.
+                "mov rax, [r11]", "mov [rsp + {regs}], rax",
+                "mov rax, [r11 + 8]", "mov [rsp + {regs} + 8], rax",
+                "mov rax, [r11 + 16]", "mov [rsp + {regs} + 16], rax",
+                "mov rax, [r11 + 24]", "mov [rsp + {regs} + 24], rax",
+                "mov rax, [r11 + 32]", "mov [rsp + {regs} + 32], rax",
+                "mov rax, [r11 + 40]", "mov [rsp + {regs} + 40], rax",
+                "mov rax, [r11 + 48]", "mov [rsp + {regs} + 48], rax",
+                "mov [rsp + {regs} + 56], rbx",
+                "mov [rsp + {regs} + 64], rbp",
+                "mov rax, [r11 + 56]", "mov [rsp + {regs} + 72], rax",
+                "lea rax, [r11 + {frame}]", "mov [rsp + {regs} + 80], rax",
+                "mov [rsp + {regs} + 88], r12",
+                "mov [rsp + {regs} + 96], r13",
+                "mov [rsp + {regs} + 104], r14",
+                "mov [rsp + {regs} + 112], r15",
+                "mov [rsp + {regs} + 120], rax",
+                "mov rax, [r11 + {frame}]",
                 "mov [rsp + {regs} + 128], rax",
                 "lea rdx, [rsp + {regs}]",
-                "mov ecx, {declined}",
-                "jmp 5f",
-                // The fast path's answer (rax) for the slow one.
-                "4:",
-                "xor edx, edx",
-                "mov rcx, rax",
                 "5:",
-                ".ifeq {always}",
-                vector_arguments!(store),
-                ".endif",
-                "mov r11, [rsp + 192]",
-                $slot,
-                "mov rsi, [r11]",
+                $slot_slow,
+                "mov rsi, [r11 + {frame}]",
                 "call {slow}",
                 vector_arguments!(load),
+                "mov rsp, [rsp + 192]",
                 "jmp 2b",
                 fast = sym $fast,
                 slow = sym $slow,
                 detail = sym crate::process::DETAIL_ON,
                 declined = const crate::hook::FAST_DECLINED,
                 regs = const 208,
+                frame = const crate::entry::HOOK_FRAME,
                 always = const crate::entry::SAVE_VECTORS_ALWAYS,
             )
         }
@@ -143,25 +169,35 @@ const _: () = assert!(
     208 + crate::hook::REGS * 8 <= 352 && crate::hook::REGS == retstack::DETAIL_REGS,
     "the hooks' register block is the detail payload's, inside the hook's frame"
 );
+const _: () = assert!(
+    HOOK_FRAME >= 64 && HOOK_FRAME % 16 == 8 && HOOK_FRAME + 8 == 80,
+    "the fast-path frame holds the eight argument registers and keeps a call aligned; the \
+     `__fentry__` slot literals are 8 bytes above it"
+);
 
 entry_hook!(
     /// The `-pg` hook (the name x86-64 gcc and clang call).
-    mcount, slot = "lea rdi, [rbp + 8]", fast = mcount_fast, slow = mcount_slow
+    mcount, slot = "lea rdi, [rbp + 8]", slot_slow = "lea rdi, [rbp + 8]",
+    fast = entry_fast, slow = entry_slow
 );
 entry_hook!(
     /// The `-pg` hook under its other name (some toolchains call `_mcount`).
-    _mcount, slot = "lea rdi, [rbp + 8]", fast = mcount_fast, slow = mcount_slow
+    _mcount, slot = "lea rdi, [rbp + 8]", slot_slow = "lea rdi, [rbp + 8]",
+    fast = entry_fast, slow = entry_slow
 );
 entry_hook!(
-    /// The `-pg -mfentry` hook, the function's first instruction.
-    __fentry__, slot = "lea rdi, [r11 + 8]", fast = fentry_fast, slow = fentry_slow
+    /// The `-pg -mfentry` hook, the function's first instruction: before the function's frame
+    /// exists, so its return address is the word above the hook's own.
+    __fentry__, slot = "lea rdi, [rsp + 80]", slot_slow = "lea rdi, [r11 + 80]",
+    fast = entry_fast, slow = entry_slow
 );
 
 entry_hook!(
     /// What a patched `-fpatchable-function-entry` sled calls (through its object's landing, see
-    /// `patch`): like `__fentry__`, before the function's frame exists, but at the sled's end, so
-    /// its id is the address after the sled, inside the function (as `mcount`'s).
-    tracer_patch_entry, slot = "lea rdi, [r11 + 8]", fast = mcount_fast, slow = mcount_slow
+    /// `patch`): like `__fentry__`, before the function's frame exists; its id is the address
+    /// after the sled.
+    tracer_patch_entry, slot = "lea rdi, [rsp + 80]", slot_slow = "lea rdi, [r11 + 80]",
+    fast = entry_fast, slow = entry_slow
 );
 
 retstack::return_trampoline!(
@@ -169,20 +205,15 @@ retstack::return_trampoline!(
     tracer_return_hook => on_return, fast = return_fast, detail = crate::process::DETAIL_ON
 );
 
-extern "C" fn mcount_fast(slot: *mut u64, pc: u64) -> u64 {
+/// Every entry hook's fast path, [`enter_fast`] with the hook's return address `pc` for the
+/// function's id.
+extern "C" fn entry_fast(slot: *mut u64, pc: u64) -> u64 {
     enter_fast(slot, pc)
 }
 
-extern "C" fn fentry_fast(slot: *mut u64, pc: u64) -> u64 {
-    enter_fast(slot, fentry_function(pc))
-}
-
-extern "C" fn mcount_slow(slot: *mut u64, pc: u64, regs: *const u64, code: u64) {
+/// Every entry hook's slow path, after [`entry_fast`] answered `code` (see `hook::after_fast`).
+extern "C" fn entry_slow(slot: *mut u64, pc: u64, regs: *const u64, code: u64) {
     crate::hook::after_fast(code, (), || enter(slot, pc, regs));
-}
-
-extern "C" fn fentry_slow(slot: *mut u64, pc: u64, regs: *const u64, code: u64) {
-    crate::hook::after_fast(code, (), || enter(slot, fentry_function(pc), regs));
 }
 
 /// The entry hooks' fast path: records the call of `function` and hooks its return when this
@@ -199,7 +230,8 @@ pub(crate) fn enter_fast(slot: *mut u64, function: u64) -> u64 {
         |st, sh| {
             // SAFETY: this thread's own shadow stack (made by it, never freed while it runs);
             // `slot` is the entered function's return-address word, on this thread's stack (the
-            // naked hook computed it from the frame the compiler set up).
+            // naked hook computed it from the frame the compiler set up); a signal handler
+            // interrupting this finds the thread busy, so its hooks leave the stack alone.
             if !sh.is_null() && unsafe { (*sh).try_hook_fast(slot, function, trampoline()) } {
                 // SAFETY: `fast` runs this only on a state it found ready.
                 unsafe { crate::hook::record_fast(st, CALL, function) }
@@ -230,32 +262,6 @@ extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
             None => declined,
         },
     )
-}
-
-/// The first byte of the function whose `__fentry__` call returns to `pc`: the call is `e8 rel32`
-/// (5 bytes) or `ff 15 disp32` (6, through the GOT), possibly after an `endbr64`.
-#[inline(always)]
-fn fentry_function(pc: u64) -> u64 {
-    let at = |a: u64| {
-        // SAFETY: the bytes read lie within the call instruction that just ran and the 4 bytes
-        // before it; those are either an `endbr64` of the same function or, when the call is the
-        // function's first instruction, the previous function's code or padding of the same
-        // executable mapping (a function never starts a mapping: the ELF header and `.init` come
-        // first).
-        unsafe { core::ptr::read_unaligned(a as *const [u8; 2]) }
-    };
-    let call = if at(pc - 6) == [0xff, 0x15] {
-        pc - 6
-    } else {
-        pc - 5
-    };
-    // SAFETY: as above.
-    let before = unsafe { core::ptr::read_unaligned((call - 4) as *const [u8; 4]) };
-    if before == [0xf3, 0x0f, 0x1e, 0xfa] {
-        call - 4
-    } else {
-        call
-    }
 }
 
 /// Records the call of `function`, whose return address is at `slot`, and hooks its return (inside

@@ -256,13 +256,12 @@ pub(crate) const FAST_REFUSED: u64 = 2;
 pub(crate) const FAST_RECLAIM: u64 = 3;
 
 /// Whether this thread's next event can be recorded on the fast path: not inside a hook, the TSC
-/// clock and room in the active ring (acceptance is the handshake's to check: a stopped one
-/// refuses in `SlotWriter::begin`). Reads only.
+/// clock and no detail records (one flag, see `ThreadState::fast_path`: the entry-only hooks
+/// count on the decline to record registers), and room in the active ring (acceptance is the
+/// handshake's to check: a stopped one refuses in `SlotWriter::begin`). Reads only.
 #[inline(always)]
 pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
-    st.busy == 0
-        && st.clock.source == registry::ClockSource::Tsc
-        && st.index.fits_words::<{ ::event::SIZE / 8 }>()
+    st.busy == 0 && st.fast_path && st.index.fits_words::<{ ::event::SIZE / 8 }>()
 }
 
 /// What a fast path answers: a code, alone or with more (see `retstack::FastReturn`).

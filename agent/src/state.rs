@@ -54,6 +54,10 @@ pub(crate) struct ThreadState {
     /// The image tag ORed into every function id (see `registry::image_tag`).
     pub(crate) tag: u64,
     pub(crate) clock: Clock,
+    /// Whether this thread's events may take the hooks' fast path at all (see
+    /// `hook::ready_fast`): the clock reads the TSC and detail records are off. Fixed at
+    /// registration, so the fast path tests one byte for both.
+    pub(crate) fast_path: bool,
     pub(crate) writer: SlotWriter<'static>,
     pub(crate) index: PoolProducer<'static>,
     pub(crate) detail: PoolProducer<'static>,

@@ -99,6 +99,8 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                 stack_bytes: reg.stack_bytes(),
                 tag: registry::image_tag(agent.image),
                 clock: reg.clock(),
+                fast_path: reg.clock().source == registry::ClockSource::Tsc
+                    && !reg.detail_enabled(),
                 writer,
                 // SAFETY: the registration made this thread the lanes' only producer.
                 index: unsafe { r.lanes.index.producer() },

@@ -14,9 +14,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The fast paths (demangled names, without the hash).
-const FAST_PATHS: [&str; 4] = [
-    "agent::entry::mcount_fast",
-    "agent::entry::fentry_fast",
+const FAST_PATHS: [&str; 3] = [
+    "agent::entry::entry_fast",
     "agent::entry::return_fast",
     "agent::plt::plt_fast",
 ];
@@ -122,9 +121,9 @@ fn hot_path__disassembled__then_no_vector_register_and_no_call() {
 
 #[test]
 fn functions__objdump_listing__then_bodies_by_name() {
-    let listing = "\n0000000000024410 <agent::entry::mcount_fast>:\n   24410:\tpush   rbp\n   \
+    let listing = "\n0000000000024410 <agent::entry::entry_fast>:\n   24410:\tpush   rbp\n   \
                    24411:\tret\n\n0000000000024420 <other>:\n   24420:\tret\n";
     let f = functions(listing);
-    assert_eq!(f["agent::entry::mcount_fast"].len(), 2);
+    assert_eq!(f["agent::entry::entry_fast"].len(), 2);
     assert_eq!(f["other"].len(), 1);
 }

@@ -190,13 +190,17 @@ impl ShadowStack {
     }
 
     /// [`ShadowStack::hook`] when nothing unusual is in the way: the stack is free (see
-    /// [`ShadowStack::try_enter`]; marked in use meanwhile), no frame is restored, there is room,
-    /// and the innermost frame's slot lies above `slot` (the usual nesting). `false`: nothing done; call
+    /// [`ShadowStack::try_enter`]), no frame is restored, there is room, and the innermost frame's
+    /// slot lies above `slot` (the usual nesting). `false`: nothing done; call
     /// [`ShadowStack::hook`]. Calls nothing, and stores the frame one word at a time (volatile
-    /// stores): a hook that left the vector registers unsaved can call it.
+    /// stores): a hook that left the vector registers unsaved can call it. It does not mark the
+    /// stack in use: the caller keeps this thread's signal handlers from hooking or unhooking
+    /// anything until it returns (the agent's fast path holds its thread's reentrancy guard, so
+    /// a handler's hooks take their slow path, which leaves the stack alone).
     ///
     /// # Safety
-    /// As for [`ShadowStack::hook`].
+    /// As for [`ShadowStack::hook`], and a signal handler interrupting it on this thread does not
+    /// use the stack.
     #[inline(always)]
     pub unsafe fn try_hook_fast(&mut self, slot: *mut u64, function: u64, trampoline: u64) -> bool {
         let at = slot as u64;
@@ -219,12 +223,10 @@ impl ShadowStack {
                 return false;
             }
         }
-        self.busy = 1;
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         // SAFETY: `len` is below `capacity`, so below the vector's capacity (checked above): the
         // element is in its buffer; it is initialised word by word before the length covers it.
         // `base` is still the buffer: only this thread changes the vector, and a signal handler
-        // interrupting it finds `busy` set and leaves the stack alone.
+        // interrupting it leaves the stack alone (the caller's contract).
         unsafe {
             let frame = base.add(len);
             (&raw mut (*frame).ret).write_volatile(ret);
@@ -233,8 +235,6 @@ impl ShadowStack {
             self.frames.set_len(len + 1);
             slot.write(trampoline);
         }
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        self.busy = 0;
         true
     }
 
