@@ -10,9 +10,10 @@
 //! record (registers as the hook saw them, the stack pointer, `stack_bytes` bytes of the stack).
 //!
 //! Contract: every event a hook sees is either written into the thread's index lane or counted
-//! under exactly one drop reason (ring full, shutdown, registry full, reentrant, thread teardown);
-//! the hot path takes no lock, makes no system call and allocates nothing; the target is never
-//! blocked indefinitely (a full lane waits a bounded time, see `ring::FullPolicy`). An entry-only
+//! under exactly one drop reason (ring full, shutdown, registry full, agent setup, reentrant,
+//! thread teardown); the hot path takes no lock, makes no system call and allocates nothing; the
+//! target is never blocked indefinitely (a full lane waits a bounded time, see
+//! `ring::FullPolicy`). An entry-only
 //! hook records its call only if it could hook the return (a call deeper than the shadow stack
 //! records neither, said once); the first hook of a thread allocates its shadow stack.
 //!

@@ -65,8 +65,9 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             return None;
         }
         REGISTERING | INITIALISER => {
-            // An event inside our own registration (signal handler): no slot to count it in yet.
-            reg.count_orphan(OrphanReason::RegistryFull);
+            // An event inside the agent's own setup of this thread (a call libc makes for it, a
+            // signal handler): no slot to count it in yet.
+            reg.count_orphan(OrphanReason::AgentSetup);
             return None;
         }
         WAITING if reg.recycled_count() == tl.seen_recycled => {

@@ -260,6 +260,12 @@ pub struct Drops {
     /// The thread found no free registry slot.
     #[serde(default)]
     pub registry_full: u64,
+    /// The agent was setting the thread up (registering it, or starting in it): a call made for
+    /// the agent (libc's, under `--library-calls all`) or a signal handler's at that moment.
+    /// Newer than the other reasons, so written only when not zero: a reader that does not know
+    /// it finds it under `other`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub agent_setup: u64,
     /// The hook was re-entered.
     #[serde(default)]
     pub reentrant: u64,
@@ -277,6 +283,7 @@ impl Drops {
         self.ring_full
             + self.shutdown
             + self.registry_full
+            + self.agent_setup
             + self.reentrant
             + self.thread_teardown
             + self.other.values().sum::<u64>()
@@ -311,6 +318,7 @@ impl Counts {
         d.ring_full += other.dropped.ring_full;
         d.shutdown += other.dropped.shutdown;
         d.registry_full += other.dropped.registry_full;
+        d.agent_setup += other.dropped.agent_setup;
         d.reentrant += other.dropped.reentrant;
         d.thread_teardown += other.dropped.thread_teardown;
         for (reason, n) in &other.dropped.other {
@@ -782,13 +790,14 @@ mod tests {
     #[test]
     fn counts__balanced__then_attempted_is_persisted_plus_every_drop() {
         let mut c = Counts {
-            attempted: 10,
+            attempted: 11,
             persisted: 4,
             ..Counts::default()
         };
         c.dropped.ring_full = 1;
         c.dropped.shutdown = 1;
         c.dropped.registry_full = 1;
+        c.dropped.agent_setup = 1;
         c.dropped.reentrant = 1;
         c.dropped.thread_teardown = 1;
         assert!(!c.balanced());
@@ -797,9 +806,39 @@ mod tests {
         let mut total = Counts::default();
         total.add(&c);
         total.add(&c);
-        assert_eq!(total.attempted, 20);
-        assert_eq!(total.dropped.total(), 12);
+        assert_eq!(total.attempted, 22);
+        assert_eq!(total.dropped.total(), 14);
         assert!(total.balanced());
+    }
+
+    #[test]
+    fn drops__agent_setup__then_readers_without_the_field_count_it_under_other() {
+        /// `Drops` as readers before `agent_setup` declared it.
+        #[derive(Deserialize)]
+        struct Before {
+            registry_full: u64,
+            #[serde(flatten)]
+            other: BTreeMap<String, u64>,
+        }
+        let d = Drops {
+            registry_full: 2,
+            agent_setup: 61,
+            ..Drops::default()
+        };
+        let json = serde_json::to_string(&d).unwrap();
+        let before: Before = serde_json::from_str(&json).unwrap();
+        assert_eq!(before.registry_full, 2);
+        assert_eq!(before.other.get("agent_setup"), Some(&61), "{json}");
+        assert_eq!(
+            before.registry_full + before.other.values().sum::<u64>(),
+            d.total()
+        );
+        // Written only when something was dropped for it; a manifest without it reads as none.
+        assert!(!serde_json::to_string(&Drops::default())
+            .unwrap()
+            .contains("agent_setup"));
+        let old: Drops = serde_json::from_str(r#"{"registry_full": 2, "ring_full": 1}"#).unwrap();
+        assert_eq!((old.agent_setup, old.total()), (0, 3));
     }
 
     #[test]

@@ -827,6 +827,7 @@ impl Recorder {
             s.dropped = [
                 ("ring full", d.ring_full),
                 ("registry full", d.registry_full),
+                ("agent setup", d.agent_setup),
                 ("reentrant", d.reentrant),
                 ("thread teardown", d.thread_teardown),
             ]

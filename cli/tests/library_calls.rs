@@ -226,6 +226,29 @@ fn counts__lazy_binding_8_threads__then_exact_per_thread_counts_named_by_library
 }
 
 #[test]
+fn scope_all__8_threads__then_drops_while_the_agent_sets_threads_up_are_not_called_registry_full() {
+    let exe = libcalls("libcalls_lazy", &[]);
+    let (out, tmp) = run_spawn(&["--library-calls", "all"], &[], &exe, &["counts", "8"]);
+    let (session, _) = check_session(&session_dir(tmp.path()));
+    let dropped = &session.manifest.accounting.index.dropped;
+    // 9 threads hold 9 of the registry's slots: it is never full.
+    assert_eq!(dropped.registry_full, 0, "{dropped:?}");
+    assert!(session.manifest.accounting.index.balanced());
+    let summary = stderr(&out);
+    assert!(!summary.contains("registry full"), "{summary}");
+    if dropped.agent_setup > 0 {
+        let named = format!("agent setup: {}", dropped.agent_setup);
+        assert!(summary.contains(&named), "{summary}");
+        let info = run(&["info", session_dir(tmp.path()).to_str().unwrap()]);
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(
+            info.contains(&format!("agent_setup {}", dropped.agent_setup)),
+            "{info}"
+        );
+    }
+}
+
+#[test]
 fn counts__ld_bind_now__then_exact_counts() {
     let exe = libcalls("libcalls_lazy2", &[]);
     let (_, traces, _tmp) = spawn_with(&[], &[("LD_BIND_NOW", "1")], &exe, &["counts", "4"]);

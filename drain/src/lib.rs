@@ -547,7 +547,10 @@ impl<'r, B: Backend> Drain<'r, B> {
         self.retire_all_and_finish(&mut first);
         let mut orphans = self.registry.orphan_counts();
         // Post-stop snapshot: late orphan attempts whose drop is not counted yet are shutdown drops.
-        let counted = orphans.registry_full + orphans.thread_teardown + orphans.shutdown;
+        let counted = orphans.registry_full
+            + orphans.agent_setup
+            + orphans.thread_teardown
+            + orphans.shutdown;
         if orphans.attempted > counted {
             orphans.shutdown += orphans.attempted - counted;
         } else {
@@ -574,6 +577,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                     persisted: 0,
                     dropped: Drops {
                         registry_full: orphans.registry_full,
+                        agent_setup: orphans.agent_setup,
                         thread_teardown: orphans.thread_teardown,
                         shutdown: orphans.shutdown,
                         ..Drops::default()

@@ -72,7 +72,8 @@ pub(crate) const O_REGISTRY_FULL: usize = 1;
 pub(crate) const O_TEARDOWN: usize = 2;
 pub(crate) const O_SHUTDOWN: usize = 3;
 pub(crate) const O_WAITING: usize = 4;
-pub(crate) const ORPHAN_COUNTERS: usize = 5;
+pub(crate) const O_AGENT_SETUP: usize = 5;
+pub(crate) const ORPHAN_COUNTERS: usize = 6;
 
 /// Handshake modes (see [`Handshake`]).
 pub(crate) const HS_MEMBARRIER: u32 = 1;

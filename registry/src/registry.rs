@@ -103,13 +103,17 @@ impl ThreadCounts {
 }
 
 /// Events of threads that held no slot (all dropped): `attempted == registry_full +
-/// thread_teardown + shutdown`.
+/// agent_setup + thread_teardown + shutdown`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OrphanCounts {
     /// Events seen.
     pub attempted: u64,
     /// Dropped: no free slot (the thread retries on later events).
     pub registry_full: u64,
+    /// Dropped: the agent was setting the thread up (registering it, or starting in it), so
+    /// the event is a call made for the agent (libc's, under `--library-calls all`) or a signal
+    /// handler's at that moment.
+    pub agent_setup: u64,
     /// Dropped: the thread's slot was already released at teardown.
     pub thread_teardown: u64,
     /// Dropped: registrations or acceptance closed before the thread got a slot.
@@ -121,7 +125,8 @@ pub struct OrphanCounts {
 impl OrphanCounts {
     /// Whether `attempted` equals the sum of the drops.
     pub fn balanced(&self) -> bool {
-        self.attempted == self.registry_full + self.thread_teardown + self.shutdown
+        self.attempted
+            == self.registry_full + self.agent_setup + self.thread_teardown + self.shutdown
     }
 }
 
@@ -130,6 +135,8 @@ impl OrphanCounts {
 pub enum OrphanReason {
     /// No free slot.
     RegistryFull,
+    /// The agent was setting the thread up: registering it, or starting in it.
+    AgentSetup,
     /// After the thread's teardown.
     ThreadTeardown,
     /// Registrations closed.
@@ -872,6 +879,7 @@ impl<'a, B: Backend> Registry<'a, B> {
         OrphanCounts {
             attempted: o[O_ATTEMPTED].load(Relaxed),
             registry_full: o[O_REGISTRY_FULL].load(Relaxed),
+            agent_setup: o[O_AGENT_SETUP].load(Relaxed),
             thread_teardown: o[O_TEARDOWN].load(Relaxed),
             shutdown: o[O_SHUTDOWN].load(Relaxed),
             waiting_threads: o[O_WAITING].load(Relaxed),
@@ -1204,6 +1212,7 @@ impl<'a, B: Backend> Registry<'a, B> {
         o[O_ATTEMPTED].fetch_add(1, Relaxed);
         let i = match reason {
             OrphanReason::RegistryFull => O_REGISTRY_FULL,
+            OrphanReason::AgentSetup => O_AGENT_SETUP,
             OrphanReason::ThreadTeardown => O_TEARDOWN,
             OrphanReason::Shutdown => O_SHUTDOWN,
         };

@@ -169,6 +169,17 @@ fn registry__capacity_plus_one__then_registry_full_until_a_slot_is_recycled() {
 }
 
 #[test]
+fn registry__orphan_during_agent_setup__then_counted_apart_from_registry_full() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    reg.count_orphan(OrphanReason::AgentSetup);
+    reg.count_orphan(OrphanReason::AgentSetup);
+    let o = reg.orphan_counts();
+    assert_eq!((o.attempted, o.agent_setup, o.registry_full), (2, 2, 0));
+    assert!(o.balanced());
+}
+
+#[test]
 fn registry__1024_threads_race_to_register__then_every_slot_unique() {
     let r = SharedRegion::create_with_clock(&small(1024), &Clock::boottime()).unwrap();
     let r = Arc::new(r);

@@ -229,6 +229,7 @@ fn reasons(d: &Drops) -> String {
         ("ring_full", d.ring_full),
         ("shutdown", d.shutdown),
         ("registry_full", d.registry_full),
+        ("agent_setup", d.agent_setup),
         ("reentrant", d.reentrant),
         ("thread_teardown", d.thread_teardown),
     ]
