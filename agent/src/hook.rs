@@ -308,12 +308,19 @@ pub(crate) fn fast<A: FastAnswer>(
 ) -> A {
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
-    let (raw, state, shadow, generation) =
-        unsafe { ((*t).seat, (*t).state, (*t).shadow, (*t).generation) };
+    let (marker, raw, state, shadow, generation) = unsafe {
+        (
+            (*t).marker,
+            (*t).seat,
+            (*t).state,
+            (*t).shadow,
+            (*t).generation,
+        )
+    };
     if state.is_null() {
         return declined;
     }
-    let Some(seat) = crate::live::enter_seated(raw) else {
+    let Some(seat) = crate::live::enter_seated(marker, raw) else {
         return declined;
     };
     let answer = if generation != crate::live::generation() {

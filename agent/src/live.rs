@@ -278,24 +278,41 @@ pub(crate) fn leave(seat: Seat) {
     }
 }
 
-/// [`enter`] for a thread that has its seat already (`raw`, its TLS block's seat field): `None`
-/// when it has none yet (nothing marked). Claims nothing and calls nothing, for the entry hooks'
-/// fast path (see `entry`).
+/// How a fast path marked its thread inside (see [`enter_seated`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Marked {
+    /// Through the thread's own seat's marker.
+    Own(quiesce::Marker<'static>),
+    /// Through a seat looked up (the shared counter).
+    Seat(Seat),
+}
+
+/// [`enter`] for a thread that has its seat already (`marker` and `raw`, its TLS block's fields):
+/// through the seat's own marker if it has one, else through the seat (the shared counter);
+/// `None` when it has no seat yet (nothing marked). Claims nothing and calls nothing, for the
+/// hooks' fast paths (see `hook::fast`).
 #[inline(always)]
-pub(crate) fn enter_seated(raw: u32) -> Option<Seat> {
+pub(crate) fn enter_seated(marker: Option<quiesce::Marker<'static>>, raw: u32) -> Option<Marked> {
+    if let Some(marker) = marker {
+        PRESENCE.enter_marked(marker);
+        return Some(Marked::Own(marker));
+    }
     if raw == SEAT_NONE {
         return None;
     }
     let seat = from_tls(raw);
     PRESENCE.enter(seat);
-    Some(seat)
+    Some(Marked::Seat(seat))
 }
 
 /// [`leave`] without the reclaim: `true` when the caller must call [`reclaim_now`] (once out).
 #[inline(always)]
 #[must_use]
-pub(crate) fn leave_deferred(seat: Seat) -> bool {
-    PRESENCE.leave(seat)
+pub(crate) fn leave_deferred(marked: Marked) -> bool {
+    match marked {
+        Marked::Own(marker) => PRESENCE.leave_marked(marker),
+        Marked::Seat(seat) => PRESENCE.leave(seat),
+    }
 }
 
 /// Frees what waits for every thread to be out (after [`leave_deferred`] said so).
@@ -330,6 +347,7 @@ fn claim() -> Seat {
         crate::process::arm_teardown();
         seat.to_raw() + 1
     };
+    tl.marker = PRESENCE.marker(seat);
     seat
 }
 
@@ -347,6 +365,7 @@ fn from_tls(raw: u32) -> Seat {
 pub(crate) fn release_seat() {
     // SAFETY: only this thread touches its TLS block.
     let tl = unsafe { &mut *tls() };
+    tl.marker = None;
     if tl.seat != SEAT_NONE && tl.seat != SEAT_SHARED {
         PRESENCE.release(from_tls(tl.seat));
     }

@@ -1,4 +1,4 @@
-//! The agent's only thread-local storage: a 48-byte initial-exec TLS block reached with one
+//! The agent's only thread-local storage: a 56-byte initial-exec TLS block reached with one
 //! `fs`-relative load (no `__tls_get_addr`), zeroed by the loader for every new thread.
 
 use crate::state::ThreadState;
@@ -32,9 +32,12 @@ pub(crate) struct Tls {
     pub(crate) shadow: *mut retstack::ShadowStack,
     /// The thread's presence seat (see `live`): 0 until claimed.
     pub(crate) seat: u32,
+    /// That seat's own marker, while the thread holds a seat of its own (`None`, null, before and
+    /// after, and for a thread on the shared counter): what the fast paths mark through.
+    pub(crate) marker: Option<quiesce::Marker<'static>>,
 }
 
-const _: () = assert!(core::mem::size_of::<Tls>() == 48);
+const _: () = assert!(core::mem::size_of::<Tls>() == 56);
 
 core::arch::global_asm!(
     ".section .tbss,\"awT\",@nobits",
@@ -42,9 +45,9 @@ core::arch::global_asm!(
     ".globl agent_tls_block",
     ".hidden agent_tls_block",
     ".type agent_tls_block,@object",
-    ".size agent_tls_block, 48",
+    ".size agent_tls_block, 56",
     "agent_tls_block:",
-    ".zero 48",
+    ".zero 56",
     ".text",
 );
 

@@ -105,6 +105,16 @@ impl Seat {
     }
 }
 
+/// A seat's own marker, looked up once ([`Quiesce::marker`]): [`Quiesce::enter_marked`] and
+/// [`Quiesce::leave_marked`] mark through it without finding the seat again, for a hot path that
+/// keeps it (in thread-local storage, say: `Option<Marker>` is one pointer, null for `None`). It
+/// is valid for as long as the seat is held.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct Marker<'a> {
+    depth: &'a AtomicU32,
+}
+
 /// One thread's marker, on a cache line of its own (threads mark on every call).
 #[cfg_attr(not(feature = "loom"), repr(align(64)))]
 struct Node {
@@ -205,18 +215,44 @@ impl<const SEATS: usize, const PENDING: usize> Quiesce<SEATS, PENDING> {
         }
     }
 
+    /// `seat`'s own marker; `None` for the shared counter.
+    #[inline(always)]
+    pub fn marker(&self, seat: Seat) -> Option<Marker<'_>> {
+        self.nodes
+            .get(seat.0 as usize)
+            .map(|node| Marker { depth: &node.depth })
+    }
+
+    /// [`Quiesce::enter`] through a seat's own marker (its holder only, while it holds the seat).
+    #[inline(always)]
+    pub fn enter_marked(&self, marker: Marker<'_>) {
+        // Relaxed: only this thread writes its depth; the barrier below (with the retirer's)
+        // orders the store before the caller's load of the pointer.
+        let depth = marker.depth.load(Relaxed);
+        marker.depth.store(depth + 1, Relaxed);
+        light_barrier();
+    }
+
+    /// [`Quiesce::leave`] through a seat's own marker (its holder only, while it holds the seat).
+    #[inline(always)]
+    #[must_use]
+    pub fn leave_marked(&self, marker: Marker<'_>) -> bool {
+        let depth = marker.depth.load(Relaxed);
+        // Release: pairs with the Acquire loads in `reclaim`: every access this thread made
+        // inside happens before a reclaim that sees it out.
+        marker.depth.store(depth.saturating_sub(1), Release);
+        light_barrier();
+        // Relaxed: a hint; a retirement this misses runs its own reclaim after its second
+        // barrier, which sees this thread out.
+        depth <= 1 && self.waiting.load(Relaxed) != 0
+    }
+
     /// Marks the calling thread inside. Call it before reading the pointer to the memory, and
     /// [`Quiesce::leave`] after the last access.
     #[inline(always)]
     pub fn enter(&self, seat: Seat) {
-        match self.nodes.get(seat.0 as usize) {
-            Some(node) => {
-                // Relaxed: only this thread writes its depth; the barrier below (with the
-                // retirer's) orders the store before the caller's load of the pointer.
-                let depth = node.depth.load(Relaxed);
-                node.depth.store(depth + 1, Relaxed);
-                light_barrier();
-            }
+        match self.marker(seat) {
+            Some(marker) => self.enter_marked(marker),
             None => {
                 self.shared.fetch_add(1, Relaxed);
                 // SeqCst: pairs with the fence in `reclaim` and the retirer's barrier: the count
@@ -239,17 +275,8 @@ impl<const SEATS: usize, const PENDING: usize> Quiesce<SEATS, PENDING> {
     #[inline(always)]
     #[must_use]
     pub fn leave(&self, seat: Seat) -> bool {
-        match self.nodes.get(seat.0 as usize) {
-            Some(node) => {
-                let depth = node.depth.load(Relaxed);
-                // Release: pairs with the Acquire loads in `reclaim`: every access this thread made
-                // inside happens before a reclaim that sees it out.
-                node.depth.store(depth.saturating_sub(1), Release);
-                light_barrier();
-                // Relaxed: a hint; a retirement this misses runs its own reclaim after its second
-                // barrier, which sees this thread out.
-                depth <= 1 && self.waiting.load(Relaxed) != 0
-            }
+        match self.marker(seat) {
+            Some(marker) => self.leave_marked(marker),
             None => {
                 let mut now = self.shared.load(Relaxed);
                 // Release: as above. Saturating: a fork child's reset may have cleared the count.
@@ -362,6 +389,25 @@ mod tests {
         assert!(q.claim().is_shared());
         q.release(a);
         assert_eq!(q.claim(), a);
+    }
+
+    #[test]
+    fn marker__own_seat_marked_through_it__then_seen_inside_and_last_out_told_to_reclaim() {
+        let q: Quiesce<2> = Quiesce::new();
+        let seat = q.claim();
+        assert!(q.marker(Seat::SHARED).is_none());
+        assert_eq!(
+            core::mem::size_of::<Option<Marker<'_>>>(),
+            core::mem::size_of::<usize>()
+        );
+        let marker = q.marker(seat).unwrap();
+        q.enter_marked(marker);
+        q.enter(seat); // the same seat, marked either way
+        q.retire(0xB1, fenced).unwrap();
+        assert_eq!(q.reclaim(|_| ()), 0, "inside");
+        assert!(!q.leave_marked(marker), "still inside its outer section");
+        assert!(q.leave(seat));
+        assert_eq!(q.reclaim(|_| ()), 1);
     }
 
     #[test]
