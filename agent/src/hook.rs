@@ -256,12 +256,13 @@ pub(crate) const FAST_REFUSED: u64 = 2;
 pub(crate) const FAST_RECLAIM: u64 = 3;
 
 /// Whether this thread's next event can be recorded on the fast path: not inside a hook, the TSC
-/// clock and no detail records (one flag, see `ThreadState::fast_path`: the entry-only hooks
-/// count on the decline to record registers), and room in the active ring (acceptance is the
-/// handshake's to check: a stopped one refuses in `SlotWriter::begin`). Reads only.
+/// clock, no detail records and an index lane of fixed-size records (one flag, see
+/// `ThreadState::fast_path`: the entry-only hooks count on the decline to record registers), and
+/// room in the active ring (acceptance is the handshake's to check: a stopped one refuses in
+/// `SlotWriter::begin`). Reads only.
 #[inline(always)]
 pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
-    st.busy == 0 && st.fast_path && st.index.fits_words::<{ ::event::SIZE / 8 }>()
+    st.busy == 0 && st.fast_path && st.index.room_for_words::<{ ::event::SIZE / 8 }>()
 }
 
 /// What a fast path answers: a code, alone or with more (see `retstack::FastReturn`).
@@ -370,8 +371,8 @@ pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64)
         detail_seq: NO_DETAIL,
     }
     .to_words();
-    // SAFETY: `ready_fast` found room for one record (the caller's contract), and only this
-    // thread fills the ring.
+    // SAFETY: `ready_fast` found room for one record (the caller's contract) in a lane whose
+    // rings hold such records (`fast_path`, set only then), and only this thread fills the ring.
     unsafe { st.index.push_words_fitted(&words) };
     st.index_seq = st.index_seq.wrapping_add(1);
     st.writer.end();

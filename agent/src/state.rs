@@ -55,8 +55,9 @@ pub(crate) struct ThreadState {
     pub(crate) tag: u64,
     pub(crate) clock: Clock,
     /// Whether this thread's events may take the hooks' fast path at all (see
-    /// `hook::ready_fast`): the clock reads the TSC and detail records are off. Fixed at
-    /// registration, so the fast path tests one byte for both.
+    /// `hook::ready_fast`): the clock reads the TSC, detail records are off and the index lane
+    /// holds fixed-size records of one event. Fixed at registration, so the fast path tests one
+    /// byte for all three.
     pub(crate) fast_path: bool,
     pub(crate) writer: SlotWriter<'static>,
     pub(crate) index: PoolProducer<'static>,

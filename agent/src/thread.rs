@@ -86,6 +86,8 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             reg.set_stack_bounds(r.slot, lo, hi);
             let mut writer = r.writer;
             writer.set_fenced(writer.fenced() || crate::process::producers_must_fence(reg));
+            // SAFETY: the registration made this thread the lanes' only producer.
+            let index = unsafe { r.lanes.index.producer() };
             let state = ThreadState {
                 busy: 0,
                 stop_seen: false,
@@ -101,10 +103,10 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                 tag: registry::image_tag(agent.image),
                 clock: reg.clock(),
                 fast_path: reg.clock().source == registry::ClockSource::Tsc
-                    && !reg.detail_enabled(),
+                    && !reg.detail_enabled()
+                    && index.holds_words::<{ ::event::SIZE / 8 }>(),
                 writer,
-                // SAFETY: the registration made this thread the lanes' only producer.
-                index: unsafe { r.lanes.index.producer() },
+                index,
                 // SAFETY: as above.
                 detail: unsafe { r.lanes.detail.producer() },
                 agent,

@@ -573,6 +573,20 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
         self.ring.fits_words::<N>()
     }
 
+    /// Whether the pool's rings hold fixed-size records of `N` words (every ring of a pool holds
+    /// the same kind, checked when the pool was opened: see [`Producer::holds_words`]).
+    #[inline(always)]
+    pub fn holds_words<const N: usize>(&self) -> bool {
+        self.ring.holds_words::<N>()
+    }
+
+    /// Whether one record of `N` words' bytes fit in the active ring now (see
+    /// [`Producer::room_for_words`]); no ring is swapped.
+    #[inline(always)]
+    pub fn room_for_words<const N: usize>(&mut self) -> bool {
+        self.ring.room_for_words::<N>()
+    }
+
     /// Writes one record of `N` words into the active ring if it fits now, and counts it; never
     /// swaps rings, waits or calls out (see [`Producer::try_push_words`]). `false`: nothing
     /// written or counted.
@@ -588,7 +602,8 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
     /// [`PoolProducer::try_push_words`] without the check, for a caller that made it already.
     ///
     /// # Safety
-    /// [`PoolProducer::fits_words`] returned true for `N` since this producer's last write.
+    /// [`PoolProducer::fits_words`] returned true for `N` since this producer's last write (or
+    /// [`PoolProducer::holds_words`] at any time and [`PoolProducer::room_for_words`] since).
     #[inline(always)]
     pub unsafe fn push_words_fitted<const N: usize>(&mut self, words: &[u64; N]) {
         // SAFETY: the caller's contract, for the active ring (no write swapped it since).

@@ -486,11 +486,25 @@ impl<'a, B: Backend> Producer<'a, B> {
         Ok(())
     }
 
-    /// Whether one fixed-size record of `N` little-endian words fits now: the ring holds records
-    /// of `8 * N` bytes and has room for one (this may refresh the cached tail).
+    /// Whether one fixed-size record of `N` little-endian words fits now: the ring
+    /// [holds such records](Self::holds_words) and [has room](Self::room_for_words) for one.
     #[inline(always)]
     pub fn fits_words<const N: usize>(&mut self) -> bool {
-        self.ring.kind == RecordKind::Fixed(8 * N as u32) && self.has_room(8 * N as u64)
+        self.holds_words::<N>() && self.room_for_words::<N>()
+    }
+
+    /// Whether the ring holds fixed-size records of `N` words (its kind never changes: a caller
+    /// that found it so once need only ask [`Producer::room_for_words`] on each write).
+    #[inline(always)]
+    pub fn holds_words<const N: usize>(&self) -> bool {
+        self.ring.kind == RecordKind::Fixed(8 * N as u32)
+    }
+
+    /// Whether `8 * N` more bytes fit now (this may refresh the cached tail): with
+    /// [`Producer::holds_words`], what [`Producer::fits_words`] asks.
+    #[inline(always)]
+    pub fn room_for_words<const N: usize>(&mut self) -> bool {
+        self.has_room(8 * N as u64)
     }
 
     /// Writes one fixed-size record given as `N` little-endian words, if it [fits
@@ -510,8 +524,9 @@ impl<'a, B: Backend> Producer<'a, B> {
     /// [`Producer::try_push_words`] without the check, for a caller that made it already.
     ///
     /// # Safety
-    /// [`Producer::fits_words`] returned true for `N` since this producer's last write: else the
-    /// words could overwrite bytes the consumer is reading.
+    /// [`Producer::fits_words`] returned true for `N` since this producer's last write (or
+    /// [`Producer::holds_words`] at any time and [`Producer::room_for_words`] since that write):
+    /// else the words could overwrite bytes the consumer is reading.
     #[inline(always)]
     pub unsafe fn push_words_fitted<const N: usize>(&mut self, words: &[u64; N]) {
         let size = 8 * N as u64;
