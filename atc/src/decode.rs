@@ -31,7 +31,10 @@ pub enum DecodeError {
         actual: usize,
     },
     /// The CRC-32C does not match.
-    #[error("chunk checksum mismatch: stored {expected:#010x}, computed {actual:#010x}")]
+    #[error(
+        "checksum mismatch: the chunk header records {expected:#010x} but the chunk's header and \
+         payload hash to {actual:#010x}; the chunk was damaged after it was written"
+    )]
     Checksum {
         /// From the header.
         expected: u32,

@@ -347,13 +347,10 @@ impl Chunks {
         file.read_exact_at(raw, offset)
             .map_err(|e| Error::io(path, "read a chunk (did the file shrink?)", e))?;
         buf.clear();
-        let damaged = |e: DecodeError| match e {
-            DecodeError::Checksum { expected, actual } => Error::Checksum {
-                path: path.to_path_buf(),
-                expected,
-                actual,
-            },
-            other => Error::corrupt(path, format!("the chunk at offset {offset}: {other}")),
+        let damaged = |damage: DecodeError| Error::Chunk {
+            path: path.to_path_buf(),
+            offset,
+            damage,
         };
         let (head, payload) = raw.split_at(CHUNK_HEADER_SIZE.min(raw.len()));
         let head: &[u8; CHUNK_HEADER_SIZE] = head
@@ -556,18 +553,29 @@ impl ChunkEvents<'_> {
             ) {
                 let skippable = !matches!(e, Error::Io { .. });
                 if let (Some(check), true) = (&mut self.check, skippable) {
-                    check.damage.push(Damage::new(
-                        self.path,
-                        self.chunks.range(i),
-                        format!("{e}; the chunk's events are not read"),
-                    ));
                     // The chunk held the events up to the next chunk's first, as the index
                     // (checked to tile the file) says: the next chunk is not out of place.
-                    check.decoded = self
+                    let end = self
                         .chunks
                         .entries
                         .get(i + 1)
                         .map_or(self.chunks.event_count, |next| next.first_seq);
+                    let lost = end.saturating_sub(self.chunks.entries[i].first_seq);
+                    let what = match &e {
+                        Error::Chunk { offset, damage, .. } => {
+                            format!("the chunk at offset {offset}: {damage}")
+                        }
+                        other => other.to_string(),
+                    };
+                    check.damage.push(Damage::new(
+                        self.path,
+                        self.chunks.range(i),
+                        match lost {
+                            1 => format!("{what}; its 1 event is not read"),
+                            n => format!("{what}; its {n} events are not read"),
+                        },
+                    ));
+                    check.decoded = end;
                 }
                 if self.past_damage && skippable {
                     self.buf.clear();
@@ -728,8 +736,23 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let r = IndexReader::open(&path).unwrap();
         let err = r.verify_checksum().unwrap_err();
-        assert!(matches!(err, Error::Checksum { .. }), "{err}");
-        assert!(err.to_string().contains("index.atc"), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Chunk {
+                    offset: 64,
+                    damage: atc::DecodeError::Checksum { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let said = err.to_string();
+        assert!(
+            said.contains("index.atc: the chunk at offset 64: checksum mismatch: the chunk header"),
+            "{said}"
+        );
+        assert!(!said.contains("footer"), "ATC has no footer: {said}");
         let mut events = r.events();
         assert!(events.next().unwrap().is_err());
         assert!(events.next().is_none());

@@ -27,7 +27,18 @@ pub enum Error {
         /// What is wrong, in words.
         problem: String,
     },
-    /// The footer's CRC-32C does not match the event bytes.
+    /// A chunk of an ATC event file is damaged: its checksum, its lengths or its encoding. Its
+    /// events are lost; the chunks around it are not.
+    #[error("{}: the chunk at offset {offset}: {damage}", path.display())]
+    Chunk {
+        /// The file.
+        path: PathBuf,
+        /// Where the chunk's header starts.
+        offset: u64,
+        /// What is wrong with it.
+        damage: atc::DecodeError,
+    },
+    /// The footer's CRC-32C does not match the event bytes (ATF v2).
     #[error(
         "{}: checksum mismatch: the footer records {expected:#010x} but the events hash to \
          {actual:#010x}; the file was damaged after it was written",
