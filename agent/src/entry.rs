@@ -205,6 +205,19 @@ retstack::return_trampoline!(
     tracer_return_hook => on_return, fast = return_fast, detail = crate::process::DETAIL_ON
 );
 
+retstack::return_trampoline!(
+    /// Where a library-call stub (see `plt`) goes on to a function whose return it hooked: calls
+    /// it, and is where it returns to ([`return_through`]); records the return as
+    /// [`tracer_return_hook`] does, with the same handlers.
+    call_through library_return => on_return, fast = return_fast, detail = crate::process::DETAIL_ON
+);
+
+/// The return address a library call's slot holds while the function runs: [`library_return`]'s
+/// entry after its `call`.
+fn return_through() -> u64 {
+    library_return as *const () as u64 + retstack::CALL_THROUGH_BYTES
+}
+
 /// Every entry hook's fast path, [`enter_fast`] with the hook's return address `pc` for the
 /// function's id.
 extern "C" fn entry_fast(slot: *mut u64, pc: u64) -> u64 {
@@ -296,12 +309,11 @@ fn enter_inside(slot: *mut u64, function: u64, regs: *const u64) -> Option<crate
         st.writer.count_reentrant();
         return None;
     }
-    let trampoline = tracer_return_hook as *const () as u64;
     let mut any_dead = false;
     // SAFETY: `slot` is the entered function's return-address word (the naked hook computed it
     // from the frame the compiler set up), on this thread's stack.
     let hooked = unsafe {
-        sh.hook(slot, function, trampoline, |dead| {
+        sh.hook(slot, function, trampolines(), |dead| {
             any_dead = true;
             event(RETURN, dead.function, core::ptr::null())
         })
@@ -442,7 +454,7 @@ extern "C" fn before_raise(_sp: u64) -> usize {
 fn restore_all() {
     with_shadow(|sh| {
         // SAFETY: this thread's hooked slots are words of its stacks (see `ShadowStack::hook`).
-        unsafe { sh.restore_all(trampoline()) }
+        unsafe { sh.restore_all(trampolines()) }
     });
 }
 
@@ -462,7 +474,7 @@ fn resume(sp: u64) {
         // SAFETY: this thread's hooked slots are words of its stacks; `sp` is the catching frame's
         // stack pointer, so every frame above it is live.
         unsafe {
-            sh.resume_at(sp, trampoline(), |gone| {
+            sh.resume_at(sp, trampolines(), |gone| {
                 event(RETURN, gone.function, core::ptr::null())
             })
         }
@@ -491,6 +503,15 @@ fn ours(f: usize) -> bool {
 
 fn trampoline() -> u64 {
     tracer_return_hook as *const () as u64
+}
+
+/// The trampoline hooks write, and the library-call stubs' call-through one a slot may hold
+/// instead (see `plt`).
+fn trampolines() -> retstack::Trampolines {
+    retstack::Trampolines {
+        written: trampoline(),
+        other: return_through(),
+    }
 }
 
 /// Runs `f` on this thread's shadow stack, if it has one and is not inside a shadow-stack

@@ -7,8 +7,11 @@
 //! agent and the dynamic loader) the agent makes a 32-byte stub, `mov r11, &target; jmp
 //! [common]`, and points the entry at it. The common entry ([`plt_entry`]) saves the argument
 //! registers, records the call and hooks its return through the thread's shadow stack (the same
-//! `retstack` return interception the `-pg` hooks use, see `entry`), and jumps to the real
-//! function with every register and the stack as the caller left them.
+//! `retstack` return interception the `-pg` hooks use, see `entry`), and goes on to the real
+//! function with every register and the stack as the caller left them: by a `call` from the
+//! agent's second return trampoline when the return is hooked, so that the function's return and
+//! the trampoline's are both predicted (the caller's `call` is still on the processor's return
+//! predictor: a stub is reached by `jmp`), else by a `jmp`.
 //!
 //! - **Names.** A call's function id is the GOT entry's address: the tracer reads the object's
 //!   relocations from disk and names the entry by its symbol (`getpid`), whatever the entry points
@@ -67,6 +70,9 @@ pub(crate) struct Target {
     id: u64,
     /// A [`Kind`].
     kind: AtomicU8,
+    /// 1: a hooked return goes through `entry::library_return` (both returns predicted); 0: the
+    /// stub jumps to the function (see [`returns_through`]).
+    through: AtomicU8,
 }
 
 /// Bytes per stub.
@@ -221,6 +227,7 @@ pub(crate) fn redirect(scope: LibraryCalls) -> usize {
         // makes stores visible in program order).
         target.real.store(real, Relaxed);
         target.kind.store(kind as u8, Relaxed);
+        target.through.store(returns_through(real) as u8, Relaxed);
         planned.push((c, stub));
     }
     stubs.seal();
@@ -401,6 +408,7 @@ impl Stubs {
             real: AtomicUsize::new(0),
             id: address as u64,
             kind: AtomicU8::new(kind as u8),
+            through: AtomicU8::new(0),
         }));
         let stub = self.page + self.used;
         self.used += STUB;
@@ -477,8 +485,14 @@ fn loader_base() -> usize {
 /// Where every stub jumps: saves the integer argument registers (`rdi`..`r9`, `rax` for variadic
 /// calls, `r10`), calls [`plt_fast`] with the return-address word's address and the stub's
 /// target (and, unless it answers `FAST_DONE`, saves `xmm0`-`xmm7` too and calls [`plt_slow`]),
-/// restores them and jumps to the real function, the stack as the caller left it (its return
-/// address now the trampoline's, if the return was hooked).
+/// restores them and goes to the real function with the stack as the caller left it:
+/// - the return was hooked (the slot holds the hooks' trampoline now): through
+///   `entry::library_return`, which drops the slot and `call`s the function, so the slot gets
+///   that trampoline's entry instead, at the same address, and both the function's return and the
+///   trampoline's own are predicted (see `retstack::return_trampoline!`);
+/// - not hooked (`setjmp` and kin, `vfork`, a full shadow stack, the agent not ready), or a
+///   function that does not return through (see [`returns_through`]): a `jmp`, the return
+///   address as the hook left it.
 ///
 /// # Safety
 /// Only reached from a stub, at a called function's entry, with `r11` the stub's [`Target`].
@@ -504,6 +518,20 @@ unsafe extern "C" fn plt_entry() {
         ".if {always}",
         vector_arguments!(load),
         ".endif",
+        // Hooked (the slot holds the trampoline) and the target returns through: the call.
+        "mov r11, [rsp + 192]",
+        "mov rsi, [r11 - 8]",
+        "lea rdi, [rip + {hooked}]",
+        "cmp [r11], rdi",
+        "jne 6f",
+        "cmp byte ptr [rsi + {through}], 0",
+        "je 6f",
+        "mov r11, rax",
+        integer_arguments!(load),
+        "mov rsp, [rsp + 192]",
+        "lea rsp, [rsp + 8]",
+        "jmp {call}",
+        "6:",
         "mov r11, rax",
         integer_arguments!(load),
         "mov rsp, [rsp + 192]",
@@ -521,8 +549,61 @@ unsafe extern "C" fn plt_entry() {
         "jmp 2b",
         fast = sym plt_fast,
         slow = sym plt_slow,
+        hooked = sym crate::entry::tracer_return_hook,
+        call = sym crate::entry::library_return,
+        through = const core::mem::offset_of!(Target, through),
         always = const crate::entry::SAVE_VECTORS_ALWAYS,
     )
+}
+
+/// Whether calls of `function` return through `entry::library_return`. Yes, unless the function
+/// enters the kernel at once (a `syscall` instruction in its first [`SCAN`] bytes: `getpid`,
+/// `read`) on a kernel whose own returns leave the processor's return predictor full of stale
+/// entries ([`syscalls_clobber_return_prediction`]): after such a call the function's `ret` is
+/// mispredicted whatever the agent does, and a `ret`-ending trampoline would add a second
+/// misprediction where a `jmp` is predicted.
+fn returns_through(function: usize) -> bool {
+    !(syscalls_clobber_return_prediction() && enters_kernel(function))
+}
+
+/// Bytes of a function's start searched for a `syscall` instruction.
+const SCAN: usize = 64;
+
+/// Whether the first [`SCAN`] bytes at `function` hold `0f 05` (a `syscall`, or, harmlessly,
+/// those bytes inside another instruction). Read with `process_vm_readv` on this process, which
+/// stops at the end of the mapping instead of faulting.
+fn enters_kernel(function: usize) -> bool {
+    let mut code = [0u8; SCAN];
+    let local = libc::iovec {
+        iov_base: code.as_mut_ptr().cast(),
+        iov_len: SCAN,
+    };
+    let remote = libc::iovec {
+        iov_base: function as *mut c_void,
+        iov_len: SCAN,
+    };
+    // SAFETY: reads this process's memory into `code` (the kernel checks the remote range).
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = usize::try_from(n).unwrap_or(0).min(SCAN);
+    code[..n].windows(2).any(|w| w == [0x0f, 0x05])
+}
+
+/// Whether this kernel returns from its own functions through a sequence that leaves the return
+/// predictor unbalanced, so that a program's returns after a system call are mispredicted: the
+/// AMD "speculative return stack overflow" mitigations (`Safe RET`, `IBPB` on kernel entry), as
+/// the kernel reports them. Read once.
+fn syscalls_clobber_return_prediction() -> bool {
+    static CLOBBERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CLOBBERS.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow")
+            .is_ok_and(|s| clobbering_mitigation(&s))
+    })
+}
+
+/// Whether the kernel's report of its SRSO mitigation names one that clobbers the user's return
+/// predictor across system calls.
+fn clobbering_mitigation(report: &str) -> bool {
+    (report.contains("Safe RET") || report.contains("IBPB")) && !report.contains("VMEXIT")
 }
 
 /// A library call's fast path (see `entry::enter_fast`): the real function, and `FAST_DONE`
@@ -579,6 +660,29 @@ mod tests {
         assert_eq!(kind_of(b"pthread_exit"), Kind::NoReturn);
         assert_eq!(kind_of(b"longjmp"), Kind::Returns);
         assert_eq!(kind_of(b"read"), Kind::Returns);
+    }
+
+    #[test]
+    fn clobbering_mitigation__kernel_reports__then_safe_ret_and_ibpb_on_entry_only() {
+        assert!(clobbering_mitigation(
+            "Vulnerable: Safe RET, no microcode\n"
+        ));
+        assert!(clobbering_mitigation("Mitigation: Safe RET\n"));
+        assert!(clobbering_mitigation("Mitigation: IBPB\n"));
+        assert!(!clobbering_mitigation("Mitigation: IBPB on VMEXIT only\n"));
+        assert!(!clobbering_mitigation("Not affected\n"));
+    }
+
+    #[test]
+    fn enters_kernel__a_syscall_wrapper_and_a_plain_function__then_told_apart() {
+        assert!(enters_kernel(libc::getpid as *const () as usize));
+        // getpid's own code, and a function that only returns.
+        let mut wrapper = [0xccu8; SCAN];
+        wrapper[..8].copy_from_slice(&[0xb8, 0x27, 0, 0, 0, 0x0f, 0x05, 0xc3]);
+        assert!(enters_kernel(wrapper.as_ptr() as usize));
+        assert!(!enters_kernel([0xc3u8; SCAN].as_ptr() as usize));
+        // Unmapped: nothing read, nothing found, no fault.
+        assert!(!enters_kernel(8));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The entry hooks' fast paths, as the compiler built them: the naked hooks (`mcount`,
-//! `__fentry__`, the patched sleds' entry, the library-call stubs' entry, the return trampoline)
+//! `__fentry__`, the patched sleds' entry, the library-call stubs' entry, the return trampolines)
 //! save the vector registers only when the fast path declines, so the fast paths must never touch
 //! one, nor call anything that might. A compiler change that starts copying a record through
 //! `xmm0`, or stops inlining a helper, would silently corrupt a traced program's floating-point
@@ -65,11 +65,11 @@ fn functions(listing: &str) -> std::collections::HashMap<String, Vec<String>> {
     out
 }
 
-#[test]
-fn hot_path__disassembled__then_no_vector_register_and_no_call() {
+/// The release agent's functions, disassembled; `None` (said) without `objdump`.
+fn release_functions() -> Option<std::collections::HashMap<String, Vec<String>>> {
     if Command::new("objdump").arg("--version").output().is_err() {
         println!("skipped: objdump (binutils) is not installed");
-        return;
+        return None;
     }
     let agent = release_agent();
     let out = Command::new("objdump")
@@ -82,8 +82,14 @@ fn hot_path__disassembled__then_no_vector_register_and_no_call() {
         "objdump failed on {}",
         agent.display()
     );
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let functions = functions(&listing);
+    Some(functions(&String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn hot_path__disassembled__then_no_vector_register_and_no_call() {
+    let Some(functions) = release_functions() else {
+        return;
+    };
     // The control: a slow-path function that copies a buffer is seen using vector registers.
     let control = &functions["agent::hook::write_detail"];
     assert!(
@@ -117,6 +123,43 @@ fn hot_path__disassembled__then_no_vector_register_and_no_call() {
             }
         }
     }
+}
+
+/// The library-call stubs' return: `library_return` calls the function first (`call r11`), and
+/// the address after that call, which hooked slots hold, is where the trampoline proper starts
+/// (`retstack::CALL_THROUGH_BYTES` past the symbol); it ends with a `ret` (predicted: the
+/// caller's own call is next on the return predictor), and the stubs' entry goes to it.
+#[test]
+fn library_return__disassembled__then_call_through_then_trampoline_at_call_through_bytes() {
+    let Some(functions) = release_functions() else {
+        return;
+    };
+    let body = &functions["agent::entry::library_return"];
+    let address = |line: &str| {
+        u64::from_str_radix(line.split_once(':').unwrap().0.trim(), 16).expect("an address")
+    };
+    let code = |line: &str| line.split_once(":\t").map_or("", |(_, c)| c).to_string();
+    assert_eq!(
+        code(&body[0]).split_whitespace().collect::<Vec<_>>(),
+        ["call", "r11"]
+    );
+    assert_eq!(
+        address(&body[1]) - address(&body[0]),
+        3,
+        "CALL_THROUGH_BYTES"
+    );
+    assert!(
+        body.iter()
+            .any(|l| code(l).split_whitespace().collect::<Vec<_>>() == ["push", "r10"]),
+        "the trampoline pushes the original return address"
+    );
+    assert!(body.iter().any(|l| code(l).trim() == "ret"));
+    assert!(
+        functions["agent::plt::plt_entry"]
+            .iter()
+            .any(|l| l.contains("<agent::entry::library_return>")),
+        "the stubs' entry goes to library_return"
+    );
 }
 
 #[test]

@@ -4,11 +4,13 @@
 //! PLT hook) and under `ltrace` (breakpoints through ptrace), side by side in one run. Each figure
 //! is the loop's own time per call (thread CPU ns, and wall ns: ltrace's cost is mostly the
 //! target waiting for its tracer, which thread CPU time does not see), and the overhead is the
-//! figure minus the untraced one.
+//! figure minus the untraced one, best of 5 rounds, each round running every row once in turn
+//! (so a busy spell on the machine hits every row alike).
 //!
 //! `cargo bench -p benches --bench library_calls` runs 2 M calls (200 k under ltrace, which is
 //! ~1000× slower); `cargo test --benches` one short pass (50 k, 2 k under ltrace). Tools that
-//! are not installed get a dash.
+//! are not installed get a dash. `LIBRARY_CALLS_BASE=<another tracer binary>` adds its row
+//! ("base"), to compare two builds of the tracer in one run.
 
 use std::process::{Command, Stdio};
 
@@ -58,6 +60,9 @@ fn installed(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// How a row's workload is started, given the calls to make.
+type Launcher = Box<dyn Fn(&str) -> Command>;
+
 fn main() {
     let full = full_run();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -68,59 +73,89 @@ fn main() {
     } else {
         (50_000, 2_000)
     };
-    let rounds = if full { 3 } else { 1 };
-    let arg = calls.to_string();
+    let rounds = if full { 5 } else { 1 };
+    // Another build of the tracer to compare with, side by side (its own row).
+    let base = std::env::var_os("LIBRARY_CALLS_BASE").map(std::path::PathBuf::from);
     println!(
-        "getpid() loop, {calls} calls ({ltrace_calls} under ltrace), best of {rounds}: ns per \
-         call, thread CPU | wall"
+        "getpid() loop, {calls} calls ({ltrace_calls} under ltrace), best of {rounds} rounds (each \
+         round runs every row once, in turn): ns per call, thread CPU | wall"
     );
-    let best = |mut make: Box<dyn FnMut() -> Command>| -> Option<(f64, f64)> {
-        (0..rounds)
-            .filter_map(|_| run(make()))
-            .reduce(|a, b| (a.0.min(b.0), a.1.min(b.1)))
+    let under_tracer = |tracer: std::path::PathBuf, out: std::path::PathBuf| -> Launcher {
+        let exe = exe.clone();
+        Box::new(move |arg: &str| {
+            let _ = std::fs::remove_dir_all(&out);
+            let mut c = Command::new(&tracer);
+            c.args(["spawn", "--library-calls", "main", "--output"])
+                .arg(&out)
+                .arg(&exe)
+                .arg("--")
+                .arg(arg);
+            c
+        })
     };
-    let untraced = best(Box::new(|| {
-        let mut c = Command::new(&exe);
-        c.arg(&arg);
-        c
-    }))
-    .expect("the workload runs");
-    let out = dir.path().join("traces");
-    let ours = best(Box::new(|| {
-        let _ = std::fs::remove_dir_all(&out);
-        let mut c = Command::new(&tracer);
-        c.args(["spawn", "--library-calls", "main", "--output"])
-            .arg(&out)
-            .arg(&exe)
-            .arg("--")
-            .arg(&arg);
-        c
-    }));
-    let data = dir.path().join("uftrace.data");
-    let uftrace = installed("uftrace")
-        .then(|| {
-            best(Box::new(|| {
+    let mut rows: Vec<(&str, u64, Launcher)> = Vec::new();
+    rows.push((
+        "untraced",
+        calls,
+        Box::new({
+            let exe = exe.clone();
+            move |arg: &str| {
+                let mut c = Command::new(&exe);
+                c.arg(arg);
+                c
+            }
+        }),
+    ));
+    rows.push((
+        "tracer",
+        calls,
+        under_tracer(tracer.clone(), dir.path().join("traces")),
+    ));
+    if let Some(base) = base {
+        rows.push((
+            "base",
+            calls,
+            under_tracer(base, dir.path().join("base-traces")),
+        ));
+    }
+    if installed("uftrace") {
+        let (exe, data) = (exe.clone(), dir.path().join("uftrace.data"));
+        rows.push((
+            "uftrace",
+            calls,
+            Box::new(move |arg: &str| {
                 let _ = std::fs::remove_dir_all(&data);
                 let mut c = Command::new("uftrace");
                 c.args(["record", "--force", "-d"])
                     .arg(&data)
                     .arg(&exe)
-                    .arg(&arg);
+                    .arg(arg);
                 c
-            }))
-        })
-        .flatten();
-    let ltrace = installed("ltrace")
-        .then(|| {
-            best(Box::new(|| {
+            }),
+        ));
+    }
+    if installed("ltrace") {
+        let exe = exe.clone();
+        rows.push((
+            "ltrace",
+            ltrace_calls,
+            Box::new(move |arg: &str| {
                 let mut c = Command::new("ltrace");
-                c.args(["-o", "/dev/null"])
-                    .arg(&exe)
-                    .arg(ltrace_calls.to_string());
+                c.args(["-o", "/dev/null"]).arg(&exe).arg(arg);
                 c
-            }))
-        })
-        .flatten();
+            }),
+        ));
+    }
+    let mut best: Vec<Option<(f64, f64)>> = vec![None; rows.len()];
+    for _ in 0..rounds {
+        for ((_, n, launch), best) in rows.iter().zip(best.iter_mut()) {
+            if let Some(v) = run(launch(&n.to_string())) {
+                *best = Some(best.map_or(v, |b: (f64, f64)| (b.0.min(v.0), b.1.min(v.1))));
+            }
+        }
+    }
+    let figure = |name: &str| rows.iter().position(|r| r.0 == name).and_then(|i| best[i]);
+    let untraced = figure("untraced").expect("the workload runs");
     let show = |name: &str, v: Option<(f64, f64)>| match v {
         Some((cpu, wall)) => println!(
             "{name:>10} {cpu:>10.1} | {wall:>10.1}   overhead {:>9.1} | {:>9.1}",
@@ -129,20 +164,23 @@ fn main() {
         ),
         None => println!("{name:>10} {:>10} | {:>10}", "-", "-"),
     };
-    show("untraced", Some(untraced));
-    show("tracer", ours);
-    show("uftrace", uftrace);
-    show("ltrace", ltrace);
-    let overhead = |v: (f64, f64)| (v.0 - untraced.0, v.1 - untraced.1);
-    if let (Some(o), Some(u)) = (ours, uftrace) {
-        let (o, u) = (overhead(o), overhead(u));
-        println!(
-            "tracer / uftrace overhead: {:.2}x (CPU) | {:.2}x (wall)",
-            o.0 / u.0,
-            o.1 / u.1
-        );
+    for name in ["untraced", "tracer", "base", "uftrace", "ltrace"] {
+        if name != "base" || rows.iter().any(|r| r.0 == "base") {
+            show(name, figure(name));
+        }
     }
-    if let (Some(o), Some(l)) = (ours, ltrace) {
+    let overhead = |v: (f64, f64)| (v.0 - untraced.0, v.1 - untraced.1);
+    for ours in ["tracer", "base"] {
+        if let (Some(o), Some(u)) = (figure(ours), figure("uftrace")) {
+            let (o, u) = (overhead(o), overhead(u));
+            println!(
+                "{ours} / uftrace overhead: {:.2}x (CPU) | {:.2}x (wall)",
+                o.0 / u.0,
+                o.1 / u.1
+            );
+        }
+    }
+    if let (Some(o), Some(l)) = (figure("tracer"), figure("ltrace")) {
         let (o, l) = (overhead(o), overhead(l));
         println!(
             "ltrace / tracer overhead: {:.0}x (CPU) | {:.0}x (wall)",

@@ -552,29 +552,164 @@ fn fentry_program__library_calls_main__then_library_calls_nest_under_instrumente
     assert_eq!(count(&all, "work"), 10, "{all:?}");
     assert_eq!(count(&all, "getpid"), 10, "{all:?}");
     // Each getpid is called inside work, in one tree.
-    let session = atf::Session::open(session_dir(tmp.path())).unwrap();
-    let names = function_names(&session);
-    let name = |id: u64| names.get(&id).cloned().unwrap_or_default();
     let mut parents = BTreeMap::<String, u64>::new();
+    walk_calls(tmp.path(), |name, parent, _| {
+        if name == "getpid" {
+            *parents.entry(parent.to_owned()).or_default() += 1;
+        }
+    });
+    assert_eq!(parents.get("work"), Some(&10), "{parents:?}");
+}
+
+/// Walks each thread's events of the session in `dir`, keeping the stack of open calls: calls
+/// `on_call(name, caller's name, depth)` at each call, and checks that each return closes the
+/// innermost open call.
+fn walk_calls(dir: &Path, mut on_call: impl FnMut(&str, &str, usize)) {
+    let session = atf::Session::open(session_dir(dir)).unwrap();
+    let name_of = function_namer(&session);
+    let name = |id: u64| name_of(id).unwrap_or_default();
     for thread in &session.threads {
         let mut stack: Vec<u64> = Vec::new();
         for e in thread.index.events() {
             let e = e.unwrap();
             match e.kind {
                 atf::EventKind::Call => {
-                    if name(e.function_id) == "getpid" {
-                        let parent = stack.last().map(|&p| name(p)).unwrap_or_default();
-                        *parents.entry(parent).or_default() += 1;
-                    }
+                    let parent = stack.last().map(|&p| name(p)).unwrap_or_default();
                     stack.push(e.function_id);
+                    on_call(&name(e.function_id), &parent, stack.len());
                 }
-                _ => {
-                    stack.pop();
-                }
+                _ => assert_eq!(stack.pop(), Some(e.function_id), "a return out of order"),
             }
         }
     }
-    assert_eq!(parents.get("work"), Some(&10), "{parents:?}");
+}
+
+/// Starts `exe` with `env`, its output piped; returns it and a reader of its next output line.
+fn start_printing(
+    exe: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, impl FnMut() -> String) {
+    let mut child = std::process::Command::new(exe)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    (child, move || lines.next().unwrap().unwrap())
+}
+
+/// `tracer attach --duration <seconds>` to `pid` (library calls at their default), into a new
+/// output directory.
+fn attach_for(pid: u32, seconds: &str) -> (std::process::Output, tempfile::TempDir) {
+    let tmp = output_dir();
+    let out = tracer()
+        .env_remove("TRACER_LIBRARY_CALLS")
+        .args(["attach", "--duration", seconds, "-o"])
+        .arg(tmp.path())
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
+    (out, tmp)
+}
+
+/// `descend(n)`: `strlen`, then (n > 0) a `qsort` of two ints whose comparator calls
+/// `descend(n - 1)`: library frames and the program's own (hooked by `__fentry__`) alternate, 3 per
+/// level, in one shadow stack.
+const DESCEND_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+static volatile long sink;
+static char text[] = "deep";
+static long pending = -1;
+void descend(long n);
+static int compare(const void *a, const void *b) {
+    long n = pending;
+    pending = -1;
+    if (n >= 0) descend(n);
+    return *(const int *)a - *(const int *)b;
+}
+__attribute__((noinline)) void descend(long n) {
+    sink += strlen(text);
+    if (n == 0) return;
+    int v[2] = {2, 1};
+    pending = n - 1;
+    qsort(v, 2, sizeof v[0], compare);
+    if (v[0] != 1) abort();
+}
+int main(int argc, char **argv) { descend(atol(argv[1])); puts("done"); return 0; }
+"#;
+
+#[test]
+fn fentry_program__recursion_through_qsort_200_deep__then_every_frame_returns_in_order() {
+    let exe = build(
+        "descend_fentry",
+        DESCEND_C,
+        &["-O1", "-fno-builtin", "-pg", "-mfentry"],
+    );
+    let (out, traces, tmp) = spawn_with(&[], &[], &exe, &["200"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
+    let all = total(&traces);
+    assert_eq!(count(&all, "descend"), 201, "{all:?}");
+    assert_eq!(count(&all, "qsort"), 200, "{all:?}");
+    assert_eq!(count(&all, "strlen"), 201, "{all:?}");
+    for t in &traces {
+        assert_eq!(t.calls, t.returns, "{t:?}");
+    }
+    // Each return closes the innermost open call, down to 600 frames and back.
+    let mut deepest = 0;
+    walk_calls(tmp.path(), |name, parent, depth| {
+        if name == "qsort" {
+            assert_eq!(parent, "descend");
+        }
+        deepest = deepest.max(depth);
+    });
+    assert!(deepest >= 600, "{deepest}");
+}
+
+/// `sorter`: sorts two ints with a comparator that sleeps 20 ms, forever, printing `tick <n>
+/// sorted` after each sort: a `qsort` of the main thread is in flight at almost any moment.
+const SORTER_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int slow(const void *a, const void *b) { usleep(20000); return *(const int *)a - *(const int *)b; }
+int main(void) {
+    for (long n = 0;; n++) {
+        int v[2] = {2, 1};
+        qsort(v, 2, sizeof v[0], slow);
+        printf("tick %ld %s\n", n, v[0] == 1 && v[1] == 2 ? "sorted" : "WRONG");
+        fflush(stdout);
+    }
+}
+"#;
+
+#[test]
+fn attach__qsort_in_flight_at_each_of_5_detaches__then_it_returns_and_the_program_goes_on() {
+    let _heavy = heavy();
+    let exe = build("sorter", SORTER_C, &["-O1"]);
+    let (mut child, mut next) = start_printing(&exe, &[]);
+    let pid = child.id();
+    assert_eq!(next(), "tick 0 sorted");
+    for round in 0..5 {
+        let (out, tmp) = attach_for(pid, "0.1");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            stderr(&out)
+        );
+        let (_, traces) = check_session_with(&session_dir(tmp.path()), true);
+        assert!(count(&total(&traces), "usleep") >= 1, "round {round}");
+        // The qsort in flight at the detach returned (through the agent's return, still mapped).
+        for _ in 0..2 {
+            let line = next();
+            assert!(line.ends_with(" sorted"), "round {round}: {line}");
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the target lives");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// `ticker`: a worker calls `getpid` 1000 times then sleeps 1 ms, forever; the main thread prints
@@ -644,27 +779,14 @@ fn anonymous_code_pages(pid: u32) -> usize {
 fn attach__uninstrumented_program_20_rounds__then_calls_recorded_got_restored_and_no_growth() {
     let _heavy = heavy();
     let exe = build("ticker", TICKER_C, &["-O1"]);
-    let mut child = std::process::Command::new(&exe)
-        .env("LD_BIND_NOW", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, mut next) = start_printing(&exe, &[("LD_BIND_NOW", "1")]);
     let pid = child.id();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let mut next = move || lines.next().unwrap().unwrap();
     assert_eq!(next(), "tick 0");
     let entry = got_entry(pid, &exe, "getpid");
     let bound = peek(pid, entry);
     let mut stub_pages = None;
     for round in 0..20 {
-        let tmp = output_dir();
-        let out = tracer()
-            .env_remove("TRACER_LIBRARY_CALLS")
-            .args(["attach", "--duration", "0.15", "-o"])
-            .arg(tmp.path())
-            .arg(pid.to_string())
-            .output()
-            .unwrap();
+        let (out, tmp) = attach_for(pid, "0.15");
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(0), "round {round}: {err}");
         assert_eq!(

@@ -29,15 +29,20 @@
 //! - The stack is used by one thread, and by signal handlers interrupting it: the caller takes
 //!   [`ShadowStack::try_enter`] around each operation, and a handler that finds it taken hooks
 //!   nothing.
+//! - Two kinds of trampoline share one handler (see [`return_trampoline!`]): one that a hook
+//!   called from inside the function writes, and one that a hook jumping to the function (a
+//!   library-call stub) calls through, so both returns are predicted. A slot may hold either:
+//!   every comparison takes both ([`Trampolines`]).
 //!
 //! # Example
 //! ```
-//! use retstack::{Frame, Hooked, ShadowStack};
+//! use retstack::{Frame, Hooked, ShadowStack, Trampolines};
 //! let mut stack = ShadowStack::boxed(4, (0, 0));
 //! let mut word = 0x1234u64; // a return-address slot on some stack
 //! let slot = &mut word as *mut u64;
+//! let trampoline = Trampolines::one(0xdead);
 //! // SAFETY: `slot` is a live, writable word.
-//! assert_eq!(unsafe { stack.hook(slot, 0xf00, 0xdead, |_| {}) }, Hooked::Yes);
+//! assert_eq!(unsafe { stack.hook(slot, 0xf00, trampoline, |_| {}) }, Hooked::Yes);
 //! assert_eq!(word, 0xdead);
 //! let frame = stack.unhook(slot as u64, |_| {}).unwrap();
 //! assert_eq!(frame, Frame { ret: 0x1234, function: 0xf00, slot: slot as u64 });
@@ -69,6 +74,34 @@ pub enum Hooked {
     Yes,
     /// The stack is full: nothing changed, counted.
     Full,
+}
+
+/// The return trampolines a hooked slot may hold: the one this caller writes, and another entry
+/// into the same handler (a [`return_trampoline!`] of the other kind, see its `call_through`
+/// form). Every comparison against "the trampoline" accepts both, so frames hooked through
+/// either kind live in one shadow stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trampolines {
+    /// What a hook (or a re-hook after an unwind) writes into a slot.
+    pub written: u64,
+    /// The other address a hooked slot may hold (`written` again when there is only one).
+    pub other: u64,
+}
+
+impl Trampolines {
+    /// A single trampoline.
+    pub const fn one(trampoline: u64) -> Trampolines {
+        Trampolines {
+            written: trampoline,
+            other: trampoline,
+        }
+    }
+
+    /// Whether `word` (a slot's content) is one of the trampolines.
+    #[inline(always)]
+    pub fn holds(&self, word: u64) -> bool {
+        word == self.written || word == self.other
+    }
 }
 
 /// A per-thread stack of hooked frames, innermost last.
@@ -151,7 +184,7 @@ impl ShadowStack {
 
     /// Hooks the return of `function`, whose return address is at `slot`: pops the frames this
     /// call proves dead (same thread stack, slot at or below `slot`), handing each to `dead`, then
-    /// pushes the frame and writes `trampoline` into the slot.
+    /// pushes the frame and writes `trampolines.written` into the slot.
     ///
     /// # Safety
     /// `slot` is the live return-address word of the function being entered, on the calling
@@ -161,19 +194,19 @@ impl ShadowStack {
         &mut self,
         slot: *mut u64,
         function: u64,
-        trampoline: u64,
+        trampolines: Trampolines,
         mut dead: impl FnMut(&Frame),
     ) -> Hooked {
         let at = slot as u64;
         // SAFETY: the caller guarantees `slot` is this function's live return-address word.
         let ret = unsafe { slot.read() };
         if let Some(top) = self.frames.last() {
-            if self.is_dead(top, at, ret, trampoline) {
-                self.pop_dead(at, ret, trampoline, &mut dead);
+            if self.is_dead(top, at, ret, trampolines) {
+                self.pop_dead(at, ret, trampolines, &mut dead);
             }
         }
         if self.restored != 0 {
-            self.rehook_live(at, trampoline);
+            self.rehook_live(at, trampolines);
         }
         if self.frames.len() >= self.capacity {
             self.overflows += 1;
@@ -185,7 +218,7 @@ impl ShadowStack {
             slot: at,
         });
         // SAFETY: as above.
-        unsafe { slot.write(trampoline) };
+        unsafe { slot.write(trampolines.written) };
         Hooked::Yes
     }
 
@@ -267,18 +300,24 @@ impl ShadowStack {
     }
 
     /// Whether `frame` is proven gone by a hook at `at` whose slot holds `ret`: on the thread's
-    /// stack, below the new slot, or at the same slot no longer holding the trampoline (a tail
+    /// stack, below the new slot, or at the same slot no longer holding a trampoline (a tail
     /// call reuses its caller's slot, still hooked: that frame is live and returns later).
     #[inline(always)]
-    fn is_dead(&self, frame: &Frame, at: u64, ret: u64, trampoline: u64) -> bool {
-        let below = frame.slot < at || (frame.slot == at && ret != trampoline);
+    fn is_dead(&self, frame: &Frame, at: u64, ret: u64, trampolines: Trampolines) -> bool {
+        let below = frame.slot < at || (frame.slot == at && !trampolines.holds(ret));
         below && self.on_thread_stack(at) && self.on_thread_stack(frame.slot)
     }
 
     #[cold]
-    fn pop_dead(&mut self, at: u64, ret: u64, trampoline: u64, dead: &mut impl FnMut(&Frame)) {
+    fn pop_dead(
+        &mut self,
+        at: u64,
+        ret: u64,
+        trampolines: Trampolines,
+        dead: &mut impl FnMut(&Frame),
+    ) {
         while let Some(top) = self.frames.last() {
-            if !self.is_dead(top, at, ret, trampoline) {
+            if !self.is_dead(top, at, ret, trampolines) {
                 break;
             }
             dead(top);
@@ -317,13 +356,13 @@ impl ShadowStack {
     /// # Safety
     /// Every pushed frame's slot is still a writable word of this thread's memory (a dead frame's
     /// slot lies below the stack pointer, in the thread's stack or alternate stack mapping).
-    pub unsafe fn restore_all(&mut self, trampoline: u64) {
+    pub unsafe fn restore_all(&mut self, trampolines: Trampolines) {
         for f in &self.frames[self.restored as usize..] {
             let slot = f.slot as *mut u64;
-            // SAFETY: the caller guarantees the slot is writable; a slot that no longer holds the
+            // SAFETY: the caller guarantees the slot is writable; a slot that no longer holds a
             // trampoline belongs to a dead frame whose word was reused, and is left alone.
             unsafe {
-                if slot.read() == trampoline {
+                if trampolines.holds(slot.read()) {
                     slot.write(f.ret);
                 }
             }
@@ -332,8 +371,10 @@ impl ShadowStack {
     }
 
     /// Re-hooks restored frames that are still live: on the thread's stack above `at` (a hook's
-    /// slot, so everything above it is a caller) and still holding their original address.
-    fn rehook_live(&mut self, at: u64, trampoline: u64) {
+    /// slot, so everything above it is a caller) and still holding their original address. They
+    /// get `trampolines.written`, whichever kind hooked them first: either returns correctly (a
+    /// library call's frame re-hooked with the jumping kind costs one mispredicted return).
+    fn rehook_live(&mut self, at: u64, trampolines: Trampolines) {
         for f in &self.frames {
             if f.slot > at && self.on_thread_stack(f.slot) && self.on_thread_stack(at) {
                 let slot = f.slot as *mut u64;
@@ -341,7 +382,7 @@ impl ShadowStack {
                 // return-address word (frames below it were popped by `pop_dead` just before).
                 unsafe {
                     if slot.read() == f.ret {
-                        slot.write(trampoline);
+                        slot.write(trampolines.written);
                     }
                 }
             }
@@ -366,18 +407,23 @@ impl ShadowStack {
     /// # Safety
     /// `sp` is the calling thread's current stack pointer (or that of the frame it returns to),
     /// and every frame above it on the thread's stack is live.
-    pub unsafe fn resume_at(&mut self, sp: u64, trampoline: u64, mut gone: impl FnMut(&Frame)) {
+    pub unsafe fn resume_at(
+        &mut self,
+        sp: u64,
+        trampolines: Trampolines,
+        mut gone: impl FnMut(&Frame),
+    ) {
         if !self.on_thread_stack(sp) {
             return;
         }
         while let Some(top) = self.frames.last() {
             // The frame whose slot is just below `sp` is the one the current call returns from:
             // gone if the word holds another return address now (the catching frame's call
-            // reused it), live if it still holds the trampoline (a hooked function tail-called
+            // reused it), live if it still holds a trampoline (a hooked function tail-called
             // the function that ends the unwind, and returns through it).
             // SAFETY: a word just below `sp` on this thread's stack (the caller's contract).
             let live_tail =
-                top.slot == sp - 8 && unsafe { (top.slot as *const u64).read() } == trampoline;
+                top.slot == sp - 8 && trampolines.holds(unsafe { (top.slot as *const u64).read() });
             if !(top.slot < sp && !live_tail && self.on_thread_stack(top.slot)) {
                 break;
             }
@@ -386,7 +432,7 @@ impl ShadowStack {
         }
         self.restored = self.restored.min(self.frames.len() as u32);
         if self.restored != 0 {
-            self.rehook_live(sp - 8, trampoline);
+            self.rehook_live(sp - 8, trampolines);
         }
     }
 
@@ -419,6 +465,11 @@ pub const FAST_DECLINED: u64 = 1;
 /// A detail flag that is never set: [`return_trampoline!`] without `detail` uses it.
 #[doc(hidden)]
 pub static DETAIL_NEVER: u8 = 0;
+
+/// Bytes of a `call_through` trampoline's first instruction (`call r11`, `41 ff d3`): its
+/// return entry, the address hooked slots get, is this far past its start (see
+/// [`return_trampoline!`]).
+pub const CALL_THROUGH_BYTES: u64 = 3;
 
 /// Words in the register block a trampoline with `detail` passes: `rdi`, `rsi`, `rdx`, `rcx`,
 /// `r8`, `r9`, `rax`, `rbx`, `rbp`, `r10`, `r11`, `r12`–`r15`, `rsp`, and a last word left 0 for
@@ -458,21 +509,61 @@ macro_rules! store_registers {
 /// inlined code of a release build), `xmm0` and `xmm1` are saved around `$fast` too. While the byte `$flag` is nonzero, `$fast` is skipped: the handler is called with
 /// [`FAST_DECLINED`] and `regs`, a block of [`DETAIL_REGS`] words (the registers as the function
 /// returned); else `regs` is null. Neither handler may return without an address to go to.
+///
+/// Two kinds, with the same handlers:
+/// - `return_trampoline!(name => handler, fast = f)`: the hook wrote the trampoline's address
+///   over a return address the function was *called* with, so the processor's return-stack
+///   predictor expects the caller: the function's `ret` is mispredicted, and the trampoline goes
+///   on with a `jmp` (a `ret` would consume the caller's prediction, and mispredict every return
+///   above it). For hooks called from inside the function (`mcount`, `__fentry__`).
+/// - `return_trampoline!(call_through name => handler, fast = f)`: for a hook that *jumps* to the
+///   function (a library-call stub). `name` is entered by a `jmp` with `r11` the function and
+///   `rsp` one word above the hooked slot (the slot dropped); it `call`s the function, which
+///   pushes the trampoline's own entry, [`CALL_THROUGH_BYTES`] past `name`, into the same slot.
+///   The function's `ret` is predicted (the `call` just pushed that entry), and the trampoline
+///   goes on with `push; ret`, which is too (the caller's own `call` is next on the predictor).
 #[macro_export]
 macro_rules! return_trampoline {
+    ($(#[$meta:meta])* call_through $name:ident => $handler:path, fast = $fast:path, detail = $flag:path) => {
+        $crate::return_trampoline!(@
+            $(#[$meta])*
+            ///
+            /// # Safety
+            /// Only ever entered by a `jmp` from a hook that hooked the return of the function in
+            /// `r11` through a slot one word below `rsp` (the trampoline's own entry, the
+            /// address after the first instruction, is what the slot gets); that entry only ever by
+            /// the function's `ret`.
+            $name => $handler, fast = $fast, detail = $flag,
+            enter = "call r11", leave = "push r10\nret"
+        );
+    };
+    ($(#[$meta:meta])* call_through $name:ident => $handler:path, fast = $fast:path) => {
+        $crate::return_trampoline!(
+            $(#[$meta])* call_through $name => $handler, fast = $fast, detail = $crate::DETAIL_NEVER
+        );
+    };
     ($(#[$meta:meta])* $name:ident => $handler:path, fast = $fast:path) => {
         $crate::return_trampoline!(
             $(#[$meta])* $name => $handler, fast = $fast, detail = $crate::DETAIL_NEVER
         );
     };
     ($(#[$meta:meta])* $name:ident => $handler:path, fast = $fast:path, detail = $flag:path) => {
+        $crate::return_trampoline!(@
+            $(#[$meta])*
+            ///
+            /// # Safety
+            /// Only ever entered by a `ret` from a frame hooked with this address.
+            $name => $handler, fast = $fast, detail = $flag,
+            enter = "", leave = "jmp r10"
+        );
+    };
+    (@ $(#[$meta:meta])* $name:ident => $handler:path, fast = $fast:path, detail = $flag:path,
+        enter = $enter:literal, leave = $leave:literal) => {
         $(#[$meta])*
-        ///
-        /// # Safety
-        /// Only ever entered by a `ret` from a frame hooked with this address.
         #[unsafe(naked)]
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
+                $enter,
                 // Entered by `ret`: rsp = slot + 8. Aligned for the handlers whatever the caller
                 // did; r11 and r10 are scratch at a return (neither carries a return value).
                 "mov r11, rsp",
@@ -503,7 +594,7 @@ macro_rules! return_trampoline {
                 "mov rax, [rsp + 48]",
                 "mov rdx, [rsp + 16]",
                 "mov rsp, [rsp + 176]",
-                "jmp r10",
+                $leave,
                 // Detail records: the registers as the function returned.
                 "3:",
                 $crate::store_registers!(),
@@ -545,6 +636,14 @@ mod tests {
     use super::*;
 
     const TRAMP: u64 = 0xdead;
+    const TRAMPS: Trampolines = Trampolines::one(TRAMP);
+    /// The other kind of trampoline (a library call's call-through return), and both as a caller
+    /// that writes the first sees them.
+    const THROUGH: u64 = 0xbeef;
+    const BOTH: Trampolines = Trampolines {
+        written: TRAMP,
+        other: THROUGH,
+    };
 
     /// A fake thread stack of 64 words; slots are word addresses in it.
     struct Stack(Vec<u64>);
@@ -568,7 +667,7 @@ mod tests {
         for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
             s.0[i] = 100 + f;
             // SAFETY: a word of our fake stack.
-            let hooked = unsafe { st.hook(s.slot(i), f, TRAMP, |_| panic!()) };
+            let hooked = unsafe { st.hook(s.slot(i), f, TRAMPS, |_| panic!()) };
             assert_eq!(hooked, Hooked::Yes);
             assert_eq!(s.0[i], TRAMP);
         }
@@ -587,7 +686,7 @@ mod tests {
         let mut st = ShadowStack::boxed(8, s.bounds());
         for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
             // SAFETY: a word of our fake stack.
-            unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
+            unsafe { st.hook(s.slot(i), f, TRAMPS, |_| {}) };
         }
         let mut skipped = vec![];
         let fr = st
@@ -603,14 +702,14 @@ mod tests {
         let mut st = ShadowStack::boxed(8, s.bounds());
         for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
             // SAFETY: a word of our fake stack.
-            unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
+            unsafe { st.hook(s.slot(i), f, TRAMPS, |_| {}) };
         }
         // longjmp back into function 1's frame, which then calls 4 at the slot 2 had: the call
         // stored its own return address there.
         s.0[50] = 555;
         let mut dead = vec![];
         // SAFETY: as above.
-        unsafe { st.hook(s.slot(50), 4, TRAMP, |f| dead.push(f.function)) };
+        unsafe { st.hook(s.slot(50), 4, TRAMPS, |f| dead.push(f.function)) };
         assert_eq!(dead, [3, 2]);
         assert_eq!(
             st.frames().iter().map(|f| f.function).collect::<Vec<_>>(),
@@ -625,8 +724,8 @@ mod tests {
         s.0[60] = 101;
         // SAFETY: a word of our fake stack.
         unsafe {
-            st.hook(s.slot(60), 1, TRAMP, |_| panic!("live"));
-            st.hook(s.slot(60), 2, TRAMP, |_| {
+            st.hook(s.slot(60), 1, TRAMPS, |_| panic!("live"));
+            st.hook(s.slot(60), 2, TRAMPS, |_| {
                 panic!("a tail call is not a dead frame")
             });
         }
@@ -647,9 +746,9 @@ mod tests {
         let mut st = ShadowStack::boxed(8, s.bounds());
         // SAFETY: words of our fake stacks.
         unsafe {
-            st.hook(s.slot(10), 1, TRAMP, |_| panic!());
-            st.hook(alt.slot(63), 2, TRAMP, |_| panic!("another stack"));
-            st.hook(alt.slot(50), 3, TRAMP, |_| panic!("another stack"));
+            st.hook(s.slot(10), 1, TRAMPS, |_| panic!());
+            st.hook(alt.slot(63), 2, TRAMPS, |_| panic!("another stack"));
+            st.hook(alt.slot(50), 3, TRAMPS, |_| panic!("another stack"));
         }
         assert_eq!(st.len(), 3);
     }
@@ -661,7 +760,7 @@ mod tests {
         for i in 0..5 {
             s.0[60 - i] = 7;
             // SAFETY: a word of our fake stack.
-            let h = unsafe { st.hook(s.slot(60 - i), i as u64, TRAMP, |_| {}) };
+            let h = unsafe { st.hook(s.slot(60 - i), i as u64, TRAMPS, |_| {}) };
             assert_eq!(h, if i < 2 { Hooked::Yes } else { Hooked::Full });
         }
         assert_eq!(st.overflows(), 3);
@@ -675,27 +774,27 @@ mod tests {
         for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
             s.0[i] = 100 + f;
             // SAFETY: a word of our fake stack.
-            unsafe { st.hook(s.slot(i), f, TRAMP, |_| {}) };
+            unsafe { st.hook(s.slot(i), f, TRAMPS, |_| {}) };
         }
         // SAFETY: as above.
-        unsafe { st.restore_all(TRAMP) };
+        unsafe { st.restore_all(TRAMPS) };
         assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
         // A cleanup on the way calls a hooked function below frame 3 (which hooks the frames
         // above it again), then the unwind resumes: everything is restored once more.
         // SAFETY: as above.
         unsafe {
-            st.hook(s.slot(30), 4, TRAMP, |_| {
+            st.hook(s.slot(30), 4, TRAMPS, |_| {
                 panic!("frame 3 is still being unwound")
             })
         };
         assert_eq!(st.unhook(s.slot(30) as u64, |_| {}).unwrap().function, 4);
         // SAFETY: as above.
-        unsafe { st.restore_all(TRAMP) };
+        unsafe { st.restore_all(TRAMPS) };
         assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
         // Caught in function 2 (its stack pointer just below slot 50): 3 is gone, 1 and 2 live.
         let mut gone = vec![];
         // SAFETY: as above.
-        unsafe { st.resume_at(s.slot(49) as u64, TRAMP, |f| gone.push(f.function)) };
+        unsafe { st.resume_at(s.slot(49) as u64, TRAMPS, |f| gone.push(f.function)) };
         assert_eq!(gone, [3]);
         assert_eq!(
             [s.0[60], s.0[50]],
@@ -711,19 +810,19 @@ mod tests {
         s.0[60] = 101;
         // SAFETY: words of our fake stack.
         unsafe {
-            st.hook(s.slot(60), 1, TRAMP, |_| {});
-            st.restore_all(TRAMP);
+            st.hook(s.slot(60), 1, TRAMPS, |_| {});
+            st.restore_all(TRAMPS);
         }
         // Caught without a resume_at (a Rust catch_unwind): the next calls hook on top.
         s.0[40] = 103;
         // SAFETY: as above.
         unsafe {
-            st.hook(s.slot(50), 2, TRAMP, |_| {});
-            st.hook(s.slot(40), 3, TRAMP, |_| {});
+            st.hook(s.slot(50), 2, TRAMPS, |_| {});
+            st.hook(s.slot(40), 3, TRAMPS, |_| {});
         }
         assert_eq!(s.0[60], TRAMP, "frame 1 is hooked again by the next call");
         // SAFETY: as above.
-        unsafe { st.restore_all(TRAMP) };
+        unsafe { st.restore_all(TRAMPS) };
         assert_eq!([s.0[60], s.0[40]], [101, 103]);
     }
 
@@ -735,19 +834,19 @@ mod tests {
         s.0[50] = 102;
         // SAFETY: words of our fake stack.
         unsafe {
-            st.hook(s.slot(60), 1, TRAMP, |_| {});
-            st.hook(s.slot(50), 2, TRAMP, |_| {});
+            st.hook(s.slot(60), 1, TRAMPS, |_| {});
+            st.hook(s.slot(50), 2, TRAMPS, |_| {});
         }
         // Frame 2 tail-calls the function that ends the unwind: its caller's stack pointer is
         // just above frame 2's slot, which still holds the trampoline.
         let mut gone = vec![];
         // SAFETY: as above.
-        unsafe { st.resume_at(s.slot(51) as u64, TRAMP, |f| gone.push(f.function)) };
+        unsafe { st.resume_at(s.slot(51) as u64, TRAMPS, |f| gone.push(f.function)) };
         assert!(gone.is_empty(), "{gone:?}");
         // The catching frame's own call reused the slot: that frame is gone.
         s.0[50] = 555;
         // SAFETY: as above.
-        unsafe { st.resume_at(s.slot(51) as u64, TRAMP, |f| gone.push(f.function)) };
+        unsafe { st.resume_at(s.slot(51) as u64, TRAMPS, |f| gone.push(f.function)) };
         assert_eq!(gone, [2]);
     }
 
@@ -782,7 +881,7 @@ mod tests {
         let mut st = ShadowStack::boxed(2, s.bounds());
         // SAFETY: words of our fake stack.
         unsafe {
-            st.hook(s.slot(40), 1, TRAMP, |_| {});
+            st.hook(s.slot(40), 1, TRAMPS, |_| {});
             // A call at or above a frame's slot proves it dead: the slow path pops it.
             assert!(!st.try_hook_fast(s.slot(50), 2, TRAMP));
             // A tail call reusing the innermost frame's hooked slot: left to `hook` too.
@@ -796,9 +895,102 @@ mod tests {
         assert_eq!(st.try_unhook_fast(s.slot(30) as u64), None, "busy");
         st.leave();
         // SAFETY: as above.
-        unsafe { st.restore_all(TRAMP) };
+        unsafe { st.restore_all(TRAMPS) };
         assert_eq!(st.try_unhook_fast(s.slot(30) as u64), None, "restored");
         assert_eq!(st.len(), 2);
+    }
+
+    #[test]
+    fn hook__tail_call_from_a_slot_holding_the_other_trampoline__then_live_not_dead() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        s.0[60] = 101;
+        // SAFETY: words of our fake stack.
+        unsafe { st.hook(s.slot(60), 1, BOTH, |_| panic!("live")) };
+        // A library call's stub calls through, so its slot holds the other entry; the function
+        // then tail-calls another hooked function, which reuses the slot.
+        s.0[60] = THROUGH;
+        // SAFETY: as above.
+        unsafe {
+            st.hook(s.slot(60), 2, BOTH, |_| {
+                panic!("a tail call is not a dead frame")
+            })
+        };
+        assert_eq!(st.len(), 2);
+        let inner = st.unhook(s.slot(60) as u64, |_| panic!()).unwrap();
+        assert_eq!((inner.function, inner.ret), (2, THROUGH));
+        // Any other word at the slot proves both frames dead.
+        s.0[60] = 555;
+        let mut dead = vec![];
+        // SAFETY: as above.
+        unsafe { st.hook(s.slot(60), 3, BOTH, |f| dead.push(f.function)) };
+        assert_eq!(dead, [1]);
+    }
+
+    #[test]
+    fn restore_all_then_resume_at__slots_holding_either_trampoline__then_restored_and_rehooked() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        for (i, f) in [(60usize, 1u64), (50, 2), (40, 3)] {
+            s.0[i] = 100 + f;
+            // SAFETY: a word of our fake stack.
+            unsafe { st.hook(s.slot(i), f, BOTH, |_| {}) };
+        }
+        // Frames 2 and 3 are library calls whose stubs called through.
+        s.0[50] = THROUGH;
+        s.0[40] = THROUGH;
+        // SAFETY: as above.
+        unsafe { st.restore_all(BOTH) };
+        assert_eq!([s.0[60], s.0[50], s.0[40]], [101, 102, 103]);
+        // Caught in function 2: 3 is gone, 1 and 2 are hooked again (with the written kind,
+        // which returns correctly from either).
+        let mut gone = vec![];
+        // SAFETY: as above.
+        unsafe { st.resume_at(s.slot(49) as u64, BOTH, |f| gone.push(f.function)) };
+        assert_eq!(gone, [3]);
+        assert_eq!([s.0[60], s.0[50]], [TRAMP, TRAMP]);
+    }
+
+    #[test]
+    fn resume_at__end_of_unwind_tail_called_from_a_call_through_slot__then_kept_live() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        s.0[50] = 102;
+        // SAFETY: words of our fake stack.
+        unsafe { st.hook(s.slot(50), 2, BOTH, |_| {}) };
+        s.0[50] = THROUGH;
+        let mut gone = vec![];
+        // SAFETY: as above.
+        unsafe { st.resume_at(s.slot(51) as u64, BOTH, |f| gone.push(f.function)) };
+        assert!(gone.is_empty(), "{gone:?}");
+    }
+
+    #[test]
+    fn trampolines__one__then_holds_only_it() {
+        assert!(TRAMPS.holds(TRAMP));
+        assert!(!TRAMPS.holds(THROUGH));
+        assert!(BOTH.holds(TRAMP) && BOTH.holds(THROUGH) && !BOTH.holds(0));
+    }
+
+    extern "C" fn never_fast(_slot: u64) -> FastReturn {
+        unreachable!("never entered")
+    }
+
+    extern "C" fn never_handler(_slot: u64, _regs: *mut u64, _code: u64, _ret: u64) -> u64 {
+        unreachable!("never entered")
+    }
+
+    return_trampoline!(
+        /// A call-through trampoline, only read.
+        call_through test_through => never_handler, fast = never_fast
+    );
+
+    #[test]
+    fn call_through__first_instruction__then_call_r11_of_call_through_bytes() {
+        // SAFETY: the function's first bytes, mapped code of this test binary.
+        let code = unsafe { core::ptr::read(test_through as *const [u8; 3]) };
+        assert_eq!(code, [0x41, 0xff, 0xd3], "call r11");
+        assert_eq!(code.len() as u64, CALL_THROUGH_BYTES);
     }
 
     #[test]

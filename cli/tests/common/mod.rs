@@ -201,6 +201,23 @@ pub fn function_names(session: &atf::Session) -> std::collections::HashMap<u64, 
         .collect()
 }
 
+/// The session's function name of an id: the symbol whose id it is, or whose
+/// `[id, id + size)` holds it (an entry-only hook's id is an address inside the function).
+pub fn function_namer(session: &atf::Session) -> impl Fn(u64) -> Option<String> {
+    let mut symbols: Vec<(u64, u64, String)> = session
+        .manifest
+        .symbols
+        .iter()
+        .filter_map(|s| Some((s.function_id()?, s.size, s.name.clone())))
+        .collect();
+    symbols.sort();
+    move |id| {
+        let i = symbols.partition_point(|s| s.0 <= id).checked_sub(1)?;
+        let (start, size, name) = &symbols[i];
+        (*start == id || id - start < *size).then(|| name.clone())
+    }
+}
+
 /// Starts `tracer spawn --output <out> <app> -- <threads> 0 spin` in the background.
 pub fn spawn_spinning(out: &Path, threads: u32, stderr: std::process::Stdio) -> Background {
     Background(Some(
@@ -265,7 +282,7 @@ pub fn check_session(dir: &Path) -> (atf::Session, Vec<ThreadTrace>) {
 /// exactly, a target that died wherever its threads were included.
 pub fn check_session_with(dir: &Path, joined: bool) -> (atf::Session, Vec<ThreadTrace>) {
     let session = atf::Session::open(dir).expect("the session opens");
-    let names = function_names(&session);
+    let name_of = function_namer(&session);
     let mut out = Vec::new();
     for thread in &session.threads {
         let mut stack: Vec<u64> = Vec::new();
@@ -288,10 +305,8 @@ pub fn check_session_with(dir: &Path, joined: bool) -> (atf::Session, Vec<Thread
                 atf::EventKind::Call => {
                     t.calls += 1;
                     stack.push(e.function_id);
-                    let name = names
-                        .get(&e.function_id)
-                        .cloned()
-                        .unwrap_or_else(|| format!("{:#x}", e.function_id));
+                    let name =
+                        name_of(e.function_id).unwrap_or_else(|| format!("{:#x}", e.function_id));
                     *t.by_name.entry(name).or_default() += 1;
                 }
                 atf::EventKind::Return => {
