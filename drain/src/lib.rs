@@ -11,6 +11,10 @@
 //!   file; [`Drain::finish`] writes the final manifest with the accounting and fsyncs the session.
 //! - [`DrainThread`]: the thread that runs passes, sleeping adaptively when idle and woken at once
 //!   through an eventfd ([`Waker`]) when the shutdown manager wants the final drain to start.
+//! - Two helper threads that keep the drain off the file system's slow paths: one makes each new
+//!   thread's directory and event file (the thread's lanes are drained from the pass after it is
+//!   made, see [`Drain::files_on_helper`]), one starts the writeback of what was written (see
+//!   [`DIRTY_BUDGET`]).
 //!
 //! The contract it keeps is the accounting invariant, per thread and in total:
 //! `attempted = persisted + dropped by reason`. Producers count attempts and drops in the region;
@@ -42,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod create;
 mod thread;
 mod waker;
 mod writeback;
@@ -264,6 +269,16 @@ pub struct Drain<'r, B: Backend = StdBackend> {
     /// Set by [`Drain::final_drain`] and [`Drain::finish`]: acceptance has stopped, so counts read
     /// from now on are post-stop snapshots (see `reconcile_after_stop`).
     stopped: bool,
+    /// The helper that makes new threads' event files (see `create`), started at the first new
+    /// thread; `None` after it could not be started (files are then made on this thread).
+    creator: Option<create::Creator>,
+    /// Whether new threads' files are made on the helper (see [`Drain::files_on_helper`]); set
+    /// when starting it failed, so it is not tried again.
+    creator_off: bool,
+    /// Files asked of the helper and not yet made: their slots' lanes wait (see `drain_slot`).
+    pending: std::collections::BTreeSet<create::FileKey>,
+    /// The first file the helper failed to make, not yet returned by a pass.
+    create_error: Option<DrainError>,
 }
 
 /// How often the target's manifest is rewritten during the passes when following processes.
@@ -340,6 +355,12 @@ impl<'r, B: Backend> Drain<'r, B> {
             in_flight_bytes: 0,
             manifest_written: Instant::now(),
             stopped: false,
+            creator: None,
+            // A model checker's schedule must not run file-system calls (whose faults it may
+            // draw) on a thread it does not know.
+            creator_off: core::any::TypeId::of::<B>() != core::any::TypeId::of::<StdBackend>(),
+            pending: Default::default(),
+            create_error: None,
         })
     }
 
@@ -350,6 +371,17 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// events go to the target's directory.
     pub fn follow_processes(mut self, on: bool) -> Self {
         self.follow = on;
+        self
+    }
+
+    /// Whether a new thread's directory and event file are made on a helper thread (`true`, the
+    /// default on [`StdBackend`]), so the drain goes on with the other lanes while the file
+    /// system allocates them and drains the new thread's lanes from the pass after; or on the
+    /// drain's own thread when it first meets the thread (`false`, and on a model checker's
+    /// backend). An exited thread's file is always made at once, so its slot is recycled in the
+    /// same pass.
+    pub fn files_on_helper(mut self, on: bool) -> Self {
+        self.creator_off = !on;
         self
     }
 
@@ -438,6 +470,7 @@ impl<'r, B: Backend> Drain<'r, B> {
     fn pass_inner(&mut self, stop: &dyn Fn() -> bool, manifests: bool) -> Result<Pass, DrainError> {
         let started = Instant::now();
         self.registry.beat(registry::clock::boottime_ns());
+        self.collect_files(false);
         let mut moved = 0;
         let slots: Vec<SlotInfo> = self.registry.slots().collect();
         for info in slots {
@@ -465,6 +498,9 @@ impl<'r, B: Backend> Drain<'r, B> {
         }
         self.stats.passes += 1;
         self.stats.busy += started.elapsed();
+        if let Some(e) = self.create_error.take() {
+            return Err(e);
+        }
         Ok(Pass { bytes: moved })
     }
 
@@ -477,6 +513,10 @@ impl<'r, B: Backend> Drain<'r, B> {
         // A file that fails is given up (see `fail_index`) and the final drain goes on, so every
         // lane is emptied and every other file finished; the first error is returned at the end.
         let mut first = None;
+        self.collect_files(true);
+        if let Some(e) = self.create_error.take() {
+            keep_first(&mut first, e);
+        }
         let slots: Vec<SlotInfo> = self.registry.slots().collect();
         for info in slots {
             // Twice at most: after its file failed, a slot's events are consumed, not written.
@@ -544,6 +584,11 @@ impl<'r, B: Backend> Drain<'r, B> {
         let started = Instant::now();
         self.stopped = true;
         let mut first = None;
+        // Every file asked for: an owner's counts go to its thread's files when it is retired.
+        self.collect_files(true);
+        if let Some(e) = self.create_error.take() {
+            keep_first(&mut first, e);
+        }
         self.retire_all_and_finish(&mut first);
         let mut orphans = self.registry.orphan_counts();
         // Post-stop snapshot: late orphan attempts whose drop is not counted yet are shutdown drops.
@@ -800,6 +845,10 @@ impl<'r, B: Backend> Drain<'r, B> {
             self.adopt(info)?;
         }
         let key = self.key_of(info.pid);
+        if info.state == SlotState::Exited && self.pending.contains(&(key, info.tid)) {
+            // The thread is gone: wait for its file, so its slot is recycled in this pass.
+            self.collect_files(true);
+        }
         let (Some(owner), Some(files), Some(process)) = (
             self.owners.get_mut(&info.index),
             self.files.get_mut(&(key, info.tid)),
@@ -896,19 +945,90 @@ impl<'r, B: Backend> Drain<'r, B> {
             // files too if still open (see `drain_slot`).
             return Ok(());
         }
+        // A live thread's file is made by the helper, and its lanes wait until it is there (see
+        // `drain_slot`); an exited one's here and now, so its slot is recycled in this pass.
+        if info.state != SlotState::Exited && self.request_file((key, info.tid)) {
+            return Ok(());
+        }
+        let made = self.procs[&key]
+            .layout
+            .create_index(info.tid, atf::ClockType::Boottime);
+        self.insert_files((key, info.tid), made)
+    }
+
+    /// Asks the file-creation helper for `key`'s event file (see `create`), starting it if
+    /// needed. `false`: make it here and now (the recording is stopping, or there is no helper).
+    fn request_file(&mut self, key: create::FileKey) -> bool {
+        if self.pending.contains(&key) {
+            return true;
+        }
+        if self.stopped {
+            return false;
+        }
+        if self.creator.is_none() && !self.creator_off {
+            self.creator = create::Creator::start().ok();
+            self.creator_off = self.creator.is_none();
+        }
+        let Some(creator) = &self.creator else {
+            return false;
+        };
+        if !creator.request(key, &self.procs[&key.0].layout) {
+            return false;
+        }
+        self.pending.insert(key);
+        true
+    }
+
+    /// Takes the files the helper made: all of them so far, or, when `wait`, every one asked for
+    /// (waiting for the helper). A file it failed to make leaves its thread without a writer
+    /// (its events are consumed and counted `not_written`) and its error in `create_error`.
+    fn collect_files(&mut self, wait: bool) {
+        let Some(creator) = self.creator.take() else {
+            return;
+        };
+        let mut made: Vec<_> = creator.ready().collect();
+        while wait && made.len() < self.pending.len() {
+            match creator.next() {
+                Some(file) => made.push(file),
+                None => break,
+            }
+        }
+        for (key, file) in made {
+            self.pending.remove(&key);
+            if let Err(e) = self.insert_files(key, file) {
+                self.create_error.get_or_insert(e);
+            }
+        }
+        if wait && !self.pending.is_empty() {
+            // The helper died: make what it did not, here.
+            for key in std::mem::take(&mut self.pending) {
+                let made = self.procs[&key.0]
+                    .layout
+                    .create_index(key.1, atf::ClockType::Boottime);
+                if let Err(e) = self.insert_files(key, made) {
+                    self.create_error.get_or_insert(e);
+                }
+            }
+        }
+        self.creator = Some(creator);
+    }
+
+    /// Records thread `key`'s files: its event file as made (or failed to be made).
+    fn insert_files(
+        &mut self,
+        key: create::FileKey,
+        made: atf::Result<atf::IndexWriter>,
+    ) -> Result<(), DrainError> {
         // A thread whose file cannot be created is still accounted for: its events are consumed
         // without a writer and counted as `not_written`.
-        let (index, created) = match process
-            .layout
-            .create_index(info.tid, atf::ClockType::Boottime)
-        {
+        let (index, created) = match made {
             Ok(index) => (Some(index), Ok(())),
             Err(e) => (None, Err(e.into())),
         };
         self.files.insert(
-            (key, info.tid),
+            key,
             ThreadFiles {
-                tid: info.tid,
+                tid: key.1,
                 index,
                 detail: None,
                 counts: Counts::default(),
@@ -1002,6 +1122,17 @@ impl<'r, B: Backend> Drain<'r, B> {
     /// Folds a slot owner's counters into its thread's accounting, drops the consumers and, if the
     /// thread has exited, returns the slot to the registry.
     fn retire(&mut self, slot: u32) -> Result<(), DrainError> {
+        let Some(owner) = self.owners.get(&slot) else {
+            return Ok(());
+        };
+        if self
+            .pending
+            .contains(&(self.key_of(owner.info.pid), owner.info.tid))
+        {
+            // Its counts go to its thread's files: wait for them (a slot recycled and taken by
+            // another thread before the helper made its first owner's file).
+            self.collect_files(true);
+        }
         let Some(owner) = self.owners.remove(&slot) else {
             return Ok(());
         };

@@ -140,7 +140,7 @@ const DRAIN_NICE: i32 = -20;
 /// It also sets the thread's timer slack to [`TIMER_SLACK_NS`]: with the default slack of 50 µs a
 /// [`MIN_IDLE`] sleep lasts ~100 µs or more, most of the ~140 µs a producer calling non-stop
 /// takes to fill its lane, so a short sleep became a wait for ring space.
-fn raise_priority() {
+pub(crate) fn raise_priority() {
     // SAFETY: gettid, setpriority and prctl(PR_SET_TIMERSLACK) take no pointers; a failure leaves
     // the priority or the slack as it was.
     unsafe {

@@ -402,3 +402,108 @@ fn drain__write_fails_then_final_drain_and_finish__then_manifest_accounts_for_ev
         "the events lost to the write error are not named"
     );
 }
+
+/// Threads that registered and wrote, still running: `events` index events each, timestamps
+/// 1..=events, written from this thread into `threads` slots (tids 20 000, 20 001, ...).
+fn live_threads(registry: registry::Registry<'_>, threads: u32, events: u64) -> Vec<u32> {
+    (0..threads)
+        .map(|t| {
+            let tid = 20_000 + t;
+            let me = registry.register(std::process::id(), tid).expect("a slot");
+            // SAFETY: this slot has no other producer.
+            let mut index = unsafe { me.lanes.index.producer() };
+            for seq in 0..events {
+                let event = atf::IndexEvent {
+                    timestamp_ns: seq + 1,
+                    function_id: 1,
+                    thread_id: tid,
+                    kind: atf::EventKind::Call,
+                    call_depth: 0,
+                    detail_seq: atf::NO_DETAIL,
+                };
+                assert!(me.writer.begin());
+                index.push(&event.encode()).unwrap();
+                me.writer.end();
+            }
+            me.slot
+        })
+        .collect()
+}
+
+/// Both ways of making a new thread's files: on the helper, a running thread's lanes wait for
+/// its file and are drained from a later pass (the first pass moves nothing, the drain does not
+/// wait for the file system); on the drain's own thread, at once. Either way every event is in
+/// its thread's file and the accounting is exact.
+#[test]
+fn drain__new_threads_files_made_on_the_helper__then_drained_from_a_later_pass_and_nothing_lost() {
+    for on_helper in [true, false] {
+        let out = tempfile::tempdir().unwrap();
+        let region = SharedRegion::create(&small_config()).unwrap();
+        let registry = region.leak().unwrap();
+        let layout = SessionLayout::create(out.path(), 1).unwrap();
+        let pid_dir = layout.pid_dir().to_path_buf();
+        let mut drain = Drain::new(registry, layout, manifest_for(1))
+            .unwrap()
+            .files_on_helper(on_helper);
+        const THREADS: u32 = 8;
+        const EVENTS: u64 = 100;
+        let slots = live_threads(registry, THREADS, EVENTS);
+        let first = drain.pass().unwrap().bytes;
+        let expected = u64::from(THREADS) * EVENTS * atf::EVENT_SIZE as u64;
+        if on_helper {
+            assert_eq!(first, 0, "the lanes wait for their files");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut moved = 0;
+            while moved < expected && std::time::Instant::now() < deadline {
+                moved += drain.pass().unwrap().bytes;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(moved, expected, "every lane drained once its file was made");
+        } else {
+            assert_eq!(first, expected, "files made at once, every lane drained");
+        }
+        for slot in slots {
+            registry.exit(slot);
+        }
+        common::stop_producers(registry);
+        drain.final_drain(false).unwrap();
+        let report = drain.finish(&Outcome::default()).unwrap();
+        assert_eq!(report.threads.len(), THREADS as usize);
+        assert!(report.accounting.index.balanced());
+        assert_eq!(
+            report.accounting.index.persisted,
+            u64::from(THREADS) * EVENTS
+        );
+        let session = Session::open(&pid_dir).unwrap();
+        assert!(session.warnings.is_empty(), "{:?}", session.warnings);
+        assert_eq!(session.event_count(), u64::from(THREADS) * EVENTS);
+    }
+}
+
+/// Stopped before the helper made a new thread's file: the final drain waits for it, so the
+/// thread's events are in the session and counted.
+#[test]
+fn drain__stopped_while_the_helper_makes_files__then_final_drain_waits_and_nothing_lost() {
+    let out = tempfile::tempdir().unwrap();
+    let region = SharedRegion::create(&small_config()).unwrap();
+    let registry = region.leak().unwrap();
+    let layout = SessionLayout::create(out.path(), 1).unwrap();
+    let mut drain = Drain::new(registry, layout, manifest_for(1)).unwrap();
+    const THREADS: u32 = 16;
+    const EVENTS: u64 = 50;
+    let slots = live_threads(registry, THREADS, EVENTS);
+    // Asks for the files, drains nothing yet.
+    assert_eq!(drain.pass().unwrap().bytes, 0);
+    for slot in slots {
+        registry.exit(slot);
+    }
+    common::stop_producers(registry);
+    drain.final_drain(false).unwrap();
+    let report = drain.finish(&Outcome::default()).unwrap();
+    assert_eq!(report.threads.len(), THREADS as usize);
+    assert!(report.accounting.index.balanced());
+    assert_eq!(
+        report.accounting.index.persisted,
+        u64::from(THREADS) * EVENTS
+    );
+}
