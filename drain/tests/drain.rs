@@ -462,18 +462,7 @@ fn drain__new_threads_files_made_on_the_helper__then_drained_from_a_later_pass_a
         } else {
             assert_eq!(first, expected, "files made at once, every lane drained");
         }
-        for slot in slots {
-            registry.exit(slot);
-        }
-        common::stop_producers(registry);
-        drain.final_drain(false).unwrap();
-        let report = drain.finish(&Outcome::default()).unwrap();
-        assert_eq!(report.threads.len(), THREADS as usize);
-        assert!(report.accounting.index.balanced());
-        assert_eq!(
-            report.accounting.index.persisted,
-            u64::from(THREADS) * EVENTS
-        );
+        stop_live_threads(drain, registry, &slots, EVENTS);
         let session = Session::open(&pid_dir).unwrap();
         assert!(session.warnings.is_empty(), "{:?}", session.warnings);
         assert_eq!(session.event_count(), u64::from(THREADS) * EVENTS);
@@ -489,21 +478,30 @@ fn drain__stopped_while_the_helper_makes_files__then_final_drain_waits_and_nothi
     let registry = region.leak().unwrap();
     let layout = SessionLayout::create(out.path(), 1).unwrap();
     let mut drain = Drain::new(registry, layout, manifest_for(1)).unwrap();
-    const THREADS: u32 = 16;
-    const EVENTS: u64 = 50;
-    let slots = live_threads(registry, THREADS, EVENTS);
+    let slots = live_threads(registry, 16, 50);
     // Asks for the files, drains nothing yet.
     assert_eq!(drain.pass().unwrap().bytes, 0);
-    for slot in slots {
+    stop_live_threads(drain, registry, &slots, 50);
+}
+
+/// The threads of [`live_threads`] exit, the recording stops, the final drain and the manifest
+/// are written: every thread is accounted for, balanced, with all its `events` persisted.
+fn stop_live_threads(
+    mut drain: Drain<'_>,
+    registry: registry::Registry<'_>,
+    slots: &[u32],
+    events: u64,
+) {
+    for &slot in slots {
         registry.exit(slot);
     }
     common::stop_producers(registry);
     drain.final_drain(false).unwrap();
     let report = drain.finish(&Outcome::default()).unwrap();
-    assert_eq!(report.threads.len(), THREADS as usize);
+    assert_eq!(report.threads.len(), slots.len());
     assert!(report.accounting.index.balanced());
     assert_eq!(
         report.accounting.index.persisted,
-        u64::from(THREADS) * EVENTS
+        slots.len() as u64 * events
     );
 }
