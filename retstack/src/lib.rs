@@ -474,8 +474,8 @@ pub const CALL_THROUGH_BYTES: u64 = 3;
 /// Words in the register block a trampoline with `detail` passes: `rdi`, `rsi`, `rdx`, `rcx`,
 /// `r8`, `r9`, `rax`, `rbx`, `rbp`, `r10`, `r11`, `r12`–`r15`, `rsp`, and a last word left 0 for
 /// the handler to fill with the return address (only the frame knows it). `r11` reads as the
-/// stack pointer (the trampoline's first instruction takes it); `rsp` is the stack pointer the
-/// function returned with.
+/// stack pointer (the trampoline keeps it there, a scratch register at a return); `rsp` is the
+/// stack pointer the function returned with.
 pub const DETAIL_REGS: usize = 17;
 
 /// Assembly (one string literal, for `naked_asm!`) that stores the 15 integer registers but `rsp`
@@ -498,15 +498,18 @@ macro_rules! store_registers {
 }
 
 /// Defines `pub unsafe extern "C" fn $name()`, a return trampoline: entered by a hooked
-/// function's `ret`, it saves the integer return-value registers (`rax`, `rdx`) and calls
-/// `$fast(slot: u64) -> FastReturn` with the slot it was entered from. [`FAST_DONE`]: it jumps to
-/// the returned address with the registers as the function left them. Any other code: it saves
-/// the vector return registers (`xmm0`, `xmm1`) too and calls `$handler(slot: u64, regs: *mut u64,
-/// code: u64, ret: u64) -> u64` with the fast handler's answer, then jumps to the address the
-/// handler returns (the frame's original return address). So `$fast` must leave every vector
-/// register alone (it may decline whatever it cannot do that way), and `$handler` may use any.
-/// Where the expanding crate is built with debug assertions (unoptimised, so `$fast` is not the
-/// inlined code of a release build), `xmm0` and `xmm1` are saved around `$fast` too. While the byte `$flag` is nonzero, `$fast` is skipped: the handler is called with
+/// function's `ret`, it pushes the integer return-value registers (`rax`, `rdx`) and calls
+/// `$fast(slot: u64) -> FastReturn` with the slot it was entered from (the stack is aligned for
+/// the call when the function was called with it aligned; `$fast` must not rely on it).
+/// [`FAST_DONE`]: it jumps to the returned address with the registers as the function left them.
+/// Any other code: it aligns the stack, saves the vector return registers (`xmm0`, `xmm1`) too
+/// and calls `$handler(slot: u64, regs: *mut u64, code: u64, ret: u64) -> u64` with the fast
+/// handler's answer, then jumps to the address the handler returns (the frame's original return
+/// address). So `$fast` must leave every vector register alone (it may decline whatever it cannot
+/// do that way), and `$handler` may use any. Where the expanding crate is built with debug
+/// assertions (unoptimised, so `$fast` is not the inlined code of a release build), `$fast` gets
+/// an aligned stack and `xmm0` and `xmm1` are saved around it too. While the byte `$flag` is
+/// nonzero, `$fast` is skipped: the handler is called with
 /// [`FAST_DECLINED`] and `regs`, a block of [`DETAIL_REGS`] words (the registers as the function
 /// returned); else `regs` is null. Neither handler may return without an address to go to.
 ///
@@ -564,39 +567,44 @@ macro_rules! return_trampoline {
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
                 $enter,
-                // Entered by `ret`: rsp = slot + 8. Aligned for the handlers whatever the caller
-                // did; r11 and r10 are scratch at a return (neither carries a return value).
-                "mov r11, rsp",
-                "and rsp, -16",
-                "sub rsp, 192",
-                "mov [rsp + 176], r11",
-                "mov [rsp + 48], rax",
-                "mov [rsp + 16], rdx",
-                // Unoptimised builds of the crate that expands this: the fast handler is not
-                // the inlined, call-free code a release build is, so the vectors are saved
-                // around it too.
-                ".if {always}",
-                "movdqu [rsp + 144], xmm0",
-                "movdqu [rsp + 160], xmm1",
-                ".endif",
+                // Entered by `ret`: rsp = slot + 8. r11 and r10 are scratch at a return (neither
+                // carries a return value).
+                "push rax",
+                "push rdx",
                 "cmp byte ptr [rip + {flag}], 0",
                 "jne 3f",
-                "lea rdi, [r11 - 8]",
+                "lea rdi, [rsp + 8]",
+                // Unoptimised builds of the crate that expands this: the fast handler is not
+                // the inlined, call-free code a release build is, so it gets an aligned stack
+                // and the vectors are saved around it too.
+                ".if {always}",
+                "mov r11, rsp",
+                "and rsp, -16",
+                "sub rsp, 48",
+                "mov [rsp + 32], r11",
+                "movdqu [rsp], xmm0",
+                "movdqu [rsp + 16], xmm1",
+                ".endif",
                 "call {fast}",
+                ".if {always}",
+                "movdqu xmm0, [rsp]",
+                "movdqu xmm1, [rsp + 16]",
+                "mov rsp, [rsp + 32]",
+                ".endif",
                 "test rdx, rdx",
                 "jnz 4f",
                 "2:",
-                ".if {always}",
-                "movdqu xmm0, [rsp + 144]",
-                "movdqu xmm1, [rsp + 160]",
-                ".endif",
                 "mov r10, rax",
-                "mov rax, [rsp + 48]",
-                "mov rdx, [rsp + 16]",
-                "mov rsp, [rsp + 176]",
+                "pop rdx",
+                "pop rax",
                 $leave,
-                // Detail records: the registers as the function returned.
+                // Detail records: the registers as the function returned (r11 reads as the
+                // stack pointer it returned with), on an aligned frame (r11 keeps that pointer).
                 "3:",
+                "lea r11, [rsp + 16]",
+                "and rsp, -16",
+                "sub rsp, 192",
+                "mov [rsp + 176], r11",
                 $crate::store_registers!(),
                 "mov [rsp + 120], r11",
                 "mov qword ptr [rsp + 128], 0",
@@ -604,20 +612,25 @@ macro_rules! return_trampoline {
                 "mov edx, {declined}",
                 "xor ecx, ecx",
                 "jmp 5f",
-                // The fast handler's answer (rax, rdx) for the handler.
+                // The fast handler's answer (rax, rdx) for the handler, on an aligned frame.
                 "4:",
+                "lea r11, [rsp + 16]",
+                "and rsp, -16",
+                "sub rsp, 192",
+                "mov [rsp + 176], r11",
                 "xor esi, esi",
                 "mov rcx, rax",
                 "5:",
-                ".ifeq {always}",
                 "movdqu [rsp + 144], xmm0",
                 "movdqu [rsp + 160], xmm1",
-                ".endif",
                 "mov rdi, [rsp + 176]",
                 "sub rdi, 8",
                 "call {handler}",
                 "movdqu xmm0, [rsp + 144]",
                 "movdqu xmm1, [rsp + 160]",
+                // Back on the two pushed words, the handler's address in rax.
+                "mov rsp, [rsp + 176]",
+                "sub rsp, 16",
                 "jmp 2b",
                 fast = sym $fast,
                 handler = sym $handler,
