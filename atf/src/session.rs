@@ -619,6 +619,19 @@ impl Session {
         Self::open_with(dir.as_ref(), true)
     }
 
+    /// How many of the first [`warnings`](Self::warnings) stay first whatever the pending passes
+    /// find: all of them once verification is finished (and for a session opened with
+    /// [`open`](Self::open)); before, those ahead of the place of the first thread yet to be
+    /// verified. A reader that shows these before its pass and the others after it shows every
+    /// warning in the order `open` gives.
+    pub fn settled_warnings(&self) -> usize {
+        self.pending
+            .iter()
+            .map(|p| p.at)
+            .min()
+            .unwrap_or(self.warnings.len())
+    }
+
     /// Whether thread `thread_id`'s events are yet to be verified (see
     /// [`open_deferred`](Self::open_deferred)).
     pub fn unverified(&self, thread_id: u32) -> bool {
@@ -1145,6 +1158,42 @@ mod tests {
     }
 
     #[test]
+    fn session__unfinished_opened_deferred__then_warnings_known_at_open_are_settled_first() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 98).unwrap();
+        let mut m = manifest_for(&[21, 22]);
+        m.finished = false;
+        layout.write_manifest(&mut m).unwrap();
+        for tid in [21u32, 22] {
+            let mut w = layout.create_index(tid, ClockType::Boottime).unwrap();
+            w.append(&batch(tid, 100)).unwrap();
+            w.finish().unwrap();
+        }
+        // Thread 22's only chunk is damaged.
+        let path = layout.index_path(22);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[atc::FILE_HEADER_SIZE + atc::CHUNK_HEADER_SIZE + 20] ^= 0x10;
+        fs::write(&path, bytes).unwrap();
+        let said = |s: &Session| s.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let opened = said(&Session::open(layout.pid_dir()).unwrap());
+        let mut s = Session::open_deferred(layout.pid_dir()).unwrap();
+        let settled = s.settled_warnings();
+        assert!(settled >= 1, "the unfinished session: {:#?}", said(&s));
+        let before = said(&s)[..settled].to_vec();
+        s.finish_verification();
+        assert_eq!(said(&s), opened);
+        assert_eq!(
+            said(&s)[..settled],
+            before[..],
+            "what was settled stays first"
+        );
+        assert!(
+            opened.len() > settled,
+            "the damage comes after: {opened:#?}"
+        );
+    }
+
+    #[test]
     fn session__opened_deferred__then_after_the_pass_the_warnings_open_gives_in_its_order() {
         let out = tempfile::tempdir().unwrap();
         let layout = SessionLayout::create(out.path(), 99).unwrap();
@@ -1181,6 +1230,8 @@ mod tests {
             said(&s).len() < said(&opened).len(),
             "the events' damage waits for the pass"
         );
+        // Nothing precedes thread 11's place: no warning is settled before the pass.
+        assert_eq!(s.settled_warnings(), 0);
         let t13 = s.threads.iter().find(|t| t.id == 13).unwrap();
         let mut events = t13.index.events_checked(13).unwrap();
         let read = events.by_ref().map(Result::unwrap).count();
@@ -1191,6 +1242,7 @@ mod tests {
         assert!(!s.unverified(13));
         s.finish_verification();
         assert_eq!(said(&s), said(&opened));
+        assert_eq!(s.settled_warnings(), 3);
         assert!(!s.unverified(11));
         // Nothing left to do the second time.
         s.finish_verification();

@@ -1,6 +1,7 @@
 //! The readers on a real recording that was damaged afterwards: a flipped byte is reported with
-//! the file and the byte range before anything is shown, and a FIFO in place of a trace file is
-//! refused at once instead of blocking the reader.
+//! the file and the byte range (before the rows by `report` and `info`; after the trees by
+//! `replay`, which checks the events as it shows them, and says so on stderr), and a FIFO in place
+//! of a trace file is refused at once instead of blocking the reader.
 #![allow(non_snake_case)]
 
 mod common;
@@ -59,7 +60,7 @@ fn run_with_watchdog(args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 #[test]
-fn replay__one_byte_of_an_event_flipped__then_warning_names_file_and_range_before_the_tree() {
+fn readers__one_byte_of_an_event_flipped__then_warning_names_file_and_range() {
     let tmp = output_dir();
     let (dir, index) = recorded(tmp.path());
     let mut bytes = std::fs::read(&index).unwrap();
@@ -72,13 +73,28 @@ fn replay__one_byte_of_an_event_flipped__then_warning_names_file_and_range_befor
     let at = 64 + 56 + payload_len / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&index, &bytes).unwrap();
-    let (code, stdout, stderr) = run_with_watchdog(&["replay", dir.to_str().unwrap()]);
+    let names_the_damage = |line: &str| {
+        line.starts_with("# warning: damaged: ")
+            && line.contains(&*index.to_string_lossy())
+            && line.contains("bytes 64..")
+            && line.contains("checksum mismatch")
+    };
+    let (code, stdout, stderr) = run_with_watchdog(&["report", dir.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
     let first = stdout.lines().next().unwrap_or_default();
-    assert!(first.starts_with("# warning: damaged: "), "{stdout}");
-    assert!(first.contains(&*index.to_string_lossy()), "{first}");
-    assert!(first.contains("bytes 64.."), "{first}");
-    assert!(first.contains("checksum mismatch"), "{first}");
+    assert!(names_the_damage(first), "{stdout}");
+
+    let (code, stdout, stderr) = run_with_watchdog(&["replay", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(names_the_damage(last), "{stdout}");
+    assert!(
+        stderr.contains("reading the events found damage: 1 warning follows the call trees"),
+        "{stderr}"
+    );
+    // The damaged chunk's events are not shown: fewer than the worker's 50 calls of top().
+    assert!(stdout.matches("top() {").count() < 50, "{stdout}");
+
     let (code, info, _) = run_with_watchdog(&["info", dir.to_str().unwrap()]);
     assert_eq!(code, Some(0));
     assert!(info.contains("checksum mismatch"), "{info}");

@@ -15,7 +15,8 @@ use std::io::{self, Write};
 
 use super::frames::{End, Step, Walker};
 use super::names::Names;
-use super::{input_error, time_span};
+use super::pass::{Found, ThreadEvents};
+use super::time_span;
 
 /// Microseconds with three decimals, from nanoseconds.
 struct Micros(u64);
@@ -29,17 +30,20 @@ impl fmt::Display for Micros {
 /// Writes the whole document for one process; returns the number of complete events.
 #[cfg(test)]
 pub(crate) fn write(
-    session: &atf::Session,
+    session: &mut atf::Session,
     full_names: bool,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
-    write_all(std::slice::from_ref(session), full_names, out)
+    write_all(std::slice::from_mut(session), full_names, out)
 }
 
 /// Writes the whole document for the processes of a session (the target first), each its own
-/// `pid` with its own names, on one time axis; returns the number of complete events.
+/// `pid` with its own names, on one time axis; returns the number of complete events. Events not
+/// verified yet (sessions opened with [`atf::Session::open_deferred`]) are verified as they are
+/// written, so the sessions' warnings, which the document's metadata lists at its end, are
+/// complete once it is written.
 pub(crate) fn write_all(
-    sessions: &[atf::Session],
+    sessions: &mut [atf::Session],
     full_names: bool,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
@@ -48,11 +52,13 @@ pub(crate) fn write_all(
     let end = spans.iter().map(|s| s.1).max().unwrap_or(0);
     out.write_all(b"{\"traceEvents\":[\n")?;
     let mut count = 0u64;
-    for (n, session) in sessions.iter().enumerate() {
+    for (n, session) in sessions.iter_mut().enumerate() {
         if n > 0 {
             out.write_all(b",\n")?;
         }
-        count += write_process(session, full_names, (origin, end), out)?;
+        let (written, found) = write_process(session, full_names, (origin, end), out)?;
+        count += written;
+        found.report(session);
     }
     let Some(session) = sessions.first() else {
         return out.write_all(b"]}\n").map(|()| 0);
@@ -88,13 +94,14 @@ fn pid_of(session: &atf::Session) -> u32 {
     }
 }
 
-/// One process's metadata and complete events, `(origin, end)` being the document's span.
+/// One process's metadata and complete events, `(origin, end)` being the document's span; returns
+/// how many complete events it wrote and what verifying its events found.
 fn write_process(
     session: &atf::Session,
     full_names: bool,
     (origin, end): (u64, u64),
     out: &mut dyn Write,
-) -> io::Result<u64> {
+) -> io::Result<(u64, Found)> {
     let m = &session.manifest;
     let pid = pid_of(session);
     let process = m
@@ -119,6 +126,7 @@ fn write_process(
     let mut names = Names::new(m, full_names);
     let mut escaped: HashMap<u64, String> = HashMap::new();
     let mut count = 0u64;
+    let mut found = Found::default();
     for thread in &session.threads {
         let tid = thread.id;
         let mut walker = Walker::new();
@@ -168,12 +176,12 @@ fn write_process(
             count += 1;
             Ok(())
         };
-        for event in thread.index.events_past_damage() {
-            walker.event(&event.map_err(input_error)?, &mut sink)?;
-        }
+        let mut events = ThreadEvents::of(session, thread)?;
+        events.try_each(|event| walker.event(&event, &mut sink))?;
+        found.end(tid, events)?;
         walker.finish(end, &mut sink)?;
     }
-    Ok(count)
+    Ok((count, found))
 }
 
 /// `s` as a JSON string literal.
@@ -200,7 +208,7 @@ mod tests {
 
     fn export(s: &TestSession) -> (Value, u64) {
         let mut out = Vec::new();
-        let n = write(&s.open(), false, &mut out).unwrap();
+        let n = write(&mut s.open(), false, &mut out).unwrap();
         let doc: Value = serde_json::from_slice(&out).expect("the export is valid JSON");
         (doc, n)
     }
@@ -266,7 +274,7 @@ mod tests {
         ];
         let s = TestSession::build(&[(7, events)], true);
         let mut out = Vec::new();
-        write(&s.open(), false, &mut out).unwrap();
+        write(&mut s.open(), false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\"ts\":1.234,\"dur\":1.001"), "{text}");
         assert!(text.contains("\"ts\":0.000,\"dur\":9.899"), "{text}");

@@ -119,41 +119,64 @@ fn read_all(dir: &Path, case: &str) -> Outcome {
             no_detail: false,
             names: Default::default(),
         };
-        let replayed = super::replay(&replay, &mut sink);
+        let mut replayed = Vec::new();
+        let replay_ok = super::replay(&replay, &mut replayed).is_ok();
         let report = ReportArgs {
             session: session.clone(),
             sort: SortKey::Total,
             tids: vec![],
             names: Default::default(),
         };
-        // `report` verifies the events in its own pass over them: it must find what opening
-        // the session finds, in the same order.
         let mut reported = Vec::new();
-        if super::report(&report, &mut reported).is_ok() && outcome.error.is_none() {
-            let said: Vec<String> = String::from_utf8_lossy(&reported)
-                .lines()
-                .filter_map(|l| l.strip_prefix("# warning: "))
-                .map(str::to_owned)
-                .collect();
-            if said != outcome.warnings {
-                let _ = tx.send(Err(format!(
-                    "report warned {said:#?}, opening warned {:#?}",
-                    outcome.warnings
-                )));
-                return;
-            }
-        }
+        let report_ok = super::report(&report, &mut reported).is_ok();
         let export = ExportArgs {
             session,
             format: ExportFormat::Chrome,
             output: None,
             names: Default::default(),
         };
-        let _ = super::export(&export, &mut sink);
+        let mut exported = Vec::new();
+        let export_ok = super::export(&export, &mut exported).is_ok();
+        // `replay`, `report` and `export` verify the events in their own pass over them: each
+        // must find what opening the session finds, in the same order.
+        if outcome.error.is_none() {
+            let said = |ok: bool, text: &[u8]| {
+                ok.then(|| {
+                    String::from_utf8_lossy(text)
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("# warning: "))
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+            };
+            let in_metadata = export_ok
+                .then(|| serde_json::from_slice::<serde_json::Value>(&exported).ok())
+                .flatten()
+                .map(|doc| {
+                    let listed = doc["metadata"]["warnings"].as_array().cloned();
+                    let listed = listed.unwrap_or_default().into_iter();
+                    listed
+                        .map(|w| w.as_str().unwrap_or_default().to_owned())
+                        .collect::<Vec<_>>()
+                });
+            for (reader, said) in [
+                ("replay", said(replay_ok, &replayed)),
+                ("report", said(report_ok, &reported)),
+                ("export", in_metadata),
+            ] {
+                if let Some(said) = said.filter(|said| *said != outcome.warnings) {
+                    let _ = tx.send(Err(format!(
+                        "{reader} warned {said:#?}, opening warned {:#?}",
+                        outcome.warnings
+                    )));
+                    return;
+                }
+            }
+        }
         let _ = tx.send(Ok((
             outcome,
-            replayed.is_ok(),
-            String::from_utf8_lossy(&sink).into_owned(),
+            replay_ok,
+            String::from_utf8_lossy(&replayed).into_owned(),
         )));
     });
     match rx.recv_timeout(WATCHDOG) {

@@ -1,8 +1,11 @@
 //! Reading sessions back: `info`, `replay`, `report` and `export`, in the spirit of uftrace's commands.
 //!
-//! Opening a session verifies it (checksums, headers, every event: `atf::Session::open`; `report`
-//! verifies the events in its own pass over them, see [`report()`]), and the
-//! warnings come first in every output. Then every reader streams: it walks each thread's events
+//! Every reader verifies what it reads (checksums, headers, every event): `info` when it opens the
+//! session (`atf::Session::open`); `report`, `replay` and `export` in their own pass over the
+//! events (`atf::Session::open_deferred`, [`pass`]), so the files are read once. The warnings
+//! known on opening come first in every output; those a pass finds come where the reader has
+//! them, in the same order as `open` gives them (see [`report()`], [`replay()`], [`export()`]).
+//! Every reader streams: it walks each thread's events
 //! once, front to back, holding only the open call stack of that thread (and, for `report`, one
 //! row per function). Every string from the session is printed with its control characters
 //! escaped ([`text`]). Streams that start or
@@ -17,6 +20,7 @@ mod find;
 mod frames;
 mod info;
 mod names;
+mod pass;
 mod replay;
 mod report;
 mod text;
@@ -50,8 +54,11 @@ pub fn info(args: &SessionArg, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 /// `tracer replay`: the call tree of each thread with durations.
+///
+/// `replay` reads every event of the threads it shows, so it verifies them as it shows them
+/// ([`atf::Session::open_deferred`]) and prints the warnings after the trees, complete then.
 pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let mut sessions = open_all(&args.session.session, Verify::AtOpen)?;
+    let mut sessions = open_all(&args.session.session, Verify::WhileReading)?;
     check_tids(&sessions, &args.tids)?;
     if args.depth == Some(0) {
         return Err(ReadFailure::DepthZero.into());
@@ -63,9 +70,21 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         full_names: args.names.full_names,
         details: !args.no_detail,
     };
-    for_each_process(&mut sessions, &args.tids, out, |session, out| {
-        replay::write(session, &options, out)
-    })
+    let mut after = 0;
+    let shown = for_each_process(&mut sessions, &args.tids, out, |session, out| {
+        after += replay::write(session, &options, out)?;
+        Ok(())
+    });
+    if after > 0 {
+        // Said where it is seen when the output goes to a file or a pager.
+        eprintln!(
+            "tracer: warning: reading the events found damage: {after} warning{} follow{} the call \
+             trees",
+            if after == 1 { "" } else { "s" },
+            if after == 1 { "s" } else { "" }
+        );
+    }
+    shown
 }
 
 /// `tracer report`: per-function calls, total time, self time and average, sorted.
@@ -190,12 +209,34 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(format) = format {
         return convert(args, format, out);
     }
-    let sessions = open_all(&args.session.session, Verify::AtOpen)?;
-    for warning in sessions.iter().flat_map(warnings) {
-        eprintln!("tracer: warning: {warning}");
+    // Every event is written, so each is verified as it is written: the warnings known before
+    // go to stderr before the document, those the pass finds (and any after them) after it; the
+    // document's metadata, at its end, lists them all.
+    let mut sessions = open_all(&args.session.session, Verify::WhileReading)?;
+    let settled: Vec<usize> = sessions.iter().map(|s| s.settled_warnings()).collect();
+    for (session, &settled) in sessions.iter().zip(&settled) {
+        for warning in warnings(session).take(settled) {
+            eprintln!("tracer: warning: {warning}");
+        }
     }
+    let written = export_chrome(args, &mut sessions, out);
+    for (session, &settled) in sessions.iter().zip(&settled) {
+        for warning in warnings(session).skip(settled) {
+            eprintln!("tracer: warning: {warning}");
+        }
+    }
+    written
+}
+
+/// Writes the Chrome trace-event document of `sessions` to `args.output` if given (and a line
+/// saying so to `out`), else to `out`.
+fn export_chrome(
+    args: &ExportArgs,
+    sessions: &mut [atf::Session],
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     match &args.output {
-        None => finish(chrome::write_all(&sessions, args.names.full_names, out).map(|_| ())),
+        None => finish(chrome::write_all(sessions, args.names.full_names, out).map(|_| ())),
         Some(path) => {
             let file = std::fs::File::create(path).map_err(|cause| ReadFailure::CreateOutput {
                 path: path.clone(),
@@ -203,7 +244,7 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
             })?;
             let mut file = io::BufWriter::with_capacity(1 << 20, file);
             let written =
-                chrome::write_all(&sessions, args.names.full_names, &mut file).and_then(|n| {
+                chrome::write_all(sessions, args.names.full_names, &mut file).and_then(|n| {
                     file.flush()?;
                     Ok(n)
                 });

@@ -21,8 +21,9 @@ use atf::DetailRecord;
 use super::detail::{Code, Details};
 use super::frames::{End, Step, Walker};
 use super::names::Names;
+use super::pass::{Found, ThreadEvents};
 use super::time::{plural, Duration};
-use super::{input_error, selected, time_span};
+use super::{selected, time_span};
 
 /// What to show.
 #[derive(Debug)]
@@ -39,18 +40,42 @@ pub(crate) struct Options<'a> {
     pub details: bool,
 }
 
-/// Writes the call trees of the selected threads.
+/// Writes the session's warnings and the call trees of the selected threads. A thread whose
+/// events are unverified (a session opened with [`atf::Session::open_deferred`]) is verified as
+/// its tree is written: the warnings known before are printed before the trees, those its pass
+/// finds (and any that come after them) after, so that they read in the order
+/// [`atf::Session::open`] gives.
+///
+/// Returns how many warnings follow the trees.
 pub(crate) fn write(
-    session: &atf::Session,
+    session: &mut atf::Session,
+    options: &Options<'_>,
+    out: &mut dyn Write,
+) -> io::Result<usize> {
+    let settled = session.settled_warnings();
+    for warning in super::warnings(session).take(settled) {
+        writeln!(out, "# warning: {warning}")?;
+    }
+    write_trees(session, options, out)?;
+    let mut after = 0;
+    for warning in super::warnings(session).skip(settled) {
+        writeln!(out, "# warning: {warning}")?;
+        after += 1;
+    }
+    Ok(after)
+}
+
+/// Writes the call trees of the selected threads, verifying the events of those not verified
+/// yet, and finishes the session's verification.
+fn write_trees(
+    session: &mut atf::Session,
     options: &Options<'_>,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let (_, end) = time_span(session);
     let mut names = Names::new(&session.manifest, options.full_names);
     let code = Code::new(&session.manifest);
-    for warning in super::warnings(session) {
-        writeln!(out, "# warning: {warning}")?;
-    }
+    let mut found = Found::default();
     writeln!(out, "# DURATION      TID     FUNCTION")?;
     let mut first = true;
     for thread in session
@@ -79,17 +104,18 @@ pub(crate) fn write(
             current: Vec::new(),
         };
         let mut walker = Walker::new();
-        // Past a damaged chunk (reported before the tree): its events are missing, the
+        // Past a damaged chunk (reported with the warnings): its events are missing, the
         // positions of the others stay right, so detail records stay with their events.
-        let mut events = thread.index.events_past_damage();
+        let mut events = ThreadEvents::of(session, thread)?;
         while let Some(event) = events.next() {
-            let event = event.map_err(input_error)?;
+            let event = event?;
             let seq = events.next_seq() - 1;
             if let Some(details) = printer.details.as_mut() {
                 printer.current = details.take(seq)?;
             }
             walker.event(&event, &mut |step: Step| printer.step(step))?;
         }
+        found.end(thread.id, events)?;
         printer.current.clear();
         walker.finish(end, &mut |step: Step| printer.step(step))?;
         let orphans = printer.orphans;
@@ -115,6 +141,7 @@ pub(crate) fn write(
     if let Some(note) = names.unnamed_note() {
         writeln!(out, "# {note}")?;
     }
+    found.report(session);
     Ok(())
 }
 
@@ -295,7 +322,7 @@ mod tests {
 
     fn replay_text(s: &TestSession, options: &Options<'_>) -> String {
         let mut out = Vec::new();
-        write(&s.open(), options, &mut out).unwrap();
+        write(&mut s.open(), options, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 

@@ -14,8 +14,9 @@ use atf::IndexEvent;
 
 use super::frames::{End, Step, Walker};
 use super::names::Names;
+use super::pass::{Found, ThreadEvents};
 use super::time::{plural, Duration};
-use super::{input_error, selected, time_span};
+use super::{selected, time_span};
 use crate::args::SortKey;
 
 /// One function's figures.
@@ -61,7 +62,7 @@ pub(crate) fn compute(session: &mut atf::Session, tids: &[u32]) -> io::Result<St
     let mut stats = Stats::default();
     let mut index: HashMap<u64, usize, BuildFunctionHasher> = HashMap::default();
     let mut open: Vec<usize> = Vec::new();
-    let mut found = Vec::new();
+    let mut found = Found::default();
     for thread in session.threads.iter().filter(|t| selected(tids, t.id)) {
         let mut walker = Walker::new();
         let mut sink = |step: Step| -> io::Result<()> {
@@ -97,24 +98,13 @@ pub(crate) fn compute(session: &mut atf::Session, tids: &[u32]) -> io::Result<St
             }
             Ok(())
         };
-        let mut walk = |event: IndexEvent| walker.event(&event, &mut sink);
-        if session.unverified(thread.id) {
-            let mut events = thread
-                .index
-                .events_checked(thread.id)
-                .map_err(input_error)?;
-            events.try_each(&mut walk)?;
-            found.push((thread.id, events.finish().map_err(input_error)?));
-        } else {
-            thread.index.events_past_damage().try_each(&mut walk)?;
-        }
+        let mut events = ThreadEvents::of(session, thread)?;
+        events.try_each(|event: IndexEvent| walker.event(&event, &mut sink))?;
+        found.end(thread.id, events)?;
         walker.finish(end, &mut sink)?;
         stats.events += thread.index.event_count();
     }
-    for (thread_id, damage) in found {
-        session.report_damage(thread_id, damage);
-    }
-    session.finish_verification();
+    found.report(session);
     Ok(stats)
 }
 
