@@ -10,6 +10,26 @@ mod common;
 
 use common::*;
 
+/// The `main()` of the threaded programs below, in C that also compiles as C++: starts
+/// `argv[1]` threads (1 if not given, at most 256) running the program's `worker`, joins them and
+/// prints `done <sink>`. Before starting them it runs the program's `SET_UP(argc, argv)`, a macro
+/// (so the main thread makes no call of its own that the tracer would count).
+macro_rules! workers_main {
+    () => {
+        r#"
+int main(int argc, char **argv) {
+    long threads = argc > 1 ? atol(argv[1]) : 1;
+    SET_UP(argc, argv);
+    pthread_t t[256];
+    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, NULL);
+    for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    printf("done %ld\n", sink);
+    return 0;
+}
+"#
+    };
+}
+
 /// `rec <threads> <depth> <mode>`: every worker calls `fib(15)` (1973 calls) and then, by mode,
 /// `deep(depth)` (depth + 1 calls), `jump` (a `longjmp` out of 10 hooked frames, twice), `sig` (a
 /// signal handler running on an alternate stack calls `fib(5)`, 15 calls), `fork` (forks 6 hooked
@@ -17,7 +37,8 @@ use common::*;
 /// frames deep), `exit` (`exit` 6 hooked frames deep, after printing `done`) or `sigjump` (a
 /// signal raised 10 hooked frames deep runs a handler that `siglongjmp`s out from 4 hooked frames
 /// of its own, twice).
-const REC_C: &str = r#"
+const REC_C: &str = concat!(
+    r#"
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -92,17 +113,11 @@ void *worker(void *arg) {
     return NULL;
 }
 
-int main(int argc, char **argv) {
-    long threads = argc > 1 ? atol(argv[1]) : 1;
-    depth = argc > 2 ? atol(argv[2]) : 0;
-    mode = argc > 3 ? argv[3] : "plain";
-    pthread_t t[256];
-    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, NULL);
-    for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
-    printf("done %ld\n", sink);
-    return 0;
-}
-"#;
+#define SET_UP(argc, argv) \
+    (depth = argc > 2 ? atol(argv[2]) : 0, mode = argc > 3 ? argv[3] : "plain")
+"#,
+    workers_main!()
+);
 
 /// Calls per function id of one thread.
 fn calls_by_id(session: &atf::Session, tid: u32) -> std::collections::HashMap<u64, u64> {
@@ -330,7 +345,8 @@ tests_of!(optimised {
 /// depth 0 and throws through the hooked frames, caught in `catcher`; then `after()`, whose
 /// return must still be recorded. A destructor (`Guard`) runs in every unwound frame and calls the
 /// hooked `cleanup()`. Per worker: 1 + 100 x (catcher, 6 thrower, 6 cleanup, after) calls.
-const THROW_CC: &str = r#"
+const THROW_CC: &str = concat!(
+    r#"
 #include <pthread.h>
 #include <stdexcept>
 #include <cstdio>
@@ -352,15 +368,10 @@ void *worker(void *) {
     for (int i = 0; i < 100; i++) { sink += catcher(5); sink += after(i); }
     return nullptr;
 }
-int main(int argc, char **argv) {
-    int threads = argc > 1 ? atoi(argv[1]) : 1;
-    pthread_t t[64];
-    for (int i = 0; i < threads; i++) pthread_create(&t[i], nullptr, worker, nullptr);
-    for (int i = 0; i < threads; i++) pthread_join(t[i], nullptr);
-    printf("done %ld\n", sink);
-    return 0;
-}
-"#;
+#define SET_UP(argc, argv) ((void)0)
+"#,
+    workers_main!()
+);
 
 /// [`THROW_CC`] built at -O1 in a build mode: each worker's 100 throws through hooked frames are
 /// caught, and every call returns.
@@ -480,7 +491,8 @@ fn pg__program_takes_its_own_backtrace__then_it_stops_at_the_first_hooked_frame_
 /// `gate <threads> <file>`: prints `ready`, then calls `wait_gate()` (a 1 ms sleep) until `file`
 /// exists, then starts the workers (each computes `fib(15)`) and exits. Attached to before the
 /// gate opens, a tracer sees every worker's calls from the first.
-const GATE_C: &str = r#"
+const GATE_C: &str = concat!(
+    r#"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -491,18 +503,11 @@ int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
 void *worker(void *arg) { (void)arg; sink += fib(15); return NULL; }
 void wait_gate(void) { usleep(1000); }
 
-int main(int argc, char **argv) {
-    long threads = atol(argv[1]);
-    printf("ready\n");
-    fflush(stdout);
-    while (access(argv[2], F_OK) != 0) wait_gate();
-    pthread_t t[256];
-    for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, NULL);
-    for (long i = 0; i < threads; i++) pthread_join(t[i], NULL);
-    printf("done %ld\n", sink);
-    return 0;
-}
-"#;
+#define SET_UP(argc, argv) \
+    do { printf("ready\n"); fflush(stdout); while (access(argv[2], F_OK) != 0) wait_gate(); } while (0)
+"#,
+    workers_main!()
+);
 
 /// Attaches to a [`GATE_C`] program built with `flags`, opens the gate once the tracer says it
 /// is attached, and records until the program exits: every worker made exactly `fib(15)`'s calls
