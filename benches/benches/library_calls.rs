@@ -1,42 +1,68 @@
 //! Library calls of an uninstrumented program, end to end (custom harness): a program that calls
-//! `getpid()` in a tight loop ([`GETPID_C`]) run untraced, under `tracer spawn` (its GOT entries
-//! redirected to the agent's stubs, `--library-calls main`), under `uftrace record --force` (its
-//! PLT hook) and under `ltrace` (breakpoints through ptrace), side by side in one run. Each figure
-//! is the loop's own time per call (thread CPU ns, and wall ns: ltrace's cost is mostly the
-//! target waiting for its tracer, which thread CPU time does not see), and the overhead is the
-//! figure minus the untraced one, best of 5 rounds, each round running every row once in turn
-//! (so a busy spell on the machine hits every row alike).
+//! a library function in a tight loop ([`LOOP_C`]) run untraced, under `tracer spawn` (its GOT
+//! entries redirected to the agent's stubs, `--library-calls main`), under `uftrace record
+//! --force` (its PLT hook) and under `ltrace` (breakpoints through ptrace), side by side in one
+//! run. Two workloads: `getpid()` (a system call) and `leaf()`, a function of a small shared
+//! library that only returns (no system call between the call and its return).
+//!
+//! Each figure is the loop's own time per call: thread CPU ns over the whole loop; wall ns over
+//! the whole loop (ltrace's cost is mostly the target waiting for its tracer, which thread CPU
+//! time does not see); and the wall ns of the loop's fastest batch of 5000 calls, the steady cost
+//! with nothing else in the way (no preemption, no other thread sharing the core or its caches).
+//! The overhead is the figure minus the untraced one; each row's figure is its best of 5 rounds,
+//! each round running every row once in turn (so a busy spell on the machine hits every row
+//! alike).
 //!
 //! `cargo bench -p benches --bench library_calls` runs 2 M calls (200 k under ltrace, which is
-//! ~1000× slower); `cargo test --benches` one short pass (50 k, 2 k under ltrace). Tools that
-//! are not installed get a dash. `LIBRARY_CALLS_BASE=<another tracer binary>` adds its row
-//! ("base"), to compare two builds of the tracer in one run.
+//! ~1000× slower; ltrace only on `getpid`); `cargo test --benches` one short pass (50 k, 2 k
+//! under ltrace). Tools that are not installed get a dash. `LIBRARY_CALLS_BASE=<another tracer
+//! binary>` adds its row ("base"), to compare two builds of the tracer in one run.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use benches::{build_c, build_tracer, full_run};
+use benches::{build_c_with, build_tracer, full_run};
 
-/// `getpid_loop <calls>`: calls `getpid()` `calls` times and prints
-/// "<thread CPU ns per call> <wall ns per call>".
-const GETPID_C: &str = r#"
+/// `<name> <calls>`: makes `CALL` (a macro: `getpid()` unless defined) `calls` times (rounded
+/// down to whole batches), in batches of 5000 (or one batch of fewer), and prints "<thread CPU ns per call> <wall ns per call> <best batch's wall ns per
+/// call>".
+const LOOP_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#ifndef CALL
+#define CALL getpid()
+#endif
+int leaf(int);
 static double now(clockid_t c) { struct timespec ts; clock_gettime(c, &ts); return ts.tv_sec * 1e9 + ts.tv_nsec; }
 int main(int argc, char **argv) {
-    long n = argc > 1 ? atol(argv[1]) : 1000000;
+    long n = argc > 1 ? atol(argv[1]) : 1000000, batch = n < 5000 ? n : 5000, s = 0;
+    n -= n % batch;
+    double best = 1e300;
     double c0 = now(CLOCK_THREAD_CPUTIME_ID), w0 = now(CLOCK_MONOTONIC);
-    long s = 0;
-    for (long i = 0; i < n; i++) s += getpid();
+    for (long done = 0; done < n; done += batch) {
+        double b0 = now(CLOCK_MONOTONIC);
+        for (long i = 0; i < batch; i++) s += CALL;
+        double b1 = now(CLOCK_MONOTONIC);
+        if (b1 - b0 < best) best = b1 - b0;
+    }
     double c1 = now(CLOCK_THREAD_CPUTIME_ID), w1 = now(CLOCK_MONOTONIC);
-    printf("%ld\n%.3f %.3f\n", s & 1, (c1 - c0) / n, (w1 - w0) / n);
+    printf("%ld\n%.3f %.3f %.3f\n", s & 1, (c1 - c0) / n, (w1 - w0) / n, best / batch);
     return 0;
 }
 "#;
 
-/// (CPU ns, wall ns) per call, from the workload's last line of two numbers.
-fn run(mut cmd: Command) -> Option<(f64, f64)> {
+/// The shared library of the `leaf` workload: a function that only returns.
+const LEAF_C: &str = r#"
+int leaf(int x) { __asm__ volatile("" ::: "memory"); return x + 1; }
+"#;
+
+/// Ns per call: thread CPU, wall, best batch's wall.
+type Figure = [f64; 3];
+
+/// A [`Figure`] from the workload's last line of three numbers.
+fn run(mut cmd: Command) -> Option<Figure> {
     let out = cmd
         .current_dir(std::env::temp_dir())
         .stderr(Stdio::null())
@@ -46,9 +72,9 @@ fn run(mut cmd: Command) -> Option<(f64, f64)> {
     let line = text
         .lines()
         .rev()
-        .find(|l| l.split_whitespace().count() == 2)?;
+        .find(|l| l.split_whitespace().count() == 3)?;
     let mut f = line.split_whitespace().map(|v| v.parse::<f64>().ok());
-    Some((f.next()??, f.next()??))
+    Some([f.next()??, f.next()??, f.next()??])
 }
 
 fn installed(tool: &str) -> bool {
@@ -63,25 +89,16 @@ fn installed(tool: &str) -> bool {
 /// How a row's workload is started, given the calls to make.
 type Launcher = Box<dyn Fn(&str) -> Command>;
 
-fn main() {
-    let full = full_run();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let tracer = build_tracer();
-    let exe = build_c(dir.path(), "getpid_loop", GETPID_C, false);
-    let (calls, ltrace_calls) = if full {
-        (2_000_000u64, 200_000u64)
-    } else {
-        (50_000, 2_000)
-    };
-    let rounds = if full { 5 } else { 1 };
-    // Another build of the tracer to compare with, side by side (its own row).
-    let base = std::env::var_os("LIBRARY_CALLS_BASE").map(std::path::PathBuf::from);
-    println!(
-        "getpid() loop, {calls} calls ({ltrace_calls} under ltrace), best of {rounds} rounds (each \
-         round runs every row once, in turn): ns per call, thread CPU | wall"
-    );
-    let under_tracer = |tracer: std::path::PathBuf, out: std::path::PathBuf| -> Launcher {
-        let exe = exe.clone();
+/// The rows of one workload: untraced, tracer, base (if given), uftrace, ltrace (if `ltrace`).
+fn rows(
+    exe: &Path,
+    out: &Path,
+    tracer: &Path,
+    base: Option<&Path>,
+    ltrace: bool,
+) -> Vec<(&'static str, Launcher)> {
+    let under_tracer = |tracer: &Path, out: PathBuf| -> Launcher {
+        let (tracer, exe) = (tracer.to_owned(), exe.to_owned());
         Box::new(move |arg: &str| {
             let _ = std::fs::remove_dir_all(&out);
             let mut c = Command::new(&tracer);
@@ -93,36 +110,24 @@ fn main() {
             c
         })
     };
-    let mut rows: Vec<(&str, u64, Launcher)> = Vec::new();
+    let mut rows: Vec<(&'static str, Launcher)> = Vec::new();
+    let plain = exe.to_owned();
     rows.push((
         "untraced",
-        calls,
-        Box::new({
-            let exe = exe.clone();
-            move |arg: &str| {
-                let mut c = Command::new(&exe);
-                c.arg(arg);
-                c
-            }
+        Box::new(move |arg: &str| {
+            let mut c = Command::new(&plain);
+            c.arg(arg);
+            c
         }),
     ));
-    rows.push((
-        "tracer",
-        calls,
-        under_tracer(tracer.clone(), dir.path().join("traces")),
-    ));
+    rows.push(("tracer", under_tracer(tracer, out.join("traces"))));
     if let Some(base) = base {
-        rows.push((
-            "base",
-            calls,
-            under_tracer(base, dir.path().join("base-traces")),
-        ));
+        rows.push(("base", under_tracer(base, out.join("base-traces"))));
     }
     if installed("uftrace") {
-        let (exe, data) = (exe.clone(), dir.path().join("uftrace.data"));
+        let (exe, data) = (exe.to_owned(), out.join("uftrace.data"));
         rows.push((
             "uftrace",
-            calls,
             Box::new(move |arg: &str| {
                 let _ = std::fs::remove_dir_all(&data);
                 let mut c = Command::new("uftrace");
@@ -134,11 +139,10 @@ fn main() {
             }),
         ));
     }
-    if installed("ltrace") {
-        let exe = exe.clone();
+    if ltrace && installed("ltrace") {
+        let exe = exe.to_owned();
         rows.push((
             "ltrace",
-            ltrace_calls,
             Box::new(move |arg: &str| {
                 let mut c = Command::new("ltrace");
                 c.args(["-o", "/dev/null"]).arg(&exe).arg(arg);
@@ -146,46 +150,93 @@ fn main() {
             }),
         ));
     }
-    let mut best: Vec<Option<(f64, f64)>> = vec![None; rows.len()];
-    for _ in 0..rounds {
-        for ((_, n, launch), best) in rows.iter().zip(best.iter_mut()) {
-            if let Some(v) = run(launch(&n.to_string())) {
-                *best = Some(best.map_or(v, |b: (f64, f64)| (b.0.min(v.0), b.1.min(v.1))));
+    rows
+}
+
+fn main() {
+    let full = full_run();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tracer = build_tracer();
+    let (calls, ltrace_calls) = if full {
+        (2_000_000u64, 200_000u64)
+    } else {
+        (50_000, 2_000)
+    };
+    let rounds = if full { 5 } else { 1 };
+    // Another build of the tracer to compare with, side by side (its own row).
+    let base = std::env::var_os("LIBRARY_CALLS_BASE").map(PathBuf::from);
+    let getpid = build_c_with(dir.path(), "getpid_loop", LOOP_C, &[]);
+    build_c_with(dir.path(), "libleaf.so", LEAF_C, &["-shared", "-fPIC"]);
+    let leaf = build_c_with(
+        dir.path(),
+        "leaf_loop",
+        LOOP_C,
+        &[
+            "-DCALL=leaf((int)i)",
+            &format!("-L{}", dir.path().display()),
+            "-lleaf",
+            &format!("-Wl,-rpath,{}", dir.path().display()),
+        ],
+    );
+    for (workload, exe, ltrace) in [
+        ("getpid()", &getpid, true),
+        ("leaf(), a shared library's function", &leaf, false),
+    ] {
+        let rows = rows(exe, dir.path(), &tracer, base.as_deref(), ltrace);
+        println!(
+            "{workload} loop, {calls} calls ({ltrace_calls} under ltrace), best of {rounds} rounds \
+             (each round runs every row once, in turn): ns per call, thread CPU | wall | best \
+             5000-call batch's wall"
+        );
+        let mut best: Vec<Option<Figure>> = vec![None; rows.len()];
+        for _ in 0..rounds {
+            for ((name, launch), best) in rows.iter().zip(best.iter_mut()) {
+                let n = if *name == "ltrace" {
+                    ltrace_calls
+                } else {
+                    calls
+                };
+                if let Some(v) = run(launch(&n.to_string())) {
+                    *best = Some(best.map_or(v, |b: Figure| {
+                        [b[0].min(v[0]), b[1].min(v[1]), b[2].min(v[2])]
+                    }));
+                }
             }
         }
-    }
-    let figure = |name: &str| rows.iter().position(|r| r.0 == name).and_then(|i| best[i]);
-    let untraced = figure("untraced").expect("the workload runs");
-    let show = |name: &str, v: Option<(f64, f64)>| match v {
-        Some((cpu, wall)) => println!(
-            "{name:>10} {cpu:>10.1} | {wall:>10.1}   overhead {:>9.1} | {:>9.1}",
-            cpu - untraced.0,
-            wall - untraced.1
-        ),
-        None => println!("{name:>10} {:>10} | {:>10}", "-", "-"),
-    };
-    for name in ["untraced", "tracer", "base", "uftrace", "ltrace"] {
-        if name != "base" || rows.iter().any(|r| r.0 == "base") {
-            show(name, figure(name));
+        let figure = |name: &str| rows.iter().position(|r| r.0 == name).and_then(|i| best[i]);
+        let untraced = figure("untraced").expect("the workload runs");
+        let overhead = |v: Figure| [0, 1, 2].map(|i| v[i] - untraced[i]);
+        for (name, _) in &rows {
+            match figure(name) {
+                Some(v) => {
+                    let o = overhead(v);
+                    println!(
+                        "{name:>10} {:>9.1} | {:>9.1} | {:>7.1}   overhead {:>8.1} | {:>8.1} | \
+                         {:>6.1}",
+                        v[0], v[1], v[2], o[0], o[1], o[2]
+                    )
+                }
+                None => println!("{name:>10} {:>9} | {:>9} | {:>7}", "-", "-", "-"),
+            }
         }
-    }
-    let overhead = |v: (f64, f64)| (v.0 - untraced.0, v.1 - untraced.1);
-    for ours in ["tracer", "base"] {
-        if let (Some(o), Some(u)) = (figure(ours), figure("uftrace")) {
-            let (o, u) = (overhead(o), overhead(u));
+        for ours in ["tracer", "base"] {
+            if let (Some(o), Some(u)) = (figure(ours), figure("uftrace")) {
+                let (o, u) = (overhead(o), overhead(u));
+                println!(
+                    "{ours} / uftrace overhead: {:.2}x (CPU) | {:.2}x (wall) | {:.2}x (best batch)",
+                    o[0] / u[0],
+                    o[1] / u[1],
+                    o[2] / u[2]
+                );
+            }
+        }
+        if let (Some(o), Some(l)) = (figure("tracer"), figure("ltrace")) {
+            let (o, l) = (overhead(o), overhead(l));
             println!(
-                "{ours} / uftrace overhead: {:.2}x (CPU) | {:.2}x (wall)",
-                o.0 / u.0,
-                o.1 / u.1
+                "ltrace / tracer overhead: {:.0}x (CPU) | {:.0}x (wall)",
+                l[0] / o[0],
+                l[1] / o[1]
             );
         }
-    }
-    if let (Some(o), Some(l)) = (figure("tracer"), figure("ltrace")) {
-        let (o, l) = (overhead(o), overhead(l));
-        println!(
-            "ltrace / tracer overhead: {:.0}x (CPU) | {:.0}x (wall)",
-            l.0 / o.0,
-            l.1 / o.1
-        );
     }
 }
