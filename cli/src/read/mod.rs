@@ -78,8 +78,8 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if after > 0 {
         // Said where it is seen when the output goes to a file or a pager.
         eprintln!(
-            "tracer: warning: reading the events found damage: {after} warning{} follow{} the call \
-             trees",
+            "tracer: warning: {after} warning{} follow{} the call trees (the events are checked as \
+             they are shown)",
             if after == 1 { "" } else { "s" },
             if after == 1 { "s" } else { "" }
         );
@@ -447,6 +447,48 @@ mod tests {
         assert_eq!(
             String::from_utf8(via_output).unwrap(),
             String::from_utf8(direct).unwrap()
+        );
+    }
+
+    #[test]
+    fn replay__killed_session_with_a_damaged_chunk__then_warnings_in_opening_order_around_the_trees(
+    ) {
+        let s = TestSession::build(&[(7, simple_tree(1_000)), (8, simple_tree(5_000))], false);
+        // A byte of thread 7's first chunk's payload (after the file's 64-byte header and the
+        // chunk's 56): its checksum fails.
+        let path = s.layout.index_path(7);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[64 + 56 + 2] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        let opened: Vec<String> = warnings(&s.open()).collect();
+        let args = ReplayArgs {
+            session: s.arg(),
+            tids: vec![],
+            filter: None,
+            depth: None,
+            no_detail: false,
+            names: Default::default(),
+        };
+        let mut out = Vec::new();
+        replay(&args, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let said: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# warning: "))
+            .collect();
+        assert_eq!(said, opened, "{text}");
+        let (before, after) = text.split_once("# DURATION").unwrap();
+        // Known on opening: the session and thread 7's file were not finished.
+        assert!(before.contains("the session was not finished"), "{text}");
+        assert!(
+            before.contains("thread_7/index.atc: the file was not finished"),
+            "{text}"
+        );
+        // Found by the pass, and what follows it in the order opening gives.
+        assert!(after.contains("checksum mismatch"), "{text}");
+        assert!(
+            after.contains("thread_8/index.atc: the file was not finished"),
+            "{text}"
         );
     }
 
