@@ -6,7 +6,9 @@
 //! arguments; this test catches it.
 //!
 //! It builds the agent as shipped (release), disassembles it with `objdump` and reads each fast
-//! path's instructions. Without `objdump` it says so and passes.
+//! path's instructions, and each naked hook's way to its fast exit (what every traced call pays:
+//! one call, no vector register saved, no stack alignment). Without `objdump` it says so and
+//! passes.
 
 #![allow(non_snake_case)]
 
@@ -122,6 +124,64 @@ fn hot_path__disassembled__then_no_vector_register_and_no_call() {
                 }
             }
         }
+    }
+}
+
+/// The naked hooks whose fast path calls one of [`FAST_PATHS`]: the entry hooks and the return
+/// trampoline.
+const NAKED_HOOKS: [(&str, &str); 5] = [
+    ("mcount", "agent::entry::entry_fast"),
+    ("_mcount", "agent::entry::entry_fast"),
+    ("__fentry__", "agent::entry::entry_fast"),
+    ("tracer_patch_entry", "agent::entry::entry_fast"),
+    (
+        "agent::entry::tracer_return_hook",
+        "agent::entry::return_fast",
+    ),
+];
+
+/// What a traced call costs on the naked side: from a hook's first instruction to its fast exit
+/// (the first `ret`, or the trampoline's `jmp r10`), one call (its fast path), no vector register
+/// saved and no stack alignment (the fast path needs none; only the slow path, which saves the
+/// vector registers, aligns).
+#[test]
+fn naked_hooks__disassembled__then_fast_exit_after_one_call_without_vectors_or_alignment() {
+    let Some(functions) = release_functions() else {
+        return;
+    };
+    for (name, fast) in NAKED_HOOKS {
+        let body = functions
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the agent"));
+        let code = |line: &String| {
+            line.split_once(":\t")
+                .map_or("", |(_, c)| c)
+                .trim()
+                .to_string()
+        };
+        let exit = body
+            .iter()
+            .position(|l| {
+                let c = code(l);
+                c == "ret" || c.split_whitespace().collect::<Vec<_>>() == ["jmp", "r10"]
+            })
+            .unwrap_or_else(|| panic!("{name} has no fast exit"));
+        let fast_path: Vec<String> = body[..=exit].iter().map(code).collect();
+        let calls: Vec<&String> = fast_path.iter().filter(|c| c.starts_with("call")).collect();
+        assert!(
+            calls.len() == 1 && calls[0].contains(&format!("<{fast}")),
+            "{name}'s fast path calls {fast} once: {fast_path:#?}"
+        );
+        assert!(
+            !fast_path
+                .iter()
+                .any(|c| c.contains("xmm") || c.starts_with("and ")),
+            "{name}'s fast path saves vector registers or aligns the stack: {fast_path:#?}"
+        );
+        assert!(
+            body[exit..].iter().any(|l| l.contains("xmm0")),
+            "{name}'s slow path saves the vector registers"
+        );
     }
 }
 
