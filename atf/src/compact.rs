@@ -450,6 +450,13 @@ impl ChunkEvents<'_> {
         self.past_damage = true;
     }
 
+    /// From now on, a chunk that fails its checksum or does not decode ends the stream with its
+    /// error (the default, undoing [`past_damage`](Self::past_damage)); a verifying pass still
+    /// records it.
+    pub(crate) fn stop_at_damage(&mut self) {
+        self.past_damage = false;
+    }
+
     /// For a verifying pass ([`Chunks::events_checked`]): reads whatever events are left, then
     /// returns every damaged range found: the header's, each damaged chunk's in file order, the
     /// trailer's count, where an unfinished file stopped, each kind of damaged event (an error

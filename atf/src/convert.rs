@@ -28,8 +28,12 @@ const BATCH_EVENTS: usize = 64 << 10;
 /// Writes the processes of one recording (`sessions`: each process's [`Session`], as opened from
 /// its `pid_<pid>` directory) again under `output`, as one new `session_<date>_<time>/` holding a
 /// `pid_<pid>/` per process (see [`SessionLayout::create`]), with every thread's events in
-/// `format`. Every file is finished and fsynced. A thread's events that cannot be read (a damaged ATC chunk, a file that shrank) fail
-/// the conversion with the reader's error, naming the file: a copy never drops events silently.
+/// `format`. Every file is finished and fsynced. A thread's events that cannot be read (a damaged
+/// ATC chunk, a file that shrank) fail the conversion with the reader's error, naming the file: a
+/// copy never drops events silently. A session opened with [`Session::open_deferred`] has its
+/// events verified as they are copied, and its verification finished
+/// ([`Session::finish_verification`]) once its process is written, so its warnings are then
+/// complete.
 ///
 /// ```
 /// # fn main() -> atf::Result<()> {
@@ -38,13 +42,14 @@ const BATCH_EVENTS: usize = 64 << 10;
 /// # let mut m = atf::Manifest::new(atf::ClockType::Boottime);
 /// # layout.write_manifest(&mut m)?;
 /// let session = atf::Session::open(layout.pid_dir())?;
-/// let out = atf::convert_session(&[session], dir.path().join("v2"), atf::EventFormat::Atf2)?;
+/// let mut sessions = [session];
+/// let out = atf::convert_session(&mut sessions, dir.path().join("v2"), atf::EventFormat::Atf2)?;
 /// assert_eq!((out.pid_dirs.len(), out.events), (1, 0));
 /// # Ok(())
 /// # }
 /// ```
 pub fn convert_session(
-    sessions: &[Session],
+    sessions: &mut [Session],
     output: impl AsRef<Path>,
     format: EventFormat,
 ) -> Result<Converted> {
@@ -61,7 +66,7 @@ pub fn convert_session(
         threads: 0,
         events: 0,
     };
-    for (i, session) in sessions.iter().enumerate() {
+    for (i, session) in sessions.iter_mut().enumerate() {
         let layout = if i == 0 {
             first.clone()
         } else {
@@ -74,19 +79,33 @@ pub fn convert_session(
     Ok(out)
 }
 
-/// Writes one process's threads and manifest into `layout`; returns the events written.
-fn convert_process(session: &Session, layout: &SessionLayout) -> Result<u64> {
+/// Writes one process's threads and manifest into `layout`, verifying the events not verified yet
+/// as it reads them; returns the events written.
+fn convert_process(session: &mut Session, layout: &SessionLayout) -> Result<u64> {
     let mut events = 0;
     let mut batch = Vec::with_capacity(BATCH_EVENTS * EVENT_SIZE);
+    let mut found = Vec::new();
     for thread in &session.threads {
         let clock = thread.index.clock().unwrap_or(ClockType::Boottime);
         let mut index = layout.create_index(thread.id, clock)?;
-        for event in thread.index.events() {
+        let mut checked = match session.unverified(thread.id) {
+            true => Some(thread.index.events_checked(thread.id)?.stopping_at_damage()),
+            false => None,
+        };
+        let mut plain = thread.index.events();
+        let read: &mut dyn Iterator<Item = Result<crate::IndexEvent>> = match &mut checked {
+            Some(checked) => checked,
+            None => &mut plain,
+        };
+        for event in read {
             batch.extend_from_slice(&event?.encode());
             if batch.len() == BATCH_EVENTS * EVENT_SIZE {
                 index.append(&batch)?;
                 batch.clear();
             }
+        }
+        if let Some(checked) = checked {
+            found.push((thread.id, checked.finish()?));
         }
         index.append(&batch)?;
         batch.clear();
@@ -101,6 +120,10 @@ fn convert_process(session: &Session, layout: &SessionLayout) -> Result<u64> {
         index.set_has_detail(thread.index.has_detail())?;
         events += index.finish()?.event_count;
     }
+    for (thread_id, damage) in found {
+        session.report_damage(thread_id, damage);
+    }
+    session.finish_verification();
     let mut manifest = session.manifest.clone();
     layout.write_manifest(&mut manifest)?;
     layout.sync_dirs()?;
@@ -176,36 +199,76 @@ mod tests {
             (EventFormat::Atc, EventFormat::Atf2),
             (EventFormat::Atf2, EventFormat::Atc),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let source = Session::open(recorded(dir.path(), from)).unwrap();
-            let out =
-                convert_session(std::slice::from_ref(&source), dir.path().join("out"), to).unwrap();
-            assert_eq!((out.threads, out.events), (2, 200_000));
-            let copy = Session::open(&out.pid_dirs[0]).unwrap();
-            assert!(copy.warnings.is_empty(), "{:?}", copy.warnings);
-            assert_eq!(copy.manifest, source.manifest);
-            for (a, b) in source.threads.iter().zip(&copy.threads) {
-                assert_eq!(a.index.format(), from);
-                assert_eq!(b.index.format(), to);
-                assert!(b.index.finished());
-                assert_eq!(a.index.has_detail(), b.index.has_detail());
-                let ea: Vec<_> = a.index.events().map(Result::unwrap).collect();
-                let eb: Vec<_> = b.index.events().map(Result::unwrap).collect();
-                assert_eq!(ea, eb);
-                let ra: Vec<_> = a
-                    .detail
-                    .iter()
-                    .flat_map(|d| d.records())
-                    .map(Result::unwrap)
-                    .collect();
-                let rb: Vec<_> = b
-                    .detail
-                    .iter()
-                    .flat_map(|d| d.records())
-                    .map(Result::unwrap)
-                    .collect();
-                assert_eq!(ra, rb);
+            for deferred in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let recorded = recorded(dir.path(), from);
+                let mut source = match deferred {
+                    false => Session::open(recorded).unwrap(),
+                    true => Session::open_deferred(recorded).unwrap(),
+                };
+                let out = convert_session(
+                    std::slice::from_mut(&mut source),
+                    dir.path().join("out"),
+                    to,
+                )
+                .unwrap();
+                assert_eq!((out.threads, out.events), (2, 200_000));
+                assert!(!source.unverified(1) && !source.unverified(2));
+                assert!(source.warnings.is_empty(), "{:?}", source.warnings);
+                let copy = Session::open(&out.pid_dirs[0]).unwrap();
+                assert!(copy.warnings.is_empty(), "{:?}", copy.warnings);
+                assert_eq!(copy.manifest, source.manifest);
+                for (a, b) in source.threads.iter().zip(&copy.threads) {
+                    assert_eq!(a.index.format(), from);
+                    assert_eq!(b.index.format(), to);
+                    assert!(b.index.finished());
+                    assert_eq!(a.index.has_detail(), b.index.has_detail());
+                    let ea: Vec<_> = a.index.events().map(Result::unwrap).collect();
+                    let eb: Vec<_> = b.index.events().map(Result::unwrap).collect();
+                    assert_eq!(ea, eb);
+                    let ra: Vec<_> = a
+                        .detail
+                        .iter()
+                        .flat_map(|d| d.records())
+                        .map(Result::unwrap)
+                        .collect();
+                    let rb: Vec<_> = b
+                        .detail
+                        .iter()
+                        .flat_map(|d| d.records())
+                        .map(Result::unwrap)
+                        .collect();
+                    assert_eq!(ra, rb);
+                }
             }
         }
+    }
+
+    #[test]
+    fn convert_session__opened_deferred_with_a_damaged_chunk__then_fails_naming_the_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_dir = recorded(dir.path(), EventFormat::Atc);
+        let path = pid_dir.join("thread_2").join("index.atc");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[atc::FILE_HEADER_SIZE + atc::CHUNK_HEADER_SIZE + 20] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        let mut source = Session::open_deferred(&pid_dir).unwrap();
+        let err = convert_session(
+            std::slice::from_mut(&mut source),
+            dir.path().join("out"),
+            EventFormat::Atf2,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                crate::Error::Chunk {
+                    damage: atc::DecodeError::Checksum { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("thread_2"), "{err}");
     }
 }

@@ -1066,6 +1066,16 @@ pub struct CheckedEvents<'a> {
 }
 
 impl CheckedEvents<'_> {
+    /// The same events, except that a damaged ATC chunk ends the stream with its error instead of
+    /// being skipped (as [`IndexReader::events`] does), for a reader that must not go on without
+    /// its events, such as a copy; [`finish`](Self::finish) still lists the damage.
+    pub fn stopping_at_damage(mut self) -> Self {
+        if let Inner::Atc(chunks) = &mut self.events.inner {
+            chunks.stop_at_damage();
+        }
+        self
+    }
+
     /// The stream position of the next event returned (see [`Events::next_seq`]).
     pub fn next_seq(&self) -> u64 {
         self.events.next_seq()

@@ -142,6 +142,46 @@ fn export__format_atf2_then_atc__then_same_events_and_same_replay_as_recorded() 
 }
 
 #[test]
+fn export__format_atf2_of_a_damaged_chunk__then_not_converted_naming_the_chunk_and_warned() {
+    let tmp = output_dir();
+    let recorded = record(&tmp.path().join("rec"), &[]);
+    let session = atf::Session::open(&recorded).unwrap();
+    let index = session
+        .threads
+        .iter()
+        .max_by_key(|t| t.index.event_count())
+        .unwrap()
+        .index
+        .path()
+        .to_path_buf();
+    // A byte of the first chunk's payload (after the file's 64-byte header and the chunk's 56).
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[64 + 56 + 2] ^= 0x10;
+    std::fs::write(&index, bytes).unwrap();
+    let out = tmp.path().join("v2");
+    let result = run(&[
+        "export",
+        recorded.to_str().unwrap(),
+        "--format",
+        "atf2",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("tracer: the session was not converted"),
+        "{err}"
+    );
+    assert!(
+        last.contains("the chunk at offset 64: checksum mismatch"),
+        "{err}"
+    );
+    assert!(last.contains(&*index.to_string_lossy()), "{err}");
+}
+
+#[test]
 fn export__format_atf2_without_output__then_usage_error_naming_the_fix() {
     let tmp = output_dir();
     let recorded = record(tmp.path(), &[]);

@@ -209,23 +209,32 @@ pub fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(format) = format {
         return convert(args, format, out);
     }
-    // Every event is written, so each is verified as it is written: the warnings known before
-    // go to stderr before the document, those the pass finds (and any after them) after it; the
-    // document's metadata, at its end, lists them all.
+    // Every event is written, so each is verified as it is written (the document's metadata, at
+    // its end, lists every warning).
     let mut sessions = open_all(&args.session.session, Verify::WhileReading)?;
+    warning_around(&mut sessions, |sessions| export_chrome(args, sessions, out))
+}
+
+/// Runs `read`, a pass over every event of `sessions` that verifies them, with the sessions'
+/// warnings on stderr: those known before it, then those it finds (and any after them), so they
+/// read in the order [`atf::Session::open`] gives.
+fn warning_around<T>(
+    sessions: &mut [atf::Session],
+    read: impl FnOnce(&mut [atf::Session]) -> T,
+) -> T {
     let settled: Vec<usize> = sessions.iter().map(|s| s.settled_warnings()).collect();
     for (session, &settled) in sessions.iter().zip(&settled) {
         for warning in warnings(session).take(settled) {
             eprintln!("tracer: warning: {warning}");
         }
     }
-    let written = export_chrome(args, &mut sessions, out);
+    let done = read(sessions);
     for (session, &settled) in sessions.iter().zip(&settled) {
         for warning in warnings(session).skip(settled) {
             eprintln!("tracer: warning: {warning}");
         }
     }
-    written
+    done
 }
 
 /// Writes the Chrome trace-event document of `sessions` to `args.output` if given (and a line
@@ -283,19 +292,19 @@ fn convert(
         let format = format.name();
         return Err(ReadFailure::NoOutputDir { format }.into());
     };
-    let mut sessions = open_all(&args.session.session, Verify::AtOpen)?;
-    for warning in sessions.iter().flat_map(warnings) {
-        eprintln!("tracer: warning: {warning}");
-    }
+    // Every event is copied, so each is verified as it is copied; a damaged ATC chunk stops the
+    // copy, as before.
+    let mut sessions = open_all(&args.session.session, Verify::WhileReading)?;
     for session in &mut sessions {
         // The manifest as recorded (`open` escaped its strings for display).
         session.manifest = atf::Manifest::read(session.dir.join("manifest.json"))?;
     }
-    let done = atf::convert_session(&sessions, output, format).map_err(|cause| {
-        ReadFailure::NotConverted {
-            cause,
-            output: output.clone(),
-        }
+    let converted = warning_around(&mut sessions, |sessions| {
+        atf::convert_session(sessions, output, format)
+    });
+    let done = converted.map_err(|cause| ReadFailure::NotConverted {
+        cause,
+        output: output.clone(),
     })?;
     finish(writeln!(
         out,
