@@ -8,7 +8,9 @@
 //! Each figure is the loop's own time per call: thread CPU ns over the whole loop; wall ns over
 //! the whole loop (ltrace's cost is mostly the target waiting for its tracer, which thread CPU
 //! time does not see); and the wall ns of the loop's fastest batch of 5000 calls, the steady cost
-//! with nothing else in the way (no preemption, no other thread sharing the core or its caches).
+//! with nothing else in the way (no preemption, no other thread sharing the core or its caches);
+//! and how many times the workload's process was preempted (`nonvoluntary_ctxt_switches`: a
+//! tracer's own threads waking on the workload's CPU show there).
 //! The overhead is the figure minus the untraced one; each row's figure is its best of 5 rounds,
 //! each round running every row once in turn (so a busy spell on the machine hits every row
 //! alike).
@@ -24,12 +26,14 @@ use std::process::{Command, Stdio};
 use benches::{build_c_with, build_tracer, full_run};
 
 /// `<name> <calls>`: makes `CALL` (a macro: `getpid()` unless defined) `calls` times (rounded
-/// down to whole batches), in batches of 5000 (or one batch of fewer), and prints "<thread CPU ns per call> <wall ns per call> <best batch's wall ns per
-/// call>".
+/// down to whole batches), in batches of 5000 (or one batch of fewer), and prints "<thread CPU
+/// ns per call> <wall ns per call> <best batch's wall ns per call> <times the process was
+/// preempted>".
 const LOOP_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <string.h>
 #include <unistd.h>
 #ifndef CALL
 #define CALL getpid()
@@ -48,7 +52,13 @@ int main(int argc, char **argv) {
         if (b1 - b0 < best) best = b1 - b0;
     }
     double c1 = now(CLOCK_THREAD_CPUTIME_ID), w1 = now(CLOCK_MONOTONIC);
-    printf("%ld\n%.3f %.3f %.3f\n", s & 1, (c1 - c0) / n, (w1 - w0) / n, best / batch);
+    long preempted = -1;
+    char line[256];
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof line, status))
+        if (strncmp(line, "nonvoluntary_ctxt_switches:", 27) == 0) preempted = atol(line + 27);
+    if (status) fclose(status);
+    printf("%ld\n%.3f %.3f %.3f %ld\n", s & 1, (c1 - c0) / n, (w1 - w0) / n, best / batch, preempted);
     return 0;
 }
 "#;
@@ -58,10 +68,10 @@ const LEAF_C: &str = r#"
 int leaf(int x) { __asm__ volatile("" ::: "memory"); return x + 1; }
 "#;
 
-/// Ns per call: thread CPU, wall, best batch's wall.
-type Figure = [f64; 3];
+/// Ns per call: thread CPU, wall, best batch's wall; and the times the workload was preempted.
+type Figure = [f64; 4];
 
-/// A [`Figure`] from the workload's last line of three numbers.
+/// A [`Figure`] from the workload's last line of four numbers.
 fn run(mut cmd: Command) -> Option<Figure> {
     let out = cmd
         .current_dir(std::env::temp_dir())
@@ -72,9 +82,9 @@ fn run(mut cmd: Command) -> Option<Figure> {
     let line = text
         .lines()
         .rev()
-        .find(|l| l.split_whitespace().count() == 3)?;
+        .find(|l| l.split_whitespace().count() == 4)?;
     let mut f = line.split_whitespace().map(|v| v.parse::<f64>().ok());
-    Some([f.next()??, f.next()??, f.next()??])
+    Some([f.next()??, f.next()??, f.next()??, f.next()??])
 }
 
 fn installed(tool: &str) -> bool {
@@ -186,7 +196,7 @@ fn main() {
         println!(
             "{workload} loop, {calls} calls ({ltrace_calls} under ltrace), best of {rounds} rounds \
              (each round runs every row once, in turn): ns per call, thread CPU | wall | best \
-             5000-call batch's wall"
+             5000-call batch's wall; and the fewest times the workload was preempted"
         );
         let mut best: Vec<Option<Figure>> = vec![None; rows.len()];
         for _ in 0..rounds {
@@ -198,7 +208,12 @@ fn main() {
                 };
                 if let Some(v) = run(launch(&n.to_string())) {
                     *best = Some(best.map_or(v, |b: Figure| {
-                        [b[0].min(v[0]), b[1].min(v[1]), b[2].min(v[2])]
+                        [
+                            b[0].min(v[0]),
+                            b[1].min(v[1]),
+                            b[2].min(v[2]),
+                            b[3].min(v[3]),
+                        ]
                     }));
                 }
             }
@@ -212,8 +227,8 @@ fn main() {
                     let o = overhead(v);
                     println!(
                         "{name:>10} {:>9.1} | {:>9.1} | {:>7.1}   overhead {:>8.1} | {:>8.1} | \
-                         {:>6.1}",
-                        v[0], v[1], v[2], o[0], o[1], o[2]
+                         {:>6.1}   preempted {:>6}",
+                        v[0], v[1], v[2], o[0], o[1], o[2], v[3]
                     )
                 }
                 None => println!("{name:>10} {:>9} | {:>9} | {:>7}", "-", "-", "-"),
