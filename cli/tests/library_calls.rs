@@ -667,6 +667,42 @@ fn fentry_program__recursion_through_qsort_200_deep__then_every_frame_returns_in
     assert!(deepest >= 600, "{deepest}");
 }
 
+/// `measure` ends in a tail call of `strlen` (`jmp strlen@plt` at `-O2`): the library call
+/// reuses the slot `__fentry__` hooked, which already holds the hooks' trampoline.
+const TAIL_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+static volatile long sink;
+__attribute__((noinline)) size_t measure(const char *s) { return strlen(s); }
+int main(void) {
+    for (int i = 0; i < 100; i++) sink += measure("tail call");
+    printf("done %ld\n", sink);
+    return 0;
+}
+"#;
+
+#[test]
+fn fentry_program__tail_call_into_a_library_function__then_both_return_once_in_order() {
+    let exe = build(
+        "tail_fentry",
+        TAIL_C,
+        &["-O2", "-fno-builtin", "-pg", "-mfentry"],
+    );
+    let (out, traces, tmp) = spawn_with(&[], &[], &exe, &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done 900"));
+    let all = total(&traces);
+    assert_eq!(count(&all, "measure"), 100, "{all:?}");
+    assert_eq!(count(&all, "strlen"), 100, "{all:?}");
+    for t in &traces {
+        assert_eq!(t.calls, t.returns, "{t:?}");
+    }
+    walk_calls(tmp.path(), |name, parent, _| {
+        if name == "strlen" {
+            assert_eq!(parent, "measure");
+        }
+    });
+}
+
 /// `sorter`: sorts two ints with a comparator that sleeps 20 ms, forever, printing `tick <n>
 /// sorted` after each sort: a `qsort` of the main thread is in flight at almost any moment.
 const SORTER_C: &str = r#"
