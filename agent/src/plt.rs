@@ -570,29 +570,27 @@ unsafe extern "C" fn plt_entry() {
 /// mispredicted whatever the agent does, and a `ret`-ending trampoline would add a second
 /// misprediction where a `jmp` is predicted.
 fn returns_through(function: usize) -> bool {
-    !(syscalls_clobber_return_prediction() && enters_kernel(function))
+    // SAFETY: `function` is a resolved library function (a bound GOT entry's value, or what the
+    // loader's lookup found): a loaded object's code.
+    !(syscalls_clobber_return_prediction() && unsafe { enters_kernel(function) })
 }
 
 /// Bytes of a function's start searched for a `syscall` instruction.
 const SCAN: usize = 64;
 
 /// Whether the first [`SCAN`] bytes at `function` hold `0f 05` (a `syscall`, or, harmlessly,
-/// those bytes inside another instruction). Read with `process_vm_readv` on this process, which
-/// stops at the end of the mapping instead of faulting.
-fn enters_kernel(function: usize) -> bool {
-    let mut code = [0u8; SCAN];
-    let local = libc::iovec {
-        iov_base: code.as_mut_ptr().cast(),
-        iov_len: SCAN,
-    };
-    let remote = libc::iovec {
-        iov_base: function as *mut c_void,
-        iov_len: SCAN,
-    };
-    // SAFETY: reads this process's memory into `code` (the kernel checks the remote range).
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    let n = usize::try_from(n).unwrap_or(0).min(SCAN);
-    code[..n].windows(2).any(|w| w == [0x0f, 0x05])
+/// those bytes inside another instruction). Reads no further than the end of `function`'s page,
+/// which is mapped (the next one may not be), and makes no system call (a program may have
+/// forbidden some by the time a library is loaded).
+///
+/// # Safety
+/// `function`'s first byte is mapped and readable (a loaded object's code).
+unsafe fn enters_kernel(function: usize) -> bool {
+    let n = SCAN.min(PAGE - function % PAGE);
+    // SAFETY: `[function, function + n)` lies in the page of `function`'s first byte, mapped and
+    // readable (the caller's contract).
+    let code = unsafe { core::slice::from_raw_parts(function as *const u8, n) };
+    code.windows(2).any(|w| w == [0x0f, 0x05])
 }
 
 /// Whether this kernel returns from its own functions through a sequence that leaves the return
@@ -682,14 +680,42 @@ mod tests {
 
     #[test]
     fn enters_kernel__a_syscall_wrapper_and_a_plain_function__then_told_apart() {
-        assert!(enters_kernel(libc::getpid as *const () as usize));
-        // getpid's own code, and a function that only returns.
-        let mut wrapper = [0xccu8; SCAN];
-        wrapper[..8].copy_from_slice(&[0xb8, 0x27, 0, 0, 0, 0x0f, 0x05, 0xc3]);
-        assert!(enters_kernel(wrapper.as_ptr() as usize));
-        assert!(!enters_kernel([0xc3u8; SCAN].as_ptr() as usize));
-        // Unmapped: nothing read, nothing found, no fault.
-        assert!(!enters_kernel(8));
+        // SAFETY: getpid's code, and our own buffers below: mapped and readable.
+        unsafe {
+            assert!(enters_kernel(libc::getpid as *const () as usize));
+            // getpid's own code, and a function that only returns.
+            let mut wrapper = [0xccu8; SCAN];
+            wrapper[..8].copy_from_slice(&[0xb8, 0x27, 0, 0, 0, 0x0f, 0x05, 0xc3]);
+            assert!(enters_kernel(wrapper.as_ptr() as usize));
+            assert!(!enters_kernel([0xc3u8; SCAN].as_ptr() as usize));
+        }
+    }
+
+    #[test]
+    fn enters_kernel__function_at_a_page_end_before_an_unmapped_page__then_no_fault() {
+        // SAFETY: a fresh private mapping of two pages, the second made inaccessible.
+        let page = unsafe {
+            let p = libc::mmap(
+                core::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            libc::mprotect(p.cast::<u8>().add(PAGE).cast(), PAGE, libc::PROT_NONE);
+            p as usize
+        };
+        let at = page + PAGE - 4;
+        // SAFETY: the first page's last bytes, ours; then the scan stops at its end.
+        unsafe {
+            core::ptr::copy_nonoverlapping([0xc3u8, 0x90, 0x0f, 0x05].as_ptr(), at as *mut u8, 4);
+            assert!(enters_kernel(at));
+            (at as *mut u8).add(2).write(0x90);
+            assert!(!enters_kernel(at));
+            libc::munmap(page as *mut c_void, 2 * PAGE);
+        }
     }
 
     #[test]
