@@ -730,6 +730,24 @@ mod tests {
     }
 
     #[test]
+    fn compact_reader__verified_as_another_thread__then_damage_names_the_directory_s_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.atc");
+        let mut w = IndexWriter::create_compact(&path, 77, ClockType::Boottime).unwrap();
+        w.append(&batch(0..10)).unwrap();
+        w.finish().unwrap();
+        let found = IndexReader::open(&path).unwrap().verify(78).unwrap();
+        let said: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+        assert!(
+            said.iter().any(|d| d.contains(
+                "bytes 12..16: the header's thread id is 77 but the file is in the directory of \
+                 thread 78"
+            )),
+            "{said:#?}"
+        );
+    }
+
+    #[test]
     fn compact_reader__damaged_chunk__then_checksum_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.atc");

@@ -249,14 +249,16 @@ pub(crate) fn platform(path: &Path, arch: u8, os: u8, out: &mut Vec<Damage>) {
             format!("the header names an unknown architecture {arch}"),
         ));
     }
-    field_matches(
-        path,
-        7..8,
-        "the header's os",
-        os.into(),
-        crate::OS_LINUX.into(),
-        out,
-    );
+    if os != crate::OS_LINUX {
+        out.push(Damage::new(
+            path,
+            7..8,
+            format!(
+                "the header names an unknown operating system {os} (only {}, Linux, is defined)",
+                crate::OS_LINUX
+            ),
+        ));
+    }
 }
 
 /// The start of every file kind's check: the raw `N`-byte header of `file` (`what` names it in a
@@ -273,14 +275,16 @@ pub(crate) fn header_and_thread<const N: usize>(
     std::os::unix::fs::FileExt::read_exact_at(file, &mut raw, 0)
         .map_err(|e| Error::io(path, what, e))?;
     let mut out = Vec::new();
-    field_matches(
-        path,
-        12..16,
-        "the header's thread id",
-        stored.into(),
-        thread_id.into(),
-        &mut out,
-    );
+    if stored != thread_id {
+        out.push(Damage::new(
+            path,
+            12..16,
+            format!(
+                "the header's thread id is {stored} but the file is in the directory of thread \
+                 {thread_id}"
+            ),
+        ));
+    }
     Ok((raw, out))
 }
 
