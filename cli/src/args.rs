@@ -201,7 +201,8 @@ pub struct AttachArgs {
 /// A session directory argument.
 #[derive(Debug, Clone, Args)]
 pub struct SessionArg {
-    /// A session directory (session_<...> or its pid_<pid> directory).
+    /// A session directory (session_<...> or one of its pid_<pid> directories), or the output
+    /// directory it was written in when that holds no other session.
     #[arg(value_name = "SESSION")]
     pub session: PathBuf,
 }
