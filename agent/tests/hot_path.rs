@@ -220,6 +220,44 @@ fn library_return__disassembled__then_call_through_then_trampoline_at_call_throu
             .any(|l| l.contains("<agent::entry::library_return>")),
         "the stubs' entry goes to library_return"
     );
+    // Both naked paths of a library call, to their fast exits: one call of their fast path, no
+    // vector register, no stack alignment (as the entry hooks', see above).
+    let stub_entry: Vec<String> = functions["agent::plt::plt_entry"]
+        .iter()
+        .map(|l| code(l).trim().to_string())
+        .collect();
+    let to_jump = stub_entry
+        .iter()
+        .position(|c| c.starts_with("jmp") && c.contains("library_return"))
+        .expect("the call-through exit");
+    let returned: Vec<String> = body[1..]
+        .iter()
+        .map(|l| code(l).trim().to_string())
+        .collect();
+    let to_ret = returned
+        .iter()
+        .position(|c| c == "ret")
+        .expect("the fast exit");
+    for (name, path, fast) in [
+        ("plt_entry", &stub_entry[..=to_jump], "agent::plt::plt_fast"),
+        (
+            "library_return",
+            &returned[..=to_ret],
+            "agent::entry::return_fast",
+        ),
+    ] {
+        let calls: Vec<&String> = path.iter().filter(|c| c.starts_with("call")).collect();
+        assert!(
+            calls.len() == 1 && calls[0].contains(&format!("<{fast}")),
+            "{name}'s fast path calls {fast} once: {path:#?}"
+        );
+        assert!(
+            !path
+                .iter()
+                .any(|c| c.contains("xmm") || c.starts_with("and ")),
+            "{name}'s fast path saves vector registers or aligns the stack: {path:#?}"
+        );
+    }
 }
 
 #[test]
