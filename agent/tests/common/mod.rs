@@ -104,10 +104,14 @@ pub fn agent_so() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
     let profile = deps.parent().unwrap();
-    for p in [profile.join("libagent.so"), deps.join("libagent.so")] {
-        if p.exists() {
-            return p;
-        }
+    // The newest of the two: `cargo test` rebuilds the library in `deps` without always copying
+    // it up to the profile directory, where an older build may still lie.
+    let newest = [profile.join("libagent.so"), deps.join("libagent.so")]
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified);
+    if let Some((_, p)) = newest {
+        return p;
     }
     let status = Command::new(env!("CARGO"))
         .args(["build", "-p", "agent"])
