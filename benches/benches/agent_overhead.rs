@@ -4,7 +4,9 @@
 //! the same program built with `-pg`, `-pg -mfentry` and `-fpatchable-function-entry=5`, without
 //! and with the agent, while this process drains the rings like the tracer does. The "nested
 //! caller" rows call a traced function that calls the leaf twice, so two of every three pairs are
-//! made from inside a traced call (an entry-only hook's shadow stack is two deep there). The program measures its own threads'
+//! made from inside a traced call (an entry-only hook's shadow stack is two deep there). The
+//! "library call" rows have the leaf in a shared library, called through the program's PLT,
+//! and traced through the agent's GOT stubs. The program measures its own threads'
 //! CPU time around the loop, so the drain's CPU is not counted (it is reported separately by the
 //! wall time).
 //!
@@ -194,6 +196,24 @@ fn main() {
         benches::OVERHEAD_C,
         &["-fpatchable-function-entry=5"],
     );
+    // The leaf in a shared library, called through the program's PLT: a library call, traced
+    // through the agent's GOT stubs (`--library-calls main`).
+    let leaf_line = "__attribute__((noinline)) int leaf(int x) { __asm__ volatile(\"\" ::: \"memory\"); return x + 1; }";
+    assert!(
+        benches::OVERHEAD_C.contains(leaf_line),
+        "the workload's leaf moved"
+    );
+    benches::build_c_with(dir.path(), "libleaf.so", leaf_line, &["-shared", "-fPIC"]);
+    let libcall = benches::build_c_with(
+        dir.path(),
+        "libcall",
+        &benches::OVERHEAD_C.replace(leaf_line, "int leaf(int x);"),
+        &[
+            &format!("-L{}", dir.path().display()),
+            "-lleaf",
+            &format!("-Wl,-rpath,{}", dir.path().display()),
+        ],
+    );
     let lanes = LaneConfig {
         rings: 4,
         ring_capacity: 64 << 10,
@@ -213,7 +233,11 @@ fn main() {
         detail_enabled: true,
         ..base.clone()
     };
-    let runs: [Row; 15] = [
+    let library_calls = RegionConfig {
+        library_calls: registry::LibraryCalls::Main,
+        ..base.clone()
+    };
+    let runs: [Row; 17] = [
         ("untraced (no -finstrument-functions)", &plain, None, false),
         ("glibc no-op hooks", &instrumented, None, false),
         ("agent, index lane", &instrumented, Some(&base), false),
@@ -273,6 +297,13 @@ fn main() {
             &patchable,
             Some(&base),
             true,
+        ),
+        ("library call, untraced", &libcall, None, false),
+        (
+            "library call, agent (GOT stub + call-through)",
+            &libcall,
+            Some(&library_calls),
+            false,
         ),
     ];
     if std::env::args().any(|a| a == "instructions") {
