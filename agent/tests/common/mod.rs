@@ -99,26 +99,26 @@ impl Run {
     }
 }
 
-/// The agent library built for this test run (target/<profile>/libagent.so), building it if needed.
+/// The agent library of this source tree, built once per test binary for the test's profile
+/// (target/<profile>/libagent.so). `cargo test` builds the agent's library for linking only, not
+/// its shared object, so a shared object left from an earlier build could be older than the
+/// source under test: `cargo build` brings it up to date (a no-op when it is).
 pub fn agent_so() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let profile = deps.parent().unwrap();
-    // The newest of the two: `cargo test` rebuilds the library in `deps` without always copying
-    // it up to the profile directory, where an older build may still lie.
-    let newest = [profile.join("libagent.so"), deps.join("libagent.so")]
-        .into_iter()
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max_by_key(|(modified, _)| *modified);
-    if let Some((_, p)) = newest {
-        return p;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "agent"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    profile.join("libagent.so")
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile = exe.parent().unwrap().parent().unwrap();
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "--quiet", "-p", "agent"]);
+            if profile.file_name().is_some_and(|name| name == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().unwrap();
+            assert!(status.success(), "cargo build -p agent failed");
+            profile.join("libagent.so")
+        })
+        .clone()
 }
 
 /// Compiles `source` with `-finstrument-functions` into `dir/name`.
