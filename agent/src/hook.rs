@@ -7,9 +7,10 @@
 //!
 //! Hot path of a registered thread ([`fast`] and [`record_fast`]; no lock, no syscall, no
 //! allocation, no call, no vector register): one `fs`-relative TLS load; the presence mark; the
-//! reentrancy guard; the stop handshake's write section (`SlotWriter::begin/end`: two stores to
-//! the slot's own line, a compiler barrier, one load of the session line); one `rdtsc`; four word
-//! stores into the active ring and a Release store of its head. Anything unusual (a thread not
+//! reentrancy guard; the stop handshake's write section (`SlotWriter::open` and
+//! `SlotWriter::close`: two stores to the slot's own line, a compiler barrier, one load of the
+//! session line); one `rdtsc`; four word stores into the active ring and a Release store of its
+//! head. Anything unusual (a thread not
 //! registered yet, a full ring, the stop, detail records) declines to the full path, [`record`].
 
 use core::sync::atomic::compiler_fence;
@@ -172,7 +173,7 @@ pub(crate) fn record(
     // handler interrupting it), so the compiler must not move the hook's work above it.
     compiler_fence(SeqCst);
     let depth = step_depth(st, kind);
-    if st.writer.begin() {
+    if let Some(section) = crate::thread::open_section(st) {
         let ts = st.clock.now_ns();
         let detail_seq = if regs.is_null() {
             NO_DETAIL
@@ -215,7 +216,7 @@ pub(crate) fn record(
             Err(ring::PushError::Abandoned) => st.index.give_up(),
             Err(ring::PushError::Full) => {}
         }
-        st.writer.end();
+        st.writer.close(section);
     } else {
         stopped = refused(st);
     }
@@ -259,7 +260,7 @@ pub(crate) const FAST_RECLAIM: u64 = 3;
 /// clock, no detail records and an index lane of fixed-size records (one flag, see
 /// `ThreadState::fast_path`: the entry-only hooks count on the decline to record registers), and
 /// room in the active ring (acceptance is the handshake's to check: a stopped one refuses in
-/// `SlotWriter::begin`). Reads only.
+/// `SlotWriter::open`). Reads only.
 #[inline(always)]
 pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
     st.busy == 0 && st.fast_path && st.index.room_for_words::<{ ::event::SIZE / 8 }>()
@@ -359,9 +360,9 @@ pub(crate) fn fast<A: FastAnswer>(
 #[inline(always)]
 pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64 {
     let depth = step_depth(st, kind);
-    if !st.writer.begin() {
+    let Some(section) = crate::thread::open_section(st) else {
         return FAST_REFUSED;
-    }
+    };
     let words = ::event::Record {
         timestamp_ns: st.clock.tsc_to_ns(registry::clock::rdtsc()),
         function_id: function | st.tag,
@@ -375,7 +376,7 @@ pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64)
     // rings hold such records (`fast_path`, set only then), and only this thread fills the ring.
     unsafe { st.index.push_words_fitted(&words) };
     st.index_seq = st.index_seq.wrapping_add(1);
-    st.writer.end();
+    st.writer.close(section);
     FAST_DONE
 }
 
@@ -410,7 +411,7 @@ fn after_refusal() {
 }
 
 /// The depth this event of `kind` records at (a call one deeper after it, a return one
-/// shallower before it), and the producer barrier brought up to date for the write to come.
+/// shallower before it).
 #[inline(always)]
 fn step_depth(st: &mut ThreadState, kind: u32) -> u32 {
     let depth = if kind == CALL {
@@ -420,7 +421,6 @@ fn step_depth(st: &mut ThreadState, kind: u32) -> u32 {
         st.depth = st.depth.saturating_sub(1);
         st.depth
     };
-    crate::thread::refresh_fence(st);
     depth
 }
 

@@ -65,7 +65,7 @@ pub(crate) fn process_hooks(
 /// [`registry::Handshake::Fence`], or this process is not (yet) registered for the stopper's
 /// membarrier. Once this is `false` it stays so for that region.
 ///
-/// Why dropping the fence mid-recording is sound (the Dekker pair of `SlotWriter::begin` and
+/// Why dropping the fence mid-recording is sound (the Dekker pair of `SlotWriter::open` and
 /// `Registry::stop_accepting`: producer stores `in_write`, barrier, loads `accepting`; stopper
 /// clears `accepting`, fence and membarrier, loads `in_write`). While fenced, the producer's
 /// barrier is its own `SeqCst` fence, which pairs with the stopper's fence whatever the

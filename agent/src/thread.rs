@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering::Relaxed;
 
-use registry::{OrphanReason, RegistryError};
+use registry::{OrphanReason, RegistryError, WriteSection};
 
 use crate::process::arm_teardown;
 use crate::state::{Agent, ThreadState};
@@ -147,14 +147,13 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
     }
 }
 
-/// Drops this producer's fence once its process is registered for the stopper's membarrier (a
-/// thread that registered its slot while the registration was pending). Free when unfenced: one
-/// test of a flag the write section reads anyway.
+/// Enters this thread's write section of the stop handshake (`None`: refused, counted), dropping
+/// its fence first once its process is registered for the stopper's membarrier (a thread that
+/// registered its slot while the registration was pending). Unfenced, the flag is tested once.
 #[inline(always)]
-pub(crate) fn refresh_fence(st: &mut ThreadState) {
-    if st.writer.fenced() && !crate::process::producers_must_fence(&st.agent.reg) {
-        st.writer.set_fenced(false);
-    }
+pub(crate) fn open_section(st: &mut ThreadState) -> Option<WriteSection> {
+    let reg = &st.agent.reg;
+    st.writer.open(|| crate::process::producers_must_fence(reg))
 }
 
 /// The pthread key destructor: re-arms itself for two more rounds (so it runs after other keys'

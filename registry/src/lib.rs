@@ -83,7 +83,7 @@ pub use modules::{
 pub use region::{file_size_limit, Mapping, SharedRegion, ENV_REGION_FD, ENV_REGION_PATH};
 pub use registry::{
     Lanes, OpenSections, OrphanCounts, OrphanReason, Patient, Registration, Registry, SlotInfo,
-    SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, REGION_ALIGN,
+    SlotState, SlotWriter, StopReport, StopWatch, ThreadCounts, WriteSection, REGION_ALIGN,
 };
 
 /// Why a region could not be created, opened or used.

@@ -174,11 +174,15 @@ fn stop_handshake(fenced: bool) {
             writer.set_fenced(fenced);
             // SAFETY: the only producer of the slot's index lane.
             let mut tx = unsafe { me.lanes.index.producer() };
-            for i in 0..2u8 {
-                if writer.begin() {
-                    tx.push(&[i; 32]).unwrap();
-                    writer.end();
-                }
+            // The first event through `begin`/`end`, the second through `open`/`close` (the
+            // agent's hot path: the fence kept, as `still_fenced` says).
+            if writer.begin() {
+                tx.push(&[0; 32]).unwrap();
+                writer.end();
+            }
+            if let Some(section) = writer.open(|| fenced) {
+                tx.push(&[1; 32]).unwrap();
+                writer.close(section);
             }
         });
         let report = reg.stop_accepting(TIMEOUT);

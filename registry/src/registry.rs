@@ -251,6 +251,17 @@ fn bump<A: Atomic<u64>>(a: &A) {
     a.store(a.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
+/// A write section [`SlotWriter::open`] entered: publish the event, then leave it with
+/// [`SlotWriter::close`]. Only `open` makes one, so holding it proves the slot's sequence is odd
+/// (this thread is its only writer): leaving is one increment. Dropping it without closing leaves
+/// the section open, as a thread that dies inside it does: the stopper then waits for it (or
+/// finds its owner dead).
+#[must_use = "a write section stays open until it is closed"]
+#[derive(Debug)]
+pub struct WriteSection {
+    _opened: (),
+}
+
 impl<B: Backend> SlotWriter<'_, B> {
     /// Enters a write section: counts the event as attempted, marks the slot "in write" and checks
     /// that events are still accepted. `false`: the event is dropped (counted under `shutdown`)
@@ -259,15 +270,38 @@ impl<B: Backend> SlotWriter<'_, B> {
     /// Must not be re-entered on the same slot (the agent's reentrancy guard sees to it).
     #[inline(always)]
     pub fn begin(&self) -> bool {
-        bump(&self.hot.counters[C_ATTEMPTED]);
+        self.enter(self.fenced).is_some()
+    }
+
+    /// [`Self::begin`], returning the open section (`None`: refused, counted, already left), for
+    /// [`Self::close`]. Before entering, a fenced
+    /// writer asks `still_fenced` whether it must keep its fence (see [`Self::set_fenced`]) and
+    /// drops it for good when not; an unfenced one tests its flag once and calls nothing.
+    #[inline(always)]
+    pub fn open(&mut self, still_fenced: impl FnOnce() -> bool) -> Option<WriteSection> {
+        if !self.fenced {
+            return self.enter(false);
+        }
+        if still_fenced() {
+            return self.enter(true);
+        }
+        self.fenced = false;
+        self.enter(false)
+    }
+
+    /// The entry of [`Self::begin`] and [`Self::open`], with the producer barrier `fenced` chose.
+    #[inline(always)]
+    fn enter(&self, fenced: bool) -> Option<WriteSection> {
+        let hot = self.hot;
+        bump(&hot.counters[C_ATTEMPTED]);
         // Enter: the sequence becomes odd (single writer: a load and a store, no locked RMW).
         // Release, not Relaxed: the stopper may read this value instead of the previous section's
         // end, and must then see that section's event too (a later plain store does not continue
         // the earlier Release; pairs with the Acquire loads in `stop_accepting`). A plain `mov` on
         // x86.
-        let seq = self.hot.in_write.load(Relaxed);
-        self.hot.in_write.store(seq | 1, Release);
-        if self.fenced {
+        let entered = hot.in_write.load(Relaxed) | 1;
+        hot.in_write.store(entered, Release);
+        if fenced {
             // SeqCst fence: pairs with the stopper's fence in `stop_accepting` (Dekker: at least
             // one of us sees the other's store).
             B::fence(SeqCst);
@@ -277,12 +311,12 @@ impl<B: Backend> SlotWriter<'_, B> {
             core::sync::atomic::compiler_fence(SeqCst);
         }
         if self.accepting.load(Relaxed) == ACCEPTING {
-            return true;
+            return Some(WriteSection { _opened: () });
         }
-        bump(&self.hot.counters[C_SHUTDOWN]);
+        bump(&hot.counters[C_SHUTDOWN]);
         // Release: pairs with the Acquire loads of `in_write` in `stop_accepting`.
-        self.hot.in_write.store((seq | 1).wrapping_add(1), Release);
-        false
+        hot.in_write.store(entered.wrapping_add(1), Release);
+        None
     }
 
     /// Whether events are still accepted, for a producer waiting inside its write section (for
@@ -312,13 +346,23 @@ impl<B: Backend> SlotWriter<'_, B> {
         bump(&self.hot.counters[C_SHUTDOWN]);
     }
 
-    /// Leaves the write section. Release: pairs with the stopper's Acquire load of `in_write`, so
-    /// the event just published is visible to the final drain.
+    /// Leaves the write section [`Self::begin`] entered. Release: pairs with the stopper's
+    /// Acquire load of `in_write`, so the event just published is visible to the final drain.
     #[inline(always)]
     pub fn end(&self) {
         // Leave: the sequence becomes even again (we are its only writer).
         let seq = self.hot.in_write.load(Relaxed);
         self.hot.in_write.store((seq | 1).wrapping_add(1), Release);
+    }
+
+    /// Leaves the write section [`Self::open`] entered: the sequence, odd since (the section
+    /// says so), becomes even again. Release: pairs with the stopper's Acquire load of
+    /// `in_write`, so the event just published is visible to the final drain.
+    #[inline(always)]
+    pub fn close(&self, section: WriteSection) {
+        let WriteSection { _opened: () } = section;
+        let seq = self.hot.in_write.load(Relaxed);
+        self.hot.in_write.store(seq.wrapping_add(1), Release);
     }
 
     /// Counts an event dropped because a hook ran inside a hook on this thread. Uses an atomic
@@ -588,8 +632,15 @@ impl<'a, B: Backend> Registry<'a, B> {
             tsc_base: read!(tsc_base),
             ns_base: read!(ns_base),
             mult: read!(clock_mult),
-            shift: read!(clock_shift).min(63),
+            shift: read!(clock_shift),
         };
+        if clock.shift >= 64 {
+            // Excluded here so that producers convert with one plain shift (`Clock::tsc_to_ns`).
+            return Err(RegistryError::BadLayout(format!(
+                "clock shift {} is not below 64",
+                clock.shift
+            )));
+        }
         if source == ClockSource::Tsc && clock.mult == 0 {
             return Err(RegistryError::BadLayout(
                 "TSC clock without calibration".into(),
