@@ -115,6 +115,25 @@ fn region__bad_version__then_error_says_use_matching_agent() {
 }
 
 #[test]
+fn region__clock_shift_of_64__then_layout_error_names_the_shift() {
+    let tracer = region(64);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tracer.fd().unwrap());
+    let at = core::mem::offset_of!(crate::layout::ControlBlock<ring::StdBackend>, clock_shift);
+    // SAFETY: overwriting the clock shift field of our own memfd.
+    unsafe {
+        libc::pwrite(
+            fd,
+            64u32.to_le_bytes().as_ptr().cast(),
+            4,
+            at as libc::off_t,
+        )
+    };
+    let err = SharedRegion::open_fd(fd).unwrap_err();
+    assert!(matches!(err, RegistryError::BadLayout(_)), "{err}");
+    assert!(err.to_string().contains("clock shift 64"), "{err}");
+}
+
+#[test]
 fn region__truncated__then_too_small_or_layout_error() {
     let tracer = region(64);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tracer.fd().unwrap());
@@ -235,6 +254,42 @@ fn registry__stop_accepting__then_later_events_counted_as_shutdown() {
         (3, 1, 1, 1)
     );
     assert!(c.balanced());
+}
+
+#[test]
+fn writer__open_and_close__then_counted_and_seen_by_the_stopper() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let mut me = reg.register(1, 1).unwrap();
+    // SAFETY: the only producer of this slot.
+    let mut tx = unsafe { me.lanes.index.producer() };
+    // Unfenced: the refresh is not asked.
+    me.writer.set_fenced(false);
+    let section = me
+        .writer
+        .open(|| unreachable!("asked while unfenced"))
+        .unwrap();
+    tx.push(&[1; 32]).unwrap();
+    me.writer.close(section);
+    // Fenced, and told to keep it: still fenced; told not to: unfenced for good.
+    me.writer.set_fenced(true);
+    let section = me.writer.open(|| true).unwrap();
+    tx.push(&[2; 32]).unwrap();
+    me.writer.close(section);
+    assert!(me.writer.fenced());
+    let section = me.writer.open(|| false).unwrap();
+    tx.push(&[3; 32]).unwrap();
+    assert!(!me.writer.fenced());
+    // Left open: the stopper sees this section and reports it once the wait times out.
+    let report = reg.stop_accepting(Duration::from_millis(5));
+    assert_eq!(report.stragglers.len(), 1);
+    me.writer.close(section);
+    // Closed sections leave the sequence even: a refused open leaves nothing open.
+    assert!(me.writer.open(|| true).is_none());
+    assert!(reg.stop_now().is_empty());
+    let c = reg.counts(me.slot).unwrap();
+    assert_eq!((c.attempted, c.accepted, c.shutdown), (4, 3, 1));
+    assert!(c.balanced(), "{c:?}");
 }
 
 #[test]
