@@ -414,14 +414,13 @@ fn after_refusal() {
 /// shallower before it).
 #[inline(always)]
 fn step_depth(st: &mut ThreadState, kind: u32) -> u32 {
-    let depth = if kind == CALL {
+    if kind == CALL {
         st.depth += 1;
         st.depth - 1
     } else {
         st.depth = st.depth.saturating_sub(1);
         st.depth
-    };
-    depth
+    }
 }
 
 /// How long the drain's heartbeat may be silent before a producer waiting for ring space checks
