@@ -414,6 +414,18 @@ mod tests {
     use super::*;
     use crate::args::{ExportFormat, SortKey};
 
+    /// `tracer replay` of `s` with no option.
+    fn replay_args(s: &TestSession) -> ReplayArgs {
+        ReplayArgs {
+            session: s.arg(),
+            tids: vec![],
+            filter: None,
+            depth: None,
+            no_detail: false,
+            names: Default::default(),
+        }
+    }
+
     #[test]
     fn open__missing_path__then_usage_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -470,14 +482,7 @@ mod tests {
         bytes[64 + 56 + 2] ^= 0x10;
         std::fs::write(&path, bytes).unwrap();
         let opened: Vec<String> = warnings(&s.open()).collect();
-        let args = ReplayArgs {
-            session: s.arg(),
-            tids: vec![],
-            filter: None,
-            depth: None,
-            no_detail: false,
-            names: Default::default(),
-        };
+        let args = replay_args(&s);
         let mut out = Vec::new();
         replay(&args, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -505,12 +510,8 @@ mod tests {
     fn replay__unknown_tid__then_usage_error_listing_threads() {
         let s = TestSession::build(&[(7, simple_tree(1_000))], true);
         let args = ReplayArgs {
-            session: s.arg(),
             tids: vec![8],
-            filter: None,
-            depth: None,
-            no_detail: false,
-            names: Default::default(),
+            ..replay_args(&s)
         };
         let err = replay(&args, &mut Vec::new()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
@@ -521,12 +522,8 @@ mod tests {
     fn replay__depth_zero__then_usage_error() {
         let s = TestSession::build(&[(7, simple_tree(1_000))], true);
         let args = ReplayArgs {
-            session: s.arg(),
-            tids: vec![],
-            filter: None,
             depth: Some(0),
-            no_detail: false,
-            names: Default::default(),
+            ..replay_args(&s)
         };
         assert_eq!(replay(&args, &mut Vec::new()).unwrap_err().exit_code(), 2);
     }
@@ -534,14 +531,7 @@ mod tests {
     #[test]
     fn replay__stdout_closed__then_clean_stop() {
         let s = TestSession::build(&[(7, simple_tree(1_000))], true);
-        let args = ReplayArgs {
-            session: s.arg(),
-            tids: vec![],
-            filter: None,
-            depth: None,
-            no_detail: false,
-            names: Default::default(),
-        };
+        let args = replay_args(&s);
         let mut closed = ClosedPipe::default();
         replay(&args, &mut closed).unwrap();
         assert_eq!(closed.writes, 1, "stops at the first failed write");
