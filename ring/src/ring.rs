@@ -108,6 +108,9 @@ pub struct Ring<'a, B: Backend = StdBackend> {
     header: NonNull<RingHeader<B>>,
     data: NonNull<u8>,
     capacity: u64,
+    /// `capacity - 1`: a position's offset in the data area is `position & mask` (kept beside
+    /// the capacity so writing a record does not compute it).
+    mask: u64,
     kind: RecordKind,
     _memory: PhantomData<&'a [u8]>,
 }
@@ -246,6 +249,7 @@ impl<'a, B: Backend> Ring<'a, B> {
             header,
             data,
             capacity,
+            mask: capacity - 1,
             kind,
             _memory: PhantomData,
         })
@@ -342,7 +346,7 @@ impl<'a, B: Backend> Ring<'a, B> {
         }
         let mut pos = from & !7;
         while pos < to {
-            let word = ((pos & (self.capacity - 1)) / 8) as usize % TRACK_WORDS;
+            let word = ((pos & self.mask) / 8) as usize % TRACK_WORDS;
             // SAFETY: the header is valid for 'a; tracking cells are only used through &self.
             let cell = unsafe { &(*self.header.as_ptr()).track[word] };
             if write {
@@ -358,11 +362,7 @@ impl<'a, B: Backend> Ring<'a, B> {
     #[inline(always)]
     fn at(&self, position: u64) -> *mut u8 {
         // SAFETY: the masked offset is below the capacity, inside the data area.
-        unsafe {
-            self.data
-                .as_ptr()
-                .add((position & (self.capacity - 1)) as usize)
-        }
+        unsafe { self.data.as_ptr().add((position & self.mask) as usize) }
     }
 }
 
@@ -558,7 +558,7 @@ impl<'a, B: Backend> Producer<'a, B> {
             return None;
         }
         let framed = (FRAME_HEADER + len).next_multiple_of(8) as u64;
-        let to_end = self.ring.capacity - (self.head & (self.ring.capacity - 1));
+        let to_end = self.ring.capacity - (self.head & self.ring.mask);
         let pad = if to_end < framed { to_end } else { 0 };
         if !self.has_room(pad + framed) {
             return None;
@@ -696,7 +696,7 @@ impl<'a, B: Backend> Consumer<'a, B> {
         }
         self.cached_head = head;
         self.ring.track(self.tail, head, false);
-        let offset = self.tail & (self.ring.capacity - 1);
+        let offset = self.tail & self.ring.mask;
         let first_len = committed.min(self.ring.capacity - offset);
         Ok(ReadChunk {
             consumer: self,
