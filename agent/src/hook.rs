@@ -363,15 +363,20 @@ pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64)
     let Some(section) = crate::thread::open_section(st) else {
         return FAST_REFUSED;
     };
-    let words = ::event::Record {
-        timestamp_ns: st.clock.tsc_to_ns(registry::clock::rdtsc()),
-        function_id: function | st.tag,
-        thread_id: st.tid,
-        kind,
-        call_depth: depth,
-        detail_seq: NO_DETAIL,
-    }
-    .to_words();
+    let thread_kind = if kind == CALL {
+        st.call_word
+    } else {
+        st.return_word
+    };
+    // `kind` is one of the two (the hooks pass constants): its word was made at registration.
+    debug_assert_eq!(thread_kind, ::event::Record::thread_kind_word(st.tid, kind));
+    let words = ::event::Record::words_with(
+        st.clock.tsc_to_ns(registry::clock::rdtsc()),
+        function | st.tag,
+        thread_kind,
+        depth,
+        NO_DETAIL,
+    );
     // SAFETY: `ready_fast` found room for one record (the caller's contract) in a lane whose
     // rings hold such records (`fast_path`, set only then), and only this thread fills the ring.
     unsafe { st.index.push_words_fitted(&words) };

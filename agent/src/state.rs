@@ -43,6 +43,11 @@ pub(crate) struct ThreadState {
     /// not slow the program for ever).
     pub(crate) settle_pauses: u8,
     pub(crate) tid: u32,
+    /// The third word of this thread's call and return records (`event::Record::thread_kind_word`),
+    /// made at registration: the fast path loads it instead of building it.
+    pub(crate) call_word: u64,
+    /// The same for its returns.
+    pub(crate) return_word: u64,
     pub(crate) slot: u32,
     /// Index events accepted so far: the position the next one takes in index.atf.
     pub(crate) index_seq: u32,

@@ -94,6 +94,8 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                 settle_pauses: 0,
                 depth: tl.pending_depth,
                 tid,
+                call_word: ::event::Record::thread_kind_word(tid, crate::hook::CALL),
+                return_word: ::event::Record::thread_kind_word(tid, crate::hook::RETURN),
                 slot: r.slot,
                 index_seq: 0,
                 detail_seq: 0,

@@ -72,11 +72,38 @@ impl Record {
     /// This record as four words, whose little-endian bytes are [`Record::to_bytes`].
     #[inline(always)]
     pub fn to_words(&self) -> [u64; SIZE / 8] {
-        [
+        Self::words_with(
             self.timestamp_ns,
             self.function_id,
-            u64::from(self.thread_id) | u64::from(self.kind) << 32,
-            u64::from(self.call_depth) | u64::from(self.detail_seq) << 32,
+            Self::thread_kind_word(self.thread_id, self.kind),
+            self.call_depth,
+            self.detail_seq,
+        )
+    }
+
+    /// The third of [`Record::to_words`]: `thread_id` and `kind`. The same for every event of
+    /// one kind on one thread, so a writer can make it once and pass it to
+    /// [`Record::words_with`].
+    #[inline(always)]
+    pub const fn thread_kind_word(thread_id: u32, kind: u32) -> u64 {
+        thread_id as u64 | (kind as u64) << 32
+    }
+
+    /// [`Record::to_words`] of the record with these fields, its thread id and kind given as
+    /// their word ([`Record::thread_kind_word`]).
+    #[inline(always)]
+    pub const fn words_with(
+        timestamp_ns: u64,
+        function_id: u64,
+        thread_kind: u64,
+        call_depth: u32,
+        detail_seq: u32,
+    ) -> [u64; SIZE / 8] {
+        [
+            timestamp_ns,
+            function_id,
+            thread_kind,
+            call_depth as u64 | (detail_seq as u64) << 32,
         ]
     }
 
@@ -482,6 +509,17 @@ mod tests {
                 "word {i} is its 8 bytes"
             );
         }
+        let thread_kind = Record::thread_kind_word(r.thread_id, r.kind);
+        assert_eq!(
+            Record::words_with(
+                r.timestamp_ns,
+                r.function_id,
+                thread_kind,
+                0x3132_3334,
+                NO_DETAIL
+            ),
+            r.to_words()
+        );
     }
 
     #[test]
