@@ -380,7 +380,8 @@ pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64)
     // SAFETY: `ready_fast` found room for one record (the caller's contract) in a lane whose
     // rings hold such records (`fast_path`, set only then), and only this thread fills the ring.
     unsafe { st.index.push_words_fitted(&words) };
-    st.index_seq = st.index_seq.wrapping_add(1);
+    // `index_seq` stays: only detail records read it, and a thread on this path has none
+    // (`fast_path` is set only with them off, for the state's lifetime).
     st.writer.close(section);
     FAST_DONE
 }

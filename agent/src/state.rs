@@ -49,7 +49,9 @@ pub(crate) struct ThreadState {
     /// The same for its returns.
     pub(crate) return_word: u64,
     pub(crate) slot: u32,
-    /// Index events accepted so far: the position the next one takes in index.atf.
+    /// Index events accepted so far: the position the next one takes in index.atf, for a
+    /// detail record to link to. Counted by the full path only: the fast path is taken only by
+    /// a thread without detail records (see `fast_path`), which never reads it.
     pub(crate) index_seq: u32,
     /// Detail records written so far.
     pub(crate) detail_seq: u32,
