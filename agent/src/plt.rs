@@ -5,13 +5,16 @@
 //! `R_X86_64_GLOB_DAT` entry directly. For each such entry of a function in the objects the
 //! region's scope names (`registry::LibraryCalls`: the main executable, or every object but the
 //! agent and the dynamic loader) the agent makes a 32-byte stub, `mov r11, &target; jmp
-//! [common]`, and points the entry at it. The common entry ([`plt_entry`]) saves the argument
-//! registers, records the call and hooks its return through the thread's shadow stack (the same
-//! `retstack` return interception the `-pg` hooks use, see `entry`), and goes on to the real
-//! function with every register and the stack as the caller left them: by a `call` from the
-//! agent's second return trampoline when the return is hooked, so that the function's return and
-//! the trampoline's are both predicted (the caller's `call` is still on the processor's return
-//! predictor: a stub is reached by `jmp`), else by a `jmp`.
+//! [r11]`, and points the entry at it. The target's first word names the common entry that suits
+//! the function, chosen once when the stub is made (see [`entry_for`]): [`plt_entry`] saves the
+//! argument registers, records the call and hooks its return through the thread's shadow stack
+//! (the same `retstack` return interception the `-pg` hooks use, see `entry`), and goes on to the
+//! real function with every register and the stack as the caller left them, by a `call` from the
+//! agent's second return trampoline, so that the function's return and the trampoline's are both
+//! predicted (the caller's `call` is still on the processor's return predictor: a stub is reached
+//! by `jmp`); [`plt_entry_jump`] does the same but goes on by a `jmp` (a function that does not
+//! return through, see [`returns_through`]); [`plt_entry_slow`] records without the fast path
+//! (functions that return twice or never). So the fast path tests nothing about the function.
 //!
 //! - **Names.** A call's function id is the GOT entry's address: the tracer reads the object's
 //!   relocations from disk and names the entry by its symbol (`getpid`), whatever the entry points
@@ -46,7 +49,7 @@ use registry::LibraryCalls;
 
 use crate::attach::got::{self, Object, PAGE};
 use crate::entry::{integer_arguments, vector_arguments};
-use crate::hook::{event, CALL, FAST_DECLINED, FAST_DONE, RETURN};
+use crate::hook::{event, CALL, FAST_DECLINED, RETURN};
 
 /// How a library function's return is handled.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -61,18 +64,27 @@ pub(crate) enum Kind {
     NoReturn = 2,
 }
 
-/// What a stub hands to [`plt_entry`]: where to go and what to record.
+/// What a stub hands to its common entry: where to go and what to record.
 #[repr(C)]
 pub(crate) struct Target {
+    /// The common entry the stub jumps to (`jmp [r11]`: the first word), see [`entry_for`].
+    entry: AtomicUsize,
     /// The real function.
     real: AtomicUsize,
     /// The function id recorded: the GOT entry's address.
     id: u64,
     /// A [`Kind`].
     kind: AtomicU8,
-    /// 1: a hooked return goes through `entry::library_return` (both returns predicted); 0: the
-    /// stub jumps to the function (see [`returns_through`]).
-    through: AtomicU8,
+}
+
+/// The common entry for a function of `kind` whose return goes through `entry::library_return`
+/// (`through`, see [`returns_through`]) or not.
+fn entry_for(kind: Kind, through: bool) -> usize {
+    match (kind, through) {
+        (Kind::Returns, true) => plt_entry as *const () as usize,
+        (Kind::Returns, false) => plt_entry_jump as *const () as usize,
+        _ => plt_entry_slow as *const () as usize,
+    }
 }
 
 /// Bytes per stub.
@@ -227,7 +239,9 @@ pub(crate) fn redirect(scope: LibraryCalls) -> usize {
         // makes stores visible in program order).
         target.real.store(real, Relaxed);
         target.kind.store(kind as u8, Relaxed);
-        target.through.store(returns_through(real) as u8, Relaxed);
+        target
+            .entry
+            .store(entry_for(kind, returns_through(real)), Relaxed);
         planned.push((c, stub));
     }
     stubs.seal();
@@ -405,10 +419,10 @@ impl Stubs {
             self.used = 0;
         }
         let target: &'static Target = Box::leak(Box::new(Target {
+            entry: AtomicUsize::new(entry_for(kind, false)),
             real: AtomicUsize::new(0),
             id: address as u64,
             kind: AtomicU8::new(kind as u8),
-            through: AtomicU8::new(0),
         }));
         let stub = self.page + self.used;
         self.used += STUB;
@@ -417,9 +431,8 @@ impl Stubs {
         code[0] = 0x49;
         code[1] = 0xbb;
         code[2..10].copy_from_slice(&(target as *const Target as u64).to_le_bytes());
-        // jmp [rip + 0]; the address follows
-        code[10..16].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
-        code[16..24].copy_from_slice(&(plt_entry as *const () as u64).to_le_bytes());
+        // jmp [r11]: the target's first word, its common entry
+        code[10..13].copy_from_slice(&[0x41, 0xff, 0x23]);
         // SAFETY: the stub's bytes in a page of ours, still writable (sealed by `seal`).
         unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), stub as *mut u8, STUB) };
         self.by_entry.insert(address, (stub, target));
@@ -482,86 +495,123 @@ fn loader_base() -> usize {
     unsafe { libc::getauxval(libc::AT_BASE) as usize }
 }
 
-/// Where every stub jumps: saves the integer argument registers (`rdi`..`r9`, `rax` for variadic
-/// calls, `r10`), calls [`plt_fast`] with the return-address word's address and the stub's
-/// target (and, unless it answers `FAST_DONE`, saves `xmm0`-`xmm7` too and calls [`plt_slow`]),
-/// restores them and goes to the real function with the stack as the caller left it:
-/// - the return was hooked (the slot holds the hooks' trampoline now): through
-///   `entry::library_return`, which drops the slot and `call`s the function, so the slot gets
-///   that trampoline's entry instead, at the same address, and both the function's return and the
-///   trampoline's own are predicted (see `retstack::return_trampoline!`);
-/// - not hooked (`setjmp` and kin, `vfork`, a full shadow stack, the agent not ready), or a
-///   function that does not return through (see [`returns_through`]): a `jmp`, the return
-///   address as the hook left it.
-///
-/// # Safety
-/// Only reached from a stub, at a called function's entry, with `r11` the stub's [`Target`].
-#[unsafe(naked)]
-unsafe extern "C" fn plt_entry() {
-    core::arch::naked_asm!(
-        // The fast path's frame: the argument registers, the stub's target above them, then the
-        // return-address word (the slot). Called with the ABI's alignment, the call below is
-        // aligned; the fast path relies on none (see `entry::HOOK_FRAME`).
-        "push r11",
-        "sub rsp, 64",
-        integer_arguments!(store),
-        "lea rdi, [rsp + 72]",
-        "mov rsi, r11",
-        // Unoptimised builds: see `entry::SAVE_VECTORS_ALWAYS`.
-        ".if {always}",
-        "mov r11, rsp",
-        "and rsp, -16",
-        "sub rsp, 208",
-        "mov [rsp + 192], r11",
-        vector_arguments!(store),
-        ".endif",
-        "call {fast}",
-        ".if {always}",
-        vector_arguments!(load),
-        "mov rsp, [rsp + 192]",
-        ".endif",
-        "test rdx, rdx",
-        "jnz 4f",
-        "2:",
-        // Hooked (the slot holds the trampoline) and the target returns through: the call.
-        "mov rsi, [rsp + 64]",
-        "lea rdi, [rip + {hooked}]",
-        "cmp [rsp + 72], rdi",
-        "jne 6f",
-        "cmp byte ptr [rsi + {through}], 0",
-        "je 6f",
-        "mov r11, rax",
-        integer_arguments!(load),
-        "add rsp, 80",
-        "jmp {call}",
-        "6:",
-        "mov r11, rax",
-        integer_arguments!(load),
-        "add rsp, 72",
-        "jmp r11",
-        // The fast path's answer (rax, rdx) for the slow one, on an aligned frame above the
-        // fast path's (r11).
-        "4:",
-        "mov r11, rsp",
-        "and rsp, -16",
-        "sub rsp, 208",
-        "mov [rsp + 192], r11",
-        vector_arguments!(store),
-        "lea rdi, [r11 + 72]",
-        "mov rsi, [r11 + 64]",
-        "mov rcx, rax",
-        "call {slow}",
-        vector_arguments!(load),
-        "mov rsp, [rsp + 192]",
-        "jmp 2b",
-        fast = sym plt_fast,
-        slow = sym plt_slow,
-        hooked = sym crate::entry::tracer_return_hook,
-        call = sym crate::entry::library_return,
-        through = const core::mem::offset_of!(Target, through),
-        always = const crate::entry::SAVE_VECTORS_ALWAYS,
-    )
+/// Defines a common entry of the stubs (`$name`, reached by `jmp [r11]` with `r11` the stub's
+/// [`Target`]): saves the integer argument registers (`rdi`..`r9`, `rax` for variadic calls,
+/// `r10`) and, with `fast = 1`, calls [`plt_fast`] with the return-address word's address (the
+/// slot) and the target; unless it answers `FAST_DONE` (or with `fast = 0`, always), saves
+/// `xmm0`-`xmm7` too and calls [`plt_slow`]. Then it restores them and goes to the real function
+/// with the stack as the caller left it:
+/// - `through = 1` and the return hooked (after the fast path, always; after the slow one, when
+///   the slot holds the hooks' trampoline): through `entry::library_return`, which drops the
+///   slot and `call`s the function, so the slot gets that trampoline's entry instead, at the same
+///   address, and both the function's return and the trampoline's own are predicted (see
+///   `retstack::return_trampoline!`);
+/// - else (not hooked: a full shadow stack, the agent not ready; or `through = 0`): a `jmp`, the
+///   return address as the hook left it.
+macro_rules! plt_entry {
+    ($(#[$meta:meta])* $name:ident, fast = $fast:literal, through = $through:literal) => {
+        $(#[$meta])*
+        ///
+        /// # Safety
+        /// Only reached from a stub, at a called function's entry, with `r11` the stub's
+        /// [`Target`].
+        #[unsafe(naked)]
+        unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                // The fast path's frame: the argument registers, the stub's target above them,
+                // then the return-address word (the slot). Called with the ABI's alignment, the
+                // call below is aligned; the fast path relies on none (see `entry::HOOK_FRAME`).
+                "push r11",
+                "sub rsp, 64",
+                integer_arguments!(store),
+                ".if {fast}",
+                "lea rdi, [rsp + 72]",
+                "mov rsi, r11",
+                // Unoptimised builds: see `entry::SAVE_VECTORS_ALWAYS`.
+                ".if {always}",
+                "mov r11, rsp",
+                "and rsp, -16",
+                "sub rsp, 208",
+                "mov [rsp + 192], r11",
+                vector_arguments!(store),
+                ".endif",
+                "call {fast_path}",
+                ".if {always}",
+                vector_arguments!(load),
+                "mov rsp, [rsp + 192]",
+                ".endif",
+                "test rdx, rdx",
+                "jnz 4f",
+                // Done: the return is hooked.
+                "mov r11, rax",
+                integer_arguments!(load),
+                ".if {through}",
+                "add rsp, 80",
+                "jmp {call}",
+                ".else",
+                "add rsp, 72",
+                "jmp r11",
+                ".endif",
+                ".else",
+                "xor eax, eax",
+                "mov edx, {declined}",
+                ".endif",
+                // The fast path's answer (rax, rdx) for the slow one, on an aligned frame above
+                // the fast path's (r11).
+                "4:",
+                "mov r11, rsp",
+                "and rsp, -16",
+                "sub rsp, 208",
+                "mov [rsp + 192], r11",
+                vector_arguments!(store),
+                "lea rdi, [r11 + 72]",
+                "mov rsi, [r11 + 64]",
+                "mov rcx, rax",
+                "call {slow}",
+                vector_arguments!(load),
+                "mov rsp, [rsp + 192]",
+                "mov r11, rax",
+                ".if {through}",
+                // Hooked (the slot holds the trampoline): the call.
+                "lea rdi, [rip + {hooked}]",
+                "cmp [rsp + 72], rdi",
+                "jne 6f",
+                integer_arguments!(load),
+                "add rsp, 80",
+                "jmp {call}",
+                "6:",
+                ".endif",
+                integer_arguments!(load),
+                "add rsp, 72",
+                "jmp r11",
+                fast_path = sym plt_fast,
+                slow = sym plt_slow,
+                hooked = sym crate::entry::tracer_return_hook,
+                call = sym crate::entry::library_return,
+                declined = const FAST_DECLINED,
+                fast = const $fast,
+                through = const $through,
+                always = const crate::entry::SAVE_VECTORS_ALWAYS,
+            )
+        }
+    };
 }
+
+plt_entry!(
+    /// The common entry of a function whose return goes through `entry::library_return`.
+    plt_entry, fast = 1, through = 1
+);
+plt_entry!(
+    /// The common entry of a function that returns normally but not through
+    /// `entry::library_return` (see [`returns_through`]): the return is hooked, the function
+    /// reached by a `jmp`.
+    plt_entry_jump, fast = 1, through = 0
+);
+plt_entry!(
+    /// The common entry of a function that returns twice or never (see [`Kind`]): recorded on
+    /// the slow path, reached by a `jmp`.
+    plt_entry_slow, fast = 0, through = 0
+);
 
 /// Whether calls of `function` return through `entry::library_return`. Yes, unless the function
 /// enters the kernel at once (a `syscall` instruction in its first [`SCAN`] bytes: `getpid`,
@@ -611,18 +661,16 @@ fn clobbering_mitigation(report: &str) -> bool {
     (report.contains("Safe RET") || report.contains("IBPB")) && !report.contains("VMEXIT")
 }
 
-/// A library call's fast path (see `entry::enter_fast`): the real function, and `FAST_DONE`
-/// when nothing more is to be done.
+/// The fast path of a call of a function that returns normally (the common entries with
+/// `fast = 1`, see [`entry_for`]; see `entry::enter_fast`): the real function, and `FAST_DONE`
+/// when the call is recorded and its return hooked. It needs no test of the agent's readiness
+/// ([`enter`]'s first): it records only for a thread registered in the live attachment, which
+/// exists once the agent is published, and stubs are made after that.
 extern "C" fn plt_fast(slot: *mut u64, target: &Target) -> retstack::FastReturn {
-    let real = target.real.load(Relaxed) as u64;
-    let code = if !crate::live::is_ready() {
-        FAST_DONE // see `enter`
-    } else if target.kind.load(Relaxed) == Kind::Returns as u8 {
-        crate::entry::enter_fast(slot, target.id)
-    } else {
-        FAST_DECLINED
-    };
-    retstack::FastReturn { ret: real, code }
+    retstack::FastReturn {
+        ret: target.real.load(Relaxed) as u64,
+        code: crate::entry::enter_fast(slot, target.id),
+    }
 }
 
 /// A library call's slow path, after [`plt_fast`] answered `code`; returns the real function.
@@ -715,6 +763,40 @@ mod tests {
             (at as *mut u8).add(2).write(0x90);
             assert!(!enters_kernel(at));
             libc::munmap(page as *mut c_void, 2 * PAGE);
+        }
+    }
+
+    /// What the stubs below call: every integer and vector argument register, mixed.
+    extern "C" fn sum(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, x: f64, y: f64) -> f64 {
+        (a + 2 * b + 3 * c + 4 * d + 5 * e + 6 * f) as f64 + x * 1000.0 + y * 10000.0
+    }
+
+    #[test]
+    fn stub__each_common_entry_without_an_agent__then_the_function_gets_every_argument() {
+        let mut stubs = Stubs {
+            by_entry: HashMap::new(),
+            page: 0,
+            used: PAGE,
+        };
+        let entries = [
+            (Kind::Returns, true),
+            (Kind::Returns, false),
+            (Kind::NoReturn, false),
+        ];
+        let mut made = Vec::new();
+        for (i, &(kind, through)) in entries.iter().enumerate() {
+            let (stub, target) = stubs.get(0x1000 + 8 * i, kind).unwrap();
+            target.real.store(sum as *const () as usize, Relaxed);
+            target.entry.store(entry_for(kind, through), Relaxed);
+            made.push(stub);
+        }
+        stubs.seal();
+        for stub in made {
+            // SAFETY: a sealed stub of ours, whose target is `sum`: the stub has `sum`'s type.
+            // No agent is running, so the entry's slow path finds it not ready and jumps.
+            let f: extern "C" fn(u64, u64, u64, u64, u64, u64, f64, f64) -> f64 =
+                unsafe { core::mem::transmute(stub) };
+            assert_eq!(f(1, 2, 3, 4, 5, 6, 0.5, 0.25), 91.0 + 500.0 + 2500.0);
         }
     }
 

@@ -188,7 +188,8 @@ fn naked_hooks__disassembled__then_fast_exit_after_one_call_without_vectors_or_a
 /// The library-call stubs' return: `library_return` calls the function first (`call r11`), and
 /// the address after that call, which hooked slots hold, is where the trampoline proper starts
 /// (`retstack::CALL_THROUGH_BYTES` past the symbol); it ends with a `ret` (predicted: the
-/// caller's own call is next on the return predictor), and the stubs' entry goes to it.
+/// caller's own call is next on the return predictor), and the stubs' entry goes to it. Both
+/// fast-path entries of the stubs (calling through, jumping) reach their exit after one call.
 #[test]
 fn library_return__disassembled__then_call_through_then_trampoline_at_call_through_bytes() {
     let Some(functions) = release_functions() else {
@@ -238,8 +239,22 @@ fn library_return__disassembled__then_call_through_then_trampoline_at_call_throu
         .iter()
         .position(|c| c == "ret")
         .expect("the fast exit");
+    // The entry of functions that do not return through it: its fast exit jumps to the function.
+    let jump_entry: Vec<String> = functions["agent::plt::plt_entry_jump"]
+        .iter()
+        .map(|l| code(l).trim().to_string())
+        .collect();
+    let to_function = jump_entry
+        .iter()
+        .position(|c| c.split_whitespace().collect::<Vec<_>>() == ["jmp", "r11"])
+        .expect("the jumping exit");
     for (name, path, fast) in [
         ("plt_entry", &stub_entry[..=to_jump], "agent::plt::plt_fast"),
+        (
+            "plt_entry_jump",
+            &jump_entry[..=to_function],
+            "agent::plt::plt_fast",
+        ),
         (
             "library_return",
             &returned[..=to_ret],
