@@ -13,14 +13,42 @@ use common::*;
 
 /// `forker <mode> <n> <program>`: calls parent_leaf 10 times, then per mode: `fork` n children
 /// that call child_work 5 times and `_exit`; `exec` n children that exec <program>; `inplace`
-/// execs <program> itself. The parent calls parent_leaf once more after its children.
+/// execs <program> itself; `last_slot` forks until a child's pid is n - 1 modulo n (the others
+/// `_exit` at once, calling nothing), and that child stops the tracer (its grandparent) with
+/// SIGSTOP, waits until every thread of it is stopped, calls child_work 5 times and execs
+/// <program>. The parent calls parent_leaf once more after its children.
 const FORKER_C: &str = r#"
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <signal.h>
+#include <stdio.h>
+#include <dirent.h>
 __attribute__((noinline)) int parent_leaf(int x) { return x + 1; }
 __attribute__((noinline)) int child_work(int x) { return x * 3; }
+/* Whether every thread of process `pid` is stopped (state T in /proc/<pid>/task/<tid>/stat). */
+__attribute__((no_instrument_function)) static int all_stopped(pid_t pid) {
+    char dir[64], path[160], buf[512];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int seen = 0, stopped = 1;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t len = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[len] = 0;
+        const char *end = strrchr(buf, ')');
+        seen = 1;
+        if (!end || end[1] != ' ' || end[2] != 'T') stopped = 0;
+    }
+    closedir(d);
+    return seen && stopped;
+}
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "fork";
     int n = argc > 2 ? atoi(argv[2]) : 1;
@@ -28,6 +56,25 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "inplace")) {
         execl(argv[3], argv[3], (char *)0);
         return 9;
+    }
+    if (!strcmp(mode, "last_slot")) {
+        pid_t tracer = getppid();
+        for (long tries = 0; tries < 1000000; tries++) {
+            pid_t p = fork();
+            if (p == 0) {
+                if (getpid() % n != n - 1) _exit(0);
+                kill(tracer, SIGSTOP);
+                for (int w = 0; w < 10000 && !all_stopped(tracer); w++) usleep(1000);
+                for (int i = 0; i < 5; i++) child_work(i);
+                execl(argv[3], argv[3], (char *)0);
+                _exit(9);
+            }
+            int st;
+            waitpid(p, &st, 0);
+            if (p % n == n - 1) break;
+        }
+        parent_leaf(100);
+        return 0;
     }
     for (int k = 0; k < n; k++) {
         pid_t p = fork();
@@ -81,10 +128,17 @@ fn record(extra: &[&str], forker: &Path, args: &[&str]) -> (tempfile::TempDir, P
     argv.push("--");
     argv.extend_from_slice(args);
     let result = run(&argv);
-    let err = stderr(&result);
+    let (session, procs) = read_back(&result, tmp.path());
+    (tmp, session, procs)
+}
+
+/// Checks the tracer's exit and stderr, then reads back every process of the session in `out`
+/// (each checked: nested, balanced, every function named, nothing dropped).
+fn read_back(result: &std::process::Output, out: &Path) -> (PathBuf, Vec<Proc>) {
+    let err = stderr(result);
     assert_eq!(result.status.code(), Some(0), "{err}");
     assert!(!err.contains("have no names"), "{err}");
-    let session = session_dir(tmp.path()).parent().unwrap().to_path_buf();
+    let session = session_dir(out).parent().unwrap().to_path_buf();
     let mut procs = Vec::new();
     for entry in std::fs::read_dir(&session).unwrap() {
         let dir = entry.unwrap().path();
@@ -107,7 +161,7 @@ fn record(extra: &[&str], forker: &Path, args: &[&str]) -> (tempfile::TempDir, P
         assert_eq!(a.dropped.total(), 0, "{dir:?}: nothing dropped: {a:?}");
     }
     procs.sort_by_key(|p| (p.followed, p.pid));
-    (tmp, session, procs)
+    (session, procs)
 }
 
 fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -183,6 +237,87 @@ fn exec_in_place__pie__then_both_images_counted_and_named() {
 #[test]
 fn exec_in_place__no_pie__then_both_images_counted_and_named() {
     exec_in_place(false);
+}
+
+/// The tracer's thread slots: a thread takes the first free one from its thread id modulo this.
+const THREAD_SLOTS: u32 = 1024;
+
+/// A followed child whose pid falls on the tracer's last thread slot (one process in 1024)
+/// calls a few functions and execs another program while the tracer gets no CPU (a loaded
+/// machine; here the child stops the tracer with SIGSTOP until both programs have ended). The
+/// exec'd program's main thread, same pid and thread id, finds the old image's slot still held
+/// and takes a lower one. The child's directory still holds one event file in time order, the
+/// old image's calls then the new one's, each under its names, and the recording ends cleanly.
+#[test]
+fn exec__child_on_the_last_thread_slot_while_the_tracer_is_stopped__then_its_events_in_time_order()
+{
+    let (forker, other) = programs(false);
+    let tmp = output_dir();
+    let slots = THREAD_SLOTS.to_string();
+    let tracer = tracer()
+        .args(["spawn", "--output", tmp.path().to_str().unwrap()])
+        .arg(&forker)
+        .args(["last_slot", &slots, other.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tracer runs");
+    let pid = tracer.id();
+    let stopped = wait_for_state(pid, 'T');
+    let target = children(pid);
+    let ended = target.len() == 1 && wait_for_state(target[0], 'Z');
+    // SAFETY: kill takes no pointers; `pid` is our child, not yet reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    let result = tracer.wait_with_output().expect("the tracer ends");
+    assert!(stopped, "the child stops the tracer before its calls");
+    assert!(
+        ended,
+        "the programs end while the tracer is stopped: {target:?}"
+    );
+    let (_, procs) = read_back(&result, tmp.path());
+    assert_eq!(procs.len(), 2, "{procs:?}");
+    assert_eq!(procs[0].calls, calls(&[("main", 1), ("parent_leaf", 11)]));
+    assert_eq!(procs[1].pid % THREAD_SLOTS, THREAD_SLOTS - 1, "{procs:?}");
+    assert_eq!(
+        procs[1].calls,
+        calls(&[("child_work", 5), ("main", 1), ("only_in_other", 7)]),
+        "both images in the child's directory, each under its names"
+    );
+}
+
+/// Waits (at most 30 s) until process `pid` is in `state` (`/proc/<pid>/stat`: `T` stopped, `Z`
+/// ended and not yet reaped); returns whether it got there.
+fn wait_for_state(pid: u32, state: char) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let now = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if now == Some(state) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+/// The children of process `pid` (of any of its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let list =
+            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    out
 }
 
 #[test]

@@ -472,8 +472,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         self.registry.beat(registry::clock::boottime_ns());
         self.collect_files(false);
         let mut moved = 0;
-        let slots: Vec<SlotInfo> = self.registry.slots().collect();
-        for info in slots {
+        for info in self.slots_in_registration_order() {
             if stop() {
                 break;
             }
@@ -517,8 +516,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         if let Some(e) = self.create_error.take() {
             keep_first(&mut first, e);
         }
-        let slots: Vec<SlotInfo> = self.registry.slots().collect();
-        for info in slots {
+        for info in self.slots_in_registration_order() {
             // Twice at most: after its file failed, a slot's events are consumed, not written.
             for _ in 0..2 {
                 match self.drain_slot(info, true) {
@@ -841,8 +839,9 @@ impl<'r, B: Backend> Drain<'r, B> {
         {
             self.retire(info.index)?;
         }
-        if !self.owners.contains_key(&info.index) {
-            self.adopt(info)?;
+        let mut moved = 0;
+        if !self.owners.contains_key(&info.index) && self.adopt(info)? {
+            moved += self.drain_older_owners(info, final_pass)?;
         }
         let key = self.key_of(info.pid);
         if info.state == SlotState::Exited && self.pending.contains(&(key, info.tid)) {
@@ -854,7 +853,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             self.files.get_mut(&(key, info.tid)),
             self.procs.get(&key),
         ) else {
-            return Ok(0);
+            return Ok(moved);
         };
         let tid = info.tid;
         // Index lane: everything committed, active prefix included. Without a writer (the tid was
@@ -878,7 +877,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             files.written = writer.event_count();
             self.stats.ring_bytes += r.bytes;
         }
-        let mut moved = r.bytes;
+        moved += r.bytes;
         self.stats.rings_returned += r.rings_returned;
         // Detail lane: submitted rings only (the active one is the flight recorder's window);
         // marked windows are persisted, unmarked ones discarded (counted in `thread_entry`).
@@ -916,8 +915,9 @@ impl<'r, B: Backend> Drain<'r, B> {
         self.live.threads.store(self.stats.threads, Relaxed);
     }
 
-    /// Takes a newly seen slot: consumers of its lanes, its thread's files.
-    fn adopt(&mut self, info: SlotInfo) -> Result<(), DrainError> {
+    /// Takes a newly seen slot: consumers of its lanes, its thread's files. Returns whether it
+    /// continues a thread whose files were made or asked for already.
+    fn adopt(&mut self, info: SlotInfo) -> Result<bool, DrainError> {
         let lanes = self.registry.lanes(info.index)?;
         // SAFETY: the drain is the only consumer of every slot's lanes (one Drain per region), and
         // an owner's consumers are dropped (`retire`) before the slot is recycled.
@@ -938,22 +938,57 @@ impl<'r, B: Backend> Drain<'r, B> {
         let process = self.procs.get_mut(&key).expect("made above");
         process.images.insert(info.image);
         process.dirty = true;
-        if self.files.contains_key(&(key, info.tid)) {
+        if self.files.contains_key(&(key, info.tid)) || self.pending.contains(&(key, info.tid)) {
             // The same thread id again: the image an `exec` started (it keeps the pid and the
             // exec'ing thread becomes the main thread), whose files were kept open for it; or a
             // tid the kernel reused after the thread was gone. Its accounting continues, and its
-            // files too if still open (see `drain_slot`).
-            return Ok(());
+            // files too if still open (see `drain_slot`); a file still being made on the helper
+            // is waited for like the first owner's, never made twice.
+            return Ok(true);
         }
         // A live thread's file is made by the helper, and its lanes wait until it is there (see
         // `drain_slot`); an exited one's here and now, so its slot is recycled in this pass.
         if info.state != SlotState::Exited && self.request_file((key, info.tid)) {
-            return Ok(());
+            return Ok(false);
         }
         let made = self.procs[&key]
             .layout
             .create_index(info.tid, atf::ClockType::Boottime);
-        self.insert_files((key, info.tid), made)
+        self.insert_files((key, info.tid), made).map(|()| false)
+    }
+
+    /// The registry's active and exited slots, oldest registration first. A thread's successive
+    /// owners (an `exec`'s old and new image, same pid and thread id) share its files, so the
+    /// older one's events must be written first, wherever the slots lie: the new image's main
+    /// thread probes for a slot from its thread id, finds the old image's still held, and may
+    /// wrap around to a lower index.
+    fn slots_in_registration_order(&self) -> Vec<SlotInfo> {
+        let mut slots: Vec<SlotInfo> = self.registry.slots().collect();
+        slots.sort_unstable_by_key(|s| s.serial);
+        slots
+    }
+
+    /// Drains the older owners of `info`'s thread (which continues their files) before it, from
+    /// their slots as they are now: the old image of an `exec` seen still active earlier in this
+    /// pass, or left undrained because its file was still being made, so its last events go
+    /// into the file ahead of the new image's. Returns the bytes moved.
+    fn drain_older_owners(&mut self, info: SlotInfo, final_pass: bool) -> Result<u64, DrainError> {
+        let older: Vec<u32> = self
+            .owners
+            .values()
+            .filter(|o| {
+                o.info.pid == info.pid && o.info.tid == info.tid && o.info.serial < info.serial
+            })
+            .map(|o| o.info.index)
+            .collect();
+        let mut moved = 0;
+        for index in older {
+            // Only the drain recycles a slot, so it still holds this owner.
+            if let Some(now) = self.registry.slot_info(index) {
+                moved += self.drain_slot(now, final_pass)?;
+            }
+        }
+        Ok(moved)
     }
 
     /// Asks the file-creation helper for `key`'s event file (see `create`), starting it if

@@ -505,3 +505,141 @@ fn stop_live_threads(
         slots.len() as u64 * events
     );
 }
+
+/// A file system whose first thread event file is made only once another one is asked for, or
+/// after 200 ms: the file-creation helper is still at the first file when the drain next looks.
+#[derive(Debug, Default)]
+struct SlowFirstFile {
+    /// Event files asked for so far, and whether the first may be made.
+    state: std::sync::Mutex<(u32, bool)>,
+    opened: std::sync::Condvar,
+}
+
+impl atf::FileSystem for SlowFirstFile {
+    fn create_new(&self, dir: &atf::Dir, name: &str) -> std::io::Result<Box<dyn atf::FileSink>> {
+        if name.starts_with("index.") {
+            let mut state = self.state.lock().unwrap();
+            state.0 += 1;
+            if state.0 == 1 {
+                let wait = Duration::from_millis(200);
+                state = self
+                    .opened
+                    .wait_timeout_while(state, wait, |s| !s.1)
+                    .unwrap()
+                    .0;
+            } else {
+                state.1 = true;
+                self.opened.notify_all();
+            }
+            drop(state);
+        }
+        atf::RealFs.create_new(dir, name)
+    }
+
+    fn rename(&self, dir: &atf::Dir, from: &str, to: &str) -> std::io::Result<()> {
+        atf::RealFs.rename(dir, from, to)
+    }
+
+    fn remove_file(&self, dir: &atf::Dir, name: &str) -> std::io::Result<()> {
+        atf::RealFs.remove_file(dir, name)
+    }
+
+    fn sync_dir(&self, dir: &atf::Dir) -> std::io::Result<()> {
+        atf::RealFs.sync_dir(dir)
+    }
+
+    fn sync_fs(&self, dir: &atf::Dir) -> std::io::Result<()> {
+        atf::RealFs.sync_fs(dir)
+    }
+
+    fn sync_file(&self, dir: &atf::Dir, name: &str) -> std::io::Result<()> {
+        atf::RealFs.sync_file(dir, name)
+    }
+}
+
+/// Writes index events with timestamps `times` into a registration's lane.
+fn write_events(
+    registration: &registry::Registration<'_>,
+    tid: u32,
+    times: std::ops::RangeInclusive<u64>,
+) {
+    // SAFETY: the caller's thread is the slot's only producer.
+    let mut index = unsafe { registration.lanes.index.producer() };
+    for t in times {
+        let event = atf::IndexEvent {
+            timestamp_ns: t,
+            function_id: 1,
+            thread_id: tid,
+            kind: atf::EventKind::Call,
+            call_depth: 0,
+            detail_seq: atf::NO_DETAIL,
+        };
+        assert!(registration.writer.begin());
+        index.push(&event.encode()).unwrap();
+        registration.writer.end();
+    }
+}
+
+/// A program whose pid falls on the registry's last slot execs another one (1 process in
+/// `capacity`): the new image's main thread, same pid and thread id, finds the old image's slot
+/// still held and takes the first one, ahead of it in the drain's walk. The new image continues
+/// the main thread's event file, whether the drain had met the old image before the exec (its
+/// file still being made on the helper) or not: one file, made once, holding the old image's
+/// events then the new one's, every event accounted for.
+#[test]
+fn drain__exec_whose_new_image_takes_a_lower_slot__then_the_main_threads_file_continues_in_order() {
+    for seen_before_the_exec in [false, true] {
+        let out = tempfile::tempdir().unwrap();
+        let config = small_config();
+        let region = SharedRegion::create(&config).unwrap();
+        let registry = region.leak().unwrap();
+        // The pid lands on the last slot.
+        let pid = 1000 * config.capacity + config.capacity - 1;
+        let layout = SessionLayout::create(out.path(), pid)
+            .unwrap()
+            .with_fs(std::sync::Arc::new(SlowFirstFile::default()));
+        let pid_dir = layout.pid_dir().to_path_buf();
+        let mut drain = Drain::new(registry, layout, manifest_for(pid))
+            .unwrap()
+            .follow_processes(true)
+            .files_on_helper(true);
+        let old = registry
+            .register_in(pid, pid, registry.new_image())
+            .expect("a slot");
+        assert_eq!(old.slot, config.capacity - 1);
+        write_events(&old, pid, 1..=10);
+        if seen_before_the_exec {
+            // Asks the helper for the main thread's file, drains nothing yet.
+            assert_eq!(drain.pass().unwrap().bytes, 0);
+        }
+        // The exec: the new image retires the old one's slot and registers its main thread,
+        // which runs and exits.
+        assert_eq!(registry.retire_pid(pid), 1);
+        let new = registry
+            .register_in(pid, pid, registry.new_image())
+            .expect("a slot");
+        assert!(new.slot < old.slot, "the new image's slot comes first");
+        write_events(&new, pid, 11..=20);
+        registry.exit(new.slot);
+        drain.pass().unwrap();
+        common::stop_producers(registry);
+        drain.final_drain(false).unwrap();
+        let report = drain.finish(&Outcome::default()).unwrap();
+        let a = &report.accounting.index;
+        assert!(a.balanced(), "{a:?}");
+        assert_eq!((a.attempted, a.persisted), (20, 20), "{a:?}");
+        let session = Session::open(&pid_dir).unwrap();
+        assert!(session.warnings.is_empty(), "{:?}", session.warnings);
+        assert_eq!(session.threads.len(), 1);
+        let times: Vec<u64> = session.threads[0]
+            .index
+            .events()
+            .map(|e| e.unwrap().timestamp_ns)
+            .collect();
+        assert_eq!(
+            times,
+            (1..=20).collect::<Vec<_>>(),
+            "seen before the exec: {seen_before_the_exec}"
+        );
+    }
+}
