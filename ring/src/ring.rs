@@ -297,7 +297,7 @@ impl<'a, B: Backend> Ring<'a, B> {
         Producer {
             ring: *self,
             head,
-            cached_tail: tail,
+            free: free_after(head, tail, self.capacity),
             #[cfg(all(test, feature = "loom"))]
             broken_publish: false,
         }
@@ -403,12 +403,14 @@ pub(crate) fn check_memory<B: Backend>(
 
 /// The writing side of a ring. Not `Clone`: there is exactly one.
 ///
-/// Keeps its own position and a cached copy of the consumer's, and reads the consumer's atomic only
-/// when the cache says the ring may be full.
+/// Keeps its own position and the bytes free as of the consumer's position it last read, and reads
+/// the consumer's atomic only when those say the ring may be full.
 pub struct Producer<'a, B: Backend = StdBackend> {
     ring: Ring<'a, B>,
     head: u64,
-    cached_tail: u64,
+    /// Bytes free after the head as of the consumer's tail last read: writes up to this many need
+    /// no look at the tail (one compare), and each write takes what it wrote off.
+    free: u64,
     /// Negative control for the loom models: publish with Relaxed instead of Release.
     #[cfg(all(test, feature = "loom"))]
     pub(crate) broken_publish: bool,
@@ -418,7 +420,7 @@ impl<B: Backend> core::fmt::Debug for Producer<'_, B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Producer")
             .field("head", &self.head)
-            .field("cached_tail", &self.cached_tail)
+            .field("free", &self.free)
             .finish()
     }
 }
@@ -432,24 +434,26 @@ impl<'a, B: Backend> Producer<'a, B> {
         &self.ring
     }
 
-    /// Whether `needed` more bytes fit, refreshing the cached tail only when the cache says no.
+    /// Whether `needed` more bytes fit, reading the consumer's tail only when the free bytes
+    /// counted since it was last read are too few.
     #[inline(always)]
     fn has_room(&mut self, needed: u64) -> bool {
-        if self.head.wrapping_sub(self.cached_tail) + needed <= self.ring.capacity {
+        if self.free >= needed {
             return true;
         }
         // Acquire: pairs with the consumer's Release store of the tail, so its reads of the space
         // we are about to overwrite happened before our writes.
-        self.cached_tail = self.ring.tail().load(Acquire);
-        // A consumer in another process could store any value; a tail "ahead" of the head makes the
-        // wrapping difference huge, which reads as full: we drop, never write out of bounds.
-        self.head.wrapping_sub(self.cached_tail) <= self.ring.capacity - needed
+        let tail = self.ring.tail().load(Acquire);
+        self.free = free_after(self.head, tail, self.ring.capacity);
+        self.free >= needed
     }
 
-    /// Commits `bytes` more bytes to the consumer.
+    /// Commits `bytes` more bytes to the consumer: at most [`Producer::has_room`] found free since
+    /// the last commit.
     #[inline(always)]
     fn publish(&mut self, bytes: u64) {
         self.head = self.head.wrapping_add(bytes);
+        self.free -= bytes;
         #[cfg(all(test, feature = "loom"))]
         let order = if self.broken_publish {
             Relaxed
@@ -500,7 +504,7 @@ impl<'a, B: Backend> Producer<'a, B> {
         self.ring.kind == RecordKind::Fixed(8 * N as u32)
     }
 
-    /// Whether `8 * N` more bytes fit now (this may refresh the cached tail): with
+    /// Whether `8 * N` more bytes fit now (this may read the consumer's tail): with
     /// [`Producer::holds_words`], what [`Producer::fits_words`] asks.
     #[inline(always)]
     pub fn room_for_words<const N: usize>(&mut self) -> bool {
@@ -595,12 +599,17 @@ impl<'a, B: Backend> Producer<'a, B> {
 
     /// Bytes this producer could write now without refreshing its view of the consumer.
     pub fn cached_free_bytes(&self) -> usize {
-        (self.ring.capacity
-            - self
-                .head
-                .wrapping_sub(self.cached_tail)
-                .min(self.ring.capacity)) as usize
+        self.free as usize
     }
+}
+
+/// The bytes free after `head` in a ring of `capacity` bytes whose consumer's tail is `tail`. A
+/// consumer in another process could store any value: a tail "ahead" of the head, or more than
+/// the capacity behind it, reads as full (nothing free), so the producer drops and never writes
+/// out of bounds.
+#[inline]
+fn free_after(head: u64, tail: u64, capacity: u64) -> u64 {
+    capacity.saturating_sub(head.wrapping_sub(tail))
 }
 
 fn write_frame(at: *mut u8, len: u32, flags: u32) {

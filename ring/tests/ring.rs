@@ -383,3 +383,44 @@ fn channel__reserve_in_place__then_consumer_reads_the_record() {
     chunk.release_all();
     assert!(rx.ring().is_empty());
 }
+
+#[test]
+fn ring__consumer_tail_ahead_or_too_far_behind__then_full_not_written() {
+    let (region, ring) = fixed_ring(128);
+    // The consumer's position, as another process could store it (offset 256, pinned).
+    let tail = region
+        .as_non_null()
+        .cast::<u8>()
+        .as_ptr()
+        .wrapping_add(256)
+        .cast::<u64>();
+    // SAFETY: inside the region, aligned; no consumer exists to store it concurrently.
+    let set_tail = |v: u64| unsafe { tail.write_volatile(v) };
+    // SAFETY: one producer.
+    let mut tx = unsafe { ring.producer() };
+    for i in 0..4u8 {
+        tx.push(&[i; 32]).unwrap();
+    }
+    for bad in [
+        128 + 32,
+        u64::MAX,
+        128u64.wrapping_sub(160),
+        128u64.wrapping_sub(1 << 40),
+    ] {
+        set_tail(bad);
+        assert!(tx.push(&[9; 32]).is_err(), "tail {bad:#x} let a record in");
+        assert!(!tx.room_for_words::<4>(), "tail {bad:#x}");
+        assert_eq!(tx.cached_free_bytes(), 0, "tail {bad:#x}");
+    }
+    // The consumer released one record: one fits, a second does not.
+    set_tail(32);
+    tx.push(&[4; 32]).unwrap();
+    assert!(tx.push(&[5; 32]).is_err());
+    assert_eq!(ring.len_bytes(), 128);
+    // A producer made while the tail is garbage sees no room either.
+    set_tail(160 + 64);
+    // SAFETY: the earlier producer is not used again.
+    let mut again = unsafe { ring.producer() };
+    assert_eq!(again.cached_free_bytes(), 0);
+    assert!(again.push(&[9; 32]).is_err());
+}
