@@ -109,7 +109,7 @@ pub(crate) fn free_state() -> Option<&'static mut ThreadState> {
     // SAFETY: a non-null state pointer is this thread's entry of the agent's array, used only by
     // this thread (a signal handler on this thread is kept out by `busy`).
     let st = unsafe { &mut *state };
-    if st.busy != 0 {
+    if st.busy() {
         st.writer.count_reentrant();
         return None;
     }
@@ -168,7 +168,7 @@ pub(crate) fn record(
 ) -> Option<crate::live::Retiring> {
     let mut stopped = None;
     let function = function | st.tag;
-    st.busy = 1;
+    st.set_busy(true);
     // Compiler fence, not an atomic: the guard is only read by this thread (and by a signal
     // handler interrupting it), so the compiler must not move the hook's work above it.
     compiler_fence(SeqCst);
@@ -221,7 +221,7 @@ pub(crate) fn record(
         stopped = refused(st);
     }
     compiler_fence(SeqCst);
-    st.busy = 0;
+    st.set_busy(false);
     stopped
 }
 
@@ -257,13 +257,13 @@ pub(crate) const FAST_REFUSED: u64 = 2;
 pub(crate) const FAST_RECLAIM: u64 = 3;
 
 /// Whether this thread's next event can be recorded on the fast path: not inside a hook, the TSC
-/// clock, no detail records and an index lane of fixed-size records (one flag, see
-/// `ThreadState::fast_path`: the entry-only hooks count on the decline to record registers), and
+/// clock, no detail records and an index lane of fixed-size records (one word for all four, see
+/// `ThreadState::gate`: the entry-only hooks count on the decline to record registers), and
 /// room in the active ring (acceptance is the handshake's to check: a stopped one refuses in
 /// `SlotWriter::open`). Reads only.
 #[inline(always)]
 pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
-    st.busy == 0 && st.fast_path && st.index.room_for_words::<{ ::event::SIZE / 8 }>()
+    st.gate == 0 && st.index.room_for_words::<{ ::event::SIZE / 8 }>()
 }
 
 /// What a fast path answers: a code, alone or with more (see `retstack::FastReturn`).
@@ -329,14 +329,15 @@ pub(crate) fn fast<A: FastAnswer>(
         declined
     } else {
         // SAFETY: the live generation's state of this thread (see `free_state`), kept mapped
-        // while it is inside; a signal handler on this thread is kept out by `busy`.
+        // while it is inside; a signal handler on this thread is kept out by its `gate`.
         let st = unsafe { &mut *state };
         if ready_fast(st) {
-            st.busy = 1;
+            // The gate was zero (`ready_fast`): busy is all it holds until it is zero again.
+            st.gate = crate::state::BUSY;
             compiler_fence(SeqCst);
             let answer = f(st, shadow);
             compiler_fence(SeqCst);
-            st.busy = 0;
+            st.gate = 0;
             answer
         } else {
             declined
@@ -378,10 +379,10 @@ pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64)
         NO_DETAIL,
     );
     // SAFETY: `ready_fast` found room for one record (the caller's contract) in a lane whose
-    // rings hold such records (`fast_path`, set only then), and only this thread fills the ring.
+    // rings hold such records (`gate` is zero only then), and only this thread fills the ring.
     unsafe { st.index.push_words_fitted(&words) };
     // `index_seq` stays: only detail records read it, and a thread on this path has none
-    // (`fast_path` is set only with them off, for the state's lifetime).
+    // (`gate` is zero only with them off, for the state's lifetime).
     st.writer.close(section);
     FAST_DONE
 }
@@ -407,11 +408,11 @@ fn after_refusal() {
             // A newer attachment took over meanwhile: the refusal was the old one's.
             return None;
         }
-        st.busy = 1;
+        st.set_busy(true);
         compiler_fence(SeqCst);
         let stopped = refused(st);
         compiler_fence(SeqCst);
-        st.busy = 0;
+        st.set_busy(false);
         stopped
     });
 }

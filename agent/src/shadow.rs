@@ -18,7 +18,7 @@ static SPARE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 pub(crate) fn make_shadow(t: *mut Tls, st: &mut ThreadState) -> *mut retstack::ShadowStack {
     // Held busy: a signal handler arriving meanwhile records nothing (counted as reentrant)
     // instead of taking the lock again.
-    st.busy = 1;
+    st.set_busy(true);
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     let bounds = (st.stack_lo, st.stack_hi);
     let spare = SPARE.lock().ok().and_then(|mut s| s.pop());
@@ -34,7 +34,7 @@ pub(crate) fn make_shadow(t: *mut Tls, st: &mut ThreadState) -> *mut retstack::S
     // SAFETY: only this thread touches its TLS block.
     unsafe { (*t).shadow = shadow };
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    st.busy = 0;
+    st.set_busy(false);
     shadow
 }
 

@@ -33,8 +33,12 @@ unsafe impl Send for Agent {}
 
 /// Everything a registered thread's hot path needs, in agent-private memory.
 pub(crate) struct ThreadState {
-    /// 1 while this thread is inside a hook (the reentrancy guard).
-    pub(crate) busy: u32,
+    /// The fast path's one test, zero when it may run: [`BUSY`] while this thread is inside a hook
+    /// (the reentrancy guard), and [`SLOW_ONLY`] for good when its events may not take the fast
+    /// path at all, fixed at registration (see `hook::ready_fast`: the clock does not read the
+    /// TSC, detail records are on, or the index lane does not hold fixed-size records of one
+    /// event).
+    pub(crate) gate: u32,
     /// Current call depth.
     pub(crate) depth: u32,
     /// Whether this thread has seen acceptance stopped (it steps aside once, see `hook`).
@@ -51,7 +55,7 @@ pub(crate) struct ThreadState {
     pub(crate) slot: u32,
     /// Index events accepted so far: the position the next one takes in index.atf, for a
     /// detail record to link to. Counted by the full path only: the fast path is taken only by
-    /// a thread without detail records (see `fast_path`), which never reads it.
+    /// a thread without detail records (see `gate`), which never reads it.
     pub(crate) index_seq: u32,
     /// Detail records written so far.
     pub(crate) detail_seq: u32,
@@ -61,15 +65,35 @@ pub(crate) struct ThreadState {
     /// The image tag ORed into every function id (see `registry::image_tag`).
     pub(crate) tag: u64,
     pub(crate) clock: Clock,
-    /// Whether this thread's events may take the hooks' fast path at all (see
-    /// `hook::ready_fast`): the clock reads the TSC, detail records are off and the index lane
-    /// holds fixed-size records of one event. Fixed at registration, so the fast path tests one
-    /// byte for all three.
-    pub(crate) fast_path: bool,
     pub(crate) writer: SlotWriter<'static>,
     pub(crate) index: PoolProducer<'static>,
     pub(crate) detail: PoolProducer<'static>,
     pub(crate) agent: &'static Agent,
+}
+
+/// [`ThreadState::gate`]: inside a hook.
+pub(crate) const BUSY: u32 = 1;
+/// [`ThreadState::gate`]: never the fast path.
+pub(crate) const SLOW_ONLY: u32 = 2;
+
+impl ThreadState {
+    /// Whether this thread is inside a hook (see [`ThreadState::gate`]).
+    #[inline(always)]
+    pub(crate) fn busy(&self) -> bool {
+        self.gate & BUSY != 0
+    }
+
+    /// Marks this thread inside a hook, or out again (keeping [`SLOW_ONLY`]). A signal handler
+    /// interrupting the update (between its load and its store) finds the thread not yet, or
+    /// still, inside, and leaves the gate as it found it.
+    #[inline(always)]
+    pub(crate) fn set_busy(&mut self, busy: bool) {
+        if busy {
+            self.gate |= BUSY;
+        } else {
+            self.gate &= !BUSY;
+        }
+    }
 }
 
 impl Agent {

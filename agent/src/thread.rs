@@ -88,8 +88,15 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             writer.set_fenced(writer.fenced() || crate::process::producers_must_fence(reg));
             // SAFETY: the registration made this thread the lanes' only producer.
             let index = unsafe { r.lanes.index.producer() };
+            let fast_path = reg.clock().source == registry::ClockSource::Tsc
+                && !reg.detail_enabled()
+                && index.holds_words::<{ ::event::SIZE / 8 }>();
             let state = ThreadState {
-                busy: 0,
+                gate: if fast_path {
+                    0
+                } else {
+                    crate::state::SLOW_ONLY
+                },
                 stop_seen: false,
                 settle_pauses: 0,
                 depth: tl.pending_depth,
@@ -104,9 +111,6 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                 stack_bytes: reg.stack_bytes(),
                 tag: registry::image_tag(agent.image),
                 clock: reg.clock(),
-                fast_path: reg.clock().source == registry::ClockSource::Tsc
-                    && !reg.detail_enabled()
-                    && index.holds_words::<{ ::event::SIZE / 8 }>(),
                 writer,
                 index,
                 // SAFETY: as above.
