@@ -105,35 +105,82 @@ impl Trampolines {
 }
 
 /// A per-thread stack of hooked frames, innermost last.
+///
+/// The frames lie in one buffer allocated at [`ShadowStack::boxed`] and never moved, after a
+/// sentinel frame whose slot (`u64::MAX`) lies above every real slot and equals none: the fast
+/// paths ([`ShadowStack::try_hook_fast`], [`ShadowStack::try_unhook_fast`]) compare the innermost
+/// frame without first testing whether there is one.
 #[derive(Debug)]
 pub struct ShadowStack {
+    /// The innermost frame, or the sentinel when no frame is hooked.
+    top: *mut Frame,
+    /// The place of the last frame there is room for (`base + capacity`) while the fast paths
+    /// may run, null while they may not (the stack is in use, or frames are restored): one
+    /// comparison of `top` against it tells the fast hook all three.
+    fast_limit: *mut Frame,
+    /// The sentinel, followed by room for `capacity` frames (`allocated` frames in all).
+    base: *mut Frame,
+    allocated: usize,
+    /// The most frames.
+    capacity: usize,
     /// 1 while an operation is in progress (see [`ShadowStack::try_enter`]).
     busy: u32,
     /// The outermost frames whose return address [`ShadowStack::restore_all`] wrote back and
-    /// that are not hooked again yet: `frames[..restored]` (frames pushed since are above them).
+    /// that are not hooked again yet: `frames()[..restored]` (frames pushed since are above them).
     restored: u32,
     /// Calls not hooked because the stack was full.
     overflows: u64,
     /// The thread's own stack, `[lo, hi)`: only frames inside it are compared by address.
     bounds: (u64, u64),
-    frames: Vec<Frame>,
-    /// The most frames: at most `frames.capacity()`, so a push below it never reallocates (the
-    /// vector's buffer stays where it was allocated, see [`ShadowStack::try_hook_fast`]).
-    capacity: usize,
+}
+
+/// The frame below the outermost (see [`ShadowStack`]).
+const SENTINEL: Frame = Frame {
+    ret: 0,
+    function: 0,
+    slot: u64::MAX,
+};
+
+impl Drop for ShadowStack {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `allocated` are the buffer of the vector `boxed` made (its pointer
+        // and capacity), freed only here; a length of 0 drops no frame (`Frame` needs no drop).
+        drop(unsafe { Vec::from_raw_parts(self.base, 0, self.allocated) });
+    }
 }
 
 impl ShadowStack {
     /// A stack holding up to `capacity` frames, for a thread whose stack is `bounds` (`(0, 0)`:
-    /// unknown, so frames are popped by exact match only). Allocates once, here.
+    /// unknown, so frames are popped by exact match only). Allocates once, here (the buffer's
+    /// pages are touched only as frames are pushed).
     pub fn boxed(capacity: usize, bounds: (u64, u64)) -> Box<ShadowStack> {
-        Box::new(ShadowStack {
+        let mut frames = core::mem::ManuallyDrop::new(Vec::with_capacity(capacity + 1));
+        frames.push(SENTINEL);
+        let base = frames.as_mut_ptr();
+        let mut stack = Box::new(ShadowStack {
+            top: base,
+            fast_limit: core::ptr::null_mut(),
+            base,
+            allocated: frames.capacity(),
+            capacity,
             busy: 0,
             restored: 0,
             overflows: 0,
             bounds,
-            frames: Vec::with_capacity(capacity),
-            capacity,
-        })
+        });
+        stack.refresh_limit();
+        stack
+    }
+
+    /// Sets [`ShadowStack::fast_limit`] from the flags.
+    #[inline(always)]
+    fn refresh_limit(&mut self) {
+        self.fast_limit = if (self.busy | self.restored) == 0 {
+            // SAFETY: `capacity` frames after the sentinel are in the buffer (see `boxed`).
+            unsafe { self.base.add(self.capacity) }
+        } else {
+            core::ptr::null_mut()
+        };
     }
 
     /// Marks the stack in use; `false` if it already is (a signal handler interrupted an
@@ -144,6 +191,7 @@ impl ShadowStack {
             return false;
         }
         self.busy = 1;
+        self.fast_limit = core::ptr::null_mut();
         // The flag must be stored before the operation's first access (a handler on this thread
         // is the only other party): a compiler fence suffices.
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
@@ -155,16 +203,18 @@ impl ShadowStack {
     pub fn leave(&mut self) {
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         self.busy = 0;
+        self.refresh_limit();
     }
 
     /// Number of hooked frames.
     pub fn len(&self) -> usize {
-        self.frames.len()
+        // SAFETY: `top` points into the buffer that starts at `base`, at or after it.
+        unsafe { self.top.offset_from(self.base) as usize }
     }
 
     /// Whether no frame is hooked.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.top == self.base
     }
 
     /// Calls not hooked because the stack was full.
@@ -174,7 +224,32 @@ impl ShadowStack {
 
     /// The hooked frames, outermost first.
     pub fn frames(&self) -> &[Frame] {
-        &self.frames
+        // SAFETY: the `len()` frames after the sentinel are initialised (each was written by a
+        // push before `top` covered it), in the buffer, which lives as long as `self`.
+        unsafe { core::slice::from_raw_parts(self.base.add(1), self.len()) }
+    }
+
+    /// The innermost frame.
+    #[inline(always)]
+    fn last(&self) -> Option<Frame> {
+        // SAFETY: `top` is the innermost frame, initialised (not the sentinel: tested).
+        (!self.is_empty()).then(|| unsafe { *self.top })
+    }
+
+    /// Pops the innermost frame.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<Frame> {
+        let top = self.last()?;
+        // SAFETY: a frame above the sentinel: the one below it is still in the buffer.
+        self.top = unsafe { self.top.sub(1) };
+        Some(top)
+    }
+
+    /// Keeps `restored` within the frames left after pops.
+    #[inline(always)]
+    fn clamp_restored(&mut self) {
+        self.restored = self.restored.min(self.len() as u32);
+        self.refresh_limit();
     }
 
     #[inline(always)]
@@ -200,23 +275,27 @@ impl ShadowStack {
         let at = slot as u64;
         // SAFETY: the caller guarantees `slot` is this function's live return-address word.
         let ret = unsafe { slot.read() };
-        if let Some(top) = self.frames.last() {
-            if self.is_dead(top, at, ret, trampolines) {
+        if let Some(top) = self.last() {
+            if self.is_dead(&top, at, ret, trampolines) {
                 self.pop_dead(at, ret, trampolines, &mut dead);
             }
         }
         if self.restored != 0 {
             self.rehook_live(at, trampolines);
         }
-        if self.frames.len() >= self.capacity {
+        if self.len() >= self.capacity {
             self.overflows += 1;
             return Hooked::Full;
         }
-        self.frames.push(Frame {
-            ret,
-            function,
-            slot: at,
-        });
+        // SAFETY: fewer than `capacity` frames, so the place above `top` is in the buffer.
+        unsafe {
+            self.top = self.top.add(1);
+            self.top.write(Frame {
+                ret,
+                function,
+                slot: at,
+            });
+        }
         // SAFETY: as above.
         unsafe { slot.write(trampolines.written) };
         Hooked::Yes
@@ -224,12 +303,12 @@ impl ShadowStack {
 
     /// [`ShadowStack::hook`] when nothing unusual is in the way: the stack is free (see
     /// [`ShadowStack::try_enter`]), no frame is restored, there is room, and the innermost frame's
-    /// slot lies above `slot` (the usual nesting). `false`: nothing done; call
-    /// [`ShadowStack::hook`]. Calls nothing, and stores the frame one word at a time (volatile
-    /// stores): a hook that left the vector registers unsaved can call it. It does not mark the
-    /// stack in use: the caller keeps this thread's signal handlers from hooking or unhooking
-    /// anything until it returns (the agent's fast path holds its thread's reentrancy guard, so
-    /// a handler's hooks take their slow path, which leaves the stack alone).
+    /// slot lies above `slot` (the usual nesting; with no frame, the sentinel's does). `false`:
+    /// nothing done; call [`ShadowStack::hook`]. Calls nothing, and stores the frame one word at a
+    /// time (volatile stores): a hook that left the vector registers unsaved can call it. It does
+    /// not mark the stack in use: the caller keeps this thread's signal handlers from hooking or
+    /// unhooking anything until it returns (the agent's fast path holds its thread's reentrancy
+    /// guard, so a handler's hooks take their slow path, which leaves the stack alone).
     ///
     /// # Safety
     /// As for [`ShadowStack::hook`], and a signal handler interrupting it on this thread does not
@@ -237,35 +316,32 @@ impl ShadowStack {
     #[inline(always)]
     pub unsafe fn try_hook_fast(&mut self, slot: *mut u64, function: u64, trampoline: u64) -> bool {
         let at = slot as u64;
-        let len = self.frames.len();
-        // One test for both flags (either set: the slow path), and one for room: `capacity` never
-        // exceeds the vector's (see `ShadowStack::boxed`).
-        if (self.busy | self.restored) != 0 || len >= self.capacity {
+        let top = self.top;
+        // Room, the stack free and nothing restored, in one comparison (see `fast_limit`: null
+        // while the stack is in use or frames are restored).
+        if top >= self.fast_limit {
             return false;
         }
-        let base = self.frames.as_mut_ptr();
+        // SAFETY: `top` is the innermost frame or the sentinel, both initialised.
+        let top_slot = unsafe { (*top).slot };
+        // The usual nesting: the innermost hooked frame is a caller, its slot above this one.
+        // Anything else (a frame proven dead, a tail call reusing its caller's hooked slot, a
+        // frame on another stack) is left to `hook`, which tells them apart.
+        if top_slot <= at {
+            return false;
+        }
         // SAFETY: the caller guarantees `slot` is this function's live return-address word.
         let ret = unsafe { slot.read() };
-        if len != 0 {
-            // SAFETY: `len - 1` is an initialised element of the vector.
-            let top_slot = unsafe { (*base.add(len - 1)).slot };
-            // The usual nesting: the innermost hooked frame is a caller, its slot above this one.
-            // Anything else (a frame proven dead, a tail call reusing its caller's hooked slot, a
-            // frame on another stack) is left to `hook`, which tells them apart.
-            if top_slot <= at {
-                return false;
-            }
-        }
-        // SAFETY: `len` is below `capacity`, so below the vector's capacity (checked above): the
-        // element is in its buffer; it is initialised word by word before the length covers it.
-        // `base` is still the buffer: only this thread changes the vector, and a signal handler
-        // interrupting it leaves the stack alone (the caller's contract).
+        // SAFETY: `top` is below `fast_limit`, the last place in the buffer: the place above it
+        // is in the buffer too; it is written word by word before `top` covers it. Only this
+        // thread changes the stack, and a signal handler interrupting it leaves it alone (the
+        // caller's contract).
         unsafe {
-            let frame = base.add(len);
+            let frame = top.add(1);
             (&raw mut (*frame).ret).write_volatile(ret);
             (&raw mut (*frame).function).write_volatile(function);
             (&raw mut (*frame).slot).write_volatile(at);
-            self.frames.set_len(len + 1);
+            self.top = frame;
             slot.write(trampoline);
         }
         true
@@ -277,13 +353,13 @@ impl ShadowStack {
     /// a time, as [`ShadowStack::try_hook_fast`].
     #[inline(always)]
     pub fn try_unhook_fast(&mut self, slot: u64) -> Option<(u64, u64)> {
-        let len = self.frames.len();
-        if (self.busy | self.restored) != 0 || len == 0 {
+        // The stack free and nothing restored (see `fast_limit`).
+        if self.fast_limit.is_null() {
             return None;
         }
-        // SAFETY: `len - 1` is an initialised element of the vector.
-        let top = unsafe { self.frames.as_ptr().add(len - 1) };
-        // SAFETY: as above.
+        let top = self.top;
+        // SAFETY: `top` is the innermost frame or the sentinel, both initialised; the sentinel's
+        // slot equals no real one, so a match is a hooked frame.
         let (ret, function, at) = unsafe {
             (
                 (&raw const (*top).ret).read_volatile(),
@@ -294,8 +370,8 @@ impl ShadowStack {
         if at != slot {
             return None;
         }
-        // SAFETY: one initialised element fewer; `Frame` needs no drop.
-        unsafe { self.frames.set_len(len - 1) };
+        // SAFETY: a hooked frame (not the sentinel): the place below it is in the buffer.
+        self.top = unsafe { top.sub(1) };
         Some((ret, function))
     }
 
@@ -316,14 +392,14 @@ impl ShadowStack {
         trampolines: Trampolines,
         dead: &mut impl FnMut(&Frame),
     ) {
-        while let Some(top) = self.frames.last() {
-            if !self.is_dead(top, at, ret, trampolines) {
+        while let Some(top) = self.last() {
+            if !self.is_dead(&top, at, ret, trampolines) {
                 break;
             }
-            dead(top);
-            self.frames.pop();
+            dead(&top);
+            self.pop();
         }
-        self.restored = self.restored.min(self.frames.len() as u32);
+        self.clamp_restored();
     }
 
     /// The frame the trampoline was entered for: `slot` is the trampoline's stack pointer minus 8.
@@ -333,20 +409,20 @@ impl ShadowStack {
     #[inline(always)]
     pub fn unhook(&mut self, slot: u64, mut skipped: impl FnMut(&Frame)) -> Option<Frame> {
         // The innermost frame, nearly always.
-        if let Some(&top) = self.frames.last() {
+        if let Some(top) = self.last() {
             if top.slot == slot {
-                self.frames.pop();
-                self.restored = self.restored.min(self.frames.len() as u32);
+                self.pop();
+                self.clamp_restored();
                 return Some(top);
             }
         }
-        let i = self.frames.iter().rposition(|f| f.slot == slot)?;
-        while self.frames.len() > i + 1 {
-            let f = self.frames.pop()?;
+        let i = self.frames().iter().rposition(|f| f.slot == slot)?;
+        while self.len() > i + 1 {
+            let f = self.pop()?;
             skipped(&f);
         }
-        let f = self.frames.pop();
-        self.restored = self.restored.min(self.frames.len() as u32);
+        let f = self.pop();
+        self.clamp_restored();
         f
     }
 
@@ -357,7 +433,7 @@ impl ShadowStack {
     /// Every pushed frame's slot is still a writable word of this thread's memory (a dead frame's
     /// slot lies below the stack pointer, in the thread's stack or alternate stack mapping).
     pub unsafe fn restore_all(&mut self, trampolines: Trampolines) {
-        for f in &self.frames[self.restored as usize..] {
+        for f in &self.frames()[self.restored as usize..] {
             let slot = f.slot as *mut u64;
             // SAFETY: the caller guarantees the slot is writable; a slot that no longer holds a
             // trampoline belongs to a dead frame whose word was reused, and is left alone.
@@ -367,7 +443,8 @@ impl ShadowStack {
                 }
             }
         }
-        self.restored = self.frames.len() as u32;
+        self.restored = self.len() as u32;
+        self.refresh_limit();
     }
 
     /// Re-hooks restored frames that are still live: on the thread's stack above `at` (a hook's
@@ -375,7 +452,7 @@ impl ShadowStack {
     /// get `trampolines.written`, whichever kind hooked them first: either returns correctly (a
     /// library call's frame re-hooked with the jumping kind costs one mispredicted return).
     fn rehook_live(&mut self, at: u64, trampolines: Trampolines) {
-        for f in &self.frames {
+        for f in self.frames() {
             if f.slot > at && self.on_thread_stack(f.slot) && self.on_thread_stack(at) {
                 let slot = f.slot as *mut u64;
                 // SAFETY: a slot above a live hook's slot on this thread's stack is a live frame's
@@ -388,16 +465,18 @@ impl ShadowStack {
             }
         }
         self.restored = 0;
+        self.refresh_limit();
     }
 
     /// Makes a used stack like a new one, for a thread whose stack is `bounds` (reuse after the
     /// thread that had it ended).
     pub fn reset(&mut self, bounds: (u64, u64)) {
-        self.frames.clear();
+        self.top = self.base;
         self.busy = 0;
         self.restored = 0;
         self.overflows = 0;
         self.bounds = bounds;
+        self.refresh_limit();
     }
 
     /// After an unwind that ended in a frame whose stack pointer is `sp` (a `catch`): frames on
@@ -416,7 +495,7 @@ impl ShadowStack {
         if !self.on_thread_stack(sp) {
             return;
         }
-        while let Some(top) = self.frames.last() {
+        while let Some(top) = self.last() {
             // The frame whose slot is just below `sp` is the one the current call returns from:
             // gone if the word holds another return address now (the catching frame's call
             // reused it), live if it still holds a trampoline (a hooked function tail-called
@@ -427,10 +506,10 @@ impl ShadowStack {
             if !(top.slot < sp && !live_tail && self.on_thread_stack(top.slot)) {
                 break;
             }
-            gone(top);
-            self.frames.pop();
+            gone(&top);
+            self.pop();
         }
-        self.restored = self.restored.min(self.frames.len() as u32);
+        self.clamp_restored();
         if self.restored != 0 {
             self.rehook_live(sp - 8, trampolines);
         }
@@ -438,10 +517,11 @@ impl ShadowStack {
 
     /// Forgets every frame without touching the stack (a thread that ends).
     pub fn clear(&mut self, mut dropped: impl FnMut(&Frame)) {
-        while let Some(f) = self.frames.pop() {
+        while let Some(f) = self.pop() {
             dropped(&f);
         }
         self.restored = 0;
+        self.refresh_limit();
     }
 }
 
@@ -911,6 +991,49 @@ mod tests {
         unsafe { st.restore_all(TRAMPS) };
         assert_eq!(st.try_unhook_fast(s.slot(30) as u64), None, "restored");
         assert_eq!(st.len(), 2);
+    }
+
+    #[test]
+    fn try_fast__empty_restored_then_resumed__then_declined_until_every_frame_is_hooked_again() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(8, s.bounds());
+        // Empty: no frame to unhook (the sentinel's slot matches none).
+        assert_eq!(st.try_unhook_fast(s.slot(60) as u64), None);
+        assert_eq!(st.try_unhook_fast(u64::MAX - 7), None);
+        s.0[60] = 101;
+        // SAFETY: words of our fake stack.
+        unsafe {
+            assert!(st.try_hook_fast(s.slot(60), 1, TRAMP));
+            st.restore_all(TRAMPS);
+            s.0[40] = 103;
+            assert!(!st.try_hook_fast(s.slot(40), 2, TRAMP), "restored");
+            assert_eq!(st.try_unhook_fast(s.slot(60) as u64), None, "restored");
+            // Caught in function 1: it is hooked again, and the fast paths take over.
+            st.resume_at(s.slot(59) as u64, TRAMPS, |_| panic!("live"));
+            assert!(st.try_hook_fast(s.slot(40), 2, TRAMP));
+        }
+        assert_eq!(st.try_unhook_fast(s.slot(40) as u64), Some((103, 2)));
+        assert_eq!(st.try_unhook_fast(s.slot(60) as u64), Some((101, 1)));
+        assert!(st.is_empty());
+        assert!(st.frames().is_empty());
+    }
+
+    #[test]
+    fn reset__after_frames_and_a_busy_stack__then_empty_and_fast_again() {
+        let mut s = Stack::new();
+        let mut st = ShadowStack::boxed(2, s.bounds());
+        // SAFETY: words of our fake stack.
+        unsafe {
+            assert!(st.try_hook_fast(s.slot(60), 1, TRAMP));
+            assert!(st.try_hook_fast(s.slot(50), 2, TRAMP));
+            assert!(!st.try_hook_fast(s.slot(40), 3, TRAMP), "full");
+        }
+        assert!(st.try_enter());
+        st.reset((0, 0));
+        assert!(st.is_empty());
+        // SAFETY: as above.
+        assert!(unsafe { st.try_hook_fast(s.slot(40), 3, TRAMP) });
+        assert_eq!(st.frames().len(), 1);
     }
 
     #[test]
