@@ -576,7 +576,9 @@ pub struct Session {
     pub manifest: Manifest,
     /// Readable threads: the manifest's, in its order, then unlisted ones by id.
     pub threads: Vec<SessionThread>,
-    /// Problems that leave the session readable.
+    /// Problems that leave the session readable: first what opening the files found (the
+    /// session or a file not finished, a thread not listed, a file missing or unreadable), then
+    /// what checking the threads' events and their headers found, thread by thread.
     pub warnings: Vec<Warning>,
     /// Threads whose events are verified by the reader's own pass (see
     /// [`Session::open_deferred`]), in thread order.
@@ -586,8 +588,8 @@ pub struct Session {
 /// A thread of a [`Session::open_deferred`] session whose events are not verified yet.
 struct Pending {
     thread_id: u32,
-    /// Where its damage goes in `warnings`: where [`Session::open`] puts it, counted without the
-    /// damage of any other pending thread.
+    /// Where its damage goes in `warnings`: where [`Session::open`] puts it, after what opening
+    /// the files found, counted without the damage of any other pending thread.
     at: usize,
     /// What the reader's pass over its events found, once reported.
     found: Option<Vec<Damage>>,
@@ -705,6 +707,10 @@ impl Session {
         if !session.manifest.finished {
             session.warnings.push(Warning::Unfinished);
         }
+        // What checking the events and headers finds follows everything opening the files
+        // finds, so a reader checking the events as it shows them (`open_deferred`) can show
+        // every note about the files first.
+        let mut checked = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         let listed: Vec<(u32, bool)> = session
             .manifest
@@ -714,7 +720,7 @@ impl Session {
             .collect();
         for (id, has_detail) in listed {
             if seen.insert(id) {
-                session.open_thread(id, has_detail, deferred);
+                session.open_thread(id, has_detail, deferred, &mut checked);
             }
         }
         let mut unlisted: Vec<u32> = fs::read_dir(&session.dir)
@@ -728,8 +734,13 @@ impl Session {
             session
                 .warnings
                 .push(Warning::UnlistedThread { thread_id: id });
-            session.open_thread(id, false, deferred);
+            session.open_thread(id, false, deferred, &mut checked);
         }
+        let opened = session.warnings.len();
+        for p in &mut session.pending {
+            p.at = opened;
+        }
+        session.warnings.extend(checked);
         Ok(session)
     }
 
@@ -749,10 +760,16 @@ fn is_empty_file(path: &Path) -> bool {
 }
 
 impl Session {
-    /// Opens thread `id`'s files into `threads`, saying what is wrong with them in `warnings`;
-    /// `deferred`: its events' damage is left for the reader's pass (see
-    /// [`Session::open_deferred`]).
-    fn open_thread(&mut self, id: u32, has_detail: bool, deferred: bool) {
+    /// Opens thread `id`'s files into `threads`, saying what is wrong with them in `warnings`,
+    /// and what checking its events and headers found in `checked`; `deferred`: its events'
+    /// damage is left for the reader's pass (see [`Session::open_deferred`]).
+    fn open_thread(
+        &mut self,
+        id: u32,
+        has_detail: bool,
+        deferred: bool,
+        checked: &mut Vec<Warning>,
+    ) {
         let clock_type = self.manifest.clock_type;
         let unfinished = !self.manifest.finished;
         let (threads, warnings) = (&mut self.threads, &mut self.warnings);
@@ -829,7 +846,7 @@ impl Session {
         let mut damage = match verified {
             Ok(damage) => damage,
             Err(error) => {
-                warnings.push(Warning::ThreadUnreadable {
+                checked.push(Warning::ThreadUnreadable {
                     thread_id: id,
                     error,
                 });
@@ -873,12 +890,13 @@ impl Session {
         if deferred {
             self.pending.push(Pending {
                 thread_id: id,
-                at: warnings.len(),
+                // Set once every file is open.
+                at: 0,
                 found: None,
                 rest: damage,
             });
         } else {
-            warnings.extend(damage.into_iter().map(Warning::Damaged));
+            checked.extend(damage.into_iter().map(Warning::Damaged));
         }
         threads.push(SessionThread { id, index, detail });
     }
