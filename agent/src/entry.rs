@@ -240,14 +240,14 @@ pub(crate) fn enter_fast(slot: *mut u64, function: u64) -> u64 {
     crate::hook::fast(
         FAST_DECLINED,
         #[inline(always)]
-        |st, sh| {
+        |st, sh, fenced| {
             // SAFETY: this thread's own shadow stack (made by it, never freed while it runs);
             // `slot` is the entered function's return-address word, on this thread's stack (the
             // naked hook computed it from the frame the compiler set up); a signal handler
             // interrupting this finds the thread busy, so its hooks leave the stack alone.
             if !sh.is_null() && unsafe { (*sh).try_hook_fast(slot, function, trampoline()) } {
-                // SAFETY: `fast` runs this only on a state it found ready.
-                unsafe { crate::hook::record_fast(st, CALL, function) }
+                // SAFETY: `fast` runs this only on a state it found ready, `fenced` as found.
+                unsafe { crate::hook::record_fast(st, fenced, CALL, function) }
             } else {
                 FAST_DECLINED
             }
@@ -266,11 +266,11 @@ extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
         declined,
         #[inline(always)]
         // SAFETY: this thread's own shadow stack, if it has one.
-        |st, sh| match unsafe { sh.as_mut() }.and_then(|sh| sh.try_unhook_fast(slot)) {
+        |st, sh, fenced| match unsafe { sh.as_mut() }.and_then(|sh| sh.try_unhook_fast(slot)) {
             Some((ret, function)) => retstack::FastReturn {
                 ret,
-                // SAFETY: `fast` runs this only on a state it found ready.
-                code: unsafe { crate::hook::record_fast(st, RETURN, function) },
+                // SAFETY: `fast` runs this only on a state it found ready, `fenced` as found.
+                code: unsafe { crate::hook::record_fast(st, fenced, RETURN, function) },
             },
             None => declined,
         },

@@ -128,8 +128,8 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
     let code = fast(
         FAST_DECLINED,
         #[inline(always)]
-        // SAFETY: `fast` runs this only on a state it found `ready_fast`.
-        |st, _| unsafe { record_fast(st, kind, function) },
+        // SAFETY: `fast` runs this only on a state it found `ready_fast`, `fenced` as it found.
+        |st, _, fenced| unsafe { record_fast(st, fenced, kind, function) },
     );
     if code != FAST_DONE {
         event_slow(code, kind, function);
@@ -260,10 +260,20 @@ pub(crate) const FAST_RECLAIM: u64 = 3;
 /// clock, no detail records and an index lane of fixed-size records (one word for all four, see
 /// `ThreadState::gate`: the entry-only hooks count on the decline to record registers), and
 /// room in the active ring (acceptance is the handshake's to check: a stopped one refuses in
-/// `SlotWriter::open`). Reads only.
+/// `SlotWriter::open`), `fenced` saying whether its writer may still keep the fence (the gate's
+/// [`FENCED`](crate::state::FENCED)). Reads only.
 #[inline(always)]
-pub(crate) fn ready_fast(st: &mut ThreadState) -> bool {
-    st.gate == 0 && st.index.room_for_words::<{ ::event::SIZE / 8 }>()
+pub(crate) fn ready_fast(st: &mut ThreadState, fenced: bool) -> bool {
+    let open = if fenced {
+        // Loaded again (volatile), so the unfenced test compares the gate in memory with zero
+        // instead of loading it into a register for both.
+        // SAFETY: a plain field of this thread's state, valid and aligned.
+        let gate = unsafe { core::ptr::read_volatile(&st.gate) };
+        gate == crate::state::FENCED
+    } else {
+        st.gate == 0
+    };
+    open && st.index.room_for_words::<{ ::event::SIZE / 8 }>()
 }
 
 /// What a fast path answers: a code, alone or with more (see `retstack::FastReturn`).
@@ -297,16 +307,17 @@ impl FastAnswer for retstack::FastReturn {
 }
 
 /// The fast paths' frame: when this thread already has its presence seat and its state in the
-/// live attachment, and the state is [`ready_fast`], runs `f` on it and the thread's shadow stack
-/// (null if it has none yet) inside and busy; else answers `declined` having changed nothing. A thread that leaves last while an
-/// attachment waits to be freed turns a [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls nothing and
-/// leaves the vector registers alone (so must `f`): the naked hooks save those only when the
-/// answer is not [`FAST_DONE`]. `f` runs only on a state found [`ready_fast`], and may record one
+/// live attachment, and the state is [`ready_fast`], runs `f` on it, the thread's shadow stack
+/// (null if it has none yet) and whether its writer may keep the fence (a constant in each of
+/// the two places `f` is inlined), inside and busy; else answers `declined` having changed
+/// nothing. A thread that leaves last while an attachment waits to be freed turns a
+/// [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls nothing and leaves the vector registers alone (so
+/// must `f`): the naked hooks save those only when the answer is not [`FAST_DONE`]. `f` runs only on a state found [`ready_fast`], and may record one
 /// event with [`record_fast`].
 #[inline(always)]
 pub(crate) fn fast<A: FastAnswer>(
     declined: A,
-    f: impl FnOnce(&mut ThreadState, *mut retstack::ShadowStack) -> A,
+    f: impl FnOnce(&mut ThreadState, *mut retstack::ShadowStack, bool) -> A,
 ) -> A {
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
@@ -331,13 +342,27 @@ pub(crate) fn fast<A: FastAnswer>(
         // SAFETY: the live generation's state of this thread (see `free_state`), kept mapped
         // while it is inside; a signal handler on this thread is kept out by its `gate`.
         let st = unsafe { &mut *state };
-        if ready_fast(st) {
-            // The gate was zero (`ready_fast`): busy is all it holds until it is zero again.
+        // Two copies of `f`, one for each writer's fence, chosen by one test of the gate.
+        if ready_fast(st, false) {
+            // The gate was zero: busy is all it holds until it is zero again (an unfenced
+            // writer stays so).
             st.gate = crate::state::BUSY;
             compiler_fence(SeqCst);
-            let answer = f(st, shadow);
+            let answer = f(st, shadow, false);
             compiler_fence(SeqCst);
             st.gate = 0;
+            answer
+        } else if ready_fast(st, true) {
+            st.set_busy(true);
+            compiler_fence(SeqCst);
+            let answer = f(st, shadow, true);
+            compiler_fence(SeqCst);
+            // Kept: `FENCED`, or its absence once the write section's opening dropped it. A
+            // volatile store, so the compiler keeps it apart from the unfenced copy's (which then
+            // stores a constant, not a value the two copies share).
+            let gate = st.gate & !crate::state::BUSY;
+            // SAFETY: a plain field of this thread's state, valid and aligned.
+            unsafe { core::ptr::write_volatile(&mut st.gate, gate) };
             answer
         } else {
             declined
@@ -352,16 +377,27 @@ pub(crate) fn fast<A: FastAnswer>(
 }
 
 /// [`record`] on the fast path (the caller checked [`ready_fast`] since this thread's last event,
-/// and holds `busy`): calls nothing
+/// which answered `fenced`, and holds `busy`): calls nothing
 /// and leaves the vector registers alone. [`FAST_DONE`], or [`FAST_REFUSED`] when the stop came
 /// in between (the event is counted as a shutdown drop; the caller's hook runs [`after_fast`]).
 ///
 /// # Safety
-/// [`ready_fast`] returned true for `st` since this thread's last event.
+/// [`ready_fast`] returned true for `st` and `fenced` since this thread's last event.
 #[inline(always)]
-pub(crate) unsafe fn record_fast(st: &mut ThreadState, kind: u32, function: u64) -> u64 {
+pub(crate) unsafe fn record_fast(
+    st: &mut ThreadState,
+    fenced: bool,
+    kind: u32,
+    function: u64,
+) -> u64 {
     let depth = step_depth(st, kind);
-    let Some(section) = crate::thread::open_section(st) else {
+    let section = if fenced {
+        crate::thread::open_section(st)
+    } else {
+        // The gate said the writer is unfenced: nothing to test.
+        st.writer.open_unfenced()
+    };
+    let Some(section) = section else {
         return FAST_REFUSED;
     };
     let thread_kind = if kind == CALL {

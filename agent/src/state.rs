@@ -33,11 +33,14 @@ unsafe impl Send for Agent {}
 
 /// Everything a registered thread's hot path needs, in agent-private memory.
 pub(crate) struct ThreadState {
-    /// The fast path's one test, zero when it may run: [`BUSY`] while this thread is inside a hook
-    /// (the reentrancy guard), and [`SLOW_ONLY`] for good when its events may not take the fast
-    /// path at all, fixed at registration (see `hook::ready_fast`: the clock does not read the
-    /// TSC, detail records are on, or the index lane does not hold fixed-size records of one
-    /// event).
+    /// The fast path's one test, zero when it may run unfenced: [`BUSY`] while this thread is
+    /// inside a hook (the reentrancy guard); [`SLOW_ONLY`] for good when its events may not take
+    /// the fast path at all, fixed at registration (see `hook::ready_fast`: the clock does not
+    /// read the TSC, detail records are on, or the index lane does not hold fixed-size records of
+    /// one event); [`FENCED`] while `writer` may keep its fence (set at registration from the
+    /// writer's flag, which only `thread::open_section` changes afterwards, clearing this with
+    /// it): the fast path then runs its fenced copy, and without it opens its write section
+    /// without testing the writer's flag.
     pub(crate) gate: u32,
     /// Current call depth.
     pub(crate) depth: u32,
@@ -75,6 +78,8 @@ pub(crate) struct ThreadState {
 pub(crate) const BUSY: u32 = 1;
 /// [`ThreadState::gate`]: never the fast path.
 pub(crate) const SLOW_ONLY: u32 = 2;
+/// [`ThreadState::gate`]: the writer may keep its fence.
+pub(crate) const FENCED: u32 = 4;
 
 impl ThreadState {
     /// Whether this thread is inside a hook (see [`ThreadState::gate`]).

@@ -96,6 +96,10 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                     0
                 } else {
                     crate::state::SLOW_ONLY
+                } | if writer.fenced() {
+                    crate::state::FENCED
+                } else {
+                    0
                 },
                 stop_seen: false,
                 settle_pauses: 0,
@@ -155,11 +159,16 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
 
 /// Enters this thread's write section of the stop handshake (`None`: refused, counted), dropping
 /// its fence first once its process is registered for the stopper's membarrier (a thread that
-/// registered its slot while the registration was pending). Unfenced, the flag is tested once.
+/// registered its slot while the registration was pending), and its gate's
+/// [`FENCED`](crate::state::FENCED) with it. Unfenced, the flag is tested once.
 #[inline(always)]
 pub(crate) fn open_section(st: &mut ThreadState) -> Option<WriteSection> {
     let reg = &st.agent.reg;
-    st.writer.open(|| crate::process::producers_must_fence(reg))
+    let section = st.writer.open(|| crate::process::producers_must_fence(reg));
+    if !st.writer.fenced() {
+        st.gate &= !crate::state::FENCED;
+    }
+    section
 }
 
 /// The pthread key destructor: re-arms itself for two more rounds (so it runs after other keys'

@@ -83,6 +83,30 @@ fn agent__nested_calls_in_four_threads__then_every_event_recorded_exactly() {
     assert_eq!(run.attempted(), 4 * (2 + 6 * n) + 2);
 }
 
+/// The fenced handshake (every write section fences): the fast path's fenced copy records the
+/// same events, exactly, as the unfenced one.
+#[test]
+fn agent__nested_calls_in_four_threads_fenced__then_every_event_recorded_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "nested", NESTED, &[]);
+    let config = registry::RegionConfig {
+        handshake: registry::Handshake::Fence,
+        ..common::config()
+    };
+    let run = run_with(&config, &[], &prog, &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    run.assert_accounting();
+    let n = run.value("n");
+    let main_pid = run.threads.iter().find(|t| t.tid == t.pid).unwrap().pid;
+    for w in run.threads.iter().filter(|t| t.tid != main_pid) {
+        assert_eq!(w.events.len() as u64, 2 + 6 * n, "{:?}", w.counts);
+        assert_nested(&w.events, 0);
+        assert_eq!(w.counts.dropped(), 0, "{:?}", w.counts);
+    }
+    assert_eq!(run.attempted(), 4 * (2 + 6 * n) + 2);
+}
+
 const MANY_THREADS: &str = r#"
 #include <pthread.h>
 #include <stdio.h>

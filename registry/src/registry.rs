@@ -289,6 +289,15 @@ impl<B: Backend> SlotWriter<'_, B> {
         self.enter(false)
     }
 
+    /// [`Self::open`] for a writer its caller knows to be unfenced (it keeps track of
+    /// [`Self::fenced`] itself): tests nothing before entering. On a fenced writer it would leave
+    /// out the fence the stopper counts on.
+    #[inline(always)]
+    pub fn open_unfenced(&self) -> Option<WriteSection> {
+        debug_assert!(!self.fenced, "open_unfenced on a fenced writer");
+        self.enter(false)
+    }
+
     /// The entry of [`Self::begin`] and [`Self::open`], with the producer barrier `fenced` chose.
     #[inline(always)]
     fn enter(&self, fenced: bool) -> Option<WriteSection> {

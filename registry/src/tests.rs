@@ -293,6 +293,31 @@ fn writer__open_and_close__then_counted_and_seen_by_the_stopper() {
 }
 
 #[test]
+fn writer__open_unfenced__then_counted_and_seen_by_the_stopper_as_open() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let mut me = reg.register(1, 1).unwrap();
+    // SAFETY: the only producer of this slot.
+    let mut tx = unsafe { me.lanes.index.producer() };
+    me.writer.set_fenced(false);
+    let section = me.writer.open_unfenced().unwrap();
+    tx.push(&[1; 32]).unwrap();
+    me.writer.close(section);
+    let section = me.writer.open_unfenced().unwrap();
+    tx.push(&[2; 32]).unwrap();
+    // Left open: the stopper sees this section and reports it once the wait times out.
+    let report = reg.stop_accepting(Duration::from_millis(5));
+    assert_eq!(report.stragglers.len(), 1);
+    me.writer.close(section);
+    // Stopped: refused, counted, and nothing left open.
+    assert!(me.writer.open_unfenced().is_none());
+    assert!(reg.stop_now().is_empty());
+    let c = reg.counts(me.slot).unwrap();
+    assert_eq!((c.attempted, c.accepted, c.shutdown), (3, 2, 1));
+    assert!(c.balanced(), "{c:?}");
+}
+
+#[test]
 fn registry__writer_inside_section__then_stop_reports_straggler_after_timeout() {
     let r = region(64);
     let reg = r.registry().unwrap();
