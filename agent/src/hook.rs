@@ -92,7 +92,8 @@ extern "C" fn exit_fast(this_fn: usize, _call_site: usize) {
 }
 
 extern "C" fn with_registers(this_fn: usize, _call_site: usize, kind: u32, regs: *const u64) {
-    event(kind, this_fn as u64, regs);
+    // The hook's frame, never null: the full path, without a copy of the fast one.
+    inside(|st| record(st, kind, this_fn as u64, regs));
 }
 
 /// This thread's state, registering it if needed, when it is not inside a hook already. `None`:
@@ -173,7 +174,8 @@ pub(crate) fn record(
     // handler interrupting it), so the compiler must not move the hook's work above it.
     compiler_fence(SeqCst);
     let depth = step_depth(st, kind);
-    if let Some(section) = crate::thread::open_section(st) {
+    let fenced = st.gate & crate::state::FENCED != 0;
+    if let Some(section) = crate::thread::open_section(st, fenced) {
         let ts = st.clock.now_ns();
         let detail_seq = if regs.is_null() {
             NO_DETAIL
@@ -391,13 +393,7 @@ pub(crate) unsafe fn record_fast(
     function: u64,
 ) -> u64 {
     let depth = step_depth(st, kind);
-    let section = if fenced {
-        crate::thread::open_section(st)
-    } else {
-        // The gate said the writer is unfenced: nothing to test.
-        st.writer.open_unfenced()
-    };
-    let Some(section) = section else {
+    let Some(section) = crate::thread::open_section(st, fenced) else {
         return FAST_REFUSED;
     };
     let thread_kind = if kind == CALL {

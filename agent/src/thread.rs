@@ -157,12 +157,16 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
     }
 }
 
-/// Enters this thread's write section of the stop handshake (`None`: refused, counted), dropping
-/// its fence first once its process is registered for the stopper's membarrier (a thread that
-/// registered its slot while the registration was pending), and its gate's
-/// [`FENCED`](crate::state::FENCED) with it. Unfenced, the flag is tested once.
+/// Enters this thread's write section of the stop handshake (`None`: refused, counted).
+/// `fenced`: its gate's [`FENCED`](crate::state::FENCED), as the caller read it. Unfenced, it
+/// tests nothing more; fenced, it drops the fence first once its process is registered for the
+/// stopper's membarrier (a thread that registered its slot while the registration was pending),
+/// and the gate's `FENCED` with it.
 #[inline(always)]
-pub(crate) fn open_section(st: &mut ThreadState) -> Option<WriteSection> {
+pub(crate) fn open_section(st: &mut ThreadState, fenced: bool) -> Option<WriteSection> {
+    if !fenced {
+        return st.writer.open_unfenced();
+    }
     let reg = &st.agent.reg;
     let section = st.writer.open(|| crate::process::producers_must_fence(reg));
     if !st.writer.fenced() {
