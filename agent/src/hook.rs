@@ -407,8 +407,7 @@ pub(crate) unsafe fn record_fast(
         st.clock.tsc_to_ns(registry::clock::rdtsc()),
         function | st.tag,
         thread_kind,
-        depth,
-        NO_DETAIL,
+        u64::from(depth) | st.no_detail_word,
     );
     // SAFETY: `ready_fast` found room for one record (the caller's contract) in a lane whose
     // rings hold such records (`gate` is zero only then), and only this thread fills the ring.

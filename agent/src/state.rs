@@ -55,6 +55,10 @@ pub(crate) struct ThreadState {
     pub(crate) call_word: u64,
     /// The same for its returns.
     pub(crate) return_word: u64,
+    /// The fourth word of a record without detail, its depth left 0
+    /// (`event::Record::depth_detail_word(0, NO_DETAIL)`): the fast path ORs the depth into it,
+    /// one instruction, where building it took two (a 64-bit constant is no immediate).
+    pub(crate) no_detail_word: u64,
     pub(crate) slot: u32,
     /// Index events accepted so far: the position the next one takes in index.atf, for a
     /// detail record to link to. Counted by the full path only: the fast path is taken only by

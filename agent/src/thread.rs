@@ -107,6 +107,7 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
                 tid,
                 call_word: ::event::Record::thread_kind_word(tid, ::event::CALL),
                 return_word: ::event::Record::thread_kind_word(tid, ::event::RETURN),
+                no_detail_word: ::event::Record::depth_detail_word(0, ::event::NO_DETAIL),
                 slot: r.slot,
                 index_seq: 0,
                 detail_seq: 0,

@@ -76,8 +76,7 @@ impl Record {
             self.timestamp_ns,
             self.function_id,
             Self::thread_kind_word(self.thread_id, self.kind),
-            self.call_depth,
-            self.detail_seq,
+            Self::depth_detail_word(self.call_depth, self.detail_seq),
         )
     }
 
@@ -89,22 +88,25 @@ impl Record {
         thread_id as u64 | (kind as u64) << 32
     }
 
+    /// The fourth of [`Record::to_words`]: `call_depth` and `detail_seq`. A writer whose records
+    /// share one `detail_seq` can make `depth_detail_word(0, detail_seq)` once and OR each
+    /// record's depth into it.
+    #[inline(always)]
+    pub const fn depth_detail_word(call_depth: u32, detail_seq: u32) -> u64 {
+        call_depth as u64 | (detail_seq as u64) << 32
+    }
+
     /// [`Record::to_words`] of the record with these fields, its thread id and kind given as
-    /// their word ([`Record::thread_kind_word`]).
+    /// their word ([`Record::thread_kind_word`]), its depth and detail sequence as theirs
+    /// ([`Record::depth_detail_word`]).
     #[inline(always)]
     pub const fn words_with(
         timestamp_ns: u64,
         function_id: u64,
         thread_kind: u64,
-        call_depth: u32,
-        detail_seq: u32,
+        depth_detail: u64,
     ) -> [u64; SIZE / 8] {
-        [
-            timestamp_ns,
-            function_id,
-            thread_kind,
-            call_depth as u64 | (detail_seq as u64) << 32,
-        ]
+        [timestamp_ns, function_id, thread_kind, depth_detail]
     }
 
     /// The 32 little-endian bytes of this record.
@@ -510,13 +512,13 @@ mod tests {
             );
         }
         let thread_kind = Record::thread_kind_word(r.thread_id, r.kind);
+        let no_detail = Record::depth_detail_word(0, NO_DETAIL);
         assert_eq!(
             Record::words_with(
                 r.timestamp_ns,
                 r.function_id,
                 thread_kind,
-                0x3132_3334,
-                NO_DETAIL
+                0x3132_3334 | no_detail
             ),
             r.to_words()
         );
