@@ -9,8 +9,10 @@
 //!   lanes are empty. After the stop handshake, [`Drain::final_drain`] empties every lane (exited
 //!   threads and, for a crashed target, the active detail windows included) and finishes every
 //!   file; [`Drain::finish`] writes the final manifest with the accounting and fsyncs the session.
-//! - [`DrainThread`]: the thread that runs passes, sleeping adaptively when idle and woken at once
-//!   through an eventfd ([`Waker`]) when the shutdown manager wants the final drain to start.
+//! - [`DrainThread`]: the thread that runs passes, sleeping between them as long as the busiest
+//!   lane's pace allows (so it preempts a busy target less often), adaptively when idle, and
+//!   woken at once through an eventfd ([`Waker`]) when the shutdown manager wants the final drain
+//!   to start.
 //! - Two helper threads that keep the drain off the file system's slow paths: one makes each new
 //!   thread's directory and event file (the thread's lanes are drained from the pass after it is
 //!   made, see [`Drain::files_on_helper`]), one starts the writeback of what was written (see
@@ -143,6 +145,9 @@ pub struct LiveStats {
 pub struct Pass {
     /// Bytes moved from the lanes to the files.
     pub bytes: u64,
+    /// The most bytes moved from one thread's index lane: what the fastest producer wrote since
+    /// the previous pass (the drain thread sizes its sleep from it).
+    pub busiest: u64,
 }
 
 /// How the recording ended, for the final manifest.
@@ -279,6 +284,8 @@ pub struct Drain<'r, B: Backend = StdBackend> {
     pending: std::collections::BTreeSet<create::FileKey>,
     /// The first file the helper failed to make, not yet returned by a pass.
     create_error: Option<DrainError>,
+    /// The most bytes the current pass moved from one index lane (see [`Pass::busiest`]).
+    busiest: u64,
 }
 
 /// How often the target's manifest is rewritten during the passes when following processes.
@@ -361,6 +368,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             creator_off: core::any::TypeId::of::<B>() != core::any::TypeId::of::<StdBackend>(),
             pending: Default::default(),
             create_error: None,
+            busiest: 0,
         })
     }
 
@@ -472,6 +480,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         self.registry.beat(registry::clock::boottime_ns());
         self.collect_files(false);
         let mut moved = 0;
+        self.busiest = 0;
         for info in self.slots_in_registration_order() {
             if stop() {
                 break;
@@ -500,7 +509,10 @@ impl<'r, B: Backend> Drain<'r, B> {
         if let Some(e) = self.create_error.take() {
             return Err(e);
         }
-        Ok(Pass { bytes: moved })
+        Ok(Pass {
+            bytes: moved,
+            busiest: self.busiest,
+        })
     }
 
     /// The final drain, after the stop handshake: passes until every lane is empty, then the active
@@ -878,6 +890,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             self.stats.ring_bytes += r.bytes;
         }
         moved += r.bytes;
+        self.busiest = self.busiest.max(r.bytes);
         self.stats.rings_returned += r.rings_returned;
         // Detail lane: submitted rings only (the active one is the flight recorder's window);
         // marked windows are persisted, unmarked ones discarded (counted in `thread_entry`).
