@@ -18,6 +18,9 @@ use crate::{ClockType, EventFormat};
 
 /// File name of the manifest inside a pid directory.
 const MANIFEST: &str = "manifest.json";
+/// The session's names so far, beside its `pid_<pid>` directories (see
+/// [`SessionLayout::write_names`]).
+const NAMES: &str = "names.json";
 
 /// fsyncs a directory, so the entries created or renamed in it survive a crash.
 pub fn fsync_dir(dir: impl AsRef<Path>) -> Result<()> {
@@ -337,6 +340,29 @@ impl SessionLayout {
     /// manifests.
     pub fn write_manifest_unsynced(&self, manifest: &mut Manifest) -> Result<()> {
         manifest.write_atomic_unsynced_in(&*self.fs, &self.pid, MANIFEST)
+    }
+
+    /// Writes the names of the session's functions known so far to `<session>/names.json`, as
+    /// the tracer learns them: `names` is a manifest of which only `modules` and `symbols` count
+    /// (every process image's, their addresses tagged by image, so one file serves every
+    /// process). Atomic and durable as [`write_manifest`](Self::write_manifest), through the
+    /// session directory's handle. A reader whose manifest lists no modules and no symbols (the
+    /// tracer was killed before its final manifest) takes them from this file.
+    pub fn write_names(&self, names: &mut Manifest) -> Result<()> {
+        names.write_atomic_in(&*self.fs, &self.session, NAMES)
+    }
+
+    /// Removes `<session>/names.json` (see [`write_names`](Self::write_names)) once every
+    /// manifest holds its names; nothing if there is none.
+    pub fn remove_names(&self) -> Result<()> {
+        match self.session.remove_file(NAMES) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(
+                &self.session.join(NAMES),
+                "remove the names kept while recording",
+                e,
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Reads the manifest back through the process directory's handle.
@@ -707,6 +733,7 @@ impl Session {
         if !session.manifest.finished {
             session.warnings.push(Warning::Unfinished);
         }
+        session.names_beside();
         // What checking the events and headers finds follows everything opening the files
         // finds, so a reader checking the events as it shows them (`open_deferred`) can show
         // every note about the files first.
@@ -742,6 +769,31 @@ impl Session {
         }
         session.warnings.extend(checked);
         Ok(session)
+    }
+
+    /// A manifest without modules and symbols (its tracer was killed before writing the final
+    /// one) takes those of the session's `names.json`, if there is one; one that cannot be read
+    /// is a warning, and the functions are shown by address.
+    fn names_beside(&mut self) {
+        if !self.manifest.modules.is_empty() || !self.manifest.symbols.is_empty() {
+            return;
+        }
+        let Some(path) = self.dir.parent().map(|s| s.join(NAMES)) else {
+            return;
+        };
+        if fs::symlink_metadata(&path).is_err() {
+            return;
+        }
+        match Manifest::read(&path) {
+            Ok(names) => {
+                self.manifest.modules = names.modules;
+                self.manifest.symbols = names.symbols;
+            }
+            Err(e) => self.warnings.push(Warning::FileRecovered {
+                path,
+                note: format!("cannot be read, so functions are shown by address ({e})"),
+            }),
+        }
     }
 
     /// Index events readable in all threads.
@@ -1445,6 +1497,39 @@ mod tests {
         assert!(s.manifest.finished);
         assert_eq!(s.threads.len(), 1);
         assert_eq!(layout.read_manifest().unwrap(), s.manifest);
+    }
+
+    #[test]
+    fn session_open__manifest_without_names__then_names_json_names_it_or_warns() {
+        let out = tempfile::tempdir().unwrap();
+        let layout = SessionLayout::create(out.path(), 99).unwrap();
+        let mut m = manifest_for(&[]);
+        layout.write_manifest(&mut m).unwrap();
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert!(s.manifest.symbols.is_empty(), "no names.json: no names");
+        let mut names = Manifest::new(ClockType::Boottime);
+        names.symbols.push(crate::Symbol::new(1, 2, "compute"));
+        layout.write_names(&mut names).unwrap();
+        let s = Session::open(layout.session_dir()).unwrap();
+        assert_eq!(s.manifest.symbols, names.symbols);
+        assert!(s.warnings.iter().all(|w| matches!(w, Warning::Unfinished)));
+        // A manifest with its own names keeps them.
+        let mut own = manifest_for(&[]);
+        own.symbols.push(crate::Symbol::new(3, 4, "main"));
+        layout.write_manifest(&mut own).unwrap();
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert_eq!(s.manifest.symbols, own.symbols);
+        // A names.json that cannot be read: one warning, no names.
+        layout.write_manifest(&mut m).unwrap();
+        fs::write(layout.session_dir().join(NAMES), b"{ cut").unwrap();
+        let s = Session::open(layout.pid_dir()).unwrap();
+        assert!(s.manifest.symbols.is_empty());
+        let said: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            said.iter()
+                .any(|w| w.contains("names.json: cannot be read")),
+            "{said:?}"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(crate) struct Names {
     found: BTreeSet<String>,
     /// Said already: more trigger addresses than the region holds.
     overflow_said: bool,
+    /// Said already: the names could not be written beside the session's processes.
+    persist_said: bool,
 }
 
 impl Names {
@@ -47,6 +49,7 @@ impl Names {
             armed: Vec::new(),
             found: BTreeSet::new(),
             overflow_said: false,
+            persist_said: false,
         }
     }
 
@@ -56,8 +59,10 @@ impl Names {
     }
 
     /// Reads new module log entries, arms the triggers they resolve, then acknowledges them.
-    pub(crate) fn poll(&mut self, reg: &Registry<'_>, writers_gone: bool) {
+    /// Returns whether any image gained modules.
+    pub(crate) fn poll(&mut self, reg: &Registry<'_>, writers_gone: bool) -> bool {
         let changed = self.images.poll(reg, writers_gone);
+        let gained = !changed.is_empty();
         let before = self.armed.len();
         for image in changed {
             for name in &self.triggers {
@@ -88,6 +93,27 @@ impl Names {
             let _ = reg.set_trigger_ranges(&self.armed[..n]);
         }
         reg.ack_modules(self.images.consumed());
+        gained
+    }
+
+    /// Writes every image's modules and functions known so far into the session
+    /// ([`atf::SessionLayout::write_names`]), so that a session whose tracer is killed before
+    /// its final manifests still names its functions. A failure is said once; the final
+    /// manifests carry the names all the same.
+    pub(crate) fn persist(&mut self, layout: &atf::SessionLayout) {
+        let mut names = atf::Manifest::new(atf::ClockType::Boottime);
+        let all: BTreeSet<u32> = self.images.images.keys().copied().collect();
+        self.images.fill_manifest(&all, &mut names);
+        if let Err(e) = layout.write_names(&mut names) {
+            if !self.persist_said {
+                self.persist_said = true;
+                eprintln!(
+                    "tracer: warning: cannot write the names so far ({}); if the tracer is \
+                     killed, the session shows its functions by address",
+                    crate::read::clean(&e.to_string())
+                );
+            }
+        }
     }
 
     /// The notes said once at the end: trigger names found nowhere, objects whose functions have

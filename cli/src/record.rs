@@ -633,7 +633,10 @@ impl Recorder {
             }
             // New objects reported by the agents: read their files, arm the triggers they
             // resolve, acknowledge them (an agent may be waiting).
-            self.names.poll(&self.registry, false);
+            // Written as soon as they are known: a tracer killed later leaves them in the session.
+            if self.names.poll(&self.registry, false) {
+                self.names.persist(&self.layout);
+            }
             let tick = if self.names.has_triggers() {
                 crate::names::TRIGGER_TICK
             } else if self.following {
@@ -1034,7 +1037,12 @@ impl Pipeline for Recorder {
         let (report, error) = drain.finish_counted_then(&outcome, &mut late_fate);
         self.report = Some(report);
         match error {
-            None => Ok(()),
+            None => {
+                // Every manifest holds its names now: the copy kept in case the tracer was
+                // killed goes (a copy left behind changes nothing a reader shows).
+                let _ = self.layout.remove_names();
+                Ok(())
+            }
             Some(e) => Err(phase_error(self.failed(e))),
         }
     }

@@ -30,6 +30,11 @@ fn spawn_and_check(threads: u32, iterations: u64) {
         session.manifest.target_fate,
         Some(atf::TargetFate::Exited { code: 0 })
     );
+    let names = session_dir(&out).parent().unwrap().join("names.json");
+    assert!(
+        !names.exists(),
+        "a clean stop leaves the names in the manifests only"
+    );
     let workers: Vec<_> = traces
         .iter()
         .filter(|t| t.by_name.contains_key("worker"))
@@ -209,6 +214,119 @@ fn system__tracer_killed_with_sigkill__then_session_still_readable() {
             e.expect("every recovered event is whole");
         }
     }
+}
+
+/// Threads that call named functions a few times, then wait to be killed.
+const NAMED_C: &str = r#"
+#include <pthread.h>
+#include <unistd.h>
+static volatile long sink;
+__attribute__((noinline)) void parse_record(long i) { sink += i; }
+__attribute__((noinline)) void compute_total(long i) { parse_record(i); parse_record(i + 1); }
+void *worker(void *arg) {
+    for (long i = 0; i < 100; i++) compute_total(i + (long)arg);
+    for (;;) pause();
+}
+int main(void) {
+    pthread_t t[3];
+    for (long i = 0; i < 3; i++) pthread_create(&t[i], NULL, worker, (void *)i);
+    for (;;) pause();
+}
+"#;
+
+/// Records `args` until every named call is on disk and the session holds their names (the
+/// tracer writes them within a tick of the program reporting its objects), kills the
+/// tracer with SIGKILL, then the target; returns `tracer replay`'s stdout and stderr.
+fn killed_session_replay(args: &[&str]) -> (String, String) {
+    let tmp = output_dir();
+    let out = tmp.path().to_path_buf();
+    let tracer = Background(Some(
+        tracer()
+            .arg("spawn")
+            .arg("--output")
+            .arg(&out)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the tracer starts"),
+    ));
+    // 3 workers × 100 × (compute_total + 2 parse_record), a call and a return each.
+    let expected = 3 * 100 * 3 * 2;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let names = |dir: &std::path::Path| dir.parent().unwrap().join("names.json");
+    loop {
+        let recorded = std::panic::catch_unwind(|| session_dir(&out))
+            .ok()
+            .and_then(|dir| Some((atf::Session::open(&dir).ok()?.event_count(), dir)));
+        if let Some((events, dir)) = recorded {
+            let named = std::fs::read_to_string(names(&dir))
+                .is_ok_and(|names| names.contains("\"compute_total\""));
+            if events >= expected && named {
+                break;
+            }
+        }
+        // Today's tracer writes no names before it stops: go on, and let the replay say so.
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = tracer.take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dir = session_dir(&out);
+    let session = atf::Session::open(&dir).expect("readable after SIGKILL");
+    // SAFETY: signalling the target this test started (through the tracer).
+    unsafe { libc::kill(session.manifest.target_pid as i32, libc::SIGKILL) };
+    assert!(!session.manifest.finished);
+    let replay = run(&["replay", dir.to_str().unwrap()]);
+    assert_eq!(replay.status.code(), Some(0), "{}", stderr(&replay));
+    (
+        String::from_utf8_lossy(&replay.stdout).into_owned(),
+        stderr(&replay),
+    )
+}
+
+#[test]
+fn system__tracer_killed_with_sigkill__then_replay_names_the_functions() {
+    let named = build("named", NAMED_C, &["-O1", "-finstrument-functions"]);
+    let (stdout, stderr) = killed_session_replay(&[named.to_str().unwrap()]);
+    for name in ["worker", "compute_total", "parse_record"] {
+        assert!(
+            stdout.contains(name),
+            "{name} not named:\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains("no name") && !stderr.contains("no name"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn system__tracer_killed_after_the_target_execs__then_replay_names_the_new_programs_functions() {
+    let named = build("named", NAMED_C, &["-O1", "-finstrument-functions"]);
+    let launcher = build(
+        "launcher",
+        r#"#include <unistd.h>
+__attribute__((noinline)) void launch(char **argv) { execv(argv[0], argv); }
+int main(int argc, char **argv) { if (argc > 1) launch(argv + 1); return 1; }
+"#,
+        &["-O1", "-finstrument-functions"],
+    );
+    let (stdout, stderr) =
+        killed_session_replay(&[launcher.to_str().unwrap(), "--", named.to_str().unwrap()]);
+    for name in ["launch", "compute_total", "parse_record"] {
+        assert!(
+            stdout.contains(name),
+            "{name} not named:\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains("no name") && !stderr.contains("no name"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 #[test]
