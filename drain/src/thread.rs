@@ -10,8 +10,9 @@
 //! never longer than most of the time a producer calling non-stop takes to fill an empty lane
 //! ([`Pacing::cap`]), so a producer that speeds up finds room; nor longer than all lanes together
 //! take to receive one lane's capacity ([`TOTAL_FRACTION`]), so many busy threads'
-//! lanes hold little when a stop comes (its final drain writes what they hold). A pass that
-//! leaves no time (a long pass, a backlog) is followed by the next at once.
+//! lanes hold little when a stop comes (its final drain writes what they hold); and never shorter
+//! than [`MIN_IDLE`]. A pass that leaves no time (a long pass, a backlog), or that moved
+//! [`BUSY_PASS_BYTES`], is followed by the next at once, without a sleep.
 //! The idle sleep grows with the time since a pass last found events ([`idle_sleep`]), not with
 //! the count of empty passes: a producer that pauses for a moment (descheduled on a busy machine,
 //! between two bursts) finds the drain polling every [`MIN_IDLE`] when it resumes, while a target
@@ -24,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use crate::{Drain, DrainError, Waker};
 
-/// The shortest idle sleep, and the longest sleep after a pass that found events when the lanes
-/// are too small for [`Pacing::cap`] to be longer, or detail records are on (a detail lane fills
-/// faster than its thread's index lane, and its flight recorder drops what does not fit).
+/// The shortest sleep, idle or after a pass that found events, and the longest after one when
+/// the lanes are too small for [`Pacing::cap`] to be longer, or detail records are on (a detail
+/// lane fills faster than its thread's index lane, and its flight recorder drops what does not
+/// fit).
 const MIN_IDLE: Duration = Duration::from_micros(50);
 /// The longest idle sleep: an idle target costs the tracer ~500 wake-ups a second at most.
 const MAX_IDLE: Duration = Duration::from_millis(2);
@@ -47,6 +49,10 @@ const FULL_SPEED_NS_PER_EVENT: u64 = 15;
 /// non-stop takes to fill an empty index lane (numerator, denominator): the rest is the margin for
 /// the drain's wake-up latency and the start of its pass.
 const CAP_FRACTION: (u64, u64) = (3, 4);
+/// A pass that moved at least this many bytes is followed by the next at once, without a sleep
+/// (nor the wake-up after it, which on a shared CPU preempts the target): it takes what came in
+/// meanwhile, and the paced sleep follows that smaller pass.
+const BUSY_PASS_BYTES: u64 = 64 << 10;
 /// A computed sleep shorter than this is not taken: the next pass starts at once.
 const MIN_SLEEP: Duration = Duration::from_micros(5);
 
@@ -110,10 +116,11 @@ impl Pace {
 /// bytes per ns ([`Pace`]) and all lanes together at `total` (the last pass's bytes over the time
 /// since the previous one): until that lane holds [`FILL_FRACTION`] of its capacity, or all
 /// lanes together [`TOTAL_FRACTION`] of one lane's, whichever comes first, at most
-/// [`Pacing::cap`] after the pass started; zero (the next pass at once) when that leaves less
-/// than [`MIN_SLEEP`]; [`MIN_IDLE`] when no index lane had events. The bound on all lanes keeps
-/// what many busy threads' lanes hold small, so a stop's final drain (which writes it) stays
-/// short.
+/// [`Pacing::cap`] after the pass started, and not below [`MIN_IDLE`] (shorter sleeps wake the
+/// drain, and preempt the target, more often than lanes of this size need); zero (the next pass
+/// at once) when that leaves less than [`MIN_SLEEP`]; [`MIN_IDLE`] when no index lane had events.
+/// The bound on all lanes keeps what many busy threads' lanes hold small, so a stop's final drain
+/// (which writes it) stays short.
 fn busy_sleep(pacing: Pacing, pace: f64, total: f64, took: Duration) -> Duration {
     if pace <= 0.0 {
         return MIN_IDLE;
@@ -126,7 +133,7 @@ fn busy_sleep(pacing: Pacing, pace: f64, total: f64, took: Duration) -> Duration
     if sleep < MIN_SLEEP {
         Duration::ZERO
     } else {
-        sleep
+        sleep.max(MIN_IDLE)
     }
 }
 
@@ -184,8 +191,12 @@ impl DrainThread {
                                 idle_sleep(last_events.elapsed())
                             } else {
                                 last_events = Instant::now();
-                                let total = pass.bytes as f64 / since.as_nanos().max(1) as f64;
-                                busy_sleep(pacing, pace, total, start.elapsed())
+                                if pass.bytes >= BUSY_PASS_BYTES {
+                                    Duration::ZERO
+                                } else {
+                                    let total = pass.bytes as f64 / since.as_nanos().max(1) as f64;
+                                    busy_sleep(pacing, pace, total, start.elapsed())
+                                }
                             };
                             if !sleep.is_zero() {
                                 waker2.wait(sleep);
