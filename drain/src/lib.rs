@@ -148,6 +148,8 @@ pub struct Pass {
     /// The most bytes moved from one thread's index lane: what the fastest producer wrote since
     /// the previous pass (the drain thread sizes its sleep from it).
     pub busiest: u64,
+    /// Index lanes the pass took events from.
+    pub lanes: u32,
 }
 
 /// How the recording ended, for the final manifest.
@@ -286,6 +288,8 @@ pub struct Drain<'r, B: Backend = StdBackend> {
     create_error: Option<DrainError>,
     /// The most bytes the current pass moved from one index lane (see [`Pass::busiest`]).
     busiest: u64,
+    /// Index lanes the current pass took events from (see [`Pass::lanes`]).
+    lanes: u32,
 }
 
 /// How often the target's manifest is rewritten during the passes when following processes.
@@ -369,6 +373,7 @@ impl<'r, B: Backend> Drain<'r, B> {
             pending: Default::default(),
             create_error: None,
             busiest: 0,
+            lanes: 0,
         })
     }
 
@@ -481,6 +486,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         self.collect_files(false);
         let mut moved = 0;
         self.busiest = 0;
+        self.lanes = 0;
         for info in self.slots_in_registration_order() {
             if stop() {
                 break;
@@ -512,6 +518,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         Ok(Pass {
             bytes: moved,
             busiest: self.busiest,
+            lanes: self.lanes,
         })
     }
 
@@ -891,6 +898,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         }
         moved += r.bytes;
         self.busiest = self.busiest.max(r.bytes);
+        self.lanes += u32::from(r.bytes > 0);
         self.stats.rings_returned += r.rings_returned;
         // Detail lane: submitted rings only (the active one is the flight recorder's window);
         // marked windows are persisted, unmarked ones discarded (counted in `thread_entry`).

@@ -12,7 +12,8 @@
 //! take to receive one lane's capacity ([`TOTAL_FRACTION`]), so many busy threads'
 //! lanes hold little when a stop comes (its final drain writes what they hold); and never shorter
 //! than [`MIN_IDLE`]. A pass that leaves no time (a long pass, a backlog), or that moved
-//! [`BUSY_PASS_BYTES`], is followed by the next at once, without a sleep.
+//! [`BUSY_PASS_BYTES`], is followed by the next at once, without a sleep; a pass that found events
+//! in more than [`PACED_LANES`] lanes is followed by [`MIN_IDLE`].
 //! The idle sleep grows with the time since a pass last found events ([`idle_sleep`]), not with
 //! the count of empty passes: a producer that pauses for a moment (descheduled on a busy machine,
 //! between two bursts) finds the drain polling every [`MIN_IDLE`] when it resumes, while a target
@@ -53,6 +54,10 @@ const CAP_FRACTION: (u64, u64) = (3, 4);
 /// (nor the wake-up after it, which on a shared CPU preempts the target): it takes what came in
 /// meanwhile, and the paced sleep follows that smaller pass.
 const BUSY_PASS_BYTES: u64 = 64 << 10;
+/// The sleep is paced only when at most this many index lanes had events in the pass; with more
+/// it is [`MIN_IDLE`]: what many busy threads' lanes hold when a stop comes is what its final
+/// drain writes, and a longer sleep made a 64-thread stop's final drain longer.
+const PACED_LANES: u32 = 4;
 /// A computed sleep shorter than this is not taken: the next pass starts at once.
 const MIN_SLEEP: Duration = Duration::from_micros(5);
 
@@ -193,6 +198,8 @@ impl DrainThread {
                                 last_events = Instant::now();
                                 if pass.bytes >= BUSY_PASS_BYTES {
                                     Duration::ZERO
+                                } else if pass.lanes > PACED_LANES {
+                                    MIN_IDLE
                                 } else {
                                     let total = pass.bytes as f64 / since.as_nanos().max(1) as f64;
                                     busy_sleep(pacing, pace, total, start.elapsed())
