@@ -153,8 +153,11 @@ extern "C" fn registering_thread(_: *mut libc::c_void) -> *mut libc::c_void {
     core::ptr::null_mut()
 }
 
-/// The registering thread's stack: its body makes one system call.
-const HELPER_STACK: usize = 64 << 10;
+/// The registering thread's stack. Its body makes one system call, but with library calls traced
+/// in every object (`--library-calls all`) the C library's own calls as the thread starts and ends
+/// go through redirected GOT entries, so the thread runs the agent's registration and recording
+/// paths too: 64 KiB overflowed there in an unoptimised build. The pages are only touched as used.
+const HELPER_STACK: usize = 1 << 20;
 
 /// Starts `body` on a detached thread with every signal blocked. `false`: it could not start.
 fn spawn_detached(body: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
