@@ -558,6 +558,13 @@ pub fn in_private_tmp(name: &str) -> bool {
     }
     // The C targets are built outside /tmp, which the inner run replaces.
     let tmpdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if tmpdir.starts_with("/tmp") {
+        eprintln!(
+            "skipped: {name} mounts a private /tmp, which would hide this build under {}",
+            tmpdir.display()
+        );
+        return false;
+    }
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "--"])
         .arg(std::env::current_exe().unwrap())
