@@ -288,11 +288,9 @@ fn killed_session_replay(args: &[&str]) -> (String, String) {
     )
 }
 
-#[test]
-fn system__tracer_killed_with_sigkill__then_replay_names_the_functions() {
-    let named = build("named", NAMED_C, &["-O1", "-finstrument-functions"]);
-    let (stdout, stderr) = killed_session_replay(&[named.to_str().unwrap()]);
-    for name in ["worker", "compute_total", "parse_record"] {
+/// `replay`'s output names each of `names`, and neither output says a function has no name.
+fn assert_named(stdout: &str, stderr: &str, names: &[&str]) {
+    for name in names {
         assert!(
             stdout.contains(name),
             "{name} not named:\n{stdout}\n{stderr}"
@@ -301,6 +299,17 @@ fn system__tracer_killed_with_sigkill__then_replay_names_the_functions() {
     assert!(
         !stdout.contains("no name") && !stderr.contains("no name"),
         "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn system__tracer_killed_with_sigkill__then_replay_names_the_functions() {
+    let named = build("named", NAMED_C, &["-O1", "-finstrument-functions"]);
+    let (stdout, stderr) = killed_session_replay(&[named.to_str().unwrap()]);
+    assert_named(
+        &stdout,
+        &stderr,
+        &["worker", "compute_total", "parse_record"],
     );
 }
 
@@ -317,15 +326,10 @@ int main(int argc, char **argv) { if (argc > 1) launch(argv + 1); return 1; }
     );
     let (stdout, stderr) =
         killed_session_replay(&[launcher.to_str().unwrap(), "--", named.to_str().unwrap()]);
-    for name in ["launch", "compute_total", "parse_record"] {
-        assert!(
-            stdout.contains(name),
-            "{name} not named:\n{stdout}\n{stderr}"
-        );
-    }
-    assert!(
-        !stdout.contains("no name") && !stderr.contains("no name"),
-        "{stdout}\n{stderr}"
+    assert_named(
+        &stdout,
+        &stderr,
+        &["launch", "compute_total", "parse_record"],
     );
 }
 
