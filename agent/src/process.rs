@@ -3,7 +3,7 @@
 //! detail-records switch the naked hooks read.
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicU32, AtomicU8};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize};
 
 use registry::Registry;
 
@@ -155,22 +155,108 @@ extern "C" fn registering_thread(_: *mut libc::c_void) -> *mut libc::c_void {
 
 /// The registering thread's stack. Its body makes one system call, but with library calls traced
 /// in every object (`--library-calls all`) the C library's own calls as the thread starts and ends
-/// go through redirected GOT entries, so the thread runs the agent's registration and recording
-/// paths too: 64 KiB overflowed there in an unoptimised build. The pages are only touched as used.
+/// go through redirected GOT entries and so through the agent's hooks (which find the thread
+/// exempt, see [`on_own_stack`], and return at once). 1 MiB, only the pages touched are used.
 const HELPER_STACK: usize = 1 << 20;
+/// The unmapped page below a helper stack, so an overflow faults instead of writing elsewhere.
+const GUARD: usize = 4096;
 
-/// Starts `body` on a detached thread with every signal blocked. `false`: it could not start.
+/// The stacks of the threads the agent started for itself, as (lowest, highest) address pairs
+/// (0, 0: free). A thread whose stack is one of them is never traced (see
+/// `thread::acquire_state`): its calls are the agent's, not the program's. A detached thread
+/// cannot unmap the stack it runs on, so a stack that was used stays listed and mapped; one is
+/// made per membarrier registration, at most once per process (and a fork child registers on its
+/// own thread), so the table does not fill in practice. When it is full the thread still starts,
+/// on a stack of the C library's, and is traced as before.
+static OWN_STACKS: [[AtomicUsize; 2]; 4] =
+    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; 4];
+
+/// Whether the calling thread runs on a stack the agent made for one of its own threads.
+pub(crate) fn on_own_stack() -> bool {
+    // An address in the calling thread's current frame.
+    let marker = 0u8;
+    let sp = core::hint::black_box(&marker) as *const u8 as usize;
+    OWN_STACKS.iter().any(|[lo, hi]| {
+        // Acquire: pairs with the Release store of `hi` in `own_stack` (both bounds are seen).
+        let hi = hi.load(Acquire);
+        hi != 0 && (lo.load(Relaxed)..hi).contains(&sp)
+    })
+}
+
+/// Maps a stack of [`HELPER_STACK`] bytes above a guard page and lists it in [`OWN_STACKS`].
+/// Returns its table entry and (lowest address, size), or `None` (no free entry, or the mapping
+/// failed): the caller then lets the C library make the stack.
+fn own_stack() -> Option<(usize, usize, usize)> {
+    let entry = OWN_STACKS.iter().position(|[lo, _]| {
+        // Relaxed: the CAS only claims the entry; the bounds are published by `hi`'s Release.
+        lo.compare_exchange(0, 1, Relaxed, Relaxed).is_ok()
+    })?;
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it yet.
+    let base = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            GUARD + HELPER_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        // Relaxed: nothing was published under this entry.
+        OWN_STACKS[entry][0].store(0, Relaxed);
+        return None;
+    }
+    let base = base as usize;
+    // SAFETY: the first page of the mapping just made, ours alone. A failure only loses the
+    // guard.
+    unsafe { libc::mprotect(base as *mut libc::c_void, GUARD, libc::PROT_NONE) };
+    let lo = base + GUARD;
+    OWN_STACKS[entry][0].store(lo, Relaxed);
+    // Release: pairs with the Acquire in `on_own_stack`.
+    OWN_STACKS[entry][1].store(lo + HELPER_STACK, Release);
+    Some((entry, lo, HELPER_STACK))
+}
+
+/// Takes back a stack [`own_stack`] made for a thread that never started.
+fn drop_own_stack(entry: usize, lo: usize) {
+    // Relaxed then Release, the reverse of `own_stack`: a reader that still sees `hi` sees the
+    // old `lo` or 0, and no thread runs on the stack either way.
+    OWN_STACKS[entry][1].store(0, Release);
+    // SAFETY: the mapping `own_stack` made, used by no thread (pthread_create failed).
+    unsafe { libc::munmap((lo - GUARD) as *mut libc::c_void, GUARD + HELPER_STACK) };
+    OWN_STACKS[entry][0].store(0, Relaxed);
+}
+
+/// Starts `body` on a detached thread with every signal blocked, on a stack of its own that
+/// [`on_own_stack`] recognises. `false`: it could not start.
 fn spawn_detached(body: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    let stack = own_stack();
     // SAFETY: the attribute and signal sets are initialised before use and the attribute is
     // destroyed after; the calling thread's signal mask is restored before returning. The new
-    // thread inherits the all-blocked mask, so there is no moment where it can take a signal.
+    // thread inherits the all-blocked mask, so there is no moment where it can take a signal. A
+    // stack given to the attribute is a mapping of ours of the size given, used by that thread
+    // alone and never unmapped once it started.
     unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         if libc::pthread_attr_init(&mut attr) != 0 {
+            if let Some((entry, lo, _)) = stack {
+                drop_own_stack(entry, lo);
+            }
             return false;
         }
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        libc::pthread_attr_setstacksize(&mut attr, HELPER_STACK.max(libc::PTHREAD_STACK_MIN));
+        match stack {
+            Some((_, lo, size)) => {
+                libc::pthread_attr_setstack(&mut attr, lo as *mut libc::c_void, size);
+            }
+            None => {
+                libc::pthread_attr_setstacksize(
+                    &mut attr,
+                    HELPER_STACK.max(libc::PTHREAD_STACK_MIN),
+                );
+            }
+        }
         let mut all: libc::sigset_t = core::mem::zeroed();
         let mut old: libc::sigset_t = core::mem::zeroed();
         libc::sigfillset(&mut all);
@@ -179,6 +265,11 @@ fn spawn_detached(body: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -
         let started = libc::pthread_create(&mut thread, &attr, body, core::ptr::null_mut()) == 0;
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
+        if !started {
+            if let Some((entry, lo, _)) = stack {
+                drop_own_stack(entry, lo);
+            }
+        }
         started
     }
 }

@@ -1,4 +1,4 @@
-//! Per-thread state: the 48-byte initial-exec TLS block, the slot-indexed [`ThreadState`],
+//! Per-thread state: the initial-exec TLS block, the slot-indexed [`ThreadState`],
 //! lazy registration, teardown and fork.
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -8,7 +8,7 @@ use registry::{OrphanReason, RegistryError, WriteSection};
 use crate::process::arm_teardown;
 use crate::state::{Agent, ThreadState};
 use crate::tls::{
-    tls, CLOSED, INITIALISER, REGISTERED, REGISTERING, TORN_DOWN, UNREGISTERED, WAITING,
+    tls, AGENT_OWN, CLOSED, INITIALISER, REGISTERED, REGISTERING, TORN_DOWN, UNREGISTERED, WAITING,
 };
 
 fn gettid() -> u32 {
@@ -47,15 +47,21 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
     let reg = &agent.reg;
     if tl.generation != agent.generation {
         // Registered (or closed out) under an earlier attachment: start afresh in this one.
-        if tl.generation != 0 && tl.status != TORN_DOWN {
+        if tl.generation != 0 && tl.status != TORN_DOWN && tl.status != AGENT_OWN {
             tl.state = core::ptr::null_mut();
             tl.status = UNREGISTERED;
             tl.pending_depth = 0;
         }
         tl.generation = agent.generation;
     }
+    if tl.status == UNREGISTERED && crate::process::on_own_stack() {
+        // One of the agent's own threads (its C library calls reach the hooks when every object's
+        // library calls are traced): not the program's, so neither recorded nor counted.
+        tl.status = AGENT_OWN;
+    }
     match tl.status {
         REGISTERED if !tl.state.is_null() => return Some(tl.state),
+        AGENT_OWN => return None,
         TORN_DOWN => {
             reg.count_orphan(OrphanReason::ThreadTeardown);
             return None;

@@ -11,6 +11,9 @@ pub(crate) const TORN_DOWN: u32 = 3;
 pub(crate) const CLOSED: u32 = 4;
 pub(crate) const REGISTERING: u32 = 5;
 pub(crate) const INITIALISER: u32 = 6;
+/// A thread the agent started for itself (see `process::on_own_stack`): never traced, and its
+/// calls are not counted as the program's.
+pub(crate) const AGENT_OWN: u32 = 7;
 
 /// The thread-local block. Zero-initialised by the loader for every thread (`.tbss`).
 #[repr(C)]
