@@ -109,15 +109,30 @@ impl Encoder {
     /// Encodes whole 32-byte records (a trailing partial record is ignored), sealing full chunks
     /// into `out`.
     pub fn push_bytes(&mut self, records: &[u8], out: &mut Vec<u8>) {
+        self.push_bytes_timed(records, out, |t| t);
+    }
+
+    /// [`push_bytes`](Self::push_bytes) of records whose timestamps are another clock's readings:
+    /// each record is encoded with `time(its timestamp)` as its time (e.g. raw TSC ticks mapped
+    /// to nanoseconds), read once as the encoder decodes it, without a copy of the records.
+    #[inline]
+    pub fn push_bytes_timed(
+        &mut self,
+        records: &[u8],
+        out: &mut Vec<u8>,
+        time: impl Fn(u64) -> u64 + Copy,
+    ) {
         let whole = &records[..records.len() - records.len() % event::SIZE];
         let mut at = 0;
         while at < whole.len() {
-            at += self.run_predicted(&whole[at..]) * event::SIZE;
+            at += self.run_predicted(&whole[at..], time) * event::SIZE;
             if self.payload.len >= CHUNK_TARGET_BYTES {
                 self.seal(out);
             }
             if let Some(raw) = whole.get(at..at + event::SIZE) {
-                self.push_general(raw.try_into().expect("a whole record"), out);
+                let mut r = Record::from_bytes(raw.try_into().expect("a whole record"));
+                r.timestamp_ns = time(r.timestamp_ns);
+                self.push_general(&r, out);
                 at += event::SIZE;
             }
         }
@@ -139,7 +154,7 @@ impl Encoder {
     /// holds or has room for; both of the chunk's thread, with no detail, time not going back.
     /// The state it changes stays in registers for the run and is stored once at the end.
     #[inline(always)]
-    fn run_predicted(&mut self, records: &[u8]) -> usize {
+    fn run_predicted(&mut self, records: &[u8], time: impl Fn(u64) -> u64) -> usize {
         if self.count == 0 {
             return 0;
         }
@@ -156,7 +171,7 @@ impl Encoder {
                 break;
             }
             let raw: &[u8; event::SIZE] = raw.try_into().expect("a whole record");
-            let ts = u64_at(raw, 0);
+            let ts = time(u64_at(raw, 0));
             // Time going backwards wraps to a huge delta.
             let delta = ts.wrapping_sub(prev_ts);
             if delta >= MAX_DELTA {
@@ -213,15 +228,14 @@ impl Encoder {
     /// [`push`](Self::push) of a record that opens a chunk, is far from the previous one in time,
     /// or is not a predicted call or return.
     #[inline(never)]
-    fn push_general(&mut self, raw: &[u8; event::SIZE], out: &mut Vec<u8>) {
-        let r = Record::from_bytes(raw);
+    fn push_general(&mut self, r: &Record, out: &mut Vec<u8>) {
         if self.count > 0 && r.timestamp_ns.abs_diff(self.prev_ts) >= MAX_DELTA {
             self.seal(out);
         }
         if self.count == 0 {
             self.open(r.timestamp_ns);
         }
-        self.encode_general(&r);
+        self.encode_general(r);
         self.count += 1;
         if self.payload.len >= CHUNK_TARGET_BYTES {
             self.seal(out);

@@ -169,6 +169,29 @@ impl FileCore {
         Ok(())
     }
 
+    /// Appends `bytes` changed on the way: they are copied into the buffer `unit`-aligned pieces
+    /// at a time (a piece at most the buffer's size; `unit` divides `bytes.len()`), and `change`
+    /// rewrites each piece in the buffer, while its bytes are in cache, before it is written.
+    pub(crate) fn write_changed(
+        &mut self,
+        bytes: &[u8],
+        unit: usize,
+        mut change: impl FnMut(&mut [u8]),
+    ) -> Result<()> {
+        self.check_usable()?;
+        let piece = (WRITE_BUFFER - WRITE_BUFFER % unit).max(unit);
+        for part in bytes.chunks(piece) {
+            if self.buf.len() + part.len() > WRITE_BUFFER {
+                self.flush()?;
+            }
+            let start = self.buf.len();
+            self.buf.extend_from_slice(part);
+            change(&mut self.buf[start..]);
+            self.len += part.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Writes `bytes` at `offset` (a header patch), leaving the append position alone.
     pub(crate) fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
         self.check_usable()?;

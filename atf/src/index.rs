@@ -9,7 +9,7 @@ use crate::chunk::ChunkReader;
 use crate::compact;
 use crate::engine::{
     check_common_header, check_items_offset, finish_methods, has_magic, in_parent,
-    open_with_header, reader_accessors, verify_range, FileCore, Kind, WRITE_BUFFER,
+    open_with_header, reader_accessors, verify_range, FileCore, Kind,
 };
 use crate::error::{Error, Result};
 #[cfg(test)]
@@ -333,25 +333,9 @@ impl IndexWriter {
     /// Appends whole encoded events, e.g. a slice taken straight from a ring. The length must be a
     /// multiple of 32; nothing is appended otherwise.
     pub fn append(&mut self, events: &[u8]) -> Result<()> {
-        self.core.check_usable()?;
-        if events.len() % EVENT_SIZE != 0 {
-            return Err(Error::invalid(
-                self.core.path(),
-                format!(
-                    "a batch of {} bytes is not a whole number of {EVENT_SIZE}-byte events; \
-                     pass only complete events",
-                    events.len()
-                ),
-            ));
-        }
-        if events.is_empty() {
+        if !self.accept(events, |t| t)? {
             return Ok(());
         }
-        if self.count == 0 {
-            self.time_start_ns = u64_at(events, 0);
-        }
-        self.time_end_ns = u64_at(events, events.len() - EVENT_SIZE);
-        self.count += (events.len() / EVENT_SIZE) as u64;
         match &mut self.body {
             Body::Atf { crc, .. } => {
                 *crc = crc32c::crc32c_append(*crc, events);
@@ -364,29 +348,63 @@ impl IndexWriter {
         }
     }
 
+    /// [`append`](Self::append) of events whose timestamps are another clock's readings (e.g.
+    /// raw TSC ticks, as a ring holds them): each event is stored with `time(its timestamp)`.
+    /// The conversion is made in the one pass the writer makes over the events anyway (ATF v2:
+    /// in the write buffer they are copied into; ATC: as the encoder decodes them); the events
+    /// given are not changed.
+    pub fn append_timed(&mut self, events: &[u8], time: impl Fn(u64) -> u64 + Copy) -> Result<()> {
+        if !self.accept(events, time)? {
+            return Ok(());
+        }
+        match &mut self.body {
+            Body::Atf { crc, .. } => self.core.write_changed(events, EVENT_SIZE, |piece| {
+                for event in piece.chunks_exact_mut(EVENT_SIZE) {
+                    put_u64(event, 0, time(u64_at(event, 0)));
+                }
+                *crc = crc32c::crc32c_append(*crc, piece);
+            }),
+            Body::Atc(atc) => {
+                atc.encoder.push_bytes_timed(events, &mut atc.out, time);
+                write_out(&mut self.core, &mut atc.out)
+            }
+        }
+    }
+
+    /// Checks a batch of events for [`append`](Self::append) and counts it, with its first and
+    /// last timestamps through `time`. `false`: nothing to append.
+    fn accept(&mut self, events: &[u8], time: impl Fn(u64) -> u64) -> Result<bool> {
+        self.core.check_usable()?;
+        if events.len() % EVENT_SIZE != 0 {
+            return Err(Error::invalid(
+                self.core.path(),
+                format!(
+                    "a batch of {} bytes is not a whole number of {EVENT_SIZE}-byte events; \
+                     pass only complete events",
+                    events.len()
+                ),
+            ));
+        }
+        if events.is_empty() {
+            return Ok(false);
+        }
+        if self.count == 0 {
+            self.time_start_ns = time(u64_at(events, 0));
+        }
+        self.time_end_ns = time(u64_at(events, events.len() - EVENT_SIZE));
+        self.count += (events.len() / EVENT_SIZE) as u64;
+        Ok(true)
+    }
+
     /// Appends one event.
     pub fn append_event(&mut self, event: &IndexEvent) -> Result<()> {
         self.append(&event.encode())
     }
 
     /// Appends whole encoded events whose timestamps are raw TSC ticks, converting each timestamp to
-    /// nanoseconds with `calibration` on the way in.
+    /// nanoseconds with `calibration` on the way in ([`append_timed`](Self::append_timed)).
     pub fn append_tsc(&mut self, events: &[u8], calibration: &TscCalibration) -> Result<()> {
-        if events.len() % EVENT_SIZE != 0 {
-            // `append` refuses it with the message.
-            return self.append(events);
-        }
-        let mut converted = Vec::with_capacity(events.len().min(WRITE_BUFFER));
-        for piece in events.chunks(WRITE_BUFFER - WRITE_BUFFER % EVENT_SIZE) {
-            converted.clear();
-            converted.extend_from_slice(piece);
-            for event in converted.chunks_exact_mut(EVENT_SIZE) {
-                let ns = calibration.to_ns(u64_at(event, 0));
-                put_u64(event, 0, ns);
-            }
-            self.append(&converted)?;
-        }
-        Ok(())
+        self.append_timed(events, |t| calibration.to_ns(t))
     }
 
     /// Sets bit 0 of the header flags (a detail file exists) and rewrites the header in place.
@@ -1568,6 +1586,59 @@ pub(crate) mod tests {
         );
         assert_eq!(summary.time_start_ns, e.timestamp_ns);
         assert!(r.verify_checksum().unwrap());
+    }
+
+    #[test]
+    fn index_writer__append_timed_both_formats__then_files_equal_append_of_the_converted_events() {
+        // 40 000 events: more than one write buffer (ATF v2 converts a piece at a time) and
+        // several ATC chunks, appended in uneven batches.
+        let n = 40_000u64;
+        let time = |t: u64| 7_000 + (t - 1_000) * 3 / 2;
+        let ticks = batch(0..n);
+        let converted: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let mut e = event(i);
+                e.timestamp_ns = time(e.timestamp_ns);
+                e.encode()
+            })
+            .collect();
+        for format in [EventFormat::Atf2, EventFormat::Atc] {
+            let dir = tempfile::tempdir().unwrap();
+            let write = |name: &str, timed: bool| {
+                let path = dir.path().join(name);
+                let mut w = IndexWriter::create_with_format(
+                    &crate::sink::RealFs,
+                    &path,
+                    77,
+                    ClockType::Boottime,
+                    format,
+                )
+                .unwrap();
+                for part in ticks.chunks(3_333 * EVENT_SIZE) {
+                    if timed {
+                        w.append_timed(part, time).unwrap();
+                    } else {
+                        let at = part.as_ptr() as usize - ticks.as_ptr() as usize;
+                        w.append(&converted[at..at + part.len()]).unwrap();
+                    }
+                }
+                (path, w.finish().unwrap())
+            };
+            let (timed, summary) = write("timed", true);
+            let (plain, expected) = write("plain", false);
+            assert_eq!(summary, expected, "{format:?}");
+            assert_eq!(
+                std::fs::read(&timed).unwrap(),
+                std::fs::read(&plain).unwrap()
+            );
+            let r = IndexReader::open(&timed).unwrap();
+            assert!(r.verify(77).unwrap().is_empty(), "{format:?}");
+            assert_eq!(
+                r.event(n - 1).unwrap().timestamp_ns,
+                time(event(n - 1).timestamp_ns)
+            );
+            assert_eq!(summary.time_start_ns, time(event(0).timestamp_ns));
+        }
     }
 
     #[test]

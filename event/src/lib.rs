@@ -44,7 +44,10 @@ pub const NO_DETAIL: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Record {
-    /// Nanoseconds on the session clock.
+    /// The time of the event. In a ring, the session clock's raw reading (TSC ticks, or
+    /// nanoseconds when the session does not read the TSC: `registry::Clock::now_ticks`); in a
+    /// trace file, and in every record a reader decodes, nanoseconds on the session clock (the
+    /// drain converts each ring record's reading with `registry::Clock::to_ns` before writing it).
     pub timestamp_ns: u64,
     /// The function's address, or `(module_id << 32) | symbol_index`.
     pub function_id: u64,
@@ -361,7 +364,8 @@ pub struct DetailHeader {
     pub index_seq: u32,
     /// OS thread id.
     pub thread_id: u32,
-    /// Nanoseconds on the session clock.
+    /// The time of the event, as [`Record::timestamp_ns`]: raw clock reading in a ring,
+    /// nanoseconds in a file.
     pub timestamp_ns: u64,
 }
 

@@ -4,14 +4,20 @@
 //! The tracer measures the TSC frequency once, when it creates the region ([`Clock::calibrate`]):
 //! two (TSC, `CLOCK_BOOTTIME`) pairs a few milliseconds apart, each pair bracketed by two TSC reads
 //! so its error is half the bracket. It stores `tsc_base`, `ns_base` and a fixed-point
-//! `mult`/`shift` (`shift` = 32) in the control block. Producers then stamp each event with
-//! `ns_base + ((tsc - tsc_base) * mult) >> shift`: one `rdtsc`, one 64×64→128 multiply, one add,
-//! no syscall. Index events in the rings therefore already hold `timestamp_ns` on
-//! `CLOCK_BOOTTIME`, ATF `clock_type` 3, and the drain writes them to disk untouched.
+//! `mult`/`shift` (`shift` = 32) in the control block.
+//!
+//! Producers stamp each record with the clock's raw reading, [`Clock::now_ticks`]: one `rdtsc`
+//! for a [`ClockSource::Tsc`] clock, no syscall, no arithmetic. The rings therefore hold ticks,
+//! and the drain maps each record's reading to nanoseconds with [`Clock::to_ns`] (it reads the
+//! clock from the region header) before any writer sees it:
+//! `ns_base + ((ticks - tsc_base) * mult) >> shift`, saturating below `tsc_base`. Trace files
+//! hold `CLOCK_BOOTTIME` nanoseconds, ATF `clock_type` 3, as before. Times that are not records'
+//! (the drain's heartbeat, a producer's wait for it) stay in nanoseconds ([`Clock::now_ns`]).
 //!
 //! The TSC is used only when `/proc/cpuinfo` lists `constant_tsc` and `nonstop_tsc` and the kernel's
 //! clocksource is `tsc` (the kernel checked the TSCs of all CPUs are in sync). Otherwise the source
-//! is [`ClockSource::Boottime`] and producers call `clock_gettime(CLOCK_BOOTTIME)` (vDSO, ~25 ns).
+//! is [`ClockSource::Boottime`]: producers call `clock_gettime(CLOCK_BOOTTIME)` (vDSO, ~25 ns),
+//! the reading is nanoseconds already, and [`Clock::to_ns`] is the identity.
 //! The error of the TSC mapping is the calibration's relative error (a few ppm for a 20 ms window)
 //! times the time since `tsc_base`.
 
@@ -90,25 +96,49 @@ impl Clock {
         Clock::tsc(hz, t1, n1)
     }
 
-    /// Nanoseconds for a TSC reading (saturating below `tsc_base`).
+    /// Nanoseconds for a TSC reading (saturating below `tsc_base`, and at `u64::MAX`).
     ///
     /// The shift is taken modulo 64: the clock's `shift` is below 64 (see [`Clock::shift`]), so
-    /// the hot path is one multiply and one double-word shift, without the branch-free handling
-    /// of a shift past the low word.
+    /// the conversion is one multiply and one double-word shift, without the branch-free
+    /// handling of a shift past the low word.
     #[inline(always)]
     pub fn tsc_to_ns(&self, ticks: u64) -> u64 {
         debug_assert!(self.shift < 64, "clock shift {} not below 64", self.shift);
         let delta = ticks.saturating_sub(self.tsc_base);
-        self.ns_base + ((u128::from(delta) * u128::from(self.mult)) >> (self.shift & 63)) as u64
+        // Saturating: the drain converts what the rings hold, which a broken target may have
+        // scribbled over.
+        self.ns_base.saturating_add(
+            ((u128::from(delta) * u128::from(self.mult)) >> (self.shift & 63)) as u64,
+        )
     }
 
-    /// The current time on the session clock, in nanoseconds.
+    /// The clock's raw reading now, what producers stamp records with: TSC ticks for a
+    /// [`ClockSource::Tsc`] clock, nanoseconds for [`ClockSource::Boottime`]. [`Clock::to_ns`]
+    /// maps it to nanoseconds.
     #[inline(always)]
-    pub fn now_ns(&self) -> u64 {
+    pub fn now_ticks(&self) -> u64 {
         match self.source {
-            ClockSource::Tsc => self.tsc_to_ns(rdtsc()),
+            ClockSource::Tsc => rdtsc(),
             ClockSource::Boottime => boottime_ns(),
         }
+    }
+
+    /// Nanoseconds on the session clock for a raw reading of it ([`Clock::now_ticks`]): the TSC
+    /// mapping ([`Clock::tsc_to_ns`]) for a [`ClockSource::Tsc`] clock, the identity for
+    /// [`ClockSource::Boottime`].
+    #[inline(always)]
+    pub fn to_ns(&self, ticks: u64) -> u64 {
+        match self.source {
+            ClockSource::Tsc => self.tsc_to_ns(ticks),
+            ClockSource::Boottime => ticks,
+        }
+    }
+
+    /// The current time on the session clock, in nanoseconds: [`Clock::to_ns`] of
+    /// [`Clock::now_ticks`].
+    #[inline(always)]
+    pub fn now_ns(&self) -> u64 {
+        self.to_ns(self.now_ticks())
     }
 
     pub(crate) fn encode_source(&self) -> u32 {
@@ -202,12 +232,39 @@ mod tests {
     }
 
     #[test]
+    fn clock__tsc_reading__then_to_ns_is_the_mapping_and_saturates() {
+        let clock = Clock::tsc(2_000_000_000, 1_000_000, 7_000);
+        assert_eq!(clock.to_ns(1_000_000 + 2_000), 7_000 + 1_000);
+        assert_eq!(clock.to_ns(5), 7_000, "below tsc_base");
+        assert_eq!(clock.to_ns(u64::MAX), clock.tsc_to_ns(u64::MAX));
+        let far = Clock {
+            ns_base: u64::MAX - 10,
+            ..clock
+        };
+        assert_eq!(far.to_ns(u64::MAX), u64::MAX, "saturates, never wraps");
+    }
+
+    #[test]
+    fn clock__boottime_reading__then_to_ns_is_the_identity() {
+        let clock = Clock::boottime();
+        for t in [0, 1, 123_456_789, u64::MAX] {
+            assert_eq!(clock.to_ns(t), t);
+        }
+        let a = boottime_ns();
+        let t = clock.now_ticks();
+        let b = boottime_ns();
+        assert!(a <= t && t <= b, "{a} {t} {b}");
+    }
+
+    #[test]
     fn clock__calibrate__then_now_tracks_boottime() {
         let clock = Clock::calibrate(std::time::Duration::from_millis(20));
         let a = boottime_ns();
         let n = clock.now_ns();
+        let t = clock.to_ns(clock.now_ticks());
         let b = boottime_ns();
         // The mapping is within a millisecond of the vDSO clock right after calibration.
         assert!(n + 1_000_000 >= a && n <= b + 1_000_000, "{a} {n} {b}");
+        assert!(t + 1_000_000 >= a && t <= b + 1_000_000, "{a} {t} {b}");
     }
 }

@@ -26,8 +26,10 @@
 //!   ([`ThreadCounts`]); events of threads without a slot are [`OrphanCounts`]. Producers write only
 //!   their own counters; the invariant is exact once the producer is out of its write section.
 //!
-//! Timestamps are `CLOCK_BOOTTIME` nanoseconds computed by producers from raw TSC ticks with the
-//! tracer's calibration (see [`clock`]), so index events in the rings are final ATF events.
+//! Timestamps in the rings are the session clock's raw readings ([`Clock::now_ticks`]: TSC ticks,
+//! or `CLOCK_BOOTTIME` nanoseconds when the TSC is not used); the drain maps them to
+//! `CLOCK_BOOTTIME` nanoseconds with the region's clock ([`Clock::to_ns`], see [`clock`]), so a
+//! ring record is an ATF event once its timestamp is converted.
 //!
 //! # Example
 //!

@@ -644,7 +644,7 @@ impl<'a, B: Backend> Registry<'a, B> {
             shift: read!(clock_shift),
         };
         if clock.shift >= 64 {
-            // Excluded here so that producers convert with one plain shift (`Clock::tsc_to_ns`).
+            // Excluded here so that the drain converts with one plain shift (`Clock::tsc_to_ns`).
             return Err(RegistryError::BadLayout(format!(
                 "clock shift {} is not below 64",
                 clock.shift
