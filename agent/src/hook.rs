@@ -9,7 +9,8 @@
 //! allocation, no call, no vector register): one `fs`-relative TLS load; the presence mark; the
 //! reentrancy guard; the stop handshake's write section (`SlotWriter::open` and
 //! `SlotWriter::close`: two stores to the slot's own line, a compiler barrier, one load of the
-//! session line); one `rdtsc`; four word stores into the active ring and a Release store of its
+//! session line); one `rdtsc` (the raw ticks go into the record: the drain converts them to
+//! nanoseconds); four word stores into the active ring and a Release store of its
 //! head. Anything unusual (a thread not
 //! registered yet, a full ring, the stop, detail records) declines to the full path, [`record`].
 
@@ -176,7 +177,8 @@ pub(crate) fn record(
     let depth = step_depth(st, kind);
     let fenced = st.gate & crate::state::FENCED != 0;
     if let Some(section) = crate::thread::open_section(st, fenced) {
-        let ts = st.clock.now_ns();
+        // The clock's raw reading, as on the fast path: the drain converts it to nanoseconds.
+        let ts = st.clock.now_ticks();
         let detail_seq = if regs.is_null() {
             NO_DETAIL
         } else {
@@ -196,7 +198,8 @@ pub(crate) fn record(
         let (writer, clock, reg) = (&st.writer, &st.clock, &st.agent.reg);
         // A wait for ring space lasts while the drain lives: it ends when acceptance stops, or
         // when the drain has been silent for a second and the tracer process is gone (or silent
-        // for ten: alive but hung). The pid check runs only on that slow path.
+        // for ten: alive but hung). The pid check runs only on that slow path. The heartbeat is
+        // nanoseconds, so it is compared with `now_ns`, not with the record's raw `ts`.
         let drain_gone = || {
             let beat = reg.heartbeat();
             let silent = clock.now_ns().saturating_sub(beat);
@@ -403,8 +406,10 @@ pub(crate) unsafe fn record_fast(
     };
     // `kind` is one of the two (the hooks pass constants): its word was made at registration.
     debug_assert_eq!(thread_kind, ::event::Record::thread_kind_word(st.tid, kind));
+    // Raw ticks, converted to nanoseconds by the drain (`Clock::to_ns`): this path runs only on a
+    // TSC clock (`ThreadState::gate`), whose raw reading is one `rdtsc`.
     let words = ::event::Record::words_with(
-        st.clock.tsc_to_ns(registry::clock::rdtsc()),
+        registry::clock::rdtsc(),
         function | st.tag,
         thread_kind,
         u64::from(depth) | st.no_detail_word,

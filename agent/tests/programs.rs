@@ -83,6 +83,48 @@ fn agent__nested_calls_in_four_threads__then_every_event_recorded_exactly() {
     assert_eq!(run.attempted(), 4 * (2 + 6 * n) + 2);
 }
 
+/// The rings hold the clock's raw readings, on the fast path (index lane only) as on the full
+/// one: converted as the drain converts them, every event's time is within the run, in
+/// nanoseconds (the mapping's error is far below the millisecond allowed), and a thread's
+/// events have times of their own (a reading stored in another unit would map many of them to
+/// one time, the clock's base).
+#[test]
+fn agent__index_lane_only__then_event_times_once_converted_are_the_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "nested", NESTED, &[]);
+    let config = registry::RegionConfig {
+        detail_enabled: false,
+        ..common::config()
+    };
+    let before = registry::clock::boottime_ns();
+    let run = run_with(&config, &[], &prog, &[]);
+    let after = registry::clock::boottime_ns();
+    assert!(run.status.success(), "{}", run.stderr);
+    run.assert_accounting();
+    let (low, high) = (before - 1_000_000, after + 1_000_000);
+    for t in &run.threads {
+        assert_nested(&t.events, 0);
+        let times: std::collections::BTreeSet<u64> =
+            t.events.iter().map(|e| e.timestamp_ns).collect();
+        assert!(
+            times.range(..low).next().is_none() && times.range(high..).next().is_none(),
+            "thread {}: events from {:?} to {:?} ns, the run from {before} to {after} ns ({:?})",
+            t.tid,
+            times.first(),
+            times.last(),
+            run.clock
+        );
+        assert!(
+            times.len() * 2 > t.events.len(),
+            "thread {}: {} times for {} events ({:?})",
+            t.tid,
+            times.len(),
+            t.events.len(),
+            run.clock
+        );
+    }
+}
+
 /// The fenced handshake (every write section fences): the fast path's fenced copy records the
 /// same events, exactly, as the unfenced one.
 #[test]
@@ -421,6 +463,9 @@ fn agent__trigger_function_called__then_marked_detail_window_links_to_its_index_
     assert_eq!(stack_len, 128);
     let index_seq = u32::from_le_bytes(hit[8..12].try_into().unwrap()) as usize;
     assert_ne!(t.events[index_seq].detail_seq, u32::MAX);
+    // The detail record's timestamp is the same reading as its index event's, in the same unit.
+    let reading = u64::from_le_bytes(hit[16..24].try_into().unwrap());
+    assert_eq!(run.clock.to_ns(reading), t.events[index_seq].timestamp_ns);
 }
 
 const PLAIN: &str = r#"

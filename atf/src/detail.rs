@@ -183,8 +183,15 @@ impl DetailWriter {
     /// e.g. a slice taken straight from a ring. Every length is checked first: each is at least 24
     /// and together they cover the slice exactly; nothing is appended otherwise.
     pub fn append(&mut self, records: &[u8]) -> Result<()> {
+        self.append_timed(records, |t| t)
+    }
+
+    /// [`append`](Self::append) of records whose header timestamps are another clock's readings
+    /// (e.g. raw TSC ticks, as a ring holds them): each record is stored with
+    /// `time(its timestamp)` in its header; the records given are not changed.
+    pub fn append_timed(&mut self, records: &[u8], time: impl Fn(u64) -> u64) -> Result<()> {
         self.core.check_usable()?;
-        // First pass: check every length; second pass: account. No allocation per batch.
+        // First pass: check every length; second pass: account and write. No allocation per batch.
         let mut off = 0usize;
         while off < records.len() {
             let rest = records.len() - off;
@@ -207,11 +214,21 @@ impl DetailWriter {
         while off < records.len() {
             let mut raw = [0u8; RECORD_HEADER_SIZE];
             raw.copy_from_slice(&records[off..off + RECORD_HEADER_SIZE]);
-            let header = DetailRecordHeader::from_bytes(&raw);
-            self.totals.add(&header);
-            off += header.total_length as usize;
+            let mut header = DetailRecordHeader::from_bytes(&raw);
+            let ts = time(header.timestamp_ns);
+            let end = off + header.total_length as usize;
+            if ts == header.timestamp_ns {
+                self.totals.add(&header);
+                self.write_bytes(&records[off..end])?;
+            } else {
+                header.timestamp_ns = ts;
+                self.totals.add(&header);
+                self.write_bytes(&header.to_bytes())?;
+                self.write_bytes(&records[off + RECORD_HEADER_SIZE..end])?;
+            }
+            off = end;
         }
-        self.write_bytes(records)
+        Ok(())
     }
 
     /// Appends one record. `header.total_length` must be `24 + payload.len()`.

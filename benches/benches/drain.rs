@@ -1,8 +1,9 @@
 //! Drain throughput to the page cache: `cargo bench -p benches --bench drain`.
 //!
 //! Sixteen threads' index lanes are filled (untimed) with what a thread calling one function in a
-//! loop produces (call, return, 20 ns apart), then one drain pass moves them to their event files
-//! (timed): records/s and bytes/s (of 32-byte ring records) of the drain alone, the figure the
+//! loop produces (call, return, 20 ns apart, stamped in raw ticks of a 2.6 GHz TSC clock as the
+//! agent stamps them), then one drain pass moves them to their event files, converting each
+//! timestamp to nanoseconds (timed): records/s and bytes/s (of 32-byte ring records) of the drain alone, the figure the
 //! final flush depends on (seed: at least 100 MB/s; our target: 1 GB/s), for each event format:
 //! `drain/atc/...` (the default, encoding included) and `drain/atf2/...`. The session is replaced every 64 MiB
 //! (16 passes), like the ATF writer benchmark: on a VM, page-cache pages that were never used before
@@ -42,7 +43,7 @@ fn timed_passes(iters: u64, format: atf::EventFormat) -> Duration {
     // an event of another thread in full).
     let event = |i: u64, tid: u32| {
         atf::IndexEvent {
-            timestamp_ns: 1_000 + 20 * i,
+            timestamp_ns: 1_000 + 52 * i,
             function_id: 0x401000,
             thread_id: tid,
             kind: if i % 2 == 0 {
@@ -60,7 +61,8 @@ fn timed_passes(iters: u64, format: atf::EventFormat) -> Duration {
     let mut done = 0;
     while done < iters {
         let region =
-            SharedRegion::create_with_clock(&config(), &registry::Clock::boottime()).unwrap();
+            SharedRegion::create_with_clock(&config(), &registry::Clock::tsc(2_600_000_000, 0, 0))
+                .unwrap();
         let registry = region.registry().unwrap();
         let out = tempfile::tempdir().unwrap();
         let layout = atf::SessionLayout::create(out.path(), 1)

@@ -4,7 +4,10 @@
 //! It owns:
 //! - [`Drain`]: one pass over every active or exited slot (slots are sparse, so it walks what the
 //!   registry lists, not `0..thread_count`), writing each lane's committed bytes to its thread's
-//!   `index.atc` (or `index.atf`, see [`atf::EventFormat`]) in whole-ring-sized batches (no per-event write), returning rings to the free queue
+//!   `index.atc` (or `index.atf`, see [`atf::EventFormat`]) in whole-ring-sized batches (no per-event write),
+//!   each record's timestamp converted from the session clock's raw reading (TSC ticks) to
+//!   nanoseconds with the region's clock ([`registry::Clock::to_ns`]) as the writer takes it,
+//!   detail records' headers likewise, returning rings to the free queue
 //!   at once, persisting marked detail windows, and recycling the slots of exited threads once their
 //!   lanes are empty. After the stop handshake, [`Drain::final_drain`] empties every lane (exited
 //!   threads and, for a crashed target, the active detail windows included) and finishes every
@@ -62,7 +65,7 @@ use std::time::{Duration, Instant};
 use atf::{
     Accounting, Counts, DetailWindow, Drops, Manifest, SessionLayout, TargetFate, ThreadEntry,
 };
-use registry::{Registry, SlotInfo, SlotState};
+use registry::{Clock, ClockSource, Registry, SlotInfo, SlotState};
 use ring::Backend;
 use ring::{frames, PoolConsumer, StdBackend};
 
@@ -878,8 +881,11 @@ impl<'r, B: Backend> Drain<'r, B> {
         // Index lane: everything committed, active prefix included. Without a writer (the tid was
         // reused after its files were finished) the events are consumed, not written, and the
         // manifest counts them as `not_written`.
+        let clock = self.registry.clock();
         let r = match files.index.as_mut() {
-            Some(writer) => owner.index.drain(true, |chunk| writer.append(chunk.bytes)),
+            Some(writer) => owner
+                .index
+                .drain(true, |chunk| append_events(writer, chunk.bytes, &clock)),
             None => owner.index.drain(true, |_| Ok::<(), atf::Error>(())),
         };
         let r = match r {
@@ -906,7 +912,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         let r = owner
             .detail
             .drain(false, |chunk| {
-                persist_detail(&process.layout, tid, files, chunk, &mut persisted);
+                persist_detail(&process.layout, tid, files, chunk, &clock, &mut persisted);
                 Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
@@ -1160,6 +1166,7 @@ impl<'r, B: Backend> Drain<'r, B> {
         else {
             return Ok(());
         };
+        let clock = self.registry.clock();
         let mut persisted = Persisted::default();
         owner
             .detail
@@ -1167,7 +1174,7 @@ impl<'r, B: Backend> Drain<'r, B> {
                 if all {
                     chunk.marked = true;
                 }
-                persist_detail(&process.layout, tid, files, chunk, &mut persisted);
+                persist_detail(&process.layout, tid, files, chunk, &clock, &mut persisted);
                 Ok::<(), atf::Error>(())
             })
             .map_err(|e| lane_error(tid, e))?;
@@ -1319,6 +1326,7 @@ fn persist_detail(
     tid: u32,
     files: &mut ThreadFiles,
     chunk: ring::Chunk<'_>,
+    clock: &Clock,
     persisted: &mut Persisted,
 ) {
     if !chunk.marked {
@@ -1351,7 +1359,8 @@ fn persist_detail(
         let Some(writer) = files.detail.as_mut() else {
             continue;
         };
-        if let Err(e) = writer.append(record) {
+        // The header's timestamp is the clock's raw reading, as the index records' are.
+        if let Err(e) = writer.append_timed(record, |t| clock.to_ns(t)) {
             fail_detail(files);
             persisted.error.get_or_insert(e);
             continue;
@@ -1367,6 +1376,19 @@ fn persist_detail(
     }
     if window.records > 0 {
         files.windows.push(window);
+    }
+}
+
+/// Appends a run of ring records to an event file, each timestamp (the session clock's raw
+/// reading, see `registry::clock`) converted to nanoseconds on the way: in the writer's one pass
+/// over the records (the ATC encoder's decoding, or ATF v2's copy into its write buffer), so a
+/// record costs the drain a multiply and a shift more, not another pass over memory. A
+/// [`ClockSource::Boottime`] clock's readings are nanoseconds already: appended as they are.
+#[inline]
+fn append_events(writer: &mut atf::IndexWriter, records: &[u8], clock: &Clock) -> atf::Result<()> {
+    match clock.source {
+        ClockSource::Tsc => writer.append_timed(records, |t| clock.tsc_to_ns(t)),
+        ClockSource::Boottime => writer.append(records),
     }
 }
 

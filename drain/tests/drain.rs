@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use atf::{ClockType, Manifest, Session, SessionLayout};
 use drain::{Drain, DrainThread, Outcome};
-use registry::{RegionConfig, SharedRegion};
+use registry::{Clock, RegionConfig, SharedRegion};
 
 mod common;
 use common::produce;
@@ -36,7 +36,7 @@ fn small_config() -> RegionConfig {
 #[test]
 fn drain_thread__final_drain__then_all_data_written() {
     let out = tempfile::tempdir().unwrap();
-    let region = SharedRegion::create(&small_config()).unwrap();
+    let region = common::region(&small_config());
     let registry = region.leak().unwrap();
     let layout = SessionLayout::create(out.path(), std::process::id()).unwrap();
     let pid_dir = layout.pid_dir().to_path_buf();
@@ -124,7 +124,7 @@ fn drain_thread__more_than_twice_the_dirty_budget__then_written_back_as_it_goes_
 ) {
     // ATF v2 (32 bytes an event) so a few threads write well past the budget quickly.
     let out = tempfile::tempdir().unwrap();
-    let region = SharedRegion::create(&small_config()).unwrap();
+    let region = common::region(&small_config());
     let registry = region.leak().unwrap();
     let layout = SessionLayout::create(out.path(), std::process::id())
         .unwrap()
@@ -158,7 +158,7 @@ fn drain_thread__more_than_twice_the_dirty_budget__then_written_back_as_it_goes_
 #[test]
 fn drain__exited_slots__then_recycled_and_reused_by_new_threads() {
     let out = tempfile::tempdir().unwrap();
-    let region = SharedRegion::create(&small_config()).unwrap();
+    let region = common::region(&small_config());
     let registry = region.leak().unwrap();
     let layout = SessionLayout::create(out.path(), 1).unwrap();
     let mut drain = Drain::new(registry, layout, manifest_for(1)).unwrap();
@@ -190,7 +190,7 @@ fn child_drain_process() {
         return; // not the child: nothing to do
     };
     let (out, mode) = spec.split_once(';').unwrap();
-    let region = SharedRegion::create(&small_config()).unwrap();
+    let region = common::region(&small_config());
     let registry = region.leak().unwrap();
     if mode.starts_with("fsize") {
         // A small file size limit makes writes fail (EFBIG) as a full disk would.
@@ -438,7 +438,7 @@ fn live_threads(registry: registry::Registry<'_>, threads: u32, events: u64) -> 
 fn drain__new_threads_files_made_on_the_helper__then_drained_from_a_later_pass_and_nothing_lost() {
     for on_helper in [true, false] {
         let out = tempfile::tempdir().unwrap();
-        let region = SharedRegion::create(&small_config()).unwrap();
+        let region = common::region(&small_config());
         let registry = region.leak().unwrap();
         let layout = SessionLayout::create(out.path(), 1).unwrap();
         let pid_dir = layout.pid_dir().to_path_buf();
@@ -474,7 +474,7 @@ fn drain__new_threads_files_made_on_the_helper__then_drained_from_a_later_pass_a
 #[test]
 fn drain__stopped_while_the_helper_makes_files__then_final_drain_waits_and_nothing_lost() {
     let out = tempfile::tempdir().unwrap();
-    let region = SharedRegion::create(&small_config()).unwrap();
+    let region = common::region(&small_config());
     let registry = region.leak().unwrap();
     let layout = SessionLayout::create(out.path(), 1).unwrap();
     let mut drain = Drain::new(registry, layout, manifest_for(1)).unwrap();
@@ -591,7 +591,7 @@ fn drain__exec_whose_new_image_takes_a_lower_slot__then_the_main_threads_file_co
     for seen_before_the_exec in [false, true] {
         let out = tempfile::tempdir().unwrap();
         let config = small_config();
-        let region = SharedRegion::create(&config).unwrap();
+        let region = common::region(&config);
         let registry = region.leak().unwrap();
         // The pid lands on the last slot.
         let pid = 1000 * config.capacity + config.capacity - 1;
@@ -641,5 +641,146 @@ fn drain__exec_whose_new_image_takes_a_lower_slot__then_the_main_threads_file_co
             (1..=20).collect::<Vec<_>>(),
             "seen before the exec: {seen_before_the_exec}"
         );
+    }
+}
+
+/// Ring records carry the session clock's raw readings; the files hold nanoseconds. A TSC clock
+/// of 2.593 GHz (a `mult` that is not a power of two) whose `tsc_base` falls inside the run:
+/// readings below it saturate to `ns_base`, the others map to `ns_base + (t - tsc_base) / 2.593`
+/// (within a nanosecond of the exact quotient), in the event file (both formats), the detail
+/// records' headers and the manifest's time range. A `CLOCK_BOOTTIME` clock's readings are
+/// nanoseconds: they reach the files as written. Every event is accounted for either way.
+#[test]
+fn drain__ring_records_in_clock_readings__then_files_hold_their_nanoseconds() {
+    const HZ: u64 = 2_593_000_000;
+    const TSC_BASE: u64 = 40_000_000_000;
+    const NS_BASE: u64 = 1_700_000_000_000;
+    const EVENTS: u64 = 5_000;
+    const DETAILS: u64 = 3;
+    let (pid, tid) = (std::process::id(), 4242);
+    // 5 000 ticks below `tsc_base` first, then 997 ticks (about 384.5 ns) apart.
+    let reading = |i: u64| TSC_BASE - 5_000 + 997 * i;
+    for format in atf::EventFormat::ALL {
+        for clock in [Clock::tsc(HZ, TSC_BASE, NS_BASE), Clock::boottime()] {
+            let tsc = clock.source == registry::ClockSource::Tsc;
+            let expected = |i: u64| {
+                let t = reading(i);
+                if !tsc {
+                    t
+                } else if t < TSC_BASE {
+                    NS_BASE
+                } else {
+                    let exact = NS_BASE
+                        + (u128::from(t - TSC_BASE) * 1_000_000_000 / u128::from(HZ)) as u64;
+                    let ns = clock.to_ns(t);
+                    assert!(
+                        ns.abs_diff(exact) <= 1,
+                        "{t} ticks: {ns} ns, exactly {exact}"
+                    );
+                    ns
+                }
+            };
+            let what = format!("{} on {:?}", format.name(), clock.source);
+            let out = tempfile::tempdir().unwrap();
+            let region = SharedRegion::create_with_clock(&small_config(), &clock).unwrap();
+            let registry = region.registry().unwrap();
+            let layout = SessionLayout::create(out.path(), pid)
+                .unwrap()
+                .with_format(format);
+            let pid_dir = layout.pid_dir().to_path_buf();
+            let mut drain = Drain::new(registry, layout, manifest_for(pid))
+                .unwrap()
+                .files_on_helper(false);
+            let me = registry.register(pid, tid).expect("a slot");
+            // SAFETY: this thread is the slot's only producer.
+            let mut index = unsafe { me.lanes.index.producer() };
+            // SAFETY: as above.
+            let mut detail = unsafe { me.lanes.detail.producer() };
+            for i in 0..EVENTS {
+                let event = atf::IndexEvent {
+                    timestamp_ns: reading(i),
+                    function_id: 0x40_1000 + i % 3,
+                    thread_id: tid,
+                    kind: if i % 2 == 0 {
+                        atf::EventKind::Call
+                    } else {
+                        atf::EventKind::Return
+                    },
+                    call_depth: 0,
+                    detail_seq: if i < DETAILS {
+                        i as u32
+                    } else {
+                        atf::NO_DETAIL
+                    },
+                };
+                assert!(me.writer.begin());
+                index.push(&event.encode()).unwrap();
+                if i < DETAILS {
+                    let header = atf::DetailRecordHeader::for_payload(
+                        atf::DETAIL_CALL,
+                        i as u32,
+                        tid,
+                        reading(i),
+                        8,
+                    );
+                    let mut record = header.to_bytes().to_vec();
+                    record.extend_from_slice(&[0xcd; 8]);
+                    detail.push(&record).unwrap();
+                    detail.mark_active();
+                }
+                me.writer.end();
+                if i % 256 == 255 {
+                    // Room in the lane: the drain takes what the rings hold.
+                    drain.pass().unwrap();
+                }
+            }
+            registry.exit(me.slot);
+            drain.pass().unwrap();
+            common::stop_producers(registry);
+            drain.final_drain(false).unwrap();
+            let report = drain.finish(&Outcome::default()).unwrap();
+            let a = &report.accounting;
+            assert!(a.index.balanced() && a.detail.balanced(), "{what}: {a:?}");
+            assert_eq!(
+                (a.index.attempted, a.index.persisted),
+                (EVENTS, EVENTS),
+                "{what}"
+            );
+            assert_eq!(a.detail.persisted, DETAILS, "{what}");
+
+            let session = Session::open(&pid_dir).unwrap();
+            assert!(
+                session.warnings.is_empty(),
+                "{what}: {:?}",
+                session.warnings
+            );
+            assert_eq!(
+                (session.manifest.time_start_ns, session.manifest.time_end_ns),
+                (expected(0), expected(EVENTS - 1)),
+                "{what}"
+            );
+            let thread = &session.threads[0];
+            assert!(thread.index.verify(tid).unwrap().is_empty(), "{what}");
+            let times: Vec<u64> = thread
+                .index
+                .events()
+                .map(|e| e.unwrap().timestamp_ns)
+                .collect();
+            assert_eq!(
+                times,
+                (0..EVENTS).map(expected).collect::<Vec<_>>(),
+                "{what}"
+            );
+            let details = thread.detail.as_ref().expect("the marked window");
+            let times: Vec<u64> = details
+                .records()
+                .map(|r| r.unwrap().header.timestamp_ns)
+                .collect();
+            assert_eq!(
+                times,
+                (0..DETAILS).map(expected).collect::<Vec<_>>(),
+                "{what}"
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use atf::fault::{FaultPlan, FaultyFs};
 use atf::{ClockType, Manifest, Session, SessionLayout};
 use drain::{Drain, DrainError, DrainThread, Outcome, Report};
 use proptest::prelude::*;
-use registry::{RegionConfig, SharedRegion};
+use registry::RegionConfig;
 
 mod common;
 use common::{produce, DETAIL_PER_THREAD};
@@ -54,7 +54,7 @@ struct Run {
 /// being written, so the producers never wait on a drain that gave up.
 fn record_on(fs: Arc<FaultyFs>, threads: u32, events: u64) -> Run {
     let out = tempfile::tempdir().unwrap();
-    let region = SharedRegion::create(&config()).unwrap();
+    let region = common::region(&config());
     let registry = region.registry().unwrap();
     let layout = SessionLayout::create(out.path(), std::process::id())
         .unwrap()
@@ -180,7 +180,7 @@ fn drain__eintr_storm_and_short_writes__then_files_equal_the_accepted_events() {
             .short_writes_every(1, 64),
     ));
     let out = tempfile::tempdir().unwrap();
-    let region = SharedRegion::create(&config()).unwrap();
+    let region = common::region(&config());
     let registry = region.leak().unwrap();
     let layout = SessionLayout::create(out.path(), std::process::id())
         .unwrap()

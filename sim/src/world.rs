@@ -88,7 +88,9 @@ impl Shared {
 /// An index event carrying the thread and its per-thread sequence number.
 fn event(tid: u32, seq: u32) -> [u8; 32] {
     let mut ev = [0u8; 32];
-    ev[0..8].copy_from_slice(&u64::from(seq).to_le_bytes()); // timestamp: monotonic per thread
+    // Timestamp: monotonic per thread. The region's clock is `CLOCK_BOOTTIME`, whose readings are
+    // nanoseconds: the drain's conversion leaves it as written.
+    ev[0..8].copy_from_slice(&u64::from(seq).to_le_bytes());
     ev[8..16].copy_from_slice(&u64::from(seq).to_le_bytes());
     ev[16..20].copy_from_slice(&tid.to_le_bytes());
     ev[20..24].copy_from_slice(&1u32.to_le_bytes());

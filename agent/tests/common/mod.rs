@@ -23,11 +23,13 @@ pub struct Event {
 }
 
 impl Event {
-    fn decode(b: &[u8]) -> Event {
+    /// A ring record, its timestamp (the clock's raw reading) converted to nanoseconds as the
+    /// drain does.
+    fn decode(b: &[u8], clock: &registry::Clock) -> Event {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         Event {
-            timestamp_ns: u64_at(0),
+            timestamp_ns: clock.to_ns(u64_at(0)),
             function: u64_at(8),
             tid: u32_at(16),
             kind: u32_at(20),
@@ -43,7 +45,8 @@ pub struct Thread {
     pub pid: u32,
     pub tid: u32,
     pub events: Vec<Event>,
-    /// Detail records from marked windows.
+    /// Detail records from marked windows, as the ring holds them (header timestamps are the
+    /// clock's raw readings).
     pub marked_details: Vec<Vec<u8>>,
     pub counts: ThreadCounts,
 }
@@ -56,6 +59,8 @@ pub struct Run {
     pub stderr: String,
     pub threads: Vec<Thread>,
     pub orphans: OrphanCounts,
+    /// The region's clock (what the rings' raw timestamps are readings of).
+    pub clock: registry::Clock,
 }
 
 impl Run {
@@ -166,6 +171,7 @@ struct Drainer<'a> {
 impl<'a> Drainer<'a> {
     fn pass(&mut self, final_pass: bool) {
         let reg = self.reg;
+        let clock = reg.clock();
         for info in reg.slots() {
             let entry = self.live.entry(info.index).or_insert_with(|| {
                 let lanes = reg.lanes(info.index).unwrap();
@@ -183,7 +189,8 @@ impl<'a> Drainer<'a> {
             let (_, index, detail, t) = entry;
             index
                 .drain(true, |c| -> Result<(), ()> {
-                    t.events.extend(c.bytes.chunks(32).map(Event::decode));
+                    t.events
+                        .extend(c.bytes.chunks(32).map(|b| Event::decode(b, &clock)));
                     Ok(())
                 })
                 .unwrap();
@@ -273,6 +280,7 @@ pub fn run_preloading(
         stderr,
         threads: drainer.done,
         orphans: reg.orphan_counts(),
+        clock: reg.clock(),
     }
 }
 

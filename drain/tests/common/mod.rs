@@ -1,7 +1,16 @@
 //! What the drain's integration tests share: producer threads doing what the agent does.
 
 use atf::{EventKind, IndexEvent, NO_DETAIL};
-use registry::Registry;
+use registry::{Clock, RegionConfig, Registry, SharedRegion};
+
+/// A region for `config` on the `CLOCK_BOOTTIME` clock: its readings are nanoseconds, so the
+/// timestamps the producers here write (1, 2, ...) reach the files as written (the drain's
+/// conversion is the identity). A calibrated TSC clock would map them, all below its `tsc_base`,
+/// to one time.
+#[allow(dead_code)]
+pub fn region(config: &RegionConfig) -> SharedRegion {
+    SharedRegion::create_with_clock(config, &Clock::boottime()).unwrap()
+}
 
 /// Detail records each producer thread marks (the first three events).
 pub const DETAIL_PER_THREAD: u64 = 3;
