@@ -238,13 +238,32 @@ impl<const SEATS: usize, const PENDING: usize> Quiesce<SEATS, PENDING> {
     #[must_use]
     pub fn leave_marked(&self, marker: Marker<'_>) -> bool {
         let depth = marker.depth.load(Relaxed);
+        // A plain decrement: the holder leaves only sections it entered (`after_fork` keeps the
+        // caller's depth), so the depth is at least 1 here.
+        debug_assert!(depth > 0, "a leave without its enter");
         // Release: pairs with the Acquire loads in `reclaim`: every access this thread made
         // inside happens before a reclaim that sees it out.
-        marker.depth.store(depth.saturating_sub(1), Release);
+        marker.depth.store(depth.wrapping_sub(1), Release);
         light_barrier();
         // Relaxed: a hint; a retirement this misses runs its own reclaim after its second
-        // barrier, which sees this thread out.
-        depth <= 1 && self.waiting.load(Relaxed) != 0
+        // barrier, which sees this thread out. Loaded after the store above, never before (a
+        // retirement between the two would see this thread inside and be missed by it too: see
+        // the models). Tested first, and the depth loaded again only then (Relaxed: this thread's
+        // own store): nearly always 0, so the hot path is the decrement and one test.
+        self.waiting.load(Relaxed) != 0 && marker.depth.load(Relaxed) == 0
+    }
+
+    /// As [`Quiesce::leave_marked`], with the look at `waiting` before the marker's store (the
+    /// models' negative control).
+    #[cfg(all(test, feature = "loom"))]
+    pub(crate) fn leave_looking_first(&self, seat: Seat) -> bool {
+        let node = &self.nodes[seat.0 as usize];
+        let waiting = self.waiting.load(Relaxed) != 0;
+        light_barrier();
+        let depth = node.depth.load(Relaxed);
+        node.depth.store(depth - 1, Release);
+        light_barrier();
+        waiting && depth <= 1
     }
 
     /// Marks the calling thread inside. Call it before reading the pointer to the memory, and

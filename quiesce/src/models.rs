@@ -46,6 +46,12 @@ impl World {
     /// A hook: marks, reads the pointer, uses the memory if published, leaves (and reclaims if it
     /// is the last one out).
     fn call(&self, seat: Seat, with_barrier: bool) {
+        self.call_leaving(seat, with_barrier, false);
+    }
+
+    /// [`World::call`], with the leave looking for waiting tokens before its marker's store
+    /// (`looking_first`) or after it (the protocol's order).
+    fn call_leaving(&self, seat: Seat, with_barrier: bool, looking_first: bool) {
         if with_barrier {
             self.q.enter(seat);
         } else {
@@ -59,7 +65,12 @@ impl World {
             });
             assert_eq!(v, 42, "read the memory after its unmapping");
         }
-        if self.q.leave(seat) {
+        let last = if looking_first {
+            self.q.leave_looking_first(seat)
+        } else {
+            self.q.leave(seat)
+        };
+        if last {
             self.q.reclaim(|t| self.unmap(t));
         }
     }
@@ -168,4 +179,26 @@ fn detach__marker_without_barrier__then_model_catches_use_after_unmap() {
 #[should_panic]
 fn detach__retired_before_unpublished__then_model_catches_use_after_unmap() {
     one_caller(true, false);
+}
+
+/// Negative control: a leave that looks for waiting tokens before its marker's store can miss a
+/// retirement whose reclaim still saw it inside: the token is never reclaimed.
+#[test]
+#[should_panic(expected = "never reclaimed")]
+fn detach__leave_looks_before_its_store__then_model_catches_the_token_left_listed() {
+    loom::model(|| {
+        let w = World::new();
+        let seat = w.q.claim();
+        let user = {
+            let w = w.clone();
+            thread::spawn(move || w.call_leaving(seat, true, true))
+        };
+        w.detach(true);
+        user.join().unwrap();
+        assert_eq!(
+            w.reclaimed.load(Acquire),
+            1,
+            "a retired token was never reclaimed"
+        );
+    });
 }
