@@ -53,6 +53,34 @@ macro_rules! vector_arguments {
 }
 pub(crate) use vector_arguments;
 
+/// Assembly around a naked hook's call of its fast path in unoptimised builds (see
+/// [`SAVE_VECTORS_ALWAYS`]; the hook passes it as `always = const`): `save` aligns the stack
+/// below a frame that keeps the stack pointer at `[rsp + 192]` (in `r11` too) and saves the
+/// vector argument registers there; `restore` loads them and the stack pointer back. Nothing in
+/// release builds.
+macro_rules! vectors_in_debug {
+    (save) => {
+        concat!(
+            ".if {always}\n",
+            "mov r11, rsp\n",
+            "and rsp, -16\n",
+            "sub rsp, 208\n",
+            "mov [rsp + 192], r11\n",
+            crate::entry::vector_arguments!(store),
+            ".endif\n"
+        )
+    };
+    (restore) => {
+        concat!(
+            ".if {always}\n",
+            crate::entry::vector_arguments!(load),
+            "mov rsp, [rsp + 192]\n",
+            ".endif\n"
+        )
+    };
+}
+pub(crate) use vectors_in_debug;
+
 /// 1 when the naked hooks save the vector registers around their fast path too: in builds with
 /// debug assertions, which are unoptimised, and whose fast paths are not the inlined, call-free
 /// code that `agent/tests/hot_path.rs` checks in the release build (they call helpers, which may
@@ -92,18 +120,9 @@ macro_rules! entry_hook {
                 // Unoptimised builds: the fast path's code is not checked (see
                 // `SAVE_VECTORS_ALWAYS`), so it gets an aligned stack and the vectors are saved
                 // around it too.
-                ".if {always}",
-                "mov r11, rsp",
-                "and rsp, -16",
-                "sub rsp, 208",
-                "mov [rsp + 192], r11",
-                vector_arguments!(store),
-                ".endif",
+                vectors_in_debug!(save),
                 "call {fast}",
-                ".if {always}",
-                vector_arguments!(load),
-                "mov rsp, [rsp + 192]",
-                ".endif",
+                vectors_in_debug!(restore),
                 "test rax, rax",
                 "jnz 4f",
                 "2:",

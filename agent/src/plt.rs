@@ -48,7 +48,7 @@ use std::sync::Mutex;
 use registry::LibraryCalls;
 
 use crate::attach::got::{self, Object, PAGE};
-use crate::entry::{integer_arguments, vector_arguments};
+use crate::entry::{integer_arguments, vector_arguments, vectors_in_debug};
 use crate::hook::{event, CALL, FAST_DECLINED, RETURN};
 
 /// How a library function's return is handled.
@@ -528,18 +528,9 @@ macro_rules! plt_entry {
                 "lea rdi, [rsp + 72]",
                 "mov rsi, r11",
                 // Unoptimised builds: see `entry::SAVE_VECTORS_ALWAYS`.
-                ".if {always}",
-                "mov r11, rsp",
-                "and rsp, -16",
-                "sub rsp, 208",
-                "mov [rsp + 192], r11",
-                vector_arguments!(store),
-                ".endif",
+                vectors_in_debug!(save),
                 "call {fast_path}",
-                ".if {always}",
-                vector_arguments!(load),
-                "mov rsp, [rsp + 192]",
-                ".endif",
+                vectors_in_debug!(restore),
                 "test rdx, rdx",
                 "jnz 4f",
                 // Done: the return is hooked.
