@@ -311,8 +311,8 @@ impl FastAnswer for retstack::FastReturn {
     }
 }
 
-/// The fast paths' frame: when this thread already has its presence seat and its state in the
-/// live attachment, and the state is [`ready_fast`], runs `f` on it, the thread's shadow stack
+/// The fast paths' frame: when this thread already has a presence seat of its own (a thread on
+/// the shared counter takes the full path) and its state in the live attachment, and the state is [`ready_fast`], runs `f` on it, the thread's shadow stack
 /// (null if it has none yet) and whether its writer may keep the fence (a constant in each of
 /// the two places `f` is inlined), inside and busy; else answers `declined` having changed
 /// nothing. A thread that leaves last while an attachment waits to be freed turns a
@@ -326,21 +326,15 @@ pub(crate) fn fast<A: FastAnswer>(
 ) -> A {
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
-    let (marker, raw, state, shadow, generation) = unsafe {
-        (
-            (*t).marker,
-            (*t).seat,
-            (*t).state,
-            (*t).shadow,
-            (*t).generation,
-        )
-    };
+    let (marker, state, shadow, generation) =
+        unsafe { ((*t).marker, (*t).state, (*t).shadow, (*t).generation) };
     if state.is_null() {
         return declined;
     }
-    let Some(seat) = crate::live::enter_seated(marker, raw) else {
+    let Some(marker) = marker else {
         return declined;
     };
+    crate::live::enter_marked(marker);
     let answer = if generation != crate::live::generation() {
         declined
     } else {
@@ -374,7 +368,7 @@ pub(crate) fn fast<A: FastAnswer>(
         }
     };
     // A declined or refused event goes inside again on its slow path, whose leave reclaims.
-    if crate::live::leave_deferred(seat) && answer.code() == FAST_DONE {
+    if crate::live::leave_marked(marker) && answer.code() == FAST_DONE {
         answer.with_code(FAST_RECLAIM)
     } else {
         answer

@@ -278,44 +278,23 @@ pub(crate) fn leave(seat: Seat) {
     }
 }
 
-/// How a fast path marked its thread inside (see [`enter_seated`]).
-#[derive(Clone, Copy)]
-pub(crate) enum Marked {
-    /// Through the thread's own seat's marker.
-    Own(quiesce::Marker<'static>),
-    /// Through a seat looked up (the shared counter).
-    Seat(Seat),
-}
-
-/// [`enter`] for a thread that has its seat already (`marker` and `raw`, its TLS block's fields):
-/// through the seat's own marker if it has one, else through the seat (the shared counter);
-/// `None` when it has no seat yet (nothing marked). Claims nothing and calls nothing, for the
-/// hooks' fast paths (see `hook::fast`).
+/// [`enter`] through the thread's own seat's marker (its TLS block's `marker`), for the hooks'
+/// fast paths (see `hook::fast`): claims nothing and calls nothing. A thread without a seat of
+/// its own (none claimed yet, or on the shared counter) takes the full path instead.
 #[inline(always)]
-pub(crate) fn enter_seated(marker: Option<quiesce::Marker<'static>>, raw: u32) -> Option<Marked> {
-    if let Some(marker) = marker {
-        PRESENCE.enter_marked(marker);
-        return Some(Marked::Own(marker));
-    }
-    if raw == SEAT_NONE {
-        return None;
-    }
-    let seat = from_tls(raw);
-    PRESENCE.enter(seat);
-    Some(Marked::Seat(seat))
+pub(crate) fn enter_marked(marker: quiesce::Marker<'static>) {
+    PRESENCE.enter_marked(marker);
 }
 
-/// [`leave`] without the reclaim: `true` when the caller must call [`reclaim_now`] (once out).
+/// [`leave`] through the marker [`enter_marked`] marked, without the reclaim: `true` when the
+/// caller must call [`reclaim_now`] (once out).
 #[inline(always)]
 #[must_use]
-pub(crate) fn leave_deferred(marked: Marked) -> bool {
-    match marked {
-        Marked::Own(marker) => PRESENCE.leave_marked(marker),
-        Marked::Seat(seat) => PRESENCE.leave(seat),
-    }
+pub(crate) fn leave_marked(marker: quiesce::Marker<'static>) -> bool {
+    PRESENCE.leave_marked(marker)
 }
 
-/// Frees what waits for every thread to be out (after [`leave_deferred`] said so).
+/// Frees what waits for every thread to be out (after [`leave_marked`] said so).
 #[cold]
 #[inline(never)]
 pub(crate) fn reclaim_now() {
