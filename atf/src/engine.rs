@@ -170,16 +170,18 @@ impl FileCore {
     }
 
     /// Appends `bytes` changed on the way: they are copied into the buffer `unit`-aligned pieces
-    /// at a time (a piece at most the buffer's size; `unit` divides `bytes.len()`), and `change`
-    /// rewrites each piece in the buffer, while its bytes are in cache, before it is written.
+    /// at a time (`unit` divides `bytes.len()`), and `change` rewrites each piece in the buffer
+    /// right after its copy, while its bytes are in the first-level cache, before it is written.
     pub(crate) fn write_changed(
         &mut self,
         bytes: &[u8],
         unit: usize,
         mut change: impl FnMut(&mut [u8]),
     ) -> Result<()> {
+        /// Bytes copied then changed at a time: well inside a first-level data cache.
+        const PIECE: usize = 8 << 10;
         self.check_usable()?;
-        let piece = (WRITE_BUFFER - WRITE_BUFFER % unit).max(unit);
+        let piece = (PIECE - PIECE % unit).max(unit);
         for part in bytes.chunks(piece) {
             if self.buf.len() + part.len() > WRITE_BUFFER {
                 self.flush()?;

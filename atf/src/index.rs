@@ -14,7 +14,7 @@ use crate::engine::{
 use crate::error::{Error, Result};
 #[cfg(test)]
 use crate::le::put_u32;
-use crate::le::{put_u64, u64_at};
+use crate::le::u64_at;
 use crate::manifest::TscCalibration;
 use crate::sink::{Dir, FileSystem, RealFs};
 use crate::verify::{self, field_matches, Damage, EventCheck};
@@ -360,7 +360,8 @@ impl IndexWriter {
         match &mut self.body {
             Body::Atf { crc, .. } => self.core.write_changed(events, EVENT_SIZE, |piece| {
                 for event in piece.chunks_exact_mut(EVENT_SIZE) {
-                    put_u64(event, 0, time(u64_at(event, 0)));
+                    let (ts, _) = event.split_first_chunk_mut::<8>().expect("a whole event");
+                    *ts = time(u64::from_le_bytes(*ts)).to_le_bytes();
                 }
                 *crc = crc32c::crc32c_append(*crc, piece);
             }),
@@ -1286,6 +1287,7 @@ fn read_timestamp(file: &File, path: &Path, seq: u64) -> Result<u64> {
 #[allow(non_snake_case)]
 pub(crate) mod tests {
     use super::*;
+    use crate::le::put_u64;
     use crate::NO_DETAIL;
 
     pub(crate) fn event(i: u64) -> IndexEvent {

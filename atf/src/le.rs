@@ -13,6 +13,7 @@ pub(crate) fn u64_at(bytes: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+#[cfg(test)]
 pub(crate) fn put_u64(bytes: &mut [u8], off: usize, value: u64) {
     bytes[off..off + 8].copy_from_slice(&value.to_le_bytes());
 }
