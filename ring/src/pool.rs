@@ -5,7 +5,8 @@
 //! ```text
 //! PoolHeader      magic, version, layout_size, geometry, policy        (written once)
 //!                 active ring id                                        (producer's cache line)
-//!                 producer counters: accepted, dropped_full, swaps, waits  (producer's cache line)
+//!                 producer counters: accepted, dropped_full, swaps, waits  (producer's cache line;
+//!                 accepted by variable-size records only, see `RingPool::counters`)
 //! submit queue    a fixed-record ring of u32 ring ids, producer -> consumer
 //! free queue      a fixed-record ring of u32 ring ids, consumer -> producer
 //! ring 0 .. n-1   the rings of the lane
@@ -195,6 +196,8 @@ pub struct RingPool<'a, B: Backend = StdBackend> {
     rings: NonNull<u8>,
     ring_stride: usize,
     count: u32,
+    /// The rings' record size, 0 for variable-size records.
+    record_size: u32,
     policy: FullPolicy,
     _memory: PhantomData<&'a [u8]>,
 }
@@ -414,6 +417,7 @@ impl<'a, B: Backend> RingPool<'a, B> {
             rings,
             ring_stride: g.ring_stride,
             count,
+            record_size,
             policy,
             _memory: PhantomData,
         })
@@ -453,12 +457,26 @@ impl<'a, B: Backend> RingPool<'a, B> {
         unsafe { self.header.as_ref() }
     }
 
-    /// The producer's counters, as seen now. Relaxed loads: exact once the producer has stopped
-    /// and that was established by a handshake (a join, or the registry's stop handshake).
+    /// The producer's counters, as seen now: exact once the producer has stopped and that was
+    /// established by a handshake (a join, or the registry's stop handshake). A pool of
+    /// fixed-size records counts what it accepted by the bytes its rings were written (each
+    /// ring's head only grows, across swaps and reuse), so its producer keeps no count per record;
+    /// a pool of variable-size records counts each one.
     pub fn counters(&self) -> PoolCounters {
         let c = &self.header().counters.0;
+        let accepted = match self.record_size {
+            // Relaxed: a statistic, exact after the handshake (see above).
+            0 => c[ACCEPTED].load(Relaxed),
+            size => {
+                let bytes: u64 = (0..self.count)
+                    .filter_map(|id| self.ring(id))
+                    .map(|ring| ring.written())
+                    .sum();
+                bytes / u64::from(size)
+            }
+        };
         PoolCounters {
-            accepted: c[ACCEPTED].load(Relaxed),
+            accepted,
             dropped_full: c[DROPPED_FULL].load(Relaxed),
             swaps: c[SWAPS].load(Relaxed),
             waits: c[WAITS].load(Relaxed),
@@ -592,11 +610,9 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
     /// written or counted.
     #[inline(always)]
     pub fn try_push_words<const N: usize>(&mut self, words: &[u64; N]) -> bool {
-        if !self.ring.try_push_words(words) {
-            return false;
-        }
-        self.count(ACCEPTED);
-        true
+        // Counted by the bytes written (see `RingPool::counters`): the rings hold fixed-size
+        // records.
+        self.ring.try_push_words(words)
     }
 
     /// [`PoolProducer::try_push_words`] without the check, for a caller that made it already.
@@ -607,8 +623,9 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
     #[inline(always)]
     pub unsafe fn push_words_fitted<const N: usize>(&mut self, words: &[u64; N]) {
         // SAFETY: the caller's contract, for the active ring (no write swapped it since).
+        // Counted by the bytes written (see `RingPool::counters`): the rings hold fixed-size
+        // records.
         unsafe { self.ring.push_words_fitted(words) };
-        self.count(ACCEPTED);
     }
 
     /// Like [`PoolProducer::push`], but a wait for space ends as soon as `abandon()` says so: the
@@ -621,7 +638,7 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
         abandon: impl Fn() -> bool,
     ) -> Result<(), PushError> {
         if self.ring.push(record).is_ok() {
-            self.count(ACCEPTED);
+            self.count_accepted();
             return Ok(());
         }
         self.push_slow(record, &abandon)
@@ -632,7 +649,7 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
     fn push_slow(&mut self, record: &[u8], abandon: &dyn Fn() -> bool) -> Result<(), PushError> {
         if self.try_swap() && self.ring.push(record).is_ok() {
             self.gave_up = false;
-            self.count(ACCEPTED);
+            self.count_accepted();
             return Ok(());
         }
         if let FullPolicy::Wait { timeout_us } = self.pool.policy {
@@ -646,7 +663,7 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
                     if self.ring.push(record).is_ok()
                         || (self.try_swap() && self.ring.push(record).is_ok())
                     {
-                        self.count(ACCEPTED);
+                        self.count_accepted();
                         return Ok(());
                     }
                     if abandon() {
@@ -723,6 +740,15 @@ impl<'a, B: Backend> PoolProducer<'a, B> {
     /// The id of the ring being written.
     pub fn active(&self) -> u32 {
         self.active
+    }
+
+    /// Counts an accepted record, in a pool of variable-size records (a pool of fixed-size ones
+    /// counts them by the bytes written, see `RingPool::counters`).
+    #[inline(always)]
+    fn count_accepted(&self) {
+        if self.pool.record_size == 0 {
+            self.count(ACCEPTED);
+        }
     }
 
     #[inline(always)]

@@ -279,6 +279,12 @@ impl<'a, B: Backend> Ring<'a, B> {
         head.wrapping_sub(tail).min(self.capacity) as usize
     }
 
+    /// Bytes ever written into the ring (the producer's position), as seen now. Acquire: pairs
+    /// with the producer's Release store of the head, as in [`Ring::len_bytes`].
+    pub fn written(&self) -> u64 {
+        self.head().load(Acquire)
+    }
+
     /// Whether nothing is committed and unreleased (a snapshot).
     pub fn is_empty(&self) -> bool {
         self.len_bytes() == 0

@@ -193,6 +193,12 @@ fn pool__swap_on_full__then_submitted_in_order_and_counted() {
     for i in 8..12u8 {
         tx.push(&[i; 32]).unwrap();
     }
+    // Still exact across a swap into a reused ring (the drained active ring took two more, then
+    // ring 0 came back from the free queue; a pool of fixed-size records counts what
+    // it accepted by the bytes its rings were written).
+    let c = pool.counters();
+    assert_eq!((c.accepted, c.dropped_full, c.swaps), (10, 2, 3));
+    assert_eq!(c.attempted(), 12);
 }
 
 #[test]
