@@ -658,9 +658,11 @@ fn clobbering_mitigation(report: &str) -> bool {
 /// ([`enter`]'s first): it records only for a thread registered in the live attachment, which
 /// exists once the agent is published, and stubs are made after that.
 extern "C" fn plt_fast(slot: *mut u64, target: &Target) -> retstack::FastReturn {
+    let code = crate::entry::enter_fast(slot, target.id);
+    // Loaded after the record: a register held across it would be moved around `rdtsc`'s.
     retstack::FastReturn {
         ret: target.real.load(Relaxed) as u64,
-        code: crate::entry::enter_fast(slot, target.id),
+        code,
     }
 }
 
