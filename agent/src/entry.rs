@@ -284,14 +284,23 @@ extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
     crate::hook::fast(
         declined,
         #[inline(always)]
-        // SAFETY: this thread's own shadow stack, if it has one.
-        |st, sh, fenced| match unsafe { sh.as_mut() }.and_then(|sh| sh.try_unhook_fast(slot)) {
-            Some((ret, function)) => retstack::FastReturn {
-                ret,
+        |st, sh, fenced| {
+            // SAFETY: this thread's own shadow stack, if it has one.
+            let Some(sh) = (unsafe { sh.as_mut() }) else {
+                return declined;
+            };
+            // The return is recorded before the frame's return address is read (see
+            // `try_unhook_fast_then`).
+            let popped = sh.try_unhook_fast_then(
+                slot,
+                #[inline(always)]
                 // SAFETY: `fast` runs this only on a state it found ready, `fenced` as found.
-                code: unsafe { crate::hook::record_fast(st, fenced, RETURN, function) },
-            },
-            None => declined,
+                |function| unsafe { crate::hook::record_fast(st, fenced, RETURN, function) },
+            );
+            match popped {
+                Some((ret, code)) => retstack::FastReturn { ret, code },
+                None => declined,
+            }
         },
     )
 }

@@ -353,6 +353,18 @@ impl ShadowStack {
     /// a time, as [`ShadowStack::try_hook_fast`].
     #[inline(always)]
     pub fn try_unhook_fast(&mut self, slot: u64) -> Option<(u64, u64)> {
+        self.try_unhook_fast_then(slot, |function| function)
+    }
+
+    /// [`ShadowStack::try_unhook_fast`] that runs `then` on the popped frame's function before it
+    /// reads the frame's return address (so a caller that records the return first need not
+    /// keep that address in a register meanwhile): the address and what `then` gave.
+    #[inline(always)]
+    pub fn try_unhook_fast_then<R>(
+        &mut self,
+        slot: u64,
+        then: impl FnOnce(u64) -> R,
+    ) -> Option<(u64, R)> {
         // The stack free and nothing restored (see `fast_limit`).
         if self.fast_limit.is_null() {
             return None;
@@ -360,9 +372,8 @@ impl ShadowStack {
         let top = self.top;
         // SAFETY: `top` is the innermost frame or the sentinel, both initialised; the sentinel's
         // slot equals no real one, so a match is a hooked frame.
-        let (ret, function, at) = unsafe {
+        let (function, at) = unsafe {
             (
-                (&raw const (*top).ret).read_volatile(),
                 (&raw const (*top).function).read_volatile(),
                 (&raw const (*top).slot).read_volatile(),
             )
@@ -372,7 +383,12 @@ impl ShadowStack {
         }
         // SAFETY: a hooked frame (not the sentinel): the place below it is in the buffer.
         self.top = unsafe { top.sub(1) };
-        Some((ret, function))
+        let answer = then(function);
+        // SAFETY: the popped frame is still in the buffer, unchanged: only this thread pushes,
+        // not before this returns (`then` has no access to the stack: `self` is borrowed), and a
+        // signal handler interrupting it leaves the stack alone (as for `try_hook_fast`).
+        let ret = unsafe { (&raw const (*top).ret).read_volatile() };
+        Some((ret, answer))
     }
 
     /// Whether `frame` is proven gone by a hook at `at` whose slot holds `ret`: on the thread's
