@@ -1387,7 +1387,12 @@ fn persist_detail(
 #[inline]
 fn append_events(writer: &mut atf::IndexWriter, records: &[u8], clock: &Clock) -> atf::Result<()> {
     match clock.source {
-        ClockSource::Tsc => writer.append_timed(records, |t| clock.tsc_to_ns(t)),
+        ClockSource::Tsc => {
+            // A copy, so its fields stay in registers across the writer's stores (through a
+            // reference they could alias the output bytes, and are loaded again per record).
+            let clock = *clock;
+            writer.append_timed(records, move |t| clock.tsc_to_ns(t))
+        }
         ClockSource::Boottime => writer.append(records),
     }
 }
