@@ -1305,6 +1305,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// A writer of `format` at `path` on the real file system (thread 77, a boottime clock).
+    fn writer_at(path: &Path, format: EventFormat) -> IndexWriter {
+        IndexWriter::create_with_format(&crate::sink::RealFs, path, 77, ClockType::Boottime, format)
+            .unwrap()
+    }
+
     pub(crate) fn batch(range: std::ops::Range<u64>) -> Vec<u8> {
         range.flat_map(|i| event(i).encode()).collect()
     }
@@ -1326,14 +1332,7 @@ pub(crate) mod tests {
         for format in [EventFormat::Atf2, EventFormat::Atc] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(format.file_name());
-            let mut w = IndexWriter::create_with_format(
-                &crate::sink::RealFs,
-                &path,
-                77,
-                ClockType::Boottime,
-                format,
-            )
-            .unwrap();
+            let mut w = writer_at(&path, format);
             for part in batch(0..n).chunks(20_000 * EVENT_SIZE) {
                 w.append(part).unwrap();
                 w.flush().unwrap();
@@ -1608,14 +1607,7 @@ pub(crate) mod tests {
             let dir = tempfile::tempdir().unwrap();
             let write = |name: &str, timed: bool| {
                 let path = dir.path().join(name);
-                let mut w = IndexWriter::create_with_format(
-                    &crate::sink::RealFs,
-                    &path,
-                    77,
-                    ClockType::Boottime,
-                    format,
-                )
-                .unwrap();
+                let mut w = writer_at(&path, format);
                 for part in ticks.chunks(3_333 * EVENT_SIZE) {
                     if timed {
                         w.append_timed(part, time).unwrap();

@@ -631,11 +631,7 @@ fn drain__exec_whose_new_image_takes_a_lower_slot__then_the_main_threads_file_co
         let session = Session::open(&pid_dir).unwrap();
         assert!(session.warnings.is_empty(), "{:?}", session.warnings);
         assert_eq!(session.threads.len(), 1);
-        let times: Vec<u64> = session.threads[0]
-            .index
-            .events()
-            .map(|e| e.unwrap().timestamp_ns)
-            .collect();
+        let times = common::event_times(&session.threads[0]);
         assert_eq!(
             times,
             (1..=20).collect::<Vec<_>>(),
@@ -761,11 +757,7 @@ fn drain__ring_records_in_clock_readings__then_files_hold_their_nanoseconds() {
             );
             let thread = &session.threads[0];
             assert!(thread.index.verify(tid).unwrap().is_empty(), "{what}");
-            let times: Vec<u64> = thread
-                .index
-                .events()
-                .map(|e| e.unwrap().timestamp_ns)
-                .collect();
+            let times = common::event_times(thread);
             assert_eq!(
                 times,
                 (0..EVENTS).map(expected).collect::<Vec<_>>(),

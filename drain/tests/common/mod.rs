@@ -76,3 +76,13 @@ pub fn stop_producers(registry: Registry<'_>) {
         .close_registrations(std::time::Duration::from_secs(5))
         .unwrap();
 }
+
+/// The timestamps of a thread's index events, in file order.
+#[allow(dead_code)]
+pub fn event_times(thread: &atf::SessionThread) -> Vec<u64> {
+    thread
+        .index
+        .events()
+        .map(|e| e.unwrap().timestamp_ns)
+        .collect()
+}
