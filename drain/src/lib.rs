@@ -1298,9 +1298,11 @@ fn process_alive(pid: u32) -> bool {
 /// event: a `shutdown` drop. Counts of exited threads are final and never adjusted, so a real
 /// accounting error still shows.
 fn reconcile_after_stop(c: &mut registry::ThreadCounts, taken: u64) {
-    // The ring publishes an event before its producer counts it accepted: a thread killed (the
-    // target exiting under it) between the two leaves an event in the lane that no counter
-    // accounts for. What the drain consumed is accepted, whatever the counter says.
+    // A pool of variable-size records (the detail lane) publishes a record before its producer
+    // counts it accepted: a thread killed (the target exiting under it) between the two leaves a
+    // record in the lane that no counter accounts for. What the drain consumed is accepted,
+    // whatever the counter says. (A fixed-size pool, the index lane, counts what it accepted by
+    // the bytes its rings were written, so there the two agree; the maximum is harmless.)
     c.accepted = c.accepted.max(taken);
     let counted = c.accepted + c.dropped();
     if c.attempted > counted {
