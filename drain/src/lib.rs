@@ -1298,11 +1298,10 @@ fn process_alive(pid: u32) -> bool {
 /// event: a `shutdown` drop. Counts of exited threads are final and never adjusted, so a real
 /// accounting error still shows.
 fn reconcile_after_stop(c: &mut registry::ThreadCounts, taken: u64) {
-    // A pool of variable-size records (the detail lane) publishes a record before its producer
-    // counts it accepted: a thread killed (the target exiting under it) between the two leaves a
-    // record in the lane that no counter accounts for. What the drain consumed is accepted,
-    // whatever the counter says. (A fixed-size pool, the index lane, counts what it accepted by
-    // the bytes its rings were written, so there the two agree; the maximum is harmless.)
+    // What the drain consumed is accepted, whatever the counter says. The index lane's pool
+    // counts what it accepted by the bytes its rings were written, so the two agree; a pool that
+    // counted each record after publishing it (as variable-size pools do) could lose the count
+    // of a record whose thread was killed in between, and this keeps such a record accounted.
     c.accepted = c.accepted.max(taken);
     let counted = c.accepted + c.dropped();
     if c.attempted > counted {
