@@ -806,6 +806,10 @@ impl Session {
 const EMPTY_NOTE: &str =
     "empty: the tracer stopped before writing its header, so it holds no events";
 
+/// What a thread directory without an events file in an unfinished session is said to be.
+const NO_FILE_NOTE: &str =
+    "has no events file: the tracer stopped before creating it, so it holds no events";
+
 /// Whether `path` is a regular file of 0 bytes (not following a link).
 fn is_empty_file(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.len() == 0)
@@ -835,6 +839,17 @@ impl Session {
             warnings.push(Warning::FileRecovered {
                 path: events_path,
                 note: EMPTY_NOTE.to_owned(),
+            });
+            return;
+        }
+        // Killed between creating the thread's directory and its file: the same residue.
+        if unfinished
+            && fs::symlink_metadata(&events_path).is_err()
+            && fs::symlink_metadata(&thread_dir).is_ok_and(|m| m.is_dir())
+        {
+            warnings.push(Warning::FileRecovered {
+                path: thread_dir,
+                note: NO_FILE_NOTE.to_owned(),
             });
             return;
         }
@@ -1204,25 +1219,32 @@ mod tests {
             w41.append(&batch(41, 5)).unwrap();
             w41.flush().unwrap();
             std::mem::forget(w41);
-            // Thread 42's file was created, and the tracer died before its header went out.
+            // Thread 42's file was created, and the tracer died before its header went out;
+            // thread 43's directory was made, and it died before the file.
             let dir42 = layout.pid_dir().join("thread_42");
             fs::create_dir(&dir42).unwrap();
             fs::File::create(EventFormat::events_path(&dir42)).unwrap();
+            fs::create_dir(layout.pid_dir().join("thread_43")).unwrap();
 
             let s = Session::open(layout.pid_dir()).unwrap();
             assert_eq!(s.threads.iter().map(|t| t.id).collect::<Vec<_>>(), [41]);
             assert_eq!(s.event_count(), 5);
-            let thread_42 = |w: &&Warning| w.to_string().contains("thread_42");
-            let w42 = s.warnings.iter().find(thread_42).unwrap();
-            if finished {
-                // A finished session wrote every header: an empty file there is damage.
-                assert!(
-                    matches!(w42, Warning::ThreadUnreadable { thread_id: 42, .. }),
-                    "{w42}"
-                );
-            } else {
-                assert!(matches!(w42, Warning::FileRecovered { .. }), "{w42}");
-                assert!(w42.to_string().contains("holds no events"), "{w42}");
+            for (id, name) in [(42, "thread_42"), (43, "thread_43")] {
+                let named = |w: &&Warning| {
+                    !matches!(w, Warning::UnlistedThread { .. }) && w.to_string().contains(name)
+                };
+                let w = s.warnings.iter().find(named).unwrap();
+                if finished {
+                    // A finished session made every file and wrote every header: an empty or
+                    // missing file there is damage.
+                    assert!(
+                        matches!(w, Warning::ThreadUnreadable { thread_id, .. } if *thread_id == id),
+                        "{w}"
+                    );
+                } else {
+                    assert!(matches!(w, Warning::FileRecovered { .. }), "{w}");
+                    assert!(w.to_string().contains("holds no events"), "{w}");
+                }
             }
         }
     }
