@@ -220,8 +220,8 @@ fn own_stack() -> Option<(usize, usize, usize)> {
 
 /// Takes back a stack [`own_stack`] made for a thread that never started.
 fn drop_own_stack(entry: usize, lo: usize) {
-    // Relaxed then Release, the reverse of `own_stack`: a reader that still sees `hi` sees the
-    // old `lo` or 0, and no thread runs on the stack either way.
+    // The reverse of `own_stack`: `hi` first, so a reader stops matching the range, then `lo`,
+    // which frees the entry. No thread runs on the stack either way. Release: as in `own_stack`.
     OWN_STACKS[entry][1].store(0, Release);
     // SAFETY: the mapping `own_stack` made, used by no thread (pthread_create failed).
     unsafe { libc::munmap((lo - GUARD) as *mut libc::c_void, GUARD + HELPER_STACK) };
