@@ -259,14 +259,14 @@ pub(crate) fn enter_fast(slot: *mut u64, function: u64) -> u64 {
     crate::hook::fast(
         FAST_DECLINED,
         #[inline(always)]
-        |st, sh, fenced, now| {
+        |st, sh, fenced| {
             // SAFETY: this thread's own shadow stack (made by it, never freed while it runs);
             // `slot` is the entered function's return-address word, on this thread's stack (the
             // naked hook computed it from the frame the compiler set up); a signal handler
             // interrupting this finds the thread busy, so its hooks leave the stack alone.
             if !sh.is_null() && unsafe { (*sh).try_hook_fast(slot, function, trampoline()) } {
                 // SAFETY: `fast` runs this only on a state it found ready, `fenced` as found.
-                unsafe { crate::hook::record_fast(st, fenced, CALL, function, now) }
+                unsafe { crate::hook::record_fast(st, fenced, CALL, function) }
             } else {
                 FAST_DECLINED
             }
@@ -284,7 +284,7 @@ extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
     crate::hook::fast(
         declined,
         #[inline(always)]
-        |st, sh, fenced, now| {
+        |st, sh, fenced| {
             // SAFETY: this thread's own shadow stack, if it has one.
             let Some(sh) = (unsafe { sh.as_mut() }) else {
                 return declined;
@@ -295,7 +295,7 @@ extern "C" fn return_fast(slot: u64) -> retstack::FastReturn {
                 slot,
                 #[inline(always)]
                 // SAFETY: `fast` runs this only on a state it found ready, `fenced` as found.
-                |function| unsafe { crate::hook::record_fast(st, fenced, RETURN, function, now) },
+                |function| unsafe { crate::hook::record_fast(st, fenced, RETURN, function) },
             );
             match popped {
                 Some((ret, code)) => retstack::FastReturn { ret, code },

@@ -131,7 +131,7 @@ pub(crate) fn event(kind: u32, function: u64, regs: *const u64) {
         FAST_DECLINED,
         #[inline(always)]
         // SAFETY: `fast` runs this only on a state it found `ready_fast`, `fenced` as it found.
-        |st, _, fenced, now| unsafe { record_fast(st, fenced, kind, function, now) },
+        |st, _, fenced| unsafe { record_fast(st, fenced, kind, function) },
     );
     if code != FAST_DONE {
         event_slow(code, kind, function);
@@ -312,24 +312,17 @@ impl FastAnswer for retstack::FastReturn {
 }
 
 /// The fast paths' frame: when this thread already has a presence seat of its own (a thread on
-/// the shared counter takes the full path) and its state in the live attachment, and the state is
-/// [`ready_fast`], runs `f` on it, the thread's shadow stack (null if it has none yet), whether its
-/// writer may keep the fence (a constant in each of the two places `f` is inlined) and the clock's
-/// raw reading taken as the hook began, inside and busy; else answers `declined` having changed
+/// the shared counter takes the full path) and its state in the live attachment, and the state is [`ready_fast`], runs `f` on it, the thread's shadow stack
+/// (null if it has none yet) and whether its writer may keep the fence (a constant in each of
+/// the two places `f` is inlined), inside and busy; else answers `declined` having changed
 /// nothing. A thread that leaves last while an attachment waits to be freed turns a
 /// [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls nothing and leaves the vector registers alone (so
-/// must `f`): the naked hooks save those only when the answer is not [`FAST_DONE`]. `f` runs only
-/// on a state found [`ready_fast`], and may record one event with [`record_fast`].
-///
-/// The clock is read before the state's tests, so that `rdtsc`'s latency (tens of cycles) overlaps
-/// them instead of holding up the record's store: that latency is paid in full where nothing can
-/// overlap it, before a system call the function makes or after its return (a `getpid()` loop
-/// measured ~1–2 ns less per call). A declined event wastes the reading; its slow path reads the
-/// clock again.
+/// must `f`): the naked hooks save those only when the answer is not [`FAST_DONE`]. `f` runs only on a state found [`ready_fast`], and may record one
+/// event with [`record_fast`].
 #[inline(always)]
 pub(crate) fn fast<A: FastAnswer>(
     declined: A,
-    f: impl FnOnce(&mut ThreadState, *mut retstack::ShadowStack, bool, u64) -> A,
+    f: impl FnOnce(&mut ThreadState, *mut retstack::ShadowStack, bool) -> A,
 ) -> A {
     let t = tls();
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
@@ -345,11 +338,6 @@ pub(crate) fn fast<A: FastAnswer>(
     let answer = if generation != crate::live::generation() {
         declined
     } else {
-        // Raw ticks (converted by the drain, `Clock::to_ns`), used only on a state `ready_fast`
-        // passes: those are on a TSC clock (`ThreadState::gate`), whose raw reading is one
-        // `rdtsc`. Read here rather than at the very start: the generations compared above need
-        // no register while `rdtsc` fills two (fewer callee-saved registers to save).
-        let now = registry::clock::rdtsc();
         // SAFETY: the live generation's state of this thread (see `free_state`), kept mapped
         // while it is inside; a signal handler on this thread is kept out by its `gate`.
         let st = unsafe { &mut *state };
@@ -359,14 +347,14 @@ pub(crate) fn fast<A: FastAnswer>(
             // writer stays so).
             st.gate = crate::state::BUSY;
             compiler_fence(SeqCst);
-            let answer = f(st, shadow, false, now);
+            let answer = f(st, shadow, false);
             compiler_fence(SeqCst);
             st.gate = 0;
             answer
         } else if ready_fast(st, true) {
             st.set_busy(true);
             compiler_fence(SeqCst);
-            let answer = f(st, shadow, true, now);
+            let answer = f(st, shadow, true);
             compiler_fence(SeqCst);
             // Kept: `FENCED`, or its absence once the write section's opening dropped it. A
             // volatile store, so the compiler keeps it apart from the unfenced copy's (which then
@@ -388,8 +376,8 @@ pub(crate) fn fast<A: FastAnswer>(
 }
 
 /// [`record`] on the fast path (the caller checked [`ready_fast`] since this thread's last event,
-/// which answered `fenced`, and holds `busy`), stamped `now` (the raw clock reading [`fast`]
-/// took): calls nothing and leaves the vector registers alone. [`FAST_DONE`], or [`FAST_REFUSED`] when the stop came
+/// which answered `fenced`, and holds `busy`): calls nothing
+/// and leaves the vector registers alone. [`FAST_DONE`], or [`FAST_REFUSED`] when the stop came
 /// in between (the event is counted as a shutdown drop; the caller's hook runs [`after_fast`]).
 ///
 /// # Safety
@@ -400,7 +388,6 @@ pub(crate) unsafe fn record_fast(
     fenced: bool,
     kind: u32,
     function: u64,
-    now: u64,
 ) -> u64 {
     let depth = step_depth(st, kind);
     let Some(section) = crate::thread::open_section(st, fenced) else {
@@ -413,8 +400,14 @@ pub(crate) unsafe fn record_fast(
     };
     // `kind` is one of the two (the hooks pass constants): its word was made at registration.
     debug_assert_eq!(thread_kind, ::event::Record::thread_kind_word(st.tid, kind));
+    // Raw ticks, converted to nanoseconds by the drain (`Clock::to_ns`): this path runs only on a
+    // TSC clock (`ThreadState::gate`), whose raw reading is one `rdtsc`. Read here, while the
+    // thread is busy, not earlier in `fast` (where its latency would overlap the tests, ~1–2 ns a
+    // call around a system call): a signal handler interrupting the thread before it is busy
+    // records its own events first, and those would then be stamped later than this event, which
+    // follows them in the ring, and the thread's time would go back.
     let words = ::event::Record::words_with(
-        now,
+        registry::clock::rdtsc(),
         function | st.tag,
         thread_kind,
         u64::from(depth) | st.no_detail_word,
