@@ -18,7 +18,8 @@
 //! `cargo bench -p benches --bench library_calls` runs 2 M calls (200 k under ltrace, which is
 //! ~1000× slower; ltrace only on `getpid`); `cargo test --benches` one short pass (50 k, 2 k
 //! under ltrace). Tools that are not installed get a dash. `LIBRARY_CALLS_BASE=<another tracer
-//! binary>` adds its row ("base"), to compare two builds of the tracer in one run.
+//! binary>` adds its row ("base"), to compare two builds of the tracer in one run;
+//! `LIBRARY_CALLS_ROUNDS=<n>` runs n rounds instead of 5.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -172,7 +173,13 @@ fn main() {
     } else {
         (50_000, 2_000)
     };
-    let rounds = if full { 5 } else { 1 };
+    // `LIBRARY_CALLS_ROUNDS=<n>`: more rounds, for a side-by-side comparison of two builds
+    // (with `LIBRARY_CALLS_BASE`) whose difference is smaller than a 5-round best moves.
+    let rounds = std::env::var("LIBRARY_CALLS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(if full { 5 } else { 1 });
     // Another build of the tracer to compare with, side by side (its own row).
     let base = std::env::var_os("LIBRARY_CALLS_BASE").map(PathBuf::from);
     let getpid = build_c_with(dir.path(), "getpid_loop", LOOP_C, &[]);
