@@ -13,7 +13,10 @@
 //! tracer's own threads waking on the workload's CPU show there).
 //! The overhead is the figure minus the untraced one; each row's figure is its best of 5 rounds,
 //! each round running every row once in turn (so a busy spell on the machine hits every row
-//! alike).
+//! alike). The ratio to uftrace is given both ways: from those best figures, and paired by round
+//! (each round's CPU overhead over uftrace's in that round; the median and the range), which
+//! does not pair one row's quiet moment with another's busy one. On a shared machine the two can
+//! differ by a few hundredths, and a round's ratio moves by more than that.
 //!
 //! `cargo bench -p benches --bench library_calls` runs 2 M calls (200 k under ltrace, which is
 //! ~1000× slower; ltrace only on `getpid`); `cargo test --benches` one short pass (50 k, 2 k
@@ -206,14 +209,19 @@ fn main() {
              5000-call batch's wall; and the fewest times the workload was preempted"
         );
         let mut best: Vec<Option<Figure>> = vec![None; rows.len()];
+        // Each round's figures, for the paired ratios below.
+        let mut by_round: Vec<Vec<Option<Figure>>> = Vec::new();
         for _ in 0..rounds {
+            let mut this_round = Vec::new();
             for ((name, launch), best) in rows.iter().zip(best.iter_mut()) {
                 let n = if *name == "ltrace" {
                     ltrace_calls
                 } else {
                     calls
                 };
-                if let Some(v) = run(launch(&n.to_string())) {
+                let got = run(launch(&n.to_string()));
+                this_round.push(got);
+                if let Some(v) = got {
                     *best = Some(best.map_or(v, |b: Figure| {
                         [
                             b[0].min(v[0]),
@@ -224,6 +232,7 @@ fn main() {
                     }));
                 }
             }
+            by_round.push(this_round);
         }
         let figure = |name: &str| rows.iter().position(|r| r.0 == name).and_then(|i| best[i]);
         let untraced = figure("untraced").expect("the workload runs");
@@ -252,6 +261,29 @@ fn main() {
                 );
             }
         }
+        // Paired: each round's CPU overhead over uftrace's in the same round, against the same
+        // round's untraced run. A busy or quiet spell of the machine then moves both sides of a
+        // ratio together; the best-of figures above can pair one row's quiet moment with
+        // another's busy one.
+        let column = |name: &str| rows.iter().position(|r| r.0 == name);
+        if let (Some(u), Some(f)) = (column("untraced"), column("uftrace")) {
+            for ours in ["tracer", "base"] {
+                let Some(o) = column(ours) else { continue };
+                let ratios: Vec<f64> = by_round
+                    .iter()
+                    .filter_map(|r| {
+                        let (u, f, o) = (r[u]?, r[f]?, r[o]?);
+                        Some((o[0] - u[0]) / (f[0] - u[0]))
+                    })
+                    .collect();
+                if let Some((median, low, high)) = median_and_range(ratios) {
+                    println!(
+                        "{ours} / uftrace overhead, paired by round: median {median:.2}x (CPU), \
+                         {low:.2}x to {high:.2}x over {rounds} rounds"
+                    );
+                }
+            }
+        }
         if let (Some(o), Some(l)) = (figure("tracer"), figure("ltrace")) {
             let (o, l) = (overhead(o), overhead(l));
             println!(
@@ -261,4 +293,12 @@ fn main() {
             );
         }
     }
+}
+
+/// The median of `values` (the lower middle one of an even count) and their range; `None` when
+/// there are none.
+fn median_and_range(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
+    values.sort_by(f64::total_cmp);
+    let (first, last) = (*values.first()?, *values.last()?);
+    Some((values[(values.len() - 1) / 2], first, last))
 }
