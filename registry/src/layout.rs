@@ -36,7 +36,7 @@ pub enum Handshake {
 /// `"TRG1"`: the first four bytes of a region.
 pub const REGION_MAGIC: u32 = u32::from_le_bytes(*b"TRG1");
 /// Layout version of the region. Bumped on any change of layout or protocol.
-pub const REGION_VERSION: u32 = 2;
+pub const REGION_VERSION: u32 = 3;
 /// The most trigger addresses a region holds.
 pub const MAX_TRIGGERS: usize = 64;
 /// The most threads a region may be created for.
@@ -60,11 +60,11 @@ pub(crate) const ACTIVE: u32 = 2;
 pub(crate) const EXITED: u32 = 3;
 pub(crate) const RECYCLING: u32 = 4;
 
-/// Indices of the producer counters in [`SlotHot::counters`].
-pub(crate) const C_ATTEMPTED: usize = 0;
-pub(crate) const C_SHUTDOWN: usize = 1;
-pub(crate) const C_REENTRANT: usize = 2;
-pub(crate) const SLOT_COUNTERS: usize = 3;
+/// Indices of the producer counters in [`SlotHot::counters`] (the events a slot's owner
+/// attempted are counted by its write-section sequence, see [`SlotHot::in_write`]).
+pub(crate) const C_SHUTDOWN: usize = 0;
+pub(crate) const C_REENTRANT: usize = 1;
+pub(crate) const SLOT_COUNTERS: usize = 2;
 
 /// Indices of the orphan counters in [`ControlBlock::orphans`].
 pub(crate) const O_ATTEMPTED: usize = 0;
@@ -175,9 +175,11 @@ pub(crate) struct SlotLife<B: Backend> {
 pub(crate) struct SlotHot<B: Backend> {
     /// Write-section sequence: odd while the owner is inside a write section (between `begin`
     /// and `end`), incremented on entry and on exit. The stopper waits only until an odd value it
-    /// saw *changes*: a section entered later sees acceptance stopped and leaves at once.
-    pub(crate) in_write: B::AtomicU32,
-    pub(crate) _reserved: u32,
+    /// saw *changes*: a section entered later sees acceptance stopped and leaves at once. Every
+    /// event the owner attempts opens one section, so it also counts them: `(in_write + 1) / 2`
+    /// (one section open counts), which spares the hot path a counter of its own. 64 bits: it
+    /// never wraps.
+    pub(crate) in_write: B::AtomicU64,
     pub(crate) counters: [B::AtomicU64; SLOT_COUNTERS],
 }
 

@@ -25,6 +25,9 @@
 //! - **Accounting.** Per thread: `attempted = accepted + ring_full + shutdown + reentrant`
 //!   ([`ThreadCounts`]); events of threads without a slot are [`OrphanCounts`]. Producers write only
 //!   their own counters; the invariant is exact once the producer is out of its write section.
+//!   Every event opens one write section, so `attempted` needs no counter of its own: it is the
+//!   number of sections `in_write` has entered (a 64-bit sequence, +2 per section), plus the
+//!   reentrant drops, which enter none.
 //!
 //! Timestamps in the rings are the session clock's raw readings ([`Clock::now_ticks`]: TSC ticks,
 //! or `CLOCK_BOOTTIME` nanoseconds when the TSC is not used); the drain maps them to

@@ -167,7 +167,7 @@ impl StopReport {
 
 /// The write sections open when acceptance stopped ([`Registry::stop_now`]): `(slot, sequence)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OpenSections(Vec<(u32, u32)>);
+pub struct OpenSections(Vec<(u32, u64)>);
 
 impl OpenSections {
     /// How many sections were open.
@@ -251,6 +251,13 @@ fn bump<A: Atomic<u64>>(a: &A) {
     a.store(a.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
+/// The events a slot's owner attempted, from its write-section sequence `in_write`: each event
+/// enters one section (+1, odd) and leaves it (+1, even), refused or not, so a section still open
+/// (a thread inside, or one that died there) counts too.
+fn sections_entered(in_write: u64) -> u64 {
+    in_write.div_ceil(2)
+}
+
 /// A write section [`SlotWriter::open`] entered: publish the event, then leave it with
 /// [`SlotWriter::close`]. Only `open` makes one, so holding it proves the slot's sequence is odd
 /// (this thread is its only writer): leaving is one increment. Dropping it without closing leaves
@@ -302,7 +309,6 @@ impl<B: Backend> SlotWriter<'_, B> {
     #[inline(always)]
     fn enter(&self, fenced: bool) -> Option<WriteSection> {
         let hot = self.hot;
-        bump(&hot.counters[C_ATTEMPTED]);
         // Enter: the sequence becomes odd (single writer: a load and a store, no locked RMW).
         // Release, not Relaxed: the stopper may read this value instead of the previous section's
         // end, and must then see that section's event too (a later plain store does not continue
@@ -540,8 +546,7 @@ impl<'a, B: Backend> Registry<'a, B> {
                     stack_hi: B::AtomicU64::new(0),
                 }),
                 hot: CachePadded(SlotHot {
-                    in_write: B::AtomicU32::new(0),
-                    _reserved: 0,
+                    in_write: B::AtomicU64::new(0),
                     counters: core::array::from_fn(|_| B::AtomicU64::new(0)),
                 }),
             };
@@ -922,7 +927,7 @@ impl<'a, B: Backend> Registry<'a, B> {
         let (ip, dp) = (lanes.index.counters(), lanes.detail.counters());
         let reentrant = c[C_REENTRANT].load(Relaxed);
         Ok(ThreadCounts {
-            attempted: c[C_ATTEMPTED].load(Relaxed) + reentrant,
+            attempted: sections_entered(slot.hot.0.in_write.load(Relaxed)) + reentrant,
             accepted: ip.accepted,
             ring_full: ip.dropped_full,
             ring_waits: ip.waits,
@@ -1253,12 +1258,12 @@ impl<'a, B: Backend> Registry<'a, B> {
                     .compare_exchange(from, EXITED, AcqRel, Relaxed)
                     .is_ok()
                 {
-                    // Close a section the old image left open (sequence back to even).
+                    // Close a section the old image left open (sequence back to even); an even
+                    // sequence stays as it is (it counts the events attempted).
                     let seq = slot.hot.0.in_write.load(Relaxed);
-                    slot.hot
-                        .0
-                        .in_write
-                        .store((seq | 1).wrapping_add(1), Release);
+                    if seq & 1 == 1 {
+                        slot.hot.0.in_write.store(seq.wrapping_add(1), Release);
+                    }
                     n += 1;
                 }
             }

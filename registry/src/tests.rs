@@ -256,6 +256,43 @@ fn registry__stop_accepting__then_later_events_counted_as_shutdown() {
     assert!(c.balanced());
 }
 
+/// The events a slot attempted are counted by its write-section sequence: each section once,
+/// whether it published, was refused, or was left open by an image that exec'd (and closed by
+/// `retire_pid`, which adds nothing for a slot whose sections were all closed).
+#[test]
+fn counts__sections_published_refused_and_left_open__then_each_attempted_once() {
+    let r = region(64);
+    let reg = r.registry().unwrap();
+    let mut me = reg.register(7, 7).unwrap();
+    // SAFETY: the only producer of this slot.
+    let mut tx = unsafe { me.lanes.index.producer() };
+    for _ in 0..3 {
+        let section = me.writer.open(|| false).expect("accepting");
+        tx.push(&[1; 32]).unwrap();
+        me.writer.close(section);
+    }
+    assert_eq!(reg.counts(me.slot).unwrap().attempted, 3);
+    // An exec with every section closed: nothing added.
+    assert_eq!(reg.retire_pid(7), 1);
+    assert_eq!(reg.counts(me.slot).unwrap().attempted, 3);
+
+    let mut other = reg.register(8, 8).unwrap();
+    // The old image dies inside its second section: counted, and still counted once closed.
+    assert!(other.writer.begin());
+    other.writer.end();
+    // Never closed, as by a thread that dies inside it.
+    let _open = other.writer.open(|| false).expect("accepting");
+    assert_eq!(reg.counts(other.slot).unwrap().attempted, 2);
+    assert_eq!(reg.retire_pid(8), 1);
+    assert_eq!(reg.counts(other.slot).unwrap().attempted, 2);
+
+    let third = reg.register(9, 9).unwrap();
+    assert!(reg.stop_accepting(SECOND).stragglers.is_empty());
+    assert!(!third.writer.begin());
+    let c = reg.counts(third.slot).unwrap();
+    assert_eq!((c.attempted, c.shutdown), (1, 1));
+}
+
 #[test]
 fn writer__open_and_close__then_counted_and_seen_by_the_stopper() {
     let r = region(64);
