@@ -70,9 +70,16 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
             reg.count_orphan(OrphanReason::Shutdown);
             return None;
         }
-        REGISTERING | INITIALISER => {
-            // An event inside the agent's own setup of this thread (a call libc makes for it, a
-            // signal handler): no slot to count it in yet.
+        REGISTERING => {
+            // A call the C library makes for the agent while it registers this thread (every
+            // object's library calls traced: `pthread_getattr_np`'s own `malloc`, say): the
+            // agent's, not the program's, so neither recorded nor counted. Nothing else runs on
+            // this thread meanwhile: its signals are held (see [`SignalsHeld`]).
+            return None;
+        }
+        INITIALISER => {
+            // An event inside the agent's initialiser (a signal handler's call): no slot to count
+            // it in yet.
             reg.count_orphan(OrphanReason::AgentSetup);
             return None;
         }
@@ -83,7 +90,49 @@ pub(crate) fn acquire_state(agent: &'static Agent) -> Option<*mut ThreadState> {
         _ => {}
     }
     let was_waiting = tl.status == WAITING;
+    let held = SignalsHeld::new();
     tl.status = REGISTERING;
+    let state = register(agent, tl, was_waiting);
+    // Signals that came meanwhile are delivered here, their handlers' events recorded (or
+    // counted) as the registration's outcome allows.
+    drop(held);
+    state
+}
+
+/// Signals held on the calling thread while it lives (every one that can be: a fault of the
+/// thread's own code is still delivered). A thread registering holds them, so every event the
+/// hooks see on it meanwhile is a call the agent's own work made.
+struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: all-zero is a valid sigset_t, filled or written by the calls below.
+        let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+            unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
+        // SAFETY: valid sigset_t pointers; pthread_sigmask changes only this thread's mask.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        SignalsHeld(old)
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: the mask this thread had before, restored on this thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, core::ptr::null_mut()) };
+    }
+}
+
+/// [`acquire_state`]'s registration of this thread (status `REGISTERING`, signals held): the
+/// state to write with, or `None` when the event was dropped and counted.
+fn register(
+    agent: &'static Agent,
+    tl: &mut crate::tls::Tls,
+    was_waiting: bool,
+) -> Option<*mut ThreadState> {
+    let reg = &agent.reg;
     let pid = agent.pid.load(Relaxed);
     let tid = gettid();
     match reg.register_in(pid, tid, agent.image) {
