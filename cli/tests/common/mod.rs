@@ -236,16 +236,21 @@ pub fn spawn_spinning(out: &Path, threads: u32, stderr: std::process::Stdio) -> 
 
 /// Waits until the session holds at least `bytes` of trace files.
 pub fn wait_for_trace(out: &Path, bytes: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Generous: on a loaded 2-core machine dozens of spinning target threads leave the drain a
+    // small share of a CPU, and the trace grows only as fast as it writes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = None;
     loop {
         assert!(
             std::time::Instant::now() < deadline,
-            "the target never recorded anything"
+            "the trace did not reach {bytes} bytes in 60 s (session: {seen:?} bytes)"
         );
         if let Ok(dir) = std::panic::catch_unwind(|| session_dir(out)) {
-            if dir_bytes(&dir) >= bytes {
+            let now = dir_bytes(&dir);
+            if now >= bytes {
                 return;
             }
+            seen = Some(now);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
