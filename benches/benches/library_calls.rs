@@ -276,10 +276,11 @@ fn main() {
                         Some((o[0] - u[0]) / (f[0] - u[0]))
                     })
                     .collect();
+                let paired = ratios.len();
                 if let Some((median, low, high)) = median_and_range(ratios) {
                     println!(
                         "{ours} / uftrace overhead, paired by round: median {median:.2}x (CPU), \
-                         {low:.2}x to {high:.2}x over {rounds} rounds"
+                         {low:.2}x to {high:.2}x over {paired} rounds"
                     );
                 }
             }
