@@ -301,3 +301,57 @@ fn after_fork_inside() {
     tl.status = UNREGISTERED;
     tl.teardown_round = 0;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(non_snake_case)]
+    use super::SignalsHeld;
+
+    /// This thread's signal mask.
+    fn mask() -> libc::sigset_t {
+        // SAFETY: a valid out-pointer; a null set only reads the mask.
+        unsafe {
+            let mut now: libc::sigset_t = core::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut now);
+            now
+        }
+    }
+
+    fn held(set: &libc::sigset_t, signal: i32) -> bool {
+        // SAFETY: a valid, initialised set.
+        unsafe { libc::sigismember(set, signal) == 1 }
+    }
+
+    #[test]
+    fn signals_held__while_it_lives__then_all_held_and_the_mask_as_it_was_after() {
+        std::thread::spawn(|| {
+            // A mask of the program's own: SIGUSR1 held, SIGUSR2 not.
+            // SAFETY: valid sets; only this test thread's mask changes.
+            unsafe {
+                let mut usr1: libc::sigset_t = core::mem::zeroed();
+                libc::sigemptyset(&mut usr1);
+                libc::sigaddset(&mut usr1, libc::SIGUSR1);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &usr1, core::ptr::null_mut());
+            }
+            let before = mask();
+            {
+                let _held = SignalsHeld::new();
+                let now = mask();
+                for signal in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGINT, libc::SIGALRM] {
+                    assert!(held(&now, signal), "signal {signal} held while registering");
+                }
+            }
+            let after = mask();
+            for signal in 1..32 {
+                assert_eq!(
+                    held(&after, signal),
+                    held(&before, signal),
+                    "signal {signal}: the mask as the program had it"
+                );
+            }
+            assert!(held(&after, libc::SIGUSR1) && !held(&after, libc::SIGUSR2));
+        })
+        .join()
+        .unwrap();
+    }
+}
