@@ -312,13 +312,14 @@ impl FastAnswer for retstack::FastReturn {
 }
 
 /// The fast paths' frame: when this thread already has a presence seat of its own (a thread on
-/// the shared counter takes the full path) and its state in the live attachment, and the state is [`ready_fast`], runs `f` on it, the thread's shadow stack
-/// (null if it has none yet) and whether its writer may keep the fence (a constant in each of
-/// the two places `f` is inlined), inside and busy; else answers `declined` having changed
-/// nothing. A thread that leaves last while an attachment waits to be freed turns a
-/// [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls nothing and leaves the vector registers alone (so
-/// must `f`): the naked hooks save those only when the answer is not [`FAST_DONE`]. `f` runs only on a state found [`ready_fast`], and may record one
-/// event with [`record_fast`].
+/// the shared counter takes the full path) and its state in the live attachment, and the state
+/// is [`ready_fast`], runs `f` on it, the thread's shadow stack (null if it has none yet) and
+/// whether its writer may keep the fence (a constant in each of the two places `f` is inlined),
+/// inside and busy; else answers `declined` having changed nothing. A thread that leaves last
+/// while an attachment waits to be freed turns a [`FAST_DONE`] into [`FAST_RECLAIM`]. Calls
+/// nothing and leaves the vector registers alone (so must `f`): the naked hooks save those only
+/// when the answer is not [`FAST_DONE`]. `f` runs only on a state found [`ready_fast`], and may
+/// record one event with [`record_fast`].
 #[inline(always)]
 pub(crate) fn fast<A: FastAnswer>(
     declined: A,
