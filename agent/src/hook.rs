@@ -329,14 +329,20 @@ pub(crate) fn fast<A: FastAnswer>(
     // SAFETY: the TLS block is valid for this thread's lifetime; only this thread touches it.
     let (marker, state, shadow, generation) =
         unsafe { ((*t).marker, (*t).state, (*t).shadow, (*t).generation) };
+    // Every path but the unfenced writer's recording is marked cold: the compiler then lays that
+    // one out as a straight line with no taken branch, which measured ~3 % of a library call's
+    // cost faster around a system call (the code after one runs with colder caches).
     if state.is_null() {
+        cold();
         return declined;
     }
     let Some(marker) = marker else {
+        cold();
         return declined;
     };
     crate::live::enter_marked(marker);
     let answer = if generation != crate::live::generation() {
+        cold();
         declined
     } else {
         // SAFETY: the live generation's state of this thread (see `free_state`), kept mapped
@@ -352,20 +358,23 @@ pub(crate) fn fast<A: FastAnswer>(
             compiler_fence(SeqCst);
             st.gate = 0;
             answer
-        } else if ready_fast(st, true) {
-            st.set_busy(true);
-            compiler_fence(SeqCst);
-            let answer = f(st, shadow, true);
-            compiler_fence(SeqCst);
-            // Kept: `FENCED`, or its absence once the write section's opening dropped it. A
-            // volatile store, so the compiler keeps it apart from the unfenced copy's (which then
-            // stores a constant, not a value the two copies share).
-            let gate = st.gate & !crate::state::BUSY;
-            // SAFETY: a plain field of this thread's state, valid and aligned.
-            unsafe { core::ptr::write_volatile(&mut st.gate, gate) };
-            answer
         } else {
-            declined
+            cold();
+            if ready_fast(st, true) {
+                st.set_busy(true);
+                compiler_fence(SeqCst);
+                let answer = f(st, shadow, true);
+                compiler_fence(SeqCst);
+                // Kept: `FENCED`, or its absence once the write section's opening dropped it. A
+                // volatile store, so the compiler keeps it apart from the unfenced copy's (which
+                // then stores a constant, not a value the two copies share).
+                let gate = st.gate & !crate::state::BUSY;
+                // SAFETY: a plain field of this thread's state, valid and aligned.
+                unsafe { core::ptr::write_volatile(&mut st.gate, gate) };
+                answer
+            } else {
+                declined
+            }
         }
     };
     // A declined or refused event goes inside again on its slow path, whose leave reclaims.
@@ -421,6 +430,13 @@ pub(crate) unsafe fn record_fast(
     st.writer.close(section);
     FAST_DONE
 }
+
+/// Marks the path that calls it as rarely taken, so the compiler lays that path out of the fast
+/// path's straight line (a call to a `#[cold]` function weighs its branch; inlined, it leaves no
+/// code, so the fast path still calls nothing).
+#[cold]
+#[inline]
+fn cold() {}
 
 /// The slow half of a fast path's answer (`code`, not [`FAST_DONE`]), with the vector registers
 /// saved: a refusal's consequences, a reclaim, or, declined, `full` (the whole event).

@@ -250,7 +250,13 @@ impl<const SEATS: usize, const PENDING: usize> Quiesce<SEATS, PENDING> {
         // retirement between the two would see this thread inside and be missed by it too: see
         // the models). Tested first, and the depth loaded again only then (Relaxed: this thread's
         // own store): nearly always 0, so the hot path is the decrement and one test.
-        self.waiting.load(Relaxed) != 0 && marker.depth.load(Relaxed) == 0
+        if self.waiting.load(Relaxed) != 0 {
+            // Only while a retirement waits: laid out away from the leave's straight line.
+            cold();
+            marker.depth.load(Relaxed) == 0
+        } else {
+            false
+        }
     }
 
     /// As [`Quiesce::leave_marked`], with the look at `waiting` before the marker's store (the
@@ -389,6 +395,13 @@ impl<const SEATS: usize, const PENDING: usize> Quiesce<SEATS, PENDING> {
         fence(SeqCst);
     }
 }
+
+/// Marks the path that calls it as rarely taken, so the compiler lays that path out of the common
+/// one's straight line (a call to a `#[cold]` function weighs its branch; inlined, it leaves no
+/// code, so a path that must call nothing may use it).
+#[cold]
+#[inline]
+fn cold() {}
 
 #[cfg(all(test, not(feature = "loom")))]
 #[allow(non_snake_case)]

@@ -447,6 +447,8 @@ impl<'a, B: Backend> Producer<'a, B> {
         if self.free >= needed {
             return true;
         }
+        // Rare (once per many records): laid out away from the producer's straight line.
+        cold();
         // Acquire: pairs with the consumer's Release store of the tail, so its reads of the space
         // we are about to overwrite happened before our writes.
         let tail = self.ring.tail().load(Acquire);
@@ -878,3 +880,10 @@ impl<'c> Iterator for Records<'c> {
         }
     }
 }
+
+/// Marks the path that calls it as rarely taken, so the compiler lays that path out of the common
+/// one's straight line (a call to a `#[cold]` function weighs its branch; inlined, it leaves no
+/// code, so a hot path that must call nothing may use it).
+#[cold]
+#[inline]
+fn cold() {}
