@@ -21,7 +21,9 @@
 //! `cargo bench -p benches --bench library_calls` runs 2 M calls (200 k under ltrace, which is
 //! ~1000× slower; ltrace only on `getpid`); `cargo test --benches` one short pass (50 k, 2 k
 //! under ltrace). Tools that are not installed get a dash. `LIBRARY_CALLS_BASE=<another tracer
-//! binary>` adds its row ("base"), to compare two builds of the tracer in one run;
+//! binary>` adds its row ("base"), to compare two builds of the tracer in one run; several,
+//! comma-separated and each optionally named (`LIBRARY_CALLS_BASE=before=<path>,packed=<path>`),
+//! add a row each. Every such row also gets the tracer's overhead over its own, paired by round.
 //! `LIBRARY_CALLS_ROUNDS=<n>` runs n rounds instead of 5.
 
 use std::path::{Path, PathBuf};
@@ -103,14 +105,15 @@ fn installed(tool: &str) -> bool {
 /// How a row's workload is started, given the calls to make.
 type Launcher = Box<dyn Fn(&str) -> Command>;
 
-/// The rows of one workload: untraced, tracer, base (if given), uftrace, ltrace (if `ltrace`).
+/// The rows of one workload: untraced, tracer, each other build (`bases`: name and binary),
+/// uftrace, ltrace (if `ltrace`).
 fn rows(
     exe: &Path,
     out: &Path,
     tracer: &Path,
-    base: Option<&Path>,
+    bases: &[(String, PathBuf)],
     ltrace: bool,
-) -> Vec<(&'static str, Launcher)> {
+) -> Vec<(String, Launcher)> {
     let under_tracer = |tracer: &Path, out: PathBuf| -> Launcher {
         let (tracer, exe) = (tracer.to_owned(), exe.to_owned());
         Box::new(move |arg: &str| {
@@ -124,24 +127,27 @@ fn rows(
             c
         })
     };
-    let mut rows: Vec<(&'static str, Launcher)> = Vec::new();
+    let mut rows: Vec<(String, Launcher)> = Vec::new();
     let plain = exe.to_owned();
     rows.push((
-        "untraced",
+        "untraced".into(),
         Box::new(move |arg: &str| {
             let mut c = Command::new(&plain);
             c.arg(arg);
             c
         }),
     ));
-    rows.push(("tracer", under_tracer(tracer, out.join("traces"))));
-    if let Some(base) = base {
-        rows.push(("base", under_tracer(base, out.join("base-traces"))));
+    rows.push(("tracer".into(), under_tracer(tracer, out.join("traces"))));
+    for (i, (name, base)) in bases.iter().enumerate() {
+        rows.push((
+            name.clone(),
+            under_tracer(base, out.join(format!("base-traces-{i}"))),
+        ));
     }
     if installed("uftrace") {
         let (exe, data) = (exe.to_owned(), out.join("uftrace.data"));
         rows.push((
-            "uftrace",
+            "uftrace".into(),
             Box::new(move |arg: &str| {
                 let _ = std::fs::remove_dir_all(&data);
                 let mut c = Command::new("uftrace");
@@ -156,7 +162,7 @@ fn rows(
     if ltrace && installed("ltrace") {
         let exe = exe.to_owned();
         rows.push((
-            "ltrace",
+            "ltrace".into(),
             Box::new(move |arg: &str| {
                 let mut c = Command::new("ltrace");
                 c.args(["-o", "/dev/null"]).arg(&exe).arg(arg);
@@ -183,8 +189,15 @@ fn main() {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or(if full { 5 } else { 1 });
-    // Another build of the tracer to compare with, side by side (its own row).
-    let base = std::env::var_os("LIBRARY_CALLS_BASE").map(PathBuf::from);
+    // Other builds of the tracer to compare with, side by side (a row each).
+    let bases = match std::env::var("LIBRARY_CALLS_BASE").map(|v| other_builds(&v)) {
+        Ok(Ok(bases)) => bases,
+        Ok(Err(e)) => {
+            eprintln!("LIBRARY_CALLS_BASE: {e}");
+            std::process::exit(2);
+        }
+        Err(_) => Vec::new(),
+    };
     let getpid = build_c_with(dir.path(), "getpid_loop", LOOP_C, &[]);
     build_c_with(dir.path(), "libleaf.so", LEAF_C, &["-shared", "-fPIC"]);
     let leaf = build_c_with(
@@ -202,7 +215,10 @@ fn main() {
         ("getpid()", &getpid, true),
         ("leaf(), a shared library's function", &leaf, false),
     ] {
-        let rows = rows(exe, dir.path(), &tracer, base.as_deref(), ltrace);
+        let rows = rows(exe, dir.path(), &tracer, &bases, ltrace);
+        let ours: Vec<&str> = std::iter::once("tracer")
+            .chain(bases.iter().map(|(name, _)| name.as_str()))
+            .collect();
         println!(
             "{workload} loop, {calls} calls ({ltrace_calls} under ltrace), best of {rounds} rounds \
              (each round runs every row once, in turn): ns per call, thread CPU | wall | best \
@@ -214,7 +230,7 @@ fn main() {
         for _ in 0..rounds {
             let mut this_round = Vec::new();
             for ((name, launch), best) in rows.iter().zip(best.iter_mut()) {
-                let n = if *name == "ltrace" {
+                let n = if name == "ltrace" {
                     ltrace_calls
                 } else {
                     calls
@@ -250,7 +266,7 @@ fn main() {
                 None => println!("{name:>10} {:>9} | {:>9} | {:>7}", "-", "-", "-"),
             }
         }
-        for ours in ["tracer", "base"] {
+        for &ours in &ours {
             if let (Some(o), Some(u)) = (figure(ours), figure("uftrace")) {
                 let (o, u) = (overhead(o), overhead(u));
                 println!(
@@ -266,22 +282,31 @@ fn main() {
         // ratio together; the best-of figures above can pair one row's quiet moment with
         // another's busy one.
         let column = |name: &str| rows.iter().position(|r| r.0 == name);
-        if let (Some(u), Some(f)) = (column("untraced"), column("uftrace")) {
-            for ours in ["tracer", "base"] {
+        // `over` of each round, the overhead of row `a` over that of row `b`: median and range.
+        let paired = |a: usize, b: usize, untraced: usize| {
+            let ratios: Vec<f64> = by_round
+                .iter()
+                .filter_map(|r| {
+                    let (u, a, b) = (r[untraced]?, r[a]?, r[b]?);
+                    Some((a[0] - u[0]) / (b[0] - u[0]))
+                })
+                .collect();
+            let n = ratios.len();
+            median_and_range(ratios).map(|(median, low, high)| {
+                format!("median {median:.3}x (CPU), {low:.3}x to {high:.3}x over {n} rounds")
+            })
+        };
+        if let Some(u) = column("untraced") {
+            for &ours in &ours {
                 let Some(o) = column(ours) else { continue };
-                let ratios: Vec<f64> = by_round
-                    .iter()
-                    .filter_map(|r| {
-                        let (u, f, o) = (r[u]?, r[f]?, r[o]?);
-                        Some((o[0] - u[0]) / (f[0] - u[0]))
-                    })
-                    .collect();
-                let paired = ratios.len();
-                if let Some((median, low, high)) = median_and_range(ratios) {
-                    println!(
-                        "{ours} / uftrace overhead, paired by round: median {median:.2}x (CPU), \
-                         {low:.2}x to {high:.2}x over {paired} rounds"
-                    );
+                if let Some(line) = column("uftrace").and_then(|f| paired(o, f, u)) {
+                    println!("{ours} / uftrace overhead, paired by round: {line}");
+                }
+            }
+            let tracer = column("tracer");
+            for (name, _) in &bases {
+                if let Some(line) = tracer.zip(column(name)).and_then(|(t, b)| paired(t, b, u)) {
+                    println!("tracer / {name} overhead, paired by round: {line}");
                 }
             }
         }
@@ -294,6 +319,39 @@ fn main() {
             );
         }
     }
+}
+
+/// The other builds `LIBRARY_CALLS_BASE` names: comma-separated binaries, each `name=path` or a
+/// bare path (named `base`, then `base2`, `base3`...). A name must be new and not one of the
+/// bench's own rows.
+fn other_builds(value: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut builds: Vec<(String, PathBuf)> = Vec::new();
+    let mut unnamed = 0;
+    for entry in value.split(',').filter(|entry| !entry.is_empty()) {
+        let (name, path) = match entry.split_once('=') {
+            Some((name, path)) => (name.to_owned(), path),
+            None => {
+                unnamed += 1;
+                let name = if unnamed == 1 {
+                    "base".to_owned()
+                } else {
+                    format!("base{unnamed}")
+                };
+                (name, entry)
+            }
+        };
+        if name.is_empty()
+            || ["untraced", "tracer", "uftrace", "ltrace"].contains(&name.as_str())
+            || builds.iter().any(|(n, _)| *n == name)
+        {
+            return Err(format!(
+                "the row name `{name}` is empty, taken, or used twice; give each build its own \
+                 name, as in `before=<path>,after=<path>`"
+            ));
+        }
+        builds.push((name, PathBuf::from(path)));
+    }
+    Ok(builds)
 }
 
 /// The median of `values` (the lower middle one of an even count) and their range; `None` when
